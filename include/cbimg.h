@@ -1,0 +1,188 @@
+/*
+ * cbimg.h - public API of libcbimg, the changed-block-comparison disk imager.
+ *
+ * Conventions (see format/SPEC.md for the on-disk format):
+ *  - Every fallible function returns 0 on success or a negative error code:
+ *    either -errno (e.g. -ENOENT, -ENOSPC) or one of the CBI_E* codes below.
+ *  - When a cbi_error pointer is passed, the library fills it with the code
+ *    and a one-line message that names the subject and the reason, e.g.
+ *    "unable to open '/dev/sdz': No such file or directory". The library never
+ *    prints and never exits; the caller decides what to show.
+ *  - Strings and buffers passed in stay owned by the caller. Objects returned
+ *    through pointer-to-pointer arguments are owned by the caller and are
+ *    released with the matching cbi_*_free() function (NULL-safe).
+ */
+#ifndef CBIMG_H
+#define CBIMG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CBI_WUR __attribute__((warn_unused_result))
+
+#define CBIMG_VERSION_STRING "0.1.0"
+/* On-disk format version written by this library (format/SPEC.md). */
+#define CBI_FORMAT_VERSION 1
+
+/* Library error codes, beyond the errno range. */
+enum {
+	CBI_EDAMAGED = 1000,  /* a file failed a digest, hash or structure check */
+	CBI_ETRUNCATED,       /* a file ends early or has no trailer */
+	CBI_EFORMAT,          /* not a cbimg file, or an unsupported version */
+	CBI_ENOPARENT,        /* a parent point of a chain cannot be found */
+	CBI_EMISMATCH,        /* the source does not match the chain (size, identity) */
+	CBI_EUSAGE,           /* invalid option value */
+	CBI_EMOUNTED,         /* target is mounted or in use */
+	CBI_EEXISTS,          /* target exists and --force was not given */
+	CBI_ETOOSMALL,        /* target smaller than the image */
+	CBI_EREAD,            /* the source could not be read (data never replaced by zeros) */
+	CBI_ENOCHAIN,         /* no chain found */
+	CBI_ELOCKED,          /* another cbimg process holds the chain's lock */
+};
+
+typedef struct cbi_error {
+	int code;          /* same value the function returned */
+	char msg[1024];    /* one line, no trailing newline */
+} cbi_error;
+
+/* Name of an error code (negative or positive value accepted). Never NULL. */
+const char *cbi_strerror(int code);
+
+/* True when the code means that stored data was found damaged or incomplete
+ * (CBI_EDAMAGED, CBI_ETRUNCATED, CBI_EFORMAT on a file that claimed to be
+ * ours). The CLI maps these to exit status 3. */
+int cbi_is_damage(int code);
+
+/* Progress callback: done and total are byte counts of the source/target.
+ * Called from the thread that runs the operation, at most a few times per
+ * second. Return non-zero to ask the operation to stop (it then fails with
+ * -ECANCELED and leaves no finished-looking file behind). */
+typedef int (*cbi_progress_fn)(void *ud, uint64_t done, uint64_t total);
+
+/* ---------------------------------------------------------------- points */
+
+enum cbi_point_type { CBI_FULL = 1, CBI_INCREMENTAL = 2 };
+
+/* What the header and trailer of a point's files say. */
+typedef struct cbi_point {
+	char file[4096];          /* path of the image file (.cbi), "" if missing */
+	char index_file[4096];    /* path of the index file (.cbx) */
+	uint8_t chain_id[16];
+	uint8_t point_id[16];
+	uint8_t parent_id[16];    /* all zero for a full */
+	uint8_t parent_digest[32];
+	uint8_t index_digest[32]; /* SHA-256 digest of this point's index file */
+	uint32_t seq;             /* 0 for the full */
+	int type;                 /* enum cbi_point_type */
+	uint32_t block_size;
+	uint64_t source_size;
+	uint64_t n_blocks;
+	int64_t created_ns;       /* Unix time, nanoseconds, UTC */
+	char job[64];
+	char host[64];
+	char source_id[128];
+	char source_path[64];
+	uint64_t changed_blocks;  /* blocks that differ from the parent (all non-zero for a full) */
+	uint64_t zero_blocks;
+	uint64_t stored_blocks;   /* blocks whose data this point's image holds */
+	uint64_t stored_bytes;    /* size of the image file */
+	uint64_t index_bytes;     /* size of the index file */
+	int has_image;            /* image file present and complete */
+} cbi_point;
+
+/* Hex form of an id ("%02x" per byte) into out (33 bytes). */
+void cbi_id_hex(const uint8_t id[16], char out[33]);
+
+/* Read the header and trailer of FILE (.cbi or .cbx) without checking the
+ * digest. The matching partner file is looked up in the same directory. */
+int cbi_point_info(const char *file, cbi_point *out, cbi_error *err) CBI_WUR;
+
+/* Scan directory DEST for complete points (index file with a valid trailer).
+ * Sorted by job, chain, seq. *out is owned by the caller: free() it. */
+int cbi_list(const char *dest, cbi_point **out, size_t *n, cbi_error *err) CBI_WUR;
+
+/* ---------------------------------------------------------------- backup */
+
+typedef struct cbi_backup_opts {
+	const char *source;       /* block device or raw image file */
+	const char *dest;         /* directory */
+	const char *job;          /* NULL -> "default" */
+	const char *host;         /* NULL -> gethostname() */
+	const char *source_id;    /* NULL -> derived from the device */
+	int force_full;           /* start a new chain */
+	uint32_t block_size;      /* 0 -> CBI_DEFAULT_BLOCK_SIZE; new chains only */
+	int level;                /* zstd level; 0 -> 3 */
+	int threads;              /* worker threads; 0 -> number of CPUs */
+	cbi_progress_fn progress;
+	void *progress_ud;
+} cbi_backup_opts;
+
+#define CBI_DEFAULT_BLOCK_SIZE (64u * 1024u)
+#define CBI_MIN_BLOCK_SIZE (4u * 1024u)
+#define CBI_MAX_BLOCK_SIZE (4u * 1024u * 1024u)
+
+typedef struct cbi_backup_result {
+	cbi_point point;          /* the point written */
+	uint64_t blocks_total;
+	uint64_t blocks_read;     /* blocks whose bytes were read (holes skipped) */
+	uint64_t blocks_changed;
+	uint64_t blocks_zero;
+	uint64_t blocks_stored;
+	uint64_t bytes_read;
+	uint64_t bytes_written;   /* image + index bytes */
+	double seconds;
+	char warning[512];        /* non-fatal note for the user, "" if none */
+} cbi_backup_result;
+
+int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err) CBI_WUR;
+
+/* --------------------------------------------------------------- restore */
+
+typedef struct cbi_restore_opts {
+	const char *point;        /* any .cbi or .cbx file of the chain */
+	const char *target;       /* block device or file */
+	int force;                /* allow overwriting an existing file or a device */
+	int changed_only;         /* read target, write only blocks that differ */
+	int threads;
+	cbi_progress_fn progress;
+	void *progress_ud;
+} cbi_restore_opts;
+
+typedef struct cbi_restore_result {
+	uint64_t blocks_total;
+	uint64_t blocks_written;
+	uint64_t blocks_skipped;  /* already equal (changed-only) or holes */
+	uint64_t bytes_written;
+	double seconds;
+} cbi_restore_result;
+
+int cbi_restore(const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err) CBI_WUR;
+
+/* ---------------------------------------------------------------- verify */
+
+/* One finding of verify: file, optional block number (-1 if none), reason. */
+typedef void (*cbi_verify_fn)(void *ud, const char *file, int64_t block, const char *problem);
+
+typedef struct cbi_verify_result {
+	uint64_t files_checked;
+	uint64_t points_checked;
+	uint64_t blocks_checked;
+	uint64_t problems;
+} cbi_verify_result;
+
+/* PATH: an image or index file (it and all its ancestors are checked) or a
+ * directory (every chain in it). Returns 0 when everything is intact,
+ * -CBI_EDAMAGED when any problem was reported through fn, or another error
+ * when verification could not run at all. */
+int cbi_verify(const char *path, cbi_verify_fn fn, void *ud,
+	       cbi_progress_fn progress, void *progress_ud,
+	       cbi_verify_result *r, cbi_error *err) CBI_WUR;
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,309 @@
+/* backup.c - cbi_backup(): choose full or incremental, run the pipeline,
+ * write image and index under temporary names, then commit them. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "chain.h"
+#include "image.h"
+#include "index.h"
+#include "pipeline.h"
+#include "source.h"
+#include "util.h"
+
+typedef struct bk_state {
+	cbi_image_writer *img;
+	cbi_index_writer *idx;
+	const char *img_path;
+	uint64_t changed, zero, stored;
+} bk_state;
+
+static int sink(void *ud, uint64_t block, const cbi_pipe_block *b, cbi_error *err)
+{
+	bk_state *st = ud;
+	int rc;
+	if (b->store) {
+		rc = cbi_image_writer_add(st->img, block, b->rec_flags, b->raw_len, b->ent.hash, b->payload,
+					  b->stored_len);
+		if (rc)
+			return cbi_err(err, rc, "unable to write '%s': %s", st->img_path, cbi_errtext(rc));
+		st->stored++;
+	}
+	if (b->changed)
+		st->changed++;
+	if (b->ent.flags & CBI_IDX_ZERO)
+		st->zero++;
+	rc = cbi_index_writer_add(st->idx, &b->ent);
+	if (rc)
+		return cbi_err(err, rc, "unable to write the index in '%s': %s", st->img_path,
+			       cbi_errtext(rc));
+	return 0;
+}
+
+/* One lock file per (host, source, job) in DEST, so that two runs of the
+ * same job never fork a chain, while different sources run concurrently. */
+static int take_lock(const char *dest, const cbi_hdr *h, int *fd_out, cbi_error *err)
+{
+	char key[512], path[4096];
+	int n = snprintf(key, sizeof key, "%s%c%s%c%s", h->host, 0, h->source_id, 0, h->job);
+	snprintf(path, sizeof path, "%s/.cbimg-%016llx.lock", dest,
+		 (unsigned long long)XXH3_64bits(key, (size_t)n));
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return cbi_err(err, -errno, "unable to write to destination '%s': %s", dest, strerror(errno));
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+		if (e == EWOULDBLOCK) {
+			close(fd);
+			return cbi_err(err, -CBI_ELOCKED,
+				       "another cbimg is backing up job '%s' of '%s' to '%s'", h->job,
+				       h->source_path, dest);
+		}
+		/* filesystems without locks (some FUSE drivers): go on unlocked */
+	}
+	*fd_out = fd;
+	return 0;
+}
+
+static void fill_point(cbi_point *p, const cbi_hdr *h)
+{
+	memset(p, 0, sizeof *p);
+	memcpy(p->chain_id, h->chain_id, 16);
+	memcpy(p->point_id, h->point_id, 16);
+	memcpy(p->parent_id, h->parent_id, 16);
+	memcpy(p->parent_digest, h->parent_digest, 32);
+	p->seq = h->seq;
+	p->type = (int)h->type;
+	p->block_size = h->block_size;
+	p->source_size = h->source_size;
+	p->n_blocks = h->n_blocks;
+	p->created_ns = h->created_ns;
+	memcpy(p->job, h->job, 64);
+	memcpy(p->host, h->host, 64);
+	memcpy(p->source_id, h->source_id, 128);
+	memcpy(p->source_path, h->source_path, 64);
+}
+
+/* Pick the newest point of (host, source, job) in pts, or -1. */
+static long find_tip(const cbi_point *pts, size_t n, const cbi_hdr *h)
+{
+	long best = -1;
+	for (size_t i = 0; i < n; i++) {
+		const cbi_point *p = &pts[i];
+		if (strcmp(p->host, h->host) || strcmp(p->job, h->job) || strcmp(p->source_id, h->source_id))
+			continue;
+		if (best < 0 || p->created_ns > pts[best].created_ns ||
+		    (p->created_ns == pts[best].created_ns && p->seq > pts[best].seq))
+			best = (long)i;
+	}
+	return best;
+}
+
+int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
+{
+	double t0 = cbi_now();
+	memset(r, 0, sizeof *r);
+	cbi_source *src = NULL;
+	cbi_point *pts = NULL;
+	size_t npts = 0;
+	cbi_index *parent = NULL;
+	bk_state st = { 0 };
+	int lockfd = -1, rc = 0;
+	char img_path[4096], idx_path[4096], name[512];
+	cbi_hdr h;
+	memset(&h, 0, sizeof h);
+
+	if (!o->source || !o->dest)
+		return cbi_err(err, -CBI_EUSAGE, "source and destination are required");
+	uint32_t bs = o->block_size ? o->block_size : CBI_DEFAULT_BLOCK_SIZE;
+	if (bs < CBI_MIN_BLOCK_SIZE || bs > CBI_MAX_BLOCK_SIZE || (bs & (bs - 1)))
+		return cbi_err(err, -CBI_EUSAGE, "block size %u is not a power of two from 4K to 4M", bs);
+	int level = o->level ? o->level : 3;
+	if (level < 1 || level > ZSTD_maxCLevel())
+		return cbi_err(err, -CBI_EUSAGE, "compression level %d out of range 1..%d", level,
+			       ZSTD_maxCLevel());
+	const char *job = o->job && *o->job ? o->job : "default";
+	if (strlen(job) > 63)
+		return cbi_err(err, -CBI_EUSAGE, "job name '%s' longer than 63 bytes", job);
+	if (o->source_id && strlen(o->source_id) > 127)
+		return cbi_err(err, -CBI_EUSAGE, "source id longer than 127 bytes");
+	struct stat dst;
+	if (stat(o->dest, &dst) < 0)
+		return cbi_err(err, -errno, "unable to use destination '%s': %s", o->dest, strerror(errno));
+	if (!S_ISDIR(dst.st_mode))
+		return cbi_err(err, -ENOTDIR, "destination '%s' is not a directory", o->dest);
+	if (access(o->dest, W_OK) < 0)
+		return cbi_err(err, -errno, "destination '%s' is not writable: %s", o->dest, strerror(errno));
+
+	if ((rc = cbi_source_open(o->source, &src, err)))
+		return rc;
+	if (src->is_dev && cbi_dev_mounted_rw(src->rdev))
+		snprintf(r->warning, sizeof r->warning,
+			 "source '%s' is mounted read-write: the image may be inconsistent; unmount it, "
+			 "mount it read-only or back up a snapshot",
+			 o->source);
+
+	h.version = CBI_FORMAT_VERSION;
+	h.hash_alg = CBI_HASH_XXH3_128;
+	h.compression = CBI_COMP_ZSTD;
+	h.level = (uint32_t)level;
+	h.source_size = src->size;
+	h.created_ns = cbi_wallclock_ns();
+	cbi_strlcpy(h.job, job, sizeof h.job);
+	if (o->host && *o->host) {
+		cbi_strlcpy(h.host, o->host, sizeof h.host);
+	} else if (gethostname(h.host, sizeof h.host - 1) < 0) {
+		cbi_strlcpy(h.host, "localhost", sizeof h.host);
+	}
+	cbi_strlcpy(h.source_id, o->source_id ? o->source_id : src->id, sizeof h.source_id);
+	/* keep the tail of long paths: it is the part that names the device */
+	size_t pl = strlen(o->source);
+	cbi_strlcpy(h.source_path, pl > 63 ? o->source + pl - 63 : o->source, sizeof h.source_path);
+
+	if ((rc = take_lock(o->dest, &h, &lockfd, err)))
+		goto end;
+	if ((rc = cbi_chain_scan(o->dest, &pts, &npts, err)))
+		goto end;
+	long tip = o->force_full ? -1 : find_tip(pts, npts, &h);
+	if (tip < 0 && !o->force_full && !o->source_id) {
+		/* Same path and job, other identity: another disk under the same name. */
+		for (size_t i = 0; i < npts; i++)
+			if (!strcmp(pts[i].host, h.host) && !strcmp(pts[i].job, h.job) &&
+			    !strcmp(pts[i].source_path, h.source_path)) {
+				rc = cbi_err(err, -CBI_EMISMATCH,
+					     "source '%s' is now '%s' but job '%s' in '%s' backs up '%s': "
+					     "another disk? use --full to start a new chain",
+					     o->source, h.source_id, h.job, o->dest, pts[i].source_id);
+				goto end;
+			}
+	}
+	if (tip >= 0) {
+		const cbi_point *tp = &pts[tip];
+		if (tp->source_size != src->size) {
+			rc = cbi_err(err, -CBI_EMISMATCH,
+				     "source '%s' is %llu bytes but its chain for job '%s' holds %llu; "
+				     "use --full to start a new chain",
+				     o->source, (unsigned long long)src->size, h.job,
+				     (unsigned long long)tp->source_size);
+			goto end;
+		}
+		if (tp->seq >= UINT32_MAX - 1) {
+			tip = -1; /* chain exhausted: start anew */
+		} else {
+			if ((rc = cbi_index_open(tp->index_file, &parent, err)))
+				goto end;
+			if ((rc = cbi_index_check_digest(parent))) {
+				rc = cbi_err(err, rc == -CBI_EDAMAGED ? -CBI_EDAMAGED : rc,
+					     "newest index '%s' of job '%s' is damaged (%s): run 'cbimg verify', "
+					     "or use --full",
+					     tp->index_file, h.job, cbi_errtext(rc));
+				goto end;
+			}
+			if (o->block_size && o->block_size != tp->block_size)
+				snprintf(r->warning, sizeof r->warning,
+					 "--block-size applies to new chains only; this chain uses %u bytes",
+					 tp->block_size);
+			bs = tp->block_size;
+			h.type = CBI_INCREMENTAL;
+			h.seq = tp->seq + 1;
+			memcpy(h.chain_id, tp->chain_id, 16);
+			memcpy(h.parent_id, tp->point_id, 16);
+			memcpy(h.parent_digest, tp->index_digest, 32);
+		}
+	}
+	if (tip < 0) {
+		h.type = CBI_FULL;
+		h.seq = 0;
+		if ((rc = cbi_random(h.chain_id, 16))) {
+			rc = cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
+			goto end;
+		}
+	}
+	if ((rc = cbi_random(h.point_id, 16))) {
+		rc = cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
+		goto end;
+	}
+	h.block_size = bs;
+	h.n_blocks = cbi_nblocks(src->size, bs);
+
+	cbi_point_filename(&h, "cbi", name, sizeof name);
+	snprintf(img_path, sizeof img_path, "%s/%s", o->dest, name);
+	cbi_point_filename(&h, "cbx", name, sizeof name);
+	snprintf(idx_path, sizeof idx_path, "%s/%s", o->dest, name);
+	st.img_path = img_path;
+	if ((rc = cbi_image_writer_create(img_path, &h, &st.img, err)))
+		goto end;
+	if ((rc = cbi_index_writer_create(idx_path, &h, &st.idx, err)))
+		goto end;
+
+	cbi_pipe_cfg pc = {
+		.src = src, .parent = parent, .block_size = bs, .seq = h.seq, .level = level,
+		.threads = o->threads, .sink = sink, .sink_ud = &st,
+		.progress = o->progress, .progress_ud = o->progress_ud,
+	};
+	cbi_pipe_stats ps = { 0 };
+	if ((rc = cbi_pipe_run(&pc, &ps, err)))
+		goto end;
+
+	cbi_idx_trailer it = { 0 };
+	it.changed_blocks = st.changed;
+	it.zero_blocks = st.zero;
+	it.stored_blocks = st.stored;
+	it.image_size = cbi_image_writer_final_size(st.img);
+	if ((rc = cbi_index_writer_seal(st.idx, &it))) {
+		rc = cbi_err(err, rc, "unable to write '%s': %s", idx_path, cbi_errtext(rc));
+		goto end;
+	}
+	if ((rc = cbi_image_writer_seal(st.img, st.changed, it.digest))) {
+		rc = cbi_err(err, rc, "unable to write '%s': %s", img_path, cbi_errtext(rc));
+		goto end;
+	}
+	/* Commit: the image first, then the index. A point exists only when its
+	 * index does, so a crash between the two renames leaves an orphan image
+	 * that nothing takes for a point. */
+	if ((rc = cbi_image_writer_commit(st.img, err)))
+		goto end;
+	st.img = NULL;
+	if ((rc = cbi_index_writer_commit(st.idx, err))) {
+		unlink(img_path);
+		goto end;
+	}
+	st.idx = NULL;
+	if ((rc = cbi_fsync_dir(o->dest))) {
+		rc = cbi_err(err, rc, "unable to sync directory '%s': %s", o->dest, cbi_errtext(rc));
+		goto end;
+	}
+
+	fill_point(&r->point, &h);
+	cbi_strlcpy(r->point.file, img_path, sizeof r->point.file);
+	cbi_strlcpy(r->point.index_file, idx_path, sizeof r->point.index_file);
+	memcpy(r->point.index_digest, it.digest, 32);
+	r->point.changed_blocks = st.changed;
+	r->point.zero_blocks = st.zero;
+	r->point.stored_blocks = st.stored;
+	r->point.stored_bytes = it.image_size;
+	r->point.index_bytes = it.file_size;
+	r->point.has_image = 1;
+	r->blocks_total = h.n_blocks;
+	r->blocks_read = (ps.bytes_read + bs - 1) / bs;
+	r->blocks_changed = st.changed;
+	r->blocks_zero = st.zero;
+	r->blocks_stored = st.stored;
+	r->bytes_read = ps.bytes_read;
+	r->bytes_written = it.image_size + it.file_size;
+end:
+	cbi_image_writer_abort(st.img);
+	cbi_index_writer_abort(st.idx);
+	cbi_index_close(parent);
+	cbi_source_close(src);
+	free(pts);
+	if (lockfd >= 0)
+		close(lockfd);
+	r->seconds = cbi_now() - t0;
+	return rc;
+}

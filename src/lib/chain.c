@@ -1,0 +1,290 @@
+/* chain.c - directory scanning, chain resolution, point naming, info/list. */
+#define _GNU_SOURCE
+#include "chain.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "image.h"
+#include "index.h"
+#include "util.h"
+
+static void fill_from_hdr(cbi_point *p, const cbi_hdr *h)
+{
+	memcpy(p->chain_id, h->chain_id, 16);
+	memcpy(p->point_id, h->point_id, 16);
+	memcpy(p->parent_id, h->parent_id, 16);
+	memcpy(p->parent_digest, h->parent_digest, 32);
+	p->seq = h->seq;
+	p->type = (int)h->type;
+	p->block_size = h->block_size;
+	p->source_size = h->source_size;
+	p->n_blocks = h->n_blocks;
+	p->created_ns = h->created_ns;
+	memcpy(p->job, h->job, sizeof p->job);
+	memcpy(p->host, h->host, sizeof p->host);
+	memcpy(p->source_id, h->source_id, sizeof p->source_id);
+	memcpy(p->source_path, h->source_path, sizeof p->source_path);
+}
+
+int cbi_point_read_file(const char *path, cbi_point *p, int *kind, cbi_error *err)
+{
+	uint8_t b[CBI_HDR_SIZE];
+	cbi_hdr h;
+	int rc = 0;
+	cbi_sfr *f = NULL;
+	if ((rc = cbi_sfr_open(path, &f, err)))
+		return rc;
+	if ((rc = cbi_sfr_pread(f, b, CBI_HDR_SIZE, 0))) {
+		cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
+		goto end;
+	}
+	if ((rc = cbi_hdr_decode(b, &h))) {
+		cbi_err(err, rc, "'%s': %s", path,
+			rc == -CBI_EFORMAT ? "not a cbimg file or unsupported version" : "damaged header");
+		goto end;
+	}
+	*kind = h.kind;
+	if ((rc = cbi_sfr_pread(f, b, CBI_TRL_SIZE, f->size - CBI_TRL_SIZE))) {
+		cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
+		goto end;
+	}
+	fill_from_hdr(p, &h);
+	if (h.kind == CBI_KIND_INDEX) {
+		cbi_idx_trailer t;
+		if ((rc = cbi_idx_trailer_decode(b, &t))) {
+			cbi_err(err, rc, "'%s': no trailer: the file is unfinished or truncated", path);
+			goto end;
+		}
+		if (t.file_size != f->size || memcmp(t.point_id, h.point_id, 16) ||
+		    f->size != CBI_HDR_SIZE + h.n_blocks * CBI_IDX_ENT_SIZE + CBI_TRL_SIZE) {
+			rc = cbi_err(err, -CBI_EDAMAGED, "'%s': trailer does not match the header or file size",
+				     path);
+			goto end;
+		}
+		memcpy(p->index_digest, t.digest, 32);
+		p->changed_blocks = t.changed_blocks;
+		p->zero_blocks = t.zero_blocks;
+		p->stored_blocks = t.stored_blocks;
+		p->stored_bytes = t.image_size;
+		p->index_bytes = t.file_size;
+		cbi_strlcpy(p->index_file, path, sizeof p->index_file);
+	} else {
+		cbi_img_trailer t;
+		if ((rc = cbi_img_trailer_decode(b, &t))) {
+			cbi_err(err, rc, "'%s': no trailer: the file is unfinished or truncated", path);
+			goto end;
+		}
+		if (t.file_size != f->size || memcmp(t.point_id, h.point_id, 16)) {
+			rc = cbi_err(err, -CBI_EDAMAGED, "'%s': trailer does not match the header or file size",
+				     path);
+			goto end;
+		}
+		/* An image names the index it belongs to by the index digest. */
+		memcpy(p->index_digest, t.index_digest, 32);
+		p->changed_blocks = t.changed_blocks;
+		p->stored_blocks = t.record_count;
+		p->stored_bytes = t.file_size;
+		cbi_strlcpy(p->file, path, sizeof p->file);
+	}
+end:
+	cbi_sfr_close(f);
+	return rc;
+}
+
+static int has_ext(const char *name, const char *ext)
+{
+	size_t n = strlen(name), e = strlen(ext);
+	return n > e && !strcmp(name + n - e, ext);
+}
+
+static int point_cmp(const void *a, const void *b)
+{
+	const cbi_point *x = a, *y = b;
+	int c = strcmp(x->host, y->host);
+	if (!c)
+		c = strcmp(x->job, y->job);
+	if (!c)
+		c = strcmp(x->source_id, y->source_id);
+	if (!c)
+		c = memcmp(x->chain_id, y->chain_id, 16);
+	if (!c)
+		c = (x->seq > y->seq) - (x->seq < y->seq);
+	if (!c)
+		c = (x->created_ns > y->created_ns) - (x->created_ns < y->created_ns);
+	return c;
+}
+
+long cbi_chain_find_id(const cbi_point *pts, size_t n, const uint8_t id[16])
+{
+	for (size_t i = 0; i < n; i++)
+		if (!memcmp(pts[i].point_id, id, 16))
+			return (long)i;
+	return -1;
+}
+
+int cbi_chain_scan(const char *dir, cbi_point **out, size_t *nout, cbi_error *err)
+{
+	DIR *d = opendir(dir);
+	if (!d)
+		return cbi_err(err, -errno, "unable to open directory '%s': %s", dir, strerror(errno));
+	cbi_point *pts = NULL, *imgs = NULL;
+	size_t n = 0, cap = 0, ni = 0, capi = 0;
+	int rc = 0;
+	struct dirent *de;
+	char path[4096];
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue; /* temporary files and lock files */
+		int is_idx = has_ext(de->d_name, ".cbx"), is_img = has_ext(de->d_name, ".cbi");
+		if (!is_idx && !is_img)
+			continue;
+		if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= sizeof path)
+			continue;
+		cbi_point p;
+		memset(&p, 0, sizeof p);
+		int kind = 0;
+		if (cbi_point_read_file(path, &p, &kind, NULL))
+			continue; /* damaged or unfinished: not a point (verify reports it) */
+		cbi_point **arr = kind == CBI_KIND_INDEX ? &pts : &imgs;
+		size_t *cnt = kind == CBI_KIND_INDEX ? &n : &ni, *cp = kind == CBI_KIND_INDEX ? &cap : &capi;
+		if (*cnt == *cp) {
+			size_t nc = *cp ? *cp * 2 : 64;
+			cbi_point *t = realloc(*arr, nc * sizeof *t);
+			if (!t) {
+				rc = cbi_err(err, -ENOMEM, "out of memory");
+				goto end;
+			}
+			*arr = t;
+			*cp = nc;
+		}
+		(*arr)[(*cnt)++] = p;
+	}
+	/* Drop duplicate copies of the same index (same id and digest). */
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = i + 1; j < n; j++)
+			if (!memcmp(pts[i].point_id, pts[j].point_id, 16) &&
+			    !memcmp(pts[i].index_digest, pts[j].index_digest, 32)) {
+				pts[j] = pts[--n];
+				j--;
+			}
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < ni; j++)
+			if (!memcmp(pts[i].point_id, imgs[j].point_id, 16) &&
+			    !memcmp(pts[i].index_digest, imgs[j].index_digest, 32)) {
+				cbi_strlcpy(pts[i].file, imgs[j].file, sizeof pts[i].file);
+				pts[i].stored_bytes = imgs[j].stored_bytes;
+				pts[i].has_image = 1;
+				break;
+			}
+	if (n)
+		qsort(pts, n, sizeof *pts, point_cmp);
+end:
+	closedir(d);
+	free(imgs);
+	if (rc) {
+		free(pts);
+		return rc;
+	}
+	*out = pts;
+	*nout = n;
+	return 0;
+}
+
+int cbi_chain_resolve(const cbi_point *pts, size_t n, size_t tip, size_t **out, cbi_error *err)
+{
+	uint32_t len = pts[tip].seq + 1;
+	size_t *v = calloc(len, sizeof *v);
+	if (!v)
+		return cbi_err(err, -ENOMEM, "out of memory");
+	size_t cur = tip;
+	for (;;) {
+		v[pts[cur].seq] = cur;
+		if (pts[cur].type == CBI_FULL)
+			break;
+		long par = -1;
+		for (size_t i = 0; i < n; i++)
+			if (!memcmp(pts[i].point_id, pts[cur].parent_id, 16) &&
+			    !memcmp(pts[i].index_digest, pts[cur].parent_digest, 32)) {
+				par = (long)i;
+				break;
+			}
+		char id[33];
+		cbi_id_hex(pts[cur].parent_id, id);
+		if (par < 0) {
+			free(v);
+			return cbi_err(err, -CBI_ENOPARENT,
+				       "parent %s (seq %u) of '%s' not found: the chain is incomplete", id,
+				       pts[cur].seq - 1, pts[cur].index_file);
+		}
+		const cbi_point *pp = &pts[par];
+		if (pp->seq + 1 != pts[cur].seq || memcmp(pp->chain_id, pts[cur].chain_id, 16) ||
+		    pp->block_size != pts[cur].block_size || pp->source_size != pts[cur].source_size) {
+			free(v);
+			return cbi_err(err, -CBI_EDAMAGED, "parent %s of '%s' does not fit the chain", id,
+				       pts[cur].index_file);
+		}
+		cur = (size_t)par;
+	}
+	*out = v;
+	return 0;
+}
+
+void cbi_point_filename(const cbi_hdr *h, const char *ext, char *out, size_t outsz)
+{
+	char host[33], job[33], src[33], id[33], ts[32];
+	cbi_sanitize_name(h->host, host, sizeof host);
+	cbi_sanitize_name(h->job, job, sizeof job);
+	const char *base = strrchr(h->source_path, '/');
+	cbi_sanitize_name(base ? base + 1 : h->source_path, src, sizeof src);
+	cbi_id_hex(h->point_id, id);
+	id[8] = 0;
+	time_t t = (time_t)(h->created_ns / 1000000000LL);
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(ts, sizeof ts, "%Y%m%dT%H%M%SZ", &tm);
+	snprintf(out, outsz, "%s_%s_%s_%s_%s%04u_%s.%s", host, src, job, ts,
+		 h->type == CBI_FULL ? "full" : "incr", h->seq, id, ext);
+}
+
+void cbi_id_hex(const uint8_t id[16], char out[33])
+{
+	static const char hx[] = "0123456789abcdef";
+	for (int i = 0; i < 16; i++) {
+		out[2 * i] = hx[id[i] >> 4];
+		out[2 * i + 1] = hx[id[i] & 15];
+	}
+	out[32] = 0;
+}
+
+int cbi_list(const char *dest, cbi_point **out, size_t *n, cbi_error *err)
+{
+	return cbi_chain_scan(dest, out, n, err);
+}
+
+int cbi_point_info(const char *file, cbi_point *out, cbi_error *err)
+{
+	memset(out, 0, sizeof *out);
+	int kind = 0;
+	int rc = cbi_point_read_file(file, out, &kind, err);
+	if (rc)
+		return rc;
+	char dir[4096];
+	cbi_dirname(file, dir, sizeof dir);
+	cbi_point *pts = NULL;
+	size_t n = 0;
+	if (cbi_chain_scan(dir, &pts, &n, NULL) == 0) {
+		long i = cbi_chain_find_id(pts, n, out->point_id);
+		if (i >= 0 && !memcmp(pts[i].index_digest, out->index_digest, 32)) {
+			*out = pts[i];
+			if (kind == CBI_KIND_IMAGE)
+				cbi_strlcpy(out->file, file, sizeof out->file);
+			else
+				cbi_strlcpy(out->index_file, file, sizeof out->index_file);
+		}
+	}
+	free(pts);
+	return 0;
+}

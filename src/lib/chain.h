@@ -1,0 +1,31 @@
+/* chain.h - finding points in a directory and linking them into chains.
+ * Points are found by scanning file contents, never by file names: a chain
+ * stays valid when its files are moved or renamed (format/SPEC.md). */
+#ifndef CBI_CHAIN_H
+#define CBI_CHAIN_H
+
+#include "format.h"
+
+/* Read header and trailer of one .cbx or .cbi file into p (the fields the
+ * file carries; partner fields are left as they are). kind receives
+ * CBI_KIND_INDEX or CBI_KIND_IMAGE. Structural checks only, no digest. */
+int cbi_point_read_file(const char *path, cbi_point *p, int *kind, cbi_error *err) CBI_WUR;
+
+/* All complete points of directory dir (index file present and structurally
+ * valid; image matched by point id and index digest). Damaged or unfinished
+ * files are skipped. *out is malloc'ed, sorted by host, job, chain, seq. */
+int cbi_chain_scan(const char *dir, cbi_point **out, size_t *n, cbi_error *err) CBI_WUR;
+
+/* Follow parent links from pts[tip] down to the full. On success *out holds
+ * indexes into pts, out[s] being the point of seq s (length pts[tip].seq+1).
+ * -CBI_ENOPARENT (with the missing id in err) when a link is missing. */
+int cbi_chain_resolve(const cbi_point *pts, size_t n, size_t tip, size_t **out,
+		      cbi_error *err) CBI_WUR;
+
+/* Index into pts of the point whose point_id is id, or -1. */
+long cbi_chain_find_id(const cbi_point *pts, size_t n, const uint8_t id[16]);
+
+/* File name (no directory) for a point's file: ext is "cbi" or "cbx". */
+void cbi_point_filename(const cbi_hdr *h, const char *ext, char *out, size_t outsz);
+
+#endif

@@ -1,0 +1,153 @@
+/* format.h - on-disk constants and the common file header (format/SPEC.md). */
+#ifndef CBI_FORMAT_H
+#define CBI_FORMAT_H
+
+#include <stdint.h>
+
+#include "cbimg.h"
+
+#define CBI_HDR_SIZE 512u
+#define CBI_TRL_SIZE 128u
+#define CBI_REC_HDR_SIZE 40u
+#define CBI_TAB_ENT_SIZE 24u
+#define CBI_IDX_ENT_SIZE 24u
+
+/* File magics (8 bytes, ASCII). */
+#define CBI_MAGIC_IMAGE "CBIMGDAT"
+#define CBI_MAGIC_INDEX "CBIMGIDX"
+#define CBI_MAGIC_IMAGE_END "CBIDATND"
+#define CBI_MAGIC_INDEX_END "CBIIDXND"
+#define CBI_REC_MAGIC 0x4b4c4243u /* "CBLK" little-endian */
+
+enum cbi_kind { CBI_KIND_IMAGE = 1, CBI_KIND_INDEX = 2 };
+
+#define CBI_HASH_XXH3_128 1u
+#define CBI_COMP_ZSTD 1u
+
+/* Record flags. */
+#define CBI_REC_ZSTD 0x1u
+
+/* Index entry flags. */
+#define CBI_IDX_ZERO 0x1u
+
+/* In-memory form of the 512-byte header shared by image and index files. */
+typedef struct cbi_hdr {
+	int kind;              /* enum cbi_kind */
+	uint32_t version;
+	uint32_t flags;
+	uint32_t block_size;
+	uint32_t hash_alg;
+	uint64_t source_size;
+	uint64_t n_blocks;
+	uint8_t chain_id[16];
+	uint8_t point_id[16];
+	uint8_t parent_id[16];
+	uint8_t parent_digest[32];
+	uint32_t seq;
+	uint32_t type;         /* CBI_FULL / CBI_INCREMENTAL */
+	int64_t created_ns;
+	uint32_t compression;
+	uint32_t level;
+	char job[64];
+	char host[64];
+	char source_id[128];
+	char source_path[64];
+} cbi_hdr;
+
+/* Encode hdr into buf (CBI_HDR_SIZE bytes), with the header checksum. */
+void cbi_hdr_encode(const cbi_hdr *h, uint8_t *buf);
+
+/* Decode and validate a header. Returns 0, -CBI_EFORMAT (wrong magic or
+ * version), or -CBI_EDAMAGED (checksum or field values invalid). */
+int cbi_hdr_decode(const uint8_t *buf, cbi_hdr *h);
+
+/* Image trailer (128 bytes). */
+typedef struct cbi_img_trailer {
+	uint64_t table_offset;
+	uint64_t record_count;
+	uint64_t changed_blocks;
+	uint64_t stored_bytes;   /* sum of record payload bytes */
+	uint64_t file_size;
+	uint8_t point_id[16];
+	uint8_t index_digest[32];
+	uint8_t digest[32];      /* SHA-256 of the file's first file_size-32 bytes */
+} cbi_img_trailer;
+
+/* Index trailer (128 bytes). */
+typedef struct cbi_idx_trailer {
+	uint64_t n_blocks;
+	uint64_t changed_blocks;
+	uint64_t zero_blocks;
+	uint64_t stored_blocks;
+	uint64_t image_size;     /* size of the image file of the same point */
+	uint64_t file_size;
+	uint8_t point_id[16];
+	uint8_t digest[32];
+} cbi_idx_trailer;
+
+void cbi_img_trailer_encode(const cbi_img_trailer *t, uint8_t *buf);
+int cbi_img_trailer_decode(const uint8_t *buf, cbi_img_trailer *t);
+void cbi_idx_trailer_encode(const cbi_idx_trailer *t, uint8_t *buf);
+int cbi_idx_trailer_decode(const uint8_t *buf, cbi_idx_trailer *t);
+
+/* Index entry: per-block hash, owner seq, flags. */
+typedef struct cbi_idx_ent {
+	uint8_t hash[16];
+	uint32_t owner;
+	uint32_t flags;
+} cbi_idx_ent;
+
+static inline void cbi_idx_ent_encode(const cbi_idx_ent *e, uint8_t *p)
+{
+	for (int i = 0; i < 16; i++)
+		p[i] = e->hash[i];
+	for (int i = 0; i < 4; i++) {
+		p[16 + i] = (uint8_t)(e->owner >> (8 * i));
+		p[20 + i] = (uint8_t)(e->flags >> (8 * i));
+	}
+}
+static inline void cbi_idx_ent_decode(const uint8_t *p, cbi_idx_ent *e)
+{
+	for (int i = 0; i < 16; i++)
+		e->hash[i] = p[i];
+	e->owner = (uint32_t)p[16] | (uint32_t)p[17] << 8 | (uint32_t)p[18] << 16 | (uint32_t)p[19] << 24;
+	e->flags = (uint32_t)p[20] | (uint32_t)p[21] << 8 | (uint32_t)p[22] << 16 | (uint32_t)p[23] << 24;
+}
+
+/* Block table entry of an image file. */
+typedef struct cbi_tab_ent {
+	uint64_t block;
+	uint64_t offset;   /* of the record header */
+	uint32_t stored_len;
+	uint32_t flags;
+} cbi_tab_ent;
+
+void cbi_tab_ent_encode(const cbi_tab_ent *e, uint8_t *p);
+void cbi_tab_ent_decode(const uint8_t *p, cbi_tab_ent *e);
+
+/* Record header preceding each stored block. */
+typedef struct cbi_rec_hdr {
+	uint32_t flags;
+	uint64_t block;
+	uint32_t stored_len;
+	uint32_t raw_len;
+	uint8_t hash[16];
+} cbi_rec_hdr;
+
+void cbi_rec_hdr_encode(const cbi_rec_hdr *r, uint8_t *p);
+int cbi_rec_hdr_decode(const uint8_t *p, cbi_rec_hdr *r); /* -CBI_EDAMAGED on bad magic */
+
+/* XXH3-128 of a block, stored little-endian (low 64 bits first). */
+void cbi_block_hash(const void *data, size_t len, uint8_t out[16]);
+
+/* Length of block i of a source of size source_size. */
+static inline uint32_t cbi_block_len(uint64_t source_size, uint32_t bs, uint64_t i)
+{
+	uint64_t off = i * bs;
+	uint64_t rem = source_size - off;
+	return rem < bs ? (uint32_t)rem : bs;
+}
+
+static inline uint64_t cbi_nblocks(uint64_t size, uint32_t bs) { return (size + bs - 1) / bs; }
+
+#endif

@@ -1,0 +1,280 @@
+/* image.c - image file writer and reader. */
+#include "image.h"
+
+#include <stdlib.h>
+
+#include "util.h"
+
+#define WIN_ENTRIES 4096u
+
+struct cbi_image_writer {
+	cbi_sfw *f;
+	cbi_hdr hdr;
+	uint8_t *table;          /* encoded table entries; at most 24 bytes per stored block */
+	uint64_t n, cap;
+	uint64_t stored_bytes;
+	uint64_t last_block;
+};
+
+int cbi_image_writer_create(const char *final_path, const cbi_hdr *h, cbi_image_writer **out,
+			    cbi_error *err)
+{
+	cbi_image_writer *w = calloc(1, sizeof *w);
+	if (!w)
+		return cbi_err(err, -ENOMEM, "out of memory");
+	w->hdr = *h;
+	w->hdr.kind = CBI_KIND_IMAGE;
+	int rc = cbi_sfw_create(final_path, &w->f, err);
+	if (rc) {
+		free(w);
+		return rc;
+	}
+	uint8_t b[CBI_HDR_SIZE];
+	cbi_hdr_encode(&w->hdr, b);
+	if ((rc = cbi_sfw_write(w->f, b, sizeof b))) {
+		cbi_image_writer_abort(w);
+		return cbi_err(err, rc, "unable to write '%s': %s", final_path, cbi_errtext(rc));
+	}
+	*out = w;
+	return 0;
+}
+
+int cbi_image_writer_add(cbi_image_writer *w, uint64_t block, uint32_t flags, uint32_t raw_len,
+			 const uint8_t hash[16], const void *payload, uint32_t stored_len)
+{
+	if (w->n && block <= w->last_block)
+		return -EINVAL; /* the table must stay sorted */
+	if (w->n == w->cap) {
+		uint64_t nc = w->cap ? w->cap * 2 : 1024;
+		uint8_t *t = realloc(w->table, (size_t)(nc * CBI_TAB_ENT_SIZE));
+		if (!t)
+			return -ENOMEM;
+		w->table = t;
+		w->cap = nc;
+	}
+	cbi_tab_ent te = { block, cbi_sfw_offset(w->f), stored_len, flags };
+	cbi_rec_hdr rh = { .flags = flags, .block = block, .stored_len = stored_len, .raw_len = raw_len };
+	memcpy(rh.hash, hash, 16);
+	uint8_t b[CBI_REC_HDR_SIZE];
+	cbi_rec_hdr_encode(&rh, b);
+	int rc = cbi_sfw_write(w->f, b, sizeof b);
+	if (!rc)
+		rc = cbi_sfw_write(w->f, payload, stored_len);
+	if (rc)
+		return rc;
+	cbi_tab_ent_encode(&te, w->table + w->n * CBI_TAB_ENT_SIZE);
+	w->n++;
+	w->last_block = block;
+	w->stored_bytes += stored_len;
+	return 0;
+}
+
+uint64_t cbi_image_writer_final_size(const cbi_image_writer *w)
+{
+	return cbi_sfw_offset(w->f) + w->n * CBI_TAB_ENT_SIZE + CBI_TRL_SIZE;
+}
+
+uint64_t cbi_image_writer_records(const cbi_image_writer *w) { return w->n; }
+
+int cbi_image_writer_seal(cbi_image_writer *w, uint64_t changed_blocks, const uint8_t index_digest[32])
+{
+	cbi_img_trailer t = { 0 };
+	t.table_offset = cbi_sfw_offset(w->f);
+	t.record_count = w->n;
+	t.changed_blocks = changed_blocks;
+	t.stored_bytes = w->stored_bytes;
+	t.file_size = cbi_image_writer_final_size(w);
+	memcpy(t.point_id, w->hdr.point_id, 16);
+	memcpy(t.index_digest, index_digest, 32);
+	int rc = w->n ? cbi_sfw_write(w->f, w->table, (size_t)(w->n * CBI_TAB_ENT_SIZE)) : 0;
+	if (rc)
+		return rc;
+	uint8_t b[CBI_TRL_SIZE];
+	cbi_img_trailer_encode(&t, b);
+	return cbi_sfw_seal(w->f, b, t.digest);
+}
+
+int cbi_image_writer_commit(cbi_image_writer *w, cbi_error *err)
+{
+	int rc = cbi_sfw_commit(w->f, err);
+	if (rc)
+		return rc;
+	free(w->table);
+	free(w);
+	return 0;
+}
+
+void cbi_image_writer_abort(cbi_image_writer *w)
+{
+	if (!w)
+		return;
+	cbi_sfw_abort(w->f);
+	free(w->table);
+	free(w);
+}
+
+int cbi_image_open(const char *path, cbi_image **out, cbi_error *err)
+{
+	cbi_image *m = calloc(1, sizeof *m);
+	if (!m)
+		return cbi_err(err, -ENOMEM, "out of memory");
+	int rc = cbi_sfr_open(path, &m->f, err);
+	if (rc) {
+		free(m);
+		return rc;
+	}
+	uint8_t b[CBI_HDR_SIZE];
+	if ((rc = cbi_sfr_pread(m->f, b, CBI_HDR_SIZE, 0)))
+		goto fail_io;
+	if ((rc = cbi_hdr_decode(b, &m->hdr))) {
+		cbi_err(err, rc, "'%s': header: %s", path,
+			rc == -CBI_EFORMAT ? "not a cbimg file or unsupported version" : "damaged header");
+		goto fail;
+	}
+	if (m->hdr.kind != CBI_KIND_IMAGE) {
+		rc = cbi_err(err, -CBI_EFORMAT, "'%s' is an index file, not an image file", path);
+		goto fail;
+	}
+	if ((rc = cbi_sfr_pread(m->f, b, CBI_TRL_SIZE, m->f->size - CBI_TRL_SIZE)))
+		goto fail_io;
+	if ((rc = cbi_img_trailer_decode(b, &m->trl))) {
+		cbi_err(err, rc, "'%s': no trailer: the file is unfinished or truncated", path);
+		goto fail;
+	}
+	const cbi_img_trailer *t = &m->trl;
+	if (t->file_size != m->f->size || t->table_offset < CBI_HDR_SIZE ||
+	    t->record_count > m->hdr.n_blocks ||
+	    t->table_offset + t->record_count * CBI_TAB_ENT_SIZE + CBI_TRL_SIZE != m->f->size ||
+	    memcmp(t->point_id, m->hdr.point_id, 16)) {
+		rc = cbi_err(err, -CBI_EDAMAGED, "'%s': trailer does not match the header or file size",
+			     path);
+		goto fail;
+	}
+	*out = m;
+	return 0;
+fail_io:
+	cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
+fail:
+	cbi_image_close(m);
+	return rc;
+}
+
+int cbi_image_table_get(cbi_image *m, uint64_t i, cbi_tab_ent *e)
+{
+	if (i >= m->trl.record_count)
+		return -EINVAL;
+	if (!m->win) {
+		m->win = malloc((size_t)WIN_ENTRIES * CBI_TAB_ENT_SIZE);
+		if (!m->win)
+			return -ENOMEM;
+	}
+	if (i < m->win_first || i >= m->win_first + m->win_n) {
+		uint64_t n = CBI_MIN((uint64_t)WIN_ENTRIES, m->trl.record_count - i);
+		int rc = cbi_sfr_pread(m->f, m->win, (size_t)(n * CBI_TAB_ENT_SIZE),
+				       m->trl.table_offset + i * CBI_TAB_ENT_SIZE);
+		if (rc) {
+			m->win_n = 0;
+			return rc;
+		}
+		m->win_first = i;
+		m->win_n = n;
+	}
+	cbi_tab_ent_decode(m->win + (i - m->win_first) * CBI_TAB_ENT_SIZE, e);
+	return 0;
+}
+
+int cbi_image_find(cbi_image *m, uint64_t block, cbi_tab_ent *e)
+{
+	uint64_t lo = 0, hi = m->trl.record_count;
+	/* Fast path: the block is inside the cached window (sequential restore). */
+	if (m->win_n) {
+		cbi_tab_ent a, z;
+		cbi_tab_ent_decode(m->win, &a);
+		cbi_tab_ent_decode(m->win + (m->win_n - 1) * CBI_TAB_ENT_SIZE, &z);
+		if (block >= a.block && block <= z.block) {
+			lo = m->win_first;
+			hi = m->win_first + m->win_n;
+		} else if (block > z.block) {
+			lo = m->win_first + m->win_n;
+		}
+	}
+	while (lo < hi) {
+		uint64_t mid = lo + (hi - lo) / 2;
+		int rc = cbi_image_table_get(m, mid, e);
+		if (rc)
+			return rc;
+		if (e->block == block)
+			return 0;
+		if (e->block < block)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -ENOENT;
+}
+
+size_t cbi_image_scratch_size(uint32_t block_size)
+{
+	return CBI_REC_HDR_SIZE + ZSTD_compressBound(block_size);
+}
+
+int cbi_image_read_block(cbi_image *m, const cbi_tab_ent *e, ZSTD_DCtx *dctx, uint8_t *scratch,
+			 uint8_t *out, const uint8_t *want_hash, const char **why)
+{
+	uint32_t bs = m->hdr.block_size;
+	*why = NULL;
+	if (e->block >= m->hdr.n_blocks || e->stored_len > ZSTD_compressBound(bs) ||
+	    e->offset < CBI_HDR_SIZE || e->offset + CBI_REC_HDR_SIZE + e->stored_len > m->trl.table_offset) {
+		*why = "table entry out of range";
+		return -CBI_EDAMAGED;
+	}
+	int rc = cbi_sfr_pread(m->f, scratch, CBI_REC_HDR_SIZE + e->stored_len, e->offset);
+	if (rc) {
+		*why = "read error";
+		return rc;
+	}
+	cbi_rec_hdr rh;
+	if (cbi_rec_hdr_decode(scratch, &rh) || rh.block != e->block || rh.stored_len != e->stored_len ||
+	    rh.flags != e->flags) {
+		*why = "record header does not match the block table";
+		return -CBI_EDAMAGED;
+	}
+	uint32_t want_len = cbi_block_len(m->hdr.source_size, bs, e->block);
+	if (rh.raw_len != want_len) {
+		*why = "record length wrong";
+		return -CBI_EDAMAGED;
+	}
+	const uint8_t *payload = scratch + CBI_REC_HDR_SIZE;
+	if (rh.flags & CBI_REC_ZSTD) {
+		size_t n = ZSTD_decompressDCtx(dctx, out, bs, payload, rh.stored_len);
+		if (ZSTD_isError(n) || n != rh.raw_len) {
+			*why = "decompression failed";
+			return -CBI_EDAMAGED;
+		}
+	} else if (rh.flags == 0 && rh.stored_len == rh.raw_len) {
+		memcpy(out, payload, rh.raw_len);
+	} else {
+		*why = "unknown record flags";
+		return -CBI_EDAMAGED;
+	}
+	uint8_t h[16];
+	cbi_block_hash(out, rh.raw_len, h);
+	if (memcmp(h, rh.hash, 16)) {
+		*why = "block hash mismatch";
+		return -CBI_EDAMAGED;
+	}
+	if (want_hash && memcmp(h, want_hash, 16)) {
+		*why = "block does not match the index";
+		return -CBI_EDAMAGED;
+	}
+	return (int)rh.raw_len;
+}
+
+void cbi_image_close(cbi_image *m)
+{
+	if (!m)
+		return;
+	cbi_sfr_close(m->f);
+	free(m->win);
+	free(m);
+}

@@ -1,0 +1,38 @@
+/* index.h - the per-block hash index of a point (.cbx file). */
+#ifndef CBI_INDEX_H
+#define CBI_INDEX_H
+
+#include "format.h"
+#include "sfile.h"
+
+/* ---- writer: entries are appended in block order ---- */
+typedef struct cbi_index_writer cbi_index_writer;
+
+int cbi_index_writer_create(const char *final_path, const cbi_hdr *h, cbi_index_writer **out,
+			    cbi_error *err) CBI_WUR;
+int cbi_index_writer_add(cbi_index_writer *w, const cbi_idx_ent *e) CBI_WUR;
+/* Write the trailer (n_blocks and point_id are taken from the header) and
+ * fsync. t->file_size and t->digest are filled in. */
+int cbi_index_writer_seal(cbi_index_writer *w, cbi_idx_trailer *t) CBI_WUR;
+int cbi_index_writer_commit(cbi_index_writer *w, cbi_error *err) CBI_WUR; /* frees w on success */
+void cbi_index_writer_abort(cbi_index_writer *w);
+
+/* ---- reader ---- */
+typedef struct cbi_index {
+	cbi_sfr *f;
+	cbi_hdr hdr;
+	cbi_idx_trailer trl;
+	/* window cache of entries for sequential access */
+	uint8_t *win;
+	uint64_t win_first, win_n;
+} cbi_index;
+
+/* Open an index file and check its structure (header, trailer, size). The
+ * digest is not checked here: see cbi_index_check_digest(). */
+int cbi_index_open(const char *path, cbi_index **out, cbi_error *err) CBI_WUR;
+/* Entry of block i (0 <= i < n_blocks). Cheap for sequential access. */
+int cbi_index_get(cbi_index *x, uint64_t i, cbi_idx_ent *e) CBI_WUR;
+int cbi_index_check_digest(cbi_index *x) CBI_WUR;
+void cbi_index_close(cbi_index *x);
+
+#endif

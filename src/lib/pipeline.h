@@ -1,0 +1,45 @@
+/* pipeline.h - the backup pipeline: one reader thread issuing large
+ * sequential reads, worker threads that detect zero blocks, hash, compare
+ * with the parent index and compress, and the calling thread writing the
+ * results in block order. Memory is bounded: (threads + 2) batches of about
+ * 4 MiB of source data plus their compressed output. */
+#ifndef CBI_PIPELINE_H
+#define CBI_PIPELINE_H
+
+#include "format.h"
+#include "index.h"
+#include "source.h"
+
+typedef struct cbi_pipe_block {
+	cbi_idx_ent ent;      /* entry for the new index */
+	int changed;          /* differs from the parent (or non-zero, for a full) */
+	int store;            /* a record must be written */
+	uint32_t raw_len;
+	uint32_t stored_len;
+	uint32_t rec_flags;
+	const uint8_t *payload;
+} cbi_pipe_block;
+
+/* Called in block order from the calling thread. Return 0 to go on. */
+typedef int (*cbi_pipe_sink)(void *ud, uint64_t block, const cbi_pipe_block *b, cbi_error *err);
+
+typedef struct cbi_pipe_cfg {
+	cbi_source *src;
+	cbi_index *parent;    /* NULL for a full */
+	uint32_t block_size;
+	uint32_t seq;         /* owner recorded for changed blocks */
+	int level;
+	int threads;
+	cbi_pipe_sink sink;
+	void *sink_ud;
+	cbi_progress_fn progress;
+	void *progress_ud;
+} cbi_pipe_cfg;
+
+typedef struct cbi_pipe_stats {
+	uint64_t bytes_read;
+} cbi_pipe_stats;
+
+int cbi_pipe_run(const cbi_pipe_cfg *cfg, cbi_pipe_stats *st, cbi_error *err) CBI_WUR;
+
+#endif

@@ -1,0 +1,256 @@
+/* source.c - source reader, identity and mount checks. */
+#define _GNU_SOURCE
+#include "source.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "util.h"
+
+int cbi_source_open(const char *path, cbi_source **out, cbi_error *err)
+{
+	cbi_source *s = calloc(1, sizeof *s);
+	if (!s)
+		return cbi_err(err, -ENOMEM, "out of memory");
+	cbi_strlcpy(s->path, path, sizeof s->path);
+	struct stat st;
+	if (stat(path, &st) < 0) {
+		int e = -errno;
+		free(s);
+		return cbi_err(err, e, "unable to open source '%s': %s", path, strerror(-e));
+	}
+	if (S_ISBLK(st.st_mode)) {
+		s->is_dev = 1;
+		s->rdev = st.st_rdev;
+		s->fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+		s->direct = s->fd >= 0;
+		if (s->fd < 0)
+			s->fd = open(path, O_RDONLY | O_CLOEXEC);
+	} else if (S_ISREG(st.st_mode)) {
+		s->fd = open(path, O_RDONLY | O_CLOEXEC);
+	} else {
+		free(s);
+		return cbi_err(err, -EINVAL, "source '%s' is neither a block device nor a regular file", path);
+	}
+	if (s->fd < 0) {
+		int e = -errno;
+		free(s);
+		return cbi_err(err, e, "unable to open source '%s': %s", path, strerror(-e));
+	}
+	if (s->is_dev) {
+		uint64_t sz = 0;
+		if (ioctl(s->fd, BLKGETSIZE64, &sz) < 0) {
+			int e = -errno;
+			cbi_source_close(s);
+			return cbi_err(err, e, "unable to get size of '%s': %s", path, strerror(-e));
+		}
+		s->size = sz;
+	} else {
+		s->size = (uint64_t)st.st_size;
+		off_t d = lseek(s->fd, 0, SEEK_DATA);
+		s->holes = !(d < 0 && errno == EINVAL);
+		posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+	}
+	if (s->size == 0) {
+		cbi_source_close(s);
+		return cbi_err(err, -EINVAL, "source '%s' is empty", path);
+	}
+	cbi_source_identity(path, s->id, sizeof s->id);
+	*out = s;
+	return 0;
+}
+
+static int read_range(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, cbi_error *err)
+{
+	uint64_t pos = off, end = off + len;
+	while (pos < end) {
+		size_t want = (size_t)(end - pos);
+		ssize_t r = pread(s->fd, buf + (pos - off), want, (off_t)pos);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && errno == EINVAL && s->direct) {
+			/* O_DIRECT refused (alignment, filesystem): fall back to buffered. */
+			int fd = open(s->path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				return cbi_err(err, -CBI_EREAD, "unable to reopen '%s': %s", s->path,
+					       strerror(errno));
+			close(s->fd);
+			s->fd = fd;
+			s->direct = 0;
+			continue;
+		}
+		if (r < 0)
+			return cbi_err(err, -CBI_EREAD,
+				       "unable to read source '%s' at byte %llu: %s (nothing was written "
+				       "in place of the unreadable data)",
+				       s->path, (unsigned long long)pos, strerror(errno));
+		if (r == 0)
+			return cbi_err(err, -CBI_EREAD, "source '%s' ended at byte %llu, expected %llu",
+				       s->path, (unsigned long long)pos, (unsigned long long)s->size);
+		pos += (uint64_t)r;
+	}
+	return 0;
+}
+
+int cbi_source_read(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint64_t *read_bytes,
+		    cbi_error *err)
+{
+	*read_bytes = 0;
+	if (!s->holes)
+		return (*read_bytes = len, read_range(s, off, len, buf, err));
+	uint64_t pos = off, end = off + len;
+	while (pos < end) {
+		if (pos < s->data_lo || pos >= s->data_hi) {
+			off_t d = lseek(s->fd, (off_t)pos, SEEK_DATA);
+			if (d < 0 && errno == ENXIO) {
+				s->data_lo = s->data_hi = UINT64_MAX; /* only a hole from here on */
+				memset(buf + (pos - off), 0, (size_t)(end - pos));
+				return 0;
+			}
+			if (d < 0)
+				return cbi_err(err, -CBI_EREAD, "unable to seek in '%s': %s", s->path,
+					       strerror(errno));
+			off_t h = lseek(s->fd, d, SEEK_HOLE);
+			if (h < 0)
+				return cbi_err(err, -CBI_EREAD, "unable to seek in '%s': %s", s->path,
+					       strerror(errno));
+			s->data_lo = (uint64_t)d;
+			s->data_hi = (uint64_t)h;
+			if ((uint64_t)d > pos) {
+				uint64_t z = CBI_MIN((uint64_t)d, end);
+				memset(buf + (pos - off), 0, (size_t)(z - pos));
+				pos = z;
+				continue;
+			}
+		}
+		uint64_t stop = CBI_MIN(end, s->data_hi);
+		int rc = read_range(s, pos, (size_t)(stop - pos), buf + (pos - off), err);
+		if (rc)
+			return rc;
+		*read_bytes += stop - pos;
+		pos = stop;
+	}
+	return 0;
+}
+
+void cbi_source_close(cbi_source *s)
+{
+	if (!s)
+		return;
+	if (s->fd >= 0)
+		close(s->fd);
+	free(s);
+}
+
+static int by_id_name(dev_t dev, char *out, size_t outsz)
+{
+	/* Prefer WWN names, then any other stable name in /dev/disk/by-id. */
+	DIR *d = opendir("/dev/disk/by-id");
+	if (!d)
+		return 0;
+	struct dirent *de;
+	char best[256] = "";
+	int best_rank = 0;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char p[512];
+		struct stat st;
+		snprintf(p, sizeof p, "/dev/disk/by-id/%s", de->d_name);
+		if (stat(p, &st) < 0 || !S_ISBLK(st.st_mode) || st.st_rdev != dev)
+			continue;
+		int rank = !strncmp(de->d_name, "wwn-", 4) ? 3 : !strncmp(de->d_name, "nvme-eui", 8) ? 2 : 1;
+		if (rank > best_rank || (rank == best_rank && strcmp(de->d_name, best) < 0)) {
+			best_rank = rank;
+			cbi_strlcpy(best, de->d_name, sizeof best);
+		}
+	}
+	closedir(d);
+	if (!best_rank)
+		return 0;
+	snprintf(out, outsz, "disk:%s", best);
+	return 1;
+}
+
+void cbi_source_identity(const char *path, char *out, size_t outsz)
+{
+	struct stat st;
+	char real[PATH_MAX];
+	if (!realpath(path, real))
+		cbi_strlcpy(real, path, sizeof real);
+	if (stat(path, &st) == 0 && S_ISBLK(st.st_mode)) {
+		if (by_id_name(st.st_rdev, out, outsz))
+			return;
+		/* A loop device is named by the file behind it. */
+		char sys[256], back[PATH_MAX] = "";
+		snprintf(sys, sizeof sys, "/sys/dev/block/%u:%u/loop/backing_file", major(st.st_rdev),
+			 minor(st.st_rdev));
+		FILE *f = fopen(sys, "r");
+		if (f) {
+			if (fgets(back, sizeof back, f)) {
+				back[strcspn(back, "\n")] = 0;
+				fclose(f);
+				snprintf(out, outsz, "loop:%s", back);
+				return;
+			}
+			fclose(f);
+		}
+		snprintf(out, outsz, "dev:%s", real);
+		return;
+	}
+	snprintf(out, outsz, "file:%s", real);
+}
+
+static int mountinfo_scan(dev_t dev, char *mnt, size_t mntsz, int want_rw)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "r");
+	if (!f)
+		return 0;
+	char line[4096];
+	int found = 0;
+	while (fgets(line, sizeof line, f)) {
+		unsigned ma, mi;
+		char mp[2048], opts[512];
+		/* id parent major:minor root mountpoint options ... */
+		if (sscanf(line, "%*d %*d %u:%u %*s %2047s %511s", &ma, &mi, mp, opts) != 4)
+			continue;
+		dev_t d = makedev(ma, mi);
+		int match = d == dev;
+		if (!match) {
+			/* a partition of a whole disk */
+			char sys[256], buf[64];
+			snprintf(sys, sizeof sys, "/sys/dev/block/%u:%u/partition", ma, mi);
+			FILE *pf = fopen(sys, "r");
+			if (pf) {
+				snprintf(sys, sizeof sys, "/sys/dev/block/%u:%u/../dev", ma, mi);
+				FILE *df = fopen(sys, "r");
+				unsigned pma, pmi;
+				if (df && fgets(buf, sizeof buf, df) && sscanf(buf, "%u:%u", &pma, &pmi) == 2)
+					match = makedev(pma, pmi) == dev;
+				if (df)
+					fclose(df);
+				fclose(pf);
+			}
+		}
+		if (match && (!want_rw || !strncmp(opts, "rw", 2) )) {
+			if (mnt)
+				cbi_strlcpy(mnt, mp, mntsz);
+			found = 1;
+			break;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+int cbi_dev_mounted(dev_t dev, char *mnt, size_t mntsz) { return mountinfo_scan(dev, mnt, mntsz, 0); }
+
+int cbi_dev_mounted_rw(dev_t dev) { return mountinfo_scan(dev, NULL, 0, 1); }

@@ -1,0 +1,51 @@
+/* source.h - reading the disk to back up: block devices (O_DIRECT, so a
+ * backup does not evict the live system's page cache) and raw image files
+ * (holes found with SEEK_DATA/SEEK_HOLE are never read). */
+#ifndef CBI_SOURCE_H
+#define CBI_SOURCE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "cbimg.h"
+
+typedef struct cbi_source {
+	int fd;
+	int is_dev;
+	int direct;           /* opened with O_DIRECT */
+	int holes;            /* SEEK_DATA works on this file */
+	uint64_t size;
+	dev_t rdev;
+	char path[4096];
+	char id[128];
+	/* cached data extent [data_lo, data_hi) from SEEK_DATA/SEEK_HOLE */
+	uint64_t data_lo, data_hi;
+} cbi_source;
+
+/* Alignment required for buffers passed to cbi_source_read. */
+#define CBI_SOURCE_ALIGN 4096u
+
+int cbi_source_open(const char *path, cbi_source **out, cbi_error *err) CBI_WUR;
+
+/* Read [off, off+len) into buf (aligned to CBI_SOURCE_ALIGN). Holes are
+ * filled with zeros without reading; *read_bytes gets the bytes actually
+ * read. An I/O error returns -CBI_EREAD with the offset in err: data that
+ * could not be read is never replaced by zeros. */
+int cbi_source_read(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint64_t *read_bytes,
+		    cbi_error *err) CBI_WUR;
+
+void cbi_source_close(cbi_source *s);
+
+/* Identity of the source: a stable name of the device or file
+ * ("disk:<by-id name>", "loop:<backing file>", "file:<realpath>",
+ * "dev:<path>"). out receives at most outsz-1 bytes. */
+void cbi_source_identity(const char *path, char *out, size_t outsz);
+
+/* Is block device dev (or a partition of it) mounted? 1 yes, 0 no. Also
+ * writes the mount point to mnt when non-NULL. */
+int cbi_dev_mounted(dev_t dev, char *mnt, size_t mntsz);
+
+/* Is the source mounted read-write (an inconsistent image is possible)? */
+int cbi_dev_mounted_rw(dev_t dev);
+
+#endif

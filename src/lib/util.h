@@ -1,0 +1,78 @@
+/* util.h - little-endian load/store, error reporting, small helpers (internal). */
+#ifndef CBI_UTIL_H
+#define CBI_UTIL_H
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cbimg.h"
+
+static inline void st16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static inline void st32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void st64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline uint16_t ld16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t ld32(const uint8_t *p)
+{
+	uint32_t v = 0;
+	for (int i = 3; i >= 0; i--)
+		v = (v << 8) | p[i];
+	return v;
+}
+static inline uint64_t ld64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+/* Fill err (if non-NULL) with code and a printf-style message; returns code.
+ * code is the negative library/errno code. Usage: return cbi_err(err, -EIO, "...") */
+int cbi_err(cbi_error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Message text for a negative code (errno or CBI_E*). */
+const char *cbi_errtext(int code);
+
+/* Monotonic clock in seconds. */
+double cbi_now(void);
+
+/* Wall clock, nanoseconds since the Unix epoch. */
+int64_t cbi_wallclock_ns(void);
+
+/* Fill buf with n cryptographically random bytes. 0 or negative code. */
+int cbi_random(void *buf, size_t n);
+
+/* Copy a string into a fixed-size field, truncating; always NUL-terminates. */
+void cbi_strlcpy(char *dst, const char *src, size_t size);
+
+/* Is the buffer all zero? */
+int cbi_is_zero(const void *buf, size_t len);
+
+/* pread/pwrite that loop over short transfers and EINTR. Return 0 or -errno;
+ * a short read at end of file returns -CBI_ETRUNCATED. */
+int cbi_pread_full(int fd, void *buf, size_t len, uint64_t off);
+int cbi_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
+
+/* fsync the directory that contains path (or path itself if a directory). */
+int cbi_fsync_dir(const char *dirpath);
+
+/* Directory part of path into out (size outsz). */
+void cbi_dirname(const char *path, char *out, size_t outsz);
+
+/* Keep only [A-Za-z0-9._-] (others become '-'), for file names valid on FAT. */
+void cbi_sanitize_name(const char *in, char *out, size_t outsz);
+
+#define CBI_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define CBI_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#endif

@@ -1,0 +1,277 @@
+/* verify.c - cbi_verify(): check digests, chain links, the index against
+ * its parent, and every stored block against its record and the index. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include "chain.h"
+#include "image.h"
+#include "index.h"
+#include "util.h"
+
+typedef struct vctx {
+	cbi_verify_fn fn;
+	void *ud;
+	cbi_progress_fn progress;
+	void *progress_ud;
+	cbi_verify_result *r;
+	ZSTD_DCtx *dctx;
+	uint8_t *scratch, *blk;
+	uint32_t bufsize;
+} vctx;
+
+static void problem(vctx *c, const char *file, int64_t block, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void problem(vctx *c, const char *file, int64_t block, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	c->r->problems++;
+	if (c->fn)
+		c->fn(c->ud, file, block, msg);
+}
+
+static int ensure_bufs(vctx *c, uint32_t bs)
+{
+	if (c->bufsize >= bs)
+		return 0;
+	free(c->scratch);
+	free(c->blk);
+	c->scratch = malloc(cbi_image_scratch_size(bs));
+	c->blk = malloc(bs);
+	c->bufsize = c->scratch && c->blk ? bs : 0;
+	return c->bufsize ? 0 : -ENOMEM;
+}
+
+static void check_digest(vctx *c, cbi_sfr *f)
+{
+	int rc = cbi_sfr_check_digest(f, NULL, NULL);
+	c->r->files_checked++;
+	if (rc == -CBI_EDAMAGED)
+		problem(c, f->path, -1, "SHA-256 digest mismatch: the file was changed or damaged");
+	else if (rc)
+		problem(c, f->path, -1, "unable to read: %s", cbi_errtext(rc));
+}
+
+/* Check one point: its index against its parent's, its image's records
+ * against its index. pts/chain come from cbi_chain_resolve. */
+static int verify_point(vctx *c, const cbi_point *pts, const size_t *chain, uint32_t seq)
+{
+	const cbi_point *p = &pts[chain[seq]];
+	cbi_index *x = NULL, *px = NULL;
+	cbi_image *img = NULL;
+	cbi_error e;
+	int rc = 0;
+	if (cbi_index_open(p->index_file, &x, &e)) {
+		problem(c, p->index_file, -1, "%s", e.msg);
+		return 0;
+	}
+	check_digest(c, x->f);
+	if (seq > 0 && cbi_index_open(pts[chain[seq - 1]].index_file, &px, &e)) {
+		problem(c, pts[chain[seq - 1]].index_file, -1, "%s", e.msg);
+		px = NULL;
+	}
+	if (!p->has_image) {
+		problem(c, p->index_file, -1, "the image file of this point is missing");
+	} else if (cbi_image_open(p->file, &img, &e)) {
+		problem(c, p->file, -1, "%s", e.msg);
+		img = NULL;
+	} else {
+		check_digest(c, img->f);
+	}
+	if ((rc = ensure_bufs(c, x->hdr.block_size)))
+		goto end;
+	uint64_t tj = 0, nrec = img ? img->trl.record_count : 0, prev_block = 0;
+	cbi_tab_ent te;
+	int have_te = 0;
+	for (uint64_t i = 0; i < x->hdr.n_blocks; i++) {
+		cbi_idx_ent ent, pe;
+		if (cbi_index_get(x, i, &ent)) {
+			problem(c, p->index_file, (int64_t)i, "unable to read the index entry");
+			break;
+		}
+		int zero = (ent.flags & CBI_IDX_ZERO) != 0;
+		if (ent.flags & ~CBI_IDX_ZERO)
+			problem(c, p->index_file, (int64_t)i, "unknown index entry flags %#x", ent.flags);
+		if (!zero && ent.owner > seq)
+			problem(c, p->index_file, (int64_t)i, "owner seq %u is newer than the point (%u)",
+				ent.owner, seq);
+		if (!zero && ent.owner < seq && px && !cbi_index_get(px, i, &pe) &&
+		    (pe.owner != ent.owner || memcmp(pe.hash, ent.hash, 16) || pe.flags != ent.flags))
+			problem(c, p->index_file, (int64_t)i,
+				"entry claims the block is unchanged but differs from the parent index");
+		if (!img)
+			continue;
+		if (!have_te && tj < nrec) {
+			if (cbi_image_table_get(img, tj, &te)) {
+				problem(c, img->f->path, -1, "unable to read the block table");
+				nrec = tj;
+			} else {
+				if (tj && te.block <= prev_block)
+					problem(c, img->f->path, (int64_t)te.block, "block table out of order");
+				prev_block = te.block;
+				have_te = 1;
+			}
+		}
+		int rec_here = have_te && te.block == i;
+		int want_rec = !zero && ent.owner == seq;
+		if (want_rec && !rec_here) {
+			problem(c, img->f->path, (int64_t)i, "block missing from the image");
+		} else if (rec_here) {
+			const char *why = NULL;
+			int r = cbi_image_read_block(img, &te, c->dctx, c->scratch, c->blk,
+						     want_rec ? ent.hash : NULL, &why);
+			c->r->blocks_checked++;
+			if (r < 0)
+				problem(c, img->f->path, (int64_t)i, "%s", why ? why : cbi_errtext(r));
+			else if (!want_rec)
+				problem(c, img->f->path, (int64_t)i, "record not referenced by the index");
+			tj++;
+			have_te = 0;
+		}
+		while (have_te && te.block < i) { /* table entries beyond n_blocks or duplicates */
+			problem(c, img->f->path, (int64_t)te.block, "unexpected record in the block table");
+			tj++;
+			have_te = 0;
+		}
+		if (c->progress && (i & 4095) == 0 && c->progress(c->progress_ud, i, x->hdr.n_blocks)) {
+			rc = -ECANCELED;
+			goto end;
+		}
+	}
+	if (img && tj < nrec && !have_te)
+		problem(c, img->f->path, -1, "%llu records beyond the last block",
+			(unsigned long long)(nrec - tj));
+	c->r->points_checked++;
+end:
+	cbi_index_close(x);
+	cbi_index_close(px);
+	cbi_image_close(img);
+	return rc;
+}
+
+static int has_ext(const char *name, const char *ext)
+{
+	size_t n = strlen(name), e = strlen(ext);
+	return n > e && !strcmp(name + n - e, ext);
+}
+
+/* Report files of dir that are not part of any complete point. */
+static int check_dir_files(vctx *c, const char *dir, const cbi_point *pts, size_t n)
+{
+	DIR *d = opendir(dir);
+	if (!d)
+		return -errno;
+	struct dirent *de;
+	char path[4096];
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.' || !(has_ext(de->d_name, ".cbi") || has_ext(de->d_name, ".cbx")))
+			continue;
+		if ((size_t)snprintf(path, sizeof path, "%.3000s/%.1000s", dir, de->d_name) >= sizeof path)
+			continue;
+		cbi_point p;
+		int kind = 0;
+		cbi_error e;
+		memset(&p, 0, sizeof p);
+		if (cbi_point_read_file(path, &p, &kind, &e)) {
+			problem(c, path, -1, "%s", e.msg);
+			continue;
+		}
+		if (kind != CBI_KIND_IMAGE)
+			continue;
+		int matched = 0;
+		for (size_t i = 0; i < n && !matched; i++)
+			matched = pts[i].has_image && !strcmp(pts[i].file, path);
+		if (!matched)
+			problem(c, path, -1, "image file without a matching index file");
+	}
+	closedir(d);
+	return 0;
+}
+
+int cbi_verify(const char *path, cbi_verify_fn fn, void *ud, cbi_progress_fn progress,
+	       void *progress_ud, cbi_verify_result *r, cbi_error *err)
+{
+	memset(r, 0, sizeof *r);
+	vctx c = { .fn = fn, .ud = ud, .progress = progress, .progress_ud = progress_ud, .r = r };
+	cbi_point *pts = NULL;
+	size_t n = 0, *chain = NULL;
+	int rc = 0;
+	struct stat st;
+	if (stat(path, &st) < 0)
+		return cbi_err(err, -errno, "unable to open '%s': %s", path, strerror(errno));
+	c.dctx = ZSTD_createDCtx();
+	if (!c.dctx)
+		return cbi_err(err, -ENOMEM, "out of memory");
+	char dir[4096];
+	if (S_ISDIR(st.st_mode))
+		cbi_strlcpy(dir, path, sizeof dir);
+	else
+		cbi_dirname(path, dir, sizeof dir);
+	if ((rc = cbi_chain_scan(dir, &pts, &n, err)))
+		goto end;
+	if (S_ISDIR(st.st_mode)) {
+		if ((rc = check_dir_files(&c, dir, pts, n))) {
+			rc = cbi_err(err, rc, "unable to read directory '%s': %s", dir, cbi_errtext(rc));
+			goto end;
+		}
+		for (size_t i = 0; i < n; i++) {
+			cbi_error e;
+			free(chain);
+			chain = NULL;
+			if (cbi_chain_resolve(pts, n, i, &chain, &e)) {
+				problem(&c, pts[i].index_file, -1, "%s", e.msg);
+				continue;
+			}
+			if ((rc = verify_point(&c, pts, chain, pts[i].seq)))
+				goto end;
+		}
+	} else {
+		cbi_point me;
+		int kind = 0;
+		memset(&me, 0, sizeof me);
+		if ((rc = cbi_point_read_file(path, &me, &kind, err))) {
+			if (cbi_is_damage(rc)) {
+				problem(&c, path, -1, "%s", err ? err->msg : cbi_errtext(rc));
+				rc = 0;
+			}
+			goto end;
+		}
+		long i = -1;
+		for (size_t k = 0; k < n; k++)
+			if (!memcmp(pts[k].point_id, me.point_id, 16) &&
+			    !memcmp(pts[k].index_digest, me.index_digest, 32))
+				i = (long)k;
+		if (i < 0) {
+			problem(&c, path, -1, "no matching index file in '%s'", dir);
+			goto end;
+		}
+		cbi_error e;
+		if (cbi_chain_resolve(pts, n, (size_t)i, &chain, &e)) {
+			problem(&c, pts[i].index_file, -1, "%s", e.msg);
+			goto end;
+		}
+		for (uint32_t s = 0; s <= pts[i].seq; s++)
+			if ((rc = verify_point(&c, pts, chain, s)))
+				goto end;
+	}
+end:
+	if (rc == -ECANCELED)
+		cbi_err(err, rc, "interrupted");
+	else if (rc == -ENOMEM)
+		cbi_err(err, rc, "out of memory");
+	if (!rc && r->problems)
+		rc = cbi_err(err, -CBI_EDAMAGED, "%llu problems found", (unsigned long long)r->problems);
+	free(chain);
+	free(pts);
+	free(c.scratch);
+	free(c.blk);
+	ZSTD_freeDCtx(c.dctx);
+	return rc;
+}
