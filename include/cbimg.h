@@ -121,7 +121,7 @@ typedef struct cbi_backup_opts {
 	void *progress_ud;
 } cbi_backup_opts;
 
-#define CBI_DEFAULT_BLOCK_SIZE (64u * 1024u)
+#define CBI_DEFAULT_BLOCK_SIZE (256u * 1024u)
 #define CBI_MIN_BLOCK_SIZE (4u * 1024u)
 #define CBI_MAX_BLOCK_SIZE (4u * 1024u * 1024u)
 

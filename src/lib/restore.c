@@ -205,7 +205,7 @@ static int open_target(const cbi_restore_opts *o, uint64_t size, wr *w, char *tm
 		if (cbi_dev_mounted(st.st_rdev, mnt, sizeof mnt))
 			return cbi_err(err, -CBI_EMOUNTED, "target '%s' is mounted on '%s': unmount it first",
 				       o->target, mnt);
-		if (!o->force && !o->changed_only)
+		if (!o->force)
 			return cbi_err(err, -CBI_EEXISTS,
 				       "target '%s' is a device: give --force to overwrite it", o->target);
 		w->fd = open(o->target, (o->changed_only ? O_RDWR : O_WRONLY) | O_EXCL | O_CLOEXEC);
@@ -225,7 +225,7 @@ static int open_target(const cbi_restore_opts *o, uint64_t size, wr *w, char *tm
 	}
 	if (!S_ISREG(st.st_mode))
 		return cbi_err(err, -EINVAL, "target '%s' is neither a block device nor a regular file", o->target);
-	if (st.st_size > 0 && !o->force && !o->changed_only)
+	if (st.st_size > 0 && !o->force)
 		return cbi_err(err, -CBI_EEXISTS, "target '%s' exists: give --force to overwrite it", o->target);
 	w->fd = open(o->target, (o->changed_only ? O_RDWR : O_WRONLY) | O_CLOEXEC);
 	if (w->fd < 0)

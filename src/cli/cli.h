@@ -1,0 +1,144 @@
+/*
+ * cli.h - what the cbimg commands share (src/cli only; uses only cbimg.h).
+ *
+ * Each command lives in cmd_<name>.c and exports one struct cli_command that
+ * main.c lists in its dispatch table. A command declares its options as a
+ * table of struct cli_option next to its usage, so the parser and --help are
+ * built from the same data and cannot drift apart.
+ */
+#ifndef CBIMG_CLI_H
+#define CBIMG_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "cbimg.h"
+
+/* Exit statuses of the tool (documented in cbimg(1)). */
+enum {
+	CLI_OK = 0,      /* success */
+	CLI_FAIL = 1,    /* the operation failed */
+	CLI_USAGE = 2,   /* bad command line or option value */
+	CLI_DAMAGE = 3,  /* stored data was found damaged or incomplete */
+};
+
+/* One option of a command. A printable ASCII id doubles as the short option
+ * letter ('q' gives -q); ids from 256 up have a long form only. */
+struct cli_option {
+	int id;             /* value returned by cli_getopt(), never 0 */
+	const char *name;   /* long name without the leading "--" */
+	const char *arg;    /* name of the argument in the usage, NULL for a flag */
+	const char *help;   /* one short line */
+};
+
+#define CLI_OPT_HELP { 'h', "help", NULL, "show this help and exit" }
+#define CLI_OPT_END { 0, NULL, NULL, NULL }
+#define CLI_MAX_OPTIONS 32
+
+struct cli_command {
+	const char *name;                  /* "backup" */
+	const char *operands;              /* "[options] SOURCE DEST" */
+	const char *summary;               /* one line for 'cbimg --help' */
+	const char *description;           /* a paragraph for --help, or NULL */
+	const struct cli_option *options;  /* ends with CLI_OPT_END */
+	/* argv[0] is the command name; returns the exit status. */
+	int (*run)(const struct cli_command *cmd, int argc, char **argv);
+};
+
+extern const struct cli_command cli_backup, cli_restore, cli_verify, cli_info, cli_list;
+
+/* ----------------------------------------------------------- main.c */
+
+/* Next option of argv for cmd, getopt_long() style (optind/optarg are the
+ * usual globals; operands may be mixed with options). Returns the option's
+ * id, -1 when only operands remain, 'h' for --help, or '?' after printing a
+ * usage error to stderr. Commands pass 'h', '?' and unknown ids to
+ * cli_opt_exit(). */
+int cli_getopt(const struct cli_command *cmd, int argc, char **argv);
+
+/* Exit status for an option the command does not handle itself: prints the
+ * full usage to stdout for 'h' and returns CLI_OK, else returns CLI_USAGE. */
+int cli_opt_exit(const struct cli_command *cmd, int id);
+
+/* Full usage of cmd (for --help and 'cbimg help CMD'). */
+void cli_print_usage(const struct cli_command *cmd, FILE *f);
+
+/* "cbimg CMD: <message>" plus a short usage hint on stderr; returns CLI_USAGE. */
+int cli_usage_error(const struct cli_command *cmd, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Check that exactly `want` operands follow optind; otherwise report a usage
+ * error and return CLI_USAGE. Returns 0 when the count is right. */
+int cli_check_operands(const struct cli_command *cmd, int argc, char **argv, int want);
+
+/* "cbimg: <message>" on stderr. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Report a failed library call (rc < 0) as one line on stderr and return the
+ * exit status for it: CLI_USAGE for CBI_EUSAGE, CLI_DAMAGE for damage codes,
+ * CLI_FAIL otherwise ("cbimg: interrupted" after SIGINT/SIGTERM). */
+int cli_fail(int rc, const cbi_error *err);
+
+/* ----------------------------------------------------------- size.c */
+
+/* Parse a byte count: digits with an optional K, M, G or T suffix (powers of
+ * 1024; "K", "KB" and "KiB" are the same, case does not matter) or a plain
+ * "B". Returns 0, or -1 for an empty string, garbage or overflow. */
+int cli_parse_size(const char *s, uint64_t *out);
+
+/* Parse a decimal integer in [min, max]. Returns 0 or -1. */
+int cli_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out);
+
+/* "512 B", "64.0 KiB", "1.2 GiB" into buf; returns buf. */
+char *cli_human_size(uint64_t bytes, char buf[32]);
+
+/* Megabytes (10^6) per second, 0 when seconds is not positive. */
+double cli_mb_per_s(uint64_t bytes, double seconds);
+
+/* ------------------------------------------------------- progress.c */
+
+/* Install SIGINT and SIGTERM handlers that only set a flag; a second signal
+ * terminates at once. */
+void cli_signals_install(void);
+
+/* True once SIGINT or SIGTERM arrived. */
+int cli_interrupted(void);
+
+/* Seconds on a monotonic clock. */
+double cli_now(void);
+
+/* A one-line progress display on stderr. Always pass cli_progress_cb with
+ * the struct as user data: it also asks the library to stop after a signal,
+ * even when nothing is drawn. */
+struct cli_progress {
+	int show;        /* draw (stderr is a terminal, not -q, not --json) */
+	double start;    /* cli_now() at init */
+	double last;     /* time of the last redraw */
+	int width;       /* characters on the line now, 0 when clear */
+};
+
+/* quiet: -q or --json was given; drawing also needs stderr to be a tty. */
+void cli_progress_init(struct cli_progress *p, int quiet);
+
+/* cbi_progress_fn: redraws at most about 5 times per second; returns
+ * non-zero once the user asked to stop. */
+int cli_progress_cb(void *ud, uint64_t done, uint64_t total);
+
+/* Clear the progress line (call before printing anything else). */
+void cli_progress_end(struct cli_progress *p);
+
+/* ------------------------------------------------------- cmd_info.c */
+
+struct json;
+
+/* Lowercase hex of n bytes into out (2n+1 bytes). */
+void cli_hex(const uint8_t *bytes, size_t n, char *out);
+
+/* ISO 8601 UTC ("2026-11-22T04:33:23Z") of a Unix time in nanoseconds. */
+char *cli_iso_time(int64_t ns, char buf[32]);
+
+/* Write the JSON object describing a point, as a member named key (or as an
+ * array element / top-level value when key is NULL). */
+void cli_json_point(struct json *j, const char *key, const cbi_point *p);
+
+#endif

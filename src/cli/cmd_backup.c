@@ -1,0 +1,157 @@
+/* cmd_backup.c - 'cbimg backup': write a full or incremental point. */
+#include "cli.h"
+#include "json.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+
+enum {
+	OPT_JOB = 256,
+	OPT_FULL,
+	OPT_BLOCK_SIZE,
+	OPT_LEVEL,
+	OPT_THREADS,
+	OPT_SOURCE_ID,
+	OPT_HOST,
+	OPT_JSON,
+};
+
+static const struct cli_option backup_options[] = {
+	{ OPT_JOB, "job", "NAME", "job name (default \"default\")" },
+	{ OPT_FULL, "full", NULL, "start a new chain with a full image" },
+	{ OPT_BLOCK_SIZE, "block-size", "SIZE", "block size of a new chain (default 256K)" },
+	{ OPT_LEVEL, "level", "N", "zstd compression level, 1 to 19 (default 3)" },
+	{ OPT_THREADS, "threads", "N", "worker threads (default: one per CPU)" },
+	{ OPT_SOURCE_ID, "source-id", "ID", "source identity (default: from the device)" },
+	{ OPT_HOST, "host", "NAME", "host name to record (default: this host)" },
+	{ 'q', "quiet", NULL, "print neither progress nor summary" },
+	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
+	CLI_OPT_HELP,
+	CLI_OPT_END
+};
+
+static void print_summary(const cbi_backup_opts *o, const cbi_backup_result *r)
+{
+	const cbi_point *p = &r->point;
+	char chain[33], h1[32], h2[32];
+
+	cli_hex(p->chain_id, 16, chain);
+	printf("%s backup of '%s' (job %s)\n", p->type == CBI_FULL ? "full" : "incremental",
+	       o->source, p->job[0] ? p->job : o->job);
+	printf("chain:    %s seq %" PRIu32 "\n", chain, p->seq);
+	printf("blocks:   %" PRIu64 " total, %" PRIu64 " read, %" PRIu64 " changed, %" PRIu64
+	       " stored, %" PRIu64 " zero\n",
+	       r->blocks_total, r->blocks_read, r->blocks_changed, r->blocks_stored, r->blocks_zero);
+	printf("read:     %s\n", cli_human_size(r->bytes_read, h1));
+	printf("written:  %s (image %s, ", cli_human_size(r->bytes_written, h1),
+	       cli_human_size(p->stored_bytes, h2));
+	printf("index %s)\n", cli_human_size(p->index_bytes, h1));
+	printf("time:     %.2f s, %.1f MB/s\n", r->seconds, cli_mb_per_s(r->bytes_read, r->seconds));
+	printf("image:    %s\n", p->file[0] ? p->file : p->index_file);
+}
+
+static void print_json(const cbi_backup_result *r)
+{
+	struct json j;
+
+	json_init(&j, stdout);
+	json_begin_object(&j, NULL);
+	json_string(&j, "type", r->point.type == CBI_FULL ? "full" : "incremental");
+	json_u64(&j, "blocks_total", r->blocks_total);
+	json_u64(&j, "blocks_read", r->blocks_read);
+	json_u64(&j, "blocks_changed", r->blocks_changed);
+	json_u64(&j, "blocks_zero", r->blocks_zero);
+	json_u64(&j, "blocks_stored", r->blocks_stored);
+	json_u64(&j, "bytes_read", r->bytes_read);
+	json_u64(&j, "bytes_written", r->bytes_written);
+	json_double(&j, "seconds", r->seconds);
+	json_string(&j, "warning", r->warning[0] ? r->warning : NULL);
+	cli_json_point(&j, "point", &r->point);
+	json_end_object(&j);
+	json_finish(&j);
+}
+
+static int parse_block_size(const struct cli_command *cmd, const char *s, uint32_t *out)
+{
+	uint64_t v;
+
+	if (cli_parse_size(s, &v) < 0 || v < CBI_MIN_BLOCK_SIZE || v > CBI_MAX_BLOCK_SIZE ||
+	    (v & (v - 1)) != 0)
+		return cli_usage_error(cmd, "invalid block size '%s': expected a power of two from 4K to 4M",
+				       s);
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
+{
+	cbi_backup_opts o = { .job = "default" };
+	cbi_backup_result r = { 0 };
+	cbi_error err = { 0 };
+	struct cli_progress prog;
+	int quiet = 0, json = 0, c, rc;
+	uint64_t v;
+
+	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
+		switch (c) {
+		case OPT_JOB: o.job = optarg; break;
+		case OPT_FULL: o.force_full = 1; break;
+		case OPT_BLOCK_SIZE:
+			if (parse_block_size(cmd, optarg, &o.block_size))
+				return CLI_USAGE;
+			break;
+		case OPT_LEVEL:
+			if (cli_parse_uint(optarg, 1, 19, &v) < 0)
+				return cli_usage_error(cmd, "invalid level '%s': expected 1 to 19", optarg);
+			o.level = (int)v;
+			break;
+		case OPT_THREADS:
+			if (cli_parse_uint(optarg, 0, 1024, &v) < 0)
+				return cli_usage_error(cmd, "invalid thread count '%s': expected 0 to 1024",
+						       optarg);
+			o.threads = (int)v;
+			break;
+		case OPT_SOURCE_ID: o.source_id = optarg; break;
+		case OPT_HOST: o.host = optarg; break;
+		case 'q': quiet = 1; break;
+		case OPT_JSON: json = 1; break;
+		default: return cli_opt_exit(cmd, c);
+		}
+	}
+	if ((rc = cli_check_operands(cmd, argc, argv, 2)))
+		return rc;
+	o.source = argv[optind];
+	o.dest = argv[optind + 1];
+
+	cli_progress_init(&prog, quiet || json);
+	o.progress = cli_progress_cb;
+	o.progress_ud = &prog;
+	rc = cbi_backup(&o, &r, &err);
+	cli_progress_end(&prog);
+	if (rc < 0)
+		return cli_fail(rc, &err);
+
+	if (json)
+		print_json(&r);
+	else if (!quiet)
+		print_summary(&o, &r);
+	if (r.warning[0]) {
+		fflush(stdout);
+		fprintf(stderr, "cbimg: warning: %s\n", r.warning);
+	}
+	return CLI_OK;
+}
+
+const struct cli_command cli_backup = {
+	.name = "backup",
+	.operands = "[options] SOURCE DEST",
+	.summary = "write a full or incremental image of SOURCE into directory DEST",
+	.description =
+		"SOURCE is a block device or a raw image file. The first backup of a job\n"
+		"writes a full image; later ones compare every block's hash with the newest\n"
+		"point of the chain and store only the blocks that changed. The block size\n"
+		"is a power of two from 4K to 4M; SIZE takes the suffixes K, M, G and T\n"
+		"(powers of 1024). A chain is kept per host, source and job.",
+	.options = backup_options,
+	.run = cmd_backup,
+};

@@ -1,0 +1,348 @@
+/*
+ * cmd_info.c - 'cbimg info' and 'cbimg list', and the presentation of a
+ * point (hex ids, ISO 8601 times, the JSON point object) that backup reuses.
+ */
+#include "cli.h"
+#include "json.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { OPT_JSON = 256 };
+
+/* ---------------------------------------------------------- presentation */
+
+void cli_hex(const uint8_t *bytes, size_t n, char *out)
+{
+	static const char digits[] = "0123456789abcdef";
+
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = digits[bytes[i] >> 4];
+		out[2 * i + 1] = digits[bytes[i] & 15];
+	}
+	out[2 * n] = '\0';
+}
+
+char *cli_iso_time(int64_t ns, char buf[32])
+{
+	/* floor division, so times before 1970 round down too */
+	time_t sec = (time_t)(ns / 1000000000 - (ns % 1000000000 < 0));
+	struct tm tm;
+
+	if (!gmtime_r(&sec, &tm) || strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(buf, 32, "@%" PRId64, ns);
+	return buf;
+}
+
+static const char *base_name(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+
+	return slash ? slash + 1 : path;
+}
+
+/* s with control characters replaced by '?', for a terminal: the fields
+ * come from files that may be damaged or crafted. */
+static const char *printable(const char *s, char *buf, size_t size)
+{
+	size_t i;
+
+	for (i = 0; s[i] && i + 1 < size; i++)
+		buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+	buf[i] = '\0';
+	return buf;
+}
+
+static int is_zero(const uint8_t *b, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (b[i])
+			return 0;
+	return 1;
+}
+
+static int is_full(const cbi_point *p)
+{
+	return p->type == CBI_FULL;
+}
+
+static const char *type_name(const cbi_point *p)
+{
+	return p->type == CBI_FULL ? "full" : p->type == CBI_INCREMENTAL ? "incremental" : "unknown";
+}
+
+/* The name a listing shows: the image, or the index when the image is gone. */
+static const char *display_file(const cbi_point *p)
+{
+	return base_name(p->file[0] ? p->file : p->index_file);
+}
+
+void cli_json_point(struct json *j, const char *key, const cbi_point *p)
+{
+	char hex[65], when[32];
+
+	json_begin_object(j, key);
+	json_string(j, "file", display_file(p));
+	json_string(j, "index_file", base_name(p->index_file));
+	json_string(j, "path", p->file[0] ? p->file : NULL);
+	json_string(j, "index_path", p->index_file);
+	cli_hex(p->point_id, 16, hex);
+	json_string(j, "id", hex);
+	if (is_full(p) || is_zero(p->parent_id, 16)) {
+		json_null(j, "parent");
+		json_null(j, "parent_digest");
+	} else {
+		cli_hex(p->parent_id, 16, hex);
+		json_string(j, "parent", hex);
+		cli_hex(p->parent_digest, 32, hex);
+		json_string(j, "parent_digest", hex);
+	}
+	cli_hex(p->chain_id, 16, hex);
+	json_string(j, "chain", hex);
+	json_u64(j, "seq", p->seq);
+	json_string(j, "type", type_name(p));
+	json_string(j, "job", p->job);
+	json_string(j, "source", p->source_id);
+	json_string(j, "source_path", p->source_path);
+	json_string(j, "host", p->host);
+	json_string(j, "created", cli_iso_time(p->created_ns, when));
+	json_i64(j, "created_ns", p->created_ns);
+	json_u64(j, "size", p->source_size);
+	json_u64(j, "block_size", p->block_size);
+	json_u64(j, "blocks", p->n_blocks);
+	json_u64(j, "changed_blocks", p->changed_blocks);
+	json_u64(j, "zero_blocks", p->zero_blocks);
+	json_u64(j, "stored_blocks", p->stored_blocks);
+	json_u64(j, "stored_bytes", p->stored_bytes);
+	json_u64(j, "index_bytes", p->index_bytes);
+	cli_hex(p->index_digest, 32, hex);
+	json_string(j, "index_digest", hex);
+	json_bool(j, "has_image", p->has_image);
+	json_end_object(j);
+}
+
+/* ------------------------------------------------------------------ info */
+
+static const struct cli_option info_options[] = {
+	{ OPT_JSON, "json", NULL, "print the point as one JSON object" },
+	CLI_OPT_HELP,
+	CLI_OPT_END
+};
+
+static void kv(const char *key, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void kv(const char *key, const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("%s:%*s", key, (int)(16 - strlen(key)), "");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
+}
+
+static void kv_size(const char *key, uint64_t bytes)
+{
+	char h[32];
+
+	kv(key, "%" PRIu64 " (%s)", bytes, cli_human_size(bytes, h));
+}
+
+static void print_point(const cbi_point *p)
+{
+	char hex[65], when[32], text[256];
+
+	kv("file", "%s", p->file[0] ? p->file : "-");
+	kv("index_file", "%s", p->index_file);
+	kv("type", "%s", type_name(p));
+	kv("job", "%s", printable(p->job, text, sizeof text));
+	kv("seq", "%" PRIu32, p->seq);
+	cli_hex(p->point_id, 16, hex);
+	kv("id", "%s", hex);
+	cli_hex(p->chain_id, 16, hex);
+	kv("chain", "%s", hex);
+	if (is_full(p) || is_zero(p->parent_id, 16)) {
+		kv("parent", "-");
+	} else {
+		cli_hex(p->parent_id, 16, hex);
+		kv("parent", "%s", hex);
+		cli_hex(p->parent_digest, 32, hex);
+		kv("parent_digest", "%s", hex);
+	}
+	cli_hex(p->index_digest, 32, hex);
+	kv("index_digest", "%s", hex);
+	kv("created", "%s", cli_iso_time(p->created_ns, when));
+	kv("host", "%s", printable(p->host, text, sizeof text));
+	kv("source", "%s", printable(p->source_id, text, sizeof text));
+	kv("source_path", "%s", printable(p->source_path, text, sizeof text));
+	kv_size("size", p->source_size);
+	kv_size("block_size", p->block_size);
+	kv("blocks", "%" PRIu64, p->n_blocks);
+	kv("changed_blocks", "%" PRIu64, p->changed_blocks);
+	kv("zero_blocks", "%" PRIu64, p->zero_blocks);
+	kv("stored_blocks", "%" PRIu64, p->stored_blocks);
+	kv_size("stored_bytes", p->stored_bytes);
+	kv_size("index_bytes", p->index_bytes);
+	kv("image", "%s", p->has_image ? "complete" : p->file[0] ? "incomplete" : "missing");
+}
+
+static int cmd_info(const struct cli_command *cmd, int argc, char **argv)
+{
+	cbi_point p;
+	cbi_error err = { 0 };
+	int json = 0, c, rc;
+
+	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
+		switch (c) {
+		case OPT_JSON: json = 1; break;
+		default: return cli_opt_exit(cmd, c);
+		}
+	}
+	if ((rc = cli_check_operands(cmd, argc, argv, 1)))
+		return rc;
+
+	rc = cbi_point_info(argv[optind], &p, &err);
+	if (rc < 0)
+		return cli_fail(rc, &err);
+	if (json) {
+		struct json j;
+		json_init(&j, stdout);
+		cli_json_point(&j, NULL, &p);
+		json_finish(&j);
+	} else {
+		print_point(&p);
+	}
+	return CLI_OK;
+}
+
+const struct cli_command cli_info = {
+	.name = "info",
+	.operands = "[--json] FILE",
+	.summary = "show the header and trailer of an image or index file",
+	.description = "The file's digest is not checked; use 'cbimg verify' for that.",
+	.options = info_options,
+	.run = cmd_info,
+};
+
+/* ------------------------------------------------------------------ list */
+
+static const struct cli_option list_options[] = {
+	{ OPT_JSON, "json", NULL, "print one JSON array with an object per point" },
+	CLI_OPT_HELP,
+	CLI_OPT_END
+};
+
+enum { COL_FILE, COL_TYPE, COL_JOB, COL_SEQ, COL_CREATED, COL_SIZE, COL_CHANGED, COL_STORED, N_COLS };
+
+static const char *const col_names[N_COLS] = {
+	"FILE", "TYPE", "JOB", "SEQ", "CREATED", "SIZE", "CHANGED", "STORED",
+};
+static const int col_right[N_COLS] = { 0, 0, 0, 1, 0, 1, 1, 1 };
+
+/* Cells of one row; static buffers for the short ones. */
+struct row {
+	const char *cell[N_COLS];
+	char seq[16], created[32], size[32], changed[24], stored[32], job[80];
+};
+
+static void fill_row(struct row *r, const cbi_point *p)
+{
+	snprintf(r->seq, sizeof r->seq, "%" PRIu32, p->seq);
+	snprintf(r->changed, sizeof r->changed, "%" PRIu64, p->changed_blocks);
+	cli_human_size(p->source_size, r->size);
+	if (p->has_image)
+		cli_human_size(p->stored_bytes, r->stored);
+	else
+		snprintf(r->stored, sizeof r->stored, "%s", p->file[0] ? "incomplete" : "missing");
+	r->cell[COL_FILE] = display_file(p);
+	r->cell[COL_TYPE] = type_name(p);
+	r->cell[COL_JOB] = printable(p->job, r->job, sizeof r->job);
+	r->cell[COL_SEQ] = r->seq;
+	r->cell[COL_CREATED] = cli_iso_time(p->created_ns, r->created);
+	r->cell[COL_SIZE] = r->size;
+	r->cell[COL_CHANGED] = r->changed;
+	r->cell[COL_STORED] = r->stored;
+}
+
+static void print_row(const char *const cell[N_COLS], const int width[N_COLS])
+{
+	for (int c = 0; c < N_COLS; c++) {
+		const char *sep = c ? "  " : "";
+		if (c == N_COLS - 1 && !col_right[c])
+			printf("%s%s", sep, cell[c]);
+		else
+			printf("%s%*s", sep, col_right[c] ? width[c] : -width[c], cell[c]);
+	}
+	putchar('\n');
+}
+
+static void print_table(const cbi_point *pts, size_t n)
+{
+	int width[N_COLS];
+	struct row r;
+
+	for (int c = 0; c < N_COLS; c++)
+		width[c] = (int)strlen(col_names[c]);
+	for (size_t i = 0; i < n; i++) {
+		fill_row(&r, &pts[i]);
+		for (int c = 0; c < N_COLS; c++)
+			if ((int)strlen(r.cell[c]) > width[c])
+				width[c] = (int)strlen(r.cell[c]);
+	}
+	print_row(col_names, width);
+	for (size_t i = 0; i < n; i++) {
+		fill_row(&r, &pts[i]);
+		print_row(r.cell, width);
+	}
+}
+
+static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
+{
+	cbi_point *pts = NULL;
+	size_t n = 0;
+	cbi_error err = { 0 };
+	int json = 0, c, rc;
+
+	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
+		switch (c) {
+		case OPT_JSON: json = 1; break;
+		default: return cli_opt_exit(cmd, c);
+		}
+	}
+	if ((rc = cli_check_operands(cmd, argc, argv, 1)))
+		return rc;
+
+	rc = cbi_list(argv[optind], &pts, &n, &err);
+	if (rc < 0)
+		return cli_fail(rc, &err);
+	if (json) {
+		struct json j;
+		json_init(&j, stdout);
+		json_begin_array(&j, NULL);
+		for (size_t i = 0; i < n; i++)
+			cli_json_point(&j, NULL, &pts[i]);
+		json_end_array(&j);
+		json_finish(&j);
+	} else if (n == 0) {
+		fprintf(stderr, "cbimg: no points in '%s'\n", argv[optind]);
+	} else {
+		print_table(pts, n);
+	}
+	free(pts);
+	return CLI_OK;
+}
+
+const struct cli_command cli_list = {
+	.name = "list",
+	.operands = "[--json] DEST",
+	.summary = "list the points (full and incremental images) in directory DEST",
+	.description = "Points are sorted by job, chain and sequence number. SIZE is the size of\n"
+		       "the source, CHANGED the number of blocks that differ from the parent\n"
+		       "point, STORED the size of the image file.",
+	.options = list_options,
+	.run = cmd_list,
+};

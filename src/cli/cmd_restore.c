@@ -1,0 +1,102 @@
+/* cmd_restore.c - 'cbimg restore': write the disk state of a point. */
+#include "cli.h"
+#include "json.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+
+enum { OPT_FORCE = 256, OPT_CHANGED_ONLY, OPT_THREADS, OPT_JSON };
+
+static const struct cli_option restore_options[] = {
+	{ OPT_FORCE, "force", NULL, "overwrite a non-empty file or a device" },
+	{ OPT_CHANGED_ONLY, "changed-only", NULL, "write only blocks that differ on TARGET" },
+	{ OPT_THREADS, "threads", "N", "worker threads (default: one per CPU)" },
+	{ 'q', "quiet", NULL, "print neither progress nor summary" },
+	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
+	CLI_OPT_HELP,
+	CLI_OPT_END
+};
+
+static void print_summary(const cbi_restore_opts *o, const cbi_restore_result *r)
+{
+	char h[32];
+
+	printf("restored '%s' to '%s'\n", o->point, o->target);
+	printf("blocks:   %" PRIu64 " total, %" PRIu64 " written, %" PRIu64 " skipped\n",
+	       r->blocks_total, r->blocks_written, r->blocks_skipped);
+	printf("written:  %s\n", cli_human_size(r->bytes_written, h));
+	printf("time:     %.2f s, %.1f MB/s\n", r->seconds, cli_mb_per_s(r->bytes_written, r->seconds));
+}
+
+static void print_json(const cbi_restore_opts *o, const cbi_restore_result *r)
+{
+	struct json j;
+
+	json_init(&j, stdout);
+	json_begin_object(&j, NULL);
+	json_string(&j, "point", o->point);
+	json_string(&j, "target", o->target);
+	json_u64(&j, "blocks_total", r->blocks_total);
+	json_u64(&j, "blocks_written", r->blocks_written);
+	json_u64(&j, "blocks_skipped", r->blocks_skipped);
+	json_u64(&j, "bytes_written", r->bytes_written);
+	json_double(&j, "seconds", r->seconds);
+	json_end_object(&j);
+	json_finish(&j);
+}
+
+static int cmd_restore(const struct cli_command *cmd, int argc, char **argv)
+{
+	cbi_restore_opts o = { 0 };
+	cbi_restore_result r = { 0 };
+	cbi_error err = { 0 };
+	struct cli_progress prog;
+	int quiet = 0, json = 0, c, rc;
+	uint64_t v;
+
+	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
+		switch (c) {
+		case OPT_FORCE: o.force = 1; break;
+		case OPT_CHANGED_ONLY: o.changed_only = 1; break;
+		case OPT_THREADS:
+			if (cli_parse_uint(optarg, 0, 1024, &v) < 0)
+				return cli_usage_error(cmd, "invalid thread count '%s': expected 0 to 1024",
+						       optarg);
+			o.threads = (int)v;
+			break;
+		case 'q': quiet = 1; break;
+		case OPT_JSON: json = 1; break;
+		default: return cli_opt_exit(cmd, c);
+		}
+	}
+	if ((rc = cli_check_operands(cmd, argc, argv, 2)))
+		return rc;
+	o.point = argv[optind];
+	o.target = argv[optind + 1];
+
+	cli_progress_init(&prog, quiet || json);
+	o.progress = cli_progress_cb;
+	o.progress_ud = &prog;
+	rc = cbi_restore(&o, &r, &err);
+	cli_progress_end(&prog);
+	if (rc < 0)
+		return cli_fail(rc, &err);
+
+	if (json)
+		print_json(&o, &r);
+	else if (!quiet)
+		print_summary(&o, &r);
+	return CLI_OK;
+}
+
+const struct cli_command cli_restore = {
+	.name = "restore",
+	.operands = "[options] POINT TARGET",
+	.summary = "write the disk state saved in POINT to TARGET",
+	.description =
+		"POINT is an image (.cbi) or index (.cbx) file; the points it builds on are\n"
+		"found by their ids. TARGET is a block device or a file. A mounted TARGET\n"
+		"is refused; an existing non-empty file or a device needs --force.",
+	.options = restore_options,
+	.run = cmd_restore,
+};

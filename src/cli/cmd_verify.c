@@ -1,0 +1,183 @@
+/* cmd_verify.c - 'cbimg verify': check files, chains and blocks. */
+#include "cli.h"
+#include "json.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { OPT_JSON = 256 };
+
+static const struct cli_option verify_options[] = {
+	{ 'q', "quiet", NULL, "print only the problems, no progress or summary" },
+	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
+	CLI_OPT_HELP,
+	CLI_OPT_END
+};
+
+struct problem {
+	char *file;
+	int64_t block;
+	char *what;
+};
+
+struct verify_state {
+	int json;
+	struct cli_progress *prog;
+	struct problem *list;   /* --json: problems kept for the final object */
+	size_t n, cap;
+	uint64_t seen;          /* problems reported through the callback */
+	int nomem;
+};
+
+/* cbi_verify_fn: print at once, or keep for the JSON object. */
+static void on_problem(void *ud, const char *file, int64_t block, const char *what)
+{
+	struct verify_state *s = ud;
+
+	s->seen++;
+	if (!file)
+		file = "";
+	if (!what)
+		what = "";
+	if (!s->json) {
+		cli_progress_end(s->prog);
+		if (block >= 0)
+			printf("DAMAGED %s: block %" PRId64 ": %s\n", file, block, what);
+		else
+			printf("DAMAGED %s: %s\n", file, what);
+		fflush(stdout);
+		return;
+	}
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? 2 * s->cap : 16;
+		struct problem *l = realloc(s->list, cap * sizeof *l);
+		if (!l) {
+			s->nomem = 1;
+			return;
+		}
+		s->list = l;
+		s->cap = cap;
+	}
+	s->list[s->n].file = strdup(file);
+	s->list[s->n].what = strdup(what);
+	s->list[s->n].block = block;
+	if (!s->list[s->n].file || !s->list[s->n].what) {
+		free(s->list[s->n].file);
+		free(s->list[s->n].what);
+		s->nomem = 1;
+		return;
+	}
+	s->n++;
+}
+
+static void print_json(const char *path, const struct verify_state *s, const cbi_verify_result *r,
+		       int ok, const char *error)
+{
+	struct json j;
+
+	json_init(&j, stdout);
+	json_begin_object(&j, NULL);
+	json_string(&j, "path", path);
+	json_bool(&j, "ok", ok);
+	json_u64(&j, "files_checked", r->files_checked);
+	json_u64(&j, "points_checked", r->points_checked);
+	json_u64(&j, "blocks_checked", r->blocks_checked);
+	json_u64(&j, "problem_count", s->n);
+	json_string(&j, "error", error);
+	json_begin_array(&j, "problems");
+	for (size_t i = 0; i < s->n; i++) {
+		json_begin_object(&j, NULL);
+		json_string(&j, "file", s->list[i].file);
+		if (s->list[i].block >= 0)
+			json_i64(&j, "block", s->list[i].block);
+		else
+			json_null(&j, "block");
+		json_string(&j, "problem", s->list[i].what);
+		json_end_object(&j);
+	}
+	json_end_array(&j);
+	json_end_object(&j);
+	json_finish(&j);
+}
+
+static void free_state(struct verify_state *s)
+{
+	for (size_t i = 0; i < s->n; i++) {
+		free(s->list[i].file);
+		free(s->list[i].what);
+	}
+	free(s->list);
+}
+
+static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
+{
+	struct verify_state s = { 0 };
+	cbi_verify_result r = { 0 };
+	cbi_error err = { 0 };
+	struct cli_progress prog;
+	const char *path, *error = NULL;
+	int quiet = 0, c, rc, status;
+	uint64_t problems;
+
+	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
+		switch (c) {
+		case 'q': quiet = 1; break;
+		case OPT_JSON: s.json = 1; break;
+		default: return cli_opt_exit(cmd, c);
+		}
+	}
+	if ((rc = cli_check_operands(cmd, argc, argv, 1)))
+		return rc;
+	path = argv[optind];
+
+	cli_progress_init(&prog, quiet || s.json);
+	s.prog = &prog;
+	rc = cbi_verify(path, on_problem, &s, cli_progress_cb, &prog, &r, &err);
+	cli_progress_end(&prog);
+
+	if (s.nomem) {
+		free_state(&s);
+		cli_error("out of memory while collecting the problems found");
+		return CLI_FAIL;
+	}
+	if (rc < 0 && !cbi_is_damage(rc)) {  /* verification could not run */
+		free_state(&s);
+		return cli_fail(rc, &err);
+	}
+	/* Damage that stopped verification early, or that the callback did not
+	 * describe, is shown as an error line too. */
+	if (rc < 0 && (rc != -CBI_EDAMAGED || s.seen == 0)) {
+		cli_fail(rc, &err);
+		error = err.msg[0] ? err.msg : cbi_strerror(rc);
+	}
+	problems = r.problems > s.seen ? r.problems : s.seen;
+	if (error && problems == 0)
+		problems = 1;
+	status = rc == 0 && problems == 0 ? CLI_OK : CLI_DAMAGE;
+	if (s.json) {
+		print_json(path, &s, &r, status == CLI_OK, error);
+	} else if (!quiet) {
+		printf("verified %" PRIu64 " files, %" PRIu64 " points, %" PRIu64 " blocks: ",
+		       r.files_checked, r.points_checked, r.blocks_checked);
+		if (status == CLI_OK)
+			printf("OK\n");
+		else
+			printf("%" PRIu64 " problem%s\n", problems, problems == 1 ? "" : "s");
+	}
+	free_state(&s);
+	return status;
+}
+
+const struct cli_command cli_verify = {
+	.name = "verify",
+	.operands = "[-q] [--json] PATH",
+	.summary = "check files, chains and stored blocks for damage",
+	.description =
+		"PATH is an image (.cbi) or index (.cbx) file, which is checked with all the\n"
+		"points it builds on, or a directory, whose chains are all checked. Each\n"
+		"problem is printed as 'DAMAGED <file>: [block <n>: ]<problem>'.",
+	.options = verify_options,
+	.run = cmd_verify,
+};
