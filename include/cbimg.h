@@ -75,7 +75,8 @@ typedef struct cbi_point {
 	uint8_t point_id[16];
 	uint8_t parent_id[16];    /* all zero for a full */
 	uint8_t parent_digest[32];
-	uint8_t index_digest[32]; /* SHA-256 digest of this point's index file */
+	uint8_t index_digest[32]; /* digest in this point's index trailer: SHA-256 of
+	                           * every byte of the index file but the last 32 */
 	uint32_t seq;             /* 0 for the full */
 	int type;                 /* enum cbi_point_type */
 	uint32_t block_size;

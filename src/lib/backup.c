@@ -1,6 +1,7 @@
 /* backup.c - cbi_backup(): choose full or incremental, run the pipeline,
  * write image and index under temporary names, then commit them. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,12 +48,62 @@ static int sink(void *ud, uint64_t block, const cbi_pipe_block *b, cbi_error *er
 
 /* One lock file per (host, source, job) in DEST, so that two runs of the
  * same job never fork a chain, while different sources run concurrently. */
-static int take_lock(const char *dest, const cbi_hdr *h, int *fd_out, cbi_error *err)
+static uint64_t lock_key(const char *host, const char *source_id, const char *job)
 {
-	char key[512], path[4096];
-	int n = snprintf(key, sizeof key, "%s%c%s%c%s", h->host, 0, h->source_id, 0, h->job);
+	char key[512];
+	int n = snprintf(key, sizeof key, "%s%c%s%c%s", host, 0, source_id, 0, job);
+	return XXH3_64bits(key, (size_t)n);
+}
+
+/* With the lock held, remove what a killed run of the same (host, source,
+ * job) left: temporary files tagged with our key, and images whose index
+ * was never committed (a crash between the two renames). Neither was ever
+ * a point. */
+static void remove_leftovers(const char *dest, const cbi_hdr *h, const cbi_point *pts, size_t n)
+{
+	char prefix[64], path[4096];
+	uint64_t key = lock_key(h->host, h->source_id, h->job);
+	snprintf(prefix, sizeof prefix, ".cbimg-%016llx-", (unsigned long long)key);
+	/* An interrupted commit's image is newer than every point of its key;
+	 * older orphans (say, images copied here without their index) are the
+	 * user's and are left alone for verify to report. */
+	int64_t newest = INT64_MIN;
+	for (size_t i = 0; i < n; i++)
+		if (lock_key(pts[i].host, pts[i].source_id, pts[i].job) == key && pts[i].created_ns > newest)
+			newest = pts[i].created_ns;
+	DIR *d = opendir(dest);
+	if (!d)
+		return;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		size_t len = strlen(de->d_name);
+		if ((size_t)snprintf(path, sizeof path, "%.3000s/%.1000s", dest, de->d_name) >= sizeof path)
+			continue;
+		if (!strncmp(de->d_name, prefix, strlen(prefix)) && len > 4 &&
+		    !strcmp(de->d_name + len - 4, ".tmp")) {
+			unlink(path);
+			continue;
+		}
+		if (de->d_name[0] == '.' || len < 5 || strcmp(de->d_name + len - 4, ".cbi"))
+			continue;
+		cbi_point p;
+		int kind = 0;
+		memset(&p, 0, sizeof p);
+		if (cbi_point_read_file(path, &p, &kind, NULL) || kind != CBI_KIND_IMAGE ||
+		    lock_key(p.host, p.source_id, p.job) != key || cbi_chain_find_id(pts, n, p.point_id) >= 0 ||
+		    p.created_ns <= newest)
+			continue;
+		unlink(path);
+	}
+	closedir(d);
+}
+
+static int take_lock(const char *dest, const cbi_hdr *h, int *fd_out, int *locked, cbi_error *err)
+{
+	char path[4096];
+	*locked = 0;
 	snprintf(path, sizeof path, "%s/.cbimg-%016llx.lock", dest,
-		 (unsigned long long)XXH3_64bits(key, (size_t)n));
+		 (unsigned long long)lock_key(h->host, h->source_id, h->job));
 	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return cbi_err(err, -errno, "unable to write to destination '%s': %s", dest, strerror(errno));
@@ -65,6 +116,8 @@ static int take_lock(const char *dest, const cbi_hdr *h, int *fd_out, cbi_error 
 				       h->source_path, dest);
 		}
 		/* filesystems without locks (some FUSE drivers): go on unlocked */
+	} else {
+		*locked = 1;
 	}
 	*fd_out = fd;
 	return 0;
@@ -130,6 +183,8 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	const char *job = o->job && *o->job ? o->job : "default";
 	if (strlen(job) > 63)
 		return cbi_err(err, -CBI_EUSAGE, "job name '%s' longer than 63 bytes", job);
+	if (o->host && strlen(o->host) > 63)
+		return cbi_err(err, -CBI_EUSAGE, "host name '%s' longer than 63 bytes", o->host);
 	if (o->source_id && strlen(o->source_id) > 127)
 		return cbi_err(err, -CBI_EUSAGE, "source id longer than 127 bytes");
 	struct stat dst;
@@ -165,10 +220,13 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	size_t pl = strlen(o->source);
 	cbi_strlcpy(h.source_path, pl > 63 ? o->source + pl - 63 : o->source, sizeof h.source_path);
 
-	if ((rc = take_lock(o->dest, &h, &lockfd, err)))
+	int locked = 0;
+	if ((rc = take_lock(o->dest, &h, &lockfd, &locked, err)))
 		goto end;
 	if ((rc = cbi_chain_scan(o->dest, &pts, &npts, err)))
 		goto end;
+	if (locked)
+		remove_leftovers(o->dest, &h, pts, npts);
 	long tip = o->force_full ? -1 : find_tip(pts, npts, &h);
 	if (tip < 0 && !o->force_full && !o->source_id) {
 		/* Same path and job, other identity: another disk under the same name. */
@@ -236,9 +294,12 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	cbi_point_filename(&h, "cbx", name, sizeof name);
 	snprintf(idx_path, sizeof idx_path, "%s/%s", o->dest, name);
 	st.img_path = img_path;
-	if ((rc = cbi_image_writer_create(img_path, &h, &st.img, err)))
+	char tag[64];
+	snprintf(tag, sizeof tag, "cbimg-%016llx-%ld",
+		 (unsigned long long)lock_key(h.host, h.source_id, h.job), (long)getpid());
+	if ((rc = cbi_image_writer_create(img_path, tag, &h, &st.img, err)))
 		goto end;
-	if ((rc = cbi_index_writer_create(idx_path, &h, &st.idx, err)))
+	if ((rc = cbi_index_writer_create(idx_path, tag, &h, &st.idx, err)))
 		goto end;
 
 	cbi_pipe_cfg pc = {
@@ -269,6 +330,13 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	if ((rc = cbi_image_writer_commit(st.img, err)))
 		goto end;
 	st.img = NULL;
+	/* The image's rename must be durable before the index's: otherwise a
+	 * power loss could keep the index (the point) without its image. */
+	if ((rc = cbi_fsync_dir(o->dest))) {
+		unlink(img_path);
+		rc = cbi_err(err, rc, "unable to sync directory '%s': %s", o->dest, cbi_errtext(rc));
+		goto end;
+	}
 	if ((rc = cbi_index_writer_commit(st.idx, err))) {
 		unlink(img_path);
 		goto end;

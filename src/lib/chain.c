@@ -31,67 +31,46 @@ static void fill_from_hdr(cbi_point *p, const cbi_hdr *h)
 
 int cbi_point_read_file(const char *path, cbi_point *p, int *kind, cbi_error *err)
 {
-	uint8_t b[CBI_HDR_SIZE];
-	cbi_hdr h;
-	int rc = 0;
+	/* Peek at the magic, then open with the full structural checks, so that
+	 * anything the scan accepts can also be opened for reading. */
+	uint8_t magic[8];
 	cbi_sfr *f = NULL;
-	if ((rc = cbi_sfr_open(path, &f, err)))
+	int rc = cbi_sfr_open(path, &f, err);
+	if (rc)
 		return rc;
-	if ((rc = cbi_sfr_pread(f, b, CBI_HDR_SIZE, 0))) {
-		cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
-		goto end;
-	}
-	if ((rc = cbi_hdr_decode(b, &h))) {
-		cbi_err(err, rc, "'%s': %s", path,
-			rc == -CBI_EFORMAT ? "not a cbimg file or unsupported version" : "damaged header");
-		goto end;
-	}
-	*kind = h.kind;
-	if ((rc = cbi_sfr_pread(f, b, CBI_TRL_SIZE, f->size - CBI_TRL_SIZE))) {
-		cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
-		goto end;
-	}
-	fill_from_hdr(p, &h);
-	if (h.kind == CBI_KIND_INDEX) {
-		cbi_idx_trailer t;
-		if ((rc = cbi_idx_trailer_decode(b, &t))) {
-			cbi_err(err, rc, "'%s': no trailer: the file is unfinished or truncated", path);
-			goto end;
-		}
-		if (t.file_size != f->size || memcmp(t.point_id, h.point_id, 16) ||
-		    f->size != CBI_HDR_SIZE + h.n_blocks * CBI_IDX_ENT_SIZE + CBI_TRL_SIZE) {
-			rc = cbi_err(err, -CBI_EDAMAGED, "'%s': trailer does not match the header or file size",
-				     path);
-			goto end;
-		}
-		memcpy(p->index_digest, t.digest, 32);
-		p->changed_blocks = t.changed_blocks;
-		p->zero_blocks = t.zero_blocks;
-		p->stored_blocks = t.stored_blocks;
-		p->stored_bytes = t.image_size;
-		p->index_bytes = t.file_size;
-		cbi_strlcpy(p->index_file, path, sizeof p->index_file);
-	} else {
-		cbi_img_trailer t;
-		if ((rc = cbi_img_trailer_decode(b, &t))) {
-			cbi_err(err, rc, "'%s': no trailer: the file is unfinished or truncated", path);
-			goto end;
-		}
-		if (t.file_size != f->size || memcmp(t.point_id, h.point_id, 16)) {
-			rc = cbi_err(err, -CBI_EDAMAGED, "'%s': trailer does not match the header or file size",
-				     path);
-			goto end;
-		}
-		/* An image names the index it belongs to by the index digest. */
-		memcpy(p->index_digest, t.index_digest, 32);
-		p->changed_blocks = t.changed_blocks;
-		p->stored_blocks = t.record_count;
-		p->stored_bytes = t.file_size;
-		cbi_strlcpy(p->file, path, sizeof p->file);
-	}
-end:
+	rc = cbi_sfr_pread(f, magic, sizeof magic, 0);
 	cbi_sfr_close(f);
-	return rc;
+	if (rc)
+		return cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
+	if (!memcmp(magic, CBI_MAGIC_INDEX, 8)) {
+		cbi_index *x = NULL;
+		if ((rc = cbi_index_open(path, &x, err)))
+			return rc;
+		*kind = CBI_KIND_INDEX;
+		fill_from_hdr(p, &x->hdr);
+		memcpy(p->index_digest, x->trl.digest, 32);
+		p->changed_blocks = x->trl.changed_blocks;
+		p->zero_blocks = x->trl.zero_blocks;
+		p->stored_blocks = x->trl.stored_blocks;
+		p->stored_bytes = x->trl.image_size;
+		p->index_bytes = x->trl.file_size;
+		cbi_strlcpy(p->index_file, path, sizeof p->index_file);
+		cbi_index_close(x);
+		return 0;
+	}
+	cbi_image *m = NULL;
+	if ((rc = cbi_image_open(path, &m, err)))
+		return rc;
+	*kind = CBI_KIND_IMAGE;
+	fill_from_hdr(p, &m->hdr);
+	/* An image names the index it belongs to by the index digest. */
+	memcpy(p->index_digest, m->trl.index_digest, 32);
+	p->changed_blocks = m->trl.changed_blocks;
+	p->stored_blocks = m->trl.record_count;
+	p->stored_bytes = m->trl.file_size;
+	cbi_strlcpy(p->file, path, sizeof p->file);
+	cbi_image_close(m);
+	return 0;
 }
 
 static int has_ext(const char *name, const char *ext)

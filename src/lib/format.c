@@ -92,7 +92,8 @@ int cbi_hdr_decode(const uint8_t *b, cbi_hdr *h)
 	uint32_t bs = h->block_size;
 	if (bs < CBI_MIN_BLOCK_SIZE || bs > CBI_MAX_BLOCK_SIZE || (bs & (bs - 1)))
 		return -CBI_EDAMAGED;
-	if (h->n_blocks != cbi_nblocks(h->source_size, bs))
+	if (h->source_size == 0 || h->source_size > (uint64_t)INT64_MAX ||
+	    h->n_blocks != cbi_nblocks(h->source_size, bs))
 		return -CBI_EDAMAGED;
 	if (h->flags != 0 || h->hash_alg != CBI_HASH_XXH3_128 || h->compression != CBI_COMP_ZSTD)
 		return -CBI_EFORMAT; /* features of a later version */

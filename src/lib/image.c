@@ -16,7 +16,7 @@ struct cbi_image_writer {
 	uint64_t last_block;
 };
 
-int cbi_image_writer_create(const char *final_path, const cbi_hdr *h, cbi_image_writer **out,
+int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, cbi_image_writer **out,
 			    cbi_error *err)
 {
 	cbi_image_writer *w = calloc(1, sizeof *w);
@@ -24,7 +24,7 @@ int cbi_image_writer_create(const char *final_path, const cbi_hdr *h, cbi_image_
 		return cbi_err(err, -ENOMEM, "out of memory");
 	w->hdr = *h;
 	w->hdr.kind = CBI_KIND_IMAGE;
-	int rc = cbi_sfw_create(final_path, &w->f, err);
+	int rc = cbi_sfw_create_tagged(final_path, tag, &w->f, err);
 	if (rc) {
 		free(w);
 		return rc;
@@ -245,7 +245,7 @@ int cbi_image_read_block(cbi_image *m, const cbi_tab_ent *e, ZSTD_DCtx *dctx, ui
 		return -CBI_EDAMAGED;
 	}
 	const uint8_t *payload = scratch + CBI_REC_HDR_SIZE;
-	if (rh.flags & CBI_REC_ZSTD) {
+	if (rh.flags == CBI_REC_ZSTD) {
 		size_t n = ZSTD_decompressDCtx(dctx, out, bs, payload, rh.stored_len);
 		if (ZSTD_isError(n) || n != rh.raw_len) {
 			*why = "decompression failed";

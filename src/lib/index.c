@@ -13,7 +13,7 @@ struct cbi_index_writer {
 	uint64_t added;
 };
 
-int cbi_index_writer_create(const char *final_path, const cbi_hdr *h, cbi_index_writer **out,
+int cbi_index_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, cbi_index_writer **out,
 			    cbi_error *err)
 {
 	cbi_index_writer *w = calloc(1, sizeof *w);
@@ -21,7 +21,7 @@ int cbi_index_writer_create(const char *final_path, const cbi_hdr *h, cbi_index_
 		return cbi_err(err, -ENOMEM, "out of memory");
 	w->hdr = *h;
 	w->hdr.kind = CBI_KIND_INDEX;
-	int rc = cbi_sfw_create(final_path, &w->f, err);
+	int rc = cbi_sfw_create_tagged(final_path, tag, &w->f, err);
 	if (rc) {
 		free(w);
 		return rc;

@@ -88,7 +88,8 @@ static int get_image(cbi_resolved *v, uint32_t seq, cbi_image **out, cbi_error *
 		const cbi_point *p = &v->pts[v->chain[seq]];
 		if (!p->has_image)
 			return cbi_err(err, -CBI_ENOPARENT,
-				       "image file of point seq %u (index '%s') is missing", seq, p->index_file);
+				       "image file of point seq %u (index '%s') is missing or damaged: "
+				       "run 'cbimg verify'", seq, p->index_file);
 		int rc = cbi_image_open(p->file, &v->imgs[seq], err);
 		if (rc)
 			return rc;

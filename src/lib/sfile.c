@@ -26,6 +26,11 @@ struct cbi_sfw {
 
 int cbi_sfw_create(const char *final_path, cbi_sfw **out, cbi_error *err)
 {
+	return cbi_sfw_create_tagged(final_path, NULL, out, err);
+}
+
+int cbi_sfw_create_tagged(const char *final_path, const char *tag, cbi_sfw **out, cbi_error *err)
+{
 	cbi_sfw *w = calloc(1, sizeof *w);
 	if (!w)
 		return cbi_err(err, -ENOMEM, "out of memory");
@@ -37,7 +42,8 @@ int cbi_sfw_create(const char *final_path, cbi_sfw **out, cbi_error *err)
 	base = base ? base + 1 : final_path;
 	/* A leading dot and a ".tmp" ending: never matched by the scanner, which
 	 * only takes names ending in .cbi or .cbx. */
-	int n = snprintf(w->tmp, sizeof w->tmp, "%s/.%s.%ld.tmp", dir, base, (long)getpid());
+	int n = tag ? snprintf(w->tmp, sizeof w->tmp, "%s/.%s.%s.tmp", dir, tag, base)
+		    : snprintf(w->tmp, sizeof w->tmp, "%s/.%s.%ld.tmp", dir, base, (long)getpid());
 	if (n < 0 || (size_t)n >= sizeof w->tmp) {
 		free(w);
 		return cbi_err(err, -ENAMETOOLONG, "path too long: '%s'", final_path);

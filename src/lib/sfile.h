@@ -19,6 +19,11 @@ typedef struct cbi_sfw cbi_sfw;
  * Returns 0 or -errno; fills err. */
 int cbi_sfw_create(const char *final_path, cbi_sfw **out, cbi_error *err) CBI_WUR;
 
+/* Same, with the temporary name ".TAG.BASENAME.tmp": a caller that holds a
+ * lock can then recognise and remove its own leftovers of a killed run. */
+int cbi_sfw_create_tagged(const char *final_path, const char *tag, cbi_sfw **out,
+			  cbi_error *err) CBI_WUR;
+
 /* Append len bytes (buffered). 0 or -errno (-ENOSPC when full). */
 int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len) CBI_WUR;
 

@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# format/vectors/make-vectors.sh - (re)generate the test vectors of format/SPEC.md.
+#
+#   CBIMG=/abs/path/build/cbimg bash format/vectors/make-vectors.sh     (or: make vectors)
+#   CBIMG=/abs/path/build/cbimg bash format/vectors/make-vectors.sh --check
+#
+# --check only runs the checks below on the vectors already present, without
+# regenerating them (what a test suite wants).
+#
+# Writes format/vectors/valid/* and format/vectors/damaged/*, then checks them
+# with the tool itself: every valid vector must verify (exit 0) and restore to
+# the SHA-256 listed in its expected.sha256; every damaged vector must fail
+# verify with exit status 3 and report each line of its 'expect' file.
+#
+# The sources are deterministic (text from awk, zeros, and AES-128-CTR key
+# streams from openssl), so the restored bytes are the same on every run. The
+# point ids, chain ids, creation times and therefore the file names and
+# digests differ on every run: the vectors are regenerated as a whole.
+#
+# Needs bash, coreutils (dd, od, truncate, sha256sum), awk and openssl.
+set -euo pipefail
+export LC_ALL=C TZ=UTC
+
+: "${CBIMG:?set CBIMG to the cbimg binary, e.g. CBIMG=\$PWD/build/cbimg}"
+case $CBIMG in /*) ;; *) CBIMG=$PWD/$CBIMG ;; esac
+[ -x "$CBIMG" ] || { echo "make-vectors: '$CBIMG' is not executable" >&2; exit 1; }
+for t in awk openssl od dd truncate sha256sum; do
+	command -v "$t" >/dev/null || { echo "make-vectors: '$t' is required" >&2; exit 1; }
+done
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+W=$(mktemp -d /tmp/cbimg-vectors.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+
+BS=4096
+# Options of every backup: fixed identity so the headers and names are stable
+# apart from ids and times.
+BK=(backup -q --block-size 4K --host vectorhost --job vec --source-id vector-source --threads 2)
+
+die() { echo "make-vectors: $*" >&2; exit 1; }
+
+# ------------------------------------------------------------ source helpers
+# All helpers write into $W/disk.img, in units of 4 KiB blocks.
+
+# text FIRST COUNT TAG: COUNT blocks of lines "cbimg TAG blk NNNNNN ln NNN",
+# each line 32 bytes, 128 lines a block. Compresses well; differs per block.
+text() {
+	awk -v first="$1" -v count="$2" -v tag="$3" 'BEGIN {
+		for (b = first; b < first + count; b++)
+			for (l = 0; l < 128; l++)
+				printf("%-31.31s\n", sprintf("cbimg %s blk %06d ln %03d", tag, b, l))
+	}' | dd of="$W/disk.img" bs=$BS seek="$1" conv=notrunc status=none
+}
+
+# noise FIRST COUNT KEY: COUNT blocks of the AES-128-CTR key stream of key
+# KEY (one byte, hex) with a zero IV: incompressible, but reproducible.
+noise() {
+	head -c $(($2 * BS)) /dev/zero |
+		openssl enc -aes-128-ctr -nosalt -K "$(printf '%02x%030d' "0x$3" 0)" -iv "$(printf '%032d' 0)" |
+		dd of="$W/disk.img" bs=$BS seek="$1" conv=notrunc status=none
+}
+
+# zero FIRST COUNT: COUNT blocks of written zeros.
+zero() {
+	dd if=/dev/zero of="$W/disk.img" bs=$BS seek="$1" count="$2" conv=notrunc status=none
+}
+
+# backup DEST: one backup of $W/disk.img into DEST; records the source's
+# SHA-256 under the new seq in DEST/expected.sha256.
+backup() {
+	local dest=$1 seq
+	seq=$(($(wc -l <"$dest/expected.sha256")))
+	(cd "$W" && "$CBIMG" "${BK[@]}" disk.img "$dest") || die "backup into $dest failed"
+	echo "$seq $(sha256sum <"$W/disk.img" | cut -d' ' -f1)" >>"$dest/expected.sha256"
+}
+
+# ------------------------------------------------------------- file helpers
+u64() { od -An -t u8 --endian=little -j "$2" -N 8 "$1" | tr -d ' '; }
+u32() { od -An -t u4 --endian=little -j "$2" -N 4 "$1" | tr -d ' '; }
+fsize() { stat -c %s "$1"; }
+
+# flip FILE OFFSET [MASK]: XOR one byte (default mask 0xff).
+flip() {
+	local f=$1 off=$2 mask=${3:-0xff} b
+	b=$(od -An -t u1 -j "$off" -N 1 "$f" | tr -d ' ')
+	[ -n "$b" ] || die "flip: offset $off beyond the end of $f"
+	printf '%b' "\\0$(printf '%03o' $((b ^ mask)))" | dd of="$f" bs=1 seek="$off" conv=notrunc status=none
+}
+
+# point DIR KIND SEQ EXT: the file of the point with that seq (names are
+# informational, but the tool's naming scheme makes them easy to find).
+point() {
+	local f
+	f=$(printf '%s/*_%s%04d_*.%s' "$1" "$2" "$3" "$4")
+	# shellcheck disable=SC2086
+	set -- $f
+	if [ $# != 1 ] || [ ! -f "$1" ]; then die "expected exactly one file matching $f"; fi
+	echo "$1"
+}
+
+V=$HERE/valid
+D=$HERE/damaged
+CHECK_ONLY=0
+case ${1:-} in
+--check) CHECK_ONLY=1 ;;
+"") ;;
+*) die "usage: CBIMG=... make-vectors.sh [--check]" ;;
+esac
+
+generate() {
+# ============================================================ valid/chain1
+# 1 MiB, 256 blocks of 4 KiB; seq 0 full, seq 1 and 2 incremental.
+rm -rf "$V/chain1" "$V/tail"
+for c in "$D"/*/; do [ -d "$c" ] && rm -rf "$c"; done
+mkdir -p "$V/chain1" "$V/tail" "$D"
+
+C1=$V/chain1
+: >"$C1/expected.sha256"
+rm -f "$W/disk.img"
+truncate -s 1M "$W/disk.img"   # blocks 64..127 stay a hole: zero, never read
+text 0 64 s0
+noise 128 16 01               # incompressible: stored raw
+text 144 112 s0
+zero 200 1                    # written zeros: a zero block like the hole
+backup "$C1"                  # seq 0: full
+
+text 5 2 s1                   # changed, compressible
+zero 10 1                     # changed to zero: recorded, not stored
+text 70 1 s1                  # was zero, now data
+noise 130 1 02                # changed, incompressible
+text 255 1 s1                 # the last block
+backup "$C1"                  # seq 1
+
+text 5 1 s0                   # back to its seq-0 bytes: still a change from seq 1
+text 10 1 s2
+zero 131 1
+noise 140 2 03
+text 200 1 s2
+backup "$C1"                  # seq 2
+
+# ============================================================== valid/tail
+# 3 blocks and 100 bytes: the last block is 100 bytes long. Also holds a
+# leftover temporary file, which every reader must ignore.
+T1=$V/tail
+: >"$T1/expected.sha256"
+rm -f "$W/disk.img"
+text 0 3 t0
+head -c 100 /dev/zero | tr '\0' 'x' >>"$W/disk.img"
+backup "$T1"                  # seq 0
+printf 'cbimg short last block\n' | dd of="$W/disk.img" bs=1 seek=$((3 * BS + 50)) conv=notrunc status=none
+backup "$T1"                  # seq 1: only block 3 changed
+# A crashed run: half an image under its temporary name .NAME.PID.tmp.
+mkdir "$W/scratch"
+text 1 1 t2
+(cd "$W" && "$CBIMG" "${BK[@]}" disk.img scratch) || die "scratch backup failed"
+s=$(point "$W/scratch" full 0 cbi)
+head -c $(($(fsize "$s") / 2)) "$s" >"$T1/.$(basename "$s").4242.tmp"
+rm -rf "$W/scratch"
+# The backups' lock files (.cbimg-<hex>.lock) are not part of the vectors.
+rm -f "$C1"/.cbimg-*.lock "$T1"/.cbimg-*.lock
+
+# ========================================================== damaged/<case>
+# Each case is a copy of valid/chain1 (without expected.sha256) with one
+# deliberate defect, and a file 'expect' listing text verify must print.
+mkcase() {
+	local c=$D/$1
+	mkdir -p "$c"
+	cp "$C1"/*.cbi "$C1"/*.cbx "$c/"
+	echo "$c"
+}
+
+# record-payload: one byte of a zstd-compressed record payload in the full.
+c=$(mkcase record-payload)
+f=$(point "$c" full 0 cbi)
+sz=$(fsize "$f")
+tab=$(u64 "$f" $((sz - 120)))
+nrec=$(u64 "$f" $((sz - 112)))
+blk=
+for ((k = 0; k < nrec; k++)); do
+	e=$((tab + 24 * k))
+	if [ "$(u32 "$f" $((e + 20)))" = 1 ] && [ "$(u32 "$f" $((e + 16)))" -ge 64 ]; then
+		blk=$(u64 "$f" "$e")
+		off=$(u64 "$f" $((e + 8)))
+		len=$(u32 "$f" $((e + 16)))
+		break
+	fi
+done
+[ -n "$blk" ] || die "no compressed record found in $f"
+flip "$f" $((off + 40 + len / 2))
+printf '%s\n' "SHA-256 digest mismatch" "block $blk: " >"$c/expect"
+
+# header-checksum: a bit of created_ns in the header of the seq-1 image.
+c=$(mkcase header-checksum)
+flip "$(point "$c" incr 1 cbi)" 137 0x01
+printf '%s\n' "damaged header" "the image file of this point is missing" >"$c/expect"
+
+# truncated-image: the last 100 bytes of the seq-2 image cut off.
+c=$(mkcase truncated-image)
+f=$(point "$c" incr 2 cbi)
+truncate -s $(($(fsize "$f") - 100)) "$f"
+printf '%s\n' "no trailer: the file is unfinished or truncated" \
+	"the image file of this point is missing" >"$c/expect"
+
+# truncated-index: the last 100 bytes of the seq-1 index cut off.
+c=$(mkcase truncated-index)
+f=$(point "$c" incr 1 cbx)
+truncate -s $(($(fsize "$f") - 100)) "$f"
+printf '%s\n' "no trailer: the file is unfinished or truncated" \
+	"image file without a matching index file" "(seq 1)" "not found: the chain is incomplete" >"$c/expect"
+
+# missing-trailer: the full's image cut at half its size.
+c=$(mkcase missing-trailer)
+f=$(point "$c" full 0 cbi)
+truncate -s $(($(fsize "$f") / 2)) "$f"
+printf '%s\n' "no trailer: the file is unfinished or truncated" \
+	"the image file of this point is missing" >"$c/expect"
+
+# index-entry: first hash byte of the entry of block 10 in the seq-2 index
+# (a block seq 2 stored).
+c=$(mkcase index-entry)
+flip "$(point "$c" incr 2 cbx)" $((512 + 24 * 10))
+printf '%s\n' "SHA-256 digest mismatch" "block 10: block does not match the index" >"$c/expect"
+
+# table-entry: low byte of the record offset of block-table entry 3 of the full.
+c=$(mkcase table-entry)
+f=$(point "$c" full 0 cbi)
+sz=$(fsize "$f")
+tab=$(u64 "$f" $((sz - 120)))
+[ "$(u64 "$f" $((tab + 24 * 3)))" = 3 ] || die "table entry 3 of $f is not block 3"
+flip "$f" $((tab + 24 * 3 + 8)) 0x01
+printf '%s\n' "SHA-256 digest mismatch" "block 3: record header does not match the block table" >"$c/expect"
+
+# missing-parent: the two incrementals without the full.
+c=$(mkcase missing-parent)
+rm -f "$(point "$c" full 0 cbi)" "$(point "$c" full 0 cbx)"
+printf '%s\n' "(seq 0)" "not found: the chain is incomplete" >"$c/expect"
+
+# orphan-image: the seq-2 index is gone (as after a crash between the two
+# renames of a backup): its image belongs to no point.
+c=$(mkcase orphan-image)
+rm -f "$(point "$c" incr 2 cbx)"
+printf '%s\n' "image file without a matching index file" >"$c/expect"
+
+# future-version: both files of seq 2 claim format version 2.
+c=$(mkcase future-version)
+flip "$(point "$c" incr 2 cbi)" 8 0x03
+flip "$(point "$c" incr 2 cbx)" 8 0x03
+printf '%s\n' "not a cbimg file or unsupported version" >"$c/expect"
+
+}   # generate
+
+[ "$CHECK_ONLY" = 1 ] || generate
+
+# ================================================================== checks
+fails=0
+ok() { echo "ok   $*"; }
+bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+
+for v in "$V"/*/; do
+	v=${v%/}
+	name=valid/$(basename "$v")
+	if "$CBIMG" verify -q "$v" >"$W/out" 2>&1; then ok "verify $name exits 0"; else bad "verify $name exits $? (want 0):"; cat "$W/out"; fi
+	while read -r seq want; do
+		x=$(point "$v" "$([ "$seq" = 0 ] && echo full || echo incr)" "$seq" cbx)
+		rm -f "$W/restored"
+		if ! "$CBIMG" restore -q "$x" "$W/restored" >"$W/out" 2>&1; then
+			bad "restore $name seq $seq failed:"; cat "$W/out"; continue
+		fi
+		got=$(sha256sum <"$W/restored" | cut -d' ' -f1)
+		if [ "$got" = "$want" ]; then ok "restore $name seq $seq: $got"; else bad "restore $name seq $seq: $got, want $want"; fi
+	done <"$v/expected.sha256"
+done
+for c in "$D"/*/; do
+	c=${c%/}
+	name=damaged/$(basename "$c")
+	rc=0
+	"$CBIMG" verify -q "$c" >"$W/out" 2>&1 || rc=$?
+	if [ "$rc" = 3 ]; then ok "verify $name exits 3"; else bad "verify $name exits $rc (want 3):"; cat "$W/out"; fi
+	while IFS= read -r want; do
+		if grep -qF -- "$want" "$W/out"; then ok "  reports '$want'"; else bad "  $name: no '$want' in:"$'\n'"$(cat "$W/out")"; fi
+	done <"$c/expect"
+done
+total=$(du -sb "$V" "$D" | awk '{s += $1} END {print s}')
+echo "vectors: $total bytes"
+[ "$total" -lt $((2 * 1024 * 1024)) ] || bad "vectors exceed 2 MiB"
+[ "$fails" = 0 ] || { echo "make-vectors: $fails checks FAILED" >&2; exit 1; }
+echo "make-vectors: all checks passed"
