@@ -151,7 +151,8 @@ const struct cli_command cli_backup = {
 		"writes a full image; later ones compare every block's hash with the newest\n"
 		"point of the chain and store only the blocks that changed. The block size\n"
 		"is a power of two from 4K to 4M; SIZE takes the suffixes K, M, G and T\n"
-		"(powers of 1024). A chain is kept per host, source and job.",
+		"(powers of 1024). A chain is kept per host, source and job; a source path\n"
+		"whose identity changed (another disk) is refused unless --full is given.",
 	.options = backup_options,
 	.run = cmd_backup,
 };

@@ -57,8 +57,10 @@ int cbi_sfw_create_tagged(const char *final_path, const char *tag, cbi_sfw **out
 	w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (w->fd < 0) {
 		int e = -errno;
+		cbi_err(err, e, "unable to create '%s': %s", w->tmp, strerror(-e));
+		w->tmp[0] = 0; /* not ours: never unlink what another process created */
 		cbi_sfw_abort(w);
-		return cbi_err(err, e, "unable to create '%s': %s", w->tmp, strerror(-e));
+		return e;
 	}
 	*out = w;
 	return 0;
