@@ -118,6 +118,8 @@ typedef struct cbi_backup_opts {
 	uint32_t block_size;      /* 0 -> CBI_DEFAULT_BLOCK_SIZE; new chains only */
 	int level;                /* zstd level; 0 -> 3 */
 	int threads;              /* worker threads; 0 -> number of CPUs */
+	const char *state_dir;    /* NULL -> /var/lib/cbimg: a copy of each job's newest index */
+	int no_state;             /* neither read nor write the local state */
 	cbi_progress_fn progress;
 	void *progress_ud;
 } cbi_backup_opts;
@@ -137,6 +139,9 @@ typedef struct cbi_backup_result {
 	uint64_t bytes_written;   /* image + index bytes */
 	double seconds;
 	char warning[512];        /* non-fatal note for the user, "" if none */
+	char notice[1024];        /* which chain state was used when DEST and the local
+	                           * state differ, "" if they agree */
+	int from_state;           /* the parent index came from the local state */
 } cbi_backup_result;
 
 int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err) CBI_WUR;

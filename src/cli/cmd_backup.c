@@ -3,6 +3,7 @@
 #include "json.h"
 
 #include <getopt.h>
+#include <stdlib.h>
 #include <inttypes.h>
 
 enum {
@@ -14,6 +15,8 @@ enum {
 	OPT_SOURCE_ID,
 	OPT_HOST,
 	OPT_JSON,
+	OPT_STATE_DIR,
+	OPT_NO_STATE,
 };
 
 static const struct cli_option backup_options[] = {
@@ -24,6 +27,8 @@ static const struct cli_option backup_options[] = {
 	{ OPT_THREADS, "threads", "N", "worker threads (default: one per CPU)" },
 	{ OPT_SOURCE_ID, "source-id", "ID", "source identity (default: from the device)" },
 	{ OPT_HOST, "host", "NAME", "host name to record (default: this host)" },
+	{ OPT_STATE_DIR, "state-dir", "DIR", "local copy of each job's newest index (default /var/lib/cbimg)" },
+	{ OPT_NO_STATE, "no-state", NULL, "neither read nor update the local state" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
 	CLI_OPT_HELP,
@@ -66,6 +71,8 @@ static void print_json(const cbi_backup_result *r)
 	json_u64(&j, "bytes_written", r->bytes_written);
 	json_double(&j, "seconds", r->seconds);
 	json_string(&j, "warning", r->warning[0] ? r->warning : NULL);
+	json_string(&j, "notice", r->notice[0] ? r->notice : NULL);
+	json_bool(&j, "from_state", r->from_state);
 	cli_json_point(&j, "point", &r->point);
 	json_end_object(&j);
 	json_finish(&j);
@@ -113,6 +120,8 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 			break;
 		case OPT_SOURCE_ID: o.source_id = optarg; break;
 		case OPT_HOST: o.host = optarg; break;
+		case OPT_STATE_DIR: o.state_dir = optarg; break;
+		case OPT_NO_STATE: o.no_state = 1; break;
 		case 'q': quiet = 1; break;
 		case OPT_JSON: json = 1; break;
 		default: return cli_opt_exit(cmd, c);
@@ -122,6 +131,8 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 		return rc;
 	o.source = argv[optind];
 	o.dest = argv[optind + 1];
+	if (!o.state_dir && getenv("CBIMG_STATE_DIR") && *getenv("CBIMG_STATE_DIR"))
+		o.state_dir = getenv("CBIMG_STATE_DIR");
 
 	cli_progress_init(&prog, quiet || json);
 	o.progress = cli_progress_cb;
@@ -135,6 +146,10 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 		print_json(&r);
 	else if (!quiet)
 		print_summary(&o, &r);
+	if (r.notice[0] && !quiet) {
+		fflush(stdout);
+		fprintf(stderr, "cbimg: note: %s\n", r.notice);
+	}
 	if (r.warning[0]) {
 		fflush(stdout);
 		fprintf(stderr, "cbimg: warning: %s\n", r.warning);

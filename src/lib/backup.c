@@ -15,6 +15,7 @@
 #include "index.h"
 #include "pipeline.h"
 #include "source.h"
+#include "state.h"
 #include "util.h"
 
 typedef struct bk_state {
@@ -142,6 +143,82 @@ static void fill_point(cbi_point *p, const cbi_hdr *h)
 	memcpy(p->source_path, h->source_path, 64);
 }
 
+static void append_warning(cbi_backup_result *r, const char *msg)
+{
+	size_t n = strlen(r->warning);
+	if (n && n + 2 < sizeof r->warning) {
+		memcpy(r->warning + n, "; ", 3);
+		n += 2;
+	}
+	cbi_strlcpy(r->warning + n, msg, sizeof r->warning - n);
+}
+
+/* Decide which newest point to continue from when DEST (*tp, or NULL) and
+ * the local state (st, when found) may disagree. Never forks a chain and
+ * never silently starts a new one: a disagreement is either resolved in
+ * favour of DEST with a notice, or refused with an explanation. */
+static int reconcile(const cbi_point **tp, const cbi_point *st, int sfound, int sdamaged,
+		     const char *why, const cbi_hdr *h, const cbi_backup_opts *o, cbi_backup_result *r,
+		     cbi_error *err)
+{
+	char a[33], b[33];
+	const cbi_point *d = *tp;
+	if (!sfound) {
+		if (!sdamaged && !d)
+			snprintf(r->notice, sizeof r->notice,
+				 "no chain of job '%s' in '%s' and no local state of it: starting a new chain",
+				 h->job, o->dest);
+		if (sdamaged && !d)
+			return cbi_err(err, -CBI_EDAMAGED,
+				       "the local state of job '%s' is damaged (%s) and '%s' holds no chain of it: "
+				       "use --full to start a new chain",
+				       h->job, why, o->dest);
+		if (sdamaged)
+			snprintf(r->notice, sizeof r->notice,
+				 "the local state of job '%s' is damaged (%s); continuing from the newest point "
+				 "in '%s' (seq %u)",
+				 h->job, why, o->dest, d->seq);
+		return 0;
+	}
+	if (!d) {
+		*tp = st;
+		r->from_state = 1;
+		cbi_id_hex(st->chain_id, a);
+		snprintf(r->notice, sizeof r->notice,
+			 "'%s' holds no chain of job '%s': continuing chain %s after seq %u from the local "
+			 "state (index only; the chain's images are elsewhere)",
+			 o->dest, h->job, a, st->seq);
+		return 0;
+	}
+	if (!memcmp(d->point_id, st->point_id, 16))
+		return 0;
+	cbi_id_hex(d->chain_id, a);
+	cbi_id_hex(st->chain_id, b);
+	if (memcmp(d->chain_id, st->chain_id, 16)) {
+		snprintf(r->notice, sizeof r->notice,
+			 "the local state follows chain %s (seq %u) but the newest point of job '%s' in '%s' "
+			 "is on chain %s (seq %u): continuing the chain in '%s'",
+			 b, st->seq, h->job, o->dest, a, d->seq, o->dest);
+		return 0;
+	}
+	if (d->seq > st->seq) {
+		snprintf(r->notice, sizeof r->notice,
+			 "the local state of job '%s' is at seq %u, '%s' has seq %u: continuing from '%s'",
+			 h->job, st->seq, o->dest, d->seq, o->dest);
+		return 0;
+	}
+	if (d->seq < st->seq)
+		return cbi_err(err, -CBI_EMISMATCH,
+			       "the local state of job '%s' is at seq %u but the newest point in '%s' is seq "
+			       "%u: the points in between are elsewhere (an outbox?); copy them into '%s', "
+			       "or use --full",
+			       h->job, st->seq, o->dest, d->seq, o->dest);
+	return cbi_err(err, -CBI_EMISMATCH,
+		       "seq %u of job '%s' in '%s' is not the point the local state holds: the chain "
+		       "was forked; use --full to start a new chain",
+		       d->seq, h->job, o->dest);
+}
+
 /* Pick the newest point of (host, source, job) in pts, or -1. */
 static long find_tip(const cbi_point *pts, size_t n, const cbi_hdr *h)
 {
@@ -228,7 +305,20 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	if (locked)
 		remove_leftovers(o->dest, &h, pts, npts);
 	long tip = o->force_full ? -1 : find_tip(pts, npts, &h);
-	if (tip < 0 && !o->force_full && !o->source_id) {
+	const cbi_point *tp = tip >= 0 ? &pts[tip] : NULL;
+	cbi_point stp;
+	int sfound = 0, sdamaged = 0;
+	const char *state_dir = o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR;
+	if (!o->no_state && !o->force_full) {
+		char why[700];
+		memset(&stp, 0, sizeof stp);
+		if (cbi_state_load(state_dir, lock_key(h.host, h.source_id, h.job), &stp, &sfound, &sdamaged,
+				   why, sizeof why))
+			sdamaged = 1, snprintf(why, sizeof why, "'%s' unreadable", state_dir);
+		if ((rc = reconcile(&tp, &stp, sfound, sdamaged, why, &h, o, r, err)))
+			goto end;
+	}
+	if (!tp && !sfound && !o->force_full && !o->source_id) {
 		/* Same path and job, other identity: another disk under the same name. */
 		for (size_t i = 0; i < npts; i++)
 			if (!strcmp(pts[i].host, h.host) && !strcmp(pts[i].job, h.job) &&
@@ -240,8 +330,7 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 				goto end;
 			}
 	}
-	if (tip >= 0) {
-		const cbi_point *tp = &pts[tip];
+	if (tp) {
 		if (tp->source_size != src->size) {
 			rc = cbi_err(err, -CBI_EMISMATCH,
 				     "source '%s' is %llu bytes but its chain for job '%s' holds %llu; "
@@ -251,7 +340,7 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 			goto end;
 		}
 		if (tp->seq >= UINT32_MAX - 1) {
-			tip = -1; /* chain exhausted: start anew */
+			tp = NULL; /* chain exhausted: start anew */
 		} else {
 			if ((rc = cbi_index_open(tp->index_file, &parent, err)))
 				goto end;
@@ -274,7 +363,7 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 			memcpy(h.parent_digest, tp->index_digest, 32);
 		}
 	}
-	if (tip < 0) {
+	if (!tp) {
 		h.type = CBI_FULL;
 		h.seq = 0;
 		if ((rc = cbi_random(h.chain_id, 16))) {
@@ -345,6 +434,12 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	if ((rc = cbi_fsync_dir(o->dest))) {
 		rc = cbi_err(err, rc, "unable to sync directory '%s': %s", o->dest, cbi_errtext(rc));
 		goto end;
+	}
+
+	if (!o->no_state) {
+		cbi_error se;
+		if (cbi_state_save(state_dir, lock_key(h.host, h.source_id, h.job), idx_path, &se))
+			append_warning(r, se.msg);
 	}
 
 	fill_point(&r->point, &h);

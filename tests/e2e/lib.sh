@@ -24,6 +24,8 @@ LOOPS=()   # loop devices attached by this test
 MOUNTS=()  # mount points mounted by this test
 BGPIDS=()  # background processes started by this test
 T=$(mktemp -d /tmp/cbimg-e2e.XXXXXX) || { echo "FAIL: mktemp" >&2; exit 1; }
+# Keep each test's local job state (see cbimg backup --state-dir) to itself.
+export CBIMG_STATE_DIR=$T/state
 
 cleanup() {
 	local i p m l

@@ -1,0 +1,138 @@
+/* state.c - per-job local state (a copy of the newest index). */
+#define _GNU_SOURCE
+#include "state.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chain.h"
+#include "index.h"
+#include "util.h"
+
+static void key_dir(const char *state_dir, uint64_t key, char *out, size_t outsz)
+{
+	snprintf(out, outsz, "%.3000s/%016llx", state_dir, (unsigned long long)key);
+}
+
+int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, int *damaged,
+		   char *why, size_t whysz)
+{
+	char dir[4096];
+	*found = 0;
+	*damaged = 0;
+	why[0] = 0;
+	key_dir(state_dir, key, dir, sizeof dir);
+	DIR *d = opendir(dir);
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	struct dirent *de;
+	char path[4096];
+	while ((de = readdir(d))) {
+		size_t n = strlen(de->d_name);
+		if (de->d_name[0] == '.' || n < 5 || strcmp(de->d_name + n - 4, ".cbx"))
+			continue;
+		snprintf(path, sizeof path, "%.3000s/%.1000s", dir, de->d_name);
+		cbi_point p;
+		int kind = 0;
+		cbi_error e;
+		memset(&p, 0, sizeof p);
+		int rc = cbi_point_read_file(path, &p, &kind, &e);
+		cbi_index *x = NULL;
+		if (!rc && kind == CBI_KIND_INDEX && !(rc = cbi_index_open(path, &x, &e)))
+			rc = cbi_index_check_digest(x);
+		cbi_index_close(x);
+		if (rc || kind != CBI_KIND_INDEX) {
+			*damaged = 1;
+			snprintf(why, whysz, "'%s': %s", path,
+				 rc == -CBI_EDAMAGED ? "digest mismatch" : e.msg);
+			continue;
+		}
+		if (!*found || p.created_ns > tip->created_ns) {
+			*tip = p;
+			*found = 1;
+		}
+	}
+	closedir(d);
+	return 0;
+}
+
+static int copy_file(const char *from, const char *to)
+{
+	int in = open(from, O_RDONLY | O_CLOEXEC);
+	if (in < 0)
+		return -errno;
+	int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (out < 0) {
+		int e = -errno;
+		close(in);
+		return e;
+	}
+	char buf[1 << 16];
+	int rc = 0;
+	uint64_t off = 0;
+	for (;;) {
+		ssize_t r = read(in, buf, sizeof buf);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			rc = -errno;
+			break;
+		}
+		if (r == 0)
+			break;
+		if ((rc = cbi_pwrite_full(out, buf, (size_t)r, off)))
+			break;
+		off += (uint64_t)r;
+	}
+	if (!rc && fsync(out) < 0)
+		rc = -errno;
+	close(in);
+	if (close(out) < 0 && !rc)
+		rc = -errno;
+	return rc;
+}
+
+int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, cbi_error *err)
+{
+	char dir[4096], tmp[4096], fin[4096];
+	if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
+		return cbi_err(err, -errno, "unable to create state directory '%s': %s", state_dir,
+			       strerror(errno));
+	key_dir(state_dir, key, dir, sizeof dir);
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return cbi_err(err, -errno, "unable to create state directory '%s': %s", dir, strerror(errno));
+	const char *base = strrchr(index_path, '/');
+	base = base ? base + 1 : index_path;
+	snprintf(tmp, sizeof tmp, "%.3000s/.%.1000s.%ld.tmp", dir, base, (long)getpid());
+	snprintf(fin, sizeof fin, "%.3000s/%.1000s", dir, base);
+	int rc = copy_file(index_path, tmp);
+	if (rc) {
+		unlink(tmp);
+		return cbi_err(err, rc, "unable to write state '%s': %s", tmp, cbi_errtext(rc));
+	}
+	if (rename(tmp, fin) < 0) {
+		rc = -errno;
+		unlink(tmp);
+		return cbi_err(err, rc, "unable to write state '%s': %s", fin, cbi_errtext(rc));
+	}
+	cbi_fsync_dir(dir);
+	/* Only now drop the older state: a crash above leaves the old one. */
+	DIR *d = opendir(dir);
+	if (d) {
+		struct dirent *de;
+		char path[4096];
+		while ((de = readdir(d))) {
+			if (!strcmp(de->d_name, base) || !strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+				continue;
+			snprintf(path, sizeof path, "%.3000s/%.1000s", dir, de->d_name);
+			unlink(path);
+		}
+		closedir(d);
+		cbi_fsync_dir(dir);
+	}
+	return 0;
+}

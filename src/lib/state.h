@@ -1,0 +1,31 @@
+/* state.h - the local state of a job: a copy of the newest point's index,
+ * kept on the backed-up machine (default /var/lib/cbimg), so that a chain
+ * can be continued when DEST does not hold it (an outbox for a remote site
+ * that was seeded with the full image). Layout:
+ *
+ *     STATE_DIR/<key>/<index file name>.cbx
+ *
+ * where <key> is the 16 hex digits of the job's lock key (XXH3-64 of
+ * "host NUL source_id NUL job"). The directory holds one index, replaced
+ * atomically after each successful backup. */
+#ifndef CBI_STATE_H
+#define CBI_STATE_H
+
+#include <stdint.h>
+
+#include "cbimg.h"
+
+#define CBI_DEFAULT_STATE_DIR "/var/lib/cbimg"
+
+/* Find the newest index in STATE_DIR/<key>. *found = 0 when there is none.
+ * A state index that fails its structure or digest check is reported
+ * through *damaged (with the reason in why) and not returned. */
+int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, int *damaged,
+		   char *why, size_t whysz) CBI_WUR;
+
+/* Make the index at index_path the job's state: copy it under a temporary
+ * name, fsync, rename, fsync the directory, then remove older indexes. */
+int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path,
+		   cbi_error *err) CBI_WUR;
+
+#endif
