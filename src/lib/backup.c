@@ -94,6 +94,13 @@ static void remove_leftovers(const char *dest, const cbi_hdr *h, const cbi_point
 		    lock_key(p.host, p.source_id, p.job) != key || cbi_chain_find_id(pts, n, p.point_id) >= 0 ||
 		    p.created_ns <= newest)
 			continue;
+		/* An index under the partner name, even a damaged one, means this
+		 * was a committed point: keep its data for the user to salvage. */
+		char partner[4096];
+		cbi_strlcpy(partner, path, sizeof partner);
+		memcpy(partner + strlen(partner) - 4, ".cbx", 4);
+		if (access(partner, F_OK) == 0)
+			continue;
 		unlink(path);
 	}
 	closedir(d);

@@ -96,6 +96,108 @@ static int point_cmp(const void *a, const void *b)
 	return c;
 }
 
+int cbi_chain_is_point_name(const char *name)
+{
+	return name[0] != '.' && (has_ext(name, ".cbx") || has_ext(name, ".cbi"));
+}
+
+/* Sort keys for cbi_chain_pair(): arrays of indexes into a cbi_point array
+ * (the qsort_r context), so that the big structs are moved only once. */
+static int pair_key(const cbi_point *x, const cbi_point *y)
+{
+	int c = memcmp(x->point_id, y->point_id, 16);
+	return c ? c : memcmp(x->index_digest, y->index_digest, 32);
+}
+
+static int by_index_key(const void *a, const void *b, void *ctx)
+{
+	const cbi_point *x = (const cbi_point *)ctx + *(const size_t *)a;
+	const cbi_point *y = (const cbi_point *)ctx + *(const size_t *)b;
+	int c = pair_key(x, y);
+	return c ? c : strcmp(x->index_file, y->index_file);
+}
+
+static int by_image_key(const void *a, const void *b, void *ctx)
+{
+	const cbi_point *x = (const cbi_point *)ctx + *(const size_t *)a;
+	const cbi_point *y = (const cbi_point *)ctx + *(const size_t *)b;
+	int c = pair_key(x, y);
+	return c ? c : strcmp(x->file, y->file);
+}
+
+static int by_listing_order(const void *a, const void *b, void *ctx)
+{
+	const cbi_point *x = (const cbi_point *)ctx + *(const size_t *)a;
+	const cbi_point *y = (const cbi_point *)ctx + *(const size_t *)b;
+	int c = point_cmp(x, y);
+	return c ? c : strcmp(x->index_file, y->index_file);
+}
+
+int cbi_chain_pair(cbi_point *pts, size_t *np, const cbi_point *imgs, size_t ni, cbi_error *err)
+{
+	size_t n = *np, *ord = malloc((n + ni + 1) * sizeof *ord);
+	if (!ord)
+		return cbi_err(err, -ENOMEM, "out of memory");
+	size_t *im = ord + n;
+	/* Duplicates: the same index under several names counts once. */
+	for (size_t i = 0; i < n; i++)
+		ord[i] = i;
+	qsort_r(ord, n, sizeof *ord, by_index_key, pts);
+	for (size_t k = 1; k < n; k++)
+		if (!pair_key(&pts[ord[k - 1]], &pts[ord[k]]))
+			pts[ord[k]].index_file[0] = 0; /* dropped below */
+	size_t w = 0;
+	for (size_t i = 0; i < n; i++)
+		if (pts[i].index_file[0]) {
+			if (w != i)
+				pts[w] = pts[i];
+			w++;
+		}
+	n = w;
+	/* Images: the lowest-sorting image of the same id and digest. */
+	for (size_t j = 0; j < ni; j++)
+		im[j] = j;
+	qsort_r(im, ni, sizeof *im, by_image_key, (void *)imgs);
+	for (size_t i = 0; i < n; i++) {
+		size_t lo = 0, hi = ni;
+		while (lo < hi) {
+			size_t mid = lo + (hi - lo) / 2;
+			if (pair_key(&imgs[im[mid]], &pts[i]) < 0)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (lo < ni && !pair_key(&imgs[im[lo]], &pts[i])) {
+			cbi_strlcpy(pts[i].file, imgs[im[lo]].file, sizeof pts[i].file);
+			pts[i].stored_bytes = imgs[im[lo]].stored_bytes;
+			pts[i].has_image = 1;
+		}
+	}
+	/* Listing order, applied in place by following the permutation's cycles. */
+	for (size_t i = 0; i < n; i++)
+		ord[i] = i;
+	qsort_r(ord, n, sizeof *ord, by_listing_order, pts);
+	for (size_t i = 0; i < n; i++) {
+		if (ord[i] == SIZE_MAX || ord[i] == i)
+			continue;
+		cbi_point tmp = pts[i];
+		size_t j = i;
+		for (;;) {
+			size_t from = ord[j];
+			ord[j] = SIZE_MAX;
+			if (from == i) {
+				pts[j] = tmp;
+				break;
+			}
+			pts[j] = pts[from];
+			j = from;
+		}
+	}
+	free(ord);
+	*np = n;
+	return 0;
+}
+
 long cbi_chain_find_id(const cbi_point *pts, size_t n, const uint8_t id[16])
 {
 	for (size_t i = 0; i < n; i++)
@@ -115,11 +217,8 @@ int cbi_chain_scan(const char *dir, cbi_point **out, size_t *nout, cbi_error *er
 	struct dirent *de;
 	char path[4096];
 	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue; /* temporary files and lock files */
-		int is_idx = has_ext(de->d_name, ".cbx"), is_img = has_ext(de->d_name, ".cbi");
-		if (!is_idx && !is_img)
-			continue;
+		if (!cbi_chain_is_point_name(de->d_name))
+			continue; /* temporary files, lock files, other files */
 		if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= sizeof path)
 			continue;
 		cbi_point p;
@@ -141,25 +240,7 @@ int cbi_chain_scan(const char *dir, cbi_point **out, size_t *nout, cbi_error *er
 		}
 		(*arr)[(*cnt)++] = p;
 	}
-	/* Drop duplicate copies of the same index (same id and digest). */
-	for (size_t i = 0; i < n; i++)
-		for (size_t j = i + 1; j < n; j++)
-			if (!memcmp(pts[i].point_id, pts[j].point_id, 16) &&
-			    !memcmp(pts[i].index_digest, pts[j].index_digest, 32)) {
-				pts[j] = pts[--n];
-				j--;
-			}
-	for (size_t i = 0; i < n; i++)
-		for (size_t j = 0; j < ni; j++)
-			if (!memcmp(pts[i].point_id, imgs[j].point_id, 16) &&
-			    !memcmp(pts[i].index_digest, imgs[j].index_digest, 32)) {
-				cbi_strlcpy(pts[i].file, imgs[j].file, sizeof pts[i].file);
-				pts[i].stored_bytes = imgs[j].stored_bytes;
-				pts[i].has_image = 1;
-				break;
-			}
-	if (n)
-		qsort(pts, n, sizeof *pts, point_cmp);
+	rc = cbi_chain_pair(pts, &n, imgs, ni, err);
 end:
 	closedir(d);
 	free(imgs);
@@ -240,7 +321,7 @@ void cbi_id_hex(const uint8_t id[16], char out[33])
 
 int cbi_list(const char *dest, cbi_point **out, size_t *n, cbi_error *err)
 {
-	return cbi_chain_scan(dest, out, n, err);
+	return cbi_list_filtered(dest, NULL, out, n, err); /* catalog.c */
 }
 
 int cbi_point_info(const char *file, cbi_point *out, cbi_error *err)

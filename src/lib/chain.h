@@ -16,6 +16,21 @@ int cbi_point_read_file(const char *path, cbi_point *p, int *kind, cbi_error *er
  * files are skipped. *out is malloc'ed, sorted by host, job, chain, seq. */
 int cbi_chain_scan(const char *dir, cbi_point **out, size_t *n, cbi_error *err) CBI_WUR;
 
+/* Could directory entry name be a point file: a .cbx or .cbi name that does
+ * not start with '.' (temporary and lock files do)? The one rule shared by
+ * the directory scan and the catalog (catalog.c). */
+int cbi_chain_is_point_name(const char *name);
+
+/* Make points of what a directory holds: pts[0..*n) are index files and
+ * imgs[0..ni) image files as read by cbi_point_read_file(). Exact duplicates
+ * of an index (same point id and index digest) count once (the smallest
+ * index_file path is kept); each index is paired with the image of the same
+ * point id and index digest (the smallest path if several), which sets file,
+ * stored_bytes and has_image; the result is sorted by host, job, source,
+ * chain, seq. *n may shrink; pts keeps its allocation. 0 or -ENOMEM. */
+int cbi_chain_pair(cbi_point *pts, size_t *n, const cbi_point *imgs, size_t ni,
+		   cbi_error *err) CBI_WUR;
+
 /* Follow parent links from pts[tip] down to the full. On success *out holds
  * indexes into pts, out[s] being the point of seq s (length pts[tip].seq+1).
  * -CBI_ENOPARENT (with the missing id in err) when a link is missing. */

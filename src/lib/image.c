@@ -224,7 +224,8 @@ int cbi_image_read_block(cbi_image *m, const cbi_tab_ent *e, ZSTD_DCtx *dctx, ui
 	uint32_t bs = m->hdr.block_size;
 	*why = NULL;
 	if (e->block >= m->hdr.n_blocks || e->stored_len > ZSTD_compressBound(bs) ||
-	    e->offset < CBI_HDR_SIZE || e->offset + CBI_REC_HDR_SIZE + e->stored_len > m->trl.table_offset) {
+	    e->offset < CBI_HDR_SIZE || e->offset > m->trl.table_offset ||
+	    (uint64_t)CBI_REC_HDR_SIZE + e->stored_len > m->trl.table_offset - e->offset) {
 		*why = "table entry out of range";
 		return -CBI_EDAMAGED;
 	}

@@ -111,6 +111,14 @@ int cbi_source_read(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint6
 		if (pos < s->data_lo || pos >= s->data_hi) {
 			off_t d = lseek(s->fd, (off_t)pos, SEEK_DATA);
 			if (d < 0 && errno == ENXIO) {
+				/* ENXIO also means "past the end": a file that shrank while
+				 * being read must fail, never read as zeros. */
+				struct stat st;
+				if (fstat(s->fd, &st) < 0 || (uint64_t)st.st_size < end)
+					return cbi_err(err, -CBI_EREAD,
+						       "source '%s' shrank while being read (now %lld bytes, "
+						       "expected %llu)",
+						       s->path, (long long)st.st_size, (unsigned long long)s->size);
 				s->data_lo = s->data_hi = UINT64_MAX; /* only a hole from here on */
 				memset(buf + (pos - off), 0, (size_t)(end - pos));
 				return 0;

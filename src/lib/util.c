@@ -184,6 +184,9 @@ void cbi_sanitize_name(const char *in, char *out, size_t outsz)
 		char c = in[i];
 		int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
 			 c == '.' || c == '_' || c == '-';
+		/* never a leading dot: scanners skip dot files as temporary */
+		if (j == 0 && c == '.')
+			ok = 0;
 		out[j++] = ok ? c : '-';
 	}
 	if (outsz)

@@ -1,0 +1,325 @@
+/* test_index.c - index file writer and reader (.cbx). */
+#include "testutil.h"
+
+#include "format.h"
+#include "image.h"
+#include "index.h"
+#include "util.h"
+
+#define N_BIG 20011u /* more than two 8192-entry windows, not a multiple */
+
+static cbi_hdr mk_hdr(uint64_t nblocks)
+{
+	cbi_hdr h;
+	memset(&h, 0, sizeof h);
+	h.kind = CBI_KIND_INDEX;
+	h.version = CBI_FORMAT_VERSION;
+	h.block_size = 4096;
+	h.hash_alg = CBI_HASH_XXH3_128;
+	h.compression = CBI_COMP_ZSTD;
+	h.source_size = nblocks * 4096 - (nblocks ? 100 : 0);
+	h.n_blocks = nblocks;
+	for (int i = 0; i < 16; i++) {
+		h.chain_id[i] = (uint8_t)(i + 1);
+		h.point_id[i] = (uint8_t)(0x30 + i);
+		h.parent_id[i] = (uint8_t)(0x50 + i);
+	}
+	h.parent_digest[3] = 9;
+	h.seq = 3;
+	h.type = CBI_INCREMENTAL;
+	h.created_ns = 1700000000000000000LL;
+	h.level = 3;
+	cbi_strlcpy(h.job, "job", sizeof h.job);
+	cbi_strlcpy(h.host, "host", sizeof h.host);
+	cbi_strlcpy(h.source_id, "test:idx", sizeof h.source_id);
+	cbi_strlcpy(h.source_path, "/dev/null", sizeof h.source_path);
+	return h;
+}
+
+/* The entry written for block i: unique hash, owner 0..3, every 7th zero. */
+static cbi_idx_ent ent_for(uint64_t i)
+{
+	cbi_idx_ent e;
+	memset(&e, 0, sizeof e);
+	if (i % 7 == 3) {
+		e.flags = CBI_IDX_ZERO;
+		return e;
+	}
+	uint64_t v = i * 0x9e3779b97f4a7c15ull + 1;
+	st64(e.hash, v);
+	st64(e.hash + 8, ~i);
+	e.owner = (uint32_t)(i % 4);
+	return e;
+}
+
+static void write_index(const char *path, uint64_t n, cbi_idx_trailer *t_out)
+{
+	cbi_hdr h = mk_hdr(n);
+	cbi_index_writer *w = NULL;
+	cbi_error e;
+	assert_int_equal(cbi_index_writer_create(path, NULL, &h, &w, &e), 0);
+	for (uint64_t i = 0; i < n; i++) {
+		cbi_idx_ent en = ent_for(i);
+		assert_int_equal(cbi_index_writer_add(w, &en), 0);
+	}
+	cbi_idx_trailer t;
+	memset(&t, 0, sizeof t);
+	t.changed_blocks = 11;
+	t.zero_blocks = 22;
+	t.stored_blocks = 33;
+	t.image_size = 44444;
+	assert_int_equal(cbi_index_writer_seal(w, &t), 0);
+	assert_int_equal(cbi_index_writer_commit(w, &e), 0);
+	assert_true(t.file_size == CBI_HDR_SIZE + n * CBI_IDX_ENT_SIZE + CBI_TRL_SIZE);
+	assert_true(t.n_blocks == n);
+	if (t_out)
+		*t_out = t;
+}
+
+static void check_entry(cbi_index *x, uint64_t i)
+{
+	cbi_idx_ent got, want = ent_for(i);
+	int rc = cbi_index_get(x, i, &got);
+	if (rc)
+		fail_msg("cbi_index_get(%llu) = %d", (unsigned long long)i, rc);
+	if (memcmp(got.hash, want.hash, 16) || got.owner != want.owner || got.flags != want.flags)
+		fail_msg("entry %llu differs", (unsigned long long)i);
+}
+
+static void test_round_trip_big(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "big.cbx");
+	cbi_idx_trailer wt;
+	write_index(p, N_BIG, &wt);
+	assert_int_equal(tu_count(f->dir, NULL, -1), 1); /* no temp left */
+	assert_int_equal(tu_file_size(p), (int64_t)wt.file_size);
+
+	cbi_index *x = NULL;
+	cbi_error e;
+	assert_int_equal(cbi_index_open(p, &x, &e), 0);
+	cbi_hdr h = mk_hdr(N_BIG);
+	assert_int_equal(x->hdr.kind, CBI_KIND_INDEX);
+	assert_true(x->hdr.n_blocks == N_BIG);
+	assert_true(x->hdr.source_size == h.source_size);
+	assert_memory_equal(x->hdr.point_id, h.point_id, 16);
+	assert_memory_equal(x->hdr.parent_id, h.parent_id, 16);
+	assert_int_equal(x->hdr.seq, 3);
+	assert_string_equal(x->hdr.job, "job");
+	assert_true(x->trl.n_blocks == N_BIG);
+	assert_true(x->trl.changed_blocks == 11);
+	assert_true(x->trl.zero_blocks == 22);
+	assert_true(x->trl.stored_blocks == 33);
+	assert_true(x->trl.image_size == 44444);
+	assert_memory_equal(x->trl.point_id, h.point_id, 16);
+	assert_memory_equal(x->trl.digest, wt.digest, 32);
+
+	/* sequential */
+	for (uint64_t i = 0; i < N_BIG; i++)
+		check_entry(x, i);
+	/* backwards */
+	for (uint64_t i = N_BIG; i-- > 0;)
+		check_entry(x, i);
+	/* around the window boundaries */
+	const uint64_t edges[] = { 8191, 8192, 8193, 0, 16383, 16384, 16385, 8191, N_BIG - 1, 0, N_BIG - 2,
+				   16384, 1, 8192 };
+	for (size_t k = 0; k < sizeof edges / sizeof edges[0]; k++)
+		check_entry(x, edges[k]);
+	/* random order: a full permutation (step coprime with N_BIG) */
+	uint64_t i = 5;
+	for (uint64_t k = 0; k < N_BIG; k++) {
+		check_entry(x, i);
+		i = (i + 7919) % N_BIG;
+	}
+	/* out of range */
+	cbi_idx_ent en;
+	assert_int_equal(cbi_index_get(x, N_BIG, &en), -EINVAL);
+	assert_int_equal(cbi_index_get(x, UINT64_MAX, &en), -EINVAL);
+	check_entry(x, N_BIG - 1); /* still usable */
+
+	assert_int_equal(cbi_index_check_digest(x), 0);
+	cbi_index_close(x);
+	cbi_index_close(NULL);
+}
+
+static void test_single_entry(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "one.cbx");
+	write_index(p, 1, NULL);
+	cbi_index *x = NULL;
+	assert_int_equal(cbi_index_open(p, &x, NULL), 0);
+	check_entry(x, 0);
+	cbi_idx_ent en;
+	assert_int_equal(cbi_index_get(x, 1, &en), -EINVAL);
+	assert_int_equal(cbi_index_check_digest(x), 0);
+	cbi_index_close(x);
+}
+
+static void test_truncated_copy(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "t.cbx");
+	write_index(p, N_BIG, NULL);
+	size_t n;
+	uint8_t *b = tu_read_file(p, &n);
+	const size_t cuts[] = { 1, 24, 32, 127, 128, 129, n / 2, n - 640, n - 639, n - 1, n };
+	const char *c = tu_path(f->dir, "copy.cbx");
+	for (size_t k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
+		tu_write_file(c, b, n - cuts[k]);
+		cbi_index *x = NULL;
+		cbi_error e;
+		memset(&e, 0, sizeof e);
+		int rc = cbi_index_open(c, &x, &e);
+		if (rc != -CBI_ETRUNCATED && rc != -CBI_EDAMAGED)
+			fail_msg("index cut by %zu bytes: open returned %d", cuts[k], rc);
+		assert_null(x);
+		assert_int_equal(e.code, rc);
+		assert_non_null(strstr(e.msg, "copy.cbx"));
+	}
+	/* one byte appended: the trailer is no longer at the end */
+	uint8_t *b2 = malloc(n + 1);
+	assert_non_null(b2);
+	memcpy(b2, b, n);
+	b2[n] = 0;
+	tu_write_file(c, b2, n + 1);
+	cbi_index *x = NULL;
+	int rc = cbi_index_open(c, &x, NULL);
+	assert_true(rc == -CBI_ETRUNCATED || rc == -CBI_EDAMAGED);
+	/* a whole trailer appended again (file_size no longer matches) */
+	uint8_t *b3 = malloc(n + 128);
+	assert_non_null(b3);
+	memcpy(b3, b, n);
+	memcpy(b3 + n, b + n - 128, 128);
+	tu_write_file(c, b3, n + 128);
+	assert_int_equal(cbi_index_open(c, &x, NULL), -CBI_EDAMAGED);
+	free(b3);
+	free(b2);
+	free(b);
+}
+
+static void test_damaged_bytes(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "d.cbx");
+	write_index(p, N_BIG, NULL);
+	cbi_index *x = NULL;
+
+	/* header byte: structural failure at open */
+	tu_flip_byte(p, 200, 0x10);
+	assert_int_equal(cbi_index_open(p, &x, NULL), -CBI_EDAMAGED);
+	tu_flip_byte(p, 200, 0x10);
+
+	/* entry byte: opens (structure is fine), the digest catches it */
+	uint64_t off = CBI_HDR_SIZE + 9000 * CBI_IDX_ENT_SIZE + 5;
+	tu_flip_byte(p, off, 0x01);
+	assert_int_equal(cbi_index_open(p, &x, NULL), 0);
+	assert_int_equal(cbi_index_check_digest(x), -CBI_EDAMAGED);
+	cbi_index_close(x);
+	tu_flip_byte(p, off, 0x01);
+
+	/* trailer counters: also only the digest */
+	int64_t sz = tu_file_size(p);
+	tu_flip_byte(p, (uint64_t)sz - 128 + 16, 0x01); /* changed_blocks */
+	assert_int_equal(cbi_index_open(p, &x, NULL), 0);
+	assert_int_equal(cbi_index_check_digest(x), -CBI_EDAMAGED);
+	cbi_index_close(x);
+	tu_flip_byte(p, (uint64_t)sz - 128 + 16, 0x01);
+
+	/* trailer n_blocks or point id: structural */
+	tu_flip_byte(p, (uint64_t)sz - 128 + 8, 0x01);
+	assert_int_equal(cbi_index_open(p, &x, NULL), -CBI_EDAMAGED);
+	tu_flip_byte(p, (uint64_t)sz - 128 + 8, 0x01);
+	tu_flip_byte(p, (uint64_t)sz - 128 + 60, 0x01);
+	assert_int_equal(cbi_index_open(p, &x, NULL), -CBI_EDAMAGED);
+	tu_flip_byte(p, (uint64_t)sz - 128 + 60, 0x01);
+	/* trailer magic: no trailer */
+	tu_flip_byte(p, (uint64_t)sz - 128, 0x01);
+	assert_int_equal(cbi_index_open(p, &x, NULL), -CBI_ETRUNCATED);
+	tu_flip_byte(p, (uint64_t)sz - 128, 0x01);
+
+	assert_int_equal(cbi_index_open(p, &x, NULL), 0);
+	assert_int_equal(cbi_index_check_digest(x), 0);
+	cbi_index_close(x);
+}
+
+static void test_image_opened_as_index(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "img.cbi");
+	cbi_hdr h = mk_hdr(10);
+	cbi_image_writer *w = NULL;
+	assert_int_equal(cbi_image_writer_create(p, NULL, &h, &w, NULL), 0);
+	uint8_t dg[32] = { 0 };
+	assert_int_equal(cbi_image_writer_seal(w, 0, dg), 0);
+	assert_int_equal(cbi_image_writer_commit(w, NULL), 0);
+
+	cbi_index *x = NULL;
+	cbi_error e;
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_index_open(p, &x, &e), -CBI_EFORMAT);
+	assert_int_equal(e.code, -CBI_EFORMAT);
+	assert_non_null(strstr(e.msg, "img.cbi"));
+	assert_null(x);
+
+	/* something that is not a cbimg file at all */
+	const char *q = tu_path(f->dir, "random.cbx");
+	uint8_t junk[4096];
+	tu_fill_random(junk, sizeof junk, 3);
+	tu_write_file(q, junk, sizeof junk);
+	assert_int_equal(cbi_index_open(q, &x, &e), -CBI_EFORMAT);
+	/* missing */
+	assert_int_equal(cbi_index_open(tu_path(f->dir, "none.cbx"), &x, &e), -ENOENT);
+}
+
+static void test_seal_wrong_count(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "w.cbx");
+	const uint64_t adds[] = { 0, 99, 101 };
+	for (size_t k = 0; k < 3; k++) {
+		cbi_hdr h = mk_hdr(100);
+		cbi_index_writer *w = NULL;
+		assert_int_equal(cbi_index_writer_create(p, NULL, &h, &w, NULL), 0);
+		for (uint64_t i = 0; i < adds[k]; i++) {
+			cbi_idx_ent en = ent_for(i);
+			assert_int_equal(cbi_index_writer_add(w, &en), 0);
+		}
+		cbi_idx_trailer t;
+		memset(&t, 0, sizeof t);
+		int rc = cbi_index_writer_seal(w, &t);
+		if (rc == 0)
+			fail_msg("seal accepted %llu entries for 100 blocks", (unsigned long long)adds[k]);
+		assert_int_equal(rc, -EINVAL);
+		cbi_index_writer_abort(w);
+		assert_int_equal(tu_count(f->dir, NULL, -1), 0);
+	}
+	cbi_index_writer_abort(NULL);
+}
+
+static void test_writer_create_error(void **state)
+{
+	tu_fix *f = *state;
+	cbi_hdr h = mk_hdr(4);
+	cbi_index_writer *w = NULL;
+	cbi_error e;
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_index_writer_create(tu_path(f->dir, "no/such.cbx"), NULL, &h, &w, &e), -ENOENT);
+	assert_int_equal(e.code, -ENOENT);
+	assert_null(w);
+}
+
+int main(void)
+{
+#define T(fn) cmocka_unit_test_setup_teardown(fn, tu_setup_dir, tu_teardown_dir)
+	const struct CMUnitTest tests[] = {
+		T(test_round_trip_big),
+		T(test_single_entry),
+		T(test_truncated_copy),
+		T(test_damaged_bytes),
+		T(test_image_opened_as_index),
+		T(test_seal_wrong_count),
+		T(test_writer_create_error),
+	};
+	return cmocka_run_group_tests_name("index", tests, NULL, NULL);
+}
