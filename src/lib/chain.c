@@ -321,7 +321,7 @@ void cbi_id_hex(const uint8_t id[16], char out[33])
 
 int cbi_list(const char *dest, cbi_point **out, size_t *n, cbi_error *err)
 {
-	return cbi_list_filtered(dest, NULL, out, n, err); /* catalog.c */
+	return cbi_chain_scan(dest, out, n, err);
 }
 
 int cbi_point_info(const char *file, cbi_point *out, cbi_error *err)
