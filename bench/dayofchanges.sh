@@ -137,10 +137,10 @@ write_file_range() { # F DATA FROM_BYTE TO_BYTE
 			if (lo >= hi) next
 			phys = $3 * bs + (lo - $2 * bs)
 			if (n && phys == pend && lo == lend) { lend = hi; pend = phys + (hi - lo); next }
-			if (n) print lstart - from, pstart, lend - lstart
+			if (n) printf "%.0f %.0f %.0f\n", lstart - from, pstart, lend - lstart
 			n = 1; lstart = lo; lend = hi; pstart = phys; pend = phys + (hi - lo)
 		}
-		END { if (n) print lstart - from, pstart, lend - lstart }' "$work/map" |
+		END { if (n) printf "%.0f %.0f %.0f\n", lstart - from, pstart, lend - lstart }' "$work/map" |
 	while read -r doff poff len; do write_run "$data" "$doff" "$poff" "$len"; done
 }
 k=0

@@ -12,7 +12,7 @@ img=$1 size=$2 fill=${3:-$(( size * 6 / 10 ))}
 rm -f "$img"
 truncate -s "${size}M" "$img"
 stage=$(mktemp -d /tmp/mkdisk.XXXXXX)
-trap 'rm -rf "$stage"' EXIT
+trap 'rm -rf "$stage" "$stage.topup"' EXIT
 trees="/usr/include /usr/share/doc /usr/bin /usr/share/locale /usr/lib/gcc /usr/share/perl /usr/lib/python3
        /usr/lib/x86_64-linux-gnu /usr/lib/llvm-14 /usr/lib/jvm /usr/share /usr/lib /usr/sbin /opt /var/lib /var/cache"
 have_kb=0 fill_kb=$(( fill * 1024 )) copied=""
@@ -36,11 +36,9 @@ if [ "$have_kb" -lt $(( fill_kb * 99 / 100 )) ]; then
 			BEGIN { n = split(copied, c, " ") }
 			{ for (i = 1; i <= n; i++) if (index($2, c[i] "/") == 1) next
 			  if (seen[$2]++ || got + $1 > need) next
-			  print $2; got += $1; if (got >= need * 0.995) exit }' |
-		while read -r f; do
-			mkdir -p "$stage$(dirname "$f")"
-			cp -a "$f" "$stage$f" 2>/dev/null || true
-		done
+			  print $2; got += $1; if (got >= need * 0.995) exit }' >"$stage.topup" || true
+	xargs -r -d '\n' cp -a --parents -t "$stage" <"$stage.topup" 2>/dev/null || true
+	rm -f "$stage.topup"
 	have_kb=$(du -sk "$stage" | cut -f1)
 fi
 mkfs.ext4 -q -F -b 4096 -E lazy_itable_init=0,lazy_journal_init=0 -d "$stage" "$img"

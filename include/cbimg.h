@@ -92,6 +92,10 @@ typedef struct cbi_point {
 	uint64_t stored_blocks;   /* blocks whose data this point's image holds */
 	uint64_t stored_bytes;    /* size of the image file */
 	uint64_t index_bytes;     /* size of the index file */
+	uint64_t segment_size;    /* the files are stored as segments NAME, NAME.001, ...
+	                           * of this many bytes (format/SPEC.md, "Segments");
+	                           * 0: each file is one file. Sizes above are the
+	                           * segments' total. */
 	int has_image;            /* image file present and complete */
 } cbi_point;
 
@@ -105,6 +109,28 @@ int cbi_point_info(const char *file, cbi_point *out, cbi_error *err) CBI_WUR;
 /* Scan directory DEST for complete points (index file with a valid trailer).
  * Sorted by job, chain, seq. *out is owned by the caller: free() it. */
 int cbi_list(const char *dest, cbi_point **out, size_t *n, cbi_error *err) CBI_WUR;
+
+/* Which points cbi_list_filtered() and which runs cbi_log() return. Each
+ * string is compared exactly; NULL or "" matches anything. */
+typedef struct cbi_list_filter {
+	const char *host;
+	const char *source;       /* the source id or the source path */
+	const char *job;
+	size_t limit;             /* cbi_log() only: the newest `limit` runs; 0: all */
+} cbi_list_filter;
+
+/* The points of DEST that match f (NULL: all), as cbi_list() returns them
+ * (cbi_list() is this with no filter). Served from the catalog
+ * DEST/cbimg-catalog.sqlite after a cheap check against the directory: only
+ * index and image files whose name, size or mtime the catalog does not know
+ * are opened, rows of vanished files are dropped, a catalog that is missing
+ * (in a directory that a backup has written to), corrupt (moved aside to
+ * .corrupt) or built for another directory is rebuilt. When there is no
+ * catalog to use (read-only DEST, no locking, a directory no backup has
+ * written to), DEST is scanned instead; the result is the same either way.
+ * *out is owned by the caller: free() it. */
+int cbi_list_filtered(const char *dest, const cbi_list_filter *f, cbi_point **out, size_t *n,
+		      cbi_error *err) CBI_WUR;
 
 /* ---------------------------------------------------------------- backup */
 
@@ -120,9 +146,19 @@ typedef struct cbi_backup_opts {
 	int threads;              /* worker threads; 0 -> number of CPUs */
 	const char *state_dir;    /* NULL -> /var/lib/cbimg: a copy of each job's newest index */
 	int no_state;             /* neither read nor write the local state */
+	uint64_t split;           /* store image and index files as segments of this many
+	                           * bytes (a whole number of MiB, at least 1 MiB), for
+	                           * file systems that limit file sizes. 0 -> automatic:
+	                           * CBI_FAT_SPLIT on a FAT file system, else no segments;
+	                           * CBI_SPLIT_NONE -> never. */
 	cbi_progress_fn progress;
 	void *progress_ud;
 } cbi_backup_opts;
+
+/* Segment size used on FAT (whose files hold at most 4 GiB - 1 byte): 4095 MiB,
+ * the largest whole number of MiB below that limit. */
+#define CBI_FAT_SPLIT (4095ull << 20)
+#define CBI_SPLIT_NONE UINT64_MAX
 
 #define CBI_DEFAULT_BLOCK_SIZE (256u * 1024u)
 #define CBI_MIN_BLOCK_SIZE (4u * 1024u)
@@ -139,12 +175,60 @@ typedef struct cbi_backup_result {
 	uint64_t bytes_written;   /* image + index bytes */
 	double seconds;
 	char warning[512];        /* non-fatal note for the user, "" if none */
+	char dest_fs[32];         /* file system of DEST as detected: "fat" (FAT12/16/32,
+	                           * any driver), "exfat", else the type the kernel
+	                           * reports ("ext4", "fuse.sshfs", ...), "" if unknown */
 	char notice[1024];        /* which chain state was used when DEST and the local
 	                           * state differ, "" if they agree */
 	int from_state;           /* the parent index came from the local state */
 } cbi_backup_result;
 
 int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err) CBI_WUR;
+
+/* --------------------------------------------------------------- catalog */
+
+/* The catalog (format/SPEC.md, "The catalog") is a cache in DEST of what
+ * the files say, plus the history of backup runs, which no file holds. */
+
+enum cbi_run_result {
+	CBI_RUN_RUNNING = 0,      /* started; no end recorded (yet) */
+	CBI_RUN_OK,
+	CBI_RUN_FAILED,
+	CBI_RUN_INTERRUPTED,      /* cancelled, or its process ended without a result */
+};
+
+/* One backup run, failed ones included. */
+typedef struct cbi_run {
+	int64_t id;               /* increasing in the order runs started */
+	char host[64];
+	char source_id[128];
+	char source_path[64];
+	char job[64];
+	int64_t started_ns;       /* Unix time, nanoseconds, UTC */
+	int64_t ended_ns;         /* 0 when no end was recorded */
+	int result;               /* enum cbi_run_result */
+	char message[512];        /* error of a failed run, warning of an ok one, or "" */
+	uint64_t bytes_read;
+	uint64_t bytes_written;
+	int type;                 /* enum cbi_point_type of the point written, 0 if none */
+	uint8_t point_id[16];     /* all zero if no point was written */
+	char file[256];           /* image file name of that point (no directory), or "" */
+	char index_file[256];     /* index file name of that point, or "" */
+} cbi_run;
+
+/* "running", "ok", "failed", "interrupted"; "unknown" for other values. */
+const char *cbi_run_result_name(int result);
+
+/* The runs recorded in DEST's catalog that match f (NULL: all), oldest
+ * first; with f->limit, only the newest f->limit of them. No catalog: 0
+ * runs. *out is owned by the caller: free() it. */
+int cbi_log(const char *dest, const cbi_list_filter *f, cbi_run **out, size_t *n,
+	    cbi_error *err) CBI_WUR;
+
+/* Rebuild the points of DEST's catalog from the files (every index and image
+ * file is read again), creating the catalog if needed. The run history is
+ * kept: no file holds it. */
+int cbi_catalog_rebuild(const char *dest, cbi_error *err) CBI_WUR;
 
 /* --------------------------------------------------------------- restore */
 

@@ -45,7 +45,8 @@ struct cli_command {
 	int (*run)(const struct cli_command *cmd, int argc, char **argv);
 };
 
-extern const struct cli_command cli_backup, cli_restore, cli_verify, cli_info, cli_list;
+extern const struct cli_command cli_backup, cli_restore, cli_verify, cli_info, cli_list, cli_log,
+	cli_catalog;
 
 /* ----------------------------------------------------------- main.c */
 
@@ -136,6 +137,10 @@ void cli_hex(const uint8_t *bytes, size_t n, char *out);
 
 /* ISO 8601 UTC ("2026-11-22T04:33:23Z") of a Unix time in nanoseconds. */
 char *cli_iso_time(int64_t ns, char buf[32]);
+
+/* s with control characters replaced by '?' (for a terminal: the strings
+ * come from files that may be damaged or crafted), in buf; returns buf. */
+const char *cli_printable(const char *s, char *buf, size_t size);
 
 /* Write the JSON object describing a point, as a member named key (or as an
  * array element / top-level value when key is NULL). */

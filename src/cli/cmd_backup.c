@@ -5,6 +5,7 @@
 #include <getopt.h>
 #include <stdlib.h>
 #include <inttypes.h>
+#include <string.h>
 
 enum {
 	OPT_JOB = 256,
@@ -17,6 +18,7 @@ enum {
 	OPT_JSON,
 	OPT_STATE_DIR,
 	OPT_NO_STATE,
+	OPT_SPLIT,
 };
 
 static const struct cli_option backup_options[] = {
@@ -29,6 +31,7 @@ static const struct cli_option backup_options[] = {
 	{ OPT_HOST, "host", "NAME", "host name to record (default: this host)" },
 	{ OPT_STATE_DIR, "state-dir", "DIR", "local copy of each job's newest index (default /var/lib/cbimg)" },
 	{ OPT_NO_STATE, "no-state", NULL, "neither read nor update the local state" },
+	{ OPT_SPLIT, "split", "SIZE", "store files as segments of SIZE (default 4095M on FAT; 0: never)" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
 	CLI_OPT_HELP,
@@ -53,6 +56,12 @@ static void print_summary(const cbi_backup_opts *o, const cbi_backup_result *r)
 	printf("index %s)\n", cli_human_size(p->index_bytes, h1));
 	printf("time:     %.2f s, %.1f MB/s\n", r->seconds, cli_mb_per_s(r->bytes_read, r->seconds));
 	printf("image:    %s\n", p->file[0] ? p->file : p->index_file);
+	if (p->segment_size) {
+		uint64_t n = (p->stored_bytes + p->segment_size - 1) / p->segment_size;
+		printf("segments: %" PRIu64 " MiB each, image in %" PRIu64 " file%s%s%s%s\n",
+		       p->segment_size >> 20, n, n == 1 ? "" : "s",
+		       r->dest_fs[0] ? " (" : "", r->dest_fs, r->dest_fs[0] ? " destination)" : "");
+	}
 }
 
 static void print_json(const cbi_backup_result *r)
@@ -73,6 +82,7 @@ static void print_json(const cbi_backup_result *r)
 	json_string(&j, "warning", r->warning[0] ? r->warning : NULL);
 	json_string(&j, "notice", r->notice[0] ? r->notice : NULL);
 	json_bool(&j, "from_state", r->from_state);
+	json_string(&j, "dest_fs", r->dest_fs[0] ? r->dest_fs : NULL);
 	cli_json_point(&j, "point", &r->point);
 	json_end_object(&j);
 	json_finish(&j);
@@ -87,6 +97,27 @@ static int parse_block_size(const struct cli_command *cmd, const char *s, uint32
 		return cli_usage_error(cmd, "invalid block size '%s': expected a power of two from 4K to 4M",
 				       s);
 	*out = (uint32_t)v;
+	return 0;
+}
+
+/* --split SIZE: whole MiB from 1M; 0 (or "none") never splits, "auto" is
+ * the default (segments on FAT only). */
+static int parse_split(const struct cli_command *cmd, const char *s, uint64_t *out)
+{
+	uint64_t v;
+
+	if (!strcmp(s, "auto")) {
+		*out = 0;
+		return 0;
+	}
+	if (!strcmp(s, "none") || !strcmp(s, "0")) {
+		*out = CBI_SPLIT_NONE;
+		return 0;
+	}
+	if (cli_parse_size(s, &v) < 0 || v < (1u << 20) || v % (1u << 20) || v / (1u << 20) > UINT32_MAX)
+		return cli_usage_error(cmd, "invalid segment size '%s': expected a whole number of MiB "
+				       "from 1M, 0 or auto", s);
+	*out = v;
 	return 0;
 }
 
@@ -122,6 +153,10 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 		case OPT_HOST: o.host = optarg; break;
 		case OPT_STATE_DIR: o.state_dir = optarg; break;
 		case OPT_NO_STATE: o.no_state = 1; break;
+		case OPT_SPLIT:
+			if (parse_split(cmd, optarg, &o.split))
+				return CLI_USAGE;
+			break;
 		case 'q': quiet = 1; break;
 		case OPT_JSON: json = 1; break;
 		default: return cli_opt_exit(cmd, c);
@@ -167,7 +202,11 @@ const struct cli_command cli_backup = {
 		"point of the chain and store only the blocks that changed. The block size\n"
 		"is a power of two from 4K to 4M; SIZE takes the suffixes K, M, G and T\n"
 		"(powers of 1024). A chain is kept per host, source and job; a source path\n"
-		"whose identity changed (another disk) is refused unless --full is given.",
+		"whose identity changed (another disk) is refused unless --full is given.\n"
+		"On a FAT file system (FAT32 USB disks), whose files hold less than 4 GiB,\n"
+		"files are stored as segments NAME.cbi, NAME.cbi.001, ... of 4095M; --split\n"
+		"sets the segment size anywhere. Keep a file's segments together when moving\n"
+		"or renaming it.",
 	.options = backup_options,
 	.run = cmd_backup,
 };

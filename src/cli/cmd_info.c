@@ -12,7 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-enum { OPT_JSON = 256 };
+enum { OPT_JSON = 256, OPT_HOST, OPT_SOURCE, OPT_JOB };
 
 /* ---------------------------------------------------------- presentation */
 
@@ -55,6 +55,11 @@ static const char *printable(const char *s, char *buf, size_t size)
 		buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
 	buf[i] = '\0';
 	return buf;
+}
+
+const char *cli_printable(const char *s, char *buf, size_t size)
+{
+	return printable(s, buf, size);
 }
 
 static int is_zero(const uint8_t *b, size_t n)
@@ -119,6 +124,7 @@ void cli_json_point(struct json *j, const char *key, const cbi_point *p)
 	json_u64(j, "stored_blocks", p->stored_blocks);
 	json_u64(j, "stored_bytes", p->stored_bytes);
 	json_u64(j, "index_bytes", p->index_bytes);
+	json_u64(j, "segment_size", p->segment_size);
 	cli_hex(p->index_digest, 32, hex);
 	json_string(j, "index_digest", hex);
 	json_bool(j, "has_image", p->has_image);
@@ -187,6 +193,15 @@ static void print_point(const cbi_point *p)
 	kv("stored_blocks", "%" PRIu64, p->stored_blocks);
 	kv_size("stored_bytes", p->stored_bytes);
 	kv_size("index_bytes", p->index_bytes);
+	if (p->segment_size) {
+		/* exact MiB: 4095 MiB must not read as "4.0 GiB" */
+		uint64_t si = (p->stored_bytes + p->segment_size - 1) / p->segment_size;
+		uint64_t sx = (p->index_bytes + p->segment_size - 1) / p->segment_size;
+		kv("segments", "%" PRIu64 " MiB each: image %" PRIu64 " file%s, index %" PRIu64 " file%s",
+		   p->segment_size >> 20, si, si == 1 ? "" : "s", sx, sx == 1 ? "" : "s");
+	} else {
+		kv("segments", "-");
+	}
 	kv("image", "%s", p->has_image ? "complete" : p->file[0] ? "incomplete" : "missing");
 }
 
@@ -231,6 +246,9 @@ const struct cli_command cli_info = {
 /* ------------------------------------------------------------------ list */
 
 static const struct cli_option list_options[] = {
+	{ OPT_HOST, "host", "H", "only the points of host H" },
+	{ OPT_SOURCE, "source", "S", "only the points of source S (its id or its path)" },
+	{ OPT_JOB, "job", "J", "only the points of job J" },
 	{ OPT_JSON, "json", NULL, "print one JSON array with an object per point" },
 	CLI_OPT_HELP,
 	CLI_OPT_END
@@ -305,18 +323,22 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 	cbi_point *pts = NULL;
 	size_t n = 0;
 	cbi_error err = { 0 };
+	cbi_list_filter filter = { 0 };
 	int json = 0, c, rc;
 
 	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
 		switch (c) {
 		case OPT_JSON: json = 1; break;
+		case OPT_HOST: filter.host = optarg; break;
+		case OPT_SOURCE: filter.source = optarg; break;
+		case OPT_JOB: filter.job = optarg; break;
 		default: return cli_opt_exit(cmd, c);
 		}
 	}
 	if ((rc = cli_check_operands(cmd, argc, argv, 1)))
 		return rc;
 
-	rc = cbi_list(argv[optind], &pts, &n, &err);
+	rc = cbi_list_filtered(argv[optind], &filter, &pts, &n, &err);
 	if (rc < 0)
 		return cli_fail(rc, &err);
 	if (json) {
@@ -328,7 +350,8 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 		json_end_array(&j);
 		json_finish(&j);
 	} else if (n == 0) {
-		fprintf(stderr, "cbimg: no points in '%s'\n", argv[optind]);
+		fprintf(stderr, "cbimg: no %spoints in '%s'\n",
+			filter.host || filter.source || filter.job ? "matching " : "", argv[optind]);
 	} else {
 		print_table(pts, n);
 	}
@@ -338,11 +361,13 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 
 const struct cli_command cli_list = {
 	.name = "list",
-	.operands = "[--json] DEST",
+	.operands = "[--host H] [--source S] [--job J] [--json] DEST",
 	.summary = "list the points (full and incremental images) in directory DEST",
-	.description = "Points are sorted by job, chain and sequence number. SIZE is the size of\n"
-		       "the source, CHANGED the number of blocks that differ from the parent\n"
-		       "point, STORED the size of the image file.",
+	.description = "Points are sorted by host, job, source, chain and sequence number. SIZE\n"
+		       "is the size of the source, CHANGED the number of blocks that differ from\n"
+		       "the parent point, STORED the size of the image file. --host, --source and\n"
+		       "--job keep only the points that match (exactly). The listing comes from\n"
+		       "the catalog DEST/cbimg-catalog.sqlite, checked against the files first.",
 	.options = list_options,
 	.run = cmd_list,
 };

@@ -11,7 +11,7 @@
 #include <string.h>
 
 static const struct cli_command *const commands[] = {
-	&cli_backup, &cli_restore, &cli_verify, &cli_info, &cli_list,
+	&cli_backup, &cli_restore, &cli_verify, &cli_info, &cli_list, &cli_log, &cli_catalog,
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

@@ -10,7 +10,9 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "catalog.h"
 #include "chain.h"
+#include "fsprobe.h"
 #include "image.h"
 #include "index.h"
 #include "pipeline.h"
@@ -101,7 +103,7 @@ static void remove_leftovers(const char *dest, const cbi_hdr *h, const cbi_point
 		memcpy(partner + strlen(partner) - 4, ".cbx", 4);
 		if (access(partner, F_OK) == 0)
 			continue;
-		unlink(path);
+		cbi_sfile_remove(path); /* and its segments */
 	}
 	closedir(d);
 }
@@ -143,6 +145,7 @@ static void fill_point(cbi_point *p, const cbi_hdr *h)
 	p->block_size = h->block_size;
 	p->source_size = h->source_size;
 	p->n_blocks = h->n_blocks;
+	p->segment_size = (uint64_t)h->segment_mib << 20;
 	p->created_ns = h->created_ns;
 	memcpy(p->job, h->job, 64);
 	memcpy(p->host, h->host, 64);
@@ -251,6 +254,7 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	cbi_index *parent = NULL;
 	bk_state st = { 0 };
 	int lockfd = -1, rc = 0;
+	int64_t run_id = 0; /* the run's row in DEST's catalog, 0 if none */
 	char img_path[4096], idx_path[4096], name[512];
 	cbi_hdr h;
 	memset(&h, 0, sizeof h);
@@ -278,6 +282,9 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 		return cbi_err(err, -ENOTDIR, "destination '%s' is not a directory", o->dest);
 	if (access(o->dest, W_OK) < 0)
 		return cbi_err(err, -errno, "destination '%s' is not writable: %s", o->dest, strerror(errno));
+	/* Segments where DEST's file system limits file sizes (FAT). */
+	if ((rc = cbi_split_choose(o->dest, o->split, &h.segment_mib, r->dest_fs, sizeof r->dest_fs, err)))
+		return rc;
 
 	if ((rc = cbi_source_open(o->source, &src, err)))
 		return rc;
@@ -307,6 +314,9 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	int locked = 0;
 	if ((rc = take_lock(o->dest, &h, &lockfd, &locked, err)))
 		goto end;
+	cbi_error ce; /* the catalog is a cache: its failures are warnings */
+	if (cbi_catalog_run_begin(o->dest, h.host, h.source_id, h.source_path, h.job, &run_id, &ce))
+		append_warning(r, ce.msg);
 	if ((rc = cbi_chain_scan(o->dest, &pts, &npts, err)))
 		goto end;
 	if (locked)
@@ -358,10 +368,13 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 					     tp->index_file, h.job, cbi_errtext(rc));
 				goto end;
 			}
-			if (o->block_size && o->block_size != tp->block_size)
-				snprintf(r->warning, sizeof r->warning,
+			if (o->block_size && o->block_size != tp->block_size) {
+				char w[96];
+				snprintf(w, sizeof w,
 					 "--block-size applies to new chains only; this chain uses %u bytes",
 					 tp->block_size);
+				append_warning(r, w); /* after the mount or catalog warning, if any */
+			}
 			bs = tp->block_size;
 			h.type = CBI_INCREMENTAL;
 			h.seq = tp->seq + 1;
@@ -429,12 +442,12 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	/* The image's rename must be durable before the index's: otherwise a
 	 * power loss could keep the index (the point) without its image. */
 	if ((rc = cbi_fsync_dir(o->dest))) {
-		unlink(img_path);
+		cbi_sfile_remove(img_path);
 		rc = cbi_err(err, rc, "unable to sync directory '%s': %s", o->dest, cbi_errtext(rc));
 		goto end;
 	}
 	if ((rc = cbi_index_writer_commit(st.idx, err))) {
-		unlink(img_path);
+		cbi_sfile_remove(img_path);
 		goto end;
 	}
 	st.idx = NULL;
@@ -469,6 +482,10 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 end:
 	cbi_image_writer_abort(st.img);
 	cbi_index_writer_abort(st.idx);
+	if (run_id && cbi_catalog_run_end(o->dest, run_id, rc,
+					  rc ? (err && err->msg[0] ? err->msg : cbi_errtext(rc)) : r->warning,
+					  r, &ce))
+		append_warning(r, ce.msg);
 	cbi_index_close(parent);
 	cbi_source_close(src);
 	free(pts);

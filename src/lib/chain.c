@@ -22,6 +22,7 @@ static void fill_from_hdr(cbi_point *p, const cbi_hdr *h)
 	p->block_size = h->block_size;
 	p->source_size = h->source_size;
 	p->n_blocks = h->n_blocks;
+	p->segment_size = (uint64_t)h->segment_mib << 20;
 	p->created_ns = h->created_ns;
 	memcpy(p->job, h->job, sizeof p->job);
 	memcpy(p->host, h->host, sizeof p->host);
@@ -109,6 +110,12 @@ static int pair_key(const cbi_point *x, const cbi_point *y)
 	return c ? c : memcmp(x->index_digest, y->index_digest, 32);
 }
 
+static int ref_key(const cbi_image_ref *x, const cbi_point *y)
+{
+	int c = memcmp(x->point_id, y->point_id, 16);
+	return c ? c : memcmp(x->index_digest, y->index_digest, 32);
+}
+
 static int by_index_key(const void *a, const void *b, void *ctx)
 {
 	const cbi_point *x = (const cbi_point *)ctx + *(const size_t *)a;
@@ -119,10 +126,12 @@ static int by_index_key(const void *a, const void *b, void *ctx)
 
 static int by_image_key(const void *a, const void *b, void *ctx)
 {
-	const cbi_point *x = (const cbi_point *)ctx + *(const size_t *)a;
-	const cbi_point *y = (const cbi_point *)ctx + *(const size_t *)b;
-	int c = pair_key(x, y);
-	return c ? c : strcmp(x->file, y->file);
+	const cbi_image_ref *x = (const cbi_image_ref *)ctx + *(const size_t *)a;
+	const cbi_image_ref *y = (const cbi_image_ref *)ctx + *(const size_t *)b;
+	int c = memcmp(x->point_id, y->point_id, 16);
+	if (!c)
+		c = memcmp(x->index_digest, y->index_digest, 32);
+	return c ? c : strcmp(x->path, y->path);
 }
 
 static int by_listing_order(const void *a, const void *b, void *ctx)
@@ -133,7 +142,7 @@ static int by_listing_order(const void *a, const void *b, void *ctx)
 	return c ? c : strcmp(x->index_file, y->index_file);
 }
 
-int cbi_chain_pair(cbi_point *pts, size_t *np, const cbi_point *imgs, size_t ni, cbi_error *err)
+int cbi_chain_pair(cbi_point *pts, size_t *np, const cbi_image_ref *imgs, size_t ni, cbi_error *err)
 {
 	size_t n = *np, *ord = malloc((n + ni + 1) * sizeof *ord);
 	if (!ord)
@@ -162,14 +171,14 @@ int cbi_chain_pair(cbi_point *pts, size_t *np, const cbi_point *imgs, size_t ni,
 		size_t lo = 0, hi = ni;
 		while (lo < hi) {
 			size_t mid = lo + (hi - lo) / 2;
-			if (pair_key(&imgs[im[mid]], &pts[i]) < 0)
+			if (ref_key(&imgs[im[mid]], &pts[i]) < 0)
 				lo = mid + 1;
 			else
 				hi = mid;
 		}
-		if (lo < ni && !pair_key(&imgs[im[lo]], &pts[i])) {
-			cbi_strlcpy(pts[i].file, imgs[im[lo]].file, sizeof pts[i].file);
-			pts[i].stored_bytes = imgs[im[lo]].stored_bytes;
+		if (lo < ni && !ref_key(&imgs[im[lo]], &pts[i])) {
+			cbi_strlcpy(pts[i].file, imgs[im[lo]].path, sizeof pts[i].file);
+			pts[i].stored_bytes = imgs[im[lo]].size;
 			pts[i].has_image = 1;
 		}
 	}
@@ -240,7 +249,19 @@ int cbi_chain_scan(const char *dir, cbi_point **out, size_t *nout, cbi_error *er
 		}
 		(*arr)[(*cnt)++] = p;
 	}
-	rc = cbi_chain_pair(pts, &n, imgs, ni, err);
+	cbi_image_ref *refs = malloc((ni ? ni : 1) * sizeof *refs);
+	if (!refs) {
+		rc = cbi_err(err, -ENOMEM, "out of memory");
+		goto end;
+	}
+	for (size_t j = 0; j < ni; j++) {
+		memcpy(refs[j].point_id, imgs[j].point_id, 16);
+		memcpy(refs[j].index_digest, imgs[j].index_digest, 32);
+		refs[j].size = imgs[j].stored_bytes;
+		refs[j].path = imgs[j].file;
+	}
+	rc = cbi_chain_pair(pts, &n, refs, ni, err);
+	free(refs);
 end:
 	closedir(d);
 	free(imgs);
@@ -321,7 +342,7 @@ void cbi_id_hex(const uint8_t id[16], char out[33])
 
 int cbi_list(const char *dest, cbi_point **out, size_t *n, cbi_error *err)
 {
-	return cbi_chain_scan(dest, out, n, err);
+	return cbi_list_filtered(dest, NULL, out, n, err); /* catalog.c */
 }
 
 int cbi_point_info(const char *file, cbi_point *out, cbi_error *err)

@@ -21,14 +21,22 @@ int cbi_chain_scan(const char *dir, cbi_point **out, size_t *n, cbi_error *err) 
  * the directory scan and the catalog (catalog.c). */
 int cbi_chain_is_point_name(const char *name);
 
-/* Make points of what a directory holds: pts[0..*n) are index files and
- * imgs[0..ni) image files as read by cbi_point_read_file(). Exact duplicates
- * of an index (same point id and index digest) count once (the smallest
+/* What pairing an index with its image needs to know of an image file. */
+typedef struct cbi_image_ref {
+	uint8_t point_id[16];
+	uint8_t index_digest[32]; /* of the index the image belongs to */
+	uint64_t size;            /* the image's size (its stored_bytes) */
+	const char *path;
+} cbi_image_ref;
+
+/* Make points of what a directory holds: pts[0..*n) are index files as read
+ * by cbi_point_read_file(), imgs[0..ni) its image files. Exact duplicates of
+ * an index (same point id and index digest) count once (the smallest
  * index_file path is kept); each index is paired with the image of the same
  * point id and index digest (the smallest path if several), which sets file,
  * stored_bytes and has_image; the result is sorted by host, job, source,
  * chain, seq. *n may shrink; pts keeps its allocation. 0 or -ENOMEM. */
-int cbi_chain_pair(cbi_point *pts, size_t *n, const cbi_point *imgs, size_t ni,
+int cbi_chain_pair(cbi_point *pts, size_t *n, const cbi_image_ref *imgs, size_t ni,
 		   cbi_error *err) CBI_WUR;
 
 /* Follow parent links from pts[tip] down to the full. On success *out holds

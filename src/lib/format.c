@@ -49,6 +49,7 @@ void cbi_hdr_encode(const cbi_hdr *h, uint8_t *b)
 	st32(b + 132, h->type);
 	st64(b + 136, (uint64_t)h->created_ns);
 	st32(b + 144, h->level);
+	st32(b + 148, h->segment_mib);
 	put_str(b + 152, 64, h->job);
 	put_str(b + 216, 64, h->host);
 	put_str(b + 280, 128, h->source_id);
@@ -86,6 +87,7 @@ int cbi_hdr_decode(const uint8_t *b, cbi_hdr *h)
 	h->type = ld32(b + 132);
 	h->created_ns = (int64_t)ld64(b + 136);
 	h->level = ld32(b + 144);
+	h->segment_mib = ld32(b + 148);
 	if (get_str(b + 152, 64, h->job) || get_str(b + 216, 64, h->host) ||
 	    get_str(b + 280, 128, h->source_id) || get_str(b + 408, 64, h->source_path))
 		return -CBI_EDAMAGED;

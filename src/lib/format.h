@@ -48,6 +48,7 @@ typedef struct cbi_hdr {
 	int64_t created_ns;
 	uint32_t compression;
 	uint32_t level;
+	uint32_t segment_mib;  /* file stored as segments of this many MiB; 0: one file */
 	char job[64];
 	char host[64];
 	char source_id[128];

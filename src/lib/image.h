@@ -11,7 +11,8 @@
 /* ---- writer: records are appended in increasing block order ---- */
 typedef struct cbi_image_writer cbi_image_writer;
 
-/* tag: see cbi_sfw_create_tagged(); NULL for the default temporary name. */
+/* tag: see cbi_sfw_create_tagged(); NULL for the default temporary name.
+ * The file is stored as segments of h->segment_mib MiB (0: one file). */
 int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, cbi_image_writer **out,
 			    cbi_error *err) CBI_WUR;
 /* Append one record. payload is stored_len bytes (zstd frame if flags has

@@ -21,7 +21,7 @@ int cbi_index_writer_create(const char *final_path, const char *tag, const cbi_h
 		return cbi_err(err, -ENOMEM, "out of memory");
 	w->hdr = *h;
 	w->hdr.kind = CBI_KIND_INDEX;
-	int rc = cbi_sfw_create_tagged(final_path, tag, &w->f, err);
+	int rc = cbi_sfw_create_split(final_path, tag, (uint64_t)h->segment_mib * CBI_SEG_UNIT, &w->f, err);
 	if (rc) {
 		free(w);
 		return rc;

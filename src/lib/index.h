@@ -8,7 +8,8 @@
 /* ---- writer: entries are appended in block order ---- */
 typedef struct cbi_index_writer cbi_index_writer;
 
-/* tag: see cbi_sfw_create_tagged(); NULL for the default temporary name. */
+/* tag: see cbi_sfw_create_tagged(); NULL for the default temporary name.
+ * The file is stored as segments of h->segment_mib MiB (0: one file). */
 int cbi_index_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, cbi_index_writer **out,
 			    cbi_error *err) CBI_WUR;
 int cbi_index_writer_add(cbi_index_writer *w, const cbi_idx_ent *e) CBI_WUR;

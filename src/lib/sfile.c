@@ -1,9 +1,10 @@
-/* sfile.c - sealed file writer and reader. */
+/* sfile.c - sealed file writer and reader, with segments. */
 #define _GNU_SOURCE
 #include "sfile.h"
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -15,36 +16,78 @@
 #define SFW_BUF (1u << 20)
 
 struct cbi_sfw {
-	int fd;
+	int fd;             /* the segment being written (cur) */
 	uint64_t off;       /* bytes appended (buffered included) */
 	size_t used;
 	uint8_t *buf;
 	EVP_MD_CTX *sha;
-	char tmp[4096];
+	uint64_t seg;       /* segment size; 0: one file */
+	uint32_t cur;       /* segment that fd belongs to */
+	uint32_t nseg;      /* segments created (0 until the first exists) */
+	uint32_t renamed;   /* commit: segments 1 .. renamed have their final names */
+	long pid;
+	char tag[128];      /* "" for the default temporary name */
+	char dir[4096];
+	char tmp[4096];     /* temporary name of segment 0 */
 	char final[4096];
 };
 
+int cbi_sfile_segment_name(const char *path, uint32_t k, char *out, size_t outsz)
+{
+	int n = k ? snprintf(out, outsz, "%s.%03u", path, k) : snprintf(out, outsz, "%s", path);
+	return n < 0 || (size_t)n >= outsz ? -ENAMETOOLONG : 0;
+}
+
+/* Temporary name of segment k: the decoration of the first segment's
+ * temporary name applied to the segment's final base name, so that every
+ * segment starts with '.' and ends in ".tmp" (and, tagged, starts with
+ * ".TAG.": the backup's cleanup of a killed run finds them all). */
+static int sfw_tmp_name(const cbi_sfw *w, uint32_t k, char *out, size_t outsz)
+{
+	char fin[4096];
+	if (cbi_sfile_segment_name(w->final, k, fin, sizeof fin))
+		return -ENAMETOOLONG;
+	const char *base = strrchr(fin, '/');
+	base = base ? base + 1 : fin;
+	/* A leading dot and a ".tmp" ending: never matched by the scanner, which
+	 * only takes names ending in .cbi or .cbx. */
+	int n = w->tag[0] ? snprintf(out, outsz, "%s/.%s.%s.tmp", w->dir, w->tag, base)
+			  : snprintf(out, outsz, "%s/.%s.%ld.tmp", w->dir, base, w->pid);
+	return n < 0 || (size_t)n >= outsz ? -ENAMETOOLONG : 0;
+}
+
 int cbi_sfw_create(const char *final_path, cbi_sfw **out, cbi_error *err)
 {
-	return cbi_sfw_create_tagged(final_path, NULL, out, err);
+	return cbi_sfw_create_split(final_path, NULL, 0, out, err);
 }
 
 int cbi_sfw_create_tagged(const char *final_path, const char *tag, cbi_sfw **out, cbi_error *err)
 {
+	return cbi_sfw_create_split(final_path, tag, 0, out, err);
+}
+
+int cbi_sfw_create_split(const char *final_path, const char *tag, uint64_t seg_size, cbi_sfw **out,
+			 cbi_error *err)
+{
+	if (seg_size % CBI_SEG_UNIT || seg_size / CBI_SEG_UNIT > UINT32_MAX)
+		return cbi_err(err, -EINVAL, "invalid segment size %llu: not a whole number of MiB",
+			       (unsigned long long)seg_size);
 	cbi_sfw *w = calloc(1, sizeof *w);
 	if (!w)
 		return cbi_err(err, -ENOMEM, "out of memory");
 	w->fd = -1;
+	w->seg = seg_size;
+	w->pid = (long)getpid();
+	if (tag)
+		cbi_strlcpy(w->tag, tag, sizeof w->tag);
 	cbi_strlcpy(w->final, final_path, sizeof w->final);
-	char dir[4096];
-	cbi_dirname(final_path, dir, sizeof dir);
-	const char *base = strrchr(final_path, '/');
-	base = base ? base + 1 : final_path;
-	/* A leading dot and a ".tmp" ending: never matched by the scanner, which
-	 * only takes names ending in .cbi or .cbx. */
-	int n = tag ? snprintf(w->tmp, sizeof w->tmp, "%s/.%s.%s.tmp", dir, tag, base)
-		    : snprintf(w->tmp, sizeof w->tmp, "%s/.%s.%ld.tmp", dir, base, (long)getpid());
-	if (n < 0 || (size_t)n >= sizeof w->tmp) {
+	cbi_dirname(final_path, w->dir, sizeof w->dir);
+	/* Room for the longest segment suffix too, so that no later segment
+	 * fails for the length of its name. */
+	char probe[4096];
+	if (strlen(final_path) >= sizeof w->final || (tag && strlen(tag) >= sizeof w->tag) ||
+	    sfw_tmp_name(w, seg_size ? UINT32_MAX : 0, probe, sizeof probe) ||
+	    sfw_tmp_name(w, 0, w->tmp, sizeof w->tmp)) {
 		free(w);
 		return cbi_err(err, -ENAMETOOLONG, "path too long: '%s'", final_path);
 	}
@@ -58,21 +101,63 @@ int cbi_sfw_create_tagged(const char *final_path, const char *tag, cbi_sfw **out
 	if (w->fd < 0) {
 		int e = -errno;
 		cbi_err(err, e, "unable to create '%s': %s", w->tmp, strerror(-e));
-		w->tmp[0] = 0; /* not ours: never unlink what another process created */
-		cbi_sfw_abort(w);
+		cbi_sfw_abort(w); /* nseg = 0: never unlinks what another process created */
 		return e;
 	}
+	w->nseg = 1;
 	*out = w;
 	return 0;
 }
 
-static int sfw_flush(cbi_sfw *w)
+/* The current segment is full: make it durable, close it and create the
+ * next one. Segments are written in order, each exactly once. */
+static int sfw_next_segment(cbi_sfw *w, uint32_t k)
 {
-	if (!w->used)
-		return 0;
-	int rc = cbi_pwrite_full(w->fd, w->buf, w->used, w->off - w->used);
+	if (k != w->cur + 1 || w->fd < 0)
+		return -EINVAL;
+	if (fsync(w->fd) < 0)
+		return -errno;
+	int fd = w->fd;
+	w->fd = -1;
+	if (close(fd) < 0)
+		return -errno;
+	char tmp[4096];
+	int rc = sfw_tmp_name(w, k, tmp, sizeof tmp);
 	if (rc)
 		return rc;
+	w->fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (w->fd < 0)
+		return -errno;
+	w->cur = k;
+	w->nseg = k + 1;
+	return 0;
+}
+
+/* Write the buffer at its logical offset, opening segments as needed.
+ * After an error the writer can only be aborted. */
+static int sfw_flush(cbi_sfw *w)
+{
+	const uint8_t *p = w->buf;
+	size_t left = w->used;
+	uint64_t pos = w->off - w->used;
+	while (left) {
+		size_t n = left;
+		uint64_t at = pos;
+		if (w->seg) {
+			uint32_t k = (uint32_t)(pos / w->seg);
+			int rc = k == w->cur ? 0 : sfw_next_segment(w, k);
+			if (rc)
+				return rc;
+			at = pos - (uint64_t)k * w->seg;
+			n = (size_t)CBI_MIN((uint64_t)left, w->seg - at);
+		}
+		int rc = cbi_pwrite_full(w->fd, p, n, at);
+		if (rc)
+			return rc;
+		p += n;
+		left -= n;
+		pos += n;
+	}
 	w->used = 0;
 	return 0;
 }
@@ -100,6 +185,8 @@ int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len)
 
 uint64_t cbi_sfw_offset(const cbi_sfw *w) { return w->off; }
 
+uint32_t cbi_sfw_segments(const cbi_sfw *w) { return w->nseg; }
+
 const char *cbi_sfw_final_path(const cbi_sfw *w) { return w->final; }
 
 int cbi_sfw_seal(cbi_sfw *w, const uint8_t *trailer96, uint8_t digest[32])
@@ -118,6 +205,7 @@ int cbi_sfw_seal(cbi_sfw *w, const uint8_t *trailer96, uint8_t digest[32])
 	w->off += 32;
 	if ((rc = sfw_flush(w)))
 		return rc;
+	/* Earlier segments were synced when they were closed. */
 	if (fsync(w->fd) < 0)
 		return -errno;
 	return 0;
@@ -125,11 +213,30 @@ int cbi_sfw_seal(cbi_sfw *w, const uint8_t *trailer96, uint8_t digest[32])
 
 int cbi_sfw_commit(cbi_sfw *w, cbi_error *err)
 {
-	if (close(w->fd) < 0) {
+	if (w->fd >= 0) {
+		int fd = w->fd;
 		w->fd = -1;
-		return cbi_err(err, -errno, "unable to close '%s': %s", w->tmp, strerror(errno));
+		if (close(fd) < 0) {
+			int e = errno;
+			const char *last = w->tmp;
+			char tmp[4096];
+			if (w->cur && !sfw_tmp_name(w, w->cur, tmp, sizeof tmp))
+				last = tmp;
+			return cbi_err(err, -e, "unable to close '%s': %s", last, strerror(e));
+		}
 	}
-	w->fd = -1;
+	/* The following segments first: the first segment's final name is what
+	 * a scan sees, so a half-renamed set is never taken for a file. */
+	char tmp[4096], fin[4096];
+	for (uint32_t k = w->renamed + 1; k < w->nseg; k++) {
+		if (sfw_tmp_name(w, k, tmp, sizeof tmp) ||
+		    cbi_sfile_segment_name(w->final, k, fin, sizeof fin))
+			return cbi_err(err, -ENAMETOOLONG, "path too long: '%s'", w->final);
+		if (rename(tmp, fin) < 0)
+			return cbi_err(err, -errno, "unable to rename '%s' to '%s': %s", tmp, fin,
+				       strerror(errno));
+		w->renamed = k;
+	}
 	if (rename(w->tmp, w->final) < 0)
 		return cbi_err(err, -errno, "unable to rename '%s' to '%s': %s", w->tmp, w->final,
 			       strerror(errno));
@@ -145,11 +252,123 @@ void cbi_sfw_abort(cbi_sfw *w)
 		return;
 	if (w->fd >= 0)
 		close(w->fd);
-	if (w->tmp[0])
-		unlink(w->tmp);
+	char name[4096];
+	for (uint32_t k = 0; k < w->nseg; k++) {
+		int rc = k && k <= w->renamed ? cbi_sfile_segment_name(w->final, k, name, sizeof name)
+					      : sfw_tmp_name(w, k, name, sizeof name);
+		if (!rc)
+			unlink(name);
+	}
 	EVP_MD_CTX_free(w->sha);
 	free(w->buf);
 	free(w);
+}
+
+void cbi_sfile_remove(const char *path)
+{
+	char name[4096];
+	unlink(path);
+	for (uint32_t k = 1; k < UINT32_MAX; k++)
+		if (cbi_sfile_segment_name(path, k, name, sizeof name) || unlink(name) < 0)
+			break;
+}
+
+/* ---------------------------------------------------------------- reader */
+
+/* At most this many segment files of one reader are open at a time (besides
+ * the first): a chain of large split images must not run out of file
+ * descriptors, and reads are mostly sequential. */
+#define SFR_MAX_OPEN 8
+
+struct sfr_seg {
+	uint64_t size;
+	uint64_t used;      /* LRU tick */
+	int fd;             /* -1 when closed */
+};
+
+struct sfr_segs {
+	pthread_mutex_t mu; /* readers of one file may share it between threads */
+	struct sfr_seg *s;
+	uint64_t tick;
+	unsigned nopen;
+};
+
+/* Find the segments after the first one by name and check their sizes. */
+static int sfr_open_segments(cbi_sfr *r, int kind, cbi_error *err)
+{
+	struct sfr_segs *g = calloc(1, sizeof *g);
+	if (!g)
+		return -ENOMEM;
+	pthread_mutex_init(&g->mu, NULL);
+	r->segs = g;
+	char name[4096];
+	size_t cap = 0;
+	uint64_t total = 0;
+	for (uint32_t k = 0;; k++) {
+		struct stat st;
+		if (k) {
+			if (k == UINT32_MAX || cbi_sfile_segment_name(r->path, k, name, sizeof name))
+				break;
+			if (stat(name, &st) < 0) {
+				if (errno == ENOENT)
+					break;
+				return cbi_err(err, -errno, "unable to open segment '%s': %s", name,
+					       strerror(errno));
+			}
+			if (!S_ISREG(st.st_mode))
+				return cbi_err(err, -EINVAL, "segment '%s' is not a regular file", name);
+		}
+		if (k == cap) {
+			size_t nc = cap ? cap * 2 : 16;
+			struct sfr_seg *t = realloc(g->s, nc * sizeof *t);
+			if (!t)
+				return -ENOMEM;
+			g->s = t;
+			cap = nc;
+		}
+		g->s[k].size = k ? (uint64_t)st.st_size : r->size;
+		g->s[k].fd = k ? -1 : r->fd;
+		g->s[k].used = 0;
+		r->nseg = k + 1;
+		if (total + g->s[k].size < total)
+			return cbi_err(err, -CBI_EDAMAGED, "'%s': segments too large", r->path);
+		total += g->s[k].size;
+	}
+	for (uint32_t k = 0; k < r->nseg; k++) {
+		uint64_t sz = g->s[k].size;
+		int last = k + 1 == r->nseg;
+		if (sz > r->seg_size || (!last && sz < r->seg_size) || !sz) {
+			int code = sz > r->seg_size ? -CBI_EDAMAGED : -CBI_ETRUNCATED;
+			if (cbi_sfile_segment_name(r->path, k, name, sizeof name))
+				name[0] = 0;
+			return cbi_err(err, code, "'%s': segment '%s' is %llu bytes, expected %s%llu", r->path,
+				       name, (unsigned long long)sz, last ? "at most " : "",
+				       (unsigned long long)r->seg_size);
+		}
+	}
+	r->size = total;
+	/* The trailer magic at the logical end tells a complete set from one
+	 * that lacks its last segments (a missing segment ends the set early). */
+	uint8_t magic[8];
+	int rc = cbi_sfr_pread(r, magic, 8, total - CBI_TRL_SIZE);
+	if (rc)
+		return cbi_err(err, rc, "unable to read '%s': %s", r->path, cbi_errtext(rc));
+	if (!memcmp(magic, kind == CBI_KIND_IMAGE ? CBI_MAGIC_IMAGE_END : CBI_MAGIC_INDEX_END, 8))
+		return 0;
+	uint32_t last = r->nseg - 1;
+	if (g->s[last].size == r->seg_size) {
+		if (cbi_sfile_segment_name(r->path, last + 1, name, sizeof name))
+			name[0] = 0;
+		return cbi_err(err, -CBI_ETRUNCATED,
+			       "'%s': segment '%s' is missing (no trailer after %u segment%s of %llu MiB)",
+			       r->path, name, r->nseg, r->nseg > 1 ? "s" : "",
+			       (unsigned long long)(r->seg_size / CBI_SEG_UNIT));
+	}
+	if (cbi_sfile_segment_name(r->path, last, name, sizeof name))
+		name[0] = 0;
+	return cbi_err(err, -CBI_ETRUNCATED,
+		       "'%s': no trailer at the end of segment '%s': the file is unfinished or truncated",
+		       r->path, name);
 }
 
 int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err)
@@ -158,6 +377,7 @@ int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err)
 	if (!r)
 		return cbi_err(err, -ENOMEM, "out of memory");
 	cbi_strlcpy(r->path, path, sizeof r->path);
+	r->nseg = 1;
 	r->fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (r->fd < 0) {
 		int e = -errno;
@@ -172,11 +392,65 @@ int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err)
 	}
 	r->size = (uint64_t)st.st_size;
 	if (r->size < CBI_HDR_SIZE + CBI_TRL_SIZE) {
+		cbi_err(err, -CBI_ETRUNCATED, "'%s' is truncated (%llu bytes)", path,
+			(unsigned long long)st.st_size);
 		cbi_sfr_close(r);
-		return cbi_err(err, -CBI_ETRUNCATED, "'%s' is truncated (%llu bytes)", path,
-			       (unsigned long long)st.st_size);
+		return -CBI_ETRUNCATED;
+	}
+	/* Only a valid header is trusted to say the file is split; anything
+	 * else is read as one file and left to the caller's checks. */
+	uint8_t b[CBI_HDR_SIZE];
+	cbi_hdr h;
+	int rc = cbi_pread_full(r->fd, b, sizeof b, 0);
+	if (rc) {
+		cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
+		cbi_sfr_close(r);
+		return rc;
+	}
+	if (cbi_hdr_decode(b, &h) == 0 && h.segment_mib) {
+		r->seg_size = (uint64_t)h.segment_mib * CBI_SEG_UNIT;
+		/* A first segment larger than a segment is a joined copy. */
+		if (r->size <= r->seg_size && (rc = sfr_open_segments(r, h.kind, err))) {
+			if (rc == -ENOMEM)
+				cbi_err(err, rc, "out of memory");
+			cbi_sfr_close(r);
+			return rc;
+		}
 	}
 	*out = r;
+	return 0;
+}
+
+/* The fd of segment k, opened on demand; called with the lock held. */
+static int sfr_seg_fd(const cbi_sfr *r, uint32_t k, int *fd)
+{
+	struct sfr_segs *g = r->segs;
+	struct sfr_seg *s = &g->s[k];
+	s->used = ++g->tick;
+	if (s->fd >= 0) {
+		*fd = s->fd;
+		return 0;
+	}
+	if (g->nopen >= SFR_MAX_OPEN) {
+		uint32_t lru = 0;
+		for (uint32_t i = 1; i < r->nseg; i++)
+			if (g->s[i].fd >= 0 && (!lru || g->s[i].used < g->s[lru].used))
+				lru = i;
+		if (lru) {
+			close(g->s[lru].fd);
+			g->s[lru].fd = -1;
+			g->nopen--;
+		}
+	}
+	char name[4096];
+	int rc = cbi_sfile_segment_name(r->path, k, name, sizeof name);
+	if (rc)
+		return rc;
+	s->fd = open(name, O_RDONLY | O_CLOEXEC);
+	if (s->fd < 0)
+		return errno == ENOENT ? -CBI_ETRUNCATED : -errno;
+	g->nopen++;
+	*fd = s->fd;
 	return 0;
 }
 
@@ -184,7 +458,26 @@ int cbi_sfr_pread(const cbi_sfr *r, void *buf, size_t len, uint64_t off)
 {
 	if (off > r->size || len > r->size - off)
 		return -CBI_ETRUNCATED;
-	return cbi_pread_full(r->fd, buf, len, off);
+	if (!r->segs)
+		return cbi_pread_full(r->fd, buf, len, off);
+	struct sfr_segs *g = r->segs;
+	uint8_t *p = buf;
+	int rc = 0;
+	pthread_mutex_lock(&g->mu);
+	while (len && !rc) {
+		/* every segment but the last holds exactly seg_size bytes */
+		uint32_t k = (uint32_t)CBI_MIN(off / r->seg_size, (uint64_t)(r->nseg - 1));
+		uint64_t at = off - (uint64_t)k * r->seg_size;
+		size_t n = (size_t)CBI_MIN((uint64_t)len, g->s[k].size - at);
+		int fd = -1;
+		if (!(rc = sfr_seg_fd(r, k, &fd)))
+			rc = cbi_pread_full(fd, p, n, at);
+		p += n;
+		off += n;
+		len -= n;
+	}
+	pthread_mutex_unlock(&g->mu);
+	return rc;
 }
 
 int cbi_sfr_check_digest(const cbi_sfr *r, cbi_progress_fn fn, void *ud)
@@ -201,7 +494,7 @@ int cbi_sfr_check_digest(const cbi_sfr *r, cbi_progress_fn fn, void *ud)
 	uint64_t end = r->size - 32, off = 0;
 	while (off < end) {
 		size_t n = (size_t)CBI_MIN((uint64_t)bsz, end - off);
-		if ((rc = cbi_pread_full(r->fd, buf, n, off)))
+		if ((rc = cbi_sfr_pread(r, buf, n, off)))
 			goto end;
 		EVP_DigestUpdate(sha, buf, n);
 		off += n;
@@ -212,7 +505,7 @@ int cbi_sfr_check_digest(const cbi_sfr *r, cbi_progress_fn fn, void *ud)
 	}
 	uint8_t want[32], got[32];
 	unsigned int dl;
-	if ((rc = cbi_pread_full(r->fd, want, 32, end)))
+	if ((rc = cbi_sfr_pread(r, want, 32, end)))
 		goto end;
 	EVP_DigestFinal_ex(sha, got, &dl);
 	if (memcmp(want, got, 32))
@@ -229,5 +522,39 @@ void cbi_sfr_close(cbi_sfr *r)
 		return;
 	if (r->fd >= 0)
 		close(r->fd);
+	struct sfr_segs *g = r->segs;
+	if (g) {
+		for (uint32_t k = 1; g->s && k < r->nseg; k++)
+			if (g->s[k].fd >= 0)
+				close(g->s[k].fd);
+		pthread_mutex_destroy(&g->mu);
+		free(g->s);
+		free(g);
+	}
 	free(r);
+}
+
+int cbi_sfile_copy_joined(const char *path, int out_fd, cbi_error *err)
+{
+	cbi_sfr *r = NULL;
+	int rc = cbi_sfr_open(path, &r, err);
+	if (rc)
+		return rc;
+	const size_t bsz = 4u << 20;
+	uint8_t *buf = malloc(bsz);
+	if (!buf) {
+		cbi_sfr_close(r);
+		return cbi_err(err, -ENOMEM, "out of memory");
+	}
+	for (uint64_t off = 0; off < r->size && !rc;) {
+		size_t n = (size_t)CBI_MIN((uint64_t)bsz, r->size - off);
+		if ((rc = cbi_sfr_pread(r, buf, n, off)))
+			cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
+		else if ((rc = cbi_pwrite_full(out_fd, buf, n, off)))
+			cbi_err(err, rc, "unable to write a copy of '%s': %s", path, cbi_errtext(rc));
+		off += n;
+	}
+	free(buf);
+	cbi_sfr_close(r);
+	return rc;
 }

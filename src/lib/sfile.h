@@ -1,10 +1,17 @@
 /* sfile.h - sealed files: the crash-safe writer and checked reader that
- * image and index files are built on (format/SPEC.md, "File life cycle").
+ * image and index files are built on (format/SPEC.md, "File life cycle"
+ * and "Segments").
  *
  * A sealed file is written under a temporary name in its final directory,
  * SHA-256 is computed over every byte as it is appended, and the 128-byte
  * trailer carries that digest in its last 32 bytes. Only a file whose
- * trailer has been written, fsynced and renamed to its final name counts. */
+ * trailer has been written, fsynced and renamed to its final name counts.
+ *
+ * A sealed file may be stored as segments of a fixed size S (for file
+ * systems such as FAT that limit the size of a file): NAME holds the
+ * logical bytes [0, S), NAME.001 the bytes [S, 2S), NAME.002 ... The
+ * header's segment_mib field records S; the reader joins the segments and
+ * everything above this layer sees one logical file. */
 #ifndef CBI_SFILE_H
 #define CBI_SFILE_H
 
@@ -12,6 +19,9 @@
 #include <stdint.h>
 
 #include "cbimg.h"
+
+/* Segment sizes are whole MiB (the header records MiB). */
+#define CBI_SEG_UNIT (1ull << 20)
 
 typedef struct cbi_sfw cbi_sfw;
 
@@ -24,43 +34,86 @@ int cbi_sfw_create(const char *final_path, cbi_sfw **out, cbi_error *err) CBI_WU
 int cbi_sfw_create_tagged(const char *final_path, const char *tag, cbi_sfw **out,
 			  cbi_error *err) CBI_WUR;
 
+/* Same, stored as segments of seg_size bytes (a multiple of CBI_SEG_UNIT;
+ * 0: one file). The caller writes a header whose segment_mib is
+ * seg_size / CBI_SEG_UNIT. Segment k >= 1 is created when its first byte is
+ * written, under the temporary name of "final_path.NNN" (same decoration as
+ * the first segment); a full segment is fsynced and closed before the next
+ * is opened. -EINVAL for a seg_size that is not a whole number of MiB. */
+int cbi_sfw_create_split(const char *final_path, const char *tag, uint64_t seg_size, cbi_sfw **out,
+			 cbi_error *err) CBI_WUR;
+
 /* Append len bytes (buffered). 0 or -errno (-ENOSPC when full). */
 int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len) CBI_WUR;
 
 /* Logical offset of the next byte to be appended. */
 uint64_t cbi_sfw_offset(const cbi_sfw *w);
 
+/* Number of segments written so far (1 for an unsplit file). */
+uint32_t cbi_sfw_segments(const cbi_sfw *w);
+
 /* Append the first 96 bytes of the trailer, then the SHA-256 of everything
  * before the digest field, flush and fsync. digest receives the SHA-256. */
 int cbi_sfw_seal(cbi_sfw *w, const uint8_t *trailer96, uint8_t digest[32]) CBI_WUR;
 
 /* Rename the sealed temporary file to its final name (the caller fsyncs the
- * directory after committing all files of a point). Frees w on success. */
+ * directory after committing all files of a point). A split file's
+ * segments NAME.001 ... are renamed first and NAME, the only name a
+ * directory scan takes, last. Frees w on success; on failure w stays valid
+ * and cbi_sfw_abort() removes what was written, renamed segments too. */
 int cbi_sfw_commit(cbi_sfw *w, cbi_error *err) CBI_WUR;
 
-/* Close and unlink the temporary file; NULL-safe. */
+/* Close and unlink the temporary file(s); NULL-safe. */
 void cbi_sfw_abort(cbi_sfw *w);
 
 const char *cbi_sfw_final_path(const cbi_sfw *w);
 
+/* Name of segment k of the file at path: path itself for k = 0, else
+ * "path.NNN" (k in decimal, at least 3 digits). -ENAMETOOLONG if it does
+ * not fit. */
+int cbi_sfile_segment_name(const char *path, uint32_t k, char *out, size_t outsz) CBI_WUR;
+
+/* Unlink a committed sealed file and its segments path.001, path.002, ...
+ * (up to the first one that does not exist). */
+void cbi_sfile_remove(const char *path);
+
 /* ---- reader ---- */
+struct sfr_segs;
+
 typedef struct cbi_sfr {
-	int fd;
-	uint64_t size;
-	char path[4096];
+	int fd;               /* the first (or only) segment */
+	uint64_t size;        /* logical size: all segments together */
+	char path[4096];      /* the first segment, the name a scan sees */
+	uint32_t nseg;        /* segments found: 1 for an unsplit file */
+	uint64_t seg_size;    /* from the header; 0: one file (or a joined copy) */
+	struct sfr_segs *segs; /* NULL when nseg = 1 */
 } cbi_sfr;
 
 /* Open path read-only; fails with -CBI_ETRUNCATED if it is too short to
- * hold a header and a trailer. */
+ * hold a header and a trailer. When the file's header (if it is a valid
+ * one) says the file is split, its following segments are looked up by
+ * name in the same directory and checked: every segment but the last must
+ * be exactly seg_size bytes, and the logical file must end with a trailer
+ * magic. A missing segment fails with -CBI_ETRUNCATED and a message that
+ * names it. A first segment larger than seg_size is taken as a joined copy
+ * (the segments concatenated into one file) and read alone. */
 int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err) CBI_WUR;
+
+/* Read len bytes at logical offset off, across segments. 0, -CBI_ETRUNCATED
+ * beyond the end, or -errno. */
 int cbi_sfr_pread(const cbi_sfr *r, void *buf, size_t len, uint64_t off) CBI_WUR;
 
-/* Recompute the SHA-256 over [0, size-32) and compare with the last 32
- * bytes. Returns 0, -CBI_EDAMAGED on mismatch, or an I/O error. If
- * bad_off is non-NULL and the digest mismatches, it is set to -1 (the
- * digest cannot tell where). */
+/* Recompute the SHA-256 over the logical bytes [0, size-32) and compare
+ * with the last 32. Returns 0, -CBI_EDAMAGED on mismatch (the digest cannot
+ * tell where, nor in which segment), -ECANCELED when fn asked to stop, or
+ * an I/O error. */
 int cbi_sfr_check_digest(const cbi_sfr *r, cbi_progress_fn fn, void *ud) CBI_WUR;
 
 void cbi_sfr_close(cbi_sfr *r);
+
+/* Copy the logical content of the sealed file at path (all its segments)
+ * to the open file out_fd from offset 0, as one file (a joined copy, which
+ * cbi_sfr_open() accepts). 0 or a negative error; fills err. */
+int cbi_sfile_copy_joined(const char *path, int out_fd, cbi_error *err) CBI_WUR;
 
 #endif

@@ -11,6 +11,7 @@
 
 #include "chain.h"
 #include "index.h"
+#include "sfile.h"
 #include "util.h"
 
 static void key_dir(const char *state_dir, uint64_t key, char *out, size_t outsz)
@@ -60,37 +61,15 @@ int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *fou
 	return 0;
 }
 
+/* A joined copy: a split index (segments) becomes one file here. */
 static int copy_file(const char *from, const char *to)
 {
-	int in = open(from, O_RDONLY | O_CLOEXEC);
-	if (in < 0)
-		return -errno;
 	int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (out < 0) {
-		int e = -errno;
-		close(in);
-		return e;
-	}
-	char buf[1 << 16];
-	int rc = 0;
-	uint64_t off = 0;
-	for (;;) {
-		ssize_t r = read(in, buf, sizeof buf);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			rc = -errno;
-			break;
-		}
-		if (r == 0)
-			break;
-		if ((rc = cbi_pwrite_full(out, buf, (size_t)r, off)))
-			break;
-		off += (uint64_t)r;
-	}
+	if (out < 0)
+		return -errno;
+	int rc = cbi_sfile_copy_joined(from, out, NULL);
 	if (!rc && fsync(out) < 0)
 		rc = -errno;
-	close(in);
 	if (close(out) < 0 && !rc)
 		rc = -errno;
 	return rc;

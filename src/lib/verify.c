@@ -162,6 +162,44 @@ static int has_ext(const char *name, const char *ext)
 	return n > e && !strcmp(name + n - e, ext);
 }
 
+/* If name is a segment name "NAME.cbi.NNN" / "NAME.cbx.NNN", its number;
+ * else -1. */
+static long segment_number(const char *name, size_t *base_len)
+{
+	size_t n = strlen(name), i = n;
+	while (i > 0 && name[i - 1] >= '0' && name[i - 1] <= '9')
+		i--;
+	if (n - i < 3 || n - i > 10 || i < 6 || name[i - 1] != '.')
+		return -1;
+	if (strncmp(name + i - 5, ".cbi", 4) && strncmp(name + i - 5, ".cbx", 4))
+		return -1;
+	*base_len = i - 1;
+	return strtol(name + i, NULL, 10);
+}
+
+/* Report a segment file that belongs to no split file of the directory:
+ * its first segment is gone (renamed without its segments?) or does not
+ * have that many segments. */
+static void check_segment(vctx *c, const char *dir, const char *name)
+{
+	size_t bl = 0;
+	long k = segment_number(name, &bl);
+	char base[4096], path[4096];
+	if (k < 0 || (size_t)snprintf(base, sizeof base, "%.3000s/%.*s", dir, (int)bl, name) >= sizeof base)
+		return;
+	snprintf(path, sizeof path, "%.3000s/%.1000s", dir, name);
+	cbi_sfr *f = NULL;
+	int rc = cbi_sfr_open(base, &f, NULL);
+	if (rc == -ENOENT)
+		problem(c, path, -1,
+			"segment file without its first segment '%s' (a split file's segments must be "
+			"renamed and moved together)", base);
+	else if (!rc && (k == 0 || (uint64_t)k >= f->nseg))
+		problem(c, path, -1, "segment file that is not part of '%s' (%u segment%s)", base, f->nseg,
+			f->nseg == 1 ? "" : "s");
+	cbi_sfr_close(f);
+}
+
 /* Report files of dir that are not part of any complete point. */
 static int check_dir_files(vctx *c, const char *dir, const cbi_point *pts, size_t n)
 {
@@ -171,8 +209,12 @@ static int check_dir_files(vctx *c, const char *dir, const cbi_point *pts, size_
 	struct dirent *de;
 	char path[4096];
 	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.' || !(has_ext(de->d_name, ".cbi") || has_ext(de->d_name, ".cbx")))
+		if (de->d_name[0] == '.')
 			continue;
+		if (!(has_ext(de->d_name, ".cbi") || has_ext(de->d_name, ".cbx"))) {
+			check_segment(c, dir, de->d_name);
+			continue;
+		}
 		if ((size_t)snprintf(path, sizeof path, "%.3000s/%.1000s", dir, de->d_name) >= sizeof path)
 			continue;
 		cbi_point p;

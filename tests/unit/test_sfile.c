@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 
 #include "format.h"
+#include "fsprobe.h"
 #include "sfile.h"
 #include "util.h"
 
@@ -378,6 +379,429 @@ static void test_check_digest_detects_flip(void **state)
 	}
 }
 
+
+/* ----------------------------------------------------------- segments */
+
+#define MIB (1u << 20)
+
+/* A sealed "image" of total logical bytes whose header says it is split
+ * into segments of seg_mib MiB (0: not split); the trailer starts with the
+ * image trailer magic, the rest is pattern data. Returns the logical
+ * bytes (caller frees); the file is committed at final. */
+static uint8_t *write_split(const char *final, const char *tag, uint32_t seg_mib, size_t total,
+			    uint32_t *nseg)
+{
+	assert_true(total >= CBI_HDR_SIZE + CBI_TRL_SIZE);
+	cbi_hdr h;
+	memset(&h, 0, sizeof h);
+	h.kind = CBI_KIND_IMAGE;
+	h.version = CBI_FORMAT_VERSION;
+	h.block_size = 4096;
+	h.hash_alg = CBI_HASH_XXH3_128;
+	h.compression = CBI_COMP_ZSTD;
+	h.source_size = 1 << 20;
+	h.n_blocks = 256;
+	h.type = CBI_FULL;
+	h.level = 3;
+	h.segment_mib = seg_mib;
+	cbi_strlcpy(h.job, "j", sizeof h.job);
+	uint8_t *all = malloc(total);
+	assert_non_null(all);
+	cbi_hdr_encode(&h, all);
+	cbi_sfw *w = NULL;
+	cbi_error e;
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_sfw_create_split(final, tag, (uint64_t)seg_mib * MIB, &w, &e), 0);
+	assert_int_equal(cbi_sfw_write(w, all, CBI_HDR_SIZE), 0);
+	size_t body = total - CBI_HDR_SIZE - CBI_TRL_SIZE;
+	tu_fill_random(all + CBI_HDR_SIZE, body, total);
+	for (size_t off = 0, chunk = 1; off < body; chunk = chunk * 3 + 7) {
+		size_t n = CBI_MIN(chunk, body - off);
+		assert_int_equal(cbi_sfw_write(w, all + CBI_HDR_SIZE + off, n), 0);
+		off += n;
+		assert_true(cbi_sfw_offset(w) == CBI_HDR_SIZE + off);
+	}
+	uint8_t t[96], digest[32];
+	trailer96(t);
+	memcpy(t, CBI_MAGIC_IMAGE_END, 8);
+	assert_int_equal(cbi_sfw_seal(w, t, digest), 0);
+	memcpy(all + total - CBI_TRL_SIZE, t, 96);
+	memcpy(all + total - 32, digest, 32);
+	uint8_t want[32];
+	sha256(all, total - 32, want);
+	assert_memory_equal(digest, want, 32); /* the digest covers every segment */
+	if (nseg)
+		*nseg = cbi_sfw_segments(w);
+	assert_int_equal(cbi_sfw_commit(w, &e), 0);
+	return all;
+}
+
+static const char *seg_path(const char *final, uint32_t k)
+{
+	static char b[4096];
+	assert_int_equal(cbi_sfile_segment_name(final, k, b, sizeof b), 0);
+	return b;
+}
+
+static void test_segment_names(void **state)
+{
+	(void)state;
+	char b[64];
+	assert_int_equal(cbi_sfile_segment_name("d/x.cbi", 0, b, sizeof b), 0);
+	assert_string_equal(b, "d/x.cbi");
+	assert_int_equal(cbi_sfile_segment_name("d/x.cbi", 1, b, sizeof b), 0);
+	assert_string_equal(b, "d/x.cbi.001");
+	assert_int_equal(cbi_sfile_segment_name("d/x.cbi", 999, b, sizeof b), 0);
+	assert_string_equal(b, "d/x.cbi.999");
+	assert_int_equal(cbi_sfile_segment_name("d/x.cbi", 1000, b, sizeof b), 0);
+	assert_string_equal(b, "d/x.cbi.1000");
+	assert_int_equal(cbi_sfile_segment_name("d/x.cbi", 1, b, 11), -ENAMETOOLONG);
+	/* segment sizes are whole MiB */
+	cbi_sfw *w = NULL;
+	assert_int_equal(cbi_sfw_create_split("/tmp/x.cbi", NULL, MIB + 1, &w, NULL), -EINVAL);
+	assert_null(w);
+}
+
+/* Logical files of 5 MiB and one byte either side, in 1 MiB segments: the
+ * last segment full, one byte, or one byte short. Every segment has the
+ * right size, the segments joined are the logical file, and the reader
+ * presents them as one file. */
+static void test_split_write_read(void **state)
+{
+	tu_fix *f = *state;
+	const size_t totals[] = { 5 * MIB, 5 * MIB + 1, 5 * MIB - 1, MIB, 2 * MIB + 640 };
+	const uint32_t segs[] = { 5, 6, 5, 1, 3 };
+	for (size_t c = 0; c < sizeof totals / sizeof totals[0]; c++) {
+		char name[32];
+		snprintf(name, sizeof name, "p%zu.cbi", c);
+		const char *final = tu_path(f->dir, name);
+		uint32_t n = 0;
+		uint8_t *all = write_split(final, "cbimg-00ff-1", 1, totals[c], &n);
+		assert_int_equal(n, segs[c]);
+		/* exactly the final names, no temporary file left */
+		assert_int_equal(tu_count(f->dir, NULL, 1), 0);
+		for (uint32_t k = 0; k < n; k++) {
+			size_t want = k + 1 < n ? MIB : totals[c] - (size_t)k * MIB;
+			assert_int_equal(tu_file_size(seg_path(final, k)), (int64_t)want);
+			size_t len;
+			uint8_t *b = tu_read_file(seg_path(final, k), &len);
+			assert_memory_equal(b, all + (size_t)k * MIB, len);
+			free(b);
+		}
+		assert_false(tu_exists(seg_path(final, n)));
+
+		cbi_sfr *r = NULL;
+		cbi_error e;
+		memset(&e, 0, sizeof e);
+		assert_int_equal(cbi_sfr_open(final, &r, &e), 0);
+		assert_true(r->size == totals[c]);
+		assert_int_equal(r->nseg, n);
+		assert_string_equal(r->path, final);
+		assert_true(r->seg_size == MIB);
+		/* reads at and across every segment edge */
+		uint8_t buf[3000];
+		for (uint32_t k = 1; k <= n; k++) {
+			uint64_t edge = (uint64_t)k * MIB;
+			const int64_t deltas[] = { -1500, -1, 0, 1 };
+			for (size_t i = 0; i < 4; i++) {
+				int64_t o = (int64_t)edge + deltas[i];
+				if (o < 0 || (uint64_t)o >= totals[c])
+					continue;
+				size_t len = (size_t)CBI_MIN((uint64_t)sizeof buf, totals[c] - (uint64_t)o);
+				assert_int_equal(cbi_sfr_pread(r, buf, len, (uint64_t)o), 0);
+				assert_memory_equal(buf, all + o, len);
+			}
+		}
+		assert_int_equal(cbi_sfr_pread(r, buf, 2, totals[c] - 1), -CBI_ETRUNCATED);
+		assert_int_equal(cbi_sfr_check_digest(r, NULL, NULL), 0);
+		cbi_sfr_close(r);
+
+		/* a joined copy of the segments is read as one file */
+		const char *joined = tu_path(f->dir, "joined.cbi");
+		int fd = open(joined, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		assert_true(fd >= 0);
+		assert_int_equal(cbi_sfile_copy_joined(final, fd, &e), 0);
+		close(fd);
+		assert_true(tu_file_equals(joined, all, totals[c]));
+		assert_int_equal(cbi_sfr_open(joined, &r, &e), 0);
+		assert_true(r->size == totals[c]);
+		assert_int_equal(r->nseg, 1);
+		assert_int_equal(cbi_sfr_check_digest(r, NULL, NULL), 0);
+		cbi_sfr_close(r);
+		unlink(joined);
+
+		cbi_sfile_remove(final);
+		assert_int_equal(tu_count(f->dir, NULL, -1), 0);
+		free(all);
+	}
+}
+
+/* Expect cbi_sfr_open to fail with code and a message naming `names`. */
+static void expect_open_fails(const char *path, int code, const char *names)
+{
+	cbi_sfr *r = NULL;
+	cbi_error e;
+	memset(&e, 0, sizeof e);
+	int rc = cbi_sfr_open(path, &r, &e);
+	if (rc != code || !strstr(e.msg, names))
+		fail_msg("open '%s' = %d (%s), expected %d naming '%s'", path, rc, e.msg, code, names);
+	assert_null(r);
+}
+
+static void test_split_missing_segments(void **state)
+{
+	tu_fix *f = *state;
+	char tmp[4096];
+	/* a middle segment, then the last (full) one, then the first one */
+	const char *p = tu_path(f->dir, "m.cbi");
+	free(write_split(p, NULL, 1, 5 * MIB, NULL));
+	snprintf(tmp, sizeof tmp, "%s", seg_path(p, 2));
+	assert_int_equal(rename(tmp, tu_path(f->dir, "aside")), 0);
+	expect_open_fails(p, -CBI_ETRUNCATED, "m.cbi.002' is missing");
+	assert_int_equal(rename(tu_path(f->dir, "aside"), tmp), 0);
+	snprintf(tmp, sizeof tmp, "%s", seg_path(p, 4));
+	assert_int_equal(unlink(tmp), 0);
+	expect_open_fails(p, -CBI_ETRUNCATED, "m.cbi.004' is missing");
+	cbi_sfile_remove(p);
+	assert_int_equal(tu_count(f->dir, NULL, -1), 0);
+
+	/* a last segment of one byte */
+	p = tu_path(f->dir, "o.cbi");
+	free(write_split(p, NULL, 1, 3 * MIB + 1, NULL));
+	assert_int_equal(unlink(seg_path(p, 3)), 0);
+	expect_open_fails(p, -CBI_ETRUNCATED, "o.cbi.003' is missing");
+
+	/* a truncated segment: in the middle, and the last one */
+	p = tu_path(f->dir, "t.cbi");
+	free(write_split(p, NULL, 1, 3 * MIB + 100, NULL));
+	assert_int_equal(truncate(seg_path(p, 1), MIB - 1), 0);
+	expect_open_fails(p, -CBI_ETRUNCATED, "t.cbi.001' is 1048575 bytes");
+	assert_int_equal(truncate(seg_path(p, 1), MIB + 1), 0);
+	expect_open_fails(p, -CBI_EDAMAGED, "t.cbi.001' is 1048577 bytes");
+	assert_int_equal(truncate(seg_path(p, 1), MIB), 0);
+	assert_int_equal(truncate(seg_path(p, 3), 99), 0);
+	expect_open_fails(p, -CBI_ETRUNCATED, "no trailer at the end of segment '");
+	assert_int_equal(truncate(seg_path(p, 3), 0), 0);
+	expect_open_fails(p, -CBI_ETRUNCATED, "t.cbi.003' is 0 bytes");
+
+	/* a file whose header does not say it is split ignores stray segments */
+	p = tu_path(f->dir, "u.cbi");
+	uint8_t *all = write_split(p, NULL, 0, 2 * MIB, NULL);
+	tu_write_file(seg_path(p, 1), "stray", 5);
+	cbi_sfr *r = NULL;
+	assert_int_equal(cbi_sfr_open(p, &r, NULL), 0);
+	assert_int_equal(r->nseg, 1);
+	assert_true(r->size == 2 * MIB);
+	assert_int_equal(cbi_sfr_check_digest(r, NULL, NULL), 0);
+	cbi_sfr_close(r);
+	free(all);
+}
+
+/* A flipped byte in any segment breaks the digest over the whole file. */
+static void test_split_digest_covers_all(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "d.cbi");
+	free(write_split(p, NULL, 1, 3 * MIB + 4000, NULL));
+	const struct { uint32_t k; uint64_t off; } flips[] = { { 0, 600 }, { 0, MIB - 1 }, { 1, 0 },
+							       { 2, 12345 }, { 3, 0 }, { 3, 3990 } };
+	for (size_t i = 0; i < sizeof flips / sizeof flips[0]; i++) {
+		char s[4096];
+		snprintf(s, sizeof s, "%s", seg_path(p, flips[i].k));
+		tu_flip_byte(s, flips[i].off, 0x10);
+		cbi_sfr *r = NULL;
+		assert_int_equal(cbi_sfr_open(p, &r, NULL), 0);
+		assert_int_equal(cbi_sfr_check_digest(r, NULL, NULL), -CBI_EDAMAGED);
+		cbi_sfr_close(r);
+		tu_flip_byte(s, flips[i].off, 0x10);
+	}
+	cbi_sfr *r = NULL;
+	assert_int_equal(cbi_sfr_open(p, &r, NULL), 0);
+	assert_int_equal(cbi_sfr_check_digest(r, NULL, NULL), 0);
+	cbi_sfr_close(r);
+}
+
+static int count_fds(void)
+{
+	return tu_count("/proc/self/fd", NULL, -1);
+}
+
+/* Many segments: the reader keeps only a few open and still reads all. */
+static void test_split_many_segments(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "many.cbx");
+	size_t total = 20 * MIB + 7;
+	uint8_t *all = write_split(p, NULL, 1, total, NULL);
+	int fds0 = count_fds();
+	cbi_sfr *r = NULL;
+	assert_int_equal(cbi_sfr_open(p, &r, NULL), 0);
+	assert_int_equal(r->nseg, 21);
+	uint8_t b[64];
+	for (int pass = 0; pass < 3; pass++)
+		for (uint32_t k = 0; k < 21; k++) {
+			uint64_t o = (uint64_t)((k * 7) % 21) * MIB + 100;
+			size_t len = (size_t)CBI_MIN((uint64_t)sizeof b, total - o);
+			assert_int_equal(cbi_sfr_pread(r, b, len, o), 0);
+			assert_memory_equal(b, all + o, len);
+		}
+	assert_true(count_fds() <= fds0 + 1 + 8); /* the first segment and at most 8 others */
+	int calls = 0;
+	assert_int_equal(cbi_sfr_check_digest(r, count_progress, &calls), 0);
+	assert_true(count_fds() <= fds0 + 1 + 8);
+	cbi_sfr_close(r);
+	assert_int_equal(count_fds(), fds0);
+	free(all);
+}
+
+/* Temporary segments: all hidden, tagged, ending in .tmp while written;
+ * abort removes every one, before and after seal, and after a commit
+ * that failed half-way (renamed segments included). */
+static void test_split_abort_removes_all(void **state)
+{
+	tu_fix *f = *state;
+	const char *final = tu_path(f->dir, "a.cbi");
+	cbi_sfw *w = NULL;
+	cbi_error e;
+	assert_int_equal(cbi_sfw_create_split(final, "cbimg-0123-9", MIB, &w, &e), 0);
+	uint8_t *d = write_data(w, 3 * MIB + MIB / 2);
+	free(d);
+	/* the last segment may still be in the buffer: 3 or 4 exist */
+	assert_true(cbi_sfw_segments(w) >= 3);
+	assert_int_equal(tu_count(f->dir, NULL, 0), 0);
+	assert_int_equal(tu_count(f->dir, ".tmp", 1), (int)cbi_sfw_segments(w));
+	assert_true(tu_exists(tu_path(f->dir, ".cbimg-0123-9.a.cbi.tmp")));
+	assert_true(tu_exists(tu_path(f->dir, ".cbimg-0123-9.a.cbi.001.tmp")));
+	assert_true(tu_exists(tu_path(f->dir, ".cbimg-0123-9.a.cbi.002.tmp")));
+	cbi_sfw_abort(w);
+	assert_int_equal(tu_count(f->dir, NULL, -1), 0);
+
+	/* default temporary names, abort after seal */
+	assert_int_equal(cbi_sfw_create_split(final, NULL, MIB, &w, &e), 0);
+	d = write_data(w, 2 * MIB);
+	free(d);
+	uint8_t t[96], digest[32];
+	trailer96(t);
+	assert_int_equal(cbi_sfw_seal(w, t, digest), 0);
+	assert_int_equal(cbi_sfw_segments(w), 3);
+	char want[256];
+	snprintf(want, sizeof want, ".a.cbi.002.%ld.tmp", (long)getpid());
+	assert_true(tu_exists(tu_path(f->dir, want)));
+	cbi_sfw_abort(w);
+	assert_int_equal(tu_count(f->dir, NULL, -1), 0);
+
+	/* a commit that fails on the third segment: the first is never
+	 * renamed, and abort removes the renamed and the temporary ones */
+	assert_int_equal(mkdir(tu_path(f->dir, "a.cbi.002"), 0755), 0);
+	assert_int_equal(mkdir(tu_path(f->dir, "a.cbi.002/x"), 0755), 0);
+	assert_int_equal(cbi_sfw_create_split(final, "tg", MIB, &w, &e), 0);
+	d = write_data(w, 4 * MIB);
+	free(d);
+	assert_int_equal(cbi_sfw_seal(w, t, digest), 0);
+	memset(&e, 0, sizeof e);
+	assert_true(cbi_sfw_commit(w, &e) < 0);
+	assert_non_null(strstr(e.msg, "a.cbi.002"));
+	assert_true(tu_exists(tu_path(f->dir, "a.cbi.001")));
+	assert_false(tu_exists(final));
+	cbi_sfw_abort(w);
+	assert_int_equal(tu_count(f->dir, NULL, -1), 1); /* the directory in the way */
+}
+
+static char problems_seen[8192];
+
+static void collect_problem(void *ud, const char *file, int64_t block, const char *problem)
+{
+	(void)ud;
+	(void)block;
+	size_t l = strlen(problems_seen);
+	snprintf(problems_seen + l, sizeof problems_seen - l, "%s: %s\n", file, problem);
+}
+
+/* The segment size a backup chooses: automatic (none off FAT), never, or
+ * whole MiB from 1 MiB. */
+static void test_split_choose(void **state)
+{
+	tu_fix *f = *state;
+	uint32_t mib = 7;
+	char fs[32];
+	cbi_error e;
+	assert_int_equal(cbi_split_choose(f->dir, 0, &mib, fs, sizeof fs, &e), 0);
+	assert_int_equal(mib, 0); /* /tmp is not FAT */
+	assert_string_not_equal(fs, "fat");
+	assert_int_equal(cbi_split_choose(f->dir, CBI_SPLIT_NONE, &mib, fs, sizeof fs, &e), 0);
+	assert_int_equal(mib, 0);
+	assert_int_equal(cbi_split_choose(f->dir, 64ull << 20, &mib, fs, sizeof fs, &e), 0);
+	assert_int_equal(mib, 64);
+	assert_int_equal(cbi_split_choose(f->dir, 8ull << 30, &mib, NULL, 0, &e), 0);
+	assert_int_equal(mib, 8192); /* no FAT limit here */
+	const uint64_t bad[] = { 1, 512 << 10, (1 << 20) + 1, (3ull << 30) + 4096 };
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		memset(&e, 0, sizeof e);
+		assert_int_equal(cbi_split_choose(f->dir, bad[i], &mib, fs, sizeof fs, &e), -CBI_EUSAGE);
+		assert_non_null(strstr(e.msg, "whole number of MiB"));
+	}
+	assert_true(CBI_FAT_SPLIT < (4ull << 30) - 1 && CBI_FAT_SPLIT % (1 << 20) == 0);
+}
+
+/* A backup with 1 MiB segments: both points restore, verify passes, and a
+ * missing segment is reported by name. */
+static void test_backup_split_roundtrip(void **state)
+{
+	tu_fix *f = *state;
+	const char *src = tu_path(f->dir, "src.img"), *dest = tu_path(f->dir, "dest");
+	assert_int_equal(mkdir(dest, 0755), 0);
+	size_t size = 5 * MIB + 4096 * 3 + 100;
+	uint8_t *data = malloc(size);
+	assert_non_null(data);
+	tu_fill_random(data, size, 77);
+	tu_write_file(src, data, size);
+	cbi_backup_opts o = tu_bopts(src, dest);
+	o.split = MIB;
+	cbi_backup_result r0, r1;
+	tu_backup_ok(&o, &r0);
+	assert_true(r0.point.segment_size == MIB);
+	assert_true(r0.dest_fs[0] != 0);
+	assert_true(r0.point.stored_bytes > 5 * MIB);
+	char img0[4096], idx0[4096];
+	cbi_strlcpy(img0, r0.point.file, sizeof img0);
+	cbi_strlcpy(idx0, r0.point.index_file, sizeof idx0);
+	uint32_t want = (uint32_t)((r0.point.stored_bytes + MIB - 1) / MIB);
+	for (uint32_t k = 0; k < want; k++)
+		assert_true(tu_exists(seg_path(img0, k)));
+	assert_false(tu_exists(seg_path(img0, want)));
+	assert_false(tu_exists(seg_path(idx0, 1))); /* a small index is one file */
+	assert_int_equal(tu_count(dest, ".tmp", -1), 0);
+
+	tu_fill_random(data + 2 * MIB, 3 * 4096, 78);
+	tu_write_file(src, data, size);
+	tu_backup_ok(&o, &r1);
+	assert_int_equal(r1.point.seq, 1);
+
+	cbi_restore_result rr;
+	const char *out = tu_path(f->dir, "out.img");
+	tu_restore_ok(r1.point.file, out, &rr);
+	assert_true(tu_file_equals(out, data, size));
+
+	cbi_point info;
+	cbi_error e;
+	assert_int_equal(cbi_point_info(img0, &info, &e), 0);
+	assert_true(info.segment_size == MIB);
+	assert_true(info.has_image);
+
+	cbi_verify_result vr;
+	assert_int_equal(cbi_verify(dest, NULL, NULL, NULL, NULL, &vr, &e), 0);
+	assert_true(vr.problems == 0);
+
+	char seg2[4096];
+	snprintf(seg2, sizeof seg2, "%s", seg_path(img0, 2));
+	assert_int_equal(unlink(seg2), 0);
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_verify(dest, collect_problem, NULL, NULL, NULL, &vr, &e), -CBI_EDAMAGED);
+	assert_non_null(strstr(problems_seen, strrchr(seg2, '/') + 1));
+	assert_non_null(strstr(problems_seen, "is missing"));
+	free(data);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, tu_setup_dir, tu_teardown_dir)
@@ -392,6 +816,14 @@ int main(void)
 		T(test_reader_too_short),
 		T(test_reader_missing_and_dir),
 		T(test_check_digest_detects_flip),
+		T(test_segment_names),
+		T(test_split_write_read),
+		T(test_split_missing_segments),
+		T(test_split_digest_covers_all),
+		T(test_split_many_segments),
+		T(test_split_abort_removes_all),
+		T(test_split_choose),
+		T(test_backup_split_roundtrip),
 	};
 	return cmocka_run_group_tests_name("sfile", tests, NULL, NULL);
 }
