@@ -92,7 +92,10 @@ install: $(BUILD)/cbimg
 	install -m 0644 $(BUILD)/libcbimg.a $(DESTDIR)$(PREFIX)/lib/libcbimg.a
 	install -m 0644 include/cbimg.h $(DESTDIR)$(PREFIX)/include/cbimg.h
 	install -m 0644 man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
-	-install -m 0644 man/*.5 $(DESTDIR)$(PREFIX)/share/man/man5/ 2>/dev/null
+	install -d $(DESTDIR)$(PREFIX)/share/man/man7 $(DESTDIR)$(PREFIX)/share/doc/cbimg
+	install -m 0644 man/*.5 $(DESTDIR)$(PREFIX)/share/man/man5/
+	install -m 0644 man/*.7 $(DESTDIR)$(PREFIX)/share/man/man7/
+	install -m 0644 format/SPEC.md README.md $(DESTDIR)$(PREFIX)/share/doc/cbimg/
 
 clean:
 	rm -rf build build-asan
