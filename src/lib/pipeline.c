@@ -19,6 +19,7 @@ typedef struct batch {
 	uint32_t nblk;
 	int state;
 	uint8_t *data;
+	uint8_t *hole;      /* per block: wholly in a hole of the source, data not filled */
 	uint8_t *comp;
 	cbi_idx_ent *parent;
 	cbi_pipe_block *out;
@@ -75,7 +76,8 @@ static void *reader_main(void *arg)
 		size_t len = (size_t)CBI_MIN((uint64_t)s->nblk * c->block_size, c->src->size - off);
 		uint64_t got = 0;
 		cbi_error e;
-		int rc = cbi_source_read(c->src, off, len, s->data, &got, &e);
+		memset(s->hole, 0, s->nblk);
+		int rc = cbi_source_read_blocks(c->src, off, len, s->data, c->block_size, s->hole, &got, &e);
 		if (rc) {
 			fail(p, rc, &e);
 			return NULL;
@@ -111,7 +113,7 @@ static void process(pipe_s *p, batch *s, ZSTD_CCtx *cc)
 		memset(o, 0, sizeof *o);
 		o->raw_len = len;
 		const cbi_idx_ent *par = c->parent ? &s->parent[j] : NULL;
-		if (cbi_is_zero(d, len)) {
+		if (s->hole[j] || cbi_is_zero(d, len)) {
 			o->ent.flags = CBI_IDX_ZERO;
 			o->changed = par && !(par->flags & CBI_IDX_ZERO);
 			continue;
@@ -205,9 +207,10 @@ int cbi_pipe_run(const cbi_pipe_cfg *c, cbi_pipe_stats *st, cbi_error *err)
 		if (posix_memalign((void **)&s->data, CBI_SOURCE_ALIGN, dsz))
 			s->data = NULL;
 		s->comp = malloc((size_t)p.per_batch * p.bound);
+		s->hole = calloc(p.per_batch, 1);
 		s->parent = calloc(p.per_batch, sizeof *s->parent);
 		s->out = calloc(p.per_batch, sizeof *s->out);
-		if (!s->data || !s->comp || !s->parent || !s->out) {
+		if (!s->data || !s->comp || !s->hole || !s->parent || !s->out) {
 			rc = cbi_err(err, -ENOMEM, "out of memory");
 			goto end;
 		}
@@ -275,6 +278,7 @@ end:
 		for (unsigned i = 0; i < p.nslots; i++) {
 			free(p.slots[i].data);
 			free(p.slots[i].comp);
+			free(p.slots[i].hole);
 			free(p.slots[i].parent);
 			free(p.slots[i].out);
 		}

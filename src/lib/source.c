@@ -100,9 +100,38 @@ static int read_range(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, cbi
 	return 0;
 }
 
+/* Zero [a, b) of the buffer that starts at source offset off. With a hole
+ * map, blocks lying wholly inside the range are only marked, not written:
+ * a terabyte of holes then costs no memory traffic. */
+static void zero_range(uint64_t off, uint8_t *buf, uint64_t a, uint64_t b, uint32_t bs, uint8_t *hole)
+{
+	if (hole) {
+		uint64_t first = (a - off + bs - 1) / bs, last = (b - off) / bs; /* whole blocks [first, last) */
+		for (uint64_t j = first; j < last; j++)
+			hole[j] = 1;
+		if (last > first) {
+			uint64_t ws = off + first * bs, we = off + last * bs;
+			if (ws > a)
+				memset(buf + (a - off), 0, (size_t)(ws - a));
+			if (b > we)
+				memset(buf + (we - off), 0, (size_t)(b - we));
+			return;
+		}
+	}
+	memset(buf + (a - off), 0, (size_t)(b - a));
+}
+
 int cbi_source_read(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint64_t *read_bytes,
 		    cbi_error *err)
 {
+	return cbi_source_read_blocks(s, off, len, buf, 0, NULL, read_bytes, err);
+}
+
+int cbi_source_read_blocks(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint32_t bs,
+			   uint8_t *hole, uint64_t *read_bytes, cbi_error *err)
+{
+	if (!bs)
+		hole = NULL;
 	*read_bytes = 0;
 	if (!s->holes)
 		return (*read_bytes = len, read_range(s, off, len, buf, err));
@@ -120,7 +149,7 @@ int cbi_source_read(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint6
 						       "expected %llu)",
 						       s->path, (long long)st.st_size, (unsigned long long)s->size);
 				s->data_lo = s->data_hi = UINT64_MAX; /* only a hole from here on */
-				memset(buf + (pos - off), 0, (size_t)(end - pos));
+				zero_range(off, buf, pos, end, bs, hole);
 				return 0;
 			}
 			if (d < 0)
@@ -134,7 +163,7 @@ int cbi_source_read(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint6
 			s->data_hi = (uint64_t)h;
 			if ((uint64_t)d > pos) {
 				uint64_t z = CBI_MIN((uint64_t)d, end);
-				memset(buf + (pos - off), 0, (size_t)(z - pos));
+				zero_range(off, buf, pos, z, bs, hole);
 				pos = z;
 				continue;
 			}

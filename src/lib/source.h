@@ -34,6 +34,13 @@ int cbi_source_open(const char *path, cbi_source **out, cbi_error *err) CBI_WUR;
 int cbi_source_read(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint64_t *read_bytes,
 		    cbi_error *err) CBI_WUR;
 
+/* Same, for a run of blocks of size bs starting at off (block-aligned): a
+ * block wholly inside a hole gets hole[j] = 1 and its bytes in buf are left
+ * unwritten; the caller must treat it as zero. hole[] must be cleared by
+ * the caller. */
+int cbi_source_read_blocks(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint32_t bs,
+			   uint8_t *hole, uint64_t *read_bytes, cbi_error *err) CBI_WUR;
+
 void cbi_source_close(cbi_source *s);
 
 /* Identity of the source: a stable name of the device or file

@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <sys/sysmacros.h>
 
+#include "format.h"
 #include "source.h"
 #include "util.h"
 
@@ -298,12 +299,58 @@ static void test_mount_check_of_unknown_device(void **state)
 	}
 }
 
+/* cbi_source_read_blocks: blocks wholly inside holes are flagged and left
+ * unwritten; every other byte equals the file, edges of holes zeroed. */
+static void test_hole_map(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "holes.img");
+	const uint32_t bs = 4096;
+	const uint64_t size = (2u << 20) + 1000; /* last block partial */
+	const region r[] = { { 10000, 3000 }, { 1u << 20, 8192 }, { size - 10, 10 } };
+	uint8_t *want = make_sparse(p, size, r, 3);
+	struct stat st;
+	assert_int_equal(stat(p, &st), 0);
+	if ((uint64_t)st.st_blocks * 512 >= size / 2) {
+		free(want);
+		skip(); /* this filesystem keeps no holes */
+	}
+	cbi_source *s = NULL;
+	cbi_error e;
+	assert_int_equal(cbi_source_open(p, &s, &e), 0);
+	uint64_t nblk = cbi_nblocks(size, bs);
+	uint8_t *buf = aligned((size_t)nblk * bs);
+	memset(buf, 0xAA, (size_t)nblk * bs); /* poison: unflagged bytes must be overwritten */
+	uint8_t *hole = calloc(nblk, 1);
+	uint64_t got = 0;
+	assert_int_equal(cbi_source_read_blocks(s, 0, size, buf, bs, hole, &got, &e), 0);
+	uint64_t flagged = 0;
+	for (uint64_t j = 0; j < nblk; j++) {
+		uint32_t len = cbi_block_len(size, bs, j);
+		if (hole[j]) {
+			flagged++;
+			assert_true(cbi_is_zero(want + j * bs, len)); /* only zero blocks are flagged */
+		} else {
+			assert_memory_equal(buf + j * bs, want + j * bs, len);
+		}
+	}
+	assert_true(flagged > nblk / 2);
+	assert_false(hole[10000 / bs]);
+	assert_false(hole[(1u << 20) / bs]);
+	assert_false(hole[nblk - 1]);
+	cbi_source_close(s);
+	free(hole);
+	free(buf);
+	free(want);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, tu_setup_dir, tu_teardown_dir)
 	const struct CMUnitTest tests[] = {
 		T(test_sparse_file_reads_back),
 		T(test_all_hole_file),
+		T(test_hole_map),
 		T(test_dense_file),
 		T(test_open_errors),
 		T(test_shrunk_file_is_read_error),
