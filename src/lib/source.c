@@ -137,6 +137,22 @@ int cbi_source_read_blocks(cbi_source *s, uint64_t off, size_t len, uint8_t *buf
 		return (*read_bytes = len, read_range(s, off, len, buf, err));
 	uint64_t pos = off, end = off + len;
 	while (pos < end) {
+		if (pos >= s->hole_lo && pos < s->hole_hi) {
+			/* inside the hole found by the last SEEK_DATA: no syscall */
+			uint64_t z = CBI_MIN(s->hole_hi, end);
+			zero_range(off, buf, pos, z, bs, hole);
+			pos = z;
+			if (pos == s->size) {
+				/* a tail hole is taken on trust until the last read */
+				struct stat st;
+				if (fstat(s->fd, &st) < 0 || (uint64_t)st.st_size < s->size)
+					return cbi_err(err, -CBI_EREAD,
+						       "source '%s' shrank while being read (now %lld bytes, "
+						       "expected %llu)",
+						       s->path, (long long)st.st_size, (unsigned long long)s->size);
+			}
+			continue;
+		}
 		if (pos < s->data_lo || pos >= s->data_hi) {
 			off_t d = lseek(s->fd, (off_t)pos, SEEK_DATA);
 			if (d < 0 && errno == ENXIO) {
@@ -149,8 +165,9 @@ int cbi_source_read_blocks(cbi_source *s, uint64_t off, size_t len, uint8_t *buf
 						       "expected %llu)",
 						       s->path, (long long)st.st_size, (unsigned long long)s->size);
 				s->data_lo = s->data_hi = UINT64_MAX; /* only a hole from here on */
-				zero_range(off, buf, pos, end, bs, hole);
-				return 0;
+				s->hole_lo = pos;
+				s->hole_hi = s->size;
+				continue;
 			}
 			if (d < 0)
 				return cbi_err(err, -CBI_EREAD, "unable to seek in '%s': %s", s->path,
@@ -162,9 +179,8 @@ int cbi_source_read_blocks(cbi_source *s, uint64_t off, size_t len, uint8_t *buf
 			s->data_lo = (uint64_t)d;
 			s->data_hi = (uint64_t)h;
 			if ((uint64_t)d > pos) {
-				uint64_t z = CBI_MIN((uint64_t)d, end);
-				zero_range(off, buf, pos, z, bs, hole);
-				pos = z;
+				s->hole_lo = pos;
+				s->hole_hi = (uint64_t)d;
 				continue;
 			}
 		}

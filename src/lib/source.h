@@ -20,6 +20,8 @@ typedef struct cbi_source {
 	char id[128];
 	/* cached data extent [data_lo, data_hi) from SEEK_DATA/SEEK_HOLE */
 	uint64_t data_lo, data_hi;
+	/* cached hole extent [hole_lo, hole_hi) */
+	uint64_t hole_lo, hole_hi;
 } cbi_source;
 
 /* Alignment required for buffers passed to cbi_source_read. */
