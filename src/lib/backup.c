@@ -133,26 +133,6 @@ static int take_lock(const char *dest, const cbi_hdr *h, int *fd_out, int *locke
 	return 0;
 }
 
-static void fill_point(cbi_point *p, const cbi_hdr *h)
-{
-	memset(p, 0, sizeof *p);
-	memcpy(p->chain_id, h->chain_id, 16);
-	memcpy(p->point_id, h->point_id, 16);
-	memcpy(p->parent_id, h->parent_id, 16);
-	memcpy(p->parent_digest, h->parent_digest, 32);
-	p->seq = h->seq;
-	p->type = (int)h->type;
-	p->block_size = h->block_size;
-	p->source_size = h->source_size;
-	p->n_blocks = h->n_blocks;
-	p->segment_size = (uint64_t)h->segment_mib << 20;
-	p->created_ns = h->created_ns;
-	memcpy(p->job, h->job, 64);
-	memcpy(p->host, h->host, 64);
-	memcpy(p->source_id, h->source_id, 128);
-	memcpy(p->source_path, h->source_path, 64);
-}
-
 static void append_warning(cbi_backup_result *r, const char *msg)
 {
 	size_t n = strlen(r->warning);
@@ -462,7 +442,8 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 			append_warning(r, se.msg);
 	}
 
-	fill_point(&r->point, &h);
+	memset(&r->point, 0, sizeof r->point);
+	cbi_point_from_hdr(&r->point, &h);
 	cbi_strlcpy(r->point.file, img_path, sizeof r->point.file);
 	cbi_strlcpy(r->point.index_file, idx_path, sizeof r->point.index_file);
 	memcpy(r->point.index_digest, it.digest, 32);

@@ -11,7 +11,7 @@
 #include "index.h"
 #include "util.h"
 
-static void fill_from_hdr(cbi_point *p, const cbi_hdr *h)
+void cbi_point_from_hdr(cbi_point *p, const cbi_hdr *h)
 {
 	memcpy(p->chain_id, h->chain_id, 16);
 	memcpy(p->point_id, h->point_id, 16);
@@ -48,7 +48,7 @@ int cbi_point_read_file(const char *path, cbi_point *p, int *kind, cbi_error *er
 		if ((rc = cbi_index_open(path, &x, err)))
 			return rc;
 		*kind = CBI_KIND_INDEX;
-		fill_from_hdr(p, &x->hdr);
+		cbi_point_from_hdr(p, &x->hdr);
 		memcpy(p->index_digest, x->trl.digest, 32);
 		p->changed_blocks = x->trl.changed_blocks;
 		p->zero_blocks = x->trl.zero_blocks;
@@ -63,7 +63,7 @@ int cbi_point_read_file(const char *path, cbi_point *p, int *kind, cbi_error *er
 	if ((rc = cbi_image_open(path, &m, err)))
 		return rc;
 	*kind = CBI_KIND_IMAGE;
-	fill_from_hdr(p, &m->hdr);
+	cbi_point_from_hdr(p, &m->hdr);
 	/* An image names the index it belongs to by the index digest. */
 	memcpy(p->index_digest, m->trl.index_digest, 32);
 	p->changed_blocks = m->trl.changed_blocks;
@@ -74,11 +74,6 @@ int cbi_point_read_file(const char *path, cbi_point *p, int *kind, cbi_error *er
 	return 0;
 }
 
-static int has_ext(const char *name, const char *ext)
-{
-	size_t n = strlen(name), e = strlen(ext);
-	return n > e && !strcmp(name + n - e, ext);
-}
 
 static int point_cmp(const void *a, const void *b)
 {
@@ -99,7 +94,7 @@ static int point_cmp(const void *a, const void *b)
 
 int cbi_chain_is_point_name(const char *name)
 {
-	return name[0] != '.' && (has_ext(name, ".cbx") || has_ext(name, ".cbi"));
+	return name[0] != '.' && (cbi_has_ext(name, ".cbx") || cbi_has_ext(name, ".cbi"));
 }
 
 /* Sort keys for cbi_chain_pair(): arrays of indexes into a cbi_point array

@@ -48,6 +48,9 @@ int cbi_chain_resolve(const cbi_point *pts, size_t n, size_t tip, size_t **out,
 /* Index into pts of the point whose point_id is id, or -1. */
 long cbi_chain_find_id(const cbi_point *pts, size_t n, const uint8_t id[16]);
 
+/* Copy the header's fields into p (the other fields are left as they are). */
+void cbi_point_from_hdr(cbi_point *p, const cbi_hdr *h);
+
 /* File name (no directory) for a point's file: ext is "cbi" or "cbx". */
 void cbi_point_filename(const cbi_hdr *h, const char *ext, char *out, size_t outsz);
 

@@ -121,6 +121,16 @@ static void zero_range(uint64_t off, uint8_t *buf, uint64_t a, uint64_t b, uint3
 	memset(buf + (a - off), 0, (size_t)(b - a));
 }
 
+/* A file that shrank while being read must fail, never read as zeros. */
+static int check_not_shrunk(cbi_source *s, uint64_t need, cbi_error *err)
+{
+	struct stat st;
+	if (fstat(s->fd, &st) == 0 && (uint64_t)st.st_size >= need)
+		return 0;
+	return cbi_err(err, -CBI_EREAD, "source '%s' shrank while being read (expected %llu bytes)",
+		       s->path, (unsigned long long)s->size);
+}
+
 int cbi_source_read(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint64_t *read_bytes,
 		    cbi_error *err)
 {
@@ -136,6 +146,7 @@ int cbi_source_read_blocks(cbi_source *s, uint64_t off, size_t len, uint8_t *buf
 	if (!s->holes)
 		return (*read_bytes = len, read_range(s, off, len, buf, err));
 	uint64_t pos = off, end = off + len;
+	int rc;
 	while (pos < end) {
 		if (pos >= s->hole_lo && pos < s->hole_hi) {
 			/* inside the hole found by the last SEEK_DATA: no syscall */
@@ -144,12 +155,8 @@ int cbi_source_read_blocks(cbi_source *s, uint64_t off, size_t len, uint8_t *buf
 			pos = z;
 			if (pos == s->size) {
 				/* a tail hole is taken on trust until the last read */
-				struct stat st;
-				if (fstat(s->fd, &st) < 0 || (uint64_t)st.st_size < s->size)
-					return cbi_err(err, -CBI_EREAD,
-						       "source '%s' shrank while being read (now %lld bytes, "
-						       "expected %llu)",
-						       s->path, (long long)st.st_size, (unsigned long long)s->size);
+				if ((rc = check_not_shrunk(s, s->size, err)))
+					return rc;
 			}
 			continue;
 		}
@@ -158,12 +165,8 @@ int cbi_source_read_blocks(cbi_source *s, uint64_t off, size_t len, uint8_t *buf
 			if (d < 0 && errno == ENXIO) {
 				/* ENXIO also means "past the end": a file that shrank while
 				 * being read must fail, never read as zeros. */
-				struct stat st;
-				if (fstat(s->fd, &st) < 0 || (uint64_t)st.st_size < end)
-					return cbi_err(err, -CBI_EREAD,
-						       "source '%s' shrank while being read (now %lld bytes, "
-						       "expected %llu)",
-						       s->path, (long long)st.st_size, (unsigned long long)s->size);
+				if ((rc = check_not_shrunk(s, end, err)))
+					return rc;
 				s->data_lo = s->data_hi = UINT64_MAX; /* only a hole from here on */
 				s->hole_lo = pos;
 				s->hole_hi = s->size;
@@ -185,7 +188,7 @@ int cbi_source_read_blocks(cbi_source *s, uint64_t off, size_t len, uint8_t *buf
 			}
 		}
 		uint64_t stop = CBI_MIN(end, s->data_hi);
-		int rc = read_range(s, pos, (size_t)(stop - pos), buf + (pos - off), err);
+		rc = read_range(s, pos, (size_t)(stop - pos), buf + (pos - off), err);
 		if (rc)
 			return rc;
 		*read_bytes += stop - pos;

@@ -177,6 +177,12 @@ void cbi_dirname(const char *path, char *out, size_t outsz)
 	out[n] = 0;
 }
 
+int cbi_has_ext(const char *name, const char *ext)
+{
+	size_t n = strlen(name), e = strlen(ext);
+	return n > e && !strcmp(name + n - e, ext);
+}
+
 void cbi_sanitize_name(const char *in, char *out, size_t outsz)
 {
 	size_t j = 0;

@@ -69,6 +69,9 @@ int cbi_fsync_dir(const char *dirpath);
 /* Directory part of path into out (size outsz). */
 void cbi_dirname(const char *path, char *out, size_t outsz);
 
+/* Does name end in ext (and hold more than ext)? */
+int cbi_has_ext(const char *name, const char *ext);
+
 /* Keep only [A-Za-z0-9._-] (others become '-'), for file names valid on FAT. */
 void cbi_sanitize_name(const char *in, char *out, size_t outsz);
 

@@ -156,11 +156,6 @@ end:
 	return rc;
 }
 
-static int has_ext(const char *name, const char *ext)
-{
-	size_t n = strlen(name), e = strlen(ext);
-	return n > e && !strcmp(name + n - e, ext);
-}
 
 /* If name is a segment name "NAME.cbi.NNN" / "NAME.cbx.NNN", its number;
  * else -1. */
@@ -211,7 +206,7 @@ static int check_dir_files(vctx *c, const char *dir, const cbi_point *pts, size_
 	while ((de = readdir(d))) {
 		if (de->d_name[0] == '.')
 			continue;
-		if (!(has_ext(de->d_name, ".cbi") || has_ext(de->d_name, ".cbx"))) {
+		if (!(cbi_has_ext(de->d_name, ".cbi") || cbi_has_ext(de->d_name, ".cbx"))) {
 			check_segment(c, dir, de->d_name);
 			continue;
 		}
