@@ -25,8 +25,10 @@ extern "C" {
 #define CBI_WUR __attribute__((warn_unused_result))
 
 #define CBIMG_VERSION_STRING "0.1.0"
-/* On-disk format version written by this library (format/SPEC.md). */
-#define CBI_FORMAT_VERSION 1
+/* Newest on-disk format version this library reads and writes
+ * (format/SPEC.md). Files that use no version-2 feature (encryption, SHA-256
+ * block hashes) are still written as version 1. */
+#define CBI_FORMAT_VERSION 2
 
 /* Library error codes, beyond the errno range. */
 enum {
@@ -42,6 +44,9 @@ enum {
 	CBI_EREAD,            /* the source could not be read (data never replaced by zeros) */
 	CBI_ENOCHAIN,         /* no chain found */
 	CBI_ELOCKED,          /* another cbimg process holds the chain's lock */
+	CBI_EAUTH,            /* authentication failed: encrypted data was altered */
+	CBI_EPASS,            /* wrong passphrase, or none given for an encrypted chain */
+	CBI_ENOKEY,           /* the key file of an encrypted chain was not found */
 };
 
 typedef struct cbi_error {
@@ -62,6 +67,31 @@ int cbi_is_damage(int code);
  * second. Return non-zero to ask the operation to stop (it then fails with
  * -ECANCELED and leaves no finished-looking file behind). */
 typedef int (*cbi_progress_fn)(void *ud, uint64_t done, uint64_t total);
+
+/* ------------------------------------------------------------ passphrases */
+
+/* Where the passphrase of an encrypted chain comes from. The library calls
+ * it only when a chain is encrypted, at most once per chain and operation.
+ * what names the chain for a prompt ("chain 1a2b3c4d, job 'daily' of
+ * 'pc1'"); confirm is 1 when a new passphrase is being set (a prompt should
+ * ask twice). Write at most bufsz - 1 bytes to buf and return their number,
+ * or return a negative code (-CBI_EPASS: no passphrase available). */
+typedef int (*cbi_pass_fn)(void *ud, const char *what, int confirm, char *buf, size_t bufsz);
+
+#define CBI_PASS_MAX 1024
+
+/* scrypt cost of the key that wraps a chain's data key: N = 2^log2_n, r, p.
+ * Zeros take the defaults (CBI_KDF_LOG2_N, CBI_KDF_R, CBI_KDF_P: 32 MiB of
+ * memory, about 0.1 s per p on this class of machine). */
+typedef struct cbi_kdf_params {
+	uint32_t log2_n;
+	uint32_t r;
+	uint32_t p;
+} cbi_kdf_params;
+
+#define CBI_KDF_LOG2_N 15u
+#define CBI_KDF_R 8u
+#define CBI_KDF_P 4u
 
 /* ---------------------------------------------------------------- points */
 
@@ -97,7 +127,13 @@ typedef struct cbi_point {
 	                           * 0: each file is one file. Sizes above are the
 	                           * segments' total. */
 	int has_image;            /* image file present and complete */
+	int encrypted;            /* AES-256-GCM records, keyed hashes, HMAC digests */
+	uint32_t hash_alg;        /* CBI_HASH_XXH3_128 (1) or CBI_HASH_SHA256 (2) */
 } cbi_point;
+
+/* Block hash algorithms (format/SPEC.md). */
+#define CBI_HASH_XXH3 1u
+#define CBI_HASH_SHA256_128 2u
 
 /* Hex form of an id ("%02x" per byte) into out (33 bytes). */
 void cbi_id_hex(const uint8_t id[16], char out[33]);
@@ -151,6 +187,12 @@ typedef struct cbi_backup_opts {
 	                           * file systems that limit file sizes. 0 -> automatic:
 	                           * CBI_FAT_SPLIT on a FAT file system, else no segments;
 	                           * CBI_SPLIT_NONE -> never. */
+	int encrypt;              /* new chains: encrypt (format/SPEC.md, "Encryption") */
+	uint32_t hash_alg;        /* new chains: CBI_HASH_XXH3 (0: default) or CBI_HASH_SHA256_128 */
+	cbi_kdf_params kdf;       /* new encrypted chains: scrypt cost of the key file */
+	cbi_pass_fn pass;         /* passphrase of an encrypted chain (asked with confirm
+	                           * = 1 for a new one); NULL: none available */
+	void *pass_ud;
 	cbi_progress_fn progress;
 	void *progress_ud;
 } cbi_backup_opts;
@@ -181,6 +223,8 @@ typedef struct cbi_backup_result {
 	char notice[1024];        /* which chain state was used when DEST and the local
 	                           * state differ, "" if they agree */
 	int from_state;           /* the parent index came from the local state */
+	char key_file[4096];      /* encrypted chain: its key file in DEST, "" otherwise */
+	int key_file_new;         /* key_file was written by this run */
 } cbi_backup_result;
 
 int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err) CBI_WUR;
@@ -238,6 +282,9 @@ typedef struct cbi_restore_opts {
 	int force;                /* allow overwriting an existing file or a device */
 	int changed_only;         /* read target, write only blocks that differ */
 	int threads;
+	cbi_pass_fn pass;         /* passphrase of an encrypted chain; NULL: none */
+	void *pass_ud;
+	const char *state_dir;    /* where to look for a key file copy too; NULL: /var/lib/cbimg */
 	cbi_progress_fn progress;
 	void *progress_ud;
 } cbi_restore_opts;
@@ -264,13 +311,54 @@ typedef struct cbi_verify_result {
 	uint64_t problems;
 } cbi_verify_result;
 
+typedef struct cbi_verify_opts {
+	cbi_verify_fn fn;         /* each problem found; NULL: only counted */
+	void *ud;
+	cbi_progress_fn progress;
+	void *progress_ud;
+	cbi_pass_fn pass;         /* passphrase of encrypted chains; NULL: none */
+	void *pass_ud;
+	const char *state_dir;    /* local state to compare with (rollback) and to take
+	                           * key file copies from; NULL: /var/lib/cbimg */
+	int no_state;             /* do neither */
+} cbi_verify_opts;
+
 /* PATH: an image or index file (it and all its ancestors are checked) or a
- * directory (every chain in it). Returns 0 when everything is intact,
- * -CBI_EDAMAGED when any problem was reported through fn, or another error
- * when verification could not run at all. */
-int cbi_verify(const char *path, cbi_verify_fn fn, void *ud,
-	       cbi_progress_fn progress, void *progress_ud,
-	       cbi_verify_result *r, cbi_error *err) CBI_WUR;
+ * directory (every chain in it). Encrypted chains are unlocked through
+ * o->pass (once per chain); their digests are then MACs and every record is
+ * authenticated. When the local state knows a newer point of a chain than
+ * PATH holds, that is reported as a problem too (a rollback, or points that
+ * went to another destination). Returns 0 when everything is intact,
+ * -CBI_EDAMAGED when any problem was reported through fn, -CBI_EPASS when an
+ * encrypted chain could not be unlocked, or another error when verification
+ * could not run at all. */
+int cbi_verify(const char *path, const cbi_verify_opts *o, cbi_verify_result *r, cbi_error *err) CBI_WUR;
+
+/* ---------------------------------------------------------------- passwd */
+
+typedef struct cbi_passwd_opts {
+	const char *path;         /* a key file (.cbk), or any .cbi/.cbx file of the chain */
+	cbi_pass_fn pass;         /* the current passphrase */
+	void *pass_ud;
+	cbi_pass_fn new_pass;     /* the new one (asked with confirm = 1) */
+	void *new_pass_ud;
+	cbi_kdf_params kdf;       /* scrypt cost of the new wrapping (zeros: defaults) */
+	const char *state_dir;    /* also rewrap the local state's copies; NULL: /var/lib/cbimg */
+	int no_state;
+} cbi_passwd_opts;
+
+typedef struct cbi_passwd_result {
+	unsigned rewrapped;       /* key files rewritten */
+	unsigned skipped;         /* key files of the chain the current passphrase did not open */
+	char first[4096];         /* the first key file rewritten */
+} cbi_passwd_result;
+
+/* Change the passphrase of an encrypted chain: every key file of the chain
+ * in PATH's directory (and in the local state) that the current passphrase
+ * opens is rewritten with the same data key under the new passphrase, fresh
+ * salt and nonce, through a temporary name. No image or index file changes.
+ * -CBI_ENOKEY: no key file; -CBI_EPASS: the current passphrase opens none. */
+int cbi_passwd(const cbi_passwd_opts *o, cbi_passwd_result *r, cbi_error *err) CBI_WUR;
 
 #ifdef __cplusplus
 }

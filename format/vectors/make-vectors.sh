@@ -241,10 +241,10 @@ c=$(mkcase orphan-image)
 rm -f "$(point "$c" incr 2 cbx)"
 printf '%s\n' "image file without a matching index file" >"$c/expect"
 
-# future-version: both files of seq 2 claim format version 2.
+# future-version: both files of seq 2 claim format version 3 (a version this reader does not know).
 c=$(mkcase future-version)
-flip "$(point "$c" incr 2 cbi)" 8 0x03
-flip "$(point "$c" incr 2 cbx)" 8 0x03
+flip "$(point "$c" incr 2 cbi)" 8 0x02
+flip "$(point "$c" incr 2 cbx)" 8 0x02
 printf '%s\n' "not a cbimg file or unsupported version" >"$c/expect"
 
 }   # generate

@@ -19,7 +19,8 @@ enum {
 	CLI_OK = 0,      /* success */
 	CLI_FAIL = 1,    /* the operation failed */
 	CLI_USAGE = 2,   /* bad command line or option value */
-	CLI_DAMAGE = 3,  /* stored data was found damaged or incomplete */
+	CLI_DAMAGE = 3,  /* stored data was found damaged, incomplete or altered */
+	CLI_PASS = 4,    /* wrong passphrase, or none given for an encrypted chain */
 };
 
 /* One option of a command. A printable ASCII id doubles as the short option
@@ -46,7 +47,7 @@ struct cli_command {
 };
 
 extern const struct cli_command cli_backup, cli_restore, cli_verify, cli_info, cli_list, cli_log,
-	cli_catalog;
+	cli_catalog, cli_passwd;
 
 /* ----------------------------------------------------------- main.c */
 
@@ -79,6 +80,27 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * exit status for it: CLI_USAGE for CBI_EUSAGE, CLI_DAMAGE for damage codes,
  * CLI_FAIL otherwise ("cbimg: interrupted" after SIGINT/SIGTERM). */
 int cli_fail(int rc, const cbi_error *err);
+
+/* ----------------------------------------------------------- pass.c */
+
+/* A passphrase source: file (--password-file, "-" for stdin), else the
+ * environment variable env, else a prompt without echo on the terminal.
+ * The first passphrase obtained is kept for later chains of the same run. */
+struct cli_pass {
+	const char *file;
+	const char *env;         /* "CBIMG_PASSWORD" */
+	const char *label;       /* prompt text, NULL: "Passphrase" */
+	int have, len;
+	char cached[CBI_PASS_MAX];
+};
+
+void cli_pass_init(struct cli_pass *p, const char *env);
+/* cbi_pass_fn with a struct cli_pass as user data. */
+int cli_pass_cb(void *ud, const char *what, int confirm, char *buf, size_t bufsz);
+void cli_pass_wipe(struct cli_pass *p);
+
+/* "LOG2N:R:P", e.g. "15:8:4". 0 or -1. */
+int cli_parse_scrypt(const char *s, cbi_kdf_params *k);
 
 /* ----------------------------------------------------------- size.c */
 

@@ -19,6 +19,10 @@ enum {
 	OPT_STATE_DIR,
 	OPT_NO_STATE,
 	OPT_SPLIT,
+	OPT_ENCRYPT,
+	OPT_PASSWORD_FILE,
+	OPT_HASH,
+	OPT_SCRYPT,
 };
 
 static const struct cli_option backup_options[] = {
@@ -32,6 +36,10 @@ static const struct cli_option backup_options[] = {
 	{ OPT_STATE_DIR, "state-dir", "DIR", "local copy of each job's newest index (default /var/lib/cbimg)" },
 	{ OPT_NO_STATE, "no-state", NULL, "neither read nor update the local state" },
 	{ OPT_SPLIT, "split", "SIZE", "store files as segments of SIZE (default 4095M on FAT; 0: never)" },
+	{ OPT_ENCRYPT, "encrypt", NULL, "new chain: encrypt with AES-256-GCM under a passphrase" },
+	{ OPT_PASSWORD_FILE, "password-file", "FILE", "passphrase from FILE's first line (default: $CBIMG_PASSWORD, or ask)" },
+	{ OPT_HASH, "hash", "ALG", "new chain: block hash xxh3 (default) or sha256" },
+	{ OPT_SCRYPT, "scrypt", "N:R:P", "new encrypted chain: scrypt cost log2(N):r:p (default 15:8:4)" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
 	CLI_OPT_HELP,
@@ -56,6 +64,8 @@ static void print_summary(const cbi_backup_opts *o, const cbi_backup_result *r)
 	printf("index %s)\n", cli_human_size(p->index_bytes, h1));
 	printf("time:     %.2f s, %.1f MB/s\n", r->seconds, cli_mb_per_s(r->bytes_read, r->seconds));
 	printf("image:    %s\n", p->file[0] ? p->file : p->index_file);
+	if (p->encrypted)
+		printf("key file: %s%s\n", r->key_file, r->key_file_new ? " (new: keep a copy of it apart)" : "");
 	if (p->segment_size) {
 		uint64_t n = (p->stored_bytes + p->segment_size - 1) / p->segment_size;
 		printf("segments: %" PRIu64 " MiB each, image in %" PRIu64 " file%s%s%s%s\n",
@@ -83,6 +93,7 @@ static void print_json(const cbi_backup_result *r)
 	json_string(&j, "notice", r->notice[0] ? r->notice : NULL);
 	json_bool(&j, "from_state", r->from_state);
 	json_string(&j, "dest_fs", r->dest_fs[0] ? r->dest_fs : NULL);
+	json_string(&j, "key_file", r->key_file[0] ? r->key_file : NULL);
 	cli_json_point(&j, "point", &r->point);
 	json_end_object(&j);
 	json_finish(&j);
@@ -127,9 +138,11 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 	cbi_backup_result r = { 0 };
 	cbi_error err = { 0 };
 	struct cli_progress prog;
+	struct cli_pass pass;
 	int quiet = 0, json = 0, c, rc;
 	uint64_t v;
 
+	cli_pass_init(&pass, "CBIMG_PASSWORD");
 	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
 		switch (c) {
 		case OPT_JOB: o.job = optarg; break;
@@ -157,6 +170,21 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 			if (parse_split(cmd, optarg, &o.split))
 				return CLI_USAGE;
 			break;
+		case OPT_ENCRYPT: o.encrypt = 1; break;
+		case OPT_PASSWORD_FILE: pass.file = optarg; break;
+		case OPT_HASH:
+			if (!strcmp(optarg, "xxh3"))
+				o.hash_alg = CBI_HASH_XXH3;
+			else if (!strcmp(optarg, "sha256"))
+				o.hash_alg = CBI_HASH_SHA256_128;
+			else
+				return cli_usage_error(cmd, "invalid hash '%s': expected xxh3 or sha256", optarg);
+			break;
+		case OPT_SCRYPT:
+			if (cli_parse_scrypt(optarg, &o.kdf))
+				return cli_usage_error(cmd, "invalid scrypt cost '%s': expected LOG2N:R:P with LOG2N "
+						       "10 to 24, R and P 1 to 64", optarg);
+			break;
 		case 'q': quiet = 1; break;
 		case OPT_JSON: json = 1; break;
 		default: return cli_opt_exit(cmd, c);
@@ -172,7 +200,10 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 	cli_progress_init(&prog, quiet || json);
 	o.progress = cli_progress_cb;
 	o.progress_ud = &prog;
+	o.pass = cli_pass_cb;
+	o.pass_ud = &pass;
 	rc = cbi_backup(&o, &r, &err);
+	cli_pass_wipe(&pass);
 	cli_progress_end(&prog);
 	if (rc < 0)
 		return cli_fail(rc, &err);
@@ -206,7 +237,11 @@ const struct cli_command cli_backup = {
 		"On a FAT file system (FAT32 USB disks), whose files hold less than 4 GiB,\n"
 		"files are stored as segments NAME.cbi, NAME.cbi.001, ... of 4095M; --split\n"
 		"sets the segment size anywhere. Keep a file's segments together when moving\n"
-		"or renaming it.",
+		"or renaming it.\n"
+		"--encrypt starts an encrypted chain: a random key, wrapped under the\n"
+		"passphrase in a key file (.cbk) beside the chain; later backups of the\n"
+		"chain need the passphrase. Keep a copy of the key file apart: without it\n"
+		"the chain cannot be read. Exit 4: wrong or missing passphrase.",
 	.options = backup_options,
 	.run = cmd_backup,
 };

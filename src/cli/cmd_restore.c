@@ -5,12 +5,16 @@
 #include <getopt.h>
 #include <inttypes.h>
 
-enum { OPT_FORCE = 256, OPT_CHANGED_ONLY, OPT_THREADS, OPT_JSON };
+#include <stdlib.h>
+
+enum { OPT_FORCE = 256, OPT_CHANGED_ONLY, OPT_THREADS, OPT_JSON, OPT_PASSWORD_FILE, OPT_STATE_DIR };
 
 static const struct cli_option restore_options[] = {
 	{ OPT_FORCE, "force", NULL, "overwrite a non-empty file or a device" },
 	{ OPT_CHANGED_ONLY, "changed-only", NULL, "write only blocks that differ on TARGET" },
 	{ OPT_THREADS, "threads", "N", "worker threads (default: one per CPU)" },
+	{ OPT_PASSWORD_FILE, "password-file", "FILE", "passphrase of an encrypted chain from FILE (default: $CBIMG_PASSWORD, or ask)" },
+	{ OPT_STATE_DIR, "state-dir", "DIR", "also look for the chain's key file here (default /var/lib/cbimg)" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
 	CLI_OPT_HELP,
@@ -51,9 +55,11 @@ static int cmd_restore(const struct cli_command *cmd, int argc, char **argv)
 	cbi_restore_result r = { 0 };
 	cbi_error err = { 0 };
 	struct cli_progress prog;
+	struct cli_pass pass;
 	int quiet = 0, json = 0, c, rc;
 	uint64_t v;
 
+	cli_pass_init(&pass, "CBIMG_PASSWORD");
 	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
 		switch (c) {
 		case OPT_FORCE: o.force = 1; break;
@@ -64,6 +70,8 @@ static int cmd_restore(const struct cli_command *cmd, int argc, char **argv)
 						       optarg);
 			o.threads = (int)v;
 			break;
+		case OPT_PASSWORD_FILE: pass.file = optarg; break;
+		case OPT_STATE_DIR: o.state_dir = optarg; break;
 		case 'q': quiet = 1; break;
 		case OPT_JSON: json = 1; break;
 		default: return cli_opt_exit(cmd, c);
@@ -77,7 +85,12 @@ static int cmd_restore(const struct cli_command *cmd, int argc, char **argv)
 	cli_progress_init(&prog, quiet || json);
 	o.progress = cli_progress_cb;
 	o.progress_ud = &prog;
+	o.pass = cli_pass_cb;
+	o.pass_ud = &pass;
+	if (!o.state_dir && getenv("CBIMG_STATE_DIR") && *getenv("CBIMG_STATE_DIR"))
+		o.state_dir = getenv("CBIMG_STATE_DIR");
 	rc = cbi_restore(&o, &r, &err);
+	cli_pass_wipe(&pass);
 	cli_progress_end(&prog);
 	if (rc < 0)
 		return cli_fail(rc, &err);
@@ -96,7 +109,9 @@ const struct cli_command cli_restore = {
 	.description =
 		"POINT is an image (.cbi) or index (.cbx) file; the points it builds on are\n"
 		"found by their ids. TARGET is a block device or a file. A mounted TARGET\n"
-		"is refused; an existing non-empty file or a device needs --force.",
+		"is refused; an existing non-empty file or a device needs --force.\n"
+		"An encrypted chain needs its passphrase and its key file (.cbk) beside the\n"
+		"chain or in the local state. Exit 4: wrong or missing passphrase.",
 	.options = restore_options,
 	.run = cmd_restore,
 };

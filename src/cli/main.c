@@ -11,7 +11,7 @@
 #include <string.h>
 
 static const struct cli_command *const commands[] = {
-	&cli_backup, &cli_restore, &cli_verify, &cli_info, &cli_list, &cli_log, &cli_catalog,
+	&cli_backup, &cli_restore, &cli_verify, &cli_info, &cli_list, &cli_log, &cli_catalog, &cli_passwd,
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -49,6 +49,8 @@ int cli_fail(int rc, const cbi_error *err)
 		cli_error("%s", cbi_strerror(rc));
 	if (rc == -CBI_EUSAGE)
 		return CLI_USAGE;
+	if (rc == -CBI_EPASS)
+		return CLI_PASS;
 	return cbi_is_damage(rc) ? CLI_DAMAGE : CLI_FAIL;
 }
 

@@ -2,6 +2,7 @@
  * write image and index under temporary names, then commit them. */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <openssl/crypto.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include "fsprobe.h"
 #include "image.h"
 #include "index.h"
+#include "keyfile.h"
 #include "pipeline.h"
 #include "source.h"
 #include "state.h"
@@ -50,13 +52,9 @@ static int sink(void *ud, uint64_t block, const cbi_pipe_block *b, cbi_error *er
 }
 
 /* One lock file per (host, source, job) in DEST, so that two runs of the
- * same job never fork a chain, while different sources run concurrently. */
-static uint64_t lock_key(const char *host, const char *source_id, const char *job)
-{
-	char key[512];
-	int n = snprintf(key, sizeof key, "%s%c%s%c%s", host, 0, source_id, 0, job);
-	return XXH3_64bits(key, (size_t)n);
-}
+ * same job never fork a chain, while different sources run concurrently:
+ * named by the job's key (state.h). */
+#define lock_key cbi_state_key
 
 /* With the lock held, remove what a killed run of the same (host, source,
  * job) left: temporary files tagged with our key, and images whose index
@@ -209,6 +207,84 @@ static int reconcile(const cbi_point **tp, const cbi_point *st, int sfound, int 
 		       d->seq, h->job, o->dest);
 }
 
+/* A new encrypted chain: a random data key, wrapped under the passphrase
+ * (asked for with confirmation) in a key file written to DEST now, before
+ * any file of the chain. */
+static int new_chain_key(const cbi_backup_opts *o, cbi_hdr *h, cbi_keys *keys, char *key_path, size_t kpsz,
+			 cbi_backup_result *r, cbi_error *err)
+{
+	uint8_t dk[CBI_KEY_LEN];
+	char *pw = malloc(CBI_PASS_MAX), id[33], what[256], name[512];
+	cbi_keyfile kf;
+	int rc = pw ? cbi_random(dk, sizeof dk) : -ENOMEM;
+	if (rc) {
+		rc = cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
+		goto end;
+	}
+	if ((rc = cbi_keys_derive(keys, h->chain_id, dk))) {
+		rc = cbi_err(err, rc, "key derivation failed");
+		goto end;
+	}
+	cbi_id_hex(h->chain_id, id);
+	id[8] = 0;
+	snprintf(what, sizeof what, "new chain %s, job '%s' of '%s'", id, h->job, h->host);
+	int len = o->pass ? o->pass(o->pass_ud, what, 1, pw, CBI_PASS_MAX) : -CBI_EPASS;
+	if (len <= 0 || len >= (int)CBI_PASS_MAX) {
+		rc = cbi_err(err, -CBI_EPASS,
+			     len == 0 ? "--encrypt: the passphrase is empty"
+				      : "--encrypt needs a passphrase (--password-file, CBIMG_PASSWORD or a terminal)");
+		goto end;
+	}
+	rc = cbi_keyfile_wrap(&kf, keys, pw, (size_t)len, &o->kdf);
+	if (rc == -CBI_EUSAGE) {
+		rc = cbi_err(err, rc, "scrypt cost out of range: log2 N from 10 to 24, r and p from 1 to 64");
+		goto end;
+	}
+	if (rc) {
+		rc = cbi_err(err, rc, "unable to wrap the chain key: %s", cbi_errtext(rc));
+		goto end;
+	}
+	cbi_keyfile_name(h, name, sizeof name);
+	snprintf(key_path, kpsz, "%.3000s/%.1000s", o->dest, name);
+	if ((rc = cbi_keyfile_write(key_path, &kf, err)))
+		goto end;
+	cbi_strlcpy(r->key_file, key_path, sizeof r->key_file);
+	r->key_file_new = 1;
+end:
+	OPENSSL_cleanse(dk, sizeof dk);
+	if (pw)
+		OPENSSL_cleanse(pw, CBI_PASS_MAX);
+	free(pw);
+	return rc;
+}
+
+/* Continuing an encrypted chain: make sure DEST holds its key file (a copy
+ * of the one that opened the chain, when that lies elsewhere). */
+static int ensure_key_file(const char *dest, const cbi_hdr *h, const char *used, cbi_backup_result *r,
+			   cbi_error *err)
+{
+	char dir[4096], name[512];
+	cbi_dirname(used, dir, sizeof dir);
+	char(*found)[4096] = malloc(sizeof *found);
+	size_t n = 0;
+	int rc = found ? cbi_keyfile_find(dest, h->chain_id, found, 1, &n) : -ENOMEM;
+	if (!rc && n) {
+		cbi_strlcpy(r->key_file, found[0], sizeof r->key_file);
+		free(found);
+		return 0;
+	}
+	free(found);
+	cbi_keyfile kf;
+	if ((rc = cbi_keyfile_read(used, &kf, err)))
+		return rc;
+	cbi_keyfile_name(h, name, sizeof name);
+	snprintf(r->key_file, sizeof r->key_file, "%.3000s/%.1000s", dest, name);
+	if ((rc = cbi_keyfile_write(r->key_file, &kf, err)))
+		return rc;
+	r->key_file_new = 1;
+	return 0;
+}
+
 /* Pick the newest point of (host, source, job) in pts, or -1. */
 static long find_tip(const cbi_point *pts, size_t n, const cbi_hdr *h)
 {
@@ -234,6 +310,13 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	cbi_index *parent = NULL;
 	bk_state st = { 0 };
 	int lockfd = -1, rc = 0;
+	cbi_keys keys;            /* the chain's keys when it is encrypted */
+	int encrypted = 0;
+	char key_used[4096] = ""; /* the key file that opened the chain */
+	uint8_t rec_key[CBI_KEY_LEN];
+	cbi_hashspec hs;
+	memset(&keys, 0, sizeof keys);
+	memset(&hs, 0, sizeof hs);
 	int64_t run_id = 0; /* the run's row in DEST's catalog, 0 if none */
 	char img_path[4096], idx_path[4096], name[512];
 	cbi_hdr h;
@@ -248,6 +331,8 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	if (level < 1 || level > ZSTD_maxCLevel())
 		return cbi_err(err, -CBI_EUSAGE, "compression level %d out of range 1..%d", level,
 			       ZSTD_maxCLevel());
+	if (o->hash_alg > CBI_HASH_SHA256)
+		return cbi_err(err, -CBI_EUSAGE, "unknown block hash algorithm %u", o->hash_alg);
 	const char *job = o->job && *o->job ? o->job : "default";
 	if (strlen(job) > 63)
 		return cbi_err(err, -CBI_EUSAGE, "job name '%s' longer than 63 bytes", job);
@@ -274,8 +359,7 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 			 "mount it read-only or back up a snapshot",
 			 o->source);
 
-	h.version = CBI_FORMAT_VERSION;
-	h.hash_alg = CBI_HASH_XXH3_128;
+	h.hash_alg = o->hash_alg ? o->hash_alg : CBI_HASH_XXH3_128;
 	h.compression = CBI_COMP_ZSTD;
 	h.level = (uint32_t)level;
 	h.source_size = src->size;
@@ -341,6 +425,26 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 		} else {
 			if ((rc = cbi_index_open(tp->index_file, &parent, err)))
 				goto end;
+			if (parent->hdr.flags & CBI_HDR_ENCRYPTED) {
+				/* DEST's key files first, then the local state's copy */
+				if ((rc = cbi_chain_unlock(o->dest, o->no_state ? NULL : state_dir, &parent->hdr, o->pass,
+							   o->pass_ud, &keys, key_used, sizeof key_used, err)))
+					goto end;
+				if ((rc = cbi_index_set_keys(parent, &keys))) {
+					rc = cbi_err(err, rc == -CBI_EPASS ? -CBI_EPASS : -CBI_EDAMAGED,
+						     "newest index '%s' of job '%s': %s", tp->index_file, h.job,
+						     rc == -CBI_EPASS ? "made with another key than its key file's"
+								      : "header authentication failed");
+					goto end;
+				}
+				encrypted = 1;
+			} else if (o->encrypt) {
+				rc = cbi_err(err, -CBI_EUSAGE,
+					     "job '%s' in '%s' continues an unencrypted chain: --encrypt applies to new "
+					     "chains; add --full to start an encrypted one",
+					     h.job, o->dest);
+				goto end;
+			}
 			if ((rc = cbi_index_check_digest(parent))) {
 				rc = cbi_err(err, rc == -CBI_EDAMAGED ? -CBI_EDAMAGED : rc,
 					     "newest index '%s' of job '%s' is damaged (%s): run 'cbimg verify', "
@@ -355,6 +459,9 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 					 tp->block_size);
 				append_warning(r, w); /* after the mount or catalog warning, if any */
 			}
+			if (o->hash_alg && o->hash_alg != parent->hdr.hash_alg)
+				append_warning(r, "--hash applies to new chains only; this chain keeps its hash");
+			h.hash_alg = parent->hdr.hash_alg;
 			bs = tp->block_size;
 			h.type = CBI_INCREMENTAL;
 			h.seq = tp->seq + 1;
@@ -370,6 +477,9 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 			rc = cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
 			goto end;
 		}
+		if (o->encrypt && (rc = new_chain_key(o, &h, &keys, key_used, sizeof key_used, r, err)))
+			goto end;
+		encrypted = o->encrypt;
 	}
 	if ((rc = cbi_random(h.point_id, 16))) {
 		rc = cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
@@ -377,6 +487,20 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	}
 	h.block_size = bs;
 	h.n_blocks = cbi_nblocks(src->size, bs);
+	hs.alg = h.hash_alg;
+	if (encrypted) {
+		h.flags |= CBI_HDR_ENCRYPTED;
+		hs.keyed = 1;
+		memcpy(hs.key, keys.hash_key, CBI_KEY_LEN);
+		if ((rc = cbi_keys_record_key(&keys, h.point_id, rec_key))) {
+			rc = cbi_err(err, rc, "key derivation failed");
+			goto end;
+		}
+		/* The chain's key file belongs beside its points: an outbox that
+		 * continues a chain from the local state gets a copy. */
+		if (!r->key_file_new && (rc = ensure_key_file(o->dest, &h, key_used, r, err)))
+			goto end;
+	}
 
 	cbi_point_filename(&h, "cbi", name, sizeof name);
 	snprintf(img_path, sizeof img_path, "%s/%s", o->dest, name);
@@ -386,14 +510,15 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	char tag[64];
 	snprintf(tag, sizeof tag, "cbimg-%016llx-%ld",
 		 (unsigned long long)lock_key(h.host, h.source_id, h.job), (long)getpid());
-	if ((rc = cbi_image_writer_create(img_path, tag, &h, &st.img, err)))
+	if ((rc = cbi_image_writer_create(img_path, tag, &h, encrypted ? &keys : NULL, &st.img, err)))
 		goto end;
-	if ((rc = cbi_index_writer_create(idx_path, tag, &h, &st.idx, err)))
+	if ((rc = cbi_index_writer_create(idx_path, tag, &h, encrypted ? &keys : NULL, &st.idx, err)))
 		goto end;
 
 	cbi_pipe_cfg pc = {
 		.src = src, .parent = parent, .block_size = bs, .seq = h.seq, .level = level,
 		.threads = o->threads, .sink = sink, .sink_ud = &st,
+		.hs = &hs, .rec_key = encrypted ? rec_key : NULL, .chain_id = h.chain_id, .point_id = h.point_id,
 		.progress = o->progress, .progress_ud = o->progress_ud,
 	};
 	cbi_pipe_stats ps = { 0 };
@@ -438,7 +563,8 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 
 	if (!o->no_state) {
 		cbi_error se;
-		if (cbi_state_save(state_dir, lock_key(h.host, h.source_id, h.job), idx_path, &se))
+		if (cbi_state_save(state_dir, lock_key(h.host, h.source_id, h.job), idx_path,
+				   encrypted ? r->key_file : NULL, &se))
 			append_warning(r, se.msg);
 	}
 
@@ -463,6 +589,15 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 end:
 	cbi_image_writer_abort(st.img);
 	cbi_index_writer_abort(st.idx);
+	if (rc && r->key_file_new) {
+		/* a new chain's key file without any point of the chain */
+		unlink(r->key_file);
+		r->key_file[0] = 0;
+		r->key_file_new = 0;
+	}
+	cbi_keys_wipe(&keys);
+	OPENSSL_cleanse(rec_key, sizeof rec_key);
+	OPENSSL_cleanse(&hs, sizeof hs);
 	if (run_id && cbi_catalog_run_end(o->dest, run_id, rc,
 					  rc ? (err && err->msg[0] ? err->msg : cbi_errtext(rc)) : r->warning,
 					  r, &ce))

@@ -23,7 +23,7 @@
 #include "util.h"
 
 #define CAT_APP_ID 0x43424943  /* "CBIC": PRAGMA application_id */
-#define CAT_SCHEMA 1           /* PRAGMA user_version */
+#define CAT_SCHEMA 2           /* PRAGMA user_version; 2 added points.encrypted, hash_alg */
 #define CAT_BUSY_MS 30000
 #define CAT_BATCH 64           /* files per write transaction while syncing */
 
@@ -38,7 +38,8 @@ static const char schema_sql[] =
 	" host TEXT NOT NULL, source_id TEXT NOT NULL, source_path TEXT NOT NULL,"
 	" changed_blocks INTEGER NOT NULL, zero_blocks INTEGER NOT NULL,"
 	" stored_blocks INTEGER NOT NULL, image_bytes INTEGER NOT NULL,"
-	" index_bytes INTEGER NOT NULL, segment_size INTEGER NOT NULL);"
+	" index_bytes INTEGER NOT NULL, segment_size INTEGER NOT NULL,"
+	" encrypted INTEGER NOT NULL DEFAULT 0, hash_alg INTEGER NOT NULL DEFAULT 1);"
 	"CREATE INDEX IF NOT EXISTS points_key ON points(host, job, source_id);"
 	"CREATE TABLE IF NOT EXISTS images("
 	" name TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
@@ -336,6 +337,25 @@ static int cat_open(cat *c, const char *dest, int create, cbi_error *err)
 		rc = cbi_err(err, -EIO, "'%s' is not a cbimg catalog", c->path);
 		goto fail;
 	}
+	if (ver == 1 && !c->readonly) {
+		/* Schema 1 knew only version-1 files: plain, XXH3, which the new
+		 * columns' defaults say. Upgrade in place, once. */
+		if ((rc = cat_begin(c, err)) || (rc = cat_int(c, "PRAGMA user_version", &ver, err)))
+			goto fail;
+		if (ver == 1) {
+			char sql[256];
+			snprintf(sql, sizeof sql,
+				 "ALTER TABLE points ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0;"
+				 " ALTER TABLE points ADD COLUMN hash_alg INTEGER NOT NULL DEFAULT 1;"
+				 " PRAGMA user_version=%d; UPDATE meta SET value=%d WHERE key='schema_version'",
+				 CAT_SCHEMA, CAT_SCHEMA);
+			if ((rc = cat_exec(c, sql, "upgrade it", err)))
+				goto fail;
+			ver = CAT_SCHEMA;
+		}
+		if ((rc = cat_commit(c, err)))
+			goto fail;
+	}
 	if (ver != CAT_SCHEMA) {
 		rc = cbi_err(err, -ENOTSUP, "catalog '%s' has schema version %lld; this cbimg knows %d",
 			     c->path, (long long)ver, CAT_SCHEMA);
@@ -603,9 +623,9 @@ static const char sql_ins_point[] =
 	"INSERT OR REPLACE INTO points(name, size, mtime_ns, chain_id, point_id, parent_id,"
 	" parent_digest, index_digest, seq, type, block_size, source_size, n_blocks, created_ns,"
 	" job, host, source_id, source_path, changed_blocks, zero_blocks, stored_blocks,"
-	" image_bytes, index_bytes, segment_size)"
+	" image_bytes, index_bytes, segment_size, encrypted, hash_alg)"
 	" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,"
-	" ?19, ?20, ?21, ?22, ?23, ?24)";
+	" ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)";
 static const char sql_ins_image[] =
 	"INSERT OR REPLACE INTO images(name, size, mtime_ns, point_id, index_digest, chain_id, seq,"
 	" created_ns, job, host, source_id, changed_blocks, stored_blocks, image_bytes)"
@@ -651,6 +671,8 @@ static void bind_point(sqlite3_stmt *s, const frow *row)
 		sqlite3_bind_int64(s, 22, (int64_t)p->stored_bytes);
 		sqlite3_bind_int64(s, 23, (int64_t)p->index_bytes);
 		sqlite3_bind_int64(s, 24, (int64_t)p->segment_size);
+		sqlite3_bind_int64(s, 25, p->encrypted);
+		sqlite3_bind_int64(s, 26, p->hash_alg);
 	} else if (row->kind == CBI_KIND_IMAGE) {
 		sqlite3_bind_blob(s, 4, p->point_id, 16, SQLITE_TRANSIENT);
 		sqlite3_bind_blob(s, 5, p->index_digest, 32, SQLITE_TRANSIENT);
@@ -842,8 +864,8 @@ static int load_points(cat *c, list_arg *a, cbi_error *err)
 	static const char sql_pts[] =
 		"SELECT name, chain_id, point_id, parent_id, parent_digest, index_digest, seq, type,"
 		" block_size, source_size, n_blocks, created_ns, job, host, source_id, source_path,"
-		" changed_blocks, zero_blocks, stored_blocks, image_bytes, index_bytes, segment_size"
-		" FROM points WHERE " FILTER_SQL
+		" changed_blocks, zero_blocks, stored_blocks, image_bytes, index_bytes, segment_size,"
+		" encrypted, hash_alg FROM points WHERE " FILTER_SQL
 		/* the listing order, so that cbi_chain_pair() has little to move */
 		" ORDER BY host, job, source_id, chain_id, seq, created_ns, name";
 	static const char sql_imgs[] =
@@ -895,6 +917,8 @@ static int load_points(cat *c, list_arg *a, cbi_error *err)
 		p->stored_bytes = (uint64_t)sqlite3_column_int64(s, 19);
 		p->index_bytes = (uint64_t)sqlite3_column_int64(s, 20);
 		p->segment_size = (uint64_t)sqlite3_column_int64(s, 21);
+		p->encrypted = sqlite3_column_int(s, 22);
+		p->hash_alg = (uint32_t)sqlite3_column_int64(s, 23);
 	}
 	if (r != SQLITE_ROW && r != SQLITE_DONE) {
 		rc = cat_fail(c, err, r, "read it");

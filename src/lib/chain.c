@@ -28,6 +28,8 @@ void cbi_point_from_hdr(cbi_point *p, const cbi_hdr *h)
 	memcpy(p->host, h->host, sizeof p->host);
 	memcpy(p->source_id, h->source_id, sizeof p->source_id);
 	memcpy(p->source_path, h->source_path, sizeof p->source_path);
+	p->encrypted = (h->flags & CBI_HDR_ENCRYPTED) != 0;
+	p->hash_alg = h->hash_alg;
 }
 
 int cbi_point_read_file(const char *path, cbi_point *p, int *kind, cbi_error *err)

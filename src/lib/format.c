@@ -29,11 +29,16 @@ static int all_zero(const uint8_t *p, size_t n)
 	return 1;
 }
 
+uint32_t cbi_hdr_version_for(const cbi_hdr *h)
+{
+	return h->flags || h->hash_alg != CBI_HASH_XXH3_128 ? 2u : 1u;
+}
+
 void cbi_hdr_encode(const cbi_hdr *h, uint8_t *b)
 {
 	memset(b, 0, CBI_HDR_SIZE);
 	memcpy(b, h->kind == CBI_KIND_IMAGE ? CBI_MAGIC_IMAGE : CBI_MAGIC_INDEX, 8);
-	st32(b + 8, h->version);
+	st32(b + 8, cbi_hdr_version_for(h)); /* the features decide, not the caller */
 	st32(b + 12, CBI_HDR_SIZE);
 	st32(b + 16, h->flags);
 	st32(b + 20, h->block_size);
@@ -54,6 +59,8 @@ void cbi_hdr_encode(const cbi_hdr *h, uint8_t *b)
 	put_str(b + 216, 64, h->host);
 	put_str(b + 280, 128, h->source_id);
 	put_str(b + 408, 64, h->source_path);
+	memcpy(b + 472, h->key_id, 16);
+	memcpy(b + CBI_HDR_MAC_OFF, h->hdr_mac, 16);
 	st64(b + 504, XXH3_64bits(b, 504));
 }
 
@@ -67,7 +74,7 @@ int cbi_hdr_decode(const uint8_t *b, cbi_hdr *h)
 	else
 		return -CBI_EFORMAT;
 	h->version = ld32(b + 8);
-	if (h->version != CBI_FORMAT_VERSION)
+	if (h->version < 1 || h->version > CBI_FORMAT_VERSION)
 		return -CBI_EFORMAT;
 	if (ld64(b + 504) != XXH3_64bits(b, 504))
 		return -CBI_EDAMAGED;
@@ -91,14 +98,25 @@ int cbi_hdr_decode(const uint8_t *b, cbi_hdr *h)
 	if (get_str(b + 152, 64, h->job) || get_str(b + 216, 64, h->host) ||
 	    get_str(b + 280, 128, h->source_id) || get_str(b + 408, 64, h->source_path))
 		return -CBI_EDAMAGED;
+	memcpy(h->key_id, b + 472, 16);
+	memcpy(h->hdr_mac, b + CBI_HDR_MAC_OFF, 16);
 	uint32_t bs = h->block_size;
 	if (bs < CBI_MIN_BLOCK_SIZE || bs > CBI_MAX_BLOCK_SIZE || (bs & (bs - 1)))
 		return -CBI_EDAMAGED;
 	if (h->source_size == 0 || h->source_size > (uint64_t)INT64_MAX ||
 	    h->n_blocks != cbi_nblocks(h->source_size, bs))
 		return -CBI_EDAMAGED;
-	if (h->flags != 0 || h->hash_alg != CBI_HASH_XXH3_128 || h->compression != CBI_COMP_ZSTD)
+	if (h->compression != CBI_COMP_ZSTD)
+		return -CBI_EFORMAT;
+	if (h->version == 1 && (h->flags != 0 || h->hash_alg != CBI_HASH_XXH3_128))
 		return -CBI_EFORMAT; /* features of a later version */
+	if (h->flags & ~CBI_HDR_ENCRYPTED || (h->hash_alg != CBI_HASH_XXH3_128 && h->hash_alg != CBI_HASH_SHA256))
+		return -CBI_EFORMAT;
+	if (h->version != cbi_hdr_version_for(h))
+		return -CBI_EDAMAGED;
+	/* key id and MAC: set exactly when encrypted */
+	if ((!(h->flags & CBI_HDR_ENCRYPTED)) != all_zero(b + 472, 32))
+		return -CBI_EDAMAGED;
 	if (h->type == CBI_FULL) {
 		if (h->seq != 0 || !all_zero(h->parent_id, 16) || !all_zero(h->parent_digest, 32))
 			return -CBI_EDAMAGED;

@@ -22,10 +22,15 @@
 enum cbi_kind { CBI_KIND_IMAGE = 1, CBI_KIND_INDEX = 2 };
 
 #define CBI_HASH_XXH3_128 1u
+#define CBI_HASH_SHA256 2u   /* SHA-256 truncated to its first 16 bytes (version 2) */
 #define CBI_COMP_ZSTD 1u
+
+/* Header flags (version 2). */
+#define CBI_HDR_ENCRYPTED 0x1u /* AES-256-GCM records, keyed hashes, HMAC digests */
 
 /* Record flags. */
 #define CBI_REC_ZSTD 0x1u
+#define CBI_REC_AEAD 0x2u     /* payload is AES-256-GCM ciphertext || 16-byte tag */
 
 /* Index entry flags. */
 #define CBI_IDX_ZERO 0x1u
@@ -53,7 +58,15 @@ typedef struct cbi_hdr {
 	char host[64];
 	char source_id[128];
 	char source_path[64];
+	uint8_t key_id[16];    /* encrypted: names the chain's data key; else zero */
+	uint8_t hdr_mac[16];   /* encrypted: HMAC-SHA256 of bytes 0..487, truncated */
 } cbi_hdr;
+
+/* The version a file with these features is written as: 1 unless it uses
+ * what version 2 added (encryption, SHA-256 hashes), so that plain chains
+ * stay readable by version-1 readers. */
+uint32_t cbi_hdr_version_for(const cbi_hdr *h);
+#define CBI_HDR_MAC_OFF 488u
 
 /* Encode hdr into buf (CBI_HDR_SIZE bytes), with the header checksum. */
 void cbi_hdr_encode(const cbi_hdr *h, uint8_t *buf);

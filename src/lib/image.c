@@ -1,8 +1,10 @@
 /* image.c - image file writer and reader. */
 #include "image.h"
 
+#include <openssl/crypto.h>
 #include <stdlib.h>
 
+#include "keyfile.h"
 #include "util.h"
 
 #define WIN_ENTRIES 4096u
@@ -16,8 +18,8 @@ struct cbi_image_writer {
 	uint64_t last_block;
 };
 
-int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, cbi_image_writer **out,
-			    cbi_error *err)
+int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, const cbi_keys *keys,
+			    cbi_image_writer **out, cbi_error *err)
 {
 	cbi_image_writer *w = calloc(1, sizeof *w);
 	if (!w)
@@ -30,8 +32,11 @@ int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_h
 		return rc;
 	}
 	uint8_t b[CBI_HDR_SIZE];
-	cbi_hdr_encode(&w->hdr, b);
-	if ((rc = cbi_sfw_write(w->f, b, sizeof b))) {
+	if ((w->hdr.flags & CBI_HDR_ENCRYPTED) && (rc = keys ? cbi_sfw_set_mac(w->f, keys->mac_key) : -EINVAL)) {
+		cbi_image_writer_abort(w);
+		return cbi_err(err, rc, "unable to write '%s': %s", final_path, cbi_errtext(rc));
+	}
+	if ((rc = cbi_hdr_encode_keyed(&w->hdr, keys, b)) || (rc = cbi_sfw_write(w->f, b, sizeof b))) {
 		cbi_image_writer_abort(w);
 		return cbi_err(err, rc, "unable to write '%s': %s", final_path, cbi_errtext(rc));
 	}
@@ -131,6 +136,7 @@ int cbi_image_open(const char *path, cbi_image **out, cbi_error *err)
 			rc == -CBI_EFORMAT ? "not a cbimg file or unsupported version" : "damaged header");
 		goto fail;
 	}
+	m->hs.alg = m->hdr.hash_alg;
 	if (m->hdr.kind != CBI_KIND_IMAGE) {
 		rc = cbi_err(err, -CBI_EFORMAT, "'%s' is an index file, not an image file", path);
 		goto fail;
@@ -213,17 +219,43 @@ int cbi_image_find(cbi_image *m, uint64_t block, cbi_tab_ent *e)
 	return -ENOENT;
 }
 
-size_t cbi_image_scratch_size(uint32_t block_size)
+int cbi_image_set_keys(cbi_image *m, const cbi_keys *k)
 {
-	return CBI_REC_HDR_SIZE + ZSTD_compressBound(block_size);
+	if (!(m->hdr.flags & CBI_HDR_ENCRYPTED))
+		return 0;
+	int rc = cbi_hdr_check_keyed(&m->hdr, k);
+	if (!rc)
+		rc = cbi_keys_record_key(k, m->hdr.point_id, m->rec_key);
+	if (rc)
+		return rc;
+	memcpy(m->mac_key, k->mac_key, CBI_KEY_LEN);
+	m->hs.keyed = 1;
+	memcpy(m->hs.key, k->hash_key, CBI_KEY_LEN);
+	m->keyed = 1;
+	return 0;
 }
 
-int cbi_image_read_block(cbi_image *m, const cbi_tab_ent *e, ZSTD_DCtx *dctx, uint8_t *scratch,
+int cbi_image_seal_record(cbi_cx *cx, const uint8_t rec_key[CBI_KEY_LEN], const uint8_t chain_id[16],
+			  const uint8_t point_id[16], const uint8_t rec_hdr[CBI_REC_HDR_SIZE], uint64_t block,
+			  uint8_t *buf, size_t len)
+{
+	uint8_t nonce[12], aad[CBI_REC_AAD_LEN];
+	cbi_rec_nonce(block, nonce);
+	cbi_rec_aad(chain_id, point_id, rec_hdr, aad);
+	return cbi_gcm_seal(cx, rec_key, nonce, aad, sizeof aad, buf, len, buf, buf + len);
+}
+
+size_t cbi_image_scratch_size(uint32_t block_size)
+{
+	return CBI_REC_HDR_SIZE + ZSTD_compressBound(block_size) + CBI_TAG_LEN;
+}
+
+int cbi_image_read_block(cbi_image *m, const cbi_tab_ent *e, ZSTD_DCtx *dctx, cbi_cx *cx, uint8_t *scratch,
 			 uint8_t *out, const uint8_t *want_hash, const char **why)
 {
 	uint32_t bs = m->hdr.block_size;
 	*why = NULL;
-	if (e->block >= m->hdr.n_blocks || e->stored_len > ZSTD_compressBound(bs) ||
+	if (e->block >= m->hdr.n_blocks || e->stored_len > ZSTD_compressBound(bs) + CBI_TAG_LEN ||
 	    e->offset < CBI_HDR_SIZE || e->offset > m->trl.table_offset ||
 	    (uint64_t)CBI_REC_HDR_SIZE + e->stored_len > m->trl.table_offset - e->offset) {
 		*why = "table entry out of range";
@@ -245,21 +277,51 @@ int cbi_image_read_block(cbi_image *m, const cbi_tab_ent *e, ZSTD_DCtx *dctx, ui
 		*why = "record length wrong";
 		return -CBI_EDAMAGED;
 	}
-	const uint8_t *payload = scratch + CBI_REC_HDR_SIZE;
+	uint8_t *payload = scratch + CBI_REC_HDR_SIZE;
+	uint32_t plen = rh.stored_len;
+	int enc = (m->hdr.flags & CBI_HDR_ENCRYPTED) != 0;
+	if (enc != ((rh.flags & CBI_REC_AEAD) != 0)) {
+		*why = enc ? "unsealed record in an encrypted image" : "sealed record in a plain image";
+		return enc ? -CBI_EAUTH : -CBI_EDAMAGED;
+	}
+	if (enc) {
+		if (!m->keyed || !cx) {
+			*why = "encrypted: no key";
+			return -CBI_ENOKEY;
+		}
+		if (plen < CBI_TAG_LEN) {
+			*why = "sealed record too short";
+			return -CBI_EAUTH;
+		}
+		plen -= CBI_TAG_LEN;
+		uint8_t nonce[12], aad[CBI_REC_AAD_LEN];
+		cbi_rec_nonce(rh.block, nonce);
+		cbi_rec_aad(m->hdr.chain_id, m->hdr.point_id, scratch, aad);
+		rc = cbi_gcm_open(cx, m->rec_key, nonce, aad, sizeof aad, payload, plen, payload + plen, payload);
+		if (rc) {
+			*why = rc == -CBI_EAUTH ? "authentication failed: the record was altered, moved or replayed"
+						: "decryption failed";
+			return rc == -CBI_EAUTH ? rc : -CBI_EDAMAGED;
+		}
+		rh.flags &= ~CBI_REC_AEAD;
+	}
 	if (rh.flags == CBI_REC_ZSTD) {
-		size_t n = ZSTD_decompressDCtx(dctx, out, bs, payload, rh.stored_len);
+		size_t n = ZSTD_decompressDCtx(dctx, out, bs, payload, plen);
 		if (ZSTD_isError(n) || n != rh.raw_len) {
 			*why = "decompression failed";
 			return -CBI_EDAMAGED;
 		}
-	} else if (rh.flags == 0 && rh.stored_len == rh.raw_len) {
+	} else if (rh.flags == 0 && plen == rh.raw_len) {
 		memcpy(out, payload, rh.raw_len);
 	} else {
 		*why = "unknown record flags";
 		return -CBI_EDAMAGED;
 	}
 	uint8_t h[16];
-	cbi_block_hash(out, rh.raw_len, h);
+	if (cbi_hash_block_spec(&m->hs, cx, out, rh.raw_len, h)) {
+		*why = "unable to hash the block";
+		return -EIO;
+	}
 	if (memcmp(h, rh.hash, 16)) {
 		*why = "block hash mismatch";
 		return -CBI_EDAMAGED;
@@ -277,5 +339,6 @@ void cbi_image_close(cbi_image *m)
 		return;
 	cbi_sfr_close(m->f);
 	free(m->win);
+	OPENSSL_cleanse(m, sizeof *m);
 	free(m);
 }

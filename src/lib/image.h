@@ -5,6 +5,7 @@
 
 #include <zstd.h>
 
+#include "crypto.h"
 #include "format.h"
 #include "sfile.h"
 
@@ -12,11 +13,14 @@
 typedef struct cbi_image_writer cbi_image_writer;
 
 /* tag: see cbi_sfw_create_tagged(); NULL for the default temporary name.
- * The file is stored as segments of h->segment_mib MiB (0: one file). */
-int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, cbi_image_writer **out,
-			    cbi_error *err) CBI_WUR;
+ * The file is stored as segments of h->segment_mib MiB (0: one file).
+ * keys: the chain's keys when h is encrypted (header MAC, HMAC digest),
+ * else NULL. */
+int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, const cbi_keys *keys,
+			    cbi_image_writer **out, cbi_error *err) CBI_WUR;
 /* Append one record. payload is stored_len bytes (zstd frame if flags has
- * CBI_REC_ZSTD, else raw). */
+ * CBI_REC_ZSTD, else raw; with CBI_REC_AEAD, that sealed: ciphertext ||
+ * tag, as cbi_image_seal_record() makes it). */
 int cbi_image_writer_add(cbi_image_writer *w, uint64_t block, uint32_t flags, uint32_t raw_len,
 			 const uint8_t hash[16], const void *payload, uint32_t stored_len) CBI_WUR;
 /* Size the file will have once sealed. */
@@ -35,20 +39,38 @@ typedef struct cbi_image {
 	cbi_img_trailer trl;
 	uint8_t *win;            /* window of table entries */
 	uint64_t win_first, win_n;
+	cbi_hashspec hs;         /* how the records' hashes are made */
+	int keyed;               /* encrypted and cbi_image_set_keys() done */
+	uint8_t rec_key[CBI_KEY_LEN];
+	uint8_t mac_key[CBI_KEY_LEN];
 } cbi_image;
 
 int cbi_image_open(const char *path, cbi_image **out, cbi_error *err) CBI_WUR;
+/* For an encrypted image: check its header against the chain's keys (key
+ * id, header MAC) and keep what reading its records needs. 0, -CBI_EPASS
+ * (another key), -CBI_EAUTH (header altered); no-op on a plain image. */
+int cbi_image_set_keys(cbi_image *m, const cbi_keys *k) CBI_WUR;
 /* Table entry i (0 <= i < record_count). */
 int cbi_image_table_get(cbi_image *m, uint64_t i, cbi_tab_ent *e) CBI_WUR;
 /* Find the table entry for block; -ENOENT if this image holds no record. */
 int cbi_image_find(cbi_image *m, uint64_t block, cbi_tab_ent *e) CBI_WUR;
-/* Read and decompress the record described by e into out (capacity
- * block_size), check its hash against the record header and, if want_hash
- * is non-NULL, against want_hash. scratch must hold block_size+ZSTD bound.
- * Returns raw length (>0) or a negative code (-CBI_EDAMAGED with a reason
- * in *why). */
-int cbi_image_read_block(cbi_image *m, const cbi_tab_ent *e, ZSTD_DCtx *dctx, uint8_t *scratch,
+/* Read, authenticate and decrypt (encrypted images) and decompress the
+ * record described by e into out (capacity block_size), check its hash
+ * against the record header and, if want_hash is non-NULL, against
+ * want_hash. scratch must hold cbi_image_scratch_size() bytes. cx: the
+ * calling thread's contexts; NULL is allowed for plain XXH3 images only.
+ * Returns raw length (>0) or a negative code (-CBI_EDAMAGED, or -CBI_EAUTH
+ * when a sealed record fails authentication, with a reason in *why). */
+int cbi_image_read_block(cbi_image *m, const cbi_tab_ent *e, ZSTD_DCtx *dctx, cbi_cx *cx, uint8_t *scratch,
 			 uint8_t *out, const uint8_t *want_hash, const char **why) CBI_WUR;
+
+/* Seal a record for an encrypted point in place: buf holds len payload
+ * bytes and room for 16 more; on return it holds ciphertext || tag.
+ * rec_hdr is the record's 40-byte header as it will be written (its
+ * stored_len already len + 16). */
+int cbi_image_seal_record(cbi_cx *cx, const uint8_t rec_key[CBI_KEY_LEN], const uint8_t chain_id[16],
+			  const uint8_t point_id[16], const uint8_t rec_hdr[CBI_REC_HDR_SIZE], uint64_t block,
+			  uint8_t *buf, size_t len) CBI_WUR;
 size_t cbi_image_scratch_size(uint32_t block_size);
 void cbi_image_close(cbi_image *m);
 

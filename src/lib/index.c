@@ -1,8 +1,10 @@
 /* index.c - index file writer and reader. */
 #include "index.h"
 
+#include <openssl/crypto.h>
 #include <stdlib.h>
 
+#include "keyfile.h"
 #include "util.h"
 
 #define WIN_ENTRIES 8192u
@@ -13,8 +15,8 @@ struct cbi_index_writer {
 	uint64_t added;
 };
 
-int cbi_index_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, cbi_index_writer **out,
-			    cbi_error *err)
+int cbi_index_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, const cbi_keys *keys,
+			    cbi_index_writer **out, cbi_error *err)
 {
 	cbi_index_writer *w = calloc(1, sizeof *w);
 	if (!w)
@@ -27,8 +29,11 @@ int cbi_index_writer_create(const char *final_path, const char *tag, const cbi_h
 		return rc;
 	}
 	uint8_t b[CBI_HDR_SIZE];
-	cbi_hdr_encode(&w->hdr, b);
-	if ((rc = cbi_sfw_write(w->f, b, sizeof b))) {
+	if ((w->hdr.flags & CBI_HDR_ENCRYPTED) && (rc = keys ? cbi_sfw_set_mac(w->f, keys->mac_key) : -EINVAL)) {
+		cbi_index_writer_abort(w);
+		return cbi_err(err, rc, "unable to write '%s': %s", final_path, cbi_errtext(rc));
+	}
+	if ((rc = cbi_hdr_encode_keyed(&w->hdr, keys, b)) || (rc = cbi_sfw_write(w->f, b, sizeof b))) {
 		cbi_index_writer_abort(w);
 		return cbi_err(err, rc, "unable to write '%s': %s", final_path, cbi_errtext(rc));
 	}
@@ -91,6 +96,7 @@ int cbi_index_open(const char *path, cbi_index **out, cbi_error *err)
 			rc == -CBI_EFORMAT ? "not a cbimg file or unsupported version" : "damaged header");
 		goto fail;
 	}
+	x->hs.alg = x->hdr.hash_alg;
 	if (x->hdr.kind != CBI_KIND_INDEX) {
 		rc = cbi_err(err, -CBI_EFORMAT, "'%s' is an image file, not an index file", path);
 		goto fail;
@@ -142,7 +148,26 @@ int cbi_index_get(cbi_index *x, uint64_t i, cbi_idx_ent *e)
 	return 0;
 }
 
-int cbi_index_check_digest(cbi_index *x) { return cbi_sfr_check_digest(x->f, NULL, NULL); }
+int cbi_index_check_digest(cbi_index *x)
+{
+	if ((x->hdr.flags & CBI_HDR_ENCRYPTED) && !x->keyed)
+		return -CBI_ENOKEY;
+	return cbi_sfr_check_digest_mac(x->f, x->keyed ? x->mac_key : NULL, NULL, NULL);
+}
+
+int cbi_index_set_keys(cbi_index *x, const cbi_keys *k)
+{
+	if (!(x->hdr.flags & CBI_HDR_ENCRYPTED))
+		return 0;
+	int rc = cbi_hdr_check_keyed(&x->hdr, k);
+	if (rc)
+		return rc;
+	memcpy(x->mac_key, k->mac_key, CBI_KEY_LEN);
+	x->hs.keyed = 1;
+	memcpy(x->hs.key, k->hash_key, CBI_KEY_LEN);
+	x->keyed = 1;
+	return 0;
+}
 
 void cbi_index_close(cbi_index *x)
 {
@@ -150,5 +175,6 @@ void cbi_index_close(cbi_index *x)
 		return;
 	cbi_sfr_close(x->f);
 	free(x->win);
+	OPENSSL_cleanse(x, sizeof *x);
 	free(x);
 }

@@ -2,6 +2,7 @@
 #ifndef CBI_INDEX_H
 #define CBI_INDEX_H
 
+#include "crypto.h"
 #include "format.h"
 #include "sfile.h"
 
@@ -9,9 +10,10 @@
 typedef struct cbi_index_writer cbi_index_writer;
 
 /* tag: see cbi_sfw_create_tagged(); NULL for the default temporary name.
- * The file is stored as segments of h->segment_mib MiB (0: one file). */
-int cbi_index_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, cbi_index_writer **out,
-			    cbi_error *err) CBI_WUR;
+ * The file is stored as segments of h->segment_mib MiB (0: one file).
+ * keys: the chain's keys when h is encrypted, else NULL. */
+int cbi_index_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, const cbi_keys *keys,
+			    cbi_index_writer **out, cbi_error *err) CBI_WUR;
 int cbi_index_writer_add(cbi_index_writer *w, const cbi_idx_ent *e) CBI_WUR;
 /* Write the trailer (n_blocks and point_id are taken from the header) and
  * fsync. t->file_size and t->digest are filled in. */
@@ -27,6 +29,9 @@ typedef struct cbi_index {
 	/* window cache of entries for sequential access */
 	uint8_t *win;
 	uint64_t win_first, win_n;
+	int keyed;                      /* encrypted and cbi_index_set_keys() done */
+	uint8_t mac_key[CBI_KEY_LEN];
+	cbi_hashspec hs;                /* how its entries' hashes are made */
 } cbi_index;
 
 /* Open an index file and check its structure (header, trailer, size). The
@@ -34,7 +39,14 @@ typedef struct cbi_index {
 int cbi_index_open(const char *path, cbi_index **out, cbi_error *err) CBI_WUR;
 /* Entry of block i (0 <= i < n_blocks). Cheap for sequential access. */
 int cbi_index_get(cbi_index *x, uint64_t i, cbi_idx_ent *e) CBI_WUR;
+/* Recompute the file's digest (SHA-256, or HMAC-SHA256 for an encrypted
+ * index, which needs cbi_index_set_keys() first: -CBI_ENOKEY otherwise).
+ * 0 or -CBI_EDAMAGED. */
 int cbi_index_check_digest(cbi_index *x) CBI_WUR;
+/* For an encrypted index: check its header against the chain's keys and
+ * keep the MAC and hash keys. 0, -CBI_EPASS (another key), -CBI_EAUTH;
+ * no-op on a plain index. */
+int cbi_index_set_keys(cbi_index *x, const cbi_keys *k) CBI_WUR;
 void cbi_index_close(cbi_index *x);
 
 #endif

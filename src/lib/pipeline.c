@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include "image.h"
 #include "util.h"
 
 #define BATCH_BYTES (4u << 20)
@@ -102,7 +103,7 @@ static void *reader_main(void *arg)
 	return NULL;
 }
 
-static void process(pipe_s *p, batch *s, ZSTD_CCtx *cc)
+static int process(pipe_s *p, batch *s, ZSTD_CCtx *cc, cbi_cx *cx)
 {
 	const cbi_pipe_cfg *c = p->cfg;
 	for (uint32_t j = 0; j < s->nblk; j++) {
@@ -118,7 +119,8 @@ static void process(pipe_s *p, batch *s, ZSTD_CCtx *cc)
 			o->changed = par && !(par->flags & CBI_IDX_ZERO);
 			continue;
 		}
-		cbi_block_hash(d, len, o->ent.hash);
+		if (cbi_hash_block_spec(c->hs, cx, d, len, o->ent.hash))
+			return -EIO;
 		if (par && !(par->flags & CBI_IDX_ZERO) && !memcmp(par->hash, o->ent.hash, 16)) {
 			o->ent = *par; /* unchanged: keeps its owner */
 			continue;
@@ -127,7 +129,8 @@ static void process(pipe_s *p, batch *s, ZSTD_CCtx *cc)
 		o->store = 1;
 		o->ent.owner = c->seq;
 		uint8_t *dst = s->comp + (size_t)j * p->bound;
-		size_t n = ZSTD_compressCCtx(cc, dst, p->bound, d, len, c->level);
+		/* room for the tag of a sealed record after the payload */
+		size_t n = ZSTD_compressCCtx(cc, dst, p->bound - CBI_TAG_LEN, d, len, c->level);
 		if (!ZSTD_isError(n) && n < len) {
 			o->payload = dst;
 			o->stored_len = (uint32_t)n;
@@ -137,14 +140,33 @@ static void process(pipe_s *p, batch *s, ZSTD_CCtx *cc)
 			o->stored_len = len;
 			o->rec_flags = 0;
 		}
+		if (c->rec_key) {
+			if (o->payload != dst)
+				memcpy(dst, d, len);
+			o->payload = dst;
+			o->rec_flags |= CBI_REC_AEAD;
+			cbi_rec_hdr rh = { .flags = o->rec_flags, .block = blk,
+					   .stored_len = o->stored_len + CBI_TAG_LEN, .raw_len = len };
+			memcpy(rh.hash, o->ent.hash, 16);
+			uint8_t hb[CBI_REC_HDR_SIZE];
+			cbi_rec_hdr_encode(&rh, hb);
+			if (cbi_image_seal_record(cx, c->rec_key, c->chain_id, c->point_id, hb, blk, dst,
+						  o->stored_len))
+				return -EIO;
+			o->stored_len += CBI_TAG_LEN;
+		}
 	}
+	return 0;
 }
 
 static void *worker_main(void *arg)
 {
 	pipe_s *p = arg;
 	ZSTD_CCtx *cc = ZSTD_createCCtx();
-	if (!cc) {
+	cbi_cx *cx = cbi_cx_new();
+	if (!cc || !cx) {
+		ZSTD_freeCCtx(cc);
+		cbi_cx_free(cx);
 		fail(p, -ENOMEM, NULL);
 		return NULL;
 	}
@@ -167,13 +189,19 @@ static void *worker_main(void *arg)
 		}
 		s->state = S_WORK;
 		pthread_mutex_unlock(&p->mu);
-		process(p, s, cc);
+		if (process(p, s, cc, cx)) {
+			cbi_error e;
+			cbi_err(&e, -EIO, "hashing or encryption failed (libcrypto)");
+			fail(p, -EIO, &e);
+			break;
+		}
 		pthread_mutex_lock(&p->mu);
 		s->state = S_DONE;
 		pthread_cond_broadcast(&p->cv);
 		pthread_mutex_unlock(&p->mu);
 	}
 	ZSTD_freeCCtx(cc);
+	cbi_cx_free(cx);
 	return NULL;
 }
 
@@ -193,7 +221,7 @@ int cbi_pipe_run(const cbi_pipe_cfg *c, cbi_pipe_stats *st, cbi_error *err)
 	p.nblocks = cbi_nblocks(c->src->size, c->block_size);
 	p.nbatches = (p.nblocks + p.per_batch - 1) / p.per_batch;
 	p.nslots = (unsigned)threads + 2;
-	p.bound = ZSTD_compressBound(c->block_size);
+	p.bound = ZSTD_compressBound(c->block_size) + CBI_TAG_LEN;
 	pthread_t rd, *wk = calloc((size_t)threads, sizeof *wk);
 	p.slots = calloc(p.nslots, sizeof *p.slots);
 	int rc = 0, started = 0;

@@ -6,6 +6,7 @@
 #ifndef CBI_PIPELINE_H
 #define CBI_PIPELINE_H
 
+#include "crypto.h"
 #include "format.h"
 #include "index.h"
 #include "source.h"
@@ -30,6 +31,9 @@ typedef struct cbi_pipe_cfg {
 	uint32_t seq;         /* owner recorded for changed blocks */
 	int level;
 	int threads;
+	const cbi_hashspec *hs; /* block hashes; NULL: plain XXH3-128 */
+	const uint8_t *rec_key; /* encrypted point: records are sealed (image.h); else NULL */
+	const uint8_t *chain_id, *point_id; /* bound into sealed records */
 	cbi_pipe_sink sink;
 	void *sink_ud;
 	cbi_progress_fn progress;

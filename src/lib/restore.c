@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
@@ -13,6 +14,8 @@
 #include "chain.h"
 #include "image.h"
 #include "index.h"
+#include "keyfile.h"
+#include "state.h"
 #include "source.h"
 #include "util.h"
 
@@ -26,6 +29,8 @@ typedef struct cbi_resolved {
 	uint32_t len;
 	cbi_index *index;       /* index of the requested point */
 	cbi_image **imgs;       /* opened lazily, one per seq */
+	int encrypted;
+	cbi_keys keys;          /* encrypted chain: its keys */
 } cbi_resolved;
 
 static void resolved_free(cbi_resolved *v)
@@ -37,11 +42,32 @@ static void resolved_free(cbi_resolved *v)
 	cbi_index_close(v->index);
 	free(v->chain);
 	free(v->pts);
-	memset(v, 0, sizeof *v);
+	OPENSSL_cleanse(v, sizeof *v);
 }
 
-/* Find the point that file belongs to, its chain and its index. */
-static int resolve(const char *file, cbi_resolved *v, cbi_error *err)
+/* Check the headers of every index of an encrypted chain against its keys:
+ * each names its parent, so the parent links are then authentic. */
+static int check_chain_headers(cbi_resolved *v, cbi_error *err)
+{
+	for (uint32_t s = 0; s < v->len; s++) {
+		cbi_index *x = NULL;
+		const char *path = v->pts[v->chain[s]].index_file;
+		int rc = cbi_index_open(path, &x, err);
+		if (!rc && (rc = cbi_index_set_keys(x, &v->keys)))
+			rc = cbi_err(err, rc == -CBI_EPASS ? -CBI_EPASS : -CBI_EAUTH, "'%s': %s", path,
+				     rc == -CBI_EPASS ? "made with another key than the chain's"
+						      : "header authentication failed: the file was altered");
+		cbi_index_close(x);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* Find the point that file belongs to, its chain and its index; unlock an
+ * encrypted chain and check the index's digest (a MAC when encrypted):
+ * everything restore takes from the index is then authentic. */
+static int resolve(const char *file, const cbi_restore_opts *o, cbi_resolved *v, cbi_error *err)
 {
 	memset(v, 0, sizeof *v);
 	cbi_point me;
@@ -68,6 +94,20 @@ static int resolve(const char *file, cbi_resolved *v, cbi_error *err)
 	v->len = v->pts[i].seq + 1;
 	if ((rc = cbi_index_open(v->pts[i].index_file, &v->index, err)))
 		goto fail;
+	if (v->index->hdr.flags & CBI_HDR_ENCRYPTED) {
+		const char *sd = o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR;
+		if ((rc = cbi_chain_unlock(dir, sd, &v->index->hdr, o->pass, o->pass_ud, &v->keys, NULL, 0, err)) ||
+		    (rc = check_chain_headers(v, err)) || (rc = cbi_index_set_keys(v->index, &v->keys)))
+			goto fail;
+		v->encrypted = 1;
+	}
+	if ((rc = cbi_index_check_digest(v->index))) {
+		rc = cbi_err(err, rc == -CBI_EDAMAGED ? -CBI_EDAMAGED : rc, "index '%s': %s", v->pts[i].index_file,
+			     rc == -CBI_EDAMAGED ? (v->encrypted ? "authentication failed: the file was altered"
+								 : "digest mismatch: the file is damaged")
+						 : cbi_errtext(rc));
+		goto fail;
+	}
 	v->imgs = calloc(v->len, sizeof *v->imgs);
 	if (!v->imgs) {
 		rc = cbi_err(err, -ENOMEM, "out of memory");
@@ -93,6 +133,14 @@ static int get_image(cbi_resolved *v, uint32_t seq, cbi_image **out, cbi_error *
 		int rc = cbi_image_open(p->file, &v->imgs[seq], err);
 		if (rc)
 			return rc;
+		if (v->encrypted && (rc = cbi_image_set_keys(v->imgs[seq], &v->keys)))
+			return cbi_err(err, rc == -CBI_EPASS ? -CBI_EPASS : -CBI_EAUTH, "'%s': %s", p->file,
+				       rc == -CBI_EPASS ? "made with another key than the chain's"
+							: "header authentication failed: the file was altered");
+		if (memcmp(v->imgs[seq]->hdr.chain_id, v->index->hdr.chain_id, 16) ||
+		    v->imgs[seq]->hdr.seq != seq || v->imgs[seq]->hdr.block_size != v->index->hdr.block_size ||
+		    v->imgs[seq]->hdr.source_size != v->index->hdr.source_size)
+			return cbi_err(err, -CBI_EDAMAGED, "'%s': header does not match the chain", p->file);
 	}
 	*out = v->imgs[seq];
 	return 0;
@@ -243,7 +291,7 @@ int cbi_restore(const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err
 	if (!o->point || !o->target)
 		return cbi_err(err, -CBI_EUSAGE, "point and target are required");
 	cbi_resolved v;
-	int rc = resolve(o->point, &v, err);
+	int rc = resolve(o->point, o, &v, err);
 	if (rc)
 		return rc;
 	const cbi_hdr *h = &v.index->hdr;
@@ -251,11 +299,12 @@ int cbi_restore(const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err
 	char tmp[4096] = "";
 	wr w = { .fd = -1 };
 	ZSTD_DCtx *dctx = ZSTD_createDCtx();
+	cbi_cx *cx = cbi_cx_new();
 	uint8_t *scratch = malloc(cbi_image_scratch_size(bs));
 	uint8_t *blk = malloc(bs);
 	uint8_t *cur = NULL;
 	w.buf = malloc(WBUF);
-	if (!dctx || !scratch || !blk || !w.buf) {
+	if (!dctx || !cx || !scratch || !blk || !w.buf) {
 		rc = cbi_err(err, -ENOMEM, "out of memory");
 		goto end;
 	}
@@ -286,8 +335,7 @@ int cbi_restore(const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err
 				same = cbi_is_zero(cur, len);
 			} else {
 				uint8_t hh[16];
-				cbi_block_hash(cur, len, hh);
-				same = !memcmp(hh, e.hash, 16);
+				same = !cbi_hash_block_spec(&v.index->hs, cx, cur, len, hh) && !memcmp(hh, e.hash, 16);
 			}
 			if (same) {
 				r->blocks_skipped++;
@@ -314,7 +362,7 @@ int cbi_restore(const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err
 				goto end;
 			}
 			if (!rc)
-				rc = cbi_image_read_block(img, &te, dctx, scratch, blk, e.hash, &why);
+				rc = cbi_image_read_block(img, &te, dctx, cx, scratch, blk, e.hash, &why);
 			if (rc < 0) {
 				rc = cbi_err(err, rc, "'%s': block %llu: %s", img->f->path, (unsigned long long)i,
 					     why ? why : cbi_errtext(rc));
@@ -365,6 +413,7 @@ end:
 	free(blk);
 	free(scratch);
 	ZSTD_freeDCtx(dctx);
+	cbi_cx_free(cx);
 	resolved_free(&v);
 	r->seconds = cbi_now() - t0;
 	return rc;

@@ -3,13 +3,13 @@
 #include "sfile.h"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "crypto.h"
 #include "format.h"
 #include "util.h"
 
@@ -21,7 +21,7 @@ struct cbi_sfw {
 	size_t used;
 	size_t hashed;       /* bytes at the start of buf already in the digest */
 	uint8_t *buf;
-	EVP_MD_CTX *sha;
+	cbi_dg *dg;         /* SHA-256, or HMAC-SHA256 in an encrypted chain */
 	uint64_t seg;       /* segment size; 0: one file */
 	uint32_t cur;       /* segment that fd belongs to */
 	uint32_t nseg;      /* segments created (0 until the first exists) */
@@ -93,8 +93,7 @@ int cbi_sfw_create_split(const char *final_path, const char *tag, uint64_t seg_s
 		return cbi_err(err, -ENAMETOOLONG, "path too long: '%s'", final_path);
 	}
 	w->buf = malloc(SFW_BUF);
-	w->sha = EVP_MD_CTX_new();
-	if (!w->buf || !w->sha || EVP_DigestInit_ex(w->sha, EVP_sha256(), NULL) != 1) {
+	if (!w->buf || cbi_dg_new(NULL, &w->dg)) {
 		cbi_sfw_abort(w);
 		return cbi_err(err, -ENOMEM, "out of memory");
 	}
@@ -140,7 +139,7 @@ static int sfw_flush(cbi_sfw *w)
 {
 	/* Hash whole buffers, not each small append: an index of millions of
 	 * 24-byte entries would otherwise cost millions of digest calls. */
-	if (w->used > w->hashed && EVP_DigestUpdate(w->sha, w->buf + w->hashed, w->used - w->hashed) != 1)
+	if (w->used > w->hashed && cbi_dg_update(w->dg, w->buf + w->hashed, w->used - w->hashed))
 		return -EIO;
 	w->hashed = w->used;
 	const uint8_t *p = w->buf;
@@ -188,6 +187,19 @@ int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len)
 	return 0;
 }
 
+int cbi_sfw_set_mac(cbi_sfw *w, const uint8_t key[32])
+{
+	if (w->off)
+		return -EINVAL;
+	cbi_dg *d = NULL;
+	int rc = cbi_dg_new(key, &d);
+	if (rc)
+		return rc;
+	cbi_dg_free(w->dg);
+	w->dg = d;
+	return 0;
+}
+
 uint64_t cbi_sfw_offset(const cbi_sfw *w) { return w->off; }
 
 uint32_t cbi_sfw_segments(const cbi_sfw *w) { return w->nseg; }
@@ -199,11 +211,10 @@ int cbi_sfw_seal(cbi_sfw *w, const uint8_t *trailer96, uint8_t digest[32])
 	int rc = cbi_sfw_write(w, trailer96, 96);
 	if (rc)
 		return rc;
-	unsigned int dl = 0;
-	if (w->used > w->hashed && EVP_DigestUpdate(w->sha, w->buf + w->hashed, w->used - w->hashed) != 1)
+	if (w->used > w->hashed && cbi_dg_update(w->dg, w->buf + w->hashed, w->used - w->hashed))
 		return -EIO;
 	w->hashed = w->used;
-	if (EVP_DigestFinal_ex(w->sha, digest, &dl) != 1 || dl != 32)
+	if (cbi_dg_final(w->dg, digest))
 		return -EIO;
 	/* The digest itself is not part of what it covers. */
 	if (w->used + 32 > SFW_BUF && (rc = sfw_flush(w)))
@@ -249,7 +260,7 @@ int cbi_sfw_commit(cbi_sfw *w, cbi_error *err)
 	if (rename(w->tmp, w->final) < 0)
 		return cbi_err(err, -errno, "unable to rename '%s' to '%s': %s", w->tmp, w->final,
 			       strerror(errno));
-	EVP_MD_CTX_free(w->sha);
+	cbi_dg_free(w->dg);
 	free(w->buf);
 	free(w);
 	return 0;
@@ -268,7 +279,7 @@ void cbi_sfw_abort(cbi_sfw *w)
 		if (!rc)
 			unlink(name);
 	}
-	EVP_MD_CTX_free(w->sha);
+	cbi_dg_free(w->dg);
 	free(w->buf);
 	free(w);
 }
@@ -491,11 +502,16 @@ int cbi_sfr_pread(const cbi_sfr *r, void *buf, size_t len, uint64_t off)
 
 int cbi_sfr_check_digest(const cbi_sfr *r, cbi_progress_fn fn, void *ud)
 {
+	return cbi_sfr_check_digest_mac(r, NULL, fn, ud);
+}
+
+int cbi_sfr_check_digest_mac(const cbi_sfr *r, const uint8_t *mac_key, cbi_progress_fn fn, void *ud)
+{
 	const size_t bsz = 4u << 20;
 	uint8_t *buf = malloc(bsz);
-	EVP_MD_CTX *sha = EVP_MD_CTX_new();
+	cbi_dg *dg = NULL;
 	int rc = 0;
-	if (!buf || !sha || EVP_DigestInit_ex(sha, EVP_sha256(), NULL) != 1) {
+	if (!buf || cbi_dg_new(mac_key, &dg)) {
 		rc = -ENOMEM;
 		goto end;
 	}
@@ -503,9 +519,8 @@ int cbi_sfr_check_digest(const cbi_sfr *r, cbi_progress_fn fn, void *ud)
 	uint64_t end = r->size - 32, off = 0;
 	while (off < end) {
 		size_t n = (size_t)CBI_MIN((uint64_t)bsz, end - off);
-		if ((rc = cbi_sfr_pread(r, buf, n, off)))
+		if ((rc = cbi_sfr_pread(r, buf, n, off)) || (rc = cbi_dg_update(dg, buf, n)))
 			goto end;
-		EVP_DigestUpdate(sha, buf, n);
 		off += n;
 		if (fn && fn(ud, off, end)) {
 			rc = -ECANCELED;
@@ -513,14 +528,12 @@ int cbi_sfr_check_digest(const cbi_sfr *r, cbi_progress_fn fn, void *ud)
 		}
 	}
 	uint8_t want[32], got[32];
-	unsigned int dl;
-	if ((rc = cbi_sfr_pread(r, want, 32, end)))
+	if ((rc = cbi_sfr_pread(r, want, 32, end)) || (rc = cbi_dg_final(dg, got)))
 		goto end;
-	EVP_DigestFinal_ex(sha, got, &dl);
-	if (memcmp(want, got, 32))
+	if (cbi_ct_memcmp(want, got, 32))
 		rc = -CBI_EDAMAGED;
 end:
-	EVP_MD_CTX_free(sha);
+	cbi_dg_free(dg);
 	free(buf);
 	return rc;
 }

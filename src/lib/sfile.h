@@ -43,6 +43,11 @@ int cbi_sfw_create_tagged(const char *final_path, const char *tag, cbi_sfw **out
 int cbi_sfw_create_split(const char *final_path, const char *tag, uint64_t seg_size, cbi_sfw **out,
 			 cbi_error *err) CBI_WUR;
 
+/* Make the file's digest HMAC-SHA256 under key (32 bytes) instead of
+ * SHA-256: for the files of an encrypted chain. Only before the first
+ * write; 0, -EINVAL after it, or -EIO. */
+int cbi_sfw_set_mac(cbi_sfw *w, const uint8_t key[32]) CBI_WUR;
+
 /* Append len bytes (buffered). 0 or -errno (-ENOSPC when full). */
 int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len) CBI_WUR;
 
@@ -108,6 +113,10 @@ int cbi_sfr_pread(const cbi_sfr *r, void *buf, size_t len, uint64_t off) CBI_WUR
  * tell where, nor in which segment), -ECANCELED when fn asked to stop, or
  * an I/O error. */
 int cbi_sfr_check_digest(const cbi_sfr *r, cbi_progress_fn fn, void *ud) CBI_WUR;
+
+/* Same for a file whose digest is HMAC-SHA256 under mac_key (NULL:
+ * SHA-256). A mismatch means damage or tampering. */
+int cbi_sfr_check_digest_mac(const cbi_sfr *r, const uint8_t *mac_key, cbi_progress_fn fn, void *ud) CBI_WUR;
 
 void cbi_sfr_close(cbi_sfr *r);
 

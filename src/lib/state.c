@@ -8,11 +8,20 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "chain.h"
 #include "index.h"
+#include "keyfile.h"
 #include "sfile.h"
 #include "util.h"
+
+uint64_t cbi_state_key(const char *host, const char *source_id, const char *job)
+{
+	char key[512];
+	int n = snprintf(key, sizeof key, "%s%c%s%c%s", host, 0, source_id, 0, job);
+	return XXH3_64bits(key, (size_t)n);
+}
 
 static void key_dir(const char *state_dir, uint64_t key, char *out, size_t outsz)
 {
@@ -43,7 +52,10 @@ int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *fou
 		memset(&p, 0, sizeof p);
 		int rc = cbi_point_read_file(path, &p, &kind, &e);
 		cbi_index *x = NULL;
-		if (!rc && kind == CBI_KIND_INDEX && !(rc = cbi_index_open(path, &x, &e)))
+		/* An encrypted index's digest is a MAC: the backup checks it once
+		 * it holds the key. */
+		if (!rc && kind == CBI_KIND_INDEX && !(rc = cbi_index_open(path, &x, &e)) &&
+		    !(x->hdr.flags & CBI_HDR_ENCRYPTED))
 			rc = cbi_index_check_digest(x);
 		cbi_index_close(x);
 		if (rc || kind != CBI_KIND_INDEX) {
@@ -75,20 +87,13 @@ static int copy_file(const char *from, const char *to)
 	return rc;
 }
 
-int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, cbi_error *err)
+/* Copy from to dir/name through a temporary name. */
+static int install_copy(const char *dir, const char *name, const char *from, cbi_error *err)
 {
-	char dir[4096], tmp[4096], fin[4096];
-	if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
-		return cbi_err(err, -errno, "unable to create state directory '%s': %s", state_dir,
-			       strerror(errno));
-	key_dir(state_dir, key, dir, sizeof dir);
-	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-		return cbi_err(err, -errno, "unable to create state directory '%s': %s", dir, strerror(errno));
-	const char *base = strrchr(index_path, '/');
-	base = base ? base + 1 : index_path;
-	snprintf(tmp, sizeof tmp, "%.3000s/.%.1000s.%ld.tmp", dir, base, (long)getpid());
-	snprintf(fin, sizeof fin, "%.3000s/%.1000s", dir, base);
-	int rc = copy_file(index_path, tmp);
+	char tmp[4096], fin[4096];
+	snprintf(tmp, sizeof tmp, "%.3000s/.%.1000s.%ld.tmp", dir, name, (long)getpid());
+	snprintf(fin, sizeof fin, "%.3000s/%.1000s", dir, name);
+	int rc = copy_file(from, tmp);
 	if (rc) {
 		unlink(tmp);
 		return cbi_err(err, rc, "unable to write state '%s': %s", tmp, cbi_errtext(rc));
@@ -98,6 +103,31 @@ int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, 
 		unlink(tmp);
 		return cbi_err(err, rc, "unable to write state '%s': %s", fin, cbi_errtext(rc));
 	}
+	return 0;
+}
+
+int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, const char *key_path,
+		   cbi_error *err)
+{
+	char dir[4096];
+	if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
+		return cbi_err(err, -errno, "unable to create state directory '%s': %s", state_dir,
+			       strerror(errno));
+	key_dir(state_dir, key, dir, sizeof dir);
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return cbi_err(err, -errno, "unable to create state directory '%s': %s", dir, strerror(errno));
+	const char *base = strrchr(index_path, '/');
+	base = base ? base + 1 : index_path;
+	int rc;
+	if (key_path) {
+		cbi_keyfile kf;
+		char kp[4096];
+		snprintf(kp, sizeof kp, "%.3000s/chain.cbk", dir);
+		if ((rc = cbi_keyfile_read(key_path, &kf, err)) || (rc = cbi_keyfile_write(kp, &kf, err)))
+			return rc;
+	}
+	if ((rc = install_copy(dir, base, index_path, err)))
+		return rc;
 	cbi_fsync_dir(dir);
 	/* Only now drop the older state: a crash above leaves the old one. */
 	DIR *d = opendir(dir);
@@ -105,7 +135,8 @@ int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, 
 		struct dirent *de;
 		char path[4096];
 		while ((de = readdir(d))) {
-			if (!strcmp(de->d_name, base) || !strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			if (!strcmp(de->d_name, base) || !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
+			    (key_path && !strcmp(de->d_name, "chain.cbk")))
 				continue;
 			snprintf(path, sizeof path, "%.3000s/%.1000s", dir, de->d_name);
 			unlink(path);

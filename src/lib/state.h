@@ -7,7 +7,8 @@
  *
  * where <key> is the 16 hex digits of the job's lock key (XXH3-64 of
  * "host NUL source_id NUL job"). The directory holds one index, replaced
- * atomically after each successful backup. */
+ * atomically after each successful backup, and for an encrypted chain a
+ * copy of its key file, chain.cbk (keyfile.h). */
 #ifndef CBI_STATE_H
 #define CBI_STATE_H
 
@@ -17,6 +18,10 @@
 
 #define CBI_DEFAULT_STATE_DIR "/var/lib/cbimg"
 
+/* The job's key: XXH3-64 of "host NUL source_id NUL job". It names the
+ * job's lock file in DEST and its state directory. */
+uint64_t cbi_state_key(const char *host, const char *source_id, const char *job);
+
 /* Find the newest index in STATE_DIR/<key>. *found = 0 when there is none.
  * A state index that fails its structure or digest check is reported
  * through *damaged (with the reason in why) and not returned. */
@@ -24,8 +29,11 @@ int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *fou
 		   char *why, size_t whysz) CBI_WUR;
 
 /* Make the index at index_path the job's state: copy it under a temporary
- * name, fsync, rename, fsync the directory, then remove older indexes. */
-int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path,
+ * name, fsync, rename, fsync the directory, then remove older indexes.
+ * key_path (NULL for a plain chain) is the chain's key file: copied the
+ * same way to chain.cbk first, so the state never holds an encrypted index
+ * without its key file. */
+int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, const char *key_path,
 		   cbi_error *err) CBI_WUR;
 
 #endif

@@ -22,13 +22,16 @@ static const char *const lib_errs[] = {
 	[CBI_EREAD - CBI_EDAMAGED] = "source unreadable",
 	[CBI_ENOCHAIN - CBI_EDAMAGED] = "no chain found",
 	[CBI_ELOCKED - CBI_EDAMAGED] = "chain is locked by another cbimg process",
+	[CBI_EAUTH - CBI_EDAMAGED] = "authentication failed: the data was altered",
+	[CBI_EPASS - CBI_EDAMAGED] = "wrong passphrase, or no passphrase given",
+	[CBI_ENOKEY - CBI_EDAMAGED] = "key file of the encrypted chain not found",
 };
 
 const char *cbi_errtext(int code)
 {
 	if (code < 0)
 		code = -code;
-	if (code >= CBI_EDAMAGED && code <= CBI_ELOCKED)
+	if (code >= CBI_EDAMAGED && code <= CBI_ENOKEY)
 		return lib_errs[code - CBI_EDAMAGED];
 	return strerror(code);
 }
@@ -39,7 +42,7 @@ int cbi_is_damage(int code)
 {
 	if (code < 0)
 		code = -code;
-	return code == CBI_EDAMAGED || code == CBI_ETRUNCATED || code == CBI_EFORMAT;
+	return code == CBI_EDAMAGED || code == CBI_ETRUNCATED || code == CBI_EFORMAT || code == CBI_EAUTH;
 }
 
 int cbi_err(cbi_error *err, int code, const char *fmt, ...)

@@ -2,6 +2,7 @@
  * its parent, and every stored block against its record and the index. */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,15 +11,32 @@
 #include "chain.h"
 #include "image.h"
 #include "index.h"
+#include "keyfile.h"
+#include "state.h"
 #include "util.h"
+
+#define MAX_CHAINS 64
+
+/* The keys of one encrypted chain, unlocked once per verify run. */
+typedef struct vkey {
+	uint8_t chain_id[16];
+	int rc;               /* 0: keys valid; else why the chain could not be unlocked */
+	cbi_keys keys;
+} vkey;
 
 typedef struct vctx {
 	cbi_verify_fn fn;
 	void *ud;
 	cbi_progress_fn progress;
 	void *progress_ud;
+	const cbi_verify_opts *o;
+	const char *dir;
 	cbi_verify_result *r;
+	vkey *keys;
+	size_t nkeys;
+	cbi_error keyerr;     /* the first failure to unlock, for the caller */
 	ZSTD_DCtx *dctx;
+	cbi_cx *cx;
 	uint8_t *scratch, *blk;
 	uint32_t bufsize;
 } vctx;
@@ -49,14 +67,42 @@ static int ensure_bufs(vctx *c, uint32_t bs)
 	return c->bufsize ? 0 : -ENOMEM;
 }
 
-static void check_digest(vctx *c, cbi_sfr *f)
+static void check_digest(vctx *c, cbi_sfr *f, const uint8_t *mac_key)
 {
-	int rc = cbi_sfr_check_digest(f, NULL, NULL);
+	int rc = cbi_sfr_check_digest_mac(f, mac_key, NULL, NULL);
 	c->r->files_checked++;
-	if (rc == -CBI_EDAMAGED)
+	if (rc == -CBI_EDAMAGED && mac_key)
+		problem(c, f->path, -1, "HMAC-SHA256 mismatch: the file was altered or damaged");
+	else if (rc == -CBI_EDAMAGED)
 		problem(c, f->path, -1, "SHA-256 digest mismatch: the file was changed or damaged");
 	else if (rc)
 		problem(c, f->path, -1, "unable to read: %s", cbi_errtext(rc));
+}
+
+/* The keys of the encrypted chain of header h, unlocked on first use.
+ * NULL when the chain cannot be unlocked: *rc then says why (-CBI_EPASS
+ * stops the run; a missing key file is a problem of the chain). */
+static const cbi_keys *chain_keys(vctx *c, const cbi_hdr *h, int *rc)
+{
+	for (size_t i = 0; i < c->nkeys; i++)
+		if (!memcmp(c->keys[i].chain_id, h->chain_id, 16)) {
+			*rc = c->keys[i].rc;
+			return *rc ? NULL : &c->keys[i].keys;
+		}
+	if (c->nkeys == MAX_CHAINS) {
+		*rc = -ENOMEM;
+		return NULL;
+	}
+	vkey *k = &c->keys[c->nkeys++];
+	cbi_error e;
+	memcpy(k->chain_id, h->chain_id, 16);
+	const char *sd = c->o->no_state ? NULL
+		       : c->o->state_dir && *c->o->state_dir ? c->o->state_dir : CBI_DEFAULT_STATE_DIR;
+	k->rc = cbi_chain_unlock(c->dir, sd, h, c->o->pass, c->o->pass_ud, &k->keys, NULL, 0, &e);
+	if (k->rc && !c->keyerr.code)
+		c->keyerr = e;
+	*rc = k->rc;
+	return k->rc ? NULL : &k->keys;
 }
 
 /* Check one point: its index against its parent's, its image's records
@@ -66,13 +112,29 @@ static int verify_point(vctx *c, const cbi_point *pts, const size_t *chain, uint
 	const cbi_point *p = &pts[chain[seq]];
 	cbi_index *x = NULL, *px = NULL;
 	cbi_image *img = NULL;
+	const cbi_keys *k = NULL;
 	cbi_error e;
 	int rc = 0;
 	if (cbi_index_open(p->index_file, &x, &e)) {
 		problem(c, p->index_file, -1, "%s", e.msg);
 		return 0;
 	}
-	check_digest(c, x->f);
+	if (x->hdr.flags & CBI_HDR_ENCRYPTED) {
+		k = chain_keys(c, &x->hdr, &rc);
+		if (rc == -CBI_ENOKEY) {
+			problem(c, p->index_file, -1, "%s", c->keyerr.msg);
+			rc = 0;
+			goto end;
+		}
+		if (rc)
+			goto end; /* a wrong or missing passphrase stops verification */
+		int kr = cbi_index_set_keys(x, k);
+		if (kr)
+			problem(c, p->index_file, -1, "%s",
+				kr == -CBI_EPASS ? "made with another key than its chain's key file"
+						 : "header authentication failed: the header was altered");
+	}
+	check_digest(c, x->f, k ? k->mac_key : NULL);
 	if (seq > 0 && cbi_index_open(pts[chain[seq - 1]].index_file, &px, &e)) {
 		problem(c, pts[chain[seq - 1]].index_file, -1, "%s", e.msg);
 		px = NULL;
@@ -82,8 +144,16 @@ static int verify_point(vctx *c, const cbi_point *pts, const size_t *chain, uint
 	} else if (cbi_image_open(p->file, &img, &e)) {
 		problem(c, p->file, -1, "%s", e.msg);
 		img = NULL;
+	} else if (k && (rc = cbi_image_set_keys(img, k))) {
+		problem(c, p->file, -1, "%s",
+			rc == -CBI_EPASS ? "made with another key than its chain's key file"
+					 : "header authentication failed: the header was altered");
+		check_digest(c, img->f, k->mac_key);
+		cbi_image_close(img); /* its records cannot be checked */
+		img = NULL;
+		rc = 0;
 	} else {
-		check_digest(c, img->f);
+		check_digest(c, img->f, k ? k->mac_key : NULL);
 	}
 	if ((rc = ensure_bufs(c, x->hdr.block_size)))
 		goto end;
@@ -125,7 +195,7 @@ static int verify_point(vctx *c, const cbi_point *pts, const size_t *chain, uint
 			problem(c, img->f->path, (int64_t)i, "block missing from the image");
 		} else if (rec_here) {
 			const char *why = NULL;
-			int r = cbi_image_read_block(img, &te, c->dctx, c->scratch, c->blk,
+			int r = cbi_image_read_block(img, &te, c->dctx, c->cx, c->scratch, c->blk,
 						     want_rec ? ent.hash : NULL, &why);
 			c->r->blocks_checked++;
 			if (r < 0)
@@ -232,25 +302,74 @@ static int check_dir_files(vctx *c, const char *dir, const cbi_point *pts, size_
 	return 0;
 }
 
-int cbi_verify(const char *path, cbi_verify_fn fn, void *ud, cbi_progress_fn progress,
-	       void *progress_ud, cbi_verify_result *r, cbi_error *err)
+/* Compare the newest point of each job in pts[0..n) (or of the chain of
+ * pts[only] when only >= 0) with the local state: a state that holds a
+ * newer point of the same chain means points are missing here. */
+static void check_state(vctx *c, const cbi_point *pts, size_t n, long only)
+{
+	if (c->o->no_state)
+		return;
+	const char *sd = c->o->state_dir && *c->o->state_dir ? c->o->state_dir : CBI_DEFAULT_STATE_DIR;
+	for (size_t i = 0; i < n; i++) {
+		const cbi_point *p = &pts[i];
+		if (only >= 0 && memcmp(p->chain_id, pts[only].chain_id, 16))
+			continue;
+		int newest = 1; /* the newest point of its chain here */
+		for (size_t j = 0; j < n && newest; j++)
+			newest = !(j != i && !memcmp(pts[j].chain_id, p->chain_id, 16) && pts[j].seq > p->seq);
+		if (!newest)
+			continue;
+		cbi_point st;
+		int found = 0, damaged = 0;
+		char why[700];
+		memset(&st, 0, sizeof st);
+		if (cbi_state_load(sd, cbi_state_key(p->host, p->source_id, p->job), &st, &found, &damaged, why,
+				   sizeof why) ||
+		    !found || memcmp(st.chain_id, p->chain_id, 16))
+			continue;
+		char id[33];
+		cbi_id_hex(p->chain_id, id);
+		id[8] = 0;
+		if (st.seq > p->seq)
+			problem(c, p->index_file, -1,
+				"chain %s ends at seq %u here, but the local state of job '%s' records seq %u: newer "
+				"points are missing (a rollback, or they went to another destination such as an "
+				"outbox; --no-state skips this check)",
+				id, p->seq, p->job, st.seq);
+		else if (st.seq == p->seq && memcmp(st.point_id, p->point_id, 16))
+			problem(c, p->index_file, -1,
+				"seq %u of chain %s is not the point the local state of job '%s' records: "
+				"the chain was forked or a point was replaced",
+				p->seq, id, p->job);
+	}
+}
+
+int cbi_verify(const char *path, const cbi_verify_opts *o, cbi_verify_result *r, cbi_error *err)
 {
 	memset(r, 0, sizeof *r);
-	vctx c = { .fn = fn, .ud = ud, .progress = progress, .progress_ud = progress_ud, .r = r };
+	static const cbi_verify_opts none;
+	if (!o)
+		o = &none;
+	vctx c = { .fn = o->fn, .ud = o->ud, .progress = o->progress, .progress_ud = o->progress_ud, .o = o, .r = r };
 	cbi_point *pts = NULL;
 	size_t n = 0, *chain = NULL;
 	int rc = 0;
 	struct stat st;
 	if (stat(path, &st) < 0)
 		return cbi_err(err, -errno, "unable to open '%s': %s", path, strerror(errno));
-	c.dctx = ZSTD_createDCtx();
-	if (!c.dctx)
-		return cbi_err(err, -ENOMEM, "out of memory");
 	char dir[4096];
 	if (S_ISDIR(st.st_mode))
 		cbi_strlcpy(dir, path, sizeof dir);
 	else
 		cbi_dirname(path, dir, sizeof dir);
+	c.dir = dir;
+	c.dctx = ZSTD_createDCtx();
+	c.cx = cbi_cx_new();
+	c.keys = calloc(MAX_CHAINS, sizeof *c.keys);
+	if (!c.dctx || !c.cx || !c.keys) {
+		rc = cbi_err(err, -ENOMEM, "out of memory");
+		goto end;
+	}
 	if ((rc = cbi_chain_scan(dir, &pts, &n, err)))
 		goto end;
 	if (S_ISDIR(st.st_mode)) {
@@ -269,6 +388,7 @@ int cbi_verify(const char *path, cbi_verify_fn fn, void *ud, cbi_progress_fn pro
 			if ((rc = verify_point(&c, pts, chain, pts[i].seq)))
 				goto end;
 		}
+		check_state(&c, pts, n, -1);
 	} else {
 		cbi_point me;
 		int kind = 0;
@@ -297,9 +417,12 @@ int cbi_verify(const char *path, cbi_verify_fn fn, void *ud, cbi_progress_fn pro
 		for (uint32_t s = 0; s <= pts[i].seq; s++)
 			if ((rc = verify_point(&c, pts, chain, s)))
 				goto end;
+		check_state(&c, pts, n, i);
 	}
 end:
-	if (rc == -ECANCELED)
+	if (rc == -CBI_EPASS || rc == -CBI_ENOKEY)
+		rc = cbi_err(err, rc, "%s", c.keyerr.msg);
+	else if (rc == -ECANCELED)
 		cbi_err(err, rc, "interrupted");
 	else if (rc == -ENOMEM)
 		cbi_err(err, rc, "out of memory");
@@ -310,5 +433,10 @@ end:
 	free(c.scratch);
 	free(c.blk);
 	ZSTD_freeDCtx(c.dctx);
+	cbi_cx_free(c.cx);
+	if (c.keys) {
+		OPENSSL_cleanse(c.keys, MAX_CHAINS * sizeof *c.keys);
+		free(c.keys);
+	}
 	return rc;
 }

@@ -743,7 +743,7 @@ static void test_many_points(void **state)
 	sqlite3_stmt *ip = NULL, *ii = NULL;
 	assert_int_equal(sqlite3_prepare_v2(db,
 		"INSERT INTO points VALUES(?1, ?2, ?3, ?4, ?5, zeroblob(16), zeroblob(32), ?6, ?7, ?8,"
-		" 4096, 1048576, 256, ?9, ?10, ?11, ?12, '/dev/x', 256, 0, 256, 1048576, 6784, 0)",
+		" 4096, 1048576, 256, ?9, ?10, ?11, ?12, '/dev/x', 256, 0, 256, 1048576, 6784, 0, 0, 1)",
 		-1, &ip, NULL), SQLITE_OK);
 	assert_int_equal(sqlite3_prepare_v2(db,
 		"INSERT INTO images VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 256, 256, ?12)",

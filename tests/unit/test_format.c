@@ -14,7 +14,7 @@ static cbi_hdr mk_hdr(int kind, uint32_t type)
 	cbi_hdr h;
 	memset(&h, 0, sizeof h);
 	h.kind = kind;
-	h.version = CBI_FORMAT_VERSION;
+	h.version = 1; /* a plain file: version 1 */
 	h.flags = 0;
 	h.block_size = 65536;
 	h.hash_alg = CBI_HASH_XXH3_128;
@@ -137,7 +137,7 @@ static void test_hdr_layout(void **state)
 	uint8_t b[CBI_HDR_SIZE];
 	cbi_hdr_encode(&h, b);
 	assert_memory_equal(b, "CBIMGDAT", 8);
-	assert_int_equal(ld32(b + 8), CBI_FORMAT_VERSION);
+	assert_int_equal(ld32(b + 8), 1);
 	assert_int_equal(ld32(b + 12), CBI_HDR_SIZE);
 	assert_int_equal(ld32(b + 16), 0);
 	assert_int_equal(ld32(b + 20), 65536);
@@ -207,14 +207,33 @@ static void test_hdr_bad_magic(void **state)
 static void test_hdr_bad_version(void **state)
 {
 	(void)state;
-	const uint32_t bad[] = { 0, 2, 3, 0x100, 0x01000000u, UINT32_MAX };
+	const uint32_t bad[] = { 0, 3, 0x100, 0x01000000u, UINT32_MAX };
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		cbi_hdr h = mk_hdr(CBI_KIND_IMAGE, CBI_FULL), d;
-		h.version = bad[i];
 		uint8_t b[CBI_HDR_SIZE];
-		cbi_hdr_encode(&h, b); /* valid checksum, wrong version */
+		cbi_hdr_encode(&h, b);
+		st32(b + 8, bad[i]);
+		st64(b + 504, XXH3_64bits(b, 504)); /* valid checksum, wrong version */
 		assert_int_equal(cbi_hdr_decode(b, &d), -CBI_EFORMAT);
 	}
+	/* A version that does not match the features used: 2 on a plain file,
+	 * 1 on an encrypted one. */
+	cbi_hdr h = mk_hdr(CBI_KIND_IMAGE, CBI_FULL), d;
+	uint8_t b[CBI_HDR_SIZE];
+	cbi_hdr_encode(&h, b);
+	assert_int_equal(ld32(b + 8), 1);
+	st32(b + 8, 2);
+	st64(b + 504, XXH3_64bits(b, 504));
+	assert_int_equal(cbi_hdr_decode(b, &d), -CBI_EDAMAGED);
+	h.flags = CBI_HDR_ENCRYPTED;
+	memset(h.key_id, 0x11, 16);
+	memset(h.hdr_mac, 0x22, 16);
+	cbi_hdr_encode(&h, b);
+	assert_int_equal(ld32(b + 8), 2);
+	assert_int_equal(cbi_hdr_decode(b, &d), 0);
+	st32(b + 8, 1);
+	st64(b + 504, XXH3_64bits(b, 504));
+	assert_int_equal(cbi_hdr_decode(b, &d), -CBI_EFORMAT);
 }
 
 static void test_hdr_flipped_byte_anywhere(void **state)
@@ -357,13 +376,27 @@ static void test_hdr_later_features(void **state)
 	cbi_hdr h, d;
 	uint8_t b[CBI_HDR_SIZE];
 	h = mk_hdr(CBI_KIND_INDEX, CBI_FULL);
-	h.flags = 1;
+	h.flags = 2; /* an unknown flag */
 	cbi_hdr_encode(&h, b);
 	assert_int_equal(cbi_hdr_decode(b, &d), -CBI_EFORMAT);
 	h = mk_hdr(CBI_KIND_INDEX, CBI_FULL);
-	h.hash_alg = 2;
+	h.hash_alg = 3;
 	cbi_hdr_encode(&h, b);
 	assert_int_equal(cbi_hdr_decode(b, &d), -CBI_EFORMAT);
+	/* version 2 features: SHA-256 hashes; encryption needs key id and MAC */
+	h = mk_hdr(CBI_KIND_INDEX, CBI_FULL);
+	h.hash_alg = CBI_HASH_SHA256;
+	cbi_hdr_encode(&h, b);
+	assert_int_equal(cbi_hdr_decode(b, &d), 0);
+	assert_int_equal(d.version, 2);
+	h = mk_hdr(CBI_KIND_INDEX, CBI_FULL);
+	h.flags = CBI_HDR_ENCRYPTED; /* but key id and MAC all zero */
+	cbi_hdr_encode(&h, b);
+	assert_int_equal(cbi_hdr_decode(b, &d), -CBI_EDAMAGED);
+	h = mk_hdr(CBI_KIND_INDEX, CBI_FULL);
+	h.key_id[3] = 1; /* plain, with a key id */
+	cbi_hdr_encode(&h, b);
+	assert_int_equal(cbi_hdr_decode(b, &d), -CBI_EDAMAGED);
 	h = mk_hdr(CBI_KIND_INDEX, CBI_FULL);
 	h.compression = 0;
 	cbi_hdr_encode(&h, b);

@@ -13,7 +13,7 @@ static cbi_hdr mk_hdr(uint64_t nblocks)
 	cbi_hdr h;
 	memset(&h, 0, sizeof h);
 	h.kind = CBI_KIND_INDEX;
-	h.version = CBI_FORMAT_VERSION;
+	h.version = 1; /* a plain file: version 1 */
 	h.block_size = 4096;
 	h.hash_alg = CBI_HASH_XXH3_128;
 	h.compression = CBI_COMP_ZSTD;
@@ -57,7 +57,7 @@ static void write_index(const char *path, uint64_t n, cbi_idx_trailer *t_out)
 	cbi_hdr h = mk_hdr(n);
 	cbi_index_writer *w = NULL;
 	cbi_error e;
-	assert_int_equal(cbi_index_writer_create(path, NULL, &h, &w, &e), 0);
+	assert_int_equal(cbi_index_writer_create(path, NULL, &h, NULL, &w, &e), 0);
 	for (uint64_t i = 0; i < n; i++) {
 		cbi_idx_ent en = ent_for(i);
 		assert_int_equal(cbi_index_writer_add(w, &en), 0);
@@ -249,7 +249,7 @@ static void test_image_opened_as_index(void **state)
 	const char *p = tu_path(f->dir, "img.cbi");
 	cbi_hdr h = mk_hdr(10);
 	cbi_image_writer *w = NULL;
-	assert_int_equal(cbi_image_writer_create(p, NULL, &h, &w, NULL), 0);
+	assert_int_equal(cbi_image_writer_create(p, NULL, &h, NULL, &w, NULL), 0);
 	uint8_t dg[32] = { 0 };
 	assert_int_equal(cbi_image_writer_seal(w, 0, dg), 0);
 	assert_int_equal(cbi_image_writer_commit(w, NULL), 0);
@@ -280,7 +280,7 @@ static void test_seal_wrong_count(void **state)
 	for (size_t k = 0; k < 3; k++) {
 		cbi_hdr h = mk_hdr(100);
 		cbi_index_writer *w = NULL;
-		assert_int_equal(cbi_index_writer_create(p, NULL, &h, &w, NULL), 0);
+		assert_int_equal(cbi_index_writer_create(p, NULL, &h, NULL, &w, NULL), 0);
 		for (uint64_t i = 0; i < adds[k]; i++) {
 			cbi_idx_ent en = ent_for(i);
 			assert_int_equal(cbi_index_writer_add(w, &en), 0);
@@ -304,7 +304,7 @@ static void test_writer_create_error(void **state)
 	cbi_index_writer *w = NULL;
 	cbi_error e;
 	memset(&e, 0, sizeof e);
-	assert_int_equal(cbi_index_writer_create(tu_path(f->dir, "no/such.cbx"), NULL, &h, &w, &e), -ENOENT);
+	assert_int_equal(cbi_index_writer_create(tu_path(f->dir, "no/such.cbx"), NULL, &h, NULL, &w, &e), -ENOENT);
 	assert_int_equal(e.code, -ENOENT);
 	assert_null(w);
 }

@@ -106,7 +106,7 @@ static int verify(const char *path, findings *f, cbi_verify_result *r, cbi_error
 {
 	findings_init(f);
 	memset(e, 0, sizeof *e);
-	return cbi_verify(path, on_problem, f, NULL, NULL, r, e);
+	return cbi_verify(path, &(cbi_verify_opts){ .fn = on_problem, .ud = f, .no_state = 1 }, r, e);
 }
 
 static void test_intact(void **state)
@@ -136,7 +136,7 @@ static void test_intact(void **state)
 	assert_int_equal(verify(v->r[0].point.file, &f, &r, &e), 0);
 	assert_true(r.points_checked == 1);
 	/* a NULL callback is allowed */
-	assert_int_equal(cbi_verify(v->dest, NULL, NULL, NULL, NULL, &r, NULL), 0);
+	assert_int_equal(cbi_verify(v->dest, &(cbi_verify_opts){ .no_state = 1 }, &r, NULL), 0);
 	/* an empty directory holds nothing wrong */
 	const char *empty = tu_path(v->dir, "empty");
 	assert_int_equal(mkdir(empty, 0755), 0);
@@ -310,7 +310,7 @@ static void test_cancel(void **state)
 	cbi_verify_result r;
 	cbi_error e;
 	memset(&e, 0, sizeof e);
-	assert_int_equal(cbi_verify(v->dest, NULL, NULL, cancel_cb, NULL, &r, &e), -ECANCELED);
+	assert_int_equal(cbi_verify(v->dest, &(cbi_verify_opts){ .progress = cancel_cb, .no_state = 1 }, &r, &e), -ECANCELED);
 	assert_int_equal(e.code, -ECANCELED);
 }
 

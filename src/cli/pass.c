@@ -1,0 +1,153 @@
+/* pass.c - where passphrases come from: --password-file, the CBIMG_PASSWORD
+ * environment variable, or a prompt without echo on the terminal. */
+#include "cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+/* Read the first line of path (without its line ending). */
+static int read_pass_file(const char *path, char *buf, size_t bufsz)
+{
+	int fd = strcmp(path, "-") ? open(path, O_RDONLY | O_CLOEXEC) : 0;
+	if (fd < 0) {
+		cli_error("unable to read password file '%s': %s", path, strerror(errno));
+		return -CBI_EPASS;
+	}
+	size_t n = 0;
+	for (;;) {
+		ssize_t r = read(fd, buf + n, bufsz - 1 - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			cli_error("unable to read password file '%s': %s", path, strerror(errno));
+			n = 0;
+			break;
+		}
+		if (r == 0 || (n += (size_t)r) == bufsz - 1)
+			break;
+		if (memchr(buf, '\n', n))
+			break;
+	}
+	if (fd)
+		close(fd);
+	buf[n] = 0;
+	char *nl = strchr(buf, '\n');
+	if (nl)
+		*nl = 0;
+	n = strlen(buf);
+	if (n && buf[n - 1] == '\r')
+		buf[--n] = 0;
+	if (!n) {
+		cli_error("password file '%s' holds no passphrase", path);
+		return -CBI_EPASS;
+	}
+	return (int)n;
+}
+
+/* Prompt on /dev/tty with echo off. */
+static int prompt(const char *text, char *buf, size_t bufsz)
+{
+	int fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -CBI_EPASS;
+	struct termios old, quiet;
+	int restore = tcgetattr(fd, &old) == 0;
+	if (restore) {
+		quiet = old;
+		quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+		quiet.c_lflag |= ICANON;
+		tcsetattr(fd, TCSAFLUSH, &quiet);
+	}
+	if (write(fd, text, strlen(text)) < 0) {
+		/* nothing to do: the read below still works */
+	}
+	size_t n = 0;
+	char ch;
+	while (n + 1 < bufsz) {
+		ssize_t r = read(fd, &ch, 1);
+		if (r < 0 && errno == EINTR && !cli_interrupted())
+			continue;
+		if (r <= 0 || ch == '\n')
+			break;
+		buf[n++] = ch;
+	}
+	buf[n] = 0;
+	if (restore)
+		tcsetattr(fd, TCSAFLUSH, &old);
+	if (write(fd, "\n", 1) < 0) {
+		/* the prompt's line ending is cosmetic */
+	}
+	close(fd);
+	return cli_interrupted() ? -CBI_EPASS : (int)n;
+}
+
+int cli_pass_cb(void *ud, const char *what, int confirm, char *buf, size_t bufsz)
+{
+	struct cli_pass *p = ud;
+	int n;
+	if (p->have) {
+		memcpy(buf, p->cached, (size_t)p->len + 1);
+		return p->len;
+	}
+	if (p->file) {
+		n = read_pass_file(p->file, buf, bufsz);
+	} else if (p->env && getenv(p->env)) {
+		const char *e = getenv(p->env);
+		n = (int)strlen(e);
+		if (!n || (size_t)n >= bufsz)
+			return -CBI_EPASS;
+		memcpy(buf, e, (size_t)n + 1);
+	} else {
+		char text[512], again[CBI_PASS_MAX];
+		snprintf(text, sizeof text, "%s for %s: ", p->label ? p->label : "Passphrase", what);
+		if (!isatty(0) && !isatty(2))
+			return -CBI_EPASS; /* no terminal to ask on */
+		n = prompt(text, buf, bufsz);
+		if (n > 0 && confirm) {
+			snprintf(text, sizeof text, "%s again: ", p->label ? p->label : "Passphrase");
+			int m = prompt(text, again, sizeof again);
+			if (m != n || memcmp(buf, again, (size_t)n)) {
+				memset(again, 0, sizeof again);
+				cli_error("the passphrases differ");
+				return -CBI_EPASS;
+			}
+			memset(again, 0, sizeof again);
+		}
+	}
+	if (n > 0 && (size_t)n < sizeof p->cached) {
+		memcpy(p->cached, buf, (size_t)n + 1);
+		p->len = n;
+		p->have = 1;
+	}
+	return n;
+}
+
+void cli_pass_init(struct cli_pass *p, const char *env)
+{
+	memset(p, 0, sizeof *p);
+	p->env = env;
+}
+
+void cli_pass_wipe(struct cli_pass *p)
+{
+	volatile char *c = p->cached;
+	for (size_t i = 0; i < sizeof p->cached; i++)
+		c[i] = 0;
+	p->have = 0;
+}
+
+int cli_parse_scrypt(const char *s, cbi_kdf_params *k)
+{
+	unsigned a, b, c;
+	char end;
+	if (sscanf(s, "%u:%u:%u%c", &a, &b, &c, &end) != 3 || a < 10 || a > 24 || !b || b > 64 || !c || c > 64)
+		return -1;
+	k->log2_n = a;
+	k->r = b;
+	k->p = c;
+	return 0;
+}

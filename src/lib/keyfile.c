@@ -1,0 +1,349 @@
+/* keyfile.c - key files of encrypted chains, and unlocking a chain. */
+#define _GNU_SOURCE
+#include "keyfile.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "state.h"
+#include "util.h"
+
+/* Layout (format/SPEC.md, "Key files"), all integers little-endian:
+ *   0  8  magic "CBIMGKEY"      8  4  version (2)     12  4  size (256)
+ *  16 16  chain id             32 16  key id
+ *  48  4  kdf (1 = scrypt)     52  4  log2 N          56  4  r      60  4  p
+ *  64 32  salt                 96 12  nonce          108  4  zero
+ * 112 32  wrapped data key    144 16  GCM tag        160 88  zero
+ * 248  8  XXH3-64 of bytes 0..247
+ * The wrap's AAD is bytes 0..111, so no parameter can be changed without
+ * the passphrase. */
+#define KF_AAD_LEN 112u
+
+void cbi_keyfile_encode(const cbi_keyfile *kf, uint8_t b[CBI_KF_SIZE])
+{
+	memset(b, 0, CBI_KF_SIZE);
+	memcpy(b, CBI_MAGIC_KEY, 8);
+	st32(b + 8, kf->version);
+	st32(b + 12, CBI_KF_SIZE);
+	memcpy(b + 16, kf->chain_id, 16);
+	memcpy(b + 32, kf->key_id, 16);
+	st32(b + 48, kf->kdf);
+	st32(b + 52, kf->log2_n);
+	st32(b + 56, kf->r);
+	st32(b + 60, kf->p);
+	memcpy(b + 64, kf->salt, 32);
+	memcpy(b + 96, kf->nonce, 12);
+	memcpy(b + 112, kf->wrapped, CBI_KEY_LEN);
+	memcpy(b + 144, kf->tag, CBI_TAG_LEN);
+	st64(b + 248, XXH3_64bits(b, 248));
+}
+
+int cbi_keyfile_decode(const uint8_t b[CBI_KF_SIZE], cbi_keyfile *kf)
+{
+	memset(kf, 0, sizeof *kf);
+	if (memcmp(b, CBI_MAGIC_KEY, 8))
+		return -CBI_EFORMAT;
+	kf->version = ld32(b + 8);
+	if (kf->version != 2)
+		return -CBI_EFORMAT;
+	if (ld64(b + 248) != XXH3_64bits(b, 248) || ld32(b + 12) != CBI_KF_SIZE)
+		return -CBI_EDAMAGED;
+	memcpy(kf->chain_id, b + 16, 16);
+	memcpy(kf->key_id, b + 32, 16);
+	kf->kdf = ld32(b + 48);
+	kf->log2_n = ld32(b + 52);
+	kf->r = ld32(b + 56);
+	kf->p = ld32(b + 60);
+	memcpy(kf->salt, b + 64, 32);
+	memcpy(kf->nonce, b + 96, 12);
+	memcpy(kf->wrapped, b + 112, CBI_KEY_LEN);
+	memcpy(kf->tag, b + 144, CBI_TAG_LEN);
+	if (kf->kdf != CBI_KDF_SCRYPT)
+		return -CBI_EFORMAT;
+	if (kf->log2_n < 1 || kf->log2_n > 40 || !kf->r || !kf->p)
+		return -CBI_EDAMAGED;
+	for (size_t i = 108; i < 112; i++)
+		if (b[i])
+			return -CBI_EDAMAGED;
+	for (size_t i = 160; i < 248; i++)
+		if (b[i])
+			return -CBI_EDAMAGED;
+	return 0;
+}
+
+int cbi_keyfile_read(const char *path, cbi_keyfile *kf, cbi_error *err)
+{
+	uint8_t b[CBI_KF_SIZE + 1];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return cbi_err(err, -errno, "unable to open key file '%s': %s", path, strerror(errno));
+	ssize_t n = read(fd, b, sizeof b);
+	int e = errno;
+	close(fd);
+	if (n < 0)
+		return cbi_err(err, -e, "unable to read key file '%s': %s", path, strerror(e));
+	if (n != CBI_KF_SIZE)
+		return cbi_err(err, n < CBI_KF_SIZE ? -CBI_ETRUNCATED : -CBI_EDAMAGED,
+			       "key file '%s' is %zd bytes, not %u", path, n, CBI_KF_SIZE);
+	int rc = cbi_keyfile_decode(b, kf);
+	if (rc)
+		return cbi_err(err, rc, "'%s': %s", path,
+			       rc == -CBI_EFORMAT ? "not a cbimg key file or unsupported version"
+						  : "damaged key file (checksum)");
+	return 0;
+}
+
+int cbi_keyfile_write(const char *path, const cbi_keyfile *kf, cbi_error *err)
+{
+	uint8_t b[CBI_KF_SIZE];
+	char dir[4096], tmp[4096];
+	cbi_keyfile_encode(kf, b);
+	cbi_dirname(path, dir, sizeof dir);
+	const char *base = strrchr(path, '/');
+	base = base ? base + 1 : path;
+	if ((size_t)snprintf(tmp, sizeof tmp, "%s/.%s.%ld.tmp", dir, base, (long)getpid()) >= sizeof tmp)
+		return cbi_err(err, -ENAMETOOLONG, "path too long: '%s'", path);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return cbi_err(err, -errno, "unable to create '%s': %s", tmp, strerror(errno));
+	int rc = cbi_pwrite_full(fd, b, sizeof b, 0);
+	if (!rc && fsync(fd) < 0)
+		rc = -errno;
+	if (close(fd) < 0 && !rc)
+		rc = -errno;
+	if (!rc && rename(tmp, path) < 0)
+		rc = -errno;
+	if (rc) {
+		unlink(tmp);
+		return cbi_err(err, rc, "unable to write key file '%s': %s", path, cbi_errtext(rc));
+	}
+	if ((rc = cbi_fsync_dir(dir)))
+		return cbi_err(err, rc, "unable to sync directory '%s': %s", dir, cbi_errtext(rc));
+	return 0;
+}
+
+static int kek_derive(const cbi_keyfile *kf, const char *pass, size_t passlen, uint8_t kek[CBI_KEY_LEN])
+{
+	return cbi_scrypt(pass, passlen, kf->salt, sizeof kf->salt, kf->log2_n, kf->r, kf->p, kek, CBI_KEY_LEN);
+}
+
+int cbi_keyfile_wrap(cbi_keyfile *kf, const cbi_keys *k, const char *pass, size_t passlen,
+		     const cbi_kdf_params *kdf)
+{
+	cbi_kdf_params d = { CBI_KDF_LOG2_N, CBI_KDF_R, CBI_KDF_P };
+	if (kdf && kdf->log2_n)
+		d.log2_n = kdf->log2_n;
+	if (kdf && kdf->r)
+		d.r = kdf->r;
+	if (kdf && kdf->p)
+		d.p = kdf->p;
+	if (d.log2_n < 10 || d.log2_n > 24 || d.r > 64 || d.p > 64)
+		return -CBI_EUSAGE;
+	memset(kf, 0, sizeof *kf);
+	kf->version = 2;
+	kf->kdf = CBI_KDF_SCRYPT;
+	kf->log2_n = d.log2_n;
+	kf->r = d.r;
+	kf->p = d.p;
+	memcpy(kf->chain_id, k->chain_id, 16);
+	memcpy(kf->key_id, k->key_id, 16);
+	int rc = cbi_random(kf->salt, sizeof kf->salt);
+	if (!rc)
+		rc = cbi_random(kf->nonce, sizeof kf->nonce);
+	if (rc)
+		return rc;
+	uint8_t kek[CBI_KEY_LEN], aad[CBI_KF_SIZE];
+	if ((rc = kek_derive(kf, pass, passlen, kek)))
+		return rc;
+	cbi_keyfile_encode(kf, aad);
+	cbi_cx *cx = cbi_cx_new();
+	rc = cx ? cbi_gcm_seal(cx, kek, kf->nonce, aad, KF_AAD_LEN, k->dk, CBI_KEY_LEN, kf->wrapped, kf->tag)
+		: -ENOMEM;
+	cbi_cx_free(cx);
+	OPENSSL_cleanse(kek, sizeof kek);
+	return rc;
+}
+
+int cbi_keyfile_unwrap(const cbi_keyfile *kf, const char *pass, size_t passlen, cbi_keys *out)
+{
+	uint8_t kek[CBI_KEY_LEN], aad[CBI_KF_SIZE], dk[CBI_KEY_LEN];
+	int rc = kek_derive(kf, pass, passlen, kek);
+	if (rc)
+		return rc;
+	cbi_keyfile_encode(kf, aad);
+	cbi_cx *cx = cbi_cx_new();
+	rc = cx ? cbi_gcm_open(cx, kek, kf->nonce, aad, KF_AAD_LEN, kf->wrapped, CBI_KEY_LEN, kf->tag, dk) : -ENOMEM;
+	cbi_cx_free(cx);
+	OPENSSL_cleanse(kek, sizeof kek);
+	if (rc == -CBI_EAUTH)
+		rc = -CBI_EPASS;
+	if (!rc)
+		rc = cbi_keys_derive(out, kf->chain_id, dk);
+	OPENSSL_cleanse(dk, sizeof dk);
+	/* A key file whose key id does not belong to its data key was altered. */
+	if (!rc && cbi_ct_memcmp(out->key_id, kf->key_id, 16)) {
+		cbi_keys_wipe(out);
+		rc = -CBI_EPASS;
+	}
+	return rc;
+}
+
+void cbi_keyfile_name(const cbi_hdr *h, char *out, size_t outsz)
+{
+	char host[33], job[33], src[33], id[33];
+	cbi_sanitize_name(h->host, host, sizeof host);
+	cbi_sanitize_name(h->job, job, sizeof job);
+	const char *base = strrchr(h->source_path, '/');
+	cbi_sanitize_name(base ? base + 1 : h->source_path, src, sizeof src);
+	cbi_id_hex(h->chain_id, id);
+	id[8] = 0;
+	snprintf(out, outsz, "%s_%s_%s_key_%s.cbk", host, src, job, id);
+}
+
+void cbi_keyfile_state_path(const char *state_dir, const char *host, const char *source_id, const char *job,
+			    char *out, size_t outsz)
+{
+	snprintf(out, outsz, "%.3000s/%016llx/chain.cbk", state_dir,
+		 (unsigned long long)cbi_state_key(host, source_id, job));
+}
+
+int cbi_keyfile_find(const char *dir, const uint8_t chain_id[16], char (*paths)[4096], size_t max, size_t *n)
+{
+	*n = 0;
+	DIR *d = opendir(dir);
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	struct dirent *de;
+	while ((de = readdir(d)) && *n < max) {
+		if (de->d_name[0] == '.' || !cbi_has_ext(de->d_name, ".cbk"))
+			continue;
+		char path[4096];
+		cbi_keyfile kf;
+		if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= sizeof path)
+			continue;
+		if (cbi_keyfile_read(path, &kf, NULL) || memcmp(kf.chain_id, chain_id, 16))
+			continue;
+		cbi_strlcpy(paths[*n], path, sizeof paths[*n]);
+		(*n)++;
+	}
+	closedir(d);
+	return 0;
+}
+
+#define MAX_CAND 8
+
+int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, cbi_pass_fn pass, void *ud,
+		     cbi_keys *out, char *used, size_t usedsz, cbi_error *err)
+{
+	char(*cand)[4096] = calloc(MAX_CAND, sizeof *cand);
+	char *pw = malloc(CBI_PASS_MAX);
+	char id[33], what[256];
+	size_t n = 0;
+	int rc;
+	cbi_id_hex(h->chain_id, id);
+	id[8] = 0;
+	if (!cand || !pw) {
+		rc = cbi_err(err, -ENOMEM, "out of memory");
+		goto end;
+	}
+	if ((rc = cbi_keyfile_find(dir, h->chain_id, cand, MAX_CAND - 1, &n))) {
+		rc = cbi_err(err, rc, "unable to read directory '%s': %s", dir, cbi_errtext(rc));
+		goto end;
+	}
+	if (state_dir && *state_dir) {
+		cbi_keyfile kf;
+		cbi_keyfile_state_path(state_dir, h->host, h->source_id, h->job, cand[n], sizeof cand[n]);
+		if (!cbi_keyfile_read(cand[n], &kf, NULL) && !memcmp(kf.chain_id, h->chain_id, 16))
+			n++;
+	}
+	if (!n) {
+		rc = cbi_err(err, -CBI_ENOKEY,
+			     "chain %s (job '%s' of '%s') is encrypted, but its key file (.cbk) is neither in "
+			     "'%s' nor in the local state: copy it there",
+			     id, h->job, h->host, dir);
+		goto end;
+	}
+	snprintf(what, sizeof what, "chain %s, job '%s' of '%s'", id, h->job, h->host);
+	int len = pass ? pass(ud, what, 0, pw, CBI_PASS_MAX) : -CBI_EPASS;
+	if (len < 0 || len >= (int)CBI_PASS_MAX) {
+		rc = cbi_err(err, -CBI_EPASS,
+			     "chain %s (job '%s' of '%s') is encrypted: no passphrase given "
+			     "(--password-file, CBIMG_PASSWORD or a terminal)",
+			     id, h->job, h->host);
+		goto end;
+	}
+	rc = -CBI_EPASS;
+	for (size_t i = 0; i < n && rc; i++) {
+		cbi_keyfile kf;
+		if (cbi_keyfile_read(cand[i], &kf, NULL))
+			continue;
+		rc = cbi_keyfile_unwrap(&kf, pw, (size_t)len, out);
+		if (!rc && cbi_ct_memcmp(out->key_id, h->key_id, 16)) {
+			cbi_keys_wipe(out); /* a key file of another key of this chain id */
+			rc = -CBI_EPASS;
+		}
+		if (!rc && used)
+			cbi_strlcpy(used, cand[i], usedsz);
+		if (rc == -ENOMEM) {
+			rc = cbi_err(err, rc, "key file '%s': its scrypt cost needs more than 1 GiB of memory",
+				     cand[i]);
+			goto end;
+		}
+	}
+	if (rc)
+		rc = cbi_err(err, -CBI_EPASS, "wrong passphrase for chain %s (job '%s' of '%s'; key file '%s')", id,
+			     h->job, h->host, cand[0]);
+end:
+	if (pw)
+		OPENSSL_cleanse(pw, CBI_PASS_MAX);
+	free(pw);
+	free(cand);
+	return rc;
+}
+
+int cbi_hdr_mac(const uint8_t hdr[CBI_HDR_SIZE], const cbi_keys *k, uint8_t out[16])
+{
+	uint8_t m[32];
+	int rc = cbi_hmac(k->mac_key, hdr, CBI_HDR_MAC_OFF, m);
+	memcpy(out, m, 16);
+	return rc;
+}
+
+int cbi_hdr_encode_keyed(cbi_hdr *h, const cbi_keys *k, uint8_t buf[CBI_HDR_SIZE])
+{
+	h->version = cbi_hdr_version_for(h);
+	if (!(h->flags & CBI_HDR_ENCRYPTED)) {
+		memset(h->key_id, 0, 16);
+		memset(h->hdr_mac, 0, 16);
+		cbi_hdr_encode(h, buf);
+		return 0;
+	}
+	if (!k)
+		return -EINVAL;
+	memcpy(h->key_id, k->key_id, 16);
+	memset(h->hdr_mac, 0, 16);
+	cbi_hdr_encode(h, buf);
+	int rc = cbi_hdr_mac(buf, k, h->hdr_mac);
+	if (!rc)
+		cbi_hdr_encode(h, buf);
+	return rc;
+}
+
+int cbi_hdr_check_keyed(const cbi_hdr *h, const cbi_keys *k)
+{
+	if (!(h->flags & CBI_HDR_ENCRYPTED))
+		return 0;
+	if (memcmp(h->key_id, k->key_id, 16) || memcmp(h->chain_id, k->chain_id, 16))
+		return -CBI_EPASS;
+	uint8_t b[CBI_HDR_SIZE], m[16];
+	cbi_hdr_encode(h, b);
+	int rc = cbi_hdr_mac(b, k, m);
+	if (rc)
+		return rc;
+	return cbi_ct_memcmp(m, h->hdr_mac, 16) ? -CBI_EAUTH : 0;
+}
