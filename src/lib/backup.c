@@ -211,12 +211,12 @@ static int reconcile(const cbi_point **tp, const cbi_point *st, int sfound, int 
  * (asked for with confirmation) in a key file written to DEST now, before
  * any file of the chain. */
 static int new_chain_key(const cbi_backup_opts *o, cbi_hdr *h, cbi_keys *keys, char *key_path, size_t kpsz,
-			 cbi_backup_result *r, cbi_error *err)
+			 char *pw, int *pwlen, cbi_backup_result *r, cbi_error *err)
 {
 	uint8_t dk[CBI_KEY_LEN];
-	char *pw = malloc(CBI_PASS_MAX), id[33], what[256], name[512];
+	char id[33], what[256], name[512];
 	cbi_keyfile kf;
-	int rc = pw ? cbi_random(dk, sizeof dk) : -ENOMEM;
+	int rc = cbi_random(dk, sizeof dk);
 	if (rc) {
 		rc = cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
 		goto end;
@@ -235,6 +235,7 @@ static int new_chain_key(const cbi_backup_opts *o, cbi_hdr *h, cbi_keys *keys, c
 				      : "--encrypt needs a passphrase (--password-file, CBIMG_PASSWORD or a terminal)");
 		goto end;
 	}
+	*pwlen = len;
 	rc = cbi_keyfile_wrap(&kf, keys, pw, (size_t)len, &o->kdf);
 	if (rc == -CBI_EUSAGE) {
 		rc = cbi_err(err, rc, "scrypt cost out of range: log2 N from 10 to 24, r and p from 1 to 64");
@@ -252,22 +253,20 @@ static int new_chain_key(const cbi_backup_opts *o, cbi_hdr *h, cbi_keys *keys, c
 	r->key_file_new = 1;
 end:
 	OPENSSL_cleanse(dk, sizeof dk);
-	if (pw)
-		OPENSSL_cleanse(pw, CBI_PASS_MAX);
-	free(pw);
 	return rc;
 }
 
-/* Continuing an encrypted chain: make sure DEST holds its key file (a copy
- * of the one that opened the chain, when that lies elsewhere). */
-static int ensure_key_file(const char *dest, const cbi_hdr *h, const char *used, cbi_backup_result *r,
-			   cbi_error *err)
+/* Continuing an encrypted chain: make sure DEST holds its key file. When
+ * it does not (an outbox, continued from the local state), write one,
+ * wrapped anew at the full cost: the state's copy is wrapped cheaply and
+ * must not leave the machine. */
+static int ensure_key_file(const cbi_backup_opts *o, const cbi_hdr *h, const cbi_keys *keys, const char *pw,
+			   int pwlen, cbi_backup_result *r, cbi_error *err)
 {
-	char dir[4096], name[512];
-	cbi_dirname(used, dir, sizeof dir);
+	char name[512];
 	char(*found)[4096] = malloc(sizeof *found);
 	size_t n = 0;
-	int rc = found ? cbi_keyfile_find(dest, h->chain_id, found, 1, &n) : -ENOMEM;
+	int rc = found ? cbi_keyfile_find(o->dest, h->chain_id, found, 1, &n) : -ENOMEM;
 	if (!rc && n) {
 		cbi_strlcpy(r->key_file, found[0], sizeof r->key_file);
 		free(found);
@@ -275,10 +274,10 @@ static int ensure_key_file(const char *dest, const cbi_hdr *h, const char *used,
 	}
 	free(found);
 	cbi_keyfile kf;
-	if ((rc = cbi_keyfile_read(used, &kf, err)))
-		return rc;
+	if ((rc = cbi_keyfile_wrap(&kf, keys, pw, (size_t)pwlen, &o->kdf)))
+		return cbi_err(err, rc, "unable to wrap the chain key: %s", cbi_errtext(rc));
 	cbi_keyfile_name(h, name, sizeof name);
-	snprintf(r->key_file, sizeof r->key_file, "%.3000s/%.1000s", dest, name);
+	snprintf(r->key_file, sizeof r->key_file, "%.3000s/%.1000s", o->dest, name);
 	if ((rc = cbi_keyfile_write(r->key_file, &kf, err)))
 		return rc;
 	r->key_file_new = 1;
@@ -313,6 +312,8 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	cbi_keys keys;            /* the chain's keys when it is encrypted */
 	int encrypted = 0;
 	char key_used[4096] = ""; /* the key file that opened the chain */
+	char *pw = NULL;          /* its passphrase, kept for the state's key copy */
+	int pwlen = 0;
 	uint8_t rec_key[CBI_KEY_LEN];
 	cbi_hashspec hs;
 	memset(&keys, 0, sizeof keys);
@@ -427,8 +428,12 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 				goto end;
 			if (parent->hdr.flags & CBI_HDR_ENCRYPTED) {
 				/* DEST's key files first, then the local state's copy */
+				if (!(pw = malloc(CBI_PASS_MAX))) {
+					rc = cbi_err(err, -ENOMEM, "out of memory");
+					goto end;
+				}
 				if ((rc = cbi_chain_unlock(o->dest, o->no_state ? NULL : state_dir, &parent->hdr, o->pass,
-							   o->pass_ud, &keys, key_used, sizeof key_used, err)))
+							   o->pass_ud, &keys, key_used, sizeof key_used, pw, &pwlen, err)))
 					goto end;
 				if ((rc = cbi_index_set_keys(parent, &keys))) {
 					rc = cbi_err(err, rc == -CBI_EPASS ? -CBI_EPASS : -CBI_EDAMAGED,
@@ -477,7 +482,11 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 			rc = cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
 			goto end;
 		}
-		if (o->encrypt && (rc = new_chain_key(o, &h, &keys, key_used, sizeof key_used, r, err)))
+		if (o->encrypt && !(pw = malloc(CBI_PASS_MAX))) {
+			rc = cbi_err(err, -ENOMEM, "out of memory");
+			goto end;
+		}
+		if (o->encrypt && (rc = new_chain_key(o, &h, &keys, key_used, sizeof key_used, pw, &pwlen, r, err)))
 			goto end;
 		encrypted = o->encrypt;
 	}
@@ -498,7 +507,7 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 		}
 		/* The chain's key file belongs beside its points: an outbox that
 		 * continues a chain from the local state gets a copy. */
-		if (!r->key_file_new && (rc = ensure_key_file(o->dest, &h, key_used, r, err)))
+		if (!r->key_file_new && (rc = ensure_key_file(o, &h, &keys, pw, pwlen, r, err)))
 			goto end;
 	}
 
@@ -563,8 +572,8 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 
 	if (!o->no_state) {
 		cbi_error se;
-		if (cbi_state_save(state_dir, lock_key(h.host, h.source_id, h.job), idx_path,
-				   encrypted ? r->key_file : NULL, &se))
+		if (cbi_state_save(state_dir, lock_key(h.host, h.source_id, h.job), idx_path, encrypted ? &keys : NULL,
+				   pw, (size_t)pwlen, &se))
 			append_warning(r, se.msg);
 	}
 
@@ -596,6 +605,9 @@ end:
 		r->key_file_new = 0;
 	}
 	cbi_keys_wipe(&keys);
+	if (pw)
+		OPENSSL_cleanse(pw, CBI_PASS_MAX);
+	free(pw);
 	OPENSSL_cleanse(rec_key, sizeof rec_key);
 	OPENSSL_cleanse(&hs, sizeof hs);
 	if (run_id && cbi_catalog_run_end(o->dest, run_id, rc,

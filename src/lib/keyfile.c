@@ -238,7 +238,7 @@ int cbi_keyfile_find(const char *dir, const uint8_t chain_id[16], char (*paths)[
 #define MAX_CAND 8
 
 int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, cbi_pass_fn pass, void *ud,
-		     cbi_keys *out, char *used, size_t usedsz, cbi_error *err)
+		     cbi_keys *out, char *used, size_t usedsz, char *pwout, int *pwlen, cbi_error *err)
 {
 	char(*cand)[4096] = calloc(MAX_CAND, sizeof *cand);
 	char *pw = malloc(CBI_PASS_MAX);
@@ -251,16 +251,18 @@ int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, c
 		rc = cbi_err(err, -ENOMEM, "out of memory");
 		goto end;
 	}
-	if ((rc = cbi_keyfile_find(dir, h->chain_id, cand, MAX_CAND - 1, &n))) {
-		rc = cbi_err(err, rc, "unable to read directory '%s': %s", dir, cbi_errtext(rc));
-		goto end;
-	}
 	if (state_dir && *state_dir) {
 		cbi_keyfile kf;
 		cbi_keyfile_state_path(state_dir, h->host, h->source_id, h->job, cand[n], sizeof cand[n]);
 		if (!cbi_keyfile_read(cand[n], &kf, NULL) && !memcmp(kf.chain_id, h->chain_id, 16))
 			n++;
 	}
+	size_t m = 0;
+	if ((rc = cbi_keyfile_find(dir, h->chain_id, cand + n, MAX_CAND - 1, &m))) {
+		rc = cbi_err(err, rc, "unable to read directory '%s': %s", dir, cbi_errtext(rc));
+		goto end;
+	}
+	n += m;
 	if (!n) {
 		rc = cbi_err(err, -CBI_ENOKEY,
 			     "chain %s (job '%s' of '%s') is encrypted, but its key file (.cbk) is neither in "
@@ -297,7 +299,12 @@ int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, c
 	}
 	if (rc)
 		rc = cbi_err(err, -CBI_EPASS, "wrong passphrase for chain %s (job '%s' of '%s'; key file '%s')", id,
-			     h->job, h->host, cand[0]);
+			     h->job, h->host, cand[n - 1]);
+	if (!rc && pwout) {
+		memcpy(pwout, pw, (size_t)len);
+		pwout[len] = 0;
+		*pwlen = len;
+	}
 end:
 	if (pw)
 		OPENSSL_cleanse(pw, CBI_PASS_MAX);

@@ -59,13 +59,23 @@ void cbi_keyfile_state_path(const char *state_dir, const char *host, const char 
 int cbi_keyfile_find(const char *dir, const uint8_t chain_id[16], char (*paths)[4096], size_t max,
 		     size_t *n) CBI_WUR;
 
-/* Unlock the chain of header h: find its key files in dir and the local
- * state's copy (state_dir may be NULL), ask pass for the passphrase once and
- * unwrap the first that opens and carries h's key id. used (if non-NULL)
- * receives the path of that key file. -CBI_ENOKEY when no key file exists,
- * -CBI_EPASS when no passphrase was given or none opened. */
+/* scrypt cost of the local state's copy of a key file (format/SPEC.md,
+ * "Key files"): that copy stays on the machine that holds the source disk,
+ * and unlocking it must not cost an incremental more than milliseconds. */
+#define CBI_STATE_KDF_LOG2_N 12u
+#define CBI_STATE_KDF_R 8u
+#define CBI_STATE_KDF_P 1u
+
+/* Unlock the chain of header h: find the local state's copy of its key file
+ * (state_dir may be NULL) and its key files in dir, ask pass for the
+ * passphrase once and unwrap the first that opens (the state's copy first:
+ * it is the cheap one) and carries h's key id. used (if non-NULL) receives
+ * the path of that key file; pw (if non-NULL, CBI_PASS_MAX bytes) the
+ * passphrase and *pwlen its length, for the caller to wipe. -CBI_ENOKEY when
+ * no key file exists, -CBI_EPASS when no passphrase was given or none
+ * opened. */
 int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, cbi_pass_fn pass, void *ud,
-		     cbi_keys *out, char *used, size_t usedsz, cbi_error *err) CBI_WUR;
+		     cbi_keys *out, char *used, size_t usedsz, char *pw, int *pwlen, cbi_error *err) CBI_WUR;
 
 /* The header MAC of an encrypted file: HMAC-SHA256 under k's file-mac key of
  * the encoded header's bytes 0..487, truncated to 16 bytes. */

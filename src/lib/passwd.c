@@ -75,9 +75,6 @@ int cbi_passwd(const cbi_passwd_opts *o, cbi_passwd_result *r, cbi_error *err)
 		rc = cbi_err(err, rc, "unable to read directory '%s': %s", dir, cbi_errtext(rc));
 		goto end;
 	}
-	if (!o->no_state)
-		find_state_copies(o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR, chain_id, files,
-				  MAX_FILES, &n);
 	cbi_id_hex(chain_id, id);
 	id[8] = 0;
 	if (!n) {
@@ -105,7 +102,12 @@ int cbi_passwd(const cbi_passwd_opts *o, cbi_passwd_result *r, cbi_error *err)
 		rc = cbi_err(err, -CBI_EPASS, nlen == 0 ? "the new passphrase is empty" : "no new passphrase given");
 		goto end;
 	}
+	size_t ndest = n;
+	if (!o->no_state)
+		find_state_copies(o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR, chain_id, files,
+				  MAX_FILES, &n);
 	for (size_t i = 0; i < n; i++) {
+		static const cbi_kdf_params cheap = { CBI_STATE_KDF_LOG2_N, CBI_STATE_KDF_R, CBI_STATE_KDF_P };
 		cbi_keys other;
 		/* Rewrap only what the current passphrase opens: a copy under
 		 * another passphrase is someone's decision, reported, not undone. */
@@ -115,7 +117,8 @@ int cbi_passwd(const cbi_passwd_opts *o, cbi_passwd_result *r, cbi_error *err)
 			continue;
 		}
 		cbi_keys_wipe(&other);
-		if ((rc = cbi_keyfile_wrap(&kf, &keys, npw, (size_t)nlen, &o->kdf))) {
+		/* the state's copies keep their low cost (keyfile.h) */
+		if ((rc = cbi_keyfile_wrap(&kf, &keys, npw, (size_t)nlen, i < ndest ? &o->kdf : &cheap))) {
 			rc = cbi_err(err, rc, rc == -CBI_EUSAGE ? "scrypt cost out of range" : "unable to wrap the key: %s",
 				     cbi_errtext(rc));
 			goto end;

@@ -96,7 +96,7 @@ static int resolve(const char *file, const cbi_restore_opts *o, cbi_resolved *v,
 		goto fail;
 	if (v->index->hdr.flags & CBI_HDR_ENCRYPTED) {
 		const char *sd = o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR;
-		if ((rc = cbi_chain_unlock(dir, sd, &v->index->hdr, o->pass, o->pass_ud, &v->keys, NULL, 0, err)) ||
+		if ((rc = cbi_chain_unlock(dir, sd, &v->index->hdr, o->pass, o->pass_ud, &v->keys, NULL, 0, NULL, NULL, err)) ||
 		    (rc = check_chain_headers(v, err)) || (rc = cbi_index_set_keys(v->index, &v->keys)))
 			goto fail;
 		v->encrypted = 1;

@@ -106,8 +106,8 @@ static int install_copy(const char *dir, const char *name, const char *from, cbi
 	return 0;
 }
 
-int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, const char *key_path,
-		   cbi_error *err)
+int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, const cbi_keys *keys,
+		   const char *pass, size_t passlen, cbi_error *err)
 {
 	char dir[4096];
 	if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
@@ -119,11 +119,14 @@ int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, 
 	const char *base = strrchr(index_path, '/');
 	base = base ? base + 1 : index_path;
 	int rc;
-	if (key_path) {
+	if (keys) {
+		static const cbi_kdf_params cheap = { CBI_STATE_KDF_LOG2_N, CBI_STATE_KDF_R, CBI_STATE_KDF_P };
 		cbi_keyfile kf;
 		char kp[4096];
 		snprintf(kp, sizeof kp, "%.3000s/chain.cbk", dir);
-		if ((rc = cbi_keyfile_read(key_path, &kf, err)) || (rc = cbi_keyfile_write(kp, &kf, err)))
+		if ((rc = cbi_keyfile_wrap(&kf, keys, pass, passlen, &cheap)))
+			return cbi_err(err, rc, "unable to wrap the state's key: %s", cbi_errtext(rc));
+		if ((rc = cbi_keyfile_write(kp, &kf, err)))
 			return rc;
 	}
 	if ((rc = install_copy(dir, base, index_path, err)))
@@ -136,7 +139,7 @@ int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, 
 		char path[4096];
 		while ((de = readdir(d))) {
 			if (!strcmp(de->d_name, base) || !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
-			    (key_path && !strcmp(de->d_name, "chain.cbk")))
+			    (keys && !strcmp(de->d_name, "chain.cbk")))
 				continue;
 			snprintf(path, sizeof path, "%.3000s/%.1000s", dir, de->d_name);
 			unlink(path);

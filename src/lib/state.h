@@ -28,12 +28,15 @@ uint64_t cbi_state_key(const char *host, const char *source_id, const char *job)
 int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, int *damaged,
 		   char *why, size_t whysz) CBI_WUR;
 
+struct cbi_keys;
+
 /* Make the index at index_path the job's state: copy it under a temporary
  * name, fsync, rename, fsync the directory, then remove older indexes.
- * key_path (NULL for a plain chain) is the chain's key file: copied the
- * same way to chain.cbk first, so the state never holds an encrypted index
- * without its key file. */
-int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, const char *key_path,
-		   cbi_error *err) CBI_WUR;
+ * For an encrypted chain (keys non-NULL), first write chain.cbk: the data
+ * key wrapped under pass at the state's low scrypt cost (keyfile.h), so the
+ * state never holds an encrypted index without its key file, and the next
+ * incremental unlocks in milliseconds. */
+int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, const struct cbi_keys *keys,
+		   const char *pass, size_t passlen, cbi_error *err) CBI_WUR;
 
 #endif

@@ -98,7 +98,7 @@ static const cbi_keys *chain_keys(vctx *c, const cbi_hdr *h, int *rc)
 	memcpy(k->chain_id, h->chain_id, 16);
 	const char *sd = c->o->no_state ? NULL
 		       : c->o->state_dir && *c->o->state_dir ? c->o->state_dir : CBI_DEFAULT_STATE_DIR;
-	k->rc = cbi_chain_unlock(c->dir, sd, h, c->o->pass, c->o->pass_ud, &k->keys, NULL, 0, &e);
+	k->rc = cbi_chain_unlock(c->dir, sd, h, c->o->pass, c->o->pass_ud, &k->keys, NULL, 0, NULL, NULL, &e);
 	if (k->rc && !c->keyerr.code)
 		c->keyerr = e;
 	*rc = k->rc;
