@@ -125,6 +125,8 @@ void cli_json_point(struct json *j, const char *key, const cbi_point *p)
 	json_u64(j, "stored_bytes", p->stored_bytes);
 	json_u64(j, "index_bytes", p->index_bytes);
 	json_u64(j, "segment_size", p->segment_size);
+	json_bool(j, "encrypted", p->encrypted);
+	json_string(j, "hash", p->hash_alg == CBI_HASH_SHA256_128 ? "sha256" : "xxh3");
 	cli_hex(p->index_digest, 32, hex);
 	json_string(j, "index_digest", hex);
 	json_bool(j, "has_image", p->has_image);
@@ -202,6 +204,9 @@ static void print_point(const cbi_point *p)
 	} else {
 		kv("segments", "-");
 	}
+	kv("hash", "%s%s", p->hash_alg == CBI_HASH_SHA256_128 ? "SHA-256/128" : "XXH3-128",
+	   p->encrypted ? ", keyed" : "");
+	kv("encrypted", "%s", p->encrypted ? "yes (AES-256-GCM; key file .cbk beside the chain)" : "no");
 	kv("image", "%s", p->has_image ? "complete" : p->file[0] ? "incomplete" : "missing");
 }
 
