@@ -183,6 +183,12 @@ static int reconcile(const cbi_point **tp, const cbi_point *st, int sfound, int 
 	cbi_id_hex(d->chain_id, a);
 	cbi_id_hex(st->chain_id, b);
 	if (memcmp(d->chain_id, st->chain_id, 16)) {
+		if (st->encrypted && !d->encrypted)
+			return cbi_err(err, -CBI_EMISMATCH,
+				       "the local state of job '%s' follows encrypted chain %s, but the newest point "
+				       "in '%s' is on unencrypted chain %s: refusing to continue it in clear; use "
+				       "--full --encrypt to start a new encrypted chain",
+				       h->job, b, o->dest, a);
 		snprintf(r->notice, sizeof r->notice,
 			 "the local state follows chain %s (seq %u) but the newest point of job '%s' in '%s' "
 			 "is on chain %s (seq %u): continuing the chain in '%s'",
@@ -412,6 +418,21 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 				goto end;
 			}
 	}
+	if (tp && !tp->encrypted) {
+		/* A chain is encrypted throughout: an unencrypted newest point of
+		 * an encrypted chain was forged, and continuing it would write the
+		 * disk's changes in clear. */
+		int enc_seen = sfound && stp.encrypted && !memcmp(stp.chain_id, tp->chain_id, 16);
+		for (size_t i = 0; i < npts && !enc_seen; i++)
+			enc_seen = pts[i].encrypted && !memcmp(pts[i].chain_id, tp->chain_id, 16);
+		if (enc_seen) {
+			rc = cbi_err(err, -CBI_EAUTH,
+				     "newest point '%s' of job '%s' is unencrypted, but its chain is encrypted: "
+				     "the point was forged or altered; run 'cbimg verify'",
+				     tp->index_file, h.job);
+			goto end;
+		}
+	}
 	if (tp) {
 		if (tp->source_size != src->size) {
 			rc = cbi_err(err, -CBI_EMISMATCH,
@@ -436,10 +457,12 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 							   o->pass_ud, &keys, key_used, sizeof key_used, pw, &pwlen, err)))
 					goto end;
 				if ((rc = cbi_index_set_keys(parent, &keys))) {
-					rc = cbi_err(err, rc == -CBI_EPASS ? -CBI_EPASS : -CBI_EDAMAGED,
-						     "newest index '%s' of job '%s': %s", tp->index_file, h.job,
-						     rc == -CBI_EPASS ? "made with another key than its key file's"
-								      : "header authentication failed");
+					/* the chain was unlocked: another key id in one of its
+					 * headers means the header was altered */
+					rc = cbi_err(err, -CBI_EAUTH, "newest index '%s' of job '%s': %s", tp->index_file,
+						     h.job,
+						     rc == -CBI_EPASS ? CBI_MSG_OTHER_KEY
+								      : "header authentication failed: the header was altered");
 					goto end;
 				}
 				encrypted = 1;

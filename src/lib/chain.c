@@ -304,6 +304,22 @@ int cbi_chain_resolve(const cbi_point *pts, size_t n, size_t tip, size_t **out, 
 			return cbi_err(err, -CBI_EDAMAGED, "parent %s of '%s' does not fit the chain", id,
 				       pts[cur].index_file);
 		}
+		/* Every point of a chain is encrypted, or none is (format/SPEC.md,
+		 * "Chain rules"): a plain point on an encrypted chain is a forgery
+		 * that could otherwise be restored without authentication, or
+		 * continued in clear. */
+		if (pp->encrypted != pts[cur].encrypted || pp->hash_alg != pts[cur].hash_alg) {
+			free(v);
+			if (pp->hash_alg != pts[cur].hash_alg && pp->encrypted == pts[cur].encrypted)
+				return cbi_err(err, -CBI_EAUTH,
+					       "'%s' uses another block hash than its parent %s: the point was "
+					       "forged or altered",
+					       pts[cur].index_file, id);
+			return cbi_err(err, -CBI_EAUTH,
+				       "'%s' is %s but its parent %s is %s: the point was forged or altered",
+				       pts[cur].index_file, pts[cur].encrypted ? "encrypted" : "unencrypted", id,
+				       pp->encrypted ? "encrypted" : "unencrypted");
+		}
 		cur = (size_t)par;
 	}
 	*out = v;

@@ -15,8 +15,15 @@ static void put_str(uint8_t *p, size_t n, const char *s)
 
 static int get_str(const uint8_t *p, size_t n, char *out)
 {
-	if (memchr(p, 0, n) == NULL)
+	const uint8_t *nul = memchr(p, 0, n);
+	if (nul == NULL)
 		return -CBI_EDAMAGED; /* field must hold its terminating NUL */
+	/* Writers zero the padding. Refusing anything else keeps every header
+	 * byte meaningful, so a header re-encoded from its fields is the header
+	 * as stored, and its MAC (which is computed over that) covers all. */
+	for (const uint8_t *q = nul; q < p + n; q++)
+		if (*q)
+			return -CBI_EDAMAGED;
 	memcpy(out, p, n);
 	return 0;
 }

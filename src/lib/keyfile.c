@@ -7,6 +7,7 @@
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -65,7 +66,11 @@ int cbi_keyfile_decode(const uint8_t b[CBI_KF_SIZE], cbi_keyfile *kf)
 	memcpy(kf->tag, b + 144, CBI_TAG_LEN);
 	if (kf->kdf != CBI_KDF_SCRYPT)
 		return -CBI_EFORMAT;
-	if (kf->log2_n < 1 || kf->log2_n > 40 || !kf->r || !kf->p)
+	/* scrypt runs before the tag can be checked, so whoever can write a key
+	 * file could make opening it run for days: readers accept only the
+	 * writer's range (format/SPEC.md, "Key files"). */
+	if (kf->log2_n < CBI_KDF_MIN_LOG2_N || kf->log2_n > CBI_KDF_MAX_LOG2_N || kf->r < 1 ||
+	    kf->r > CBI_KDF_MAX_R || kf->p < 1 || kf->p > CBI_KDF_MAX_P)
 		return -CBI_EDAMAGED;
 	for (size_t i = 108; i < 112; i++)
 		if (b[i])
@@ -108,9 +113,16 @@ int cbi_keyfile_write(const char *path, const cbi_keyfile *kf, cbi_error *err)
 	base = base ? base + 1 : path;
 	if ((size_t)snprintf(tmp, sizeof tmp, "%s/.%s.%ld.tmp", dir, base, (long)getpid()) >= sizeof tmp)
 		return cbi_err(err, -ENAMETOOLONG, "path too long: '%s'", path);
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int fd = cbi_create_tmp(tmp, 0600);
 	if (fd < 0)
-		return cbi_err(err, -errno, "unable to create '%s': %s", tmp, strerror(errno));
+		return cbi_err(err, fd, "unable to create '%s': %s", tmp, cbi_errtext(fd));
+	/* a umask or an inherited ACL must not widen a key file's mode */
+	if (fchmod(fd, 0600) < 0) {
+		int e = -errno;
+		close(fd);
+		unlink(tmp);
+		return cbi_err(err, e, "unable to create '%s': %s", tmp, cbi_errtext(e));
+	}
 	int rc = cbi_pwrite_full(fd, b, sizeof b, 0);
 	if (!rc && fsync(fd) < 0)
 		rc = -errno;
@@ -142,7 +154,8 @@ int cbi_keyfile_wrap(cbi_keyfile *kf, const cbi_keys *k, const char *pass, size_
 		d.r = kdf->r;
 	if (kdf && kdf->p)
 		d.p = kdf->p;
-	if (d.log2_n < 10 || d.log2_n > 24 || d.r > 64 || d.p > 64)
+	if (d.log2_n < CBI_KDF_MIN_LOG2_N || d.log2_n > CBI_KDF_MAX_LOG2_N || d.r > CBI_KDF_MAX_R ||
+	    d.p > CBI_KDF_MAX_P)
 		return -CBI_EUSAGE;
 	memset(kf, 0, sizeof *kf);
 	kf->version = 2;
@@ -212,9 +225,14 @@ void cbi_keyfile_state_path(const char *state_dir, const char *host, const char 
 		 (unsigned long long)cbi_state_key(host, source_id, job));
 }
 
-int cbi_keyfile_find(const char *dir, const uint8_t chain_id[16], char (*paths)[4096], size_t max, size_t *n)
+/* Go through the key file names in dir: those that read as key files of
+ * chain_id go to paths (up to max, their number in *n), those that do not
+ * read as key files are counted in *nbad (the first one's path to bad). */
+static int scan_key_files(const char *dir, const uint8_t *chain_id, char (*paths)[4096], size_t max, size_t *n,
+			  char *bad, size_t badsz, size_t *nbad)
 {
 	*n = 0;
+	*nbad = 0;
 	DIR *d = opendir(dir);
 	if (!d)
 		return errno == ENOENT ? 0 : -errno;
@@ -226,13 +244,28 @@ int cbi_keyfile_find(const char *dir, const uint8_t chain_id[16], char (*paths)[
 		cbi_keyfile kf;
 		if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= sizeof path)
 			continue;
-		if (cbi_keyfile_read(path, &kf, NULL) || memcmp(kf.chain_id, chain_id, 16))
+		if (cbi_keyfile_read(path, &kf, NULL)) {
+			if (!(*nbad)++ && bad)
+				cbi_strlcpy(bad, path, badsz);
 			continue;
-		cbi_strlcpy(paths[*n], path, sizeof paths[*n]);
-		(*n)++;
+		}
+		if (paths && !memcmp(kf.chain_id, chain_id, 16))
+			cbi_strlcpy(paths[(*n)++], path, sizeof paths[0]);
 	}
 	closedir(d);
 	return 0;
+}
+
+int cbi_keyfile_find(const char *dir, const uint8_t chain_id[16], char (*paths)[4096], size_t max, size_t *n)
+{
+	size_t nbad;
+	return scan_key_files(dir, chain_id, paths, max, n, NULL, 0, &nbad);
+}
+
+size_t cbi_keyfile_find_bad(const char *dir, char *first, size_t firstsz)
+{
+	size_t n, nbad;
+	return scan_key_files(dir, NULL, NULL, SIZE_MAX, &n, first, firstsz, &nbad) ? 0 : nbad;
 }
 
 #define MAX_CAND 8
@@ -264,6 +297,18 @@ int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, c
 	}
 	n += m;
 	if (!n) {
+		char bad[4096];
+		size_t nbad = cbi_keyfile_find_bad(dir, bad, sizeof bad);
+		if (nbad) {
+			cbi_keyfile kf;
+			cbi_error ke;
+			int krc = cbi_keyfile_read(bad, &kf, &ke);
+			rc = cbi_err(err, -CBI_EDAMAGED,
+				     "chain %s (job '%s' of '%s') is encrypted and has no intact key file: %s; "
+				     "copy an intact copy of it into '%s'",
+				     id, h->job, h->host, krc ? ke.msg : "a key file cannot be read", dir);
+			goto end;
+		}
 		rc = cbi_err(err, -CBI_ENOKEY,
 			     "chain %s (job '%s' of '%s') is encrypted, but its key file (.cbk) is neither in "
 			     "'%s' nor in the local state: copy it there",
@@ -279,24 +324,27 @@ int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, c
 			     id, h->job, h->host);
 		goto end;
 	}
+	/* A chain has one data key, so every key file of its chain id should
+	 * carry the key id its headers name. Those that do are tried first; the
+	 * others after them, since the header h may be the altered one: the
+	 * caller's header check (key id, MAC) then reports it as altered rather
+	 * than as a wrong passphrase. */
 	rc = -CBI_EPASS;
-	for (size_t i = 0; i < n && rc; i++) {
-		cbi_keyfile kf;
-		if (cbi_keyfile_read(cand[i], &kf, NULL))
-			continue;
-		rc = cbi_keyfile_unwrap(&kf, pw, (size_t)len, out);
-		if (!rc && cbi_ct_memcmp(out->key_id, h->key_id, 16)) {
-			cbi_keys_wipe(out); /* a key file of another key of this chain id */
-			rc = -CBI_EPASS;
+	for (int round = 0; round < 2 && rc; round++)
+		for (size_t i = 0; i < n && rc; i++) {
+			cbi_keyfile kf;
+			if (cbi_keyfile_read(cand[i], &kf, NULL) ||
+			    !cbi_ct_memcmp(kf.key_id, h->key_id, 16) != !round)
+				continue;
+			rc = cbi_keyfile_unwrap(&kf, pw, (size_t)len, out);
+			if (!rc && used)
+				cbi_strlcpy(used, cand[i], usedsz);
+			if (rc == -ENOMEM) {
+				rc = cbi_err(err, rc, "key file '%s': its scrypt cost needs more than 1 GiB of memory",
+					     cand[i]);
+				goto end;
+			}
 		}
-		if (!rc && used)
-			cbi_strlcpy(used, cand[i], usedsz);
-		if (rc == -ENOMEM) {
-			rc = cbi_err(err, rc, "key file '%s': its scrypt cost needs more than 1 GiB of memory",
-				     cand[i]);
-			goto end;
-		}
-	}
 	if (rc)
 		rc = cbi_err(err, -CBI_EPASS, "wrong passphrase for chain %s (job '%s' of '%s'; key file '%s')", id,
 			     h->job, h->host, cand[n - 1]);

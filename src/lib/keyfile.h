@@ -13,6 +13,12 @@
 #define CBI_MAGIC_KEY "CBIMGKEY"
 #define CBI_KDF_SCRYPT 1u
 
+/* The scrypt costs writers make and readers accept. */
+#define CBI_KDF_MIN_LOG2_N 10u
+#define CBI_KDF_MAX_LOG2_N 24u
+#define CBI_KDF_MAX_R 64u
+#define CBI_KDF_MAX_P 64u
+
 typedef struct cbi_keyfile {
 	uint32_t version;
 	uint8_t chain_id[16];
@@ -62,6 +68,12 @@ int cbi_keyfile_find(const char *dir, const uint8_t chain_id[16], char (*paths)[
 /* scrypt cost of the local state's copy of a key file (format/SPEC.md,
  * "Key files"): that copy stays on the machine that holds the source disk,
  * and unlocking it must not cost an incremental more than milliseconds. */
+/* Files in dir named like key files (ending in .cbk, not starting with '.')
+ * that cannot be read as one: damaged, truncated, of another version, or
+ * unreadable. Their number; the first one's path into first (firstsz
+ * bytes) when there is one. Such a file may be the key file a chain lacks. */
+size_t cbi_keyfile_find_bad(const char *dir, char *first, size_t firstsz);
+
 #define CBI_STATE_KDF_LOG2_N 12u
 #define CBI_STATE_KDF_R 8u
 #define CBI_STATE_KDF_P 1u
@@ -76,6 +88,11 @@ int cbi_keyfile_find(const char *dir, const uint8_t chain_id[16], char (*paths)[
  * opened. */
 int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, cbi_pass_fn pass, void *ud,
 		     cbi_keys *out, char *used, size_t usedsz, char *pw, int *pwlen, cbi_error *err) CBI_WUR;
+
+/* What a header check's -CBI_EPASS means once the chain is unlocked: its
+ * key id is not the one of the key file that the passphrase opened. A
+ * chain has one data key, so one of the two was altered. */
+#define CBI_MSG_OTHER_KEY "its header names another key than the chain's key file: the header or the key file was altered"
 
 /* The header MAC of an encrypted file: HMAC-SHA256 under k's file-mac key of
  * the encoded header's bytes 0..487, truncated to 16 bytes. */

@@ -54,8 +54,8 @@ static int check_chain_headers(cbi_resolved *v, cbi_error *err)
 		const char *path = v->pts[v->chain[s]].index_file;
 		int rc = cbi_index_open(path, &x, err);
 		if (!rc && (rc = cbi_index_set_keys(x, &v->keys)))
-			rc = cbi_err(err, rc == -CBI_EPASS ? -CBI_EPASS : -CBI_EAUTH, "'%s': %s", path,
-				     rc == -CBI_EPASS ? "made with another key than the chain's"
+			rc = cbi_err(err, -CBI_EAUTH, "'%s': %s", path,
+				     rc == -CBI_EPASS ? CBI_MSG_OTHER_KEY
 						      : "header authentication failed: the file was altered");
 		cbi_index_close(x);
 		if (rc)
@@ -134,8 +134,8 @@ static int get_image(cbi_resolved *v, uint32_t seq, cbi_image **out, cbi_error *
 		if (rc)
 			return rc;
 		if (v->encrypted && (rc = cbi_image_set_keys(v->imgs[seq], &v->keys)))
-			return cbi_err(err, rc == -CBI_EPASS ? -CBI_EPASS : -CBI_EAUTH, "'%s': %s", p->file,
-				       rc == -CBI_EPASS ? "made with another key than the chain's"
+			return cbi_err(err, -CBI_EAUTH, "'%s': %s", p->file,
+				       rc == -CBI_EPASS ? CBI_MSG_OTHER_KEY
 							: "header authentication failed: the file was altered");
 		if (memcmp(v->imgs[seq]->hdr.chain_id, v->index->hdr.chain_id, 16) ||
 		    v->imgs[seq]->hdr.seq != seq || v->imgs[seq]->hdr.block_size != v->index->hdr.block_size ||

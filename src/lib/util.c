@@ -149,6 +149,14 @@ int cbi_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+int cbi_create_tmp(const char *tmp, int mode)
+{
+	if (unlink(tmp) < 0 && errno != ENOENT)
+		return -errno;
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+	return fd < 0 ? -errno : fd;
+}
+
 int cbi_fsync_dir(const char *dirpath)
 {
 	int fd = open(dirpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -66,6 +66,14 @@ int cbi_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 /* fsync the directory that contains path (or path itself if a directory). */
 int cbi_fsync_dir(const char *dirpath);
 
+/* Create a new temporary file at tmp for writing (mode before umask), never
+ * through what already lies there: whatever is at that name (a stale
+ * temporary, or a file or symbolic link someone planted in a directory
+ * others can write to) is unlinked first, never followed, and the file is
+ * made with O_EXCL | O_NOFOLLOW, so a race fails instead of writing
+ * through. Returns the descriptor or -errno. */
+int cbi_create_tmp(const char *tmp, int mode);
+
 /* Directory part of path into out (size outsz). */
 void cbi_dirname(const char *path, char *out, size_t outsz);
 

@@ -121,7 +121,7 @@ static int verify_point(vctx *c, const cbi_point *pts, const size_t *chain, uint
 	}
 	if (x->hdr.flags & CBI_HDR_ENCRYPTED) {
 		k = chain_keys(c, &x->hdr, &rc);
-		if (rc == -CBI_ENOKEY) {
+		if (rc == -CBI_ENOKEY || cbi_is_damage(rc)) { /* no key file, or only damaged ones */
 			problem(c, p->index_file, -1, "%s", c->keyerr.msg);
 			rc = 0;
 			goto end;
@@ -131,7 +131,7 @@ static int verify_point(vctx *c, const cbi_point *pts, const size_t *chain, uint
 		int kr = cbi_index_set_keys(x, k);
 		if (kr)
 			problem(c, p->index_file, -1, "%s",
-				kr == -CBI_EPASS ? "made with another key than its chain's key file"
+				kr == -CBI_EPASS ? CBI_MSG_OTHER_KEY
 						 : "header authentication failed: the header was altered");
 	}
 	check_digest(c, x->f, k ? k->mac_key : NULL);
@@ -146,7 +146,7 @@ static int verify_point(vctx *c, const cbi_point *pts, const size_t *chain, uint
 		img = NULL;
 	} else if (k && (rc = cbi_image_set_keys(img, k))) {
 		problem(c, p->file, -1, "%s",
-			rc == -CBI_EPASS ? "made with another key than its chain's key file"
+			rc == -CBI_EPASS ? CBI_MSG_OTHER_KEY
 					 : "header authentication failed: the header was altered");
 		check_digest(c, img->f, k->mac_key);
 		cbi_image_close(img); /* its records cannot be checked */
@@ -276,6 +276,16 @@ static int check_dir_files(vctx *c, const char *dir, const cbi_point *pts, size_
 	while ((de = readdir(d))) {
 		if (de->d_name[0] == '.')
 			continue;
+		if (cbi_has_ext(de->d_name, ".cbk")) {
+			/* A damaged key file is a problem even while another copy
+			 * (the local state's) still opens the chain. */
+			cbi_keyfile kf;
+			cbi_error e;
+			if ((size_t)snprintf(path, sizeof path, "%.3000s/%.1000s", dir, de->d_name) < sizeof path &&
+			    cbi_keyfile_read(path, &kf, &e))
+				problem(c, path, -1, "%s", e.msg);
+			continue;
+		}
 		if (!(cbi_has_ext(de->d_name, ".cbi") || cbi_has_ext(de->d_name, ".cbx"))) {
 			check_segment(c, dir, de->d_name);
 			continue;
