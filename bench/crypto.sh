@@ -3,9 +3,10 @@
 # What encryption costs: full and incremental backups of the same realistic
 # disk (bench/mkdisk.sh, then bench/dayofchanges.sh), plain and encrypted
 # (--encrypt) and with --hash sha256, run alternately so that a noisy
-# machine disturbs both sides alike. Prints each variant's median time and
-# its ratio to the plain run of the same phase; the issue's target is an
-# encrypted/plain ratio of at most 1.2 for both phases.
+# machine disturbs both sides alike. Prints each variant's median wall time
+# and CPU time (user + system, which other work on a shared machine
+# disturbs less) and their ratios to the plain run of the same phase; the
+# issue's target is an encrypted/plain ratio of at most 1.2 for both phases.
 # Needs root only to drop the page cache between runs (else reads may be
 # cached, and the output says so).
 set -euo pipefail
@@ -52,13 +53,11 @@ run() {
 		cp --sparse=always "$work/disk1.img" "$work/src-$v.img"
 	fi
 	drop
-	local t0 t1 full=""
+	local full=""
 	[ "$ph" = full ] && full=--full
-	t0=$(date +%s.%N)
 	# shellcheck disable=SC2086
-	"$CBIMG" backup -q --state-dir "$work/state-$v" --job bench $opts $full "$work/src-$v.img" "$d"
-	t1=$(date +%s.%N)
-	echo "$v $ph $(echo "$t1 - $t0" | bc)" >>"$work/times"
+	/usr/bin/time -f "$v $ph %e %U %S" -a -o "$work/times" \
+		"$CBIMG" backup -q --state-dir "$work/state-$v" --job bench $opts $full "$work/src-$v.img" "$d"
 }
 
 for i in $(seq "$repeat"); do
@@ -69,14 +68,17 @@ done
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo "cbimg crypto bench, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, ${size} MiB disk, ${percent}% day of changes, median of $repeat"
 [ "$can_drop" = 1 ] || echo "note: not root: the page cache was not dropped, reads may be cached"
-printf '| %-9s | %-11s | %8s | %7s | %s |\n' variant phase seconds ratio "all runs"
-printf '|-----------|-------------|---------:|--------:|----------|\n'
+printf '| %-9s | %-11s | %8s | %7s | %8s | %7s | %s |\n' variant phase seconds ratio "CPU s" ratio "all runs (wall)"
+printf '|-----------|-------------|---------:|--------:|---------:|--------:|----------|\n'
 for ph in full incremental; do
 	base=$(awk -v p=$ph '$1=="plain" && $2==p {print $3}' "$work/times" | median)
+	cbase=$(awk -v p=$ph '$1=="plain" && $2==p {print $4+$5}' "$work/times" | median)
 	for v in $variants; do
-		all=$(awk -v p=$ph -v v=$v '$1==v && $2==p {printf "%.3f ", $3}' "$work/times")
+		all=$(awk -v p=$ph -v v=$v '$1==v && $2==p {printf "%.2f ", $3}' "$work/times")
 		m=$(awk -v p=$ph -v v=$v '$1==v && $2==p {print $3}' "$work/times" | median)
-		printf '| %-9s | %-11s | %8.3f | %7.2f | %s|\n' "$v" "$ph" "$m" "$(echo "$m / $base" | bc -l)" "$all"
+		c=$(awk -v p=$ph -v v=$v '$1==v && $2==p {print $4+$5}' "$work/times" | median)
+		printf '| %-9s | %-11s | %8.2f | %7.2f | %8.2f | %7.2f | %s|\n' "$v" "$ph" "$m" \
+			"$(echo "$m / $base" | bc -l)" "$c" "$(echo "$c / $cbase" | bc -l)" "$all"
 	done
 done
 for v in $variants; do
