@@ -129,6 +129,8 @@ typedef struct cbi_point {
 	int has_image;            /* image file present and complete */
 	int encrypted;            /* AES-256-GCM records, keyed hashes, HMAC digests */
 	uint32_t hash_alg;        /* CBI_HASH_XXH3_128 (1) or CBI_HASH_SHA256 (2) */
+	int used_only;            /* only the blocks the source's file system used were read;
+	                           * the others were recorded as zero blocks */
 } cbi_point;
 
 /* Block hash algorithms (format/SPEC.md). */
@@ -190,6 +192,14 @@ typedef struct cbi_backup_opts {
 	int encrypt;              /* new chains: encrypt (format/SPEC.md, "Encryption") */
 	uint32_t hash_alg;        /* new chains: CBI_HASH_XXH3 (0: default) or CBI_HASH_SHA256_128 */
 	cbi_kdf_params kdf;       /* new encrypted chains: scrypt cost of the key file */
+	int used_only;            /* read only the blocks that the file system on the source
+	                           * (ext2, ext3, ext4 at its start) uses, from its block
+	                           * bitmaps; the others are recorded as zero blocks, whatever
+	                           * they hold, and restore as zeros (format/SPEC.md, "Used
+	                           * blocks only"). Per point. Refused (-CBI_EMOUNTED) for a
+	                           * source mounted read-write, whose bitmaps change under the
+	                           * backup, and (-ENOTSUP) for a file system this library
+	                           * does not fully understand: it never guesses. */
 	cbi_pass_fn pass;         /* passphrase of an encrypted chain (asked with confirm
 	                           * = 1 for a new one); NULL: none available */
 	void *pass_ud;
@@ -212,6 +222,8 @@ typedef struct cbi_backup_result {
 	uint64_t blocks_read;     /* blocks whose bytes were read (holes skipped) */
 	uint64_t blocks_changed;
 	uint64_t blocks_zero;
+	uint64_t blocks_unused;   /* used_only: blocks the file system did not use (not read;
+	                           * counted in blocks_zero too) */
 	uint64_t blocks_stored;
 	uint64_t bytes_read;
 	uint64_t bytes_written;   /* image + index bytes */

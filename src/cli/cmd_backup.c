@@ -23,6 +23,7 @@ enum {
 	OPT_PASSWORD_FILE,
 	OPT_HASH,
 	OPT_SCRYPT,
+	OPT_USED_ONLY,
 };
 
 static const struct cli_option backup_options[] = {
@@ -40,6 +41,7 @@ static const struct cli_option backup_options[] = {
 	{ OPT_PASSWORD_FILE, "password-file", "FILE", "passphrase from FILE's first line (default: $CBIMG_PASSWORD, or ask)" },
 	{ OPT_HASH, "hash", "ALG", "new chain: block hash xxh3 (default) or sha256" },
 	{ OPT_SCRYPT, "scrypt", "N:R:P", "new encrypted chain: scrypt cost log2(N):r:p (default 15:8:4)" },
+	{ OPT_USED_ONLY, "used-only", NULL, "read only the blocks the ext2/3/4 file system uses" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
 	CLI_OPT_HELP,
@@ -58,6 +60,9 @@ static void print_summary(const cbi_backup_opts *o, const cbi_backup_result *r)
 	printf("blocks:   %" PRIu64 " total, %" PRIu64 " read, %" PRIu64 " changed, %" PRIu64
 	       " stored, %" PRIu64 " zero\n",
 	       r->blocks_total, r->blocks_read, r->blocks_changed, r->blocks_stored, r->blocks_zero);
+	if (p->used_only)
+		printf("unused:   %" PRIu64 " blocks the file system does not use (not read, zero)\n",
+		       r->blocks_unused);
 	printf("read:     %s\n", cli_human_size(r->bytes_read, h1));
 	printf("written:  %s (image %s, ", cli_human_size(r->bytes_written, h1),
 	       cli_human_size(p->stored_bytes, h2));
@@ -86,6 +91,7 @@ static void print_json(const cbi_backup_result *r)
 	json_u64(&j, "blocks_changed", r->blocks_changed);
 	json_u64(&j, "blocks_zero", r->blocks_zero);
 	json_u64(&j, "blocks_stored", r->blocks_stored);
+	json_u64(&j, "blocks_unused", r->blocks_unused);
 	json_u64(&j, "bytes_read", r->bytes_read);
 	json_u64(&j, "bytes_written", r->bytes_written);
 	json_double(&j, "seconds", r->seconds);
@@ -185,6 +191,7 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 				return cli_usage_error(cmd, "invalid scrypt cost '%s': expected LOG2N:R:P with LOG2N "
 						       "10 to 24, R and P 1 to 64", optarg);
 			break;
+		case OPT_USED_ONLY: o.used_only = 1; break;
 		case 'q': quiet = 1; break;
 		case OPT_JSON: json = 1; break;
 		default: return cli_opt_exit(cmd, c);
@@ -241,7 +248,10 @@ const struct cli_command cli_backup = {
 		"--encrypt starts an encrypted chain: a random key, wrapped under the\n"
 		"passphrase in a key file (.cbk) beside the chain; later backups of the\n"
 		"chain need the passphrase. Keep a copy of the key file apart: without it\n"
-		"the chain cannot be read. Exit 4: wrong or missing passphrase.",
+		"the chain cannot be read. Exit 4: wrong or missing passphrase.\n"
+		"--used-only reads only the blocks that the ext2/3/4 file system on SOURCE\n"
+		"uses (its block bitmaps); the others are stored as zero blocks and restore\n"
+		"as zeros. It is refused for a source mounted read-write.",
 	.options = backup_options,
 	.run = cmd_backup,
 };

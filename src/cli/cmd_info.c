@@ -126,6 +126,7 @@ void cli_json_point(struct json *j, const char *key, const cbi_point *p)
 	json_u64(j, "index_bytes", p->index_bytes);
 	json_u64(j, "segment_size", p->segment_size);
 	json_bool(j, "encrypted", p->encrypted);
+	json_bool(j, "used_only", p->used_only);
 	json_string(j, "hash", p->hash_alg == CBI_HASH_SHA256_128 ? "sha256" : "xxh3");
 	cli_hex(p->index_digest, 32, hex);
 	json_string(j, "index_digest", hex);
@@ -207,6 +208,8 @@ static void print_point(const cbi_point *p)
 	kv("hash", "%s%s", p->hash_alg == CBI_HASH_SHA256_128 ? "SHA-256/128" : "XXH3-128",
 	   p->encrypted ? ", keyed" : "");
 	kv("encrypted", "%s", p->encrypted ? "yes (AES-256-GCM; key file .cbk beside the chain)" : "no");
+	kv("used only", "%s", p->used_only ? "yes (blocks the file system did not use were not read: they "
+					    "restore as zeros)" : "no (every block)");
 	kv("image", "%s", p->has_image ? "complete" : p->file[0] ? "incomplete" : "missing");
 }
 

@@ -13,6 +13,7 @@
 
 #include "catalog.h"
 #include "chain.h"
+#include "fsmap.h"
 #include "fsprobe.h"
 #include "image.h"
 #include "index.h"
@@ -310,6 +311,7 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	double t0 = cbi_now();
 	memset(r, 0, sizeof *r);
 	cbi_source *src = NULL;
+	cbi_fsmap *fsmap = NULL;  /* used_only: the blocks the source's file system uses */
 	cbi_point *pts = NULL;
 	size_t npts = 0;
 	cbi_index *parent = NULL;
@@ -360,6 +362,13 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 
 	if ((rc = cbi_source_open(o->source, &src, err)))
 		return rc;
+	if (o->used_only && src->is_dev && cbi_dev_mounted_rw(src->rdev)) {
+		rc = cbi_err(err, -CBI_EMOUNTED,
+			     "--used-only: source '%s' is mounted read-write, so its block bitmaps change "
+			     "while it is read; unmount it or mount it read-only",
+			     o->source);
+		goto end;
+	}
 	if (src->is_dev && cbi_dev_mounted_rw(src->rdev))
 		snprintf(r->warning, sizeof r->warning,
 			 "source '%s' is mounted read-write: the image may be inconsistent; unmount it, "
@@ -520,6 +529,13 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	h.block_size = bs;
 	h.n_blocks = cbi_nblocks(src->size, bs);
 	hs.alg = h.hash_alg;
+	if (o->used_only) {
+		/* read before any block: the map is what "used" means for this point */
+		if ((rc = cbi_fsmap_read(o->source, src->size, bs, &fsmap, err)))
+			goto end;
+		cbi_source_set_map(src, fsmap->used, bs);
+		h.flags |= CBI_HDR_USED_ONLY;
+	}
 	if (encrypted) {
 		h.flags |= CBI_HDR_ENCRYPTED;
 		hs.keyed = 1;
@@ -615,6 +631,7 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	r->blocks_read = (ps.bytes_read + bs - 1) / bs;
 	r->blocks_changed = st.changed;
 	r->blocks_zero = st.zero;
+	r->blocks_unused = fsmap ? h.n_blocks - fsmap->used_blocks : 0;
 	r->blocks_stored = st.stored;
 	r->bytes_read = ps.bytes_read;
 	r->bytes_written = it.image_size + it.file_size;
@@ -639,6 +656,7 @@ end:
 		append_warning(r, ce.msg);
 	cbi_index_close(parent);
 	cbi_source_close(src);
+	cbi_fsmap_free(fsmap);
 	free(pts);
 	if (lockfd >= 0)
 		close(lockfd);

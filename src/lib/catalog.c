@@ -23,7 +23,8 @@
 #include "util.h"
 
 #define CAT_APP_ID 0x43424943  /* "CBIC": PRAGMA application_id */
-#define CAT_SCHEMA 2           /* PRAGMA user_version; 2 added points.encrypted, hash_alg */
+#define CAT_SCHEMA 3           /* PRAGMA user_version; 2 added points.encrypted, hash_alg;
+                                * 3 points.used_only */
 #define CAT_BUSY_MS 30000
 #define CAT_BATCH 64           /* files per write transaction while syncing */
 
@@ -39,7 +40,8 @@ static const char schema_sql[] =
 	" changed_blocks INTEGER NOT NULL, zero_blocks INTEGER NOT NULL,"
 	" stored_blocks INTEGER NOT NULL, image_bytes INTEGER NOT NULL,"
 	" index_bytes INTEGER NOT NULL, segment_size INTEGER NOT NULL,"
-	" encrypted INTEGER NOT NULL DEFAULT 0, hash_alg INTEGER NOT NULL DEFAULT 1);"
+	" encrypted INTEGER NOT NULL DEFAULT 0, hash_alg INTEGER NOT NULL DEFAULT 1,"
+	" used_only INTEGER NOT NULL DEFAULT 0);"
 	"CREATE INDEX IF NOT EXISTS points_key ON points(host, job, source_id);"
 	"CREATE TABLE IF NOT EXISTS images("
 	" name TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
@@ -337,17 +339,20 @@ static int cat_open(cat *c, const char *dest, int create, cbi_error *err)
 		rc = cbi_err(err, -EIO, "'%s' is not a cbimg catalog", c->path);
 		goto fail;
 	}
-	if (ver == 1 && !c->readonly) {
-		/* Schema 1 knew only version-1 files: plain, XXH3, which the new
-		 * columns' defaults say. Upgrade in place, once. */
+	if ((ver == 1 || ver == 2) && !c->readonly) {
+		/* Schema 1 knew only version-1 files (plain, XXH3), schema 2 no
+		 * used-only points: what the new columns' defaults say. Upgrade in
+		 * place, once. */
 		if ((rc = cat_begin(c, err)) || (rc = cat_int(c, "PRAGMA user_version", &ver, err)))
 			goto fail;
-		if (ver == 1) {
-			char sql[256];
+		if (ver == 1 || ver == 2) {
+			char sql[512];
 			snprintf(sql, sizeof sql,
-				 "ALTER TABLE points ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0;"
-				 " ALTER TABLE points ADD COLUMN hash_alg INTEGER NOT NULL DEFAULT 1;"
+				 "%s ALTER TABLE points ADD COLUMN used_only INTEGER NOT NULL DEFAULT 0;"
 				 " PRAGMA user_version=%d; UPDATE meta SET value=%d WHERE key='schema_version'",
+				 ver == 1 ? "ALTER TABLE points ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0;"
+					    " ALTER TABLE points ADD COLUMN hash_alg INTEGER NOT NULL DEFAULT 1;"
+					  : "",
 				 CAT_SCHEMA, CAT_SCHEMA);
 			if ((rc = cat_exec(c, sql, "upgrade it", err)))
 				goto fail;
@@ -623,9 +628,9 @@ static const char sql_ins_point[] =
 	"INSERT OR REPLACE INTO points(name, size, mtime_ns, chain_id, point_id, parent_id,"
 	" parent_digest, index_digest, seq, type, block_size, source_size, n_blocks, created_ns,"
 	" job, host, source_id, source_path, changed_blocks, zero_blocks, stored_blocks,"
-	" image_bytes, index_bytes, segment_size, encrypted, hash_alg)"
+	" image_bytes, index_bytes, segment_size, encrypted, hash_alg, used_only)"
 	" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,"
-	" ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)";
+	" ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)";
 static const char sql_ins_image[] =
 	"INSERT OR REPLACE INTO images(name, size, mtime_ns, point_id, index_digest, chain_id, seq,"
 	" created_ns, job, host, source_id, changed_blocks, stored_blocks, image_bytes)"
@@ -673,6 +678,7 @@ static void bind_point(sqlite3_stmt *s, const frow *row)
 		sqlite3_bind_int64(s, 24, (int64_t)p->segment_size);
 		sqlite3_bind_int64(s, 25, p->encrypted);
 		sqlite3_bind_int64(s, 26, p->hash_alg);
+		sqlite3_bind_int64(s, 27, p->used_only);
 	} else if (row->kind == CBI_KIND_IMAGE) {
 		sqlite3_bind_blob(s, 4, p->point_id, 16, SQLITE_TRANSIENT);
 		sqlite3_bind_blob(s, 5, p->index_digest, 32, SQLITE_TRANSIENT);
@@ -865,7 +871,7 @@ static int load_points(cat *c, list_arg *a, cbi_error *err)
 		"SELECT name, chain_id, point_id, parent_id, parent_digest, index_digest, seq, type,"
 		" block_size, source_size, n_blocks, created_ns, job, host, source_id, source_path,"
 		" changed_blocks, zero_blocks, stored_blocks, image_bytes, index_bytes, segment_size,"
-		" encrypted, hash_alg FROM points WHERE " FILTER_SQL
+		" encrypted, hash_alg, used_only FROM points WHERE " FILTER_SQL
 		/* the listing order, so that cbi_chain_pair() has little to move */
 		" ORDER BY host, job, source_id, chain_id, seq, created_ns, name";
 	static const char sql_imgs[] =
@@ -919,6 +925,7 @@ static int load_points(cat *c, list_arg *a, cbi_error *err)
 		p->segment_size = (uint64_t)sqlite3_column_int64(s, 21);
 		p->encrypted = sqlite3_column_int(s, 22);
 		p->hash_alg = (uint32_t)sqlite3_column_int64(s, 23);
+		p->used_only = sqlite3_column_int(s, 24);
 	}
 	if (r != SQLITE_ROW && r != SQLITE_DONE) {
 		rc = cat_fail(c, err, r, "read it");

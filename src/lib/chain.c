@@ -29,6 +29,7 @@ void cbi_point_from_hdr(cbi_point *p, const cbi_hdr *h)
 	memcpy(p->source_id, h->source_id, sizeof p->source_id);
 	memcpy(p->source_path, h->source_path, sizeof p->source_path);
 	p->encrypted = (h->flags & CBI_HDR_ENCRYPTED) != 0;
+	p->used_only = (h->flags & CBI_HDR_USED_ONLY) != 0;
 	p->hash_alg = h->hash_alg;
 }
 

@@ -27,6 +27,9 @@ enum cbi_kind { CBI_KIND_IMAGE = 1, CBI_KIND_INDEX = 2 };
 
 /* Header flags (version 2). */
 #define CBI_HDR_ENCRYPTED 0x1u /* AES-256-GCM records, keyed hashes, HMAC digests */
+#define CBI_HDR_USED_ONLY 0x2u /* blocks the source's file system did not use were not read:
+                                * recorded as zero blocks (format/SPEC.md, "Used blocks only") */
+#define CBI_HDR_FLAGS_KNOWN (CBI_HDR_ENCRYPTED | CBI_HDR_USED_ONLY)
 
 /* Record flags. */
 #define CBI_REC_ZSTD 0x1u

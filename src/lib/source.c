@@ -137,8 +137,51 @@ int cbi_source_read(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint6
 	return cbi_source_read_blocks(s, off, len, buf, 0, NULL, read_bytes, err);
 }
 
+static int read_blocks_data(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint32_t bs,
+			    uint8_t *hole, uint64_t *read_bytes, cbi_error *err);
+
+void cbi_source_set_map(cbi_source *s, const uint8_t *used, uint32_t bs)
+{
+	s->used = used;
+	s->used_bs = used ? bs : 0;
+}
+
+static int map_used(const cbi_source *s, uint64_t b)
+{
+	return (s->used[b >> 3] >> (b & 7)) & 1;
+}
+
 int cbi_source_read_blocks(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint32_t bs,
 			   uint8_t *hole, uint64_t *read_bytes, cbi_error *err)
+{
+	if (!s->used || !hole || bs != s->used_bs || off % bs)
+		return read_blocks_data(s, off, len, buf, bs, hole, read_bytes, err);
+	/* the runs of used blocks are read; the others are holes */
+	uint64_t b0 = off / bs, nb = (len + bs - 1) / bs, total = 0;
+	for (uint64_t j = 0; j < nb;) {
+		if (!map_used(s, b0 + j)) {
+			hole[j++] = 1;
+			continue;
+		}
+		uint64_t k = j + 1, got = 0;
+		while (k < nb && map_used(s, b0 + k))
+			k++;
+		size_t sub = (size_t)(CBI_MIN((uint64_t)len, k * bs) - j * bs);
+		int rc = read_blocks_data(s, off + j * bs, sub, buf + j * bs, bs, hole + j, &got, err);
+		if (rc)
+			return rc;
+		total += got;
+		j = k;
+	}
+	*read_bytes = total;
+	/* a file that shrank must fail even when its tail is unused */
+	if (s->holes && off + len >= s->size)
+		return check_not_shrunk(s, s->size, err);
+	return 0;
+}
+
+static int read_blocks_data(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint32_t bs,
+			    uint8_t *hole, uint64_t *read_bytes, cbi_error *err)
 {
 	if (!bs)
 		hole = NULL;

@@ -22,6 +22,10 @@ typedef struct cbi_source {
 	uint64_t data_lo, data_hi;
 	/* cached hole extent [hole_lo, hole_hi) */
 	uint64_t hole_lo, hole_hi;
+	/* optional map of the blocks (of used_bs bytes) to read: bit i of
+	 * used (byte i / 8) clear means block i is treated as a hole */
+	const uint8_t *used;
+	uint32_t used_bs;
 } cbi_source;
 
 /* Alignment required for buffers passed to cbi_source_read. */
@@ -42,6 +46,12 @@ int cbi_source_read(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint6
  * the caller. */
 int cbi_source_read_blocks(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint32_t bs,
 			   uint8_t *hole, uint64_t *read_bytes, cbi_error *err) CBI_WUR;
+
+/* From now on, cbi_source_read_blocks() with block size bs treats every
+ * block whose bit in used is clear (bit i in byte i / 8) as a hole: it is
+ * flagged and never read (cbi_backup_opts.used_only). used stays the
+ * caller's and must outlive the reads; NULL removes the map. */
+void cbi_source_set_map(cbi_source *s, const uint8_t *used, uint32_t bs);
 
 void cbi_source_close(cbi_source *s);
 

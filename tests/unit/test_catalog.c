@@ -743,7 +743,7 @@ static void test_many_points(void **state)
 	sqlite3_stmt *ip = NULL, *ii = NULL;
 	assert_int_equal(sqlite3_prepare_v2(db,
 		"INSERT INTO points VALUES(?1, ?2, ?3, ?4, ?5, zeroblob(16), zeroblob(32), ?6, ?7, ?8,"
-		" 4096, 1048576, 256, ?9, ?10, ?11, ?12, '/dev/x', 256, 0, 256, 1048576, 6784, 0, 0, 1)",
+		" 4096, 1048576, 256, ?9, ?10, ?11, ?12, '/dev/x', 256, 0, 256, 1048576, 6784, 0, 0, 1, 0)",
 		-1, &ip, NULL), SQLITE_OK);
 	assert_int_equal(sqlite3_prepare_v2(db,
 		"INSERT INTO images VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 256, 256, ?12)",
@@ -829,6 +829,44 @@ static void test_many_points(void **state)
 		      N, (t1 - t0) * 1e3, (t3 - t2) * 1e3);
 }
 
+/* A catalog of schema 2 (before points.used_only) is upgraded in place
+ * when it is opened for writing, and keeps its rows and runs. */
+static void test_schema_upgrade(void **state)
+{
+	cat_fix *c = *state;
+	cbi_backup_result r;
+	backup_as(c->src, c->dest, "h", "s", "j", 1, &r);
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(c->db, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "ALTER TABLE points DROP COLUMN used_only; PRAGMA user_version=2;"
+				      " UPDATE meta SET value=2 WHERE key='schema_version'", NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	backup_as(c->src, c->dest, "h", "s", "j", 2, &r); /* opens it for writing */
+	cbi_point *pts = NULL;
+	size_t n = 0;
+	cbi_error e;
+	assert_int_equal(cbi_list_filtered(c->dest, NULL, &pts, &n, &e), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(pts[1].seq, 1);
+	assert_int_equal(pts[1].used_only, 0);
+	free(pts);
+	assert_int_equal(sqlite3_open(c->db, &db), SQLITE_OK);
+	sqlite3_stmt *st = NULL;
+	assert_int_equal(sqlite3_prepare_v2(db, "SELECT (SELECT user_version FROM pragma_user_version),"
+				      " (SELECT count(*) FROM points WHERE used_only = 0)", -1, &st, NULL),
+			 SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_int_equal(sqlite3_column_int(st, 0), 3);
+	assert_int_equal(sqlite3_column_int(st, 1), 2);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	cbi_run *runs = NULL;
+	assert_int_equal(cbi_log(c->dest, NULL, &runs, &n, &e), 0);
+	assert_int_equal(n, 2);
+	free(runs);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup_cat, teardown_cat)
@@ -845,6 +883,7 @@ int main(void)
 		T(test_concurrent_writers),
 		T(test_concurrent_creation),
 		T(test_many_points),
+		T(test_schema_upgrade),
 	};
 	return cmocka_run_group_tests_name("catalog", tests, NULL, NULL);
 }

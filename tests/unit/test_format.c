@@ -376,9 +376,16 @@ static void test_hdr_later_features(void **state)
 	cbi_hdr h, d;
 	uint8_t b[CBI_HDR_SIZE];
 	h = mk_hdr(CBI_KIND_INDEX, CBI_FULL);
-	h.flags = 2; /* an unknown flag */
+	h.flags = 4; /* an unknown flag */
 	cbi_hdr_encode(&h, b);
 	assert_int_equal(cbi_hdr_decode(b, &d), -CBI_EFORMAT);
+	/* used-only (bit 1): version 2, no key id or MAC */
+	h = mk_hdr(CBI_KIND_INDEX, CBI_FULL);
+	h.flags = CBI_HDR_USED_ONLY;
+	cbi_hdr_encode(&h, b);
+	assert_int_equal(ld32(b + 8), 2);
+	assert_int_equal(cbi_hdr_decode(b, &d), 0);
+	assert_int_equal(d.flags, CBI_HDR_USED_ONLY);
 	h = mk_hdr(CBI_KIND_INDEX, CBI_FULL);
 	h.hash_alg = 3;
 	cbi_hdr_encode(&h, b);
