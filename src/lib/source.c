@@ -29,6 +29,14 @@ int cbi_source_open(const char *path, cbi_source **out, cbi_error *err)
 		return cbi_err(err, e, "unable to open source '%s': %s", path, strerror(-e));
 	}
 	if (S_ISBLK(st.st_mode)) {
+		/* O_DIRECT rather than buffered reads with posix_fadvise: measured
+		 * on a loop device over a 2 GiB ext4 image (1.3 GiB data), an
+		 * incremental with the page cache dropped, two interleaved runs
+		 * each on a shared 2-core VM: O_DIRECT 2.25 / 1.80 s (0.16 / 0.09
+		 * s sys), buffered 3.18 / 2.23 s (0.45 / 0.39 s sys), buffered +
+		 * FADV_DONTNEED after each read 2.40 / 4.74 s (0.48 / 0.50 s sys);
+		 * cat of the device 2.46 / 1.76 s. O_DIRECT is never slower, pays
+		 * no page-cache copy, and leaves the live system's cache alone. */
 		s->is_dev = 1;
 		s->rdev = st.st_rdev;
 		s->fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
