@@ -1,4 +1,4 @@
-/* pipeline.c - reader thread, worker threads, in-order consumer. */
+/* pipeline.c - worker threads that read and process batches, in-order consumer. */
 #define _GNU_SOURCE
 #include "pipeline.h"
 
@@ -11,14 +11,22 @@
 #include "util.h"
 
 #define BATCH_BYTES (4u << 20)
+#define HOLE_CHUNK 4096u /* index entries of a hole item handed to the sink per step */
 
-enum { S_EMPTY, S_READ, S_WORK, S_DONE };
+enum { S_EMPTY, S_WORK, S_DONE };
+enum { K_DATA, K_HOLE };
 
+/* One item of the ring: a batch of up to per_batch blocks read and
+ * processed by a worker (K_DATA), or a run of at least per_batch blocks
+ * lying wholly in a hole of the source (K_HOLE), which no one reads or
+ * processes: the consumer expands it into zero entries. */
 typedef struct batch {
 	uint64_t idx;
 	uint64_t first;
-	uint32_t nblk;
+	uint64_t nblk;
+	int kind;
 	int state;
+	uint64_t got;       /* bytes actually read */
 	uint8_t *data;
 	uint8_t *hole;      /* per block: wholly in a hole of the source, data not filled */
 	uint8_t *comp;
@@ -29,17 +37,20 @@ typedef struct batch {
 typedef struct pipe_s {
 	const cbi_pipe_cfg *cfg;
 	pthread_mutex_t mu;
-	pthread_cond_t cv;
+	pthread_cond_t cv_free; /* a slot became empty (workers wait) */
+	pthread_cond_t cv_done; /* an item is done (the consumer waits) */
+	pthread_mutex_t pmu;    /* the parent index (its window cache) */
 	batch *slots;
 	unsigned nslots;
 	uint32_t per_batch;
-	uint64_t nbatches, nblocks;
-	uint64_t read_done;   /* batches handed to workers */
+	uint64_t nblocks;
+	uint64_t next_blk, next_idx; /* what the next claim takes */
 	int stop;
 	int err;
 	cbi_error errmsg;
 	uint64_t bytes_read;
 	size_t bound;
+	cbi_idx_ent *hpar;      /* consumer's parent entries for hole items */
 } pipe_s;
 
 static void fail(pipe_s *p, int rc, const cbi_error *e)
@@ -53,54 +64,62 @@ static void fail(pipe_s *p, int rc, const cbi_error *e)
 			cbi_err(&p->errmsg, rc, "%s", cbi_errtext(rc));
 	}
 	p->stop = 1;
-	pthread_cond_broadcast(&p->cv);
+	pthread_cond_broadcast(&p->cv_free);
+	pthread_cond_broadcast(&p->cv_done);
 	pthread_mutex_unlock(&p->mu);
 }
 
-static void *reader_main(void *arg)
+/* Entries [first, first + n) of the parent index. */
+static int parent_get(pipe_s *p, uint64_t first, uint64_t n, cbi_idx_ent *out, cbi_error *e)
 {
-	pipe_s *p = arg;
+	cbi_index *x = p->cfg->parent;
+	int rc = 0;
+	pthread_mutex_lock(&p->pmu);
+	for (uint64_t j = 0; j < n && !rc; j++)
+		rc = cbi_index_get(x, first + j, &out[j]);
+	pthread_mutex_unlock(&p->pmu);
+	if (rc)
+		cbi_err(e, rc, "unable to read the parent index '%s': %s", x->f->path, cbi_errtext(rc));
+	return rc;
+}
+
+/* With p->mu held: the next item starts at block p->next_blk. A hole of at
+ * least a batch's worth of whole blocks becomes one hole item, however long
+ * (a terabyte of holes is a handful of items); anything else is a batch. */
+static int claim(pipe_s *p, batch *s, cbi_error *e)
+{
 	const cbi_pipe_cfg *c = p->cfg;
-	for (uint64_t b = 0; b < p->nbatches; b++) {
-		batch *s = &p->slots[b % p->nslots];
-		pthread_mutex_lock(&p->mu);
-		while (!p->stop && s->state != S_EMPTY)
-			pthread_cond_wait(&p->cv, &p->mu);
-		int stop = p->stop;
-		s->idx = b;
-		pthread_mutex_unlock(&p->mu);
-		if (stop)
-			return NULL;
-		s->first = b * p->per_batch;
-		s->nblk = (uint32_t)CBI_MIN((uint64_t)p->per_batch, p->nblocks - s->first);
-		uint64_t off = s->first * c->block_size;
-		size_t len = (size_t)CBI_MIN((uint64_t)s->nblk * c->block_size, c->src->size - off);
-		uint64_t got = 0;
-		cbi_error e;
-		memset(s->hole, 0, s->nblk);
-		int rc = cbi_source_read_blocks(c->src, off, len, s->data, c->block_size, s->hole, &got, &e);
-		if (rc) {
-			fail(p, rc, &e);
-			return NULL;
-		}
-		if (c->parent)
-			for (uint32_t j = 0; j < s->nblk; j++) {
-				rc = cbi_index_get(c->parent, s->first + j, &s->parent[j]);
-				if (rc) {
-					cbi_err(&e, rc, "unable to read the parent index '%s': %s",
-						c->parent->f->path, cbi_errtext(rc));
-					fail(p, rc, &e);
-					return NULL;
-				}
-			}
-		pthread_mutex_lock(&p->mu);
-		p->bytes_read += got;
-		s->state = S_READ;
-		p->read_done = b + 1;
-		pthread_cond_broadcast(&p->cv);
-		pthread_mutex_unlock(&p->mu);
-	}
-	return NULL;
+	s->first = p->next_blk;
+	uint64_t off = s->first * c->block_size, he = off;
+	int rc = cbi_source_hole_end(c->src, off, &he, e);
+	if (rc)
+		return rc;
+	uint64_t n = he == c->src->size ? p->nblocks - s->first : (he - off) / c->block_size;
+	s->kind = n >= p->per_batch ? K_HOLE : K_DATA;
+	s->nblk = s->kind == K_HOLE ? n : CBI_MIN((uint64_t)p->per_batch, p->nblocks - s->first);
+	return 0;
+}
+
+/* A worker's read of its batch: the source data and the parent's entries. */
+static int fill(pipe_s *p, batch *s, cbi_error *e)
+{
+	const cbi_pipe_cfg *c = p->cfg;
+	uint64_t off = s->first * c->block_size;
+	size_t len = (size_t)CBI_MIN(s->nblk * c->block_size, c->src->size - off);
+	memset(s->hole, 0, (size_t)s->nblk);
+	int rc = cbi_source_read_blocks(c->src, off, len, s->data, c->block_size, s->hole, &s->got, e);
+	if (!rc && c->parent)
+		rc = parent_get(p, s->first, s->nblk, s->parent, e);
+	return rc;
+}
+
+/* Spec "Building the index of a point", rule 1: a zero block. */
+static void zero_block(cbi_pipe_block *o, uint32_t len, const cbi_idx_ent *par)
+{
+	memset(o, 0, sizeof *o);
+	o->raw_len = len;
+	o->ent.flags = CBI_IDX_ZERO;
+	o->changed = par && !(par->flags & CBI_IDX_ZERO);
 }
 
 static int process(pipe_s *p, batch *s, ZSTD_CCtx *cc, cbi_cx *cx)
@@ -111,14 +130,13 @@ static int process(pipe_s *p, batch *s, ZSTD_CCtx *cc, cbi_cx *cx)
 		const uint8_t *d = s->data + (size_t)j * c->block_size;
 		uint32_t len = cbi_block_len(c->src->size, c->block_size, blk);
 		cbi_pipe_block *o = &s->out[j];
-		memset(o, 0, sizeof *o);
-		o->raw_len = len;
 		const cbi_idx_ent *par = c->parent ? &s->parent[j] : NULL;
 		if (s->hole[j] || cbi_is_zero(d, len)) {
-			o->ent.flags = CBI_IDX_ZERO;
-			o->changed = par && !(par->flags & CBI_IDX_ZERO);
+			zero_block(o, len, par);
 			continue;
 		}
+		memset(o, 0, sizeof *o);
+		o->raw_len = len;
 		if (cbi_hash_block_spec(c->hs, cx, d, len, o->ent.hash))
 			return -EIO;
 		if (par && !(par->flags & CBI_IDX_ZERO) && !memcmp(par->hash, o->ent.hash, 16)) {
@@ -159,6 +177,9 @@ static int process(pipe_s *p, batch *s, ZSTD_CCtx *cc, cbi_cx *cx)
 	return 0;
 }
 
+/* Workers claim the next item in block order, read their batch themselves
+ * (both cores copy from the page cache at once, no reader thread to wait
+ * for) and process it; hole items are only claimed. */
 static void *worker_main(void *arg)
 {
 	pipe_s *p = arg;
@@ -171,38 +192,96 @@ static void *worker_main(void *arg)
 		return NULL;
 	}
 	for (;;) {
+		cbi_error e;
 		pthread_mutex_lock(&p->mu);
 		batch *s = NULL;
-		for (;;) {
-			if (p->stop)
-				break;
-			for (unsigned i = 0; i < p->nslots; i++)
-				if (p->slots[i].state == S_READ && (!s || p->slots[i].idx < s->idx))
-					s = &p->slots[i];
-			if (s || p->read_done == p->nbatches)
-				break;
-			pthread_cond_wait(&p->cv, &p->mu);
-		}
-		if (!s) {
+		while (!p->stop && p->next_blk < p->nblocks &&
+		       p->slots[p->next_idx % p->nslots].state != S_EMPTY)
+			pthread_cond_wait(&p->cv_free, &p->mu);
+		if (p->stop || p->next_blk == p->nblocks) {
 			pthread_mutex_unlock(&p->mu);
 			break;
 		}
-		s->state = S_WORK;
+		s = &p->slots[p->next_idx % p->nslots];
+		int rc = claim(p, s, &e);
+		if (!rc) {
+			s->idx = p->next_idx++;
+			s->state = S_WORK;
+			s->got = 0;
+			p->next_blk += s->nblk;
+		}
 		pthread_mutex_unlock(&p->mu);
-		if (process(p, s, cc, cx)) {
-			cbi_error e;
-			cbi_err(&e, -EIO, "hashing or encryption failed (libcrypto)");
-			fail(p, -EIO, &e);
+		if (!rc && s->kind == K_DATA && !(rc = fill(p, s, &e)) && (rc = process(p, s, cc, cx)))
+			cbi_err(&e, rc, "hashing or encryption failed (libcrypto)");
+		if (rc) {
+			fail(p, rc, &e);
 			break;
 		}
 		pthread_mutex_lock(&p->mu);
 		s->state = S_DONE;
-		pthread_cond_broadcast(&p->cv);
+		p->bytes_read += s->got;
+		pthread_cond_signal(&p->cv_done);
 		pthread_mutex_unlock(&p->mu);
 	}
 	ZSTD_freeCCtx(cc);
 	cbi_cx_free(cx);
 	return NULL;
+}
+
+/* Progress from the calling thread, at most every 0.2 s and at the end;
+ * a callback asking to stop cancels the run. */
+static int report(pipe_s *p, double *last, uint64_t done, int final)
+{
+	const cbi_pipe_cfg *c = p->cfg;
+	if (!c->progress)
+		return 0;
+	double now = cbi_now();
+	if (now - *last < 0.2 && !final)
+		return 0;
+	*last = now;
+	if (!c->progress(c->progress_ud, done, c->src->size))
+		return 0;
+	cbi_error e;
+	cbi_err(&e, -ECANCELED, "interrupted: nothing of this run was kept");
+	fail(p, -ECANCELED, &e);
+	return -ECANCELED;
+}
+
+static int sink_one(pipe_s *p, uint64_t blk, const cbi_pipe_block *o, uint64_t *done)
+{
+	cbi_error e;
+	int r = p->cfg->sink(p->cfg->sink_ud, blk, o, &e);
+	if (r)
+		fail(p, r, &e);
+	*done += o->raw_len;
+	return r;
+}
+
+/* The consumer's part of a hole item: its zero entries, in steps, with the
+ * parent's entries for an incremental (a hole is a zero block: changed
+ * only where the parent's entry is not zero). */
+static int emit_hole(pipe_s *p, const batch *s, double *last, uint64_t *done)
+{
+	const cbi_pipe_cfg *c = p->cfg;
+	for (uint64_t i = 0; i < s->nblk; i += HOLE_CHUNK) {
+		uint64_t n = CBI_MIN((uint64_t)HOLE_CHUNK, s->nblk - i);
+		cbi_error e;
+		int rc = c->parent ? parent_get(p, s->first + i, n, p->hpar, &e) : 0;
+		if (rc) {
+			fail(p, rc, &e);
+			return rc;
+		}
+		for (uint64_t j = 0; j < n; j++) {
+			uint64_t blk = s->first + i + j;
+			cbi_pipe_block o;
+			zero_block(&o, cbi_block_len(c->src->size, c->block_size, blk), c->parent ? &p->hpar[j] : NULL);
+			if ((rc = sink_one(p, blk, &o, done)))
+				return rc;
+		}
+		if (i + n < s->nblk && (rc = report(p, last, *done, 0)))
+			return rc;
+	}
+	return 0;
 }
 
 int cbi_pipe_run(const cbi_pipe_cfg *c, cbi_pipe_stats *st, cbi_error *err)
@@ -211,7 +290,9 @@ int cbi_pipe_run(const cbi_pipe_cfg *c, cbi_pipe_stats *st, cbi_error *err)
 	memset(&p, 0, sizeof p);
 	p.cfg = c;
 	pthread_mutex_init(&p.mu, NULL);
-	pthread_cond_init(&p.cv, NULL);
+	pthread_mutex_init(&p.pmu, NULL);
+	pthread_cond_init(&p.cv_free, NULL);
+	pthread_cond_init(&p.cv_done, NULL);
 	int threads = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
 	if (threads < 1)
 		threads = 1;
@@ -219,13 +300,14 @@ int cbi_pipe_run(const cbi_pipe_cfg *c, cbi_pipe_stats *st, cbi_error *err)
 		threads = 64;
 	p.per_batch = CBI_MAX(1u, BATCH_BYTES / c->block_size);
 	p.nblocks = cbi_nblocks(c->src->size, c->block_size);
-	p.nbatches = (p.nblocks + p.per_batch - 1) / p.per_batch;
+	/* one item per worker, one being consumed, one ready ahead */
 	p.nslots = (unsigned)threads + 2;
 	p.bound = ZSTD_compressBound(c->block_size) + CBI_TAG_LEN;
-	pthread_t rd, *wk = calloc((size_t)threads, sizeof *wk);
+	pthread_t *wk = calloc((size_t)threads, sizeof *wk);
 	p.slots = calloc(p.nslots, sizeof *p.slots);
-	int rc = 0, started = 0;
-	if (!wk || !p.slots) {
+	p.hpar = calloc(HOLE_CHUNK, sizeof *p.hpar);
+	int rc = 0;
+	if (!wk || !p.slots || !p.hpar) {
 		rc = cbi_err(err, -ENOMEM, "out of memory");
 		goto end;
 	}
@@ -243,57 +325,50 @@ int cbi_pipe_run(const cbi_pipe_cfg *c, cbi_pipe_stats *st, cbi_error *err)
 			goto end;
 		}
 	}
-	if (pthread_create(&rd, NULL, reader_main, &p)) {
-		rc = cbi_err(err, -EAGAIN, "unable to start the reader thread");
-		goto end;
-	}
-	started = 1;
 	int nwk = 0;
 	for (; nwk < threads; nwk++)
 		if (pthread_create(&wk[nwk], NULL, worker_main, &p))
 			break;
-	if (!nwk)
-		fail(&p, -EAGAIN, NULL);
+	if (!nwk) {
+		cbi_error e;
+		cbi_err(&e, -EAGAIN, "unable to start the worker threads");
+		fail(&p, -EAGAIN, &e);
+	}
 
 	double last = 0;
-	uint64_t done_bytes = 0;
-	for (uint64_t b = 0; b < p.nbatches; b++) {
+	uint64_t done_blocks = 0, done_bytes = 0;
+	for (uint64_t b = 0; done_blocks < p.nblocks; b++) {
 		batch *s = &p.slots[b % p.nslots];
 		pthread_mutex_lock(&p.mu);
 		while (!p.stop && !(s->state == S_DONE && s->idx == b))
-			pthread_cond_wait(&p.cv, &p.mu);
+			pthread_cond_wait(&p.cv_done, &p.mu);
 		int stop = p.stop;
 		pthread_mutex_unlock(&p.mu);
 		if (stop)
 			break;
-		for (uint32_t j = 0; j < s->nblk; j++) {
-			cbi_error e;
-			int r = c->sink(c->sink_ud, s->first + j, &s->out[j], &e);
-			if (r) {
-				fail(&p, r, &e);
-				break;
-			}
-			done_bytes += s->out[j].raw_len;
-		}
+		int r = 0;
+		if (s->kind == K_HOLE)
+			r = emit_hole(&p, s, &last, &done_bytes);
+		else
+			for (uint32_t j = 0; j < s->nblk && !r; j++)
+				r = sink_one(&p, s->first + j, &s->out[j], &done_bytes);
+		done_blocks += s->nblk;
 		pthread_mutex_lock(&p.mu);
 		s->state = S_EMPTY;
-		pthread_cond_broadcast(&p.cv);
+		pthread_cond_broadcast(&p.cv_free);
 		pthread_mutex_unlock(&p.mu);
-		if (c->progress) {
-			double now = cbi_now();
-			if (now - last >= 0.2 || b + 1 == p.nbatches) {
-				last = now;
-				if (c->progress(c->progress_ud, done_bytes, c->src->size)) {
-					cbi_error e;
-					cbi_err(&e, -ECANCELED, "interrupted: nothing of this run was kept");
-					fail(&p, -ECANCELED, &e);
-				}
-			}
-		}
+		if (r || report(&p, &last, done_bytes, done_blocks == p.nblocks))
+			break;
 	}
-	pthread_join(rd, NULL);
 	for (int i = 0; i < nwk; i++)
 		pthread_join(wk[i], NULL);
+	if (!p.err) {
+		/* the tail may have been a hole taken on trust long ago */
+		cbi_error e;
+		int r = cbi_source_check_size(c->src, &e);
+		if (r)
+			fail(&p, r, &e);
+	}
 	if (p.err) {
 		rc = p.err;
 		if (err)
@@ -301,7 +376,6 @@ int cbi_pipe_run(const cbi_pipe_cfg *c, cbi_pipe_stats *st, cbi_error *err)
 	}
 	st->bytes_read = p.bytes_read;
 end:
-	(void)started;
 	if (p.slots)
 		for (unsigned i = 0; i < p.nslots; i++) {
 			free(p.slots[i].data);
@@ -311,8 +385,11 @@ end:
 			free(p.slots[i].out);
 		}
 	free(p.slots);
+	free(p.hpar);
 	free(wk);
 	pthread_mutex_destroy(&p.mu);
-	pthread_cond_destroy(&p.cv);
+	pthread_mutex_destroy(&p.pmu);
+	pthread_cond_destroy(&p.cv_free);
+	pthread_cond_destroy(&p.cv_done);
 	return rc;
 }

@@ -1,7 +1,9 @@
-/* pipeline.h - the backup pipeline: one reader thread issuing large
- * sequential reads, worker threads that detect zero blocks, hash, compare
- * with the parent index and compress, and the calling thread writing the
- * results in block order. Memory is bounded: (threads + 2) batches of about
+/* pipeline.h - the backup pipeline: worker threads that each claim the next
+ * batch in block order, read it from the source themselves, detect zero
+ * blocks, hash, compare with the parent index and compress, and the calling
+ * thread writing the results in block order. A run of holes of at least a
+ * batch is claimed as one item that nobody reads: the calling thread turns
+ * it into zero entries. Memory is bounded: (threads + 2) batches of about
  * 4 MiB of source data plus their compressed output. */
 #ifndef CBI_PIPELINE_H
 #define CBI_PIPELINE_H

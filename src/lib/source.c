@@ -20,6 +20,7 @@ int cbi_source_open(const char *path, cbi_source **out, cbi_error *err)
 	cbi_source *s = calloc(1, sizeof *s);
 	if (!s)
 		return cbi_err(err, -ENOMEM, "out of memory");
+	pthread_mutex_init(&s->mu, NULL);
 	cbi_strlcpy(s->path, path, sizeof s->path);
 	struct stat st;
 	if (stat(path, &st) < 0) {
@@ -28,6 +29,14 @@ int cbi_source_open(const char *path, cbi_source **out, cbi_error *err)
 		return cbi_err(err, e, "unable to open source '%s': %s", path, strerror(-e));
 	}
 	if (S_ISBLK(st.st_mode)) {
+		/* O_DIRECT rather than buffered reads with posix_fadvise: measured
+		 * on a loop device over a 2 GiB ext4 image (1.3 GiB data), an
+		 * incremental with the page cache dropped, two interleaved runs
+		 * each on a shared 2-core VM: O_DIRECT 2.25 / 1.80 s (0.16 / 0.09
+		 * s sys), buffered 3.18 / 2.23 s (0.45 / 0.39 s sys), buffered +
+		 * FADV_DONTNEED after each read 2.40 / 4.74 s (0.48 / 0.50 s sys);
+		 * cat of the device 2.46 / 1.76 s. O_DIRECT is never slower, pays
+		 * no page-cache copy, and leaves the live system's cache alone. */
 		s->is_dev = 1;
 		s->rdev = st.st_rdev;
 		s->fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
@@ -68,6 +77,26 @@ int cbi_source_open(const char *path, cbi_source **out, cbi_error *err)
 	return 0;
 }
 
+/* O_DIRECT was refused (alignment, filesystem): go on buffered. The new
+ * descriptor replaces the old one under the same number (dup2 is atomic),
+ * so reads running in other threads are never left with a closed fd. */
+static int drop_direct(cbi_source *s, cbi_error *err)
+{
+	int rc = 0;
+	pthread_mutex_lock(&s->mu);
+	if (__atomic_load_n(&s->direct, __ATOMIC_RELAXED)) {
+		int fd = open(s->path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || dup2(fd, s->fd) < 0)
+			rc = cbi_err(err, -CBI_EREAD, "unable to reopen '%s': %s", s->path, strerror(errno));
+		else
+			__atomic_store_n(&s->direct, 0, __ATOMIC_RELAXED);
+		if (fd >= 0)
+			close(fd);
+	}
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
 static int read_range(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, cbi_error *err)
 {
 	uint64_t pos = off, end = off + len;
@@ -76,15 +105,10 @@ static int read_range(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, cbi
 		ssize_t r = pread(s->fd, buf + (pos - off), want, (off_t)pos);
 		if (r < 0 && errno == EINTR)
 			continue;
-		if (r < 0 && errno == EINVAL && s->direct) {
-			/* O_DIRECT refused (alignment, filesystem): fall back to buffered. */
-			int fd = open(s->path, O_RDONLY | O_CLOEXEC);
-			if (fd < 0)
-				return cbi_err(err, -CBI_EREAD, "unable to reopen '%s': %s", s->path,
-					       strerror(errno));
-			close(s->fd);
-			s->fd = fd;
-			s->direct = 0;
+		if (r < 0 && errno == EINVAL && __atomic_load_n(&s->direct, __ATOMIC_RELAXED)) {
+			int rc = drop_direct(s, err);
+			if (rc)
+				return rc;
 			continue;
 		}
 		if (r < 0)
@@ -151,6 +175,97 @@ static int map_used(const cbi_source *s, uint64_t b)
 	return (s->used[b >> 3] >> (b & 7)) & 1;
 }
 
+/* The extent around pos, from the cache or from SEEK_DATA/SEEK_HOLE: *in_hole
+ * says whether pos lies in a hole, *ext_end where that hole or data extent
+ * ends (it may lie past `need`). need: the end of the caller's range, which
+ * a file that shrank no longer reaches. Takes s->mu. */
+static int extent_at(cbi_source *s, uint64_t pos, uint64_t need, int *in_hole, uint64_t *ext_end,
+		     cbi_error *err)
+{
+	int rc = 0;
+	pthread_mutex_lock(&s->mu);
+	for (;;) {
+		if (pos >= s->hole_lo && pos < s->hole_hi) {
+			/* inside the hole found by the last SEEK_DATA: no syscall */
+			*in_hole = 1;
+			*ext_end = s->hole_hi;
+			break;
+		}
+		if (pos >= s->data_lo && pos < s->data_hi) {
+			*in_hole = 0;
+			*ext_end = s->data_hi;
+			break;
+		}
+		off_t d = lseek(s->fd, (off_t)pos, SEEK_DATA);
+		if (d < 0 && errno == ENXIO) {
+			/* ENXIO also means "past the end": a file that shrank while
+			 * being read must fail, never read as zeros. */
+			if ((rc = check_not_shrunk(s, need, err)))
+				break;
+			s->data_lo = s->data_hi = UINT64_MAX; /* only a hole from here on */
+			s->hole_lo = pos;
+			s->hole_hi = s->size;
+			continue;
+		}
+		off_t h = d < 0 ? d : lseek(s->fd, d, SEEK_HOLE);
+		if (h < 0) {
+			rc = cbi_err(err, -CBI_EREAD, "unable to seek in '%s': %s", s->path, strerror(errno));
+			break;
+		}
+		s->data_lo = (uint64_t)d;
+		s->data_hi = (uint64_t)h;
+		if ((uint64_t)d > pos) {
+			s->hole_lo = pos;
+			s->hole_hi = (uint64_t)d;
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+/* End of the file hole at off (off itself when there is none). */
+static int file_hole_end(cbi_source *s, uint64_t off, uint64_t *hole_end, cbi_error *err)
+{
+	*hole_end = off;
+	if (!s->holes || off >= s->size)
+		return 0;
+	int in_hole = 0;
+	uint64_t xe = off;
+	int rc = extent_at(s, off, s->size, &in_hole, &xe, err);
+	if (!rc && in_hole)
+		*hole_end = CBI_MIN(xe, s->size);
+	return rc;
+}
+
+int cbi_source_hole_end(cbi_source *s, uint64_t off, uint64_t *hole_end, cbi_error *err)
+{
+	/* file holes and unused blocks, alternately, as long as either goes on */
+	uint64_t e = off;
+	for (;;) {
+		uint64_t next = e;
+		int rc = file_hole_end(s, e, &next, err);
+		if (rc)
+			return rc;
+		if (s->used && next < s->size && next % s->used_bs == 0) {
+			uint64_t b = next / s->used_bs, nb = (s->size + s->used_bs - 1) / s->used_bs;
+			while (b < nb && !map_used(s, b))
+				b++;
+			next = CBI_MIN(b * s->used_bs, s->size);
+		}
+		if (next == e)
+			break;
+		e = next;
+	}
+	*hole_end = e;
+	/* a tail hole is taken on trust only after checking the size */
+	return e == s->size && e > off && !s->is_dev ? check_not_shrunk(s, s->size, err) : 0;
+}
+
+int cbi_source_check_size(cbi_source *s, cbi_error *err)
+{
+	return s->is_dev ? 0 : check_not_shrunk(s, s->size, err);
+}
+
 int cbi_source_read_blocks(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, uint32_t bs,
 			   uint8_t *hole, uint64_t *read_bytes, cbi_error *err)
 {
@@ -191,48 +306,20 @@ static int read_blocks_data(cbi_source *s, uint64_t off, size_t len, uint8_t *bu
 	uint64_t pos = off, end = off + len;
 	int rc;
 	while (pos < end) {
-		if (pos >= s->hole_lo && pos < s->hole_hi) {
-			/* inside the hole found by the last SEEK_DATA: no syscall */
-			uint64_t z = CBI_MIN(s->hole_hi, end);
-			zero_range(off, buf, pos, z, bs, hole);
-			pos = z;
-			if (pos == s->size) {
-				/* a tail hole is taken on trust until the last read */
-				if ((rc = check_not_shrunk(s, s->size, err)))
-					return rc;
-			}
+		int in_hole = 0;
+		uint64_t xe = end;
+		if ((rc = extent_at(s, pos, end, &in_hole, &xe, err)))
+			return rc;
+		uint64_t stop = CBI_MIN(end, xe);
+		if (in_hole) {
+			zero_range(off, buf, pos, stop, bs, hole);
+			pos = stop;
+			/* a tail hole is taken on trust until the last read */
+			if (pos == s->size && (rc = check_not_shrunk(s, s->size, err)))
+				return rc;
 			continue;
 		}
-		if (pos < s->data_lo || pos >= s->data_hi) {
-			off_t d = lseek(s->fd, (off_t)pos, SEEK_DATA);
-			if (d < 0 && errno == ENXIO) {
-				/* ENXIO also means "past the end": a file that shrank while
-				 * being read must fail, never read as zeros. */
-				if ((rc = check_not_shrunk(s, end, err)))
-					return rc;
-				s->data_lo = s->data_hi = UINT64_MAX; /* only a hole from here on */
-				s->hole_lo = pos;
-				s->hole_hi = s->size;
-				continue;
-			}
-			if (d < 0)
-				return cbi_err(err, -CBI_EREAD, "unable to seek in '%s': %s", s->path,
-					       strerror(errno));
-			off_t h = lseek(s->fd, d, SEEK_HOLE);
-			if (h < 0)
-				return cbi_err(err, -CBI_EREAD, "unable to seek in '%s': %s", s->path,
-					       strerror(errno));
-			s->data_lo = (uint64_t)d;
-			s->data_hi = (uint64_t)h;
-			if ((uint64_t)d > pos) {
-				s->hole_lo = pos;
-				s->hole_hi = (uint64_t)d;
-				continue;
-			}
-		}
-		uint64_t stop = CBI_MIN(end, s->data_hi);
-		rc = read_range(s, pos, (size_t)(stop - pos), buf + (pos - off), err);
-		if (rc)
+		if ((rc = read_range(s, pos, (size_t)(stop - pos), buf + (pos - off), err)))
 			return rc;
 		*read_bytes += stop - pos;
 		pos = stop;
@@ -246,6 +333,7 @@ void cbi_source_close(cbi_source *s)
 		return;
 	if (s->fd >= 0)
 		close(s->fd);
+	pthread_mutex_destroy(&s->mu);
 	free(s);
 }
 

@@ -4,6 +4,7 @@
 #ifndef CBI_SOURCE_H
 #define CBI_SOURCE_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -18,6 +19,10 @@ typedef struct cbi_source {
 	dev_t rdev;
 	char path[4096];
 	char id[128];
+	/* guards the cached extents below and the O_DIRECT fallback: several
+	 * threads may read one source at once (cbi_source_read_blocks and
+	 * cbi_source_hole_end are thread-safe) */
+	pthread_mutex_t mu;
 	/* cached data extent [data_lo, data_hi) from SEEK_DATA/SEEK_HOLE */
 	uint64_t data_lo, data_hi;
 	/* cached hole extent [hole_lo, hole_hi) */
@@ -52,6 +57,17 @@ int cbi_source_read_blocks(cbi_source *s, uint64_t off, size_t len, uint8_t *buf
  * flagged and never read (cbi_backup_opts.used_only). used stays the
  * caller's and must outlive the reads; NULL removes the map. */
 void cbi_source_set_map(cbi_source *s, const uint8_t *used, uint32_t bs);
+
+/* End of the hole that starts at off: *hole_end = off when off is not in a
+ * hole (a hole of the file, or blocks the map of cbi_source_set_map()
+ * marks unused), at most s->size. A hole that
+ * reaches the end is checked against the file's current size (a file that
+ * shrank fails with -CBI_EREAD). Thread-safe. */
+int cbi_source_hole_end(cbi_source *s, uint64_t off, uint64_t *hole_end, cbi_error *err) CBI_WUR;
+
+/* A regular file must still be at least s->size bytes long at the end of a
+ * run: else -CBI_EREAD (no-op for devices). */
+int cbi_source_check_size(cbi_source *s, cbi_error *err) CBI_WUR;
 
 void cbi_source_close(cbi_source *s);
 

@@ -252,6 +252,16 @@ static void test_source_map(void **state)
 	assert_int_equal(cbi_source_read_blocks(src, 9u * bs, 3u * bs, buf, bs, hole, &got, &e), 0);
 	assert_int_equal(got, 0);
 	assert_true(hole[0] && hole[1] && hole[2]);
+	/* hole ends follow the map (the pipeline turns long ones into one item) */
+	uint64_t he = 1;
+	assert_int_equal(cbi_source_hole_end(src, 0, &he, &e), 0);
+	assert_int_equal(he, bs);
+	assert_int_equal(cbi_source_hole_end(src, bs, &he, &e), 0);
+	assert_int_equal(he, bs);
+	assert_int_equal(cbi_source_hole_end(src, 2u * bs, &he, &e), 0);
+	assert_int_equal(he, 3u * bs);
+	assert_int_equal(cbi_source_hole_end(src, 9u * bs, &he, &e), 0);
+	assert_int_equal(he, 15u * bs);
 	/* without the map, everything is read again */
 	cbi_source_set_map(src, NULL, 0);
 	memset(hole, 0, sizeof hole);
@@ -265,6 +275,9 @@ static void test_source_map(void **state)
 	assert_int_equal(truncate(path, 10u * bs), 0);
 	memset(hole, 0, sizeof hole);
 	assert_int_equal(cbi_source_read_blocks(src, 9u * bs, 7u * bs, buf, bs, hole, &got, &e), -CBI_EREAD);
+	uint8_t none_used[2] = { 0xff, 0x00 };
+	cbi_source_set_map(src, none_used, bs);
+	assert_int_equal(cbi_source_hole_end(src, 8u * bs, &he, &e), -CBI_EREAD);
 	cbi_source_close(src);
 	free(data);
 	free(buf);

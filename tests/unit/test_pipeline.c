@@ -27,6 +27,8 @@ typedef struct rec {
 	uint64_t next;       /* next block expected */
 	int fail_at;         /* return an error at this block (-1: never) */
 	int order_ok;
+	int count_only;      /* only count the blocks and their zero entries */
+	uint64_t zero;
 	ZSTD_DCtx *dctx;
 } rec;
 
@@ -38,6 +40,12 @@ static int sink(void *ud, uint64_t block, const cbi_pipe_block *b, cbi_error *er
 	r->next = block + 1;
 	if (r->fail_at >= 0 && block == (uint64_t)r->fail_at)
 		return cbi_err(err, -ENOSPC, "sink full at block %llu", (unsigned long long)block);
+	if (r->count_only) {
+		r->n++;
+		r->zero += b->ent.flags == CBI_IDX_ZERO && !b->store && !b->changed && !b->ent.owner &&
+			   cbi_is_zero(b->ent.hash, 16);
+		return 0;
+	}
 	if (r->n == r->cap) {
 		r->cap = r->cap ? r->cap * 2 : 64;
 		r->v = realloc(r->v, r->cap * sizeof *r->v);
@@ -92,33 +100,54 @@ static int kind_of(uint64_t i)
 	return K_TEXT;
 }
 
-static uint8_t *make_source(const char *path, uint64_t size, int sparse_zero)
+/* Write the bytes d of a source file: dense, or sparse with every zero
+ * block left a hole. */
+static void write_source(const char *path, const uint8_t *d, uint64_t size, int sparse)
 {
-	uint8_t *d = calloc(1, size);
-	assert_non_null(d);
-	uint64_t nb = cbi_nblocks(size, BS);
-	for (uint64_t i = 0; i < nb; i++) {
+	if (!sparse) {
+		tu_write_file(path, d, size);
+		return;
+	}
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)size), 0);
+	for (uint64_t i = 0; i < cbi_nblocks(size, BS); i++) {
+		uint32_t len = cbi_block_len(size, BS, i);
+		if (!cbi_is_zero(d + i * BS, len))
+			assert_int_equal(pwrite(fd, d + i * BS, len, (off_t)(i * BS)), (ssize_t)len);
+	}
+	close(fd);
+}
+
+/* Blocks [from, to) get the content of kind_of(). */
+static void fill_kinds(uint8_t *d, uint64_t size, uint64_t from, uint64_t to)
+{
+	for (uint64_t i = from; i < to; i++) {
 		uint32_t len = cbi_block_len(size, BS, i);
 		if (kind_of(i) == K_TEXT)
 			tu_fill_text(d + i * BS, len, i);
 		else if (kind_of(i) == K_RANDOM)
 			tu_fill_random(d + i * BS, len, i);
 	}
-	if (!sparse_zero) {
-		tu_write_file(path, d, size);
-	} else {
-		/* zero blocks are holes */
-		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		assert_true(fd >= 0);
-		assert_int_equal(ftruncate(fd, (off_t)size), 0);
-		for (uint64_t i = 0; i < nb; i++)
-			if (kind_of(i) != K_ZERO) {
-				uint32_t len = cbi_block_len(size, BS, i);
-				assert_int_equal(pwrite(fd, d + i * BS, len, (off_t)(i * BS)), (ssize_t)len);
-			}
-		close(fd);
-	}
+}
+
+static uint8_t *make_source(const char *path, uint64_t size, int sparse_zero)
+{
+	uint8_t *d = calloc(1, size);
+	assert_non_null(d);
+	fill_kinds(d, size, 0, cbi_nblocks(size, BS));
+	write_source(path, d, size, sparse_zero); /* sparse: zero blocks are holes */
 	return d;
+}
+
+static int run_src(cbi_source *src, cbi_index *parent, uint32_t seq, int threads, rec *r,
+		   cbi_progress_fn pf, void *pud, cbi_pipe_stats *st, cbi_error *e)
+{
+	cbi_pipe_cfg c = { .src = src, .parent = parent, .block_size = BS, .seq = seq, .level = 3,
+			   .threads = threads, .sink = sink, .sink_ud = r, .progress = pf, .progress_ud = pud };
+	cbi_pipe_stats tmp;
+	memset(&tmp, 0, sizeof tmp);
+	return cbi_pipe_run(&c, st ? st : &tmp, e);
 }
 
 static int run(const char *src_path, cbi_index *parent, uint32_t seq, int threads, rec *r,
@@ -126,11 +155,7 @@ static int run(const char *src_path, cbi_index *parent, uint32_t seq, int thread
 {
 	cbi_source *src = NULL;
 	assert_int_equal(cbi_source_open(src_path, &src, NULL), 0);
-	cbi_pipe_cfg c = { .src = src, .parent = parent, .block_size = BS, .seq = seq, .level = 3,
-			   .threads = threads, .sink = sink, .sink_ud = r, .progress = pf, .progress_ud = pud };
-	cbi_pipe_stats tmp;
-	memset(&tmp, 0, sizeof tmp);
-	int rc = cbi_pipe_run(&c, st ? st : &tmp, e);
+	int rc = run_src(src, parent, seq, threads, r, pf, pud, st, e);
 	cbi_source_close(src);
 	return rc;
 }
@@ -144,7 +169,7 @@ static void check_full(const rec *r, const uint8_t *d, uint64_t size, uint32_t s
 		const seen *s = &r->v[i];
 		uint32_t len = cbi_block_len(size, BS, i);
 		assert_int_equal(s->raw_len, len);
-		if (kind_of(i) == K_ZERO) {
+		if (cbi_is_zero(d + i * BS, len)) {
 			assert_int_equal(s->ent.flags, CBI_IDX_ZERO);
 			assert_false(s->store);
 			assert_false(s->changed);
@@ -186,6 +211,21 @@ static void test_full_single_batch(void **state)
 	free(d);
 }
 
+/* Every block the sink saw in b is what it saw in ref. */
+static void assert_same(const rec *ref, const rec *b, const char *what, int n)
+{
+	assert_true(b->order_ok);
+	assert_true(b->n == ref->n);
+	for (uint64_t i = 0; i < b->n; i++) {
+		const seen *x = &ref->v[i], *y = &b->v[i];
+		if (memcmp(&x->ent, &y->ent, sizeof x->ent) || x->changed != y->changed ||
+		    x->store != y->store || x->raw_len != y->raw_len || x->stored_len != y->stored_len ||
+		    x->rec_flags != y->rec_flags || memcmp(x->data, y->data, x->raw_len))
+			fail_msg("%s %d: block %llu differs from the reference", what, n,
+				 (unsigned long long)i);
+	}
+}
+
 static void test_threads_give_identical_results(void **state)
 {
 	tu_fix *f = *state;
@@ -210,16 +250,7 @@ static void test_threads_give_identical_results(void **state)
 		rec r;
 		rec_init(&r);
 		assert_int_equal(run(p, NULL, 5, threads[t], &r, NULL, NULL, NULL, NULL), 0);
-		assert_true(r.order_ok);
-		assert_true(r.n == ref.n);
-		for (uint64_t i = 0; i < r.n; i++) {
-			const seen *a = &ref.v[i], *b = &r.v[i];
-			if (memcmp(&a->ent, &b->ent, sizeof a->ent) || a->changed != b->changed ||
-			    a->store != b->store || a->stored_len != b->stored_len ||
-			    a->rec_flags != b->rec_flags || memcmp(a->data, b->data, a->raw_len))
-				fail_msg("threads=%d: block %llu differs from threads=1", threads[t],
-					 (unsigned long long)i);
-		}
+		assert_same(&ref, &r, "threads", threads[t]);
 		rec_free(&r);
 	}
 	rec_free(&ref);
@@ -425,6 +456,200 @@ static void test_damaged_parent_index_read_error(void **state)
 	free(d);
 }
 
+/* Sparse layouts: blocks [from, to) hold data, the rest is holes of several
+ * batches (1024 blocks of 4 KiB). */
+#define SP_SIZE ((uint64_t)6200 * BS + 123)
+typedef struct span {
+	uint64_t from, to;
+} span;
+
+static uint8_t *layout(const span *sp, size_t n)
+{
+	uint8_t *d = calloc(1, SP_SIZE);
+	assert_non_null(d);
+	for (size_t k = 0; k < n; k++)
+		fill_kinds(d, SP_SIZE, sp[k].from, CBI_MIN(sp[k].to, cbi_nblocks(SP_SIZE, BS)));
+	return d;
+}
+
+static int is_sparse(const char *p)
+{
+	struct stat st;
+	assert_int_equal(stat(p, &st), 0);
+	return (uint64_t)st.st_blocks * 512 < SP_SIZE / 2;
+}
+
+/* Data at the start, in the middle (across a batch boundary) and at the
+ * end, large holes between: a sparse file gives exactly what the same
+ * bytes give dense, for 1, 2 and 4 threads, without reading the holes. */
+static void test_sparse_source_same_as_dense(void **state)
+{
+	tu_fix *f = *state;
+	const char *dp = tu_path(f->dir, "dense.img"), *sp = tu_path(f->dir, "sparse.img");
+	const span data[] = { { 0, 100 }, { 2900, 3300 }, { 6100, 6201 } };
+	uint8_t *d = layout(data, 3);
+	write_source(dp, d, SP_SIZE, 0);
+	write_source(sp, d, SP_SIZE, 1);
+	if (!is_sparse(sp)) {
+		free(d);
+		skip(); /* this filesystem keeps no holes */
+	}
+	rec ref;
+	rec_init(&ref);
+	assert_int_equal(run(dp, NULL, 2, 1, &ref, NULL, NULL, NULL, NULL), 0);
+	check_full(&ref, d, SP_SIZE, 2);
+	uint64_t data_bytes = 0;
+	for (uint64_t i = 0; i < cbi_nblocks(SP_SIZE, BS); i++)
+		if (!cbi_is_zero(d + i * BS, cbi_block_len(SP_SIZE, BS, i)))
+			data_bytes += cbi_block_len(SP_SIZE, BS, i);
+	const int threads[] = { 1, 2, 4 };
+	for (size_t t = 0; t < 3; t++) {
+		rec r;
+		rec_init(&r);
+		cbi_pipe_stats st;
+		assert_int_equal(run(sp, NULL, 2, threads[t], &r, NULL, NULL, &st, NULL), 0);
+		assert_same(&ref, &r, "sparse, threads", threads[t]);
+		assert_true(st.bytes_read >= data_bytes);
+		assert_true(st.bytes_read < SP_SIZE / 4);
+		rec_free(&r);
+	}
+	rec_free(&ref);
+	free(d);
+}
+
+/* Incremental over sparse sources: data where the parent had a hole
+ * (changed, stored), a hole where the parent had data (changed to a zero
+ * block, nothing stored), unchanged data and unchanged holes. */
+static void test_sparse_incremental(void **state)
+{
+	tu_fix *f = *state;
+	const char *dp = tu_path(f->dir, "dense.img"), *sp = tu_path(f->dir, "sparse.img");
+	const char *ip = tu_path(f->dir, "parent.cbx");
+	const span was[] = { { 0, 100 }, { 2900, 3300 }, { 6100, 6201 } };
+	const span now[] = { { 0, 100 }, { 1500, 1700 }, { 6100, 6201 } };
+	uint8_t *a = layout(was, 3), *b = layout(now, 3);
+	write_parent_index(ip, a, SP_SIZE, 3);
+	write_source(dp, b, SP_SIZE, 0);
+	write_source(sp, b, SP_SIZE, 1);
+	if (!is_sparse(sp)) {
+		free(a);
+		free(b);
+		skip();
+	}
+	cbi_index *par = NULL;
+	assert_int_equal(cbi_index_open(ip, &par, NULL), 0);
+	rec ref;
+	rec_init(&ref);
+	assert_int_equal(run(dp, par, 4, 1, &ref, NULL, NULL, NULL, NULL), 0);
+	assert_true(ref.order_ok);
+	uint64_t nb = cbi_nblocks(SP_SIZE, BS), to_zero = 0, to_data = 0;
+	assert_true(ref.n == nb);
+	for (uint64_t i = 0; i < nb; i++) {
+		const seen *s = &ref.v[i];
+		uint32_t len = cbi_block_len(SP_SIZE, BS, i);
+		int za = cbi_is_zero(a + i * BS, len), zb = cbi_is_zero(b + i * BS, len);
+		cbi_idx_ent pe;
+		assert_int_equal(cbi_index_get(par, i, &pe), 0);
+		if (zb) {
+			assert_int_equal(s->ent.flags, CBI_IDX_ZERO);
+			assert_int_equal(s->ent.owner, 0);
+			assert_false(s->store);
+			assert_int_equal(s->changed, !za);
+			to_zero += !za;
+		} else if (za) {
+			assert_true(s->changed);
+			assert_true(s->store);
+			assert_int_equal(s->ent.owner, 4);
+			assert_memory_equal(s->data, b + i * BS, len);
+			to_data++;
+		} else {
+			assert_false(s->changed);
+			assert_false(s->store);
+			assert_memory_equal(&s->ent, &pe, sizeof pe);
+		}
+	}
+	assert_true(to_zero > 300 && to_data > 150); /* both directions were exercised */
+	const int threads[] = { 1, 2, 4 };
+	for (size_t t = 0; t < 3; t++) {
+		rec r;
+		rec_init(&r);
+		assert_int_equal(run(sp, par, 4, threads[t], &r, NULL, NULL, NULL, NULL), 0);
+		assert_same(&ref, &r, "sparse incremental, threads", threads[t]);
+		rec_free(&r);
+	}
+	cbi_index_close(par);
+	rec_free(&ref);
+	free(a);
+	free(b);
+}
+
+/* A 4 GiB hole: every block a zero entry, progress from 0 to the size,
+ * and a cancel in the middle of the hole stops the run. */
+static void test_big_hole_progress_and_cancel(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "hole.img");
+	const uint64_t size = (4ull << 30) + 5;
+	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)size), 0);
+	close(fd);
+	uint64_t nb = cbi_nblocks(size, BS);
+	prog g = { .monotonic = 1 };
+	rec r;
+	rec_init(&r);
+	r.count_only = 1;
+	cbi_pipe_stats st;
+	assert_int_equal(run(p, NULL, 0, 2, &r, progress, &g, &st, NULL), 0);
+	assert_true(r.order_ok);
+	assert_true(r.n == nb);
+	assert_true(r.zero == nb);
+	assert_true(g.calls >= 2);
+	assert_true(g.monotonic);
+	assert_true(g.last_done == size);
+	rec_free(&r);
+
+	prog c = { .cancel_at = 1, .monotonic = 1 };
+	rec_init(&r);
+	r.count_only = 1;
+	cbi_error e;
+	memset(&e, 0, sizeof e);
+	assert_int_equal(run(p, NULL, 0, 2, &r, progress, &c, NULL, &e), -ECANCELED);
+	assert_int_equal(e.code, -ECANCELED);
+	assert_int_equal(c.calls, 1);
+	assert_true(r.n < nb);
+	rec_free(&r);
+}
+
+/* A sparse source that shrinks after it was opened fails with a read
+ * error, whether the end falls in its tail hole or in its data. */
+static void test_shrunk_sparse_source(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "sparse.img");
+	const span data[] = { { 0, 100 }, { 2900, 3300 } };
+	const uint64_t cut[] = { 5000 * BS, 3000 * BS, 50 * BS };
+	uint8_t *d = layout(data, 2);
+	for (size_t k = 0; k < 3; k++) {
+		write_source(p, d, SP_SIZE, 1);
+		cbi_source *src = NULL;
+		assert_int_equal(cbi_source_open(p, &src, NULL), 0);
+		assert_int_equal(truncate(p, (off_t)cut[k]), 0);
+		rec r;
+		rec_init(&r);
+		cbi_error e;
+		memset(&e, 0, sizeof e);
+		int rc = run_src(src, NULL, 0, 2, &r, NULL, NULL, NULL, &e);
+		if (rc != -CBI_EREAD)
+			fail_msg("cut at %llu: %d, want -CBI_EREAD", (unsigned long long)cut[k], rc);
+		assert_non_null(strstr(e.msg, "sparse.img"));
+		assert_true(r.n < cbi_nblocks(SP_SIZE, BS));
+		cbi_source_close(src);
+		rec_free(&r);
+	}
+	free(d);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, tu_setup_dir, tu_teardown_dir)
@@ -435,6 +660,10 @@ int main(void)
 		T(test_sink_error_stops),
 		T(test_progress_and_cancel),
 		T(test_damaged_parent_index_read_error),
+		T(test_sparse_source_same_as_dense),
+		T(test_sparse_incremental),
+		T(test_big_hole_progress_and_cancel),
+		T(test_shrunk_sparse_source),
 	};
 	return cmocka_run_group_tests_name("pipeline", tests, NULL, NULL);
 }

@@ -344,6 +344,100 @@ static void test_hole_map(void **state)
 	free(want);
 }
 
+/* cbi_source_hole_end: where each hole starts and ends, nothing for data,
+ * the tail hole up to the size. */
+static void test_hole_end(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "holes.img");
+	const uint64_t size = 8u << 20;
+	const region r[] = { { 1u << 20, 65536 }, { 4u << 20, 4096 } };
+	uint8_t *want = make_sparse(p, size, r, 2);
+	free(want);
+	struct stat st;
+	assert_int_equal(stat(p, &st), 0);
+	if ((uint64_t)st.st_blocks * 512 >= size / 2)
+		skip();
+	cbi_source *s = NULL;
+	cbi_error e;
+	assert_int_equal(cbi_source_open(p, &s, &e), 0);
+	uint64_t he = 1;
+	assert_int_equal(cbi_source_hole_end(s, 0, &he, &e), 0);
+	assert_true(he == 1u << 20);
+	assert_int_equal(cbi_source_hole_end(s, 4096, &he, &e), 0);
+	assert_true(he == 1u << 20);
+	assert_int_equal(cbi_source_hole_end(s, (1u << 20) + 4096, &he, &e), 0);
+	assert_true(he == (1u << 20) + 4096); /* in data */
+	assert_int_equal(cbi_source_hole_end(s, (1u << 20) + 65536, &he, &e), 0);
+	assert_true(he == 4u << 20);
+	assert_int_equal(cbi_source_hole_end(s, (4u << 20) + 4096, &he, &e), 0);
+	assert_true(he == size);
+	assert_int_equal(cbi_source_check_size(s, &e), 0);
+	/* the tail hole of a file that shrank is not taken on trust */
+	assert_int_equal(truncate(p, 6u << 20), 0);
+	s->hole_lo = s->hole_hi = 0; /* forget the cached extent */
+	assert_int_equal(cbi_source_hole_end(s, (4u << 20) + 4096, &he, &e), -CBI_EREAD);
+	assert_int_equal(cbi_source_check_size(s, &e), -CBI_EREAD);
+	assert_non_null(strstr(e.msg, "holes.img"));
+	cbi_source_close(s);
+}
+
+typedef struct rd_arg {
+	cbi_source *s;
+	const uint8_t *want;
+	uint64_t size;
+	int start, ok;
+} rd_arg;
+
+/* Read every other 64 KiB chunk, from `start`, and compare. */
+static void *reader(void *v)
+{
+	rd_arg *a = v;
+	const uint32_t bs = 4096, chunk = 65536;
+	uint8_t *buf = aligned(chunk), hole[16];
+	a->ok = 1;
+	for (int pass = 0; pass < 4; pass++)
+		for (uint64_t off = (uint64_t)a->start * chunk; off < a->size; off += 2 * chunk) {
+			size_t len = (size_t)CBI_MIN((uint64_t)chunk, a->size - off);
+			uint64_t got;
+			memset(hole, 0, sizeof hole);
+			if (cbi_source_read_blocks(a->s, off, len, buf, bs, hole, &got, NULL)) {
+				a->ok = 0;
+				continue;
+			}
+			for (size_t j = 0; j * bs < len; j++) {
+				size_t n = CBI_MIN((size_t)bs, len - j * bs);
+				if (hole[j] ? !cbi_is_zero(a->want + off + j * bs, n)
+					    : memcmp(buf + j * bs, a->want + off + j * bs, n) != 0)
+					a->ok = 0;
+			}
+		}
+	free(buf);
+	return NULL;
+}
+
+/* Two threads reading one source at once (the pipeline's workers) share its
+ * cached extents and get every byte right. */
+static void test_concurrent_reads(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "holes.img");
+	const uint64_t size = (8u << 20) + 1000;
+	const region r[] = { { 10000, 3000 }, { 1u << 20, 300000 }, { 3u << 20, 8192 },
+			     { 5u << 20, 70000 }, { size - 10, 10 } };
+	uint8_t *want = make_sparse(p, size, r, 5);
+	cbi_source *s = NULL;
+	assert_int_equal(cbi_source_open(p, &s, NULL), 0);
+	rd_arg a[2] = { { s, want, size, 0, 0 }, { s, want, size, 1, 0 } };
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, reader, &a[1]), 0);
+	reader(&a[0]);
+	pthread_join(t, NULL);
+	assert_true(a[0].ok && a[1].ok);
+	cbi_source_close(s);
+	free(want);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, tu_setup_dir, tu_teardown_dir)
@@ -351,6 +445,8 @@ int main(void)
 		T(test_sparse_file_reads_back),
 		T(test_all_hole_file),
 		T(test_hole_map),
+		T(test_hole_end),
+		T(test_concurrent_reads),
 		T(test_dense_file),
 		T(test_open_errors),
 		T(test_shrunk_file_is_read_error),
