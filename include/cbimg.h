@@ -181,7 +181,8 @@ typedef struct cbi_backup_opts {
 	int force_full;           /* start a new chain */
 	uint32_t block_size;      /* 0 -> CBI_DEFAULT_BLOCK_SIZE; new chains only */
 	int level;                /* zstd level; 0 -> 3 */
-	int threads;              /* worker threads; 0 -> number of CPUs */
+	int threads;              /* worker threads; 0 -> number of CPUs; at most 16, and fewer
+	                           * for large blocks, so that memory stays bounded */
 	const char *state_dir;    /* NULL -> /var/lib/cbimg: a copy of each job's newest index */
 	int no_state;             /* neither read nor write the local state */
 	uint64_t split;           /* store image and index files as segments of this many
