@@ -208,7 +208,7 @@ static void print_point(const cbi_point *p)
 	kv("hash", "%s%s", p->hash_alg == CBI_HASH_SHA256_128 ? "SHA-256/128" : "XXH3-128",
 	   p->encrypted ? ", keyed" : "");
 	kv("encrypted", "%s", p->encrypted ? "yes (AES-256-GCM; key file .cbk beside the chain)" : "no");
-	kv("used only", "%s", p->used_only ? "yes (blocks the file system did not use were not read: they "
+	kv("used_only", "%s", p->used_only ? "yes (blocks the file system did not use were not read: they "
 					    "restore as zeros)" : "no (every block)");
 	kv("image", "%s", p->has_image ? "complete" : p->file[0] ? "incomplete" : "missing");
 }

@@ -190,7 +190,7 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 
 const struct cli_command cli_verify = {
 	.name = "verify",
-	.operands = "[-q] [--json] PATH",
+	.operands = "[options] PATH",
 	.summary = "check files, chains and stored blocks for damage",
 	.description =
 		"PATH is an image (.cbi) or index (.cbx) file, which is checked with all the\n"

@@ -121,7 +121,7 @@ static void print_main_usage(FILE *f)
 	for (size_t i = 0; i < N_COMMANDS; i++)
 		fprintf(f, "  %-10s%s\n", commands[i]->name, commands[i]->summary);
 	fputs("\nRun 'cbimg help COMMAND' or 'cbimg COMMAND --help' for its options.\n"
-	      "Exit status: 0 ok, 1 failure, 2 usage error, 3 damage detected.\n", f);
+	      "Exit status: 0 ok, 1 failure, 2 usage error, 3 damage detected, 4 wrong or missing passphrase.\n", f);
 }
 
 /* --------------------------------------------------------------- options */
