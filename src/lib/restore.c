@@ -206,15 +206,32 @@ typedef struct wr {
 	int fd;
 	int is_dev;
 	int sparse_new;        /* new file: zero ranges are left as holes */
+	int direct;            /* O_DIRECT is on */
 	uint8_t *zbuf;         /* zeros, for targets without a zeroing primitive */
 	uint64_t zoff, zlen;   /* pending zero range */
 	const char *path;
 	uint64_t written;
 } wr;
 
+/* Direct I/O off, for a write it cannot do (not aligned: the short last
+ * block, zeros from an unaligned buffer) or that the file system refused. */
+static void wr_buffered(wr *w)
+{
+	int fl = fcntl(w->fd, F_GETFL);
+	if (fl >= 0)
+		(void)fcntl(w->fd, F_SETFL, fl & ~O_DIRECT);
+	w->direct = 0;
+}
+
 static int wr_pwrite(wr *w, const uint8_t *d, size_t len, uint64_t off, cbi_error *err)
 {
+	if (w->direct && ((uintptr_t)d | len | off) % CBI_SOURCE_ALIGN)
+		wr_buffered(w);
 	int rc = cbi_pwrite_full(w->fd, d, len, off);
+	if (rc == -EINVAL && w->direct) {
+		wr_buffered(w);
+		rc = cbi_pwrite_full(w->fd, d, len, off);
+	}
 	if (rc)
 		return cbi_err(err, rc, "unable to write '%s' at byte %llu: %s", w->path, (unsigned long long)off,
 			       cbi_errtext(rc));
@@ -257,9 +274,10 @@ static int wr_data(wr *w, uint64_t off, const uint8_t *d, size_t len, cbi_error 
 	int rc = wr_flush(w, err);
 	if (!rc && !(rc = wr_pwrite(w, d, len, off, err)))
 		w->written += len;
-	/* Start writing it back now, so that the final fsync has little left
-	 * to wait for (a hint: measured 1.9x faster restores to a new file). */
-	if (!rc)
+	/* Without direct I/O: start writing it back now, so that the final
+	 * fsync has little left to wait for (a hint: measured 1.9x faster
+	 * restores to a new file). */
+	if (!rc && !w->direct)
 		(void)sync_file_range(w->fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
 	return rc;
 }
@@ -672,6 +690,15 @@ int cbi_restore(const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err
 	wr w = { .fd = -1 };
 	if ((rc = open_target(o, h->source_size, &w, tmp, sizeof tmp, err)))
 		goto end;
+	/* Write with direct I/O where the target takes it: the data goes
+	 * from the batches to the disk without a copy into the page cache (a
+	 * third of restore's CPU time), and the writer waits for the disk, not
+	 * the CPU the workers need. Not for changed-only, whose workers read
+	 * the target through the same descriptor. */
+	if (!o->changed_only) {
+		int fl = fcntl(w.fd, F_GETFL);
+		w.direct = fl >= 0 && fcntl(w.fd, F_SETFL, fl | O_DIRECT) == 0;
+	}
 	r->blocks_total = h->n_blocks;
 	if ((rc = restore_blocks(&v, o, &w, r, err)) || (rc = wr_flush(&w, err)))
 		goto end;

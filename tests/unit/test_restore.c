@@ -501,6 +501,35 @@ static void test_threads_changed_only(void **state)
 	free(c.data);
 }
 
+/* A target on a file system that may refuse direct I/O (tmpfs in
+ * /dev/shm): restore falls back to buffered writes, same result. */
+static void test_threads_tmpfs_target(void **state)
+{
+	rs_fix *f = *state;
+	char dir[64] = "/dev/shm/cbimg-unit-XXXXXX";
+	if (!mkdtemp(dir)) {
+		print_message("skipped: no /dev/shm\n");
+		skip();
+	}
+	mt_chain c;
+	mt_make(f, &c, 0);
+	char t[128];
+	snprintf(t, sizeof t, "%s/out.img", dir);
+	cbi_restore_opts o = mt_ropts(&c, t, 2);
+	cbi_restore_result r;
+	cbi_error e;
+	memset(&e, 0, sizeof e);
+	int rc = cbi_restore(&o, &r, &e);
+	int same = !rc && tu_file_equals(t, c.data, MT_SIZE);
+	unlink(t);
+	rmdir(dir);
+	free(c.data);
+	if (rc)
+		fail_msg("restore to tmpfs = %d: %s", rc, e.msg);
+	assert_true(same);
+	assert_true(r.bytes_written == MT_SIZE - 200 * BS);
+}
+
 /* changed-only reads an image only for blocks that differ: a missing image
  * is no error while the target holds its blocks, and is reported, naming
  * it, once one of them differs. */
@@ -633,6 +662,7 @@ int main(void)
 		T(test_threads_identical),
 		T(test_threads_damaged_record),
 		T(test_threads_changed_only),
+		T(test_threads_tmpfs_target),
 		T(test_changed_only_missing_image),
 		cmocka_unit_test_setup_teardown(test_vectors_restore, tu_setup_dir, tu_teardown_dir),
 	};
