@@ -294,7 +294,10 @@ typedef struct cbi_restore_opts {
 	const char *target;       /* block device or file */
 	int force;                /* allow overwriting an existing file or a device */
 	int changed_only;         /* read target, write only blocks that differ */
-	int threads;
+	int threads;              /* worker threads that read, authenticate, decompress and
+	                           * check blocks (and for changed_only read and hash the
+	                           * target's); 0 -> number of CPUs. The calling thread
+	                           * writes, in block order, and calls progress. */
 	cbi_pass_fn pass;         /* passphrase of an encrypted chain; NULL: none */
 	void *pass_ud;
 	const char *state_dir;    /* where to look for a key file copy too; NULL: /var/lib/cbimg */

@@ -50,6 +50,12 @@ int cbi_image_open(const char *path, cbi_image **out, cbi_error *err) CBI_WUR;
  * id, header MAC) and keep what reading its records needs. 0, -CBI_EPASS
  * (another key), -CBI_EAUTH (header altered); no-op on a plain image. */
 int cbi_image_set_keys(cbi_image *m, const cbi_keys *k) CBI_WUR;
+/* Threads: cbi_image_table_get() and cbi_image_find() share a window of
+ * table entries and must not run concurrently on one image;
+ * cbi_image_read_block() changes nothing in the image (it only preads,
+ * under the segment lock for a split file) and may run in many threads at
+ * once, each with its own dctx, cx and scratch, and alongside one thread
+ * calling those two. */
 /* Table entry i (0 <= i < record_count). */
 int cbi_image_table_get(cbi_image *m, uint64_t i, cbi_tab_ent *e) CBI_WUR;
 /* Find the table entry for block; -ENOENT if this image holds no record. */

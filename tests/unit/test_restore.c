@@ -326,6 +326,243 @@ static void test_cancel(void **state)
 	assert_int_equal(tu_count(f->dir, ".tmp", -1), 0);
 }
 
+/* ------------------------------------------------- worker threads */
+
+/* A source of several restore batches (a batch is 4 MiB of blocks): 18 MiB
+ * + 123 bytes of 4 KiB blocks, text, random blocks, zero runs (one across a
+ * batch boundary) and a short last block; encrypted or not. */
+#define MT_SIZE ((18u << 20) + 123u)
+
+typedef struct mt_chain {
+	char src[4096], dest[4096];
+	uint8_t *data;
+	cbi_backup_result full;
+} mt_chain;
+
+static int mt_pass(void *ud, const char *what, int confirm, char *buf, size_t bufsz)
+{
+	(void)what;
+	(void)confirm;
+	size_t n = strlen(ud);
+	assert_true(n < bufsz);
+	memcpy(buf, ud, n + 1);
+	return (int)n;
+}
+
+static void mt_make(rs_fix *f, mt_chain *c, int encrypt)
+{
+	snprintf(c->src, sizeof c->src, "%s/mt%d.img", f->dir, encrypt);
+	snprintf(c->dest, sizeof c->dest, "%s/mtdest%d", f->dir, encrypt);
+	assert_int_equal(mkdir(c->dest, 0755), 0);
+	c->data = malloc(MT_SIZE);
+	assert_non_null(c->data);
+	tu_fill_text(c->data, MT_SIZE, 5);
+	memset(c->data + 1000 * BS, 0, 100 * BS);          /* blocks 1000..1099 */
+	memset(c->data + 2000 * BS, 0, 100 * BS);          /* 2000..2099: across batches 1 and 2 */
+	tu_fill_random(c->data + 3000 * BS, 40 * BS, 9);   /* stored raw */
+	tu_write_file(c->src, c->data, MT_SIZE);
+	cbi_backup_opts o = tu_bopts(c->src, c->dest);
+	o.source_id = encrypt ? "test:mt-enc" : "test:mt";
+	if (encrypt) {
+		o.encrypt = 1;
+		o.kdf = (cbi_kdf_params){ 10, 8, 1 };
+		o.pass = mt_pass;
+		o.pass_ud = "mt secret";
+	}
+	tu_backup_ok(&o, &c->full);
+}
+
+static cbi_restore_opts mt_ropts(const mt_chain *c, const char *target, int threads)
+{
+	cbi_restore_opts o = ropts(c->full.point.index_file, target);
+	o.threads = threads;
+	o.pass = mt_pass;
+	o.pass_ud = "mt secret";
+	o.state_dir = c->dest; /* holds no state: keeps /var/lib/cbimg out of it */
+	return o;
+}
+
+static void test_threads_identical(void **state)
+{
+	rs_fix *f = *state;
+	for (int enc = 0; enc < 2; enc++) {
+		mt_chain c;
+		mt_make(f, &c, enc);
+		uint64_t nb = cbi_nblocks(MT_SIZE, BS);
+		const int threads[] = { 1, 2, 4, 0 };
+		cbi_restore_result r0;
+		memset(&r0, 0, sizeof r0);
+		for (int k = 0; k < 4; k++) {
+			char name[64];
+			snprintf(name, sizeof name, "mt%d-t%d.img", enc, threads[k]);
+			const char *t = tu_path(f->dir, name);
+			cbi_restore_opts o = mt_ropts(&c, t, threads[k]);
+			cbi_restore_result r;
+			cbi_error e;
+			memset(&e, 0, sizeof e);
+			int rc = cbi_restore(&o, &r, &e);
+			if (rc)
+				fail_msg("threads %d: restore = %d: %s", threads[k], rc, e.msg);
+			if (!tu_file_equals(t, c.data, MT_SIZE))
+				fail_msg("threads %d (encrypted %d): restored file differs", threads[k], enc);
+			/* the 200 zero blocks are holes of the new file */
+			assert_true(r.blocks_total == nb);
+			assert_true(r.blocks_written == nb - 200);
+			assert_true(r.blocks_skipped == 200);
+			assert_true(r.bytes_written == MT_SIZE - 200 * BS);
+			struct stat st;
+			assert_int_equal(stat(t, &st), 0);
+			assert_true((uint64_t)st.st_blocks * 512 <= MT_SIZE - 200 * BS + 64 * 1024);
+			if (k)
+				assert_memory_equal(&r0, &r, offsetof(cbi_restore_result, seconds));
+			r0 = r;
+			unlink(t);
+		}
+		assert_int_equal(tu_count(f->dir, ".tmp", -1), 0);
+		free(c.data);
+	}
+}
+
+static void test_threads_damaged_record(void **state)
+{
+	rs_fix *f = *state;
+	for (int enc = 0; enc < 2; enc++) {
+		mt_chain c;
+		mt_make(f, &c, enc);
+		/* damage two records in different batches: the first one is named,
+		 * however many workers there are and whichever finishes first */
+		cbi_image *m = NULL;
+		cbi_tab_ent te2, te3;
+		assert_int_equal(cbi_image_open(c.full.point.file, &m, NULL), 0);
+		assert_int_equal(cbi_image_find(m, 2500, &te2), 0);
+		assert_int_equal(cbi_image_find(m, 3500, &te3), 0);
+		cbi_image_close(m);
+		tu_flip_byte(c.full.point.file, te3.offset + CBI_REC_HDR_SIZE + te3.stored_len / 2, 0x10);
+		tu_flip_byte(c.full.point.file, te2.offset + CBI_REC_HDR_SIZE + te2.stored_len / 2, 0x10);
+		const int threads[] = { 1, 2, 4 };
+		for (int k = 0; k < 3; k++) {
+			const char *t = tu_path(f->dir, "dmg.img");
+			cbi_restore_opts o = mt_ropts(&c, t, threads[k]);
+			cbi_restore_result r;
+			cbi_error e;
+			memset(&e, 0, sizeof e);
+			int rc = cbi_restore(&o, &r, &e);
+			if (!cbi_is_damage(rc))
+				fail_msg("threads %d: damaged record: %d (%s) is not a damage code", threads[k], rc,
+					 e.msg);
+			assert_int_equal(rc, enc ? -CBI_EAUTH : -CBI_EDAMAGED);
+			assert_int_equal(e.code, rc);
+			if (!strstr(e.msg, "block 2500:") || !strstr(e.msg, c.full.point.file))
+				fail_msg("threads %d: message does not name block 2500 of the image: %s", threads[k],
+					 e.msg);
+			/* nothing under the target name, no temporary left */
+			assert_false(tu_exists(t));
+			assert_int_equal(tu_count(f->dir, ".tmp", -1), 0);
+		}
+		free(c.data);
+	}
+}
+
+static void test_threads_changed_only(void **state)
+{
+	rs_fix *f = *state;
+	mt_chain c;
+	mt_make(f, &c, 0);
+	const char *t = tu_path(f->dir, "mtco.img");
+	const int threads[] = { 1, 2, 4 };
+	for (int k = 0; k < 3; k++) {
+		cbi_restore_result r;
+		tu_restore_ok(c.full.point.index_file, t, &r);
+		cbi_restore_opts o = mt_ropts(&c, t, threads[k]);
+		o.changed_only = 1;
+		o.force = 1;
+		cbi_error e;
+		memset(&e, 0, sizeof e);
+		assert_int_equal(cbi_restore(&o, &r, &e), 0);
+		assert_true(r.blocks_written == 0 && r.bytes_written == 0);
+		/* local damage in every batch: data blocks changed (one at a
+		 * batch's start, one at its end), zero blocks filled, a data
+		 * block zeroed, the short last block changed */
+		uint8_t junk[BS];
+		memset(junk, 0x5a, BS);
+		const uint64_t changed[] = { 7, 1023, 1024, 1050, 2050, 2100, 3010, 4095 };
+		for (size_t q = 0; q < sizeof changed / sizeof *changed; q++)
+			tu_pwrite(t, junk, BS, changed[q] * BS);
+		tu_pwrite(t, junk, 10, MT_SIZE - 10);
+		memset(junk, 0, BS);
+		tu_pwrite(t, junk, BS, 3333 * BS);
+		assert_int_equal(cbi_restore(&o, &r, &e), 0);
+		if (r.blocks_written != 10)
+			fail_msg("threads %d: changed-only wrote %llu blocks, want 10", threads[k],
+				 (unsigned long long)r.blocks_written);
+		assert_true(r.blocks_skipped == cbi_nblocks(MT_SIZE, BS) - 10);
+		assert_true(tu_file_equals(t, c.data, MT_SIZE));
+	}
+	free(c.data);
+}
+
+/* A target on a file system that may refuse direct I/O (tmpfs in
+ * /dev/shm): restore falls back to buffered writes, same result. */
+static void test_threads_tmpfs_target(void **state)
+{
+	rs_fix *f = *state;
+	char dir[64] = "/dev/shm/cbimg-unit-XXXXXX";
+	if (!mkdtemp(dir)) {
+		print_message("skipped: no /dev/shm\n");
+		skip();
+	}
+	mt_chain c;
+	mt_make(f, &c, 0);
+	char t[128];
+	snprintf(t, sizeof t, "%s/out.img", dir);
+	cbi_restore_opts o = mt_ropts(&c, t, 2);
+	cbi_restore_result r;
+	cbi_error e;
+	memset(&e, 0, sizeof e);
+	int rc = cbi_restore(&o, &r, &e);
+	int same = !rc && tu_file_equals(t, c.data, MT_SIZE);
+	unlink(t);
+	rmdir(dir);
+	free(c.data);
+	if (rc)
+		fail_msg("restore to tmpfs = %d: %s", rc, e.msg);
+	assert_true(same);
+	assert_true(r.bytes_written == MT_SIZE - 200 * BS);
+}
+
+/* changed-only reads an image only for blocks that differ: a missing image
+ * is no error while the target holds its blocks, and is reported, naming
+ * it, once one of them differs. */
+static void test_changed_only_missing_image(void **state)
+{
+	rs_fix *f = *state;
+	const char *t = tu_path(f->dir, "co.img");
+	cbi_restore_result r;
+	tu_restore_ok(f->incr.point.index_file, t, &r);
+	assert_int_equal(unlink(f->full.point.file), 0);
+	cbi_restore_opts o = ropts(f->incr.point.index_file, t);
+	o.changed_only = 1;
+	o.force = 1;
+	o.threads = 4;
+	cbi_error e;
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_restore(&o, &r, &e), 0);
+	assert_true(r.blocks_written == 0);
+	/* block 3 is the incremental's (whose image is there), block 9 the
+	 * full's */
+	uint8_t junk[BS];
+	memset(junk, 0x77, BS);
+	tu_pwrite(t, junk, BS, 3 * BS);
+	assert_int_equal(cbi_restore(&o, &r, &e), 0);
+	assert_true(r.blocks_written == 1);
+	assert_true(tu_file_equals(t, f->data, f->size));
+	tu_pwrite(t, junk, BS, 9 * BS);
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_restore(&o, &r, &e), -CBI_ENOPARENT);
+	assert_int_equal(e.code, -CBI_ENOPARENT);
+	assert_non_null(strstr(e.msg, "seq 0"));
+}
+
 /* ------------------------------------------------------------ vectors */
 
 static void sha256_file(const char *path, char hex[65])
@@ -422,6 +659,11 @@ int main(void)
 		T(test_corrupted_image_new_target),
 		T(test_missing_parent_image),
 		T(test_cancel),
+		T(test_threads_identical),
+		T(test_threads_damaged_record),
+		T(test_threads_changed_only),
+		T(test_threads_tmpfs_target),
+		T(test_changed_only_missing_image),
 		cmocka_unit_test_setup_teardown(test_vectors_restore, tu_setup_dir, tu_teardown_dir),
 	};
 	return cmocka_run_group_tests_name("restore", tests, NULL, NULL);
