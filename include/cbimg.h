@@ -296,7 +296,8 @@ typedef struct cbi_restore_opts {
 	int changed_only;         /* read target, write only blocks that differ */
 	int threads;              /* worker threads that read, authenticate, decompress and
 	                           * check blocks (and for changed_only read and hash the
-	                           * target's); 0 -> number of CPUs. The calling thread
+	                           * target's); 0 -> number of CPUs; at most 16, fewer for
+	                           * large blocks (memory stays bounded). The calling thread
 	                           * writes, in block order, and calls progress. */
 	cbi_pass_fn pass;         /* passphrase of an encrypted chain; NULL: none */
 	void *pass_ud;
