@@ -1,6 +1,7 @@
 /* restore.c - cbi_restore(): write a disk exactly as it was at a point.
  * Every block is checked against the point's index before it is written. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
@@ -126,15 +127,57 @@ fail:
 	return rc;
 }
 
+/* Is there, in dir, an image file (by its header) of point point_id that
+ * does not read as a complete image? Its path to out, the reason to pe. */
+static int find_damaged_image(const char *dir, const uint8_t point_id[16], char *out, size_t outsz,
+			      cbi_error *pe)
+{
+	DIR *d = opendir(dir);
+	if (!d)
+		return 0;
+	struct dirent *de;
+	int found = 0;
+	while (!found && (de = readdir(d))) {
+		if (de->d_name[0] == '.' || !cbi_has_ext(de->d_name, ".cbi"))
+			continue;
+		uint8_t b[CBI_HDR_SIZE];
+		cbi_hdr h;
+		cbi_point q;
+		int kind = 0;
+		if ((size_t)snprintf(out, outsz, "%s/%s", dir, de->d_name) >= outsz)
+			continue;
+		int fd = open(out, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		int rc = cbi_pread_full(fd, b, sizeof b, 0);
+		close(fd);
+		memset(&q, 0, sizeof q);
+		found = !rc && !cbi_hdr_decode(b, &h) && h.kind == CBI_KIND_IMAGE && !memcmp(h.point_id, point_id, 16) &&
+			cbi_point_read_file(out, &q, &kind, pe);
+	}
+	closedir(d);
+	return found;
+}
+
 /* Open the image of seq and check it against the chain; on failure nothing
  * is kept, so the next call fails again with the same message. */
 static int open_image(cbi_resolved *v, uint32_t seq, cbi_error *err)
 {
 	const cbi_point *p = &v->pts[v->chain[seq]];
-	if (!p->has_image)
+	if (!p->has_image) {
+		/* An image of this point that is there but incomplete or damaged
+		 * is damage (exit 3), not a missing file: the scan pairs only
+		 * images that read as such. */
+		char bad[4096], dir[4096];
+		cbi_error pe;
+		cbi_dirname(p->index_file, dir, sizeof dir);
+		if (find_damaged_image(dir, p->point_id, bad, sizeof bad, &pe))
+			return cbi_err(err, cbi_is_damage(pe.code) ? pe.code : -CBI_EDAMAGED,
+				       "image file of point seq %u is damaged: %s", seq, pe.msg);
 		return cbi_err(err, -CBI_ENOPARENT,
 			       "image file of point seq %u (index '%s') is missing or damaged: "
 			       "run 'cbimg verify'", seq, p->index_file);
+	}
 	cbi_image *m = NULL;
 	int rc = cbi_image_open(p->file, &m, err);
 	if (rc)

@@ -587,7 +587,7 @@ for cut in 1 4096; do
 	bg_case dcase "(d) seq 1 image truncated by $cut bytes" "$E" "$n1" "" "$n1" "$SHA1" 3 ed_trunc "$n1" $cut
 	bg_case dcase "(d) seq 1 index truncated by $cut bytes" "$E" "$nx1" "" "$nx1" "$SHA1" 3 ed_trunc "$nx1" $cut
 done
-bg_case dcase "(d) seq 0 image truncated by 1 byte, restore of seq 2" "$E" "$n0" "" "$nx2" "$SHA2" fail ed_trunc "$n0" 1
+bg_case dcase "(d) seq 0 image truncated by 1 byte, restore of seq 2" "$E" "$n0" "" "$nx2" "$SHA2" 3 ed_trunc "$n0" 1
 bg_collect
 
 # ------------------------------------------------------------------ 6

@@ -212,6 +212,10 @@ x=$D5/$(basename "$MFULL_CBI")
 truncate -s $(($(filesize "$x") / 2)) "$x"
 expect_exit 3 "$CBIMG" verify "$D5"
 expect_exit 3 "$CBIMG" verify "$D5/$(basename "$MINC2_CBX")"
+# a restore that needs the truncated full's blocks: damage (3), named
+expect_exit 3 "$CBIMG" restore -q "$D5/$(basename "$MINC2_CBX")" "$T/trunc-restore.img" &&
+	check_grep "restore names the truncated image" "image file of point seq 0 is damaged"
+check "nothing left of the failed restore" test ! -e "$T/trunc-restore.img"
 rm -rf "$D5"
 
 # -------------------------------------------------------------- size change
