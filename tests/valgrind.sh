@@ -121,5 +121,21 @@ vg 3 "$CBIMG" verify --password-file "$T/pw2" "$T/edamaged"
 vg 3 "$CBIMG" restore -q --password-file "$T/pw2" "$f" "$T/e2.img"
 vg 0 "$CBIMG" backup -q --job sha --hash sha256 "$T/esrc.img" "$D"
 
+echo "== --used-only on an ext4 image, and a multi-threaded restore of it"
+if command -v mkfs.ext4 >/dev/null 2>&1; then
+	mkdir -p "$T/tree" "$T/uo"
+	head -c 3000000 /dev/urandom >"$T/tree/a.bin"
+	seq 1 100000 >"$T/tree/b.txt"
+	truncate -s 48M "$T/ext4.img"
+	mkfs.ext4 -q -F -d "$T/tree" "$T/ext4.img" >/dev/null 2>&1
+	vg 0 "$CBIMG" backup -q --no-state --used-only --job uo "$T/ext4.img" "$T/uo"
+	vg 0 "$CBIMG" backup -q --no-state --used-only --job uo "$T/ext4.img" "$T/uo"
+	uox=$(ls -1 "$T"/uo/*incr0001*.cbx)
+	vg 0 "$CBIMG" restore -q --threads 3 "$uox" "$T/uo.img"
+	vg 1 "$CBIMG" backup -q --no-state --used-only --job bad "$T/state0.img" "$T/uo"
+else
+	echo "SKIP: mkfs.ext4 not installed"
+fi
+
 echo "== $ran commands under valgrind, $failed failed"
 [ "$failed" = 0 ]
