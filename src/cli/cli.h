@@ -98,6 +98,8 @@ void cli_pass_init(struct cli_pass *p, const char *env);
 /* cbi_pass_fn with a struct cli_pass as user data. */
 int cli_pass_cb(void *ud, const char *what, int confirm, char *buf, size_t bufsz);
 void cli_pass_wipe(struct cli_pass *p);
+/* Has a password file's problem already been printed (one line)? */
+int cli_pass_reported(void);
 
 /* "LOG2N:R:P", e.g. "15:8:4". 0 or -1. */
 int cli_parse_scrypt(const char *s, cbi_kdf_params *k);

@@ -43,7 +43,9 @@ int cli_fail(int rc, const cbi_error *err)
 		cli_error("interrupted");
 		return CLI_FAIL;
 	}
-	if (err && err->msg[0])
+	if (rc == -CBI_EPASS && cli_pass_reported())
+		; /* the password file's problem was printed: one line is enough */
+	else if (err && err->msg[0])
 		cli_error("%s", err->msg);
 	else
 		cli_error("%s", cbi_strerror(rc));

@@ -9,12 +9,22 @@
 #include <termios.h>
 #include <unistd.h>
 
+/* Set once a password file's problem was printed: the library's own
+ * "no passphrase" error would only repeat it (see cli_fail). */
+static int pass_reported;
+
+int cli_pass_reported(void)
+{
+	return pass_reported;
+}
+
 /* Read the first line of path (without its line ending). */
 static int read_pass_file(const char *path, char *buf, size_t bufsz)
 {
 	int fd = strcmp(path, "-") ? open(path, O_RDONLY | O_CLOEXEC) : 0;
 	if (fd < 0) {
 		cli_error("unable to read password file '%s': %s", path, strerror(errno));
+		pass_reported = 1;
 		return -CBI_EPASS;
 	}
 	size_t n = 0;
@@ -32,9 +42,24 @@ static int read_pass_file(const char *path, char *buf, size_t bufsz)
 		if (memchr(buf, '\n', n))
 			break;
 	}
+	/* a first line that fills the buffer must end right there: a longer
+	 * passphrase is refused, never cut */
+	int too_long = 0;
+	if (n == bufsz - 1 && !memchr(buf, '\n', n)) {
+		char c;
+		ssize_t r;
+		while ((r = read(fd, &c, 1)) < 0 && errno == EINTR)
+			;
+		too_long = r > 0 && c != '\n' && c != '\r';
+	}
 	if (fd)
 		close(fd);
 	buf[n] = 0;
+	if (too_long) {
+		cli_error("password file '%s': the passphrase is longer than %zu bytes", path, bufsz - 1);
+		pass_reported = 1;
+		return -CBI_EPASS;
+	}
 	char *nl = strchr(buf, '\n');
 	if (nl)
 		*nl = 0;
@@ -43,6 +68,7 @@ static int read_pass_file(const char *path, char *buf, size_t bufsz)
 		buf[--n] = 0;
 	if (!n) {
 		cli_error("password file '%s' holds no passphrase", path);
+		pass_reported = 1;
 		return -CBI_EPASS;
 	}
 	return (int)n;

@@ -231,6 +231,13 @@ expect_exit 4 "$CBIMG" verify --password-file "$F/pw.empty" "$E"
 expect_exit 4 "$CBIMG" verify --password-file "$F/no-such-file" "$E"
 expect_exit 4 "$CBIMG" backup -q --job new --encrypt "${SCRYPT[@]}" --password-file "$F/pw.empty" "$SRC" "$E"
 same_dest "new encrypted chain with an empty passphrase"
+check_eq "an empty password file: one line says so" "$(wc -l <"$T/stderr") $(grep -c "holds no passphrase" "$T/stderr")" "1 1"
+# a passphrase longer than the 1023 bytes a password file may hold: refused,
+# never cut short
+head -c 1500 /dev/zero | tr '\0' 'p' >"$F/pw.long"
+expect_exit 4 "$CBIMG" backup -q --job new --encrypt "${SCRYPT[@]}" --password-file "$F/pw.long" "$SRC" "$E" &&
+	check_grep "a too long passphrase: refused, says why" "longer than 1023 bytes"
+same_dest "new encrypted chain with a too long passphrase"
 # --encrypt continuing a plain chain: a usage error, nothing written.
 dest_listing "$P" >"$F/p.before"
 dest_sums "$P" >"$F/p.sums"
