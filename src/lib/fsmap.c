@@ -41,7 +41,12 @@
 #define RO_COMPAT_KNOWN 0x1ffffu
 #define BG_BLOCK_UNINIT 0x2u
 #define RO_COMPAT_GDT_CSUM_ANY (0x10u | 0x400u) /* gdt_csum, metadata_csum */
+#define STATE_VALID 0x1u  /* cleanly unmounted (and cleared while mounted without a journal) */
 #define STATE_ERRORS 0x2u
+#define RO_COMPAT_GDT_CSUM 0x10u
+#define RO_COMPAT_METADATA_CSUM 0x400u
+#define INCOMPAT_CSUM_SEED 0x2000u
+#define GD_CHECKSUM_OFF 0x1eu
 
 typedef struct ext_sb {
 	uint64_t blocks;
@@ -49,12 +54,86 @@ typedef struct ext_sb {
 	uint32_t compat, incompat, ro_compat, state;
 	uint32_t reserved_gdt, desc_size, backup_bgs[2];
 	uint64_t ngroups, gdt_blocks;
+	uint8_t uuid[16];
+	uint32_t csum_seed;    /* metadata_csum: crc32c seed of every checksum */
 } ext_sb;
 
 typedef struct ext_gd {
 	uint64_t block_bitmap, inode_bitmap, inode_table;
 	uint32_t flags;
 } ext_gd;
+
+/* CRC32C (Castagnoli, reflected 0x82F63B78) and CRC16 (0x8005, reflected
+ * 0xA001) as the kernel's crc32c() and crc16() compute them: the caller's
+ * initial value, no final inversion. None of the project's libraries
+ * offers them, and they are a few lines. */
+static uint32_t crc32c(uint32_t crc, const void *data, size_t len)
+{
+	static uint32_t t[256];
+	if (!t[1])
+		for (uint32_t i = 0; i < 256; i++) {
+			uint32_t c = i;
+			for (int k = 0; k < 8; k++)
+				c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+			t[i] = c;
+		}
+	const uint8_t *p = data;
+	while (len--)
+		crc = t[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+	return crc;
+}
+
+static uint16_t crc16(uint16_t crc, const void *data, size_t len)
+{
+	const uint8_t *p = data;
+	while (len--) {
+		crc ^= *p++;
+		for (int k = 0; k < 8; k++)
+			crc = crc & 1 ? (uint16_t)((crc >> 1) ^ 0xA001u) : (uint16_t)(crc >> 1);
+	}
+	return crc;
+}
+
+/* Does group g's descriptor p carry a valid checksum (or none to check)? */
+static int gd_csum_ok(const ext_sb *s, uint64_t g, const uint8_t *p)
+{
+	uint8_t le[4];
+	st32(le, (uint32_t)g);
+	uint16_t want = ld16(p + GD_CHECKSUM_OFF), got;
+	if (s->ro_compat & RO_COMPAT_METADATA_CSUM) {
+		static const uint8_t zero[2];
+		uint32_t c = crc32c(s->csum_seed, le, 4);
+		c = crc32c(c, p, GD_CHECKSUM_OFF);
+		c = crc32c(c, zero, 2);
+		c = crc32c(c, p + GD_CHECKSUM_OFF + 2, s->desc_size - GD_CHECKSUM_OFF - 2);
+		got = (uint16_t)c;
+	} else if (s->ro_compat & RO_COMPAT_GDT_CSUM) {
+		uint16_t c = crc16(0xffffu, s->uuid, 16);
+		c = crc16(c, le, 4);
+		c = crc16(c, p, GD_CHECKSUM_OFF);
+		if ((s->incompat & INCOMPAT_64BIT) && s->desc_size > GD_CHECKSUM_OFF + 2)
+			c = crc16(c, p + GD_CHECKSUM_OFF + 2, s->desc_size - GD_CHECKSUM_OFF - 2);
+		got = c;
+	} else {
+		return 1;
+	}
+	return got == want;
+}
+
+/* Does the block bitmap bm of the group whose descriptor is p carry its
+ * checksum (metadata_csum), or none to check? */
+static int bitmap_csum_ok(const ext_sb *s, const uint8_t *p, const uint8_t *bm)
+{
+	if (!(s->ro_compat & RO_COMPAT_METADATA_CSUM))
+		return 1;
+	uint32_t c = crc32c(s->csum_seed, bm, s->bpg / 8);
+	uint32_t want = ld16(p + 0x18);
+	if (s->desc_size >= 0x3a)
+		want |= (uint32_t)ld16(p + 0x38) << 16;
+	else
+		c &= 0xffffu;
+	return c == want;
+}
 
 static int read_at(int fd, void *buf, size_t len, uint64_t off)
 {
@@ -98,6 +177,14 @@ static int parse_sb(const uint8_t *b, uint64_t size, ext_sb *s, const char **why
 		*why = "it is marked as having errors (run e2fsck)";
 		return -ENOTSUP;
 	}
+	/* Without a journal, the kernel clears this while the file system is
+	 * mounted read-write and sets it at a clean unmount: if it is clear,
+	 * the bitmaps may lag behind the inodes (a crash, a snapshot of a live
+	 * file system), and a used block could be taken for free. */
+	if (!(s->state & STATE_VALID)) {
+		*why = "it was not cleanly unmounted (unmount it, or run e2fsck)";
+		return -ENOTSUP;
+	}
 	*why = "the superblock is inconsistent";
 	if (log > 6)
 		return -CBI_EDAMAGED;
@@ -113,6 +200,8 @@ static int parse_sb(const uint8_t *b, uint64_t size, ext_sb *s, const char **why
 	s->desc_size = (s->incompat & INCOMPAT_64BIT) ? ld16(b + 0xfe) : 32u;
 	s->backup_bgs[0] = ld32(b + 0x24c);
 	s->backup_bgs[1] = ld32(b + 0x250);
+	memcpy(s->uuid, b + 0x68, 16);
+	s->csum_seed = (s->incompat & INCOMPAT_CSUM_SEED) ? ld32(b + 0x270) : crc32c(~0u, s->uuid, 16);
 	if (s->first_data_block != (s->bsize == 1024 ? 1u : 0u) || !s->bpg || s->bpg > 8 * s->bsize ||
 	    s->desc_size < 32 || s->desc_size > 1024 || (s->desc_size & (s->desc_size - 1)) ||
 	    s->blocks <= s->first_data_block || s->inode_size < 128 || s->inode_size > s->bsize)
@@ -248,7 +337,14 @@ int cbi_fsmap_read(const char *path, uint64_t size, uint32_t bs, cbi_fsmap **out
 	uint64_t itable = ((uint64_t)s.ipg * s.inode_size + s.bsize - 1) / s.bsize;
 	for (uint64_t g = 0; g < s.ngroups; g++) {
 		ext_gd d;
-		parse_gd(gdt + g * s.desc_size, &s, &d);
+		const uint8_t *gp = gdt + g * s.desc_size;
+		if (!gd_csum_ok(&s, g, gp)) {
+			rc = cbi_err(err, -CBI_EDAMAGED,
+				     "--used-only: '%s': the descriptor of group %llu fails its checksum (run e2fsck)",
+				     path, (unsigned long long)g);
+			goto end;
+		}
+		parse_gd(gp, &s, &d);
 		uint64_t first = s.first_data_block + g * s.bpg;
 		uint64_t n = CBI_MIN((uint64_t)s.bpg, s.blocks - first);
 		if (d.block_bitmap < s.first_data_block || d.block_bitmap >= s.blocks ||
@@ -269,6 +365,13 @@ int cbi_fsmap_read(const char *path, uint64_t size, uint32_t bs, cbi_fsmap **out
 				rc = cbi_err(err, rc == -CBI_EDAMAGED ? -CBI_EREAD : rc,
 					     "unable to read the block bitmap of group %llu of '%s': %s",
 					     (unsigned long long)g, path, cbi_errtext(rc));
+				goto end;
+			}
+			if (!bitmap_csum_ok(&s, gp, bm)) {
+				rc = cbi_err(err, -CBI_EDAMAGED,
+					     "--used-only: '%s': the block bitmap of group %llu fails its checksum "
+					     "(run e2fsck)",
+					     path, (unsigned long long)g);
 				goto end;
 			}
 			mark_bitmap(m, first, n, bm);

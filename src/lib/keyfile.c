@@ -268,7 +268,7 @@ size_t cbi_keyfile_find_bad(const char *dir, char *first, size_t firstsz)
 	return scan_key_files(dir, NULL, NULL, SIZE_MAX, &n, first, firstsz, &nbad) ? 0 : nbad;
 }
 
-#define MAX_CAND 8
+#define MAX_CAND 32 /* the state's copy and up to 31 key files of one chain in a directory */
 
 int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, cbi_pass_fn pass, void *ud,
 		     cbi_keys *out, char *used, size_t usedsz, char *pwout, int *pwlen, cbi_error *err)
@@ -330,13 +330,19 @@ int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, c
 	 * caller's header check (key id, MAC) then reports it as altered rather
 	 * than as a wrong passphrase. */
 	rc = -CBI_EPASS;
+	const char *tried = NULL; /* the key file a wrong passphrase is reported for */
+	int other = 0;            /* an error that is not a wrong passphrase */
 	for (int round = 0; round < 2 && rc; round++)
 		for (size_t i = 0; i < n && rc; i++) {
 			cbi_keyfile kf;
 			if (cbi_keyfile_read(cand[i], &kf, NULL) ||
 			    !cbi_ct_memcmp(kf.key_id, h->key_id, 16) != !round)
 				continue;
+			if (!tried)
+				tried = cand[i];
 			rc = cbi_keyfile_unwrap(&kf, pw, (size_t)len, out);
+			if (rc && rc != -CBI_EPASS && rc != -ENOMEM && !other)
+				other = rc;
 			if (!rc && used)
 				cbi_strlcpy(used, cand[i], usedsz);
 			if (rc == -ENOMEM) {
@@ -345,9 +351,12 @@ int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, c
 				goto end;
 			}
 		}
-	if (rc)
+	if (rc && other)
+		rc = cbi_err(err, other, "chain %s (job '%s' of '%s'): unable to unwrap its key: %s", id, h->job,
+			     h->host, cbi_errtext(other));
+	else if (rc)
 		rc = cbi_err(err, -CBI_EPASS, "wrong passphrase for chain %s (job '%s' of '%s'; key file '%s')", id,
-			     h->job, h->host, cand[n - 1]);
+			     h->job, h->host, tried ? tried : cand[0]);
 	if (!rc && pwout) {
 		memcpy(pwout, pw, (size_t)len);
 		pwout[len] = 0;

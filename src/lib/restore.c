@@ -171,9 +171,8 @@ static int open_image(cbi_resolved *v, uint32_t seq, cbi_error *err)
 		char bad[4096], dir[4096];
 		cbi_error pe;
 		cbi_dirname(p->index_file, dir, sizeof dir);
-		if (find_damaged_image(dir, p->point_id, bad, sizeof bad, &pe))
-			return cbi_err(err, cbi_is_damage(pe.code) ? pe.code : -CBI_EDAMAGED,
-				       "image file of point seq %u is damaged: %s", seq, pe.msg);
+		if (find_damaged_image(dir, p->point_id, bad, sizeof bad, &pe) && cbi_is_damage(pe.code))
+			return cbi_err(err, pe.code, "image file of point seq %u is damaged: %s", seq, pe.msg);
 		return cbi_err(err, -CBI_ENOPARENT,
 			       "image file of point seq %u (index '%s') is missing or damaged: "
 			       "run 'cbimg verify'", seq, p->index_file);

@@ -78,7 +78,7 @@ int cbi_source_open(const char *path, cbi_source **out, cbi_error *err)
 }
 
 /* O_DIRECT was refused (alignment, filesystem): go on buffered. The new
- * descriptor replaces the old one under the same number (dup2 is atomic),
+ * descriptor replaces the old one under the same number (dup3 is atomic),
  * so reads running in other threads are never left with a closed fd. */
 static int drop_direct(cbi_source *s, cbi_error *err)
 {
@@ -86,7 +86,7 @@ static int drop_direct(cbi_source *s, cbi_error *err)
 	pthread_mutex_lock(&s->mu);
 	if (__atomic_load_n(&s->direct, __ATOMIC_RELAXED)) {
 		int fd = open(s->path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || dup2(fd, s->fd) < 0)
+		if (fd < 0 || dup3(fd, s->fd, O_CLOEXEC) < 0)
 			rc = cbi_err(err, -CBI_EREAD, "unable to reopen '%s': %s", s->path, strerror(errno));
 		else
 			__atomic_store_n(&s->direct, 0, __ATOMIC_RELAXED);
@@ -102,10 +102,13 @@ static int read_range(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, cbi
 	uint64_t pos = off, end = off + len;
 	while (pos < end) {
 		size_t want = (size_t)(end - pos);
+		/* whether this read ran with O_DIRECT: another thread may drop it
+		 * meanwhile, and an EINVAL of a direct read must then be retried */
+		int was_direct = __atomic_load_n(&s->direct, __ATOMIC_RELAXED);
 		ssize_t r = pread(s->fd, buf + (pos - off), want, (off_t)pos);
 		if (r < 0 && errno == EINTR)
 			continue;
-		if (r < 0 && errno == EINVAL && __atomic_load_n(&s->direct, __ATOMIC_RELAXED)) {
+		if (r < 0 && errno == EINVAL && was_direct) {
 			int rc = drop_direct(s, err);
 			if (rc)
 				return rc;

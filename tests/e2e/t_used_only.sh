@@ -116,6 +116,12 @@ b=$(od -An -tu1 -j $((1024 + 0x60)) -N1 "$T/recover.img" | tr -d ' ')
 printf "\\$(printf %03o $((b | 4)))" | dd of="$T/recover.img" bs=1 seek=$((1024 + 0x60)) conv=notrunc status=none
 expect_exit 1 "$CBIMG" backup --no-state --used-only --job r "$T/recover.img" "$D" &&
 	check_grep "journal needing recovery: refused" "needs recovery"
+# not cleanly unmounted: the state's VALID_FS bit (superblock offset 0x3a)
+cp --sparse=always "$T/disk.img" "$T/unclean.img"
+b=$(od -An -tu1 -j $((1024 + 0x3a)) -N1 "$T/unclean.img" | tr -d ' ')
+printf "\\$(printf %03o $((b & ~1)))" | dd of="$T/unclean.img" bs=1 seek=$((1024 + 0x3a)) conv=notrunc status=none
+expect_exit 1 "$CBIMG" backup --no-state --used-only --job r "$T/unclean.img" "$D" &&
+	check_grep "not cleanly unmounted: refused" "not cleanly unmounted"
 check_eq "refusals left no files behind" "$(ls -1 "$D" | grep -c -E '_(x|r)_')" 0
 
 finish

@@ -152,6 +152,7 @@ static void test_variants(void **state)
 	check_fs(f->dir, "-t ext4 -O 64bit -b 2048", 40, 0);
 	check_fs(f->dir, "-t ext4 -O ^flex_bg", 48, 0);
 	check_fs(f->dir, "-t ext4 -O ^metadata_csum,^uninit_bg", 48, 0);
+	check_fs(f->dir, "-t ext4 -O ^metadata_csum,uninit_bg", 48, 0); /* gdt_csum: crc16 */
 	check_fs(f->dir, "-t ext4 -O sparse_super2", 48, 0);
 	check_fs(f->dir, "-t ext3", 32, 0);
 	check_fs(f->dir, "-t ext2 -O ^sparse_super,^resize_inode", 32, 0);
@@ -203,6 +204,42 @@ static void test_refusals(void **state)
 		if (!strstr(e.msg, cases[i].why))
 			fail_msg("case %zu: '%s' does not say '%s'", i, e.msg, cases[i].why);
 	}
+	/* not cleanly unmounted (state without VALID_FS): its bitmaps may lag */
+	run_ok("rm -f %s && mkfs.ext4 -q -F -t ext4 -b 4096 %s 32M >/dev/null", img, img);
+	{
+		int fd = open(img, O_RDWR);
+		assert_true(fd >= 0);
+		uint8_t b;
+		assert_int_equal(pread(fd, &b, 1, 1024 + 0x3a), 1);
+		b &= (uint8_t)~1u;
+		assert_int_equal(pwrite(fd, &b, 1, 1024 + 0x3a), 1);
+		close(fd);
+	}
+	assert_int_equal(cbi_fsmap_read(img, 32u << 20, 65536, &m, &e), -ENOTSUP);
+	assert_non_null(strstr(e.msg, "not cleanly unmounted"));
+	/* a descriptor or a bitmap altered (metadata_csum, and gdt_csum for the
+	 * descriptor): refused as damaged, never trusted. Group 0's descriptor
+	 * is at 4096 (4 KiB blocks); its block bitmap at the block it names. */
+	const char *feats[] = { "", "-O ^metadata_csum,uninit_bg" };
+	for (int k = 0; k < 2; k++)
+		for (int what = 0; what < 2; what++) {
+			if (k == 1 && what == 1)
+				continue; /* gdt_csum has no bitmap checksums */
+			run_ok("rm -f %s && mkfs.ext4 -q -F -t ext4 -b 4096 %s %s 32M >/dev/null", img, feats[k], img);
+			int fd = open(img, O_RDWR);
+			assert_true(fd >= 0);
+			uint8_t d[4], b;
+			assert_int_equal(pread(fd, d, 4, 4096), 4);
+			uint64_t off = what == 0 ? 4096 + 0x12 : (uint64_t)ld32(d) * 4096;
+			assert_int_equal(pread(fd, &b, 1, (off_t)off), 1);
+			b ^= what == 0 ? 0x2 : 0x1; /* BLOCK_UNINIT on; block 0 "free" */
+			assert_int_equal(pwrite(fd, &b, 1, (off_t)off), 1);
+			close(fd);
+			assert_int_equal(cbi_fsmap_read(img, 32u << 20, 65536, &m, &e), -CBI_EDAMAGED);
+			assert_null(m);
+			if (!strstr(e.msg, "fails its checksum"))
+				fail_msg("case %d/%d: '%s'", k, what, e.msg);
+		}
 	/* a file system that claims more blocks than the source holds */
 	run_ok("rm -f %s && mkfs.ext4 -q -F -t ext4 %s 32M >/dev/null", img, img);
 	assert_int_equal(cbi_fsmap_read(img, 16u << 20, 65536, &m, &e), -CBI_EDAMAGED);
