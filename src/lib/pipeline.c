@@ -11,11 +11,6 @@
 #include "util.h"
 
 #define BATCH_BYTES (4u << 20)
-#define SLOT_BUDGET (40ull << 20)
-/* Each worker also holds a zstd context (about 0.7 MiB at level 3): 16 of
- * them keep a backup's peak RSS under 64 MiB (measured: 56.7 MiB with 16,
- * 65.2 MiB with 24, 65.7 MiB with 32 threads at 256 KiB blocks). */
-#define MAX_THREADS 16
 #define HOLE_CHUNK 4096u /* index entries of a hole item handed to the sink per step */
 
 enum { S_EMPTY, S_WORK, S_DONE };
@@ -298,21 +293,16 @@ int cbi_pipe_run(const cbi_pipe_cfg *c, cbi_pipe_stats *st, cbi_error *err)
 	pthread_mutex_init(&p.pmu, NULL);
 	pthread_cond_init(&p.cv_free, NULL);
 	pthread_cond_init(&p.cv_done, NULL);
-	int threads = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-	if (threads < 1)
-		threads = 1;
 	p.bound = ZSTD_compressBound(c->block_size) + CBI_TAG_LEN;
-	/* Memory is bounded whatever the thread count: the slots' buffers (a
-	 * block of data and its compressed output each) stay within
-	 * SLOT_BUDGET, with smaller batches for many threads, and at most as
-	 * many threads as that budget holds slots of one block. */
+	/* The slots' buffers (a block of data and its compressed output each)
+	 * stay within CBI_WORK_BUDGET: smaller batches for many threads, and
+	 * at most as many threads as that budget holds slots of one block. */
 	uint64_t per_block = (uint64_t)c->block_size + p.bound;
-	int max_threads = (int)CBI_MAX(1u, SLOT_BUDGET / per_block - 2);
-	if (threads > CBI_MIN(MAX_THREADS, max_threads))
-		threads = CBI_MIN(MAX_THREADS, max_threads);
+	int threads = cbi_worker_count(c->threads, CBI_MAX(3u, CBI_WORK_BUDGET / per_block) - 2);
 	/* one item per worker, one being consumed, one ready ahead */
 	p.nslots = (unsigned)threads + 2;
-	p.per_batch = (uint32_t)CBI_MAX(1u, CBI_MIN(BATCH_BYTES / c->block_size, SLOT_BUDGET / p.nslots / per_block));
+	p.per_batch =
+		(uint32_t)CBI_MAX(1u, CBI_MIN(BATCH_BYTES / c->block_size, CBI_WORK_BUDGET / p.nslots / per_block));
 	p.nblocks = cbi_nblocks(c->src->size, c->block_size);
 	pthread_t *wk = calloc((size_t)threads, sizeof *wk);
 	p.slots = calloc(p.nslots, sizeof *p.slots);

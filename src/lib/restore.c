@@ -23,8 +23,6 @@
 
 #define WBUF (4u << 20)          /* zeros written at a time */
 #define BATCH_BYTES (4u << 20)   /* blocks a worker takes at a time */
-#define SLOT_BUDGET (40ull << 20) /* all batches together, at most */
-#define MAX_THREADS 16
 
 /* A resolved point: its chain and the open files needed to read it. */
 typedef struct cbi_resolved {
@@ -655,15 +653,13 @@ static int restore_blocks(cbi_resolved *v, const cbi_restore_opts *o, wr *w, cbi
 	p.fd = w->fd;
 	p.bs = h->block_size;
 	p.size = h->source_size;
-	/* Memory is bounded whatever the thread count: the 2 * threads + 2
-	 * batches stay within SLOT_BUDGET (smaller batches for many threads),
-	 * and there are at most as many workers as it holds one-block batches
-	 * for (each worker also has a record buffer and a zstd context). */
-	long threads = o->threads > 0 ? o->threads : sysconf(_SC_NPROCESSORS_ONLN);
-	long max_threads = (long)CBI_MAX(1u, SLOT_BUDGET / p.bs / 2 - 1);
-	threads = CBI_MAX(1, CBI_MIN(threads, CBI_MIN(MAX_THREADS, max_threads)));
+	/* The 2 * threads + 2 batches stay within CBI_WORK_BUDGET (smaller
+	 * batches for many threads), with at most as many workers as it holds
+	 * one-block batches for (each also has a record buffer and a zstd
+	 * context). */
+	long threads = cbi_worker_count(o->threads, CBI_MAX(2u, CBI_WORK_BUDGET / p.bs / 2) - 1);
 	p.per_batch = (uint32_t)CBI_MAX(1u, CBI_MIN(BATCH_BYTES / p.bs,
-						    SLOT_BUDGET / ((uint64_t)(2 * threads + 2) * p.bs)));
+						    CBI_WORK_BUDGET / ((uint64_t)(2 * threads + 2) * p.bs)));
 	uint64_t nbatches = (h->n_blocks + p.per_batch - 1) / p.per_batch;
 	if ((uint64_t)threads > nbatches)
 		threads = (long)CBI_MAX(nbatches, 1);
