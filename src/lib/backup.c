@@ -470,8 +470,7 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 					 * headers means the header was altered */
 					rc = cbi_err(err, -CBI_EAUTH, "newest index '%s' of job '%s': %s", tp->index_file,
 						     h.job,
-						     rc == -CBI_EPASS ? CBI_MSG_OTHER_KEY
-								      : "header authentication failed: the header was altered");
+						     cbi_hdr_keyed_problem(rc));
 					goto end;
 				}
 				encrypted = 1;

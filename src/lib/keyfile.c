@@ -262,12 +262,6 @@ int cbi_keyfile_find(const char *dir, const uint8_t chain_id[16], char (*paths)[
 	return scan_key_files(dir, chain_id, paths, max, n, NULL, 0, &nbad);
 }
 
-size_t cbi_keyfile_find_bad(const char *dir, char *first, size_t firstsz)
-{
-	size_t n, nbad;
-	return scan_key_files(dir, NULL, NULL, SIZE_MAX, &n, first, firstsz, &nbad) ? 0 : nbad;
-}
-
 #define MAX_CAND 32 /* the state's copy and up to 31 key files of one chain in a directory */
 
 int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, cbi_pass_fn pass, void *ud,
@@ -290,15 +284,14 @@ int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, c
 		if (!cbi_keyfile_read(cand[n], &kf, NULL) && !memcmp(kf.chain_id, h->chain_id, 16))
 			n++;
 	}
-	size_t m = 0;
-	if ((rc = cbi_keyfile_find(dir, h->chain_id, cand + n, MAX_CAND - 1, &m))) {
+	size_t m = 0, nbad = 0;
+	char bad[4096]; /* the first file named like a key file that is none */
+	if ((rc = scan_key_files(dir, h->chain_id, cand + n, MAX_CAND - 1, &m, bad, sizeof bad, &nbad))) {
 		rc = cbi_err(err, rc, "unable to read directory '%s': %s", dir, cbi_errtext(rc));
 		goto end;
 	}
 	n += m;
 	if (!n) {
-		char bad[4096];
-		size_t nbad = cbi_keyfile_find_bad(dir, bad, sizeof bad);
 		if (nbad) {
 			cbi_keyfile kf;
 			cbi_error ke;
@@ -396,6 +389,13 @@ int cbi_hdr_encode_keyed(cbi_hdr *h, const cbi_keys *k, uint8_t buf[CBI_HDR_SIZE
 	if (!rc)
 		cbi_hdr_encode(h, buf);
 	return rc;
+}
+
+const char *cbi_hdr_keyed_problem(int rc)
+{
+	return rc == -CBI_EPASS ? "its header names another key than the chain's key file: the header or the "
+				  "key file was altered"
+				: "header authentication failed: the header was altered";
 }
 
 int cbi_hdr_check_keyed(const cbi_hdr *h, const cbi_keys *k)

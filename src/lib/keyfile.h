@@ -68,12 +68,6 @@ int cbi_keyfile_find(const char *dir, const uint8_t chain_id[16], char (*paths)[
 /* scrypt cost of the local state's copy of a key file (format/SPEC.md,
  * "Key files"): that copy stays on the machine that holds the source disk,
  * and unlocking it must not cost an incremental more than milliseconds. */
-/* Files in dir named like key files (ending in .cbk, not starting with '.')
- * that cannot be read as one: damaged, truncated, of another version, or
- * unreadable. Their number; the first one's path into first (firstsz
- * bytes) when there is one. Such a file may be the key file a chain lacks. */
-size_t cbi_keyfile_find_bad(const char *dir, char *first, size_t firstsz);
-
 #define CBI_STATE_KDF_LOG2_N 12u
 #define CBI_STATE_KDF_R 8u
 #define CBI_STATE_KDF_P 1u
@@ -81,18 +75,21 @@ size_t cbi_keyfile_find_bad(const char *dir, char *first, size_t firstsz);
 /* Unlock the chain of header h: find the local state's copy of its key file
  * (state_dir may be NULL) and its key files in dir, ask pass for the
  * passphrase once and unwrap the first that opens (the state's copy first:
- * it is the cheap one) and carries h's key id. used (if non-NULL) receives
- * the path of that key file; pw (if non-NULL, CBI_PASS_MAX bytes) the
- * passphrase and *pwlen its length, for the caller to wipe. -CBI_ENOKEY when
- * no key file exists, -CBI_EPASS when no passphrase was given or none
+ * it is the cheap one; key files carrying h's key id before the others,
+ * whose mismatch the caller's header check then reports as damage).
+ * used (if non-NULL) receives the path of that key file; pw (if non-NULL,
+ * CBI_PASS_MAX bytes) the passphrase and *pwlen its length, for the caller
+ * to wipe. -CBI_ENOKEY when no key file exists, -CBI_EDAMAGED when the only
+ * ones are damaged, -CBI_EPASS when no passphrase was given or none
  * opened. */
 int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, cbi_pass_fn pass, void *ud,
 		     cbi_keys *out, char *used, size_t usedsz, char *pw, int *pwlen, cbi_error *err) CBI_WUR;
 
-/* What a header check's -CBI_EPASS means once the chain is unlocked: its
- * key id is not the one of the key file that the passphrase opened. A
- * chain has one data key, so one of the two was altered. */
-#define CBI_MSG_OTHER_KEY "its header names another key than the chain's key file: the header or the key file was altered"
+/* Why a header check of an unlocked chain (cbi_index_set_keys,
+ * cbi_image_set_keys) failed with rc: -CBI_EPASS means its key id is not
+ * the one of the key file the passphrase opened (a chain has one data key,
+ * so one of the two was altered), anything else a failed header MAC. */
+const char *cbi_hdr_keyed_problem(int rc);
 
 /* The header MAC of an encrypted file: HMAC-SHA256 under k's file-mac key of
  * the encoded header's bytes 0..487, truncated to 16 bytes. */

@@ -60,8 +60,7 @@ static int check_chain_headers(cbi_resolved *v, cbi_error *err)
 		int rc = cbi_index_open(path, &x, err);
 		if (!rc && (rc = cbi_index_set_keys(x, &v->keys)))
 			rc = cbi_err(err, -CBI_EAUTH, "'%s': %s", path,
-				     rc == -CBI_EPASS ? CBI_MSG_OTHER_KEY
-						      : "header authentication failed: the file was altered");
+				     cbi_hdr_keyed_problem(rc));
 		cbi_index_close(x);
 		if (rc)
 			return rc;
@@ -183,8 +182,7 @@ static int open_image(cbi_resolved *v, uint32_t seq, cbi_error *err)
 	(void)posix_fadvise(m->f->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	if (v->encrypted && (rc = cbi_image_set_keys(m, &v->keys)))
 		rc = cbi_err(err, -CBI_EAUTH, "'%s': %s", p->file,
-			     rc == -CBI_EPASS ? CBI_MSG_OTHER_KEY
-					      : "header authentication failed: the file was altered");
+			     cbi_hdr_keyed_problem(rc));
 	else if (memcmp(m->hdr.chain_id, v->index->hdr.chain_id, 16) || m->hdr.seq != seq ||
 		 m->hdr.block_size != v->index->hdr.block_size ||
 		 m->hdr.source_size != v->index->hdr.source_size)

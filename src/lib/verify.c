@@ -131,8 +131,7 @@ static int verify_point(vctx *c, const cbi_point *pts, const size_t *chain, uint
 		int kr = cbi_index_set_keys(x, k);
 		if (kr)
 			problem(c, p->index_file, -1, "%s",
-				kr == -CBI_EPASS ? CBI_MSG_OTHER_KEY
-						 : "header authentication failed: the header was altered");
+				cbi_hdr_keyed_problem(kr));
 	}
 	check_digest(c, x->f, k ? k->mac_key : NULL);
 	if (seq > 0 && cbi_index_open(pts[chain[seq - 1]].index_file, &px, &e)) {
@@ -146,8 +145,7 @@ static int verify_point(vctx *c, const cbi_point *pts, const size_t *chain, uint
 		img = NULL;
 	} else if (k && (rc = cbi_image_set_keys(img, k))) {
 		problem(c, p->file, -1, "%s",
-			rc == -CBI_EPASS ? CBI_MSG_OTHER_KEY
-					 : "header authentication failed: the header was altered");
+			cbi_hdr_keyed_problem(rc));
 		check_digest(c, img->f, k->mac_key);
 		cbi_image_close(img); /* its records cannot be checked */
 		img = NULL;
