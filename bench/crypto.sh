@@ -22,13 +22,8 @@ while [ $# -gt 0 ]; do
 	*) echo "usage: $0 [--size MIB] [--percent P] [--repeat N] [--work DIR]" >&2; exit 2 ;;
 	esac
 done
-[ -x "$CBIMG" ] || { echo "crypto.sh: no cbimg at $CBIMG (run make)" >&2; exit 1; }
-rm -rf "$work"
-mkdir -p "$work"
-trap 'rm -rf "$work"' EXIT
-can_drop=0
-[ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/drop_caches ] && can_drop=1
-drop() { sync; [ "$can_drop" = 1 ] && echo 3 >/proc/sys/vm/drop_caches || true; }
+. "$here/lib.sh"
+bench_start crypto.sh
 
 disk=$work/disk.img
 bash "$here/mkdisk.sh" "$disk" "$size" >/dev/null

@@ -25,13 +25,8 @@ while [ $# -gt 0 ]; do
 	*) echo "usage: $0 [--sizes LIST] [--percents LIST] [--apparent LIST] [--work DIR]" >&2; exit 2 ;;
 	esac
 done
-[ -x "$CBIMG" ] || { echo "growth.sh: no cbimg at $CBIMG (run make)" >&2; exit 1; }
-rm -rf "$work"
-mkdir -p "$work"
-trap 'rm -rf "$work"' EXIT
-can_drop=0
-[ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/drop_caches ] && can_drop=1
-drop() { sync; [ "$can_drop" = 1 ] && echo 3 >/proc/sys/vm/drop_caches || true; }
+. "$here/lib.sh"
+bench_start growth.sh
 
 # timed NAME CMD...: wall seconds and peak RSS (KiB) of CMD into $SEC $RSS
 timed() {
