@@ -76,9 +76,9 @@ int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *fou
 /* A joined copy: a split index (segments) becomes one file here. */
 static int copy_file(const char *from, const char *to)
 {
-	int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int out = cbi_create_tmp(to, 0600);
 	if (out < 0)
-		return -errno;
+		return out;
 	int rc = cbi_sfile_copy_joined(from, out, NULL);
 	if (!rc && fsync(out) < 0)
 		rc = -errno;
