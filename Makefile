@@ -61,6 +61,7 @@ check-e2e: $(BUILD)/cbimg
 	CBIMG=$(CURDIR)/$(BUILD)/cbimg bash tests/e2e/run.sh
 
 check: all check-unit check-e2e
+	bash tests/check-cycles.sh $(BUILD)
 
 asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \

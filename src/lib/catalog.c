@@ -9,7 +9,6 @@
 #define _GNU_SOURCE
 #include "catalog.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -19,6 +18,7 @@
 #include <unistd.h>
 
 #include "chain.h"
+#include "dest.h"
 #include "sfile.h"
 #include "util.h"
 
@@ -522,21 +522,6 @@ static int64_t mtime_ns(const struct stat *st)
 	return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
 }
 
-/* Segment k >= 1 of a split file NAME is NAME.NNN, k in decimal with at
- * least three digits (format/SPEC.md, "Segments"): the length of NAME when
- * name is such a segment of a point file, else 0. */
-static size_t segment_base_len(const char *name)
-{
-	const char *dot = strrchr(name, '.');
-	size_t digits = dot ? strlen(dot + 1) : 0;
-	char base[256];
-	if (digits < 3 || strspn(dot + 1, "0123456789") != digits || (size_t)(dot - name) >= sizeof base)
-		return 0;
-	memcpy(base, name, (size_t)(dot - name));
-	base[dot - name] = 0;
-	return cbi_chain_is_point_name(base) ? (size_t)(dot - name) : 0;
-}
-
 /* A file's fingerprint takes in its segments: the sum of the sizes and the
  * newest mtime, so that a segment that changes or vanishes is noticed. */
 static void add_segment(fent *f, int64_t size, int64_t mtime)
@@ -547,41 +532,37 @@ static void add_segment(fent *f, int64_t size, int64_t mtime)
 }
 
 /* The point files of dir (the names the directory scan considers), with
- * their segments' sizes and times folded in, sorted by name. */
+ * their segments' sizes and times folded in, sorted by name: the scan's
+ * names and stat() data, no file opened. */
 static int scan_names(const char *dir, fent **out, size_t *n, cbi_error *err)
 {
-	fent *segs = NULL;
-	size_t cap = 0, nsegs = 0, capsegs = 0;
-	int rc = 0;
+	cbi_dest *d = NULL;
+	size_t cap = 0;
 	*out = NULL;
 	*n = 0;
-	DIR *d = opendir(dir);
-	if (!d)
-		return cbi_err(err, -errno, "unable to open directory '%s': %s", dir, strerror(errno));
-	struct dirent *de;
-	while ((de = readdir(d))) {
-		struct stat st;
-		int main_file = cbi_chain_is_point_name(de->d_name);
-		if ((!main_file && !segment_base_len(de->d_name)) ||
-		    fstatat(dirfd(d), de->d_name, &st, 0) < 0)
-			continue;
-		if (main_file ? fents_add(out, n, &cap, de->d_name, (int64_t)st.st_size, mtime_ns(&st)) :
-				fents_add(&segs, &nsegs, &capsegs, de->d_name, (int64_t)st.st_size,
-					  mtime_ns(&st))) {
+	int rc = cbi_dest_scan(dir, CBI_DEST_STAT, &d, err);
+	if (rc)
+		return rc;
+	/* The scan is sorted by name, so each file's entry is found by name. */
+	for (size_t i = 0; !rc && i < d->n; i++) {
+		const cbi_dent *e = &d->e[i];
+		if (e->kind == CBI_DENT_POINT && e->has_stat &&
+		    fents_add(out, n, &cap, e->name, (int64_t)e->size, e->mtime_ns))
 			rc = cbi_err(err, -ENOMEM, "out of memory");
-			break;
-		}
 	}
-	closedir(d);
-	if (!rc && *n)
-		qsort(*out, *n, sizeof **out, fent_cmp);
-	for (size_t i = 0; !rc && i < nsegs; i++) {
-		segs[i].name[segment_base_len(segs[i].name)] = 0;
-		fent *f = *n ? bsearch(&segs[i], *out, *n, sizeof **out, fent_cmp) : NULL;
+	for (size_t i = 0; !rc && i < d->n; i++) {
+		const cbi_dent *e = &d->e[i];
+		if (e->kind != CBI_DENT_SEGMENT || !e->has_stat)
+			continue;
+		char base[4096];
+		memcpy(base, e->name, e->base_len);
+		base[e->base_len] = 0;
+		fent key = { .name = base };
+		fent *f = *n ? bsearch(&key, *out, *n, sizeof **out, fent_cmp) : NULL;
 		if (f)
-			add_segment(f, segs[i].size, segs[i].mtime_ns);
+			add_segment(f, (int64_t)e->size, e->mtime_ns);
 	}
-	fents_free(segs, nsegs);
+	cbi_dest_free(d);
 	return rc;
 }
 
@@ -984,17 +965,13 @@ static int op_list(cat *c, void *arg, cbi_error *err)
  * hold point files (copies, test vectors, read-only archives). */
 static int is_backup_dest(const char *dir)
 {
-	DIR *d = opendir(dir);
-	if (!d)
-		return 0;
-	struct dirent *de;
+	cbi_dest *d = NULL;
 	int found = 0;
-	while (!found && (de = readdir(d))) {
-		const char *n = de->d_name;
-		found = strlen(n) == 28 && !strncmp(n, ".cbimg-", 7) && !strcmp(n + 23, ".lock") &&
-			strspn(n + 7, "0123456789abcdef") == 16;
-	}
-	closedir(d);
+	if (cbi_dest_scan(dir, 0, &d, NULL))
+		return 0;
+	for (size_t i = 0; i < d->n && !found; i++)
+		found = d->e[i].kind == CBI_DENT_LOCK;
+	cbi_dest_free(d);
 	return found;
 }
 
@@ -1034,6 +1011,11 @@ int cbi_list_filtered(const char *dest, const cbi_list_filter *f, cbi_point **ou
 	*out = pts;
 	*n = w;
 	return 0;
+}
+
+int cbi_list(const char *dest, cbi_point **out, size_t *n, cbi_error *err)
+{
+	return cbi_list_filtered(dest, NULL, out, n, err);
 }
 
 static int op_sync(cat *c, void *arg, cbi_error *err)
@@ -1135,8 +1117,15 @@ static const char *base_name(const char *path)
 	return s ? s + 1 : path;
 }
 
-/* Read the files of the point a backup has just written, as a sync would. */
-static int new_point_rows(const char *dest, const cbi_point *p, fent f[2], frow rows[2], size_t *n)
+/* The rows of the point a backup has just written. The catalog's role
+ * (issue 10): it is a cache of what the files say, for listing (cbimg list,
+ * log), and never the ground for a decision: backup, restore, verify and
+ * info open the chain's files themselves (the chain reader, chainrd.h),
+ * which they must read anyway to trust them. So the run-end update does not
+ * read the two files the backup has just written (and knows): their rows
+ * are made from the backup's result, r->point, which holds what the files
+ * say; only their fingerprints (size, mtime, segments) come from stat(). */
+static int new_point_rows(const cbi_point *p, fent f[2], frow rows[2], size_t *n)
 {
 	const char *paths[2] = { p->index_file, p->file };
 	*n = 0;
@@ -1145,7 +1134,19 @@ static int new_point_rows(const char *dest, const cbi_point *p, fent f[2], frow 
 			continue;
 		if (!(f[*n].name = strdup(base_name(paths[i]))))
 			return -ENOMEM;
-		read_row(dest, &f[*n], &rows[*n]);
+		frow *row = &rows[*n];
+		memset(row, 0, sizeof *row);
+		row->f = &f[*n];
+		row->kind = i == 0 ? CBI_KIND_INDEX : CBI_KIND_IMAGE;
+		row->p = *p;
+		if (i == 1) {
+			/* what an image's trailer says (cbi_point_read_file()) */
+			row->p.zero_blocks = 0;
+			row->p.index_bytes = 0;
+			row->p.index_file[0] = 0;
+		} else {
+			row->p.file[0] = 0;
+		}
 		(*n)++;
 	}
 	return 0;
@@ -1195,7 +1196,7 @@ static int op_end(cat *c, void *arg, cbi_error *err)
 		goto end;
 	/* The new point's rows, read from its files, so that the next listing
 	 * need not open them. */
-	if (!(rows = malloc(2 * sizeof *rows)) || new_point_rows(c->dest, p, f, rows, &nrows)) {
+	if (!(rows = malloc(2 * sizeof *rows)) || new_point_rows(p, f, rows, &nrows)) {
 		rc = cbi_err(err, -ENOMEM, "out of memory");
 		goto end;
 	}

@@ -13,8 +13,7 @@
 #include <stdint.h>
 
 #include "cbimg.h"
-
-#define CBI_CATALOG_NAME "cbimg-catalog.sqlite"
+#include "dest.h" /* CBI_CATALOG_NAME: the catalog's name in DEST */
 
 /* Record the start of a backup run of (host, source_id, job) in DEST's
  * catalog (created if missing); *run_id receives its id, 0 on failure. Runs

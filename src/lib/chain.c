@@ -1,11 +1,14 @@
-/* chain.c - directory scanning, chain resolution, point naming, info/list. */
+/* chain.c - points: reading one point file, pairing indexes with images,
+ * linking points into chains, naming their files. Directories are scanned
+ * by dest.c, chains opened and trusted by chainrd.c. */
 #define _GNU_SOURCE
 #include "chain.h"
 
-#include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "image.h"
 #include "index.h"
@@ -33,50 +36,89 @@ void cbi_point_from_hdr(cbi_point *p, const cbi_hdr *h)
 	p->hash_alg = h->hash_alg;
 }
 
-int cbi_point_read_file(const char *path, cbi_point *p, int *kind, cbi_error *err)
+void cbi_point_from_index(cbi_point *p, const cbi_index *x)
 {
-	/* Peek at the magic, then open with the full structural checks, so that
-	 * anything the scan accepts can also be opened for reading. */
-	uint8_t magic[8];
-	cbi_sfr *f = NULL;
-	int rc = cbi_sfr_open(path, &f, err);
-	if (rc)
-		return rc;
-	rc = cbi_sfr_pread(f, magic, sizeof magic, 0);
-	cbi_sfr_close(f);
-	if (rc)
-		return cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
-	if (!memcmp(magic, CBI_MAGIC_INDEX, 8)) {
-		cbi_index *x = NULL;
-		if ((rc = cbi_index_open(path, &x, err)))
-			return rc;
-		*kind = CBI_KIND_INDEX;
-		cbi_point_from_hdr(p, &x->hdr);
-		memcpy(p->index_digest, x->trl.digest, 32);
-		p->changed_blocks = x->trl.changed_blocks;
-		p->zero_blocks = x->trl.zero_blocks;
-		p->stored_blocks = x->trl.stored_blocks;
-		p->stored_bytes = x->trl.image_size;
-		p->index_bytes = x->trl.file_size;
-		cbi_strlcpy(p->index_file, path, sizeof p->index_file);
-		cbi_index_close(x);
-		return 0;
+	cbi_point_from_hdr(p, &x->hdr);
+	memcpy(p->index_digest, x->trl.digest, 32);
+	p->changed_blocks = x->trl.changed_blocks;
+	p->zero_blocks = x->trl.zero_blocks;
+	p->stored_blocks = x->trl.stored_blocks;
+	p->stored_bytes = x->trl.image_size;
+	p->index_bytes = x->trl.file_size;
+	cbi_strlcpy(p->index_file, x->f->path, sizeof p->index_file);
+}
+
+/* The header of a file that does not open as a sealed file (too short, a
+ * segment missing): read straight from its first bytes, so that a caller
+ * can still tell whose file it is. */
+static void header_only(const char *path, cbi_point *p, int *kind)
+{
+	uint8_t b[CBI_HDR_SIZE];
+	cbi_hdr h;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (!cbi_pread_full(fd, b, sizeof b, 0) && !cbi_hdr_decode(b, &h)) {
+		cbi_point_from_hdr(p, &h);
+		*kind = h.kind;
 	}
-	cbi_image *m = NULL;
-	if ((rc = cbi_image_open(path, &m, err)))
+	close(fd);
+}
+
+int cbi_point_read(const char *path, cbi_point *p, int *kind, uint32_t *nseg, cbi_error *err)
+{
+	uint8_t b[CBI_HDR_SIZE];
+	cbi_hdr h;
+	cbi_sfr *f = NULL;
+	*kind = 0;
+	if (nseg)
+		*nseg = 0;
+	int rc = cbi_sfr_open(path, &f, err);
+	if (rc) {
+		header_only(path, p, kind);
 		return rc;
-	*kind = CBI_KIND_IMAGE;
-	cbi_point_from_hdr(p, &m->hdr);
-	/* An image names the index it belongs to by the index digest. */
-	memcpy(p->index_digest, m->trl.index_digest, 32);
-	p->changed_blocks = m->trl.changed_blocks;
-	p->stored_blocks = m->trl.record_count;
-	p->stored_bytes = m->trl.file_size;
-	cbi_strlcpy(p->file, path, sizeof p->file);
-	cbi_image_close(m);
+	}
+	/* The file is opened once: its header says which reader takes it (both
+	 * make the full structural checks, so that anything a scan accepts can
+	 * also be opened for reading). */
+	if ((rc = cbi_sfr_pread(f, b, sizeof b, 0))) {
+		cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
+		cbi_sfr_close(f);
+		return rc;
+	}
+	if (!cbi_hdr_decode(b, &h)) {
+		cbi_point_from_hdr(p, &h);
+		*kind = h.kind;
+	}
+	uint32_t ns = f->nseg;
+	if (!memcmp(b, CBI_MAGIC_INDEX, 8)) {
+		cbi_index *x = NULL;
+		if ((rc = cbi_index_open_sfr(f, &x, err)))
+			return rc;
+		cbi_point_from_index(p, x);
+		cbi_index_close(x);
+	} else {
+		cbi_image *m = NULL;
+		if ((rc = cbi_image_open_sfr(f, &m, err)))
+			return rc;
+		cbi_point_from_hdr(p, &m->hdr);
+		/* An image names the index it belongs to by the index digest. */
+		memcpy(p->index_digest, m->trl.index_digest, 32);
+		p->changed_blocks = m->trl.changed_blocks;
+		p->stored_blocks = m->trl.record_count;
+		p->stored_bytes = m->trl.file_size;
+		cbi_strlcpy(p->file, path, sizeof p->file);
+		cbi_image_close(m);
+	}
+	if (nseg)
+		*nseg = ns;
 	return 0;
 }
 
+int cbi_point_read_file(const char *path, cbi_point *p, int *kind, cbi_error *err)
+{
+	return cbi_point_read(path, p, kind, NULL, err);
+}
 
 static int point_cmp(const void *a, const void *b)
 {
@@ -93,11 +135,6 @@ static int point_cmp(const void *a, const void *b)
 	if (!c)
 		c = (x->created_ns > y->created_ns) - (x->created_ns < y->created_ns);
 	return c;
-}
-
-int cbi_chain_is_point_name(const char *name)
-{
-	return name[0] != '.' && (cbi_has_ext(name, ".cbx") || cbi_has_ext(name, ".cbi"));
 }
 
 /* Sort keys for cbi_chain_pair(): arrays of indexes into a cbi_point array
@@ -213,65 +250,6 @@ long cbi_chain_find_id(const cbi_point *pts, size_t n, const uint8_t id[16])
 	return -1;
 }
 
-int cbi_chain_scan(const char *dir, cbi_point **out, size_t *nout, cbi_error *err)
-{
-	DIR *d = opendir(dir);
-	if (!d)
-		return cbi_err(err, -errno, "unable to open directory '%s': %s", dir, strerror(errno));
-	cbi_point *pts = NULL, *imgs = NULL;
-	size_t n = 0, cap = 0, ni = 0, capi = 0;
-	int rc = 0;
-	struct dirent *de;
-	char path[4096];
-	while ((de = readdir(d))) {
-		if (!cbi_chain_is_point_name(de->d_name))
-			continue; /* temporary files, lock files, other files */
-		if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= sizeof path)
-			continue;
-		cbi_point p;
-		memset(&p, 0, sizeof p);
-		int kind = 0;
-		if (cbi_point_read_file(path, &p, &kind, NULL))
-			continue; /* damaged or unfinished: not a point (verify reports it) */
-		cbi_point **arr = kind == CBI_KIND_INDEX ? &pts : &imgs;
-		size_t *cnt = kind == CBI_KIND_INDEX ? &n : &ni, *cp = kind == CBI_KIND_INDEX ? &cap : &capi;
-		if (*cnt == *cp) {
-			size_t nc = *cp ? *cp * 2 : 64;
-			cbi_point *t = realloc(*arr, nc * sizeof *t);
-			if (!t) {
-				rc = cbi_err(err, -ENOMEM, "out of memory");
-				goto end;
-			}
-			*arr = t;
-			*cp = nc;
-		}
-		(*arr)[(*cnt)++] = p;
-	}
-	cbi_image_ref *refs = malloc((ni ? ni : 1) * sizeof *refs);
-	if (!refs) {
-		rc = cbi_err(err, -ENOMEM, "out of memory");
-		goto end;
-	}
-	for (size_t j = 0; j < ni; j++) {
-		memcpy(refs[j].point_id, imgs[j].point_id, 16);
-		memcpy(refs[j].index_digest, imgs[j].index_digest, 32);
-		refs[j].size = imgs[j].stored_bytes;
-		refs[j].path = imgs[j].file;
-	}
-	rc = cbi_chain_pair(pts, &n, refs, ni, err);
-	free(refs);
-end:
-	closedir(d);
-	free(imgs);
-	if (rc) {
-		free(pts);
-		return rc;
-	}
-	*out = pts;
-	*nout = n;
-	return 0;
-}
-
 int cbi_chain_resolve(const cbi_point *pts, size_t n, size_t tip, size_t **out, cbi_error *err)
 {
 	uint32_t len = pts[tip].seq + 1;
@@ -342,44 +320,4 @@ void cbi_point_filename(const cbi_hdr *h, const char *ext, char *out, size_t out
 	strftime(ts, sizeof ts, "%Y%m%dT%H%M%SZ", &tm);
 	snprintf(out, outsz, "%s_%s_%s_%s_%s%04u_%s.%s", host, src, job, ts,
 		 h->type == CBI_FULL ? "full" : "incr", h->seq, id, ext);
-}
-
-void cbi_id_hex(const uint8_t id[16], char out[33])
-{
-	static const char hx[] = "0123456789abcdef";
-	for (int i = 0; i < 16; i++) {
-		out[2 * i] = hx[id[i] >> 4];
-		out[2 * i + 1] = hx[id[i] & 15];
-	}
-	out[32] = 0;
-}
-
-int cbi_list(const char *dest, cbi_point **out, size_t *n, cbi_error *err)
-{
-	return cbi_list_filtered(dest, NULL, out, n, err); /* catalog.c */
-}
-
-int cbi_point_info(const char *file, cbi_point *out, cbi_error *err)
-{
-	memset(out, 0, sizeof *out);
-	int kind = 0;
-	int rc = cbi_point_read_file(file, out, &kind, err);
-	if (rc)
-		return rc;
-	char dir[4096];
-	cbi_dirname(file, dir, sizeof dir);
-	cbi_point *pts = NULL;
-	size_t n = 0;
-	if (cbi_chain_scan(dir, &pts, &n, NULL) == 0) {
-		long i = cbi_chain_find_id(pts, n, out->point_id);
-		if (i >= 0 && !memcmp(pts[i].index_digest, out->index_digest, 32)) {
-			*out = pts[i];
-			if (kind == CBI_KIND_IMAGE)
-				cbi_strlcpy(out->file, file, sizeof out->file);
-			else
-				cbi_strlcpy(out->index_file, file, sizeof out->index_file);
-		}
-	}
-	free(pts);
-	return 0;
 }

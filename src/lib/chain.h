@@ -1,4 +1,4 @@
-/* chain.h - finding points in a directory and linking them into chains.
+/* chain.h - reading points and linking them into chains.
  * Points are found by scanning file contents, never by file names: a chain
  * stays valid when its files are moved or renamed (format/SPEC.md). */
 #ifndef CBI_CHAIN_H
@@ -6,20 +6,22 @@
 
 #include "format.h"
 
+#include "index.h"
+
 /* Read header and trailer of one .cbx or .cbi file into p (the fields the
  * file carries; partner fields are left as they are). kind receives
- * CBI_KIND_INDEX or CBI_KIND_IMAGE. Structural checks only, no digest. */
+ * CBI_KIND_INDEX or CBI_KIND_IMAGE. Structural checks only, no digest. The
+ * file is opened once. */
 int cbi_point_read_file(const char *path, cbi_point *p, int *kind, cbi_error *err) CBI_WUR;
 
-/* All complete points of directory dir (index file present and structurally
- * valid; image matched by point id and index digest). Damaged or unfinished
- * files are skipped. *out is malloc'ed, sorted by host, job, chain, seq. */
-int cbi_chain_scan(const char *dir, cbi_point **out, size_t *n, cbi_error *err) CBI_WUR;
+/* Same; nseg (if non-NULL) receives the number of segments read (1: one
+ * file). On failure *kind is still what the file's header says (0 when it
+ * is no valid header) and p holds the header's fields then: whose damaged
+ * file it is. */
+int cbi_point_read(const char *path, cbi_point *p, int *kind, uint32_t *nseg, cbi_error *err) CBI_WUR;
 
-/* Could directory entry name be a point file: a .cbx or .cbi name that does
- * not start with '.' (temporary and lock files do)? The one rule shared by
- * the directory scan and the catalog (catalog.c). */
-int cbi_chain_is_point_name(const char *name);
+/* What an open index says, into p (its index_file is the index's path). */
+void cbi_point_from_index(cbi_point *p, const cbi_index *x);
 
 /* What pairing an index with its image needs to know of an image file. */
 typedef struct cbi_image_ref {
@@ -53,5 +55,9 @@ void cbi_point_from_hdr(cbi_point *p, const cbi_hdr *h);
 
 /* File name (no directory) for a point's file: ext is "cbi" or "cbx". */
 void cbi_point_filename(const cbi_hdr *h, const char *ext, char *out, size_t outsz);
+
+/* The directory scan (cbi_chain_scan(), cbi_chain_is_point_name()) is in
+ * dest.h; id formatting (cbi_id_hex()) in util. */
+#include "dest.h"
 
 #endif

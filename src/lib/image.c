@@ -4,7 +4,7 @@
 #include <openssl/crypto.h>
 #include <stdlib.h>
 
-#include "keyfile.h"
+#include "hdrmac.h"
 #include "util.h"
 
 #define WIN_ENTRIES 4096u
@@ -120,14 +120,21 @@ void cbi_image_writer_abort(cbi_image_writer *w)
 
 int cbi_image_open(const char *path, cbi_image **out, cbi_error *err)
 {
+	cbi_sfr *f = NULL;
+	int rc = cbi_sfr_open(path, &f, err);
+	return rc ? rc : cbi_image_open_sfr(f, out, err);
+}
+
+int cbi_image_open_sfr(cbi_sfr *f, cbi_image **out, cbi_error *err)
+{
+	const char *path = f->path;
 	cbi_image *m = calloc(1, sizeof *m);
-	if (!m)
+	if (!m) {
+		cbi_sfr_close(f);
 		return cbi_err(err, -ENOMEM, "out of memory");
-	int rc = cbi_sfr_open(path, &m->f, err);
-	if (rc) {
-		free(m);
-		return rc;
 	}
+	m->f = f;
+	int rc;
 	uint8_t b[CBI_HDR_SIZE];
 	if ((rc = cbi_sfr_pread(m->f, b, CBI_HDR_SIZE, 0)))
 		goto fail_io;

@@ -46,6 +46,9 @@ typedef struct cbi_image {
 } cbi_image;
 
 int cbi_image_open(const char *path, cbi_image **out, cbi_error *err) CBI_WUR;
+/* Same for a sealed file already open (a scan's): f is the image's from then
+ * on, closed on failure too. */
+int cbi_image_open_sfr(cbi_sfr *f, cbi_image **out, cbi_error *err) CBI_WUR;
 /* For an encrypted image: check its header against the chain's keys (key
  * id, header MAC) and keep what reading its records needs. 0, -CBI_EPASS
  * (another key), -CBI_EAUTH (header altered); no-op on a plain image. */

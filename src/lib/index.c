@@ -4,7 +4,7 @@
 #include <openssl/crypto.h>
 #include <stdlib.h>
 
-#include "keyfile.h"
+#include "hdrmac.h"
 #include "util.h"
 
 #define WIN_ENTRIES 8192u
@@ -80,14 +80,21 @@ void cbi_index_writer_abort(cbi_index_writer *w)
 
 int cbi_index_open(const char *path, cbi_index **out, cbi_error *err)
 {
+	cbi_sfr *f = NULL;
+	int rc = cbi_sfr_open(path, &f, err);
+	return rc ? rc : cbi_index_open_sfr(f, out, err);
+}
+
+int cbi_index_open_sfr(cbi_sfr *f, cbi_index **out, cbi_error *err)
+{
+	const char *path = f->path;
 	cbi_index *x = calloc(1, sizeof *x);
-	if (!x)
+	if (!x) {
+		cbi_sfr_close(f);
 		return cbi_err(err, -ENOMEM, "out of memory");
-	int rc = cbi_sfr_open(path, &x->f, err);
-	if (rc) {
-		free(x);
-		return rc;
 	}
+	x->f = f;
+	int rc;
 	uint8_t b[CBI_HDR_SIZE];
 	if ((rc = cbi_sfr_pread(x->f, b, CBI_HDR_SIZE, 0)))
 		goto fail_io;

@@ -37,6 +37,9 @@ typedef struct cbi_index {
 /* Open an index file and check its structure (header, trailer, size). The
  * digest is not checked here: see cbi_index_check_digest(). */
 int cbi_index_open(const char *path, cbi_index **out, cbi_error *err) CBI_WUR;
+/* Same for a sealed file already open (a scan's): f is the index's from then
+ * on, closed on failure too. */
+int cbi_index_open_sfr(cbi_sfr *f, cbi_index **out, cbi_error *err) CBI_WUR;
 /* Entry of block i (0 <= i < n_blocks). Cheap for sequential access. */
 int cbi_index_get(cbi_index *x, uint64_t i, cbi_idx_ent *e) CBI_WUR;
 /* Recompute the file's digest (SHA-256, or HMAC-SHA256 for an encrypted

@@ -1,38 +1,37 @@
 /* passwd.c - cbi_passwd(): rewrap an encrypted chain's data key under a new
  * passphrase. Only key files change; the chain's files never do. */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "chain.h"
+#include "dest.h"
 #include "keyfile.h"
 #include "state.h"
 #include "util.h"
 
 #define MAX_FILES 64
 
-/* The state's copies of chain chain_id: STATE/<key>/chain.cbk. */
+/* The state's copies of chain chain_id: STATE/<key>/chain.cbk (job.h). */
 static void find_state_copies(const char *state_dir, const uint8_t chain_id[16], char (*paths)[4096], size_t max,
 			      size_t *n)
 {
-	DIR *d = opendir(state_dir);
-	if (!d)
+	cbi_dest *d = NULL;
+	if (cbi_dest_scan(state_dir, 0, &d, NULL))
 		return;
-	struct dirent *de;
-	while ((de = readdir(d)) && *n < max) {
-		if (de->d_name[0] == '.')
-			continue;
+	for (size_t i = 0; i < d->n && *n < max; i++) {
+		const char *name = d->e[i].name;
 		cbi_keyfile kf;
 		char path[4096];
-		if ((size_t)snprintf(path, sizeof path, "%s/%s/chain.cbk", state_dir, de->d_name) >= sizeof path ||
+		if (name[0] == '.' ||
+		    (size_t)snprintf(path, sizeof path, "%s/%s/" CBI_STATE_KEY_NAME, state_dir, name) >= sizeof path ||
 		    cbi_keyfile_read(path, &kf, NULL) || memcmp(kf.chain_id, chain_id, 16))
 			continue;
 		cbi_strlcpy(paths[*n], path, sizeof paths[*n]);
 		(*n)++;
 	}
-	closedir(d);
+	cbi_dest_free(d);
 }
 
 int cbi_passwd(const cbi_passwd_opts *o, cbi_passwd_result *r, cbi_error *err)

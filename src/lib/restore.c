@@ -1,11 +1,9 @@
 /* restore.c - cbi_restore(): write a disk exactly as it was at a point.
  * Every block is checked against the point's index before it is written. */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
-#include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,204 +11,45 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "chain.h"
+#include "chainrd.h"
 #include "image.h"
 #include "index.h"
-#include "keyfile.h"
-#include "state.h"
 #include "source.h"
 #include "util.h"
 
 #define WBUF (4u << 20)          /* zeros written at a time */
 #define BATCH_BYTES (4u << 20)   /* blocks a worker takes at a time */
 
-/* A resolved point: its chain and the open files needed to read it. */
+/* A resolved point: its chain (the chain reader, chainrd.h, which opens,
+ * unlocks and checks it, and opens its images) and the point's index. */
 typedef struct cbi_resolved {
-	cbi_point *pts;
-	size_t npts;
-	size_t *chain;          /* chain[s] = index into pts of seq s */
-	uint32_t len;
-	cbi_index *index;       /* index of the requested point */
-	cbi_image **imgs;       /* opened lazily, one per seq */
-	int *img_rc;            /* per seq: opening its image failed with this */
-	int encrypted;
-	cbi_keys keys;          /* encrypted chain: its keys */
+	cbi_chain *c;
+	cbi_index *index;       /* index of the requested point (owned by c) */
 } cbi_resolved;
 
 static void resolved_free(cbi_resolved *v)
 {
-	if (v->imgs)
-		for (uint32_t i = 0; i < v->len; i++)
-			cbi_image_close(v->imgs[i]);
-	free(v->imgs);
-	free(v->img_rc);
-	cbi_index_close(v->index);
-	free(v->chain);
-	free(v->pts);
-	OPENSSL_cleanse(v, sizeof *v);
+	cbi_chain_close(v->c);
+	memset(v, 0, sizeof *v);
 }
 
-/* Check the headers of every index of an encrypted chain against its keys:
- * each names its parent, so the parent links are then authentic. */
-static int check_chain_headers(cbi_resolved *v, cbi_error *err)
-{
-	for (uint32_t s = 0; s < v->len; s++) {
-		cbi_index *x = NULL;
-		const char *path = v->pts[v->chain[s]].index_file;
-		int rc = cbi_index_open(path, &x, err);
-		if (!rc && (rc = cbi_index_set_keys(x, &v->keys)))
-			rc = cbi_err(err, -CBI_EAUTH, "'%s': %s", path,
-				     cbi_hdr_keyed_problem(rc));
-		cbi_index_close(x);
-		if (rc)
-			return rc;
-	}
-	return 0;
-}
-
-/* Find the point that file belongs to, its chain and its index; unlock an
- * encrypted chain and check the index's digest (a MAC when encrypted):
- * everything restore takes from the index is then authentic. */
+/* Find the point that file belongs to, its chain and its index, checked by
+ * the chain reader: everything restore takes from the index is authentic. */
 static int resolve(const char *file, const cbi_restore_opts *o, cbi_resolved *v, cbi_error *err)
 {
+	cbi_chain_opts co = { .pass = o->pass, .pass_ud = o->pass_ud, .state_dir = o->state_dir };
 	memset(v, 0, sizeof *v);
-	cbi_point me;
-	memset(&me, 0, sizeof me);
-	int kind = 0, rc = cbi_point_read_file(file, &me, &kind, err);
-	if (rc)
-		return rc;
-	char dir[4096];
-	cbi_dirname(file, dir, sizeof dir);
-	if ((rc = cbi_chain_scan(dir, &v->pts, &v->npts, err)))
-		return rc;
-	long i = -1;
-	for (size_t k = 0; k < v->npts; k++)
-		if (!memcmp(v->pts[k].point_id, me.point_id, 16) &&
-		    !memcmp(v->pts[k].index_digest, me.index_digest, 32))
-			i = (long)k;
-	if (i < 0) {
-		rc = cbi_err(err, -CBI_ENOPARENT, "'%s': the index file of this point is not in '%s'", file,
-			     dir);
-		goto fail;
-	}
-	if ((rc = cbi_chain_resolve(v->pts, v->npts, (size_t)i, &v->chain, err)))
-		goto fail;
-	v->len = v->pts[i].seq + 1;
-	if ((rc = cbi_index_open(v->pts[i].index_file, &v->index, err)))
-		goto fail;
-	if (v->index->hdr.flags & CBI_HDR_ENCRYPTED) {
-		const char *sd = o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR;
-		if ((rc = cbi_chain_unlock(dir, sd, &v->index->hdr, o->pass, o->pass_ud, &v->keys, NULL, 0, NULL, NULL, err)) ||
-		    (rc = check_chain_headers(v, err)) || (rc = cbi_index_set_keys(v->index, &v->keys)))
-			goto fail;
-		v->encrypted = 1;
-	}
-	if ((rc = cbi_index_check_digest(v->index))) {
-		rc = cbi_err(err, rc == -CBI_EDAMAGED ? -CBI_EDAMAGED : rc, "index '%s': %s", v->pts[i].index_file,
-			     rc == -CBI_EDAMAGED ? (v->encrypted ? "authentication failed: the file was altered"
-								 : "digest mismatch: the file is damaged")
-						 : cbi_errtext(rc));
-		goto fail;
-	}
-	v->imgs = calloc(v->len, sizeof *v->imgs);
-	v->img_rc = calloc(v->len, sizeof *v->img_rc);
-	if (!v->imgs || !v->img_rc) {
-		rc = cbi_err(err, -ENOMEM, "out of memory");
-		goto fail;
-	}
-	return 0;
-fail:
-	resolved_free(v);
+	int rc = cbi_chain_open(file, &co, &v->c, err);
+	if (!rc)
+		v->index = cbi_chain_tip_index(v->c);
 	return rc;
 }
 
-/* Is there, in dir, an image file (by its header) of point point_id that
- * does not read as a complete image? Its path to out, the reason to pe. */
-static int find_damaged_image(const char *dir, const uint8_t point_id[16], char *out, size_t outsz,
-			      cbi_error *pe)
-{
-	DIR *d = opendir(dir);
-	if (!d)
-		return 0;
-	struct dirent *de;
-	int found = 0;
-	while (!found && (de = readdir(d))) {
-		if (de->d_name[0] == '.' || !cbi_has_ext(de->d_name, ".cbi"))
-			continue;
-		uint8_t b[CBI_HDR_SIZE];
-		cbi_hdr h;
-		cbi_point q;
-		int kind = 0;
-		if ((size_t)snprintf(out, outsz, "%s/%s", dir, de->d_name) >= outsz)
-			continue;
-		int fd = open(out, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		int rc = cbi_pread_full(fd, b, sizeof b, 0);
-		close(fd);
-		memset(&q, 0, sizeof q);
-		found = !rc && !cbi_hdr_decode(b, &h) && h.kind == CBI_KIND_IMAGE && !memcmp(h.point_id, point_id, 16) &&
-			cbi_point_read_file(out, &q, &kind, pe);
-	}
-	closedir(d);
-	return found;
-}
-
-/* Open the image of seq and check it against the chain; on failure nothing
- * is kept, so the next call fails again with the same message. */
-static int open_image(cbi_resolved *v, uint32_t seq, cbi_error *err)
-{
-	const cbi_point *p = &v->pts[v->chain[seq]];
-	if (!p->has_image) {
-		/* An image of this point that is there but incomplete or damaged
-		 * is damage (exit 3), not a missing file: the scan pairs only
-		 * images that read as such. */
-		char bad[4096], dir[4096];
-		cbi_error pe;
-		cbi_dirname(p->index_file, dir, sizeof dir);
-		if (find_damaged_image(dir, p->point_id, bad, sizeof bad, &pe) && cbi_is_damage(pe.code))
-			return cbi_err(err, pe.code, "image file of point seq %u is damaged: %s", seq, pe.msg);
-		return cbi_err(err, -CBI_ENOPARENT,
-			       "image file of point seq %u (index '%s') is missing or damaged: "
-			       "run 'cbimg verify'", seq, p->index_file);
-	}
-	cbi_image *m = NULL;
-	int rc = cbi_image_open(p->file, &m, err);
-	if (rc)
-		return rc;
-	/* records are read in file order: a larger read-ahead (a hint) */
-	(void)posix_fadvise(m->f->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-	if (v->encrypted && (rc = cbi_image_set_keys(m, &v->keys)))
-		rc = cbi_err(err, -CBI_EAUTH, "'%s': %s", p->file,
-			     cbi_hdr_keyed_problem(rc));
-	else if (memcmp(m->hdr.chain_id, v->index->hdr.chain_id, 16) || m->hdr.seq != seq ||
-		 m->hdr.block_size != v->index->hdr.block_size ||
-		 m->hdr.source_size != v->index->hdr.source_size)
-		rc = cbi_err(err, -CBI_EDAMAGED, "'%s': header does not match the chain", p->file);
-	if (rc) {
-		cbi_image_close(m);
-		return rc;
-	}
-	v->imgs[seq] = m;
-	return 0;
-}
-
-/* err NULL: a seq that failed before fails again at once, without a
- * message (the planner; the message is made again when it is needed). */
+/* The image of seq: a failure is remembered by the chain reader with its
+ * message, so a second call fails the same way, err NULL or not. */
 static int get_image(cbi_resolved *v, uint32_t seq, cbi_image **out, cbi_error *err)
 {
-	if (seq >= v->len)
-		return cbi_err(err, -CBI_EDAMAGED, "index '%s' names a block owner seq %u beyond the chain",
-			       v->index->f->path, seq);
-	if (!v->imgs[seq]) {
-		if (v->img_rc[seq] && !err)
-			return v->img_rc[seq];
-		int rc = open_image(v, seq, err);
-		if (rc)
-			return v->img_rc[seq] = rc;
-	}
-	*out = v->imgs[seq];
-	return 0;
+	return cbi_chain_image(v->c, seq, out, err);
 }
 
 /* Where block i, with index entry e, is: unless it is a zero block, its

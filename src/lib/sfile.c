@@ -39,6 +39,22 @@ int cbi_sfile_segment_name(const char *path, uint32_t k, char *out, size_t outsz
 	return n < 0 || (size_t)n >= outsz ? -ENAMETOOLONG : 0;
 }
 
+int cbi_sfile_segment_parse(const char *name, size_t *base_len, uint64_t *k)
+{
+	size_t n = strlen(name), i = n;
+	while (i > 0 && name[i - 1] >= '0' && name[i - 1] <= '9')
+		i--;
+	/* k in decimal, at least 3 digits; more than 10 never fit a uint32_t */
+	if (n - i < 3 || n - i > 10 || i < 2 || name[i - 1] != '.')
+		return 0;
+	uint64_t v = 0;
+	for (size_t j = i; j < n; j++)
+		v = v * 10 + (uint64_t)(name[j] - '0');
+	*base_len = i - 1;
+	*k = v;
+	return 1;
+}
+
 /* Temporary name of segment k: the decoration of the first segment's
  * temporary name applied to the segment's final base name, so that every
  * segment starts with '.' and ends in ".tmp" (and, tagged, starts with

@@ -78,6 +78,13 @@ const char *cbi_sfw_final_path(const cbi_sfw *w);
  * not fit. */
 int cbi_sfile_segment_name(const char *path, uint32_t k, char *out, size_t outsz) CBI_WUR;
 
+/* The inverse, for a name without directory: is name "BASE.NNN" (NNN at
+ * least 3 and at most 10 decimal digits)? Then 1, with the length of BASE
+ * in *base_len and NNN in *k (0 and values above UINT32_MAX included: such
+ * names are never segments of a file); else 0. Whether BASE is a sealed
+ * file's name is the caller's question (dest.h). */
+int cbi_sfile_segment_parse(const char *name, size_t *base_len, uint64_t *k);
+
 /* Unlink a committed sealed file and its segments path.001, path.002, ...
  * (up to the first one that does not exist). */
 void cbi_sfile_remove(const char *path);

@@ -2,66 +2,55 @@
 #define _GNU_SOURCE
 #include "state.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "chain.h"
+#include "dest.h"
 #include "index.h"
 #include "keyfile.h"
 #include "sfile.h"
 #include "util.h"
 
-uint64_t cbi_state_key(const char *host, const char *source_id, const char *job)
-{
-	char key[512];
-	int n = snprintf(key, sizeof key, "%s%c%s%c%s", host, 0, source_id, 0, job);
-	return XXH3_64bits(key, (size_t)n);
-}
-
-static void key_dir(const char *state_dir, uint64_t key, char *out, size_t outsz)
-{
-	snprintf(out, outsz, "%.3000s/%016llx", state_dir, (unsigned long long)key);
-}
-
 int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, int *damaged,
 		   char *why, size_t whysz)
 {
-	char dir[4096];
+	char dir[4096], path[4096];
+	cbi_dest *d = NULL;
 	*found = 0;
 	*damaged = 0;
 	why[0] = 0;
-	key_dir(state_dir, key, dir, sizeof dir);
-	DIR *d = opendir(dir);
-	if (!d)
-		return errno == ENOENT ? 0 : -errno;
-	struct dirent *de;
-	char path[4096];
-	while ((de = readdir(d))) {
-		size_t n = strlen(de->d_name);
-		if (de->d_name[0] == '.' || n < 5 || strcmp(de->d_name + n - 4, ".cbx"))
+	if (cbi_job_state_dir(state_dir, key, dir, sizeof dir))
+		return -ENAMETOOLONG;
+	int rc = cbi_dest_scan(dir, CBI_DEST_MISSING_OK, &d, NULL);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < d->n; i++) {
+		const cbi_dent *e = &d->e[i];
+		if (e->kind != CBI_DENT_POINT || !cbi_has_ext(e->name, ".cbx"))
 			continue;
-		snprintf(path, sizeof path, "%.3000s/%.1000s", dir, de->d_name);
 		cbi_point p;
-		int kind = 0;
-		cbi_error e;
-		memset(&p, 0, sizeof p);
-		int rc = cbi_point_read_file(path, &p, &kind, &e);
+		cbi_error er;
 		cbi_index *x = NULL;
-		/* An encrypted index's digest is a MAC: the backup checks it once
-		 * it holds the key. */
-		if (!rc && kind == CBI_KIND_INDEX && !(rc = cbi_index_open(path, &x, &e)) &&
-		    !(x->hdr.flags & CBI_HDR_ENCRYPTED))
-			rc = cbi_index_check_digest(x);
+		memset(&p, 0, sizeof p);
+		memset(&er, 0, sizeof er);
+		if (cbi_dest_path(d, e, path, sizeof path))
+			rc = cbi_err(&er, -ENAMETOOLONG, "path too long");
+		else if (!(rc = cbi_index_open(path, &x, &er)) && !(x->hdr.flags & CBI_HDR_ENCRYPTED) &&
+			 (rc = cbi_index_check_digest(x)))
+			/* An encrypted index's digest is a MAC: the backup checks it once
+			 * it holds the key. */
+			cbi_err(&er, rc, "%s", rc == -CBI_EDAMAGED ? "digest mismatch" : cbi_errtext(rc));
+		if (!rc)
+			cbi_point_from_index(&p, x);
 		cbi_index_close(x);
-		if (rc || kind != CBI_KIND_INDEX) {
+		if (rc) {
 			*damaged = 1;
-			snprintf(why, whysz, "'%s': %s", path,
-				 rc == -CBI_EDAMAGED ? "digest mismatch" : e.msg);
+			snprintf(why, whysz, "'%s': %s", path, er.msg[0] ? er.msg : cbi_errtext(rc));
+			rc = 0;
 			continue;
 		}
 		if (!*found || p.created_ns > tip->created_ns) {
@@ -69,7 +58,7 @@ int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *fou
 			*found = 1;
 		}
 	}
-	closedir(d);
+	cbi_dest_free(d);
 	return 0;
 }
 
@@ -113,7 +102,8 @@ int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, 
 	if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
 		return cbi_err(err, -errno, "unable to create state directory '%s': %s", state_dir,
 			       strerror(errno));
-	key_dir(state_dir, key, dir, sizeof dir);
+	if (cbi_job_state_dir(state_dir, key, dir, sizeof dir))
+		return cbi_err(err, -ENAMETOOLONG, "state directory path too long: '%s'", state_dir);
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
 		return cbi_err(err, -errno, "unable to create state directory '%s': %s", dir, strerror(errno));
 	const char *base = strrchr(index_path, '/');
@@ -123,7 +113,7 @@ int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, 
 		static const cbi_kdf_params cheap = { CBI_STATE_KDF_LOG2_N, CBI_STATE_KDF_R, CBI_STATE_KDF_P };
 		cbi_keyfile kf;
 		char kp[4096];
-		snprintf(kp, sizeof kp, "%.3000s/chain.cbk", dir);
+		snprintf(kp, sizeof kp, "%.3000s/" CBI_STATE_KEY_NAME, dir);
 		if ((rc = cbi_keyfile_wrap(&kf, keys, pass, passlen, &cheap)))
 			return cbi_err(err, rc, "unable to wrap the state's key: %s", cbi_errtext(rc));
 		if ((rc = cbi_keyfile_write(kp, &kf, err)))
@@ -131,21 +121,23 @@ int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, 
 	}
 	if ((rc = install_copy(dir, base, index_path, err)))
 		return rc;
-	cbi_fsync_dir(dir);
+	/* The new state's name must be durable before the old one goes. */
+	if ((rc = cbi_fsync_dir(dir)))
+		return cbi_err(err, rc, "unable to sync state directory '%s': %s", dir, cbi_errtext(rc));
 	/* Only now drop the older state: a crash above leaves the old one. */
-	DIR *d = opendir(dir);
-	if (d) {
-		struct dirent *de;
+	cbi_dest *d = NULL;
+	if (cbi_dest_scan(dir, 0, &d, NULL) == 0) {
 		char path[4096];
-		while ((de = readdir(d))) {
-			if (!strcmp(de->d_name, base) || !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
-			    (keys && !strcmp(de->d_name, "chain.cbk")))
+		for (size_t i = 0; i < d->n; i++) {
+			const char *name = d->e[i].name;
+			if (!strcmp(name, base) || (keys && !strcmp(name, CBI_STATE_KEY_NAME)) ||
+			    cbi_dest_path(d, &d->e[i], path, sizeof path))
 				continue;
-			snprintf(path, sizeof path, "%.3000s/%.1000s", dir, de->d_name);
 			unlink(path);
 		}
-		closedir(d);
-		cbi_fsync_dir(dir);
+		cbi_dest_free(d);
+		if ((rc = cbi_fsync_dir(dir)))
+			return cbi_err(err, rc, "unable to sync state directory '%s': %s", dir, cbi_errtext(rc));
 	}
 	return 0;
 }

@@ -5,8 +5,7 @@
  *
  *     STATE_DIR/<key>/<index file name>.cbx
  *
- * where <key> is the 16 hex digits of the job's lock key (XXH3-64 of
- * "host NUL source_id NUL job"). The directory holds one index, replaced
+ * where <key> is the 16 hex digits of the job key (job.h). The directory holds one index, replaced
  * atomically after each successful backup, and for an encrypted chain a
  * copy of its key file, chain.cbk (keyfile.h). */
 #ifndef CBI_STATE_H
@@ -15,16 +14,12 @@
 #include <stdint.h>
 
 #include "cbimg.h"
-
-#define CBI_DEFAULT_STATE_DIR "/var/lib/cbimg"
-
-/* The job's key: XXH3-64 of "host NUL source_id NUL job". It names the
- * job's lock file in DEST and its state directory. */
-uint64_t cbi_state_key(const char *host, const char *source_id, const char *job);
+#include "job.h" /* the job key (cbi_state_key()), CBI_DEFAULT_STATE_DIR, the layout */
 
 /* Find the newest index in STATE_DIR/<key>. *found = 0 when there is none.
  * A state index that fails its structure or digest check is reported
- * through *damaged (with the reason in why) and not returned. */
+ * through *damaged (with the reason in why, always set then) and not
+ * returned. */
 int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, int *damaged,
 		   char *why, size_t whysz) CBI_WUR;
 

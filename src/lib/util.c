@@ -218,3 +218,21 @@ void cbi_sanitize_name(const char *in, char *out, size_t outsz)
 	if (outsz)
 		out[j] = 0;
 }
+
+void cbi_id_hex(const uint8_t id[16], char out[33])
+{
+	static const char hx[] = "0123456789abcdef";
+	for (int i = 0; i < 16; i++) {
+		out[2 * i] = hx[id[i] >> 4];
+		out[2 * i + 1] = hx[id[i] & 15];
+	}
+	out[32] = 0;
+}
+
+void cbi_id_short(const uint8_t id[16], char out[9])
+{
+	char hex[33];
+	cbi_id_hex(id, hex);
+	memcpy(out, hex, 8);
+	out[8] = 0;
+}

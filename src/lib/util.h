@@ -52,6 +52,10 @@ int64_t cbi_wallclock_ns(void);
 /* Fill buf with n cryptographically random bytes. 0 or negative code. */
 int cbi_random(void *buf, size_t n);
 
+/* cbi_id_hex() (cbimg.h) is defined in util.c too. The first 8 hex digits
+ * of an id, as messages and file names show a chain: out holds 9 bytes. */
+void cbi_id_short(const uint8_t id[16], char out[9]);
+
 /* Copy a string into a fixed-size field, truncating; always NUL-terminates. */
 void cbi_strlcpy(char *dst, const char *src, size_t size);
 

@@ -1,0 +1,493 @@
+/* chainrd.c - the chain reader (chainrd.h). */
+#define _GNU_SOURCE
+#include "chainrd.h"
+
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "hdrmac.h"
+#include "state.h"
+#include "unlock.h"
+#include "util.h"
+
+/* The keys of one chain id, unlocked once. */
+typedef struct ckey {
+	uint8_t chain_id[16];
+	int rc;                 /* 0: keys valid; else why the chain could not be unlocked */
+	cbi_error e;
+	cbi_keys keys;
+	char used[4096];        /* the key file that opened it */
+} ckey;
+
+/* An image of the chosen chain: open, or why not. */
+typedef struct cimg {
+	cbi_image *m;
+	int rc;
+	cbi_error *e;           /* the failure's message, kept */
+} cimg;
+
+struct cbi_chain {
+	cbi_chain_opts o;
+	char state_dir[4096];   /* "" with no_state */
+	char dir[4096];         /* the points' directory (key files for a tip-only open) */
+	cbi_dest *d;            /* its scan */
+	cbi_point *pts;
+	size_t npts;
+	int tip_only;
+	/* the chosen chain */
+	long tip;               /* into pts, -1: none */
+	size_t *seq;            /* seq[s]: into pts (NULL for tip_only) */
+	uint32_t len;
+	cbi_index *index;       /* the tip's */
+	cimg *imgs;             /* per seq */
+	/* every chain met */
+	ckey *keys;
+	size_t nkeys, capkeys;
+	char *pw;               /* keep_pass */
+	int pwlen;
+};
+
+static int chain_new(const char *dir, const cbi_chain_opts *o, cbi_chain **out, cbi_error *err)
+{
+	static const cbi_chain_opts none;
+	cbi_chain *c = calloc(1, sizeof *c);
+	if (!c)
+		return cbi_err(err, -ENOMEM, "out of memory");
+	c->o = o ? *o : none;
+	c->tip = -1;
+	if (!c->o.no_state)
+		cbi_strlcpy(c->state_dir, c->o.state_dir && *c->o.state_dir ? c->o.state_dir : CBI_DEFAULT_STATE_DIR,
+			    sizeof c->state_dir);
+	c->o.state_dir = NULL; /* the copy above is used */
+	cbi_strlcpy(c->dir, dir, sizeof c->dir);
+	if (c->o.keep_pass && !(c->pw = calloc(1, CBI_PASS_MAX))) {
+		free(c);
+		return cbi_err(err, -ENOMEM, "out of memory");
+	}
+	*out = c;
+	return 0;
+}
+
+static void unselect(cbi_chain *c)
+{
+	for (uint32_t s = 0; c->imgs && s < c->len; s++) {
+		cbi_image_close(c->imgs[s].m);
+		free(c->imgs[s].e);
+	}
+	free(c->imgs);
+	c->imgs = NULL;
+	cbi_index_close(c->index);
+	c->index = NULL;
+	free(c->seq);
+	c->seq = NULL;
+	c->len = 0;
+	c->tip = -1;
+}
+
+void cbi_chain_close(cbi_chain *c)
+{
+	if (!c)
+		return;
+	unselect(c);
+	cbi_dest_free(c->d);
+	free(c->pts);
+	if (c->keys) {
+		OPENSSL_cleanse(c->keys, c->capkeys * sizeof *c->keys);
+		free(c->keys);
+	}
+	if (c->pw) {
+		OPENSSL_cleanse(c->pw, CBI_PASS_MAX);
+		free(c->pw);
+	}
+	free(c);
+}
+
+int cbi_chain_open_dir(const char *dir, const cbi_chain_opts *o, cbi_chain **out, cbi_error *err)
+{
+	cbi_chain *c = NULL;
+	int rc = chain_new(dir, o, &c, err);
+	if (rc)
+		return rc;
+	if ((rc = cbi_dest_scan(dir, CBI_DEST_READ | CBI_DEST_KEYS, &c->d, err)) ||
+	    (rc = cbi_dest_points(c->d, &c->pts, &c->npts, err))) {
+		cbi_chain_close(c);
+		return rc;
+	}
+	*out = c;
+	return 0;
+}
+
+const cbi_dest *cbi_chain_dest(const cbi_chain *c)
+{
+	return c->d;
+}
+
+const cbi_point *cbi_chain_points(const cbi_chain *c, size_t *n)
+{
+	*n = c->npts;
+	return c->pts;
+}
+
+long cbi_chain_find(const cbi_chain *c, const cbi_point *me)
+{
+	long i = -1;
+	for (size_t k = 0; k < c->npts; k++)
+		if (!memcmp(c->pts[k].point_id, me->point_id, 16) &&
+		    !memcmp(c->pts[k].index_digest, me->index_digest, 32))
+			i = (long)k;
+	return i;
+}
+
+int cbi_chain_select(cbi_chain *c, size_t i, cbi_error *err)
+{
+	unselect(c);
+	if (i >= c->npts || c->tip_only)
+		return cbi_err(err, -EINVAL, "no point %zu to choose", i);
+	int rc = cbi_chain_resolve(c->pts, c->npts, i, &c->seq, err);
+	if (rc)
+		return rc;
+	c->len = c->pts[i].seq + 1;
+	if (!(c->imgs = calloc(c->len, sizeof *c->imgs))) {
+		unselect(c);
+		return cbi_err(err, -ENOMEM, "out of memory");
+	}
+	c->tip = (long)i;
+	return 0;
+}
+
+uint32_t cbi_chain_len(const cbi_chain *c)
+{
+	return c->len;
+}
+
+const cbi_point *cbi_chain_point(const cbi_chain *c, uint32_t s)
+{
+	if (c->tip < 0 || s >= c->len)
+		return NULL;
+	if (c->tip_only)
+		return s + 1 == c->len ? &c->pts[0] : NULL;
+	return &c->pts[c->seq[s]];
+}
+
+cbi_index *cbi_chain_tip_index(const cbi_chain *c)
+{
+	return c->index;
+}
+
+/* ----------------------------------------------------------------- keys */
+
+int cbi_chain_keys(cbi_chain *c, const cbi_hdr *h, const cbi_keys **k, cbi_error *err)
+{
+	*k = NULL;
+	if (!(h->flags & CBI_HDR_ENCRYPTED))
+		return 0;
+	ckey *ck = NULL;
+	for (size_t i = 0; i < c->nkeys && !ck; i++)
+		if (!memcmp(c->keys[i].chain_id, h->chain_id, 16))
+			ck = &c->keys[i];
+	if (!ck) {
+		if (c->nkeys == c->capkeys) {
+			/* grown by hand: realloc would leave copies of keys behind */
+			size_t nc = c->capkeys ? 2 * c->capkeys : 4;
+			ckey *t = calloc(nc, sizeof *t);
+			if (!t)
+				return cbi_err(err, -ENOMEM, "out of memory");
+			if (c->keys) {
+				memcpy(t, c->keys, c->nkeys * sizeof *t);
+				OPENSSL_cleanse(c->keys, c->capkeys * sizeof *c->keys);
+				free(c->keys);
+			}
+			c->keys = t;
+			c->capkeys = nc;
+		}
+		ck = &c->keys[c->nkeys++];
+		memcpy(ck->chain_id, h->chain_id, 16);
+		memset(&ck->e, 0, sizeof ck->e);
+		/* The one place in the library that unlocks a chain. */
+		ck->rc = cbi_unlock(c->d, c->state_dir[0] ? c->state_dir : NULL, h, c->o.pass, c->o.pass_ud, &ck->keys,
+				    ck->used, sizeof ck->used, c->pw && !c->pwlen ? c->pw : NULL, &c->pwlen, &ck->e);
+	}
+	if (ck->rc) {
+		if (err)
+			*err = ck->e;
+		return ck->rc;
+	}
+	*k = &ck->keys;
+	return 0;
+}
+
+/* The one place that checks a header's key id and MAC against the keys of
+ * an unlocked chain (cbi_index_set_keys() and cbi_image_set_keys() call
+ * cbi_hdr_check_keyed()), for an index (x) or an image (m). */
+static int set_keys(const cbi_keys *k, cbi_index *x, cbi_image *m, cbi_error *err)
+{
+	int rc = x ? cbi_index_set_keys(x, k) : cbi_image_set_keys(m, k);
+	if (rc)
+		return cbi_err(err, -CBI_EAUTH, "'%s': %s", x ? x->f->path : m->f->path, cbi_hdr_keyed_problem(rc));
+	return 0;
+}
+
+int cbi_chain_auth_index(cbi_chain *c, cbi_index *x, cbi_error *err)
+{
+	const cbi_keys *k;
+	int rc = cbi_chain_keys(c, &x->hdr, &k, err);
+	return rc || !k ? rc : set_keys(k, x, NULL, err);
+}
+
+int cbi_chain_auth_image(cbi_chain *c, const cbi_index *x, cbi_image *m, cbi_error *err)
+{
+	const cbi_keys *k;
+	int rc = cbi_chain_keys(c, &x->hdr, &k, err);
+	return rc || !k ? rc : set_keys(k, NULL, m, err);
+}
+
+const char *cbi_chain_key_file(const cbi_chain *c)
+{
+	if (!c->index || !(c->index->hdr.flags & CBI_HDR_ENCRYPTED))
+		return "";
+	for (size_t i = 0; i < c->nkeys; i++)
+		if (!memcmp(c->keys[i].chain_id, c->index->hdr.chain_id, 16))
+			return c->keys[i].rc ? "" : c->keys[i].used;
+	return "";
+}
+
+const char *cbi_chain_pass(const cbi_chain *c, int *len)
+{
+	*len = c->pw && c->pwlen ? c->pwlen : 0;
+	return *len ? c->pw : NULL;
+}
+
+/* -------------------------------------------------------------- verdict */
+
+int cbi_chain_check(cbi_chain *c, cbi_error *err)
+{
+	const cbi_point *tp = cbi_chain_point(c, c->len ? c->len - 1 : 0);
+	if (!tp)
+		return cbi_err(err, -EINVAL, "no chain chosen");
+	cbi_index_close(c->index);
+	c->index = NULL;
+	int rc = cbi_index_open(tp->index_file, &c->index, err);
+	if (rc)
+		return rc;
+	if (c->index->hdr.flags & CBI_HDR_ENCRYPTED) {
+		const cbi_keys *k;
+		if ((rc = cbi_chain_keys(c, &c->index->hdr, &k, err)))
+			return rc;
+		/* Every index of the chain against the keys: each names its parent,
+		 * so the parent links are then authentic. */
+		for (uint32_t s = 0; s + 1 < c->len; s++) {
+			const cbi_point *p = cbi_chain_point(c, s);
+			cbi_index *x = NULL;
+			if (!p)
+				continue; /* tip only: the ancestors are elsewhere */
+			if (!(rc = cbi_index_open(p->index_file, &x, err)))
+				rc = set_keys(k, x, NULL, err);
+			cbi_index_close(x);
+			if (rc)
+				return rc;
+		}
+		if ((rc = set_keys(k, c->index, NULL, err)))
+			return rc;
+	}
+	if ((rc = cbi_index_check_digest(c->index))) {
+		int enc = (c->index->hdr.flags & CBI_HDR_ENCRYPTED) != 0;
+		return cbi_err(err, rc == -CBI_EDAMAGED ? -CBI_EDAMAGED : rc, "index '%s': %s", tp->index_file,
+			       rc == -CBI_EDAMAGED ? (enc ? "authentication failed: the file was altered"
+							  : "digest mismatch: the file is damaged")
+						   : cbi_errtext(rc));
+	}
+	return 0;
+}
+
+int cbi_chain_open(const char *file, const cbi_chain_opts *o, cbi_chain **out, cbi_error *err)
+{
+	cbi_point me;
+	char dir[4096];
+	cbi_chain *c = NULL;
+	int kind = 0;
+	memset(&me, 0, sizeof me);
+	int rc = cbi_point_read_file(file, &me, &kind, err);
+	if (rc)
+		return rc;
+	cbi_dirname(file, dir, sizeof dir);
+	if ((rc = cbi_chain_open_dir(dir, o, &c, err)))
+		return rc;
+	long i = cbi_chain_find(c, &me);
+	if (i < 0)
+		rc = cbi_err(err, -CBI_ENOPARENT, "'%s': the index file of this point is not in '%s'", file, dir);
+	else if (!(rc = cbi_chain_select(c, (size_t)i, err)))
+		rc = cbi_chain_check(c, err);
+	if (rc) {
+		cbi_chain_close(c);
+		return rc;
+	}
+	*out = c;
+	return 0;
+}
+
+int cbi_chain_open_job(const char *dest, const char *host, const char *source_id, const char *job,
+		       const cbi_chain_opts *o, cbi_chain **out, cbi_error *err)
+{
+	cbi_chain *c = NULL;
+	int rc = cbi_chain_open_dir(dest, o, &c, err);
+	if (rc)
+		return rc;
+	long best = -1;
+	for (size_t i = 0; i < c->npts; i++) {
+		const cbi_point *p = &c->pts[i];
+		if (strcmp(p->host, host) || strcmp(p->job, job) || strcmp(p->source_id, source_id))
+			continue;
+		if (best < 0 || p->created_ns > c->pts[best].created_ns ||
+		    (p->created_ns == c->pts[best].created_ns && p->seq > c->pts[best].seq))
+			best = (long)i;
+	}
+	if (best < 0)
+		rc = cbi_err(err, -CBI_ENOCHAIN, "no chain of job '%s' of '%s' in '%s'", job, host, dest);
+	else if (!(rc = cbi_chain_select(c, (size_t)best, err)))
+		rc = cbi_chain_check(c, err);
+	if (rc) {
+		cbi_chain_close(c);
+		return rc;
+	}
+	*out = c;
+	return 0;
+}
+
+int cbi_chain_open_tip(const char *index_file, const char *key_dir, const cbi_chain_opts *o, cbi_chain **out,
+		       cbi_error *err)
+{
+	cbi_chain *c = NULL;
+	cbi_index *x = NULL;
+	int rc = chain_new(key_dir, o, &c, err);
+	if (rc)
+		return rc;
+	c->tip_only = 1;
+	if ((rc = cbi_dest_scan(key_dir, CBI_DEST_KEYS | CBI_DEST_MISSING_OK, &c->d, err)) ||
+	    (rc = cbi_index_open(index_file, &x, err)))
+		goto fail;
+	if (!(c->pts = calloc(1, sizeof *c->pts))) {
+		rc = cbi_err(err, -ENOMEM, "out of memory");
+		goto fail;
+	}
+	cbi_point_from_index(&c->pts[0], x);
+	cbi_index_close(x);
+	x = NULL;
+	c->npts = 1;
+	c->tip = 0;
+	c->len = c->pts[0].seq + 1;
+	if ((rc = cbi_chain_check(c, err)))
+		goto fail;
+	*out = c;
+	return 0;
+fail:
+	cbi_index_close(x);
+	cbi_chain_close(c);
+	return rc;
+}
+
+/* --------------------------------------------------------------- images */
+
+/* Is there, in the scan, a file of point point_id whose header says image
+ * but that does not read as a complete image? Its entry, or NULL. */
+static const cbi_dent *damaged_image(const cbi_chain *c, const uint8_t point_id[16])
+{
+	for (size_t i = 0; c->d && i < c->d->n; i++) {
+		const cbi_dent_point *t = c->d->e[i].pt;
+		if (t && t->rc && t->kind == CBI_KIND_IMAGE && !memcmp(t->p.point_id, point_id, 16))
+			return &c->d->e[i];
+	}
+	return NULL;
+}
+
+static int open_image(cbi_chain *c, uint32_t seq, cbi_image **out, cbi_error *err)
+{
+	const cbi_point *p = cbi_chain_point(c, seq);
+	if (!p || !p->has_image) {
+		/* An image of this point that is there but incomplete or damaged
+		 * is damage (exit 3), not a missing file: the scan pairs only
+		 * images that read as such. */
+		const cbi_dent *bad = p ? damaged_image(c, p->point_id) : NULL;
+		if (bad && cbi_is_damage(bad->pt->rc))
+			return cbi_err(err, bad->pt->rc, "image file of point seq %u is damaged: %s", seq,
+				       bad->pt->msg);
+		return cbi_err(err, -CBI_ENOPARENT,
+			       "image file of point seq %u (index '%s') is missing or damaged: "
+			       "run 'cbimg verify'", seq, p ? p->index_file : "?");
+	}
+	cbi_image *m = NULL;
+	int rc = cbi_image_open(p->file, &m, err);
+	if (rc)
+		return rc;
+	/* records are read in file order: a larger read-ahead (a hint) */
+	(void)posix_fadvise(m->f->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+	const cbi_hdr *th = &c->index->hdr;
+	/* the chain's keys (unlocked by cbi_chain_check()), whatever the image's
+	 * header claims: a header of another chain or key fails the check */
+	rc = cbi_chain_auth_image(c, c->index, m, err);
+	if (!rc && (memcmp(m->hdr.chain_id, th->chain_id, 16) || m->hdr.seq != seq ||
+		    m->hdr.block_size != th->block_size || m->hdr.source_size != th->source_size))
+		rc = cbi_err(err, -CBI_EDAMAGED, "'%s': header does not match the chain", p->file);
+	if (rc) {
+		cbi_image_close(m);
+		return rc;
+	}
+	*out = m;
+	return 0;
+}
+
+int cbi_chain_image(cbi_chain *c, uint32_t seq, cbi_image **out, cbi_error *err)
+{
+	if (!c->index || !c->imgs)
+		return cbi_err(err, -EINVAL, "the chain was not checked");
+	if (seq >= c->len)
+		return cbi_err(err, -CBI_EDAMAGED, "index '%s' names a block owner seq %u beyond the chain",
+			       c->index->f->path, seq);
+	cimg *ci = &c->imgs[seq];
+	if (!ci->m && !ci->rc) {
+		cbi_error e;
+		memset(&e, 0, sizeof e);
+		ci->rc = open_image(c, seq, &ci->m, &e);
+		if (ci->rc && !(ci->e = malloc(sizeof *ci->e)))
+			return cbi_err(err, -ENOMEM, "out of memory"); /* not kept: tried again */
+		if (ci->rc)
+			*ci->e = e;
+	}
+	if (ci->rc) {
+		if (err)
+			*err = *ci->e;
+		return ci->rc;
+	}
+	*out = ci->m;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- state */
+
+int cbi_chain_check_state(const cbi_chain *c, const cbi_point *p, cbi_error *err)
+{
+	if (!c->state_dir[0])
+		return 0;
+	cbi_point st;
+	int found = 0, damaged = 0;
+	char why[700], id[9];
+	memset(&st, 0, sizeof st);
+	if (cbi_state_load(c->state_dir, cbi_state_key(p->host, p->source_id, p->job), &st, &found, &damaged, why,
+			   sizeof why) ||
+	    !found || memcmp(st.chain_id, p->chain_id, 16))
+		return 0;
+	cbi_id_short(p->chain_id, id);
+	if (st.seq > p->seq)
+		return cbi_err(err, -CBI_EMISMATCH,
+			       "chain %s ends at seq %u here, but the local state of job '%s' records seq %u: newer "
+			       "points are missing (a rollback, or they went to another destination such as an "
+			       "outbox; --no-state skips this check)",
+			       id, p->seq, p->job, st.seq);
+	if (st.seq == p->seq && memcmp(st.point_id, p->point_id, 16))
+		return cbi_err(err, -CBI_EMISMATCH,
+			       "seq %u of chain %s is not the point the local state of job '%s' records: "
+			       "the chain was forked or a point was replaced",
+			       p->seq, id, p->job);
+	return 0;
+}
