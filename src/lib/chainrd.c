@@ -42,8 +42,9 @@ struct cbi_chain {
 	uint32_t len;
 	cbi_index *index;       /* the tip's */
 	cimg *imgs;             /* per seq */
-	/* every chain met */
-	ckey *keys;
+	/* every chain met: each allocated alone, so that the keys a caller holds
+	 * stay where they are while others are added */
+	ckey **keys;
 	size_t nkeys, capkeys;
 	char *pw;               /* keep_pass */
 	int pwlen;
@@ -93,10 +94,11 @@ void cbi_chain_close(cbi_chain *c)
 	unselect(c);
 	cbi_dest_free(c->d);
 	free(c->pts);
-	if (c->keys) {
-		OPENSSL_cleanse(c->keys, c->capkeys * sizeof *c->keys);
-		free(c->keys);
+	for (size_t i = 0; i < c->nkeys; i++) {
+		OPENSSL_cleanse(c->keys[i], sizeof *c->keys[i]);
+		free(c->keys[i]);
 	}
+	free(c->keys);
 	if (c->pw) {
 		OPENSSL_cleanse(c->pw, CBI_PASS_MAX);
 		free(c->pw);
@@ -185,24 +187,20 @@ int cbi_chain_keys(cbi_chain *c, const cbi_hdr *h, const cbi_keys **k, cbi_error
 		return 0;
 	ckey *ck = NULL;
 	for (size_t i = 0; i < c->nkeys && !ck; i++)
-		if (!memcmp(c->keys[i].chain_id, h->chain_id, 16))
-			ck = &c->keys[i];
+		if (!memcmp(c->keys[i]->chain_id, h->chain_id, 16))
+			ck = c->keys[i];
 	if (!ck) {
 		if (c->nkeys == c->capkeys) {
-			/* grown by hand: realloc would leave copies of keys behind */
 			size_t nc = c->capkeys ? 2 * c->capkeys : 4;
-			ckey *t = calloc(nc, sizeof *t);
+			ckey **t = realloc(c->keys, nc * sizeof *t);
 			if (!t)
 				return cbi_err(err, -ENOMEM, "out of memory");
-			if (c->keys) {
-				memcpy(t, c->keys, c->nkeys * sizeof *t);
-				OPENSSL_cleanse(c->keys, c->capkeys * sizeof *c->keys);
-				free(c->keys);
-			}
 			c->keys = t;
 			c->capkeys = nc;
 		}
-		ck = &c->keys[c->nkeys++];
+		if (!(ck = calloc(1, sizeof *ck)))
+			return cbi_err(err, -ENOMEM, "out of memory");
+		c->keys[c->nkeys++] = ck;
 		memcpy(ck->chain_id, h->chain_id, 16);
 		memset(&ck->e, 0, sizeof ck->e);
 		/* The one place in the library that unlocks a chain. */
@@ -248,8 +246,8 @@ const char *cbi_chain_key_file(const cbi_chain *c)
 	if (!c->index || !(c->index->hdr.flags & CBI_HDR_ENCRYPTED))
 		return "";
 	for (size_t i = 0; i < c->nkeys; i++)
-		if (!memcmp(c->keys[i].chain_id, c->index->hdr.chain_id, 16))
-			return c->keys[i].rc ? "" : c->keys[i].used;
+		if (!memcmp(c->keys[i]->chain_id, c->index->hdr.chain_id, 16))
+			return c->keys[i]->rc ? "" : c->keys[i]->used;
 	return "";
 }
 

@@ -103,7 +103,7 @@ int cbi_chain_image(cbi_chain *c, uint32_t s, cbi_image **out, cbi_error *err) C
 /* The keys of the chain of header h (NULL for a plain h), unlocked on first
  * use through the key files of the directory and the local state's copy,
  * once per chain: a failure is remembered with its message (unlock.h for
- * the codes). */
+ * the codes). *k stays valid until cbi_chain_close(). */
 int cbi_chain_keys(cbi_chain *c, const cbi_hdr *h, const cbi_keys **k, cbi_error *err) CBI_WUR;
 
 /* Check the header of an index of an encrypted chain against the keys of
