@@ -19,6 +19,7 @@
 
 #include "chain.h"
 #include "dest.h"
+#include "mounts.h"
 #include "sfile.h"
 #include "util.h"
 
@@ -231,23 +232,9 @@ static int set_dir(cat *c, const struct stat *ds, cbi_error *err)
  * survives; the files cbimg writes once, front to back, are unaffected. */
 static int on_fusefat(dev_t dev)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char line[4096], want[32];
-	int found = 0;
-	if (!f)
-		return 0;
-	snprintf(want, sizeof want, "%u:%u", major(dev), minor(dev));
-	while (!found && fgets(line, sizeof line, f)) {
-		/* ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [TAGS] - TYPE SOURCE ... */
-		char id[32], parent[32], mm[32], type[64] = "", src[64] = "";
-		const char *sep = strstr(line, " - ");
-		if (!sep || sscanf(line, "%31s %31s %31s", id, parent, mm) != 3 || strcmp(mm, want) ||
-		    sscanf(sep + 3, "%63s %63s", type, src) < 1)
-			continue;
-		found = !strcmp(type, "fuse.fusefat") || (!strcmp(type, "fuse") && !strcmp(src, "fusefat"));
-	}
-	fclose(f);
-	return found;
+	cbi_mount m;
+	return cbi_mount_find(dev, 0, &m) &&
+	       (!strcmp(m.type, "fuse.fusefat") || (!strcmp(m.type, "fuse") && !strcmp(m.source, "fusefat")));
 }
 
 /* Open DEST's catalog: create it (when create is set) with the schema, check

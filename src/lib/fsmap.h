@@ -1,11 +1,12 @@
 /* fsmap.h - which blocks of a source its file system uses, for backups that
  * read only those (cbi_backup_opts.used_only; format/SPEC.md, "Used blocks
- * only"). ext2, ext3 and ext4 are understood, from their block bitmaps; a
- * block of the file system's groups that the bitmaps mark free is unused,
- * everything else (the file system's metadata, anything beyond its end) is
- * used. Whenever the file system is not one this module fully understands,
- * it refuses (-ENOTSUP) rather than guess: a block wrongly taken for unused
- * would be lost from the backup. */
+ * only"). ext2, ext3 and ext4 are understood, from their block bitmaps as
+ * libext2fs reads them (every layout e2fsprogs knows: flex_bg, meta_bg,
+ * bigalloc, 64bit, uninit groups); a block of the file system that the
+ * bitmaps mark free is unused, everything else (the file system's metadata,
+ * anything beyond its end) is used. Whenever the bitmaps cannot be trusted,
+ * it refuses (-ENOTSUP, -CBI_EDAMAGED) rather than guess: a block wrongly
+ * taken for unused would be lost from the backup. */
 #ifndef CBI_FSMAP_H
 #define CBI_FSMAP_H
 
@@ -25,10 +26,12 @@ typedef struct cbi_fsmap {
 
 /* Read the file system at the start of path (size bytes, as the source
  * reader found) and map it onto blocks of bs bytes. *out is the caller's
- * (cbi_fsmap_free). Errors: -ENOTSUP (no ext2/3/4 file system, or features
- * this reader does not handle: meta_bg, bigalloc, an external journal, a
- * journal that needs recovery, unknown incompatible features), -CBI_EDAMAGED
- * (a superblock or group descriptor that cannot be right), -errno. */
+ * (cbi_fsmap_free). Errors: -ENOTSUP (no ext2/3/4 file system, or one whose
+ * bitmaps cannot be trusted: a journal that needs recovery, errors
+ * recorded, not cleanly unmounted; an external journal device; snapshots or
+ * features libext2fs does not know), -CBI_EDAMAGED (a checksum that fails, a
+ * group descriptor that cannot be right, a file system larger than the
+ * source), -CBI_EREAD, -errno. */
 int cbi_fsmap_read(const char *path, uint64_t size, uint32_t bs, cbi_fsmap **out, cbi_error *err) CBI_WUR;
 
 void cbi_fsmap_free(cbi_fsmap *m);

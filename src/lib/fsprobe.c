@@ -2,14 +2,13 @@
 #define _GNU_SOURCE
 #include "fsprobe.h"
 
-#include <fcntl.h>
+#include <blkid.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
-#include <sys/sysmacros.h>
-#include <unistd.h>
 
+#include "mounts.h"
 #include "sfile.h"
 #include "util.h"
 
@@ -17,86 +16,35 @@
 #define EXFAT_MAGIC 0x2011bab0u
 #define FUSE_MAGIC 0x65735546u
 
-/* Type and source of the mount whose device is dev, from mountinfo:
- * "ID PARENT MAJ:MIN ROOT POINT OPTS [TAGS...] - TYPE SOURCE SUPEROPTS". */
-static int mount_of(dev_t dev, char *type, size_t typesz, char *src, size_t srcsz)
-{
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	if (!f)
-		return -1;
-	char *line = NULL;
-	size_t cap = 0;
-	int found = -1;
-	while (found < 0 && getline(&line, &cap, f) > 0) {
-		unsigned maj, min;
-		if (sscanf(line, "%*u %*u %u:%u", &maj, &min) != 2 || makedev(maj, min) != dev)
-			continue;
-		char *sep = strstr(line, " - ");
-		if (!sep)
-			continue;
-		char t[64], s[256];
-		int k = sscanf(sep + 3, "%63s %255s", t, s);
-		if (k < 1)
-			continue;
-		if (k < 2)
-			s[0] = 0;
-		cbi_strlcpy(type, t, typesz);
-		cbi_strlcpy(src, s, srcsz);
-		found = 0;
-	}
-	free(line);
-	fclose(f);
-	return found;
-}
-
-/* FAT or exFAT from a boot sector. */
-static const char *boot_sector_fs(const uint8_t *b)
-{
-	if (!memcmp(b + 3, "EXFAT   ", 8))
-		return "exfat";
-	if (!memcmp(b + 3, "NTFS    ", 8))
-		return "ntfs";
-	if (b[510] == 0x55 && b[511] == 0xaa &&
-	    (!memcmp(b + 82, "FAT32   ", 8) || !memcmp(b + 54, "FAT12   ", 8) ||
-	     !memcmp(b + 54, "FAT16   ", 8) || !memcmp(b + 54, "FAT     ", 8)))
-		return "fat";
-	return NULL;
-}
-
-/* The file system on the block device dev (mounted from src), for FUSE
- * drivers that mount as plain "fuseblk": the device's boot sector, else
- * udev's record of it. NULL when neither tells. */
-static const char *fuseblk_fs(dev_t dev, const char *src)
+/* The file system on block device dev, as libblkid finds it: the device's
+ * superblock when it can be read (root, or the disk group), else the blkid
+ * cache. For FUSE drivers that mount as plain "fuseblk". NULL when neither
+ * tells, or for a file system that needs no special treatment here. */
+static const char *fuseblk_fs(dev_t dev)
 {
 	const char *fs = NULL;
-	int fd = src[0] == '/' ? open(src, O_RDONLY | O_CLOEXEC | O_NONBLOCK) : -1;
-	if (fd >= 0) {
-		struct stat st;
-		uint8_t b[512];
-		if (!fstat(fd, &st) && S_ISBLK(st.st_mode) && st.st_rdev == dev &&
-		    !cbi_pread_full(fd, b, sizeof b, 0))
-			fs = boot_sector_fs(b);
-		close(fd);
-	}
-	if (fs)
-		return fs;
-	char path[64], *line = NULL;
-	size_t cap = 0;
-	snprintf(path, sizeof path, "/run/udev/data/b%u:%u", major(dev), minor(dev));
-	FILE *f = fopen(path, "re");
-	if (!f)
+	char *name = blkid_devno_to_devname(dev), *type = NULL;
+	if (!name)
 		return NULL;
-	while (!fs && getline(&line, &cap, f) > 0) {
-		if (strncmp(line, "E:ID_FS_TYPE=", 13))
-			continue;
-		const char *t = line + 13;
-		if (!strncmp(t, "vfat", 4) || !strncmp(t, "msdos", 5))
-			fs = "fat";
-		else if (!strncmp(t, "exfat", 5))
-			fs = "exfat";
+	blkid_probe pr = blkid_new_probe_from_filename(name);
+	if (pr) {
+		const char *t = NULL;
+		blkid_probe_enable_superblocks(pr, 1);
+		blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE);
+		if (blkid_do_safeprobe(pr) == 0 && blkid_probe_lookup_value(pr, "TYPE", &t, NULL) == 0 && t)
+			type = strdup(t);
+		blkid_free_probe(pr);
+	} else {
+		type = blkid_get_tag_value(NULL, "TYPE", name);
 	}
-	free(line);
-	fclose(f);
+	if (type && (!strcmp(type, "vfat") || !strcmp(type, "msdos")))
+		fs = "fat";
+	else if (type && !strcmp(type, "exfat"))
+		fs = "exfat";
+	else if (type && !strcmp(type, "ntfs"))
+		fs = "ntfs";
+	free(type);
+	free(name);
 	return fs;
 }
 
@@ -104,7 +52,7 @@ void cbi_fs_probe(const char *dir, char *name, size_t namesz)
 {
 	struct statfs sf;
 	struct stat st;
-	char type[64] = "", src[256] = "";
+	cbi_mount mt;
 	cbi_strlcpy(name, "", namesz);
 	if (statfs(dir, &sf) == 0) {
 		if ((uint32_t)sf.f_type == MSDOS_MAGIC) {
@@ -116,8 +64,9 @@ void cbi_fs_probe(const char *dir, char *name, size_t namesz)
 			return;
 		}
 	}
-	if (stat(dir, &st) < 0 || mount_of(st.st_dev, type, sizeof type, src, sizeof src) < 0)
+	if (stat(dir, &st) < 0 || !cbi_mount_find(st.st_dev, 0, &mt))
 		return;
+	const char *type = mt.type, *src = mt.source;
 	cbi_strlcpy(name, type, namesz);
 	if (strncmp(type, "fuse", 4))
 		return;
@@ -129,7 +78,7 @@ void cbi_fs_probe(const char *dir, char *name, size_t namesz)
 	else if (!strncmp(sub, "exfat", 5))
 		fs = "exfat";
 	else if (!strcmp(type, "fuseblk"))
-		fs = fuseblk_fs(st.st_dev, src);
+		fs = fuseblk_fs(st.st_dev);
 	if (fs)
 		cbi_strlcpy(name, fs, namesz);
 }

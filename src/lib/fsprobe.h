@@ -11,11 +11,13 @@
 /* Name of the file system that holds dir, into name (at least 32 bytes):
  *   "fat"    FAT12/16/32 with any driver: the kernel's vfat or msdos
  *            (statfs magic 0x4d44), fusefat (mountinfo type fuse.fusefat),
- *            or a fuseblk driver on a device with a FAT boot sector;
+ *            or a fuseblk driver on a device that libblkid finds FAT on;
  *   "exfat"  the kernel's exfat (magic 0x2011bab0), or a FUSE driver:
- *            exfat-fuse mounts as type fuseblk, so the boot sector of the
- *            mounted device (or udev's ID_FS_TYPE) tells;
- *   else the type in /proc/self/mountinfo ("ext4", "tmpfs", "fuseblk", ...),
+ *            exfat-fuse mounts as type fuseblk, so libblkid tells what the
+ *            mounted device holds (read from the device, else from the
+ *            blkid cache when the device cannot be read);
+ *   "ntfs"   a fuseblk mount of a device libblkid finds NTFS on;
+ *   else the type in the mount table (mounts.h: "ext4", "tmpfs", "fuseblk", ...),
  *   or "" when nothing can be found out. Never fails. */
 void cbi_fs_probe(const char *dir, char *name, size_t namesz);
 

@@ -2,10 +2,12 @@
 #define _GNU_SOURCE
 #include "source.h"
 
+#include <blkid.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/fs.h>
+#include <linux/major.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
@@ -13,6 +15,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "mounts.h"
 #include "util.h"
 
 int cbi_source_open(const char *path, cbi_source **out, cbi_error *err)
@@ -29,14 +32,9 @@ int cbi_source_open(const char *path, cbi_source **out, cbi_error *err)
 		return cbi_err(err, e, "unable to open source '%s': %s", path, strerror(-e));
 	}
 	if (S_ISBLK(st.st_mode)) {
-		/* O_DIRECT rather than buffered reads with posix_fadvise: measured
-		 * on a loop device over a 2 GiB ext4 image (1.3 GiB data), an
-		 * incremental with the page cache dropped, two interleaved runs
-		 * each on a shared 2-core VM: O_DIRECT 2.25 / 1.80 s (0.16 / 0.09
-		 * s sys), buffered 3.18 / 2.23 s (0.45 / 0.39 s sys), buffered +
-		 * FADV_DONTNEED after each read 2.40 / 4.74 s (0.48 / 0.50 s sys);
-		 * cat of the device 2.46 / 1.76 s. O_DIRECT is never slower, pays
-		 * no page-cache copy, and leaves the live system's cache alone. */
+		/* O_DIRECT rather than buffered reads with posix_fadvise: never
+		 * slower, no page-cache copy, and the live system's cache is left
+		 * alone (measured: bench/README.md, "O_DIRECT source reads"). */
 		s->is_dev = 1;
 		s->rdev = st.st_rdev;
 		s->fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
@@ -370,6 +368,36 @@ static int by_id_name(dev_t dev, char *out, size_t outsz)
 	return 1;
 }
 
+/* A partition of a loop device has no by-id name and no backing file of
+ * its own, and its kernel name (loop0p1) changes with the loop device's
+ * number from one attachment to the next: it is named by what libblkid
+ * reads on it instead, "part:<partition UUID>", else "fs:<file system
+ * UUID>". 1 when named, 0 when dev is no such partition or carries neither
+ * UUID. */
+static int loop_part_name(const char *path, dev_t dev, char *out, size_t outsz)
+{
+	dev_t whole;
+	if (cbi_dev_whole_disk(dev, &whole) || whole == dev || major(whole) != LOOP_MAJOR)
+		return 0;
+	blkid_probe pr = blkid_new_probe_from_filename(path);
+	if (!pr)
+		return 0;
+	const char *v = NULL;
+	int named = 0;
+	blkid_probe_enable_partitions(pr, 1);
+	blkid_probe_set_partitions_flags(pr, BLKID_PARTS_ENTRY_DETAILS);
+	blkid_probe_enable_superblocks(pr, 1);
+	blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_UUID);
+	if (blkid_do_safeprobe(pr) == 0) {
+		if (blkid_probe_lookup_value(pr, "PART_ENTRY_UUID", &v, NULL) == 0 && v && v[0])
+			named = snprintf(out, outsz, "part:%s", v) > 0;
+		else if (blkid_probe_lookup_value(pr, "UUID", &v, NULL) == 0 && v && v[0])
+			named = snprintf(out, outsz, "fs:%s", v) > 0;
+	}
+	blkid_free_probe(pr);
+	return named;
+}
+
 void cbi_source_identity(const char *path, char *out, size_t outsz)
 {
 	struct stat st;
@@ -393,54 +421,22 @@ void cbi_source_identity(const char *path, char *out, size_t outsz)
 			}
 			fclose(f);
 		}
+		if (loop_part_name(path, st.st_rdev, out, outsz))
+			return;
 		snprintf(out, outsz, "dev:%s", real);
 		return;
 	}
 	snprintf(out, outsz, "file:%s", real);
 }
 
-static int mountinfo_scan(dev_t dev, char *mnt, size_t mntsz, int want_rw)
+int cbi_dev_mounted(dev_t dev, char *mnt, size_t mntsz)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "r");
-	if (!f)
+	cbi_mount m;
+	if (!cbi_mount_find(dev, CBI_MOUNT_PARTS, &m))
 		return 0;
-	char line[4096];
-	int found = 0;
-	while (fgets(line, sizeof line, f)) {
-		unsigned ma, mi;
-		char mp[2048], opts[512];
-		/* id parent major:minor root mountpoint options ... */
-		if (sscanf(line, "%*d %*d %u:%u %*s %2047s %511s", &ma, &mi, mp, opts) != 4)
-			continue;
-		dev_t d = makedev(ma, mi);
-		int match = d == dev;
-		if (!match) {
-			/* a partition of a whole disk */
-			char sys[256], buf[64];
-			snprintf(sys, sizeof sys, "/sys/dev/block/%u:%u/partition", ma, mi);
-			FILE *pf = fopen(sys, "r");
-			if (pf) {
-				snprintf(sys, sizeof sys, "/sys/dev/block/%u:%u/../dev", ma, mi);
-				FILE *df = fopen(sys, "r");
-				unsigned pma, pmi;
-				if (df && fgets(buf, sizeof buf, df) && sscanf(buf, "%u:%u", &pma, &pmi) == 2)
-					match = makedev(pma, pmi) == dev;
-				if (df)
-					fclose(df);
-				fclose(pf);
-			}
-		}
-		if (match && (!want_rw || !strncmp(opts, "rw", 2) )) {
-			if (mnt)
-				cbi_strlcpy(mnt, mp, mntsz);
-			found = 1;
-			break;
-		}
-	}
-	fclose(f);
-	return found;
+	if (mnt)
+		cbi_strlcpy(mnt, m.target, mntsz);
+	return 1;
 }
 
-int cbi_dev_mounted(dev_t dev, char *mnt, size_t mntsz) { return mountinfo_scan(dev, mnt, mntsz, 0); }
-
-int cbi_dev_mounted_rw(dev_t dev) { return mountinfo_scan(dev, NULL, 0, 1); }
+int cbi_dev_mounted_rw(dev_t dev) { return cbi_mount_find(dev, CBI_MOUNT_PARTS | CBI_MOUNT_RW, NULL); }

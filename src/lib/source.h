@@ -72,8 +72,10 @@ int cbi_source_check_size(cbi_source *s, cbi_error *err) CBI_WUR;
 void cbi_source_close(cbi_source *s);
 
 /* Identity of the source: a stable name of the device or file
- * ("disk:<by-id name>", "loop:<backing file>", "file:<realpath>",
- * "dev:<path>"). out receives at most outsz-1 bytes. */
+ * ("disk:<by-id name>", "loop:<backing file>", for a partition of a loop
+ * device "part:<partition UUID>" or "fs:<file system UUID>" (libblkid),
+ * "file:<realpath>", "dev:<path>"; format/SPEC.md, "Source identity").
+ * out receives at most outsz-1 bytes. */
 void cbi_source_identity(const char *path, char *out, size_t outsz);
 
 /* Is block device dev (or a partition of it) mounted? 1 yes, 0 no. Also

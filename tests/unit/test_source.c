@@ -2,9 +2,11 @@
 #include "testutil.h"
 
 #include <limits.h>
+#include <sys/mount.h>
 #include <sys/sysmacros.h>
 
 #include "format.h"
+#include "mounts.h"
 #include "source.h"
 #include "util.h"
 
@@ -299,6 +301,46 @@ static void test_mount_check_of_unknown_device(void **state)
 	}
 }
 
+/* The mount table as libmount reads it: a mount that is no block device
+ * (/proc), and, as root, a mount point whose name has a space (escaped as
+ * \040 in mountinfo) and a tab. */
+static void test_mount_table(void **state)
+{
+	tu_fix *f = *state;
+	struct stat st;
+	cbi_mount m;
+	dev_t w;
+	assert_int_equal(cbi_dev_whole_disk(makedev(4095, 1048575), &w), -ENODEV);
+	assert_int_equal(cbi_mount_find(makedev(4095, 1048575), CBI_MOUNT_PARTS, &m), 0);
+	if (stat("/proc/self", &st) == 0 && cbi_mount_find(st.st_dev, 0, &m)) {
+		assert_string_equal(m.type, "proc");
+		assert_string_equal(m.target, "/proc");
+	} else {
+		print_message("note: /proc not found in the mount table\n");
+	}
+	if (geteuid() != 0) {
+		print_message("SKIP: a mount point with blanks needs root\n");
+		return;
+	}
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof dir, "%s/mount point\twith blanks", f->dir);
+	assert_int_equal(mkdir(dir, 0755), 0);
+	if (mount("cbimg-test", dir, "tmpfs", MS_RDONLY, "size=64k") < 0) {
+		print_message("SKIP: mount tmpfs: %s\n", strerror(errno));
+		return;
+	}
+	assert_int_equal(stat(dir, &st), 0);
+	int found = cbi_mount_find(st.st_dev, 0, &m);
+	int rw = cbi_mount_find(st.st_dev, CBI_MOUNT_RW, NULL);
+	assert_int_equal(umount(dir), 0);
+	assert_int_equal(found, 1);
+	assert_string_equal(m.target, dir);
+	assert_string_equal(m.type, "tmpfs");
+	assert_string_equal(m.source, "cbimg-test");
+	assert_int_equal(m.rw, 0);
+	assert_int_equal(rw, 0); /* mounted read-only */
+}
+
 /* cbi_source_read_blocks: blocks wholly inside holes are flagged and left
  * unwritten; every other byte equals the file, edges of holes zeroed. */
 static void test_hole_map(void **state)
@@ -452,6 +494,7 @@ int main(void)
 		T(test_shrunk_file_is_read_error),
 		T(test_identity),
 		cmocka_unit_test(test_mount_check_of_unknown_device),
+		T(test_mount_table),
 	};
 	return cmocka_run_group_tests_name("source", tests, NULL, NULL);
 }

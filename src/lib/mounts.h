@@ -1,0 +1,32 @@
+/* mounts.h - the mount table, read with libmount, and the block devices
+ * behind it, named with libblkid (internal). The one place that knows
+ * /proc/self/mountinfo: the source's mount checks, the destination's file
+ * system probe and the catalog's fusefat check all ask here. */
+#ifndef CBI_MOUNTS_H
+#define CBI_MOUNTS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "cbimg.h"
+
+typedef struct cbi_mount {
+	char target[4096];  /* mount point */
+	char type[64];      /* "ext4", "fuse.fusefat", "fuseblk", ... */
+	char source[256];   /* "/dev/sdb1", "fusefat", ... ("" when none) */
+	int rw;             /* this mount is read-write (per-mount options) */
+} cbi_mount;
+
+#define CBI_MOUNT_PARTS 1 /* also a mount of a partition of dev (dev is a whole disk) */
+#define CBI_MOUNT_RW 2    /* only a read-write mount */
+
+/* The first mount, in /proc/self/mountinfo order, whose device number is dev
+ * (flags: CBI_MOUNT_PARTS, CBI_MOUNT_RW), into *m when m is non-NULL.
+ * Returns 1 when found, 0 when not or when the table cannot be read. */
+int cbi_mount_find(dev_t dev, int flags, cbi_mount *m);
+
+/* The whole disk that block device dev is a partition of (dev itself for a
+ * whole disk), per sysfs. 0, or -ENODEV when dev is no known block device. */
+int cbi_dev_whole_disk(dev_t dev, dev_t *whole);
+
+#endif
