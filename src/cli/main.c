@@ -39,7 +39,9 @@ void cli_error(const char *fmt, ...)
 
 int cli_fail(int rc, const cbi_error *err)
 {
-	if (rc == -ECANCELED && cli_interrupted()) {
+	/* After SIGINT or SIGTERM whatever failed failed because of it (a
+	 * passphrase prompt ended by Ctrl-C comes back as "no passphrase"). */
+	if (cli_interrupted()) {
 		cli_error("interrupted");
 		return CLI_FAIL;
 	}
