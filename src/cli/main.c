@@ -29,6 +29,7 @@ void cli_error(const char *fmt, ...)
 {
 	va_list ap;
 
+	cli_progress_clear(); /* never on the end of a progress line */
 	fflush(stdout);
 	fputs("cbimg: ", stderr);
 	va_start(ap, fmt);

@@ -83,6 +83,7 @@ static int prompt(const char *text, char *buf, size_t bufsz)
 {
 	if (cli_interrupted())
 		return -ECANCELED;
+	cli_progress_clear();
 	char *got = readpassphrase(text, buf, bufsz, RPP_ECHO_OFF | RPP_REQUIRE_TTY);
 	if (!got || cli_interrupted()) {
 		explicit_bzero(buf, bufsz);
