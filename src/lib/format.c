@@ -109,6 +109,7 @@ const cbi_field *cbi_layout_field(const cbi_layout *l, const char *name)
 }
 
 /* Common header (format/SPEC.md, "Common header"). */
+/* clang-format off */
 #define H(name, off, size, type, m) { name, off, size, type, CBI_MEMBER(cbi_hdr, m, size) }
 static const cbi_field hdr_fields[] = {
 	{ "magic", 0, 8, CBI_F_OWN, 0 },   /* by kind */
@@ -138,10 +139,12 @@ static const cbi_field hdr_fields[] = {
 	{ "header_checksum", 504, 8, CBI_F_XXH3, 0 },
 };
 #undef H
+/* clang-format on */
 const cbi_layout cbi_hdr_layout = { "Common header", CBI_HDR_SIZE, sizeof hdr_fields / sizeof hdr_fields[0],
 				    hdr_fields };
 
 /* Image trailer (format/SPEC.md, "Image trailer"). */
+/* clang-format off */
 #define T(name, off, size, type, m) { name, off, size, type, CBI_MEMBER(cbi_img_trailer, m, size) }
 static const cbi_field img_trailer_fields[] = {
 	{ "magic", 0, 8, CBI_F_OWN, 0 },
@@ -155,11 +158,13 @@ static const cbi_field img_trailer_fields[] = {
 	T("digest", 96, 32, CBI_F_BYTES, digest),
 };
 #undef T
+/* clang-format on */
 const cbi_layout cbi_img_trailer_layout = { "Image trailer", CBI_TRL_SIZE,
 					    sizeof img_trailer_fields / sizeof img_trailer_fields[0],
 					    img_trailer_fields };
 
 /* Index trailer (format/SPEC.md, "Index trailer"). */
+/* clang-format off */
 #define T(name, off, size, type, m) { name, off, size, type, CBI_MEMBER(cbi_idx_trailer, m, size) }
 static const cbi_field idx_trailer_fields[] = {
 	{ "magic", 0, 8, CBI_F_OWN, 0 },
@@ -174,6 +179,7 @@ static const cbi_field idx_trailer_fields[] = {
 	T("digest", 96, 32, CBI_F_BYTES, digest),
 };
 #undef T
+/* clang-format on */
 const cbi_layout cbi_idx_trailer_layout = { "Index trailer", CBI_TRL_SIZE,
 					    sizeof idx_trailer_fields / sizeof idx_trailer_fields[0],
 					    idx_trailer_fields };

@@ -18,6 +18,7 @@
  * The wrap's AAD is bytes 0..111 (up to wrapped_key), so no parameter can
  * be changed without the passphrase. */
 #define KF_AAD_LEN 112u
+/* clang-format off */
 #define K(name, off, size, type, m) { name, off, size, type, CBI_MEMBER(cbi_keyfile, m, size) }
 static const cbi_field kf_fields[] = {
 	{ "magic", 0, 8, CBI_F_OWN, 0 },
@@ -38,6 +39,7 @@ static const cbi_field kf_fields[] = {
 	{ "checksum", 248, 8, CBI_F_XXH3, 0 },
 };
 #undef K
+/* clang-format on */
 const cbi_layout cbi_kf_layout = { "Key files (.cbk)", CBI_KF_SIZE, sizeof kf_fields / sizeof kf_fields[0],
 				   kf_fields };
 
