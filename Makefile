@@ -28,7 +28,7 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-DEB_PKGS := build-essential pkg-config libzstd-dev libxxhash-dev libssl-dev libsqlite3-dev libcmocka-dev \
+DEB_PKGS := build-essential pkg-config libzstd-dev libxxhash-dev libssl-dev libsqlite3-dev libcmocka-dev libbsd-dev \
 	libmount-dev libblkid-dev libext2fs-dev comerr-dev e2fsprogs util-linux valgrind zstd xxhash jq dosfstools fusefat exfatprogs exfat-fuse groff-base
 
 .PHONY: all check check-unit check-e2e asan valgrind deps demo bench install clean vectors
@@ -46,8 +46,12 @@ $(BUILD)/src/cli/%.o: src/cli/%.c $(wildcard include/*.h src/cli/*.h)
 $(BUILD)/libcbimg.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
+# The CLI alone uses libbsd (readpassphrase(3)), through <bsd/...> headers:
+# no pkg-config overlay cflags.
+CLI_LIBS := -lbsd
+
 $(BUILD)/cbimg: $(CLI_OBJ) $(BUILD)/libcbimg.a
-	$(CC) $(CFLAGS_ALL) -o $@ $(CLI_OBJ) $(BUILD)/libcbimg.a $(LDLIBS_ALL)
+	$(CC) $(CFLAGS_ALL) -o $@ $(CLI_OBJ) $(BUILD)/libcbimg.a $(LDLIBS_ALL) $(CLI_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/testutil.h $(BUILD)/libcbimg.a
 	@mkdir -p $(dir $@)

@@ -172,6 +172,11 @@ int cbi_list_filtered(const char *dest, const cbi_list_filter *f, cbi_point **ou
 
 /* ---------------------------------------------------------------- backup */
 
+/* Highest zstd level a backup accepts (-CBI_EUSAGE above it): zstd's levels
+ * 20 to 22 ("--ultra") take compression contexts far larger than the memory
+ * bound of a run allows (cbimg-backup(1), --threads). */
+#define CBI_MAX_LEVEL 19
+
 typedef struct cbi_backup_opts {
 	const char *source;       /* block device or raw image file */
 	const char *dest;         /* directory */
@@ -180,7 +185,7 @@ typedef struct cbi_backup_opts {
 	const char *source_id;    /* NULL -> derived from the device */
 	int force_full;           /* start a new chain */
 	uint32_t block_size;      /* 0 -> CBI_DEFAULT_BLOCK_SIZE; new chains only */
-	int level;                /* zstd level; 0 -> 3 */
+	int level;                /* zstd level 1 to CBI_MAX_LEVEL; 0 -> 3 */
 	int threads;              /* worker threads; 0 -> number of CPUs; at most 16, and fewer
 	                           * for large blocks, so that memory stays bounded */
 	const char *state_dir;    /* NULL -> /var/lib/cbimg: a copy of each job's newest index */

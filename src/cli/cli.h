@@ -152,6 +152,11 @@ int cli_progress_cb(void *ud, uint64_t done, uint64_t total);
 /* Clear the progress line (call before printing anything else). */
 void cli_progress_end(struct cli_progress *p);
 
+/* Clear whatever progress line is on the screen, to print a message or a
+ * prompt on a line of its own; the line comes back at the next redraw.
+ * cli_error() and the passphrase prompt call it. */
+void cli_progress_clear(void);
+
 /* ------------------------------------------------------- cmd_info.c */
 
 struct json;

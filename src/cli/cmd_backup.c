@@ -158,8 +158,9 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 				return CLI_USAGE;
 			break;
 		case OPT_LEVEL:
-			if (cli_parse_uint(optarg, 1, 19, &v) < 0)
-				return cli_usage_error(cmd, "invalid level '%s': expected 1 to 19", optarg);
+			if (cli_parse_uint(optarg, 1, CBI_MAX_LEVEL, &v) < 0)
+				return cli_usage_error(cmd, "invalid level '%s': expected 1 to %d", optarg,
+						       CBI_MAX_LEVEL);
 			o.level = (int)v;
 			break;
 		case OPT_THREADS:

@@ -29,6 +29,7 @@ void cli_error(const char *fmt, ...)
 {
 	va_list ap;
 
+	cli_progress_clear(); /* never on the end of a progress line */
 	fflush(stdout);
 	fputs("cbimg: ", stderr);
 	va_start(ap, fmt);
@@ -39,7 +40,9 @@ void cli_error(const char *fmt, ...)
 
 int cli_fail(int rc, const cbi_error *err)
 {
-	if (rc == -ECANCELED && cli_interrupted()) {
+	/* After SIGINT or SIGTERM whatever failed failed because of it (a
+	 * passphrase prompt ended by Ctrl-C comes back as "no passphrase"). */
+	if (cli_interrupted()) {
 		cli_error("interrupted");
 		return CLI_FAIL;
 	}

@@ -2,11 +2,11 @@
  * environment variable, or a prompt without echo on the terminal. */
 #include "cli.h"
 
+#include <bsd/readpassphrase.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <termios.h>
 #include <unistd.h>
 
 /* Set once a password file's problem was printed: the library's own
@@ -74,47 +74,30 @@ static int read_pass_file(const char *path, char *buf, size_t bufsz)
 	return (int)n;
 }
 
-/* Prompt on /dev/tty with echo off. */
+/* Prompt on the terminal (/dev/tty, never stdin) with echo off, through
+ * readpassphrase(3): it restores the terminal on every path, and a signal
+ * (Ctrl-C) ends the prompt at once: after restoring the terminal it sends
+ * the signal on to our handler, so cli_interrupted() is then true and the
+ * command ends with "cbimg: interrupted" (exit 1, see cli_fail). */
 static int prompt(const char *text, char *buf, size_t bufsz)
 {
-	int fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		return -CBI_EPASS;
-	struct termios old, quiet;
-	int restore = tcgetattr(fd, &old) == 0;
-	if (restore) {
-		quiet = old;
-		quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
-		quiet.c_lflag |= ICANON;
-		tcsetattr(fd, TCSAFLUSH, &quiet);
+	if (cli_interrupted())
+		return -ECANCELED;
+	cli_progress_clear();
+	char *got = readpassphrase(text, buf, bufsz, RPP_ECHO_OFF | RPP_REQUIRE_TTY);
+	if (!got || cli_interrupted()) {
+		explicit_bzero(buf, bufsz);
+		return cli_interrupted() ? -ECANCELED : -CBI_EPASS;
 	}
-	if (write(fd, text, strlen(text)) < 0) {
-		/* nothing to do: the read below still works */
-	}
-	size_t n = 0;
-	char ch;
-	while (n + 1 < bufsz) {
-		ssize_t r = read(fd, &ch, 1);
-		if (r < 0 && errno == EINTR && !cli_interrupted())
-			continue;
-		if (r <= 0 || ch == '\n')
-			break;
-		buf[n++] = ch;
-	}
-	buf[n] = 0;
-	if (restore)
-		tcsetattr(fd, TCSAFLUSH, &old);
-	if (write(fd, "\n", 1) < 0) {
-		/* the prompt's line ending is cosmetic */
-	}
-	close(fd);
-	return cli_interrupted() ? -CBI_EPASS : (int)n;
+	return (int)strlen(buf);
 }
 
 int cli_pass_cb(void *ud, const char *what, int confirm, char *buf, size_t bufsz)
 {
 	struct cli_pass *p = ud;
 	int n;
+	if (cli_interrupted())
+		return -ECANCELED; /* never ask again after Ctrl-C */
 	if (p->have) {
 		memcpy(buf, p->cached, (size_t)p->len + 1);
 		return p->len;
@@ -136,6 +119,10 @@ int cli_pass_cb(void *ud, const char *what, int confirm, char *buf, size_t bufsz
 		if (n > 0 && confirm) {
 			snprintf(text, sizeof text, "%s again: ", p->label ? p->label : "Passphrase");
 			int m = prompt(text, again, sizeof again);
+			if (m < 0) {
+				explicit_bzero(buf, bufsz);
+				return m;
+			}
 			if (m != n || memcmp(buf, again, (size_t)n)) {
 				memset(again, 0, sizeof again);
 				cli_error("the passphrases differ");

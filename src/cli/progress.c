@@ -60,6 +60,11 @@ void cli_progress_init(struct cli_progress *p, int quiet)
 	p->width = 0;
 }
 
+/* The progress line on the screen now, if any: a message printed meanwhile
+ * (cli_error, a passphrase prompt) first clears it, so that the two never
+ * run together on one line. */
+static struct cli_progress *shown;
+
 static void format_eta(double seconds, char *buf, size_t size)
 {
 	unsigned long s = seconds < 0 ? 0 : (unsigned long)(seconds + 0.5);
@@ -99,6 +104,17 @@ static void draw(struct cli_progress *p, uint64_t done, uint64_t total, double n
 		fprintf(stderr, "\r%s", line);
 	fflush(stderr);
 	p->width = len;
+	shown = p;
+}
+
+void cli_progress_clear(void)
+{
+	if (shown && shown->width > 0) {
+		fprintf(stderr, "\r%*s\r", shown->width, "");
+		fflush(stderr);
+		shown->width = 0;
+		shown->last = 0; /* redrawn at the next callback */
+	}
 }
 
 int cli_progress_cb(void *ud, uint64_t done, uint64_t total)
@@ -124,4 +140,6 @@ void cli_progress_end(struct cli_progress *p)
 		fflush(stderr);
 	}
 	p->width = 0;
+	if (shown == p)
+		shown = NULL;
 }

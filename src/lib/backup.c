@@ -337,9 +337,9 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	if (bs < CBI_MIN_BLOCK_SIZE || bs > CBI_MAX_BLOCK_SIZE || (bs & (bs - 1)))
 		return cbi_err(err, -CBI_EUSAGE, "block size %u is not a power of two from 4K to 4M", bs);
 	int level = o->level ? o->level : 3;
-	if (level < 1 || level > ZSTD_maxCLevel())
+	if (level < 1 || level > CBI_MAX_LEVEL)
 		return cbi_err(err, -CBI_EUSAGE, "compression level %d out of range 1..%d", level,
-			       ZSTD_maxCLevel());
+			       CBI_MAX_LEVEL);
 	if (o->hash_alg > CBI_HASH_SHA256)
 		return cbi_err(err, -CBI_EUSAGE, "unknown block hash algorithm %u", o->hash_alg);
 	const char *job = o->job && *o->job ? o->job : "default";

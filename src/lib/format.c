@@ -1,5 +1,6 @@
 /* format.c - encoding and validation of the fixed on-disk structures.
- * Offsets here are the ones in format/SPEC.md; change both together. */
+ * Each fixed-size structure is one table of fields (offsets as in
+ * format/SPEC.md's tables; test_format.c checks them against SPEC.md). */
 #include "format.h"
 
 #include <xxhash.h>
@@ -41,72 +42,176 @@ uint32_t cbi_hdr_version_for(const cbi_hdr *h)
 	return h->flags || h->hash_alg != CBI_HASH_XXH3_128 ? 2u : 1u;
 }
 
+/* ------------------------------------------------------------- layouts */
+
+void cbi_layout_encode(const cbi_layout *l, const void *s, uint8_t *b)
+{
+	const uint8_t *m = s;
+	for (size_t i = 0; i < l->n; i++) {
+		const cbi_field *f = &l->f[i];
+		uint8_t *p = b + f->off;
+		switch (f->type) {
+		case CBI_F_U32: st32(p, *(const uint32_t *)(m + f->mem)); break;
+		case CBI_F_U64: st64(p, *(const uint64_t *)(m + f->mem)); break;
+		case CBI_F_BYTES: memcpy(p, m + f->mem, f->size); break;
+		case CBI_F_STR: put_str(p, f->size, (const char *)(m + f->mem)); break;
+		case CBI_F_SIZE: st32(p, l->size); break;
+		case CBI_F_RESERVED: memset(p, 0, f->size); break;
+		default: break; /* CBI_F_OWN: the caller's; CBI_F_XXH3: below */
+		}
+	}
+	for (size_t i = 0; i < l->n; i++)
+		if (l->f[i].type == CBI_F_XXH3)
+			st64(b + l->f[i].off, XXH3_64bits(b, l->f[i].off));
+}
+
+int cbi_layout_decode(const cbi_layout *l, const uint8_t *b, void *s)
+{
+	uint8_t *m = s;
+	for (size_t i = 0; i < l->n; i++) {
+		const cbi_field *f = &l->f[i];
+		if (f->type == CBI_F_XXH3 && ld64(b + f->off) != XXH3_64bits(b, f->off))
+			return -CBI_EDAMAGED;
+		if (f->type == CBI_F_SIZE && ld32(b + f->off) != l->size)
+			return -CBI_EDAMAGED;
+	}
+	for (size_t i = 0; i < l->n; i++) {
+		const cbi_field *f = &l->f[i];
+		const uint8_t *p = b + f->off;
+		switch (f->type) {
+		case CBI_F_U32: *(uint32_t *)(m + f->mem) = ld32(p); break;
+		case CBI_F_U64: *(uint64_t *)(m + f->mem) = ld64(p); break;
+		case CBI_F_BYTES: memcpy(m + f->mem, p, f->size); break;
+		case CBI_F_STR:
+			if (get_str(p, f->size, (char *)(m + f->mem)))
+				return -CBI_EDAMAGED;
+			break;
+		default: break;
+		}
+	}
+	return 0;
+}
+
+int cbi_layout_reserved_zero(const cbi_layout *l, const uint8_t *b)
+{
+	for (size_t i = 0; i < l->n; i++)
+		if (l->f[i].type == CBI_F_RESERVED && !all_zero(b + l->f[i].off, l->f[i].size))
+			return 0;
+	return 1;
+}
+
+const cbi_field *cbi_layout_field(const cbi_layout *l, const char *name)
+{
+	for (size_t i = 0; i < l->n; i++)
+		if (!strcmp(l->f[i].name, name))
+			return &l->f[i];
+	return NULL;
+}
+
+/* Common header (format/SPEC.md, "Common header"). */
+/* clang-format off */
+#define H(name, off, size, type, m) { name, off, size, type, CBI_MEMBER(cbi_hdr, m, size) }
+static const cbi_field hdr_fields[] = {
+	{ "magic", 0, 8, CBI_F_OWN, 0 },   /* by kind */
+	{ "version", 8, 4, CBI_F_OWN, 0 }, /* by the features (cbi_hdr_version_for) */
+	{ "header_size", 12, 4, CBI_F_SIZE, 0 },
+	H("flags", 16, 4, CBI_F_U32, flags),
+	H("block_size", 20, 4, CBI_F_U32, block_size),
+	H("hash_alg", 24, 4, CBI_F_U32, hash_alg),
+	H("compression", 28, 4, CBI_F_U32, compression),
+	H("source_size", 32, 8, CBI_F_U64, source_size),
+	H("n_blocks", 40, 8, CBI_F_U64, n_blocks),
+	H("chain_id", 48, 16, CBI_F_BYTES, chain_id),
+	H("point_id", 64, 16, CBI_F_BYTES, point_id),
+	H("parent_id", 80, 16, CBI_F_BYTES, parent_id),
+	H("parent_digest", 96, 32, CBI_F_BYTES, parent_digest),
+	H("seq", 128, 4, CBI_F_U32, seq),
+	H("type", 132, 4, CBI_F_U32, type),
+	H("created_ns", 136, 8, CBI_F_U64, created_ns),
+	H("level", 144, 4, CBI_F_U32, level),
+	H("segment_mib", 148, 4, CBI_F_U32, segment_mib),
+	H("job", 152, 64, CBI_F_STR, job),
+	H("host", 216, 64, CBI_F_STR, host),
+	H("source_id", 280, 128, CBI_F_STR, source_id),
+	H("source_path", 408, 64, CBI_F_STR, source_path),
+	H("key_id", 472, 16, CBI_F_BYTES, key_id),
+	H("header_mac", CBI_HDR_MAC_OFF, 16, CBI_F_BYTES, hdr_mac),
+	{ "header_checksum", 504, 8, CBI_F_XXH3, 0 },
+};
+#undef H
+/* clang-format on */
+const cbi_layout cbi_hdr_layout = { "Common header", CBI_HDR_SIZE, sizeof hdr_fields / sizeof hdr_fields[0],
+				    hdr_fields };
+
+/* Image trailer (format/SPEC.md, "Image trailer"). */
+/* clang-format off */
+#define T(name, off, size, type, m) { name, off, size, type, CBI_MEMBER(cbi_img_trailer, m, size) }
+static const cbi_field img_trailer_fields[] = {
+	{ "magic", 0, 8, CBI_F_OWN, 0 },
+	T("table_offset", 8, 8, CBI_F_U64, table_offset),
+	T("record_count", 16, 8, CBI_F_U64, record_count),
+	T("changed_blocks", 24, 8, CBI_F_U64, changed_blocks),
+	T("stored_bytes", 32, 8, CBI_F_U64, stored_bytes),
+	T("file_size", 40, 8, CBI_F_U64, file_size),
+	T("point_id", 48, 16, CBI_F_BYTES, point_id),
+	T("index_digest", 64, 32, CBI_F_BYTES, index_digest),
+	T("digest", 96, 32, CBI_F_BYTES, digest),
+};
+#undef T
+/* clang-format on */
+const cbi_layout cbi_img_trailer_layout = { "Image trailer", CBI_TRL_SIZE,
+					    sizeof img_trailer_fields / sizeof img_trailer_fields[0],
+					    img_trailer_fields };
+
+/* Index trailer (format/SPEC.md, "Index trailer"). */
+/* clang-format off */
+#define T(name, off, size, type, m) { name, off, size, type, CBI_MEMBER(cbi_idx_trailer, m, size) }
+static const cbi_field idx_trailer_fields[] = {
+	{ "magic", 0, 8, CBI_F_OWN, 0 },
+	T("n_blocks", 8, 8, CBI_F_U64, n_blocks),
+	T("changed_blocks", 16, 8, CBI_F_U64, changed_blocks),
+	T("zero_blocks", 24, 8, CBI_F_U64, zero_blocks),
+	T("stored_blocks", 32, 8, CBI_F_U64, stored_blocks),
+	T("image_size", 40, 8, CBI_F_U64, image_size),
+	T("file_size", 48, 8, CBI_F_U64, file_size),
+	T("point_id", 56, 16, CBI_F_BYTES, point_id),
+	{ "reserved", 72, 24, CBI_F_RESERVED, 0 },
+	T("digest", 96, 32, CBI_F_BYTES, digest),
+};
+#undef T
+/* clang-format on */
+const cbi_layout cbi_idx_trailer_layout = { "Index trailer", CBI_TRL_SIZE,
+					    sizeof idx_trailer_fields / sizeof idx_trailer_fields[0],
+					    idx_trailer_fields };
+
+/* ------------------------------------------------------ header, trailers */
+
 void cbi_hdr_encode(const cbi_hdr *h, uint8_t *b)
 {
 	memset(b, 0, CBI_HDR_SIZE);
-	memcpy(b, h->kind == CBI_KIND_IMAGE ? CBI_MAGIC_IMAGE : CBI_MAGIC_INDEX, 8);
-	st32(b + 8, cbi_hdr_version_for(h)); /* the features decide, not the caller */
-	st32(b + 12, CBI_HDR_SIZE);
-	st32(b + 16, h->flags);
-	st32(b + 20, h->block_size);
-	st32(b + 24, h->hash_alg);
-	st32(b + 28, h->compression);
-	st64(b + 32, h->source_size);
-	st64(b + 40, h->n_blocks);
-	memcpy(b + 48, h->chain_id, 16);
-	memcpy(b + 64, h->point_id, 16);
-	memcpy(b + 80, h->parent_id, 16);
-	memcpy(b + 96, h->parent_digest, 32);
-	st32(b + 128, h->seq);
-	st32(b + 132, h->type);
-	st64(b + 136, (uint64_t)h->created_ns);
-	st32(b + 144, h->level);
-	st32(b + 148, h->segment_mib);
-	put_str(b + 152, 64, h->job);
-	put_str(b + 216, 64, h->host);
-	put_str(b + 280, 128, h->source_id);
-	put_str(b + 408, 64, h->source_path);
-	memcpy(b + 472, h->key_id, 16);
-	memcpy(b + CBI_HDR_MAC_OFF, h->hdr_mac, 16);
-	st64(b + 504, XXH3_64bits(b, 504));
+	memcpy(b + cbi_layout_field(&cbi_hdr_layout, "magic")->off,
+	       h->kind == CBI_KIND_IMAGE ? CBI_MAGIC_IMAGE : CBI_MAGIC_INDEX, 8);
+	/* the features decide the version, not the caller */
+	st32(b + cbi_layout_field(&cbi_hdr_layout, "version")->off, cbi_hdr_version_for(h));
+	cbi_layout_encode(&cbi_hdr_layout, h, b);
 }
 
 int cbi_hdr_decode(const uint8_t *b, cbi_hdr *h)
 {
 	memset(h, 0, sizeof *h);
-	if (!memcmp(b, CBI_MAGIC_IMAGE, 8))
+	const uint8_t *magic = b + cbi_layout_field(&cbi_hdr_layout, "magic")->off;
+	if (!memcmp(magic, CBI_MAGIC_IMAGE, 8))
 		h->kind = CBI_KIND_IMAGE;
-	else if (!memcmp(b, CBI_MAGIC_INDEX, 8))
+	else if (!memcmp(magic, CBI_MAGIC_INDEX, 8))
 		h->kind = CBI_KIND_INDEX;
 	else
 		return -CBI_EFORMAT;
-	h->version = ld32(b + 8);
+	h->version = ld32(b + cbi_layout_field(&cbi_hdr_layout, "version")->off);
 	if (h->version < 1 || h->version > CBI_FORMAT_VERSION)
 		return -CBI_EFORMAT;
-	if (ld64(b + 504) != XXH3_64bits(b, 504))
-		return -CBI_EDAMAGED;
-	if (ld32(b + 12) != CBI_HDR_SIZE)
-		return -CBI_EDAMAGED;
-	h->flags = ld32(b + 16);
-	h->block_size = ld32(b + 20);
-	h->hash_alg = ld32(b + 24);
-	h->compression = ld32(b + 28);
-	h->source_size = ld64(b + 32);
-	h->n_blocks = ld64(b + 40);
-	memcpy(h->chain_id, b + 48, 16);
-	memcpy(h->point_id, b + 64, 16);
-	memcpy(h->parent_id, b + 80, 16);
-	memcpy(h->parent_digest, b + 96, 32);
-	h->seq = ld32(b + 128);
-	h->type = ld32(b + 132);
-	h->created_ns = (int64_t)ld64(b + 136);
-	h->level = ld32(b + 144);
-	h->segment_mib = ld32(b + 148);
-	if (get_str(b + 152, 64, h->job) || get_str(b + 216, 64, h->host) ||
-	    get_str(b + 280, 128, h->source_id) || get_str(b + 408, 64, h->source_path))
-		return -CBI_EDAMAGED;
-	memcpy(h->key_id, b + 472, 16);
-	memcpy(h->hdr_mac, b + CBI_HDR_MAC_OFF, 16);
+	int rc = cbi_layout_decode(&cbi_hdr_layout, b, h); /* checksum, header_size, fields */
+	if (rc)
+		return rc;
 	uint32_t bs = h->block_size;
 	if (bs < CBI_MIN_BLOCK_SIZE || bs > CBI_MAX_BLOCK_SIZE || (bs & (bs - 1)))
 		return -CBI_EDAMAGED;
@@ -122,7 +227,7 @@ int cbi_hdr_decode(const uint8_t *b, cbi_hdr *h)
 	if (h->version != cbi_hdr_version_for(h))
 		return -CBI_EDAMAGED;
 	/* key id and MAC: set exactly when encrypted */
-	if ((!(h->flags & CBI_HDR_ENCRYPTED)) != all_zero(b + 472, 32))
+	if ((!(h->flags & CBI_HDR_ENCRYPTED)) != (all_zero(h->key_id, 16) && all_zero(h->hdr_mac, 16)))
 		return -CBI_EDAMAGED;
 	if (h->type == CBI_FULL) {
 		if (h->seq != 0 || !all_zero(h->parent_id, 16) || !all_zero(h->parent_digest, 32))
@@ -139,59 +244,29 @@ int cbi_hdr_decode(const uint8_t *b, cbi_hdr *h)
 void cbi_img_trailer_encode(const cbi_img_trailer *t, uint8_t *b)
 {
 	memset(b, 0, CBI_TRL_SIZE);
-	memcpy(b, CBI_MAGIC_IMAGE_END, 8);
-	st64(b + 8, t->table_offset);
-	st64(b + 16, t->record_count);
-	st64(b + 24, t->changed_blocks);
-	st64(b + 32, t->stored_bytes);
-	st64(b + 40, t->file_size);
-	memcpy(b + 48, t->point_id, 16);
-	memcpy(b + 64, t->index_digest, 32);
-	memcpy(b + 96, t->digest, 32);
+	memcpy(b + cbi_layout_field(&cbi_img_trailer_layout, "magic")->off, CBI_MAGIC_IMAGE_END, 8);
+	cbi_layout_encode(&cbi_img_trailer_layout, t, b);
 }
 
 int cbi_img_trailer_decode(const uint8_t *b, cbi_img_trailer *t)
 {
-	if (memcmp(b, CBI_MAGIC_IMAGE_END, 8))
+	if (memcmp(b + cbi_layout_field(&cbi_img_trailer_layout, "magic")->off, CBI_MAGIC_IMAGE_END, 8))
 		return -CBI_ETRUNCATED;
-	t->table_offset = ld64(b + 8);
-	t->record_count = ld64(b + 16);
-	t->changed_blocks = ld64(b + 24);
-	t->stored_bytes = ld64(b + 32);
-	t->file_size = ld64(b + 40);
-	memcpy(t->point_id, b + 48, 16);
-	memcpy(t->index_digest, b + 64, 32);
-	memcpy(t->digest, b + 96, 32);
-	return 0;
+	return cbi_layout_decode(&cbi_img_trailer_layout, b, t);
 }
 
 void cbi_idx_trailer_encode(const cbi_idx_trailer *t, uint8_t *b)
 {
 	memset(b, 0, CBI_TRL_SIZE);
-	memcpy(b, CBI_MAGIC_INDEX_END, 8);
-	st64(b + 8, t->n_blocks);
-	st64(b + 16, t->changed_blocks);
-	st64(b + 24, t->zero_blocks);
-	st64(b + 32, t->stored_blocks);
-	st64(b + 40, t->image_size);
-	st64(b + 48, t->file_size);
-	memcpy(b + 56, t->point_id, 16);
-	memcpy(b + 96, t->digest, 32);
+	memcpy(b + cbi_layout_field(&cbi_idx_trailer_layout, "magic")->off, CBI_MAGIC_INDEX_END, 8);
+	cbi_layout_encode(&cbi_idx_trailer_layout, t, b);
 }
 
 int cbi_idx_trailer_decode(const uint8_t *b, cbi_idx_trailer *t)
 {
-	if (memcmp(b, CBI_MAGIC_INDEX_END, 8))
+	if (memcmp(b + cbi_layout_field(&cbi_idx_trailer_layout, "magic")->off, CBI_MAGIC_INDEX_END, 8))
 		return -CBI_ETRUNCATED;
-	t->n_blocks = ld64(b + 8);
-	t->changed_blocks = ld64(b + 16);
-	t->zero_blocks = ld64(b + 24);
-	t->stored_blocks = ld64(b + 32);
-	t->image_size = ld64(b + 40);
-	t->file_size = ld64(b + 48);
-	memcpy(t->point_id, b + 56, 16);
-	memcpy(t->digest, b + 96, 32);
-	return 0;
+	return cbi_layout_decode(&cbi_idx_trailer_layout, b, t);
 }
 
 void cbi_tab_ent_encode(const cbi_tab_ent *e, uint8_t *p)

@@ -2,6 +2,7 @@
 #ifndef CBI_FORMAT_H
 #define CBI_FORMAT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "cbimg.h"
@@ -37,6 +38,62 @@ enum cbi_kind { CBI_KIND_IMAGE = 1, CBI_KIND_INDEX = 2 };
 
 /* Index entry flags. */
 #define CBI_IDX_ZERO 0x1u
+
+/* ---------------------------------------------------------------- layouts
+ * A fixed-size on-disk structure is described once, as a table of its
+ * fields in the order and with the names of format/SPEC.md's table; encode
+ * and decode are driven by it, and a unit test (test_format.c) checks every
+ * field's offset and size against SPEC.md itself. */
+enum cbi_ftype {
+	CBI_F_OWN,      /* written and checked by the structure's own code (magic, a computed version) */
+	CBI_F_U32,      /* u32 member, little-endian */
+	CBI_F_U64,      /* u64 member (or int64_t: two's complement), little-endian */
+	CBI_F_BYTES,    /* byte-string member of the field's size (ids, hashes, digests) */
+	CBI_F_STR,      /* text member: ends with a NUL, zeros after it (SPEC.md, "Strings") */
+	CBI_F_SIZE,     /* u32: the structure's size */
+	CBI_F_RESERVED, /* zero bytes */
+	CBI_F_XXH3,     /* u64: XXH3-64, seed 0, of every byte before the field */
+};
+
+typedef struct cbi_field {
+	const char *name;  /* as in SPEC.md's table ("reserved" for reserved bytes) */
+	uint16_t off, size;
+	uint8_t type;      /* enum cbi_ftype */
+	uint16_t mem;      /* offset of the member in the in-memory struct (member types) */
+} cbi_field;
+
+typedef struct cbi_layout {
+	const char *section; /* SPEC.md heading above its table */
+	uint32_t size;
+	size_t n;
+	const cbi_field *f;
+} cbi_layout;
+
+/* Offset of member m of struct type T, which must be sz bytes (else the
+ * table does not compile), for cbi_field.mem. */
+#define CBI_MEMBER(T, m, sz) \
+	((uint16_t)(offsetof(T, m) + 0 * sizeof(char[sizeof(((T *)0)->m) == (sz) ? 1 : -1])))
+
+/* Encode the fields of s into b (l->size bytes): members, size, reserved
+ * zeros, and last the checksum fields, over what is in b by then. The
+ * caller writes the CBI_F_OWN fields (and may zero b) first. */
+void cbi_layout_encode(const cbi_layout *l, const void *s, uint8_t *b);
+
+/* Decode b into the members of s: checks the checksum fields and the size
+ * field first, then loads every member; -CBI_EDAMAGED for a checksum, size
+ * or text field that is wrong, else 0. Neither CBI_F_OWN fields nor
+ * reserved bytes are looked at (cbi_layout_reserved_zero). */
+int cbi_layout_decode(const cbi_layout *l, const uint8_t *b, void *s) CBI_WUR;
+
+/* 1 when every reserved field of b is zero, else 0. */
+int cbi_layout_reserved_zero(const cbi_layout *l, const uint8_t *b);
+
+/* The field called name, or NULL. */
+const cbi_field *cbi_layout_field(const cbi_layout *l, const char *name);
+
+/* Common header, image trailer and index trailer (the key file's layout is
+ * cbi_kf_layout in keyfile.h). */
+extern const cbi_layout cbi_hdr_layout, cbi_img_trailer_layout, cbi_idx_trailer_layout;
 
 /* In-memory form of the 512-byte header shared by image and index files. */
 typedef struct cbi_hdr {

@@ -155,9 +155,12 @@ int cbi_image_open_sfr(cbi_sfr *f, cbi_image **out, cbi_error *err)
 		goto fail;
 	}
 	const cbi_img_trailer *t = &m->trl;
-	if (t->file_size != m->f->size || t->table_offset < CBI_HDR_SIZE ||
-	    t->record_count > m->hdr.n_blocks ||
-	    t->table_offset + t->record_count * CBI_TAB_ENT_SIZE + CBI_TRL_SIZE != m->f->size ||
+	/* Untrusted values: bound each by the file size before any arithmetic,
+	 * so that no sum can wrap (size >= header + trailer: sfile checked). */
+	uint64_t size = m->f->size, room = size - CBI_HDR_SIZE - CBI_TRL_SIZE;
+	if (t->file_size != size || t->table_offset < CBI_HDR_SIZE || t->table_offset - CBI_HDR_SIZE > room ||
+	    t->record_count > m->hdr.n_blocks || t->record_count > room / CBI_TAB_ENT_SIZE ||
+	    t->record_count * CBI_TAB_ENT_SIZE != size - CBI_TRL_SIZE - t->table_offset ||
 	    memcmp(t->point_id, m->hdr.point_id, 16)) {
 		rc = cbi_err(err, -CBI_EDAMAGED, "'%s': trailer does not match the header or file size",
 			     path);

@@ -13,56 +13,52 @@
 
 #include "util.h"
 
-/* Layout (format/SPEC.md, "Key files"), all integers little-endian:
- *   0  8  magic "CBIMGKEY"      8  4  version (2)     12  4  size (256)
- *  16 16  chain id             32 16  key id
- *  48  4  kdf (1 = scrypt)     52  4  log2 N          56  4  r      60  4  p
- *  64 32  salt                 96 12  nonce          108  4  zero
- * 112 32  wrapped data key    144 16  GCM tag        160 88  zero
- * 248  8  XXH3-64 of bytes 0..247
- * The wrap's AAD is bytes 0..111, so no parameter can be changed without
- * the passphrase. */
+/* Layout (format/SPEC.md, "Key files (.cbk)"), all integers little-endian.
+ * The wrap's AAD is bytes 0..111 (up to wrapped_key), so no parameter can
+ * be changed without the passphrase. */
 #define KF_AAD_LEN 112u
+/* clang-format off */
+#define K(name, off, size, type, m) { name, off, size, type, CBI_MEMBER(cbi_keyfile, m, size) }
+static const cbi_field kf_fields[] = {
+	{ "magic", 0, 8, CBI_F_OWN, 0 },
+	K("version", 8, 4, CBI_F_U32, version),
+	{ "size", 12, 4, CBI_F_SIZE, 0 },
+	K("chain_id", 16, 16, CBI_F_BYTES, chain_id),
+	K("key_id", 32, 16, CBI_F_BYTES, key_id),
+	K("kdf", 48, 4, CBI_F_U32, kdf),
+	K("log2_n", 52, 4, CBI_F_U32, log2_n),
+	K("r", 56, 4, CBI_F_U32, r),
+	K("p", 60, 4, CBI_F_U32, p),
+	K("salt", 64, 32, CBI_F_BYTES, salt),
+	K("nonce", 96, 12, CBI_F_BYTES, nonce),
+	{ "reserved", 108, 4, CBI_F_RESERVED, 0 },
+	K("wrapped_key", KF_AAD_LEN, CBI_KEY_LEN, CBI_F_BYTES, wrapped),
+	K("tag", 144, CBI_TAG_LEN, CBI_F_BYTES, tag),
+	{ "reserved", 160, 88, CBI_F_RESERVED, 0 },
+	{ "checksum", 248, 8, CBI_F_XXH3, 0 },
+};
+#undef K
+/* clang-format on */
+const cbi_layout cbi_kf_layout = { "Key files (.cbk)", CBI_KF_SIZE, sizeof kf_fields / sizeof kf_fields[0],
+				   kf_fields };
 
 void cbi_keyfile_encode(const cbi_keyfile *kf, uint8_t b[CBI_KF_SIZE])
 {
 	memset(b, 0, CBI_KF_SIZE);
-	memcpy(b, CBI_MAGIC_KEY, 8);
-	st32(b + 8, kf->version);
-	st32(b + 12, CBI_KF_SIZE);
-	memcpy(b + 16, kf->chain_id, 16);
-	memcpy(b + 32, kf->key_id, 16);
-	st32(b + 48, kf->kdf);
-	st32(b + 52, kf->log2_n);
-	st32(b + 56, kf->r);
-	st32(b + 60, kf->p);
-	memcpy(b + 64, kf->salt, 32);
-	memcpy(b + 96, kf->nonce, 12);
-	memcpy(b + 112, kf->wrapped, CBI_KEY_LEN);
-	memcpy(b + 144, kf->tag, CBI_TAG_LEN);
-	st64(b + 248, XXH3_64bits(b, 248));
+	memcpy(b + cbi_layout_field(&cbi_kf_layout, "magic")->off, CBI_MAGIC_KEY, 8);
+	cbi_layout_encode(&cbi_kf_layout, kf, b);
 }
 
 int cbi_keyfile_decode(const uint8_t b[CBI_KF_SIZE], cbi_keyfile *kf)
 {
 	memset(kf, 0, sizeof *kf);
-	if (memcmp(b, CBI_MAGIC_KEY, 8))
+	if (memcmp(b + cbi_layout_field(&cbi_kf_layout, "magic")->off, CBI_MAGIC_KEY, 8))
 		return -CBI_EFORMAT;
-	kf->version = ld32(b + 8);
-	if (kf->version != 2)
+	if (ld32(b + cbi_layout_field(&cbi_kf_layout, "version")->off) != 2)
 		return -CBI_EFORMAT;
-	if (ld64(b + 248) != XXH3_64bits(b, 248) || ld32(b + 12) != CBI_KF_SIZE)
-		return -CBI_EDAMAGED;
-	memcpy(kf->chain_id, b + 16, 16);
-	memcpy(kf->key_id, b + 32, 16);
-	kf->kdf = ld32(b + 48);
-	kf->log2_n = ld32(b + 52);
-	kf->r = ld32(b + 56);
-	kf->p = ld32(b + 60);
-	memcpy(kf->salt, b + 64, 32);
-	memcpy(kf->nonce, b + 96, 12);
-	memcpy(kf->wrapped, b + 112, CBI_KEY_LEN);
-	memcpy(kf->tag, b + 144, CBI_TAG_LEN);
+	int rc = cbi_layout_decode(&cbi_kf_layout, b, kf); /* checksum, size, fields */
+	if (rc)
+		return rc;
 	if (kf->kdf != CBI_KDF_SCRYPT)
 		return -CBI_EFORMAT;
 	/* scrypt runs before the tag can be checked, so whoever can write a key
@@ -71,12 +67,8 @@ int cbi_keyfile_decode(const uint8_t b[CBI_KF_SIZE], cbi_keyfile *kf)
 	if (kf->log2_n < CBI_KDF_MIN_LOG2_N || kf->log2_n > CBI_KDF_MAX_LOG2_N || kf->r < 1 ||
 	    kf->r > CBI_KDF_MAX_R || kf->p < 1 || kf->p > CBI_KDF_MAX_P)
 		return -CBI_EDAMAGED;
-	for (size_t i = 108; i < 112; i++)
-		if (b[i])
-			return -CBI_EDAMAGED;
-	for (size_t i = 160; i < 248; i++)
-		if (b[i])
-			return -CBI_EDAMAGED;
+	if (!cbi_layout_reserved_zero(&cbi_kf_layout, b))
+		return -CBI_EDAMAGED;
 	return 0;
 }
 

@@ -31,6 +31,9 @@ typedef struct cbi_keyfile {
 	uint8_t tag[CBI_TAG_LEN];
 } cbi_keyfile;
 
+/* The key file's fields (format.h, "layouts"). */
+extern const cbi_layout cbi_kf_layout;
+
 void cbi_keyfile_encode(const cbi_keyfile *kf, uint8_t buf[CBI_KF_SIZE]);
 /* -CBI_EFORMAT (not a key file, or a later version) or -CBI_EDAMAGED
  * (checksum or field values). */

@@ -31,7 +31,13 @@ struct cbi_sfw {
 	char dir[4096];
 	char tmp[4096];     /* temporary name of segment 0 */
 	char final[4096];
+	struct cbi_sfw *live_next; /* list of this process's live writers */
 };
+
+/* This process's writers between create and commit or abort: a temporary
+ * name that one of them owns is never replaced. */
+static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
+static cbi_sfw *live_head;
 
 int cbi_sfile_segment_name(const char *path, uint32_t k, char *out, size_t outsz)
 {
@@ -113,16 +119,45 @@ int cbi_sfw_create_split(const char *final_path, const char *tag, uint64_t seg_s
 		cbi_sfw_abort(w);
 		return cbi_err(err, -ENOMEM, "out of memory");
 	}
-	w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-	if (w->fd < 0) {
-		int e = -errno;
+	/* The name is ours: it holds our pid, or the tag of a caller that holds
+	 * the job's lock and puts its pid in the tag. So whatever lies there is
+	 * a leftover of a dead process (or a link planted at the name), which
+	 * cbi_create_tmp() replaces without following, unless a live writer of
+	 * this process owns the name: that one is refused (-EEXIST) and kept. */
+	pthread_mutex_lock(&live_mu);
+	int e = 0;
+	for (const cbi_sfw *o = live_head; o && !e; o = o->live_next)
+		if (!strcmp(o->tmp, w->tmp))
+			e = -EEXIST;
+	if (!e && (w->fd = cbi_create_tmp(w->tmp, 0644)) < 0) {
+		e = w->fd;
+		w->fd = -1;
+	}
+	if (!e) {
+		w->live_next = live_head;
+		live_head = w;
+	}
+	pthread_mutex_unlock(&live_mu);
+	if (e) {
 		cbi_err(err, e, "unable to create '%s': %s", w->tmp, strerror(-e));
-		cbi_sfw_abort(w); /* nseg = 0: never unlinks what another process created */
+		cbi_sfw_abort(w); /* nseg = 0: unlinks nothing */
 		return e;
 	}
 	w->nseg = 1;
 	*out = w;
 	return 0;
+}
+
+/* Take w off the list of live writers (if it is on it). */
+static void sfw_unlist(cbi_sfw *w)
+{
+	pthread_mutex_lock(&live_mu);
+	for (cbi_sfw **pp = &live_head; *pp; pp = &(*pp)->live_next)
+		if (*pp == w) {
+			*pp = w->live_next;
+			break;
+		}
+	pthread_mutex_unlock(&live_mu);
 }
 
 /* The current segment is full: make it durable, close it and create the
@@ -141,9 +176,12 @@ static int sfw_next_segment(cbi_sfw *w, uint32_t k)
 	int rc = sfw_tmp_name(w, k, tmp, sizeof tmp);
 	if (rc)
 		return rc;
-	w->fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-	if (w->fd < 0)
-		return -errno;
+	w->fd = cbi_create_tmp(tmp, 0644);
+	if (w->fd < 0) {
+		int e = w->fd;
+		w->fd = -1;
+		return e;
+	}
 	w->cur = k;
 	w->nseg = k + 1;
 	return 0;
@@ -276,6 +314,7 @@ int cbi_sfw_commit(cbi_sfw *w, cbi_error *err)
 	if (rename(w->tmp, w->final) < 0)
 		return cbi_err(err, -errno, "unable to rename '%s' to '%s': %s", w->tmp, w->final,
 			       strerror(errno));
+	sfw_unlist(w);
 	cbi_dg_free(w->dg);
 	free(w->buf);
 	free(w);
@@ -286,6 +325,7 @@ void cbi_sfw_abort(cbi_sfw *w)
 {
 	if (!w)
 		return;
+	sfw_unlist(w);
 	if (w->fd >= 0)
 		close(w->fd);
 	char name[4096];
@@ -329,6 +369,36 @@ struct sfr_segs {
 	unsigned nopen;
 };
 
+/* Open segment file name for reading: the final component is never a
+ * symbolic link followed (a segment is always a file of its own; the
+ * directories above may be links), and what was opened must be a regular
+ * file (O_NONBLOCK: a FIFO planted at the name does not hang the open).
+ * 0 with *fd and *st, -ENOENT, -CBI_EDAMAGED for anything but a regular
+ * file, or another -errno. */
+static int sfr_open_seg_file(const char *name, int *fd, struct stat *st)
+{
+	int f = open(name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (f < 0)
+		return errno == ELOOP ? -CBI_EDAMAGED : -errno;
+	if (fstat(f, st) < 0) {
+		int e = -errno;
+		close(f);
+		return e;
+	}
+	if (!S_ISREG(st->st_mode)) {
+		close(f);
+		return -CBI_EDAMAGED;
+	}
+	int fl = fcntl(f, F_GETFL);
+	if (fl < 0 || fcntl(f, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+		int e = -errno;
+		close(f);
+		return e;
+	}
+	*fd = f;
+	return 0;
+}
+
 /* Find the segments after the first one by name and check their sizes. */
 static int sfr_open_segments(cbi_sfr *r, int kind, cbi_error *err)
 {
@@ -345,14 +415,14 @@ static int sfr_open_segments(cbi_sfr *r, int kind, cbi_error *err)
 		if (k) {
 			if (k == UINT32_MAX || cbi_sfile_segment_name(r->path, k, name, sizeof name))
 				break;
-			if (stat(name, &st) < 0) {
-				if (errno == ENOENT)
-					break;
-				return cbi_err(err, -errno, "unable to open segment '%s': %s", name,
-					       strerror(errno));
-			}
-			if (!S_ISREG(st.st_mode))
+			int fd, rc = sfr_open_seg_file(name, &fd, &st);
+			if (rc == -ENOENT)
+				break;
+			if (rc == -CBI_EDAMAGED)
 				return cbi_err(err, -EINVAL, "segment '%s' is not a regular file", name);
+			if (rc)
+				return cbi_err(err, rc, "unable to open segment '%s': %s", name, strerror(-rc));
+			close(fd);
 		}
 		if (k == cap) {
 			size_t nc = cap ? cap * 2 : 16;
@@ -421,7 +491,12 @@ int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err)
 		return cbi_err(err, e, "unable to open '%s': %s", path, strerror(-e));
 	}
 	struct stat st;
-	if (fstat(r->fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+	if (fstat(r->fd, &st) < 0) {
+		int e = -errno;
+		cbi_sfr_close(r);
+		return cbi_err(err, e, "unable to stat '%s': %s", path, strerror(-e));
+	}
+	if (!S_ISREG(st.st_mode)) {
 		int e = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
 		cbi_sfr_close(r);
 		return cbi_err(err, e, "'%s' is not a regular file", path);
@@ -482,9 +557,16 @@ static int sfr_seg_fd(const cbi_sfr *r, uint32_t k, int *fd)
 	int rc = cbi_sfile_segment_name(r->path, k, name, sizeof name);
 	if (rc)
 		return rc;
-	s->fd = open(name, O_RDONLY | O_CLOEXEC);
-	if (s->fd < 0)
-		return errno == ENOENT ? -CBI_ETRUNCATED : -errno;
+	struct stat st;
+	int fd2;
+	if ((rc = sfr_open_seg_file(name, &fd2, &st)))
+		return rc == -ENOENT ? -CBI_ETRUNCATED : rc;
+	if ((uint64_t)st.st_size != s->size) {
+		/* not the file the open found there */
+		close(fd2);
+		return -CBI_EDAMAGED;
+	}
+	s->fd = fd2;
 	g->nopen++;
 	*fd = s->fd;
 	return 0;

@@ -612,6 +612,31 @@ static void test_damaged_parent_index_refused(void **state)
 	assert_int_equal(r.point.seq, 0);
 }
 
+/* The library and the CLI accept the same zstd levels, 1 to CBI_MAX_LEVEL
+ * (19): zstd's "--ultra" levels 20 to 22 are refused before anything is
+ * written; 19 works. */
+static void test_level_range(void **state)
+{
+	bk_fix *b = *state;
+	cbi_backup_result r;
+	cbi_error e;
+	assert_int_equal(CBI_MAX_LEVEL, 19);
+	for (int level = 20; level <= 22; level++) {
+		cbi_backup_opts o = tu_bopts(b->src, b->dest);
+		o.level = level;
+		memset(&e, 0, sizeof e);
+		int rc = cbi_backup(&o, &r, &e);
+		if (rc != -CBI_EUSAGE)
+			fail_msg("level %d: rc %d (%s), want -CBI_EUSAGE", level, rc, e.msg);
+		assert_non_null(strstr(e.msg, "1..19"));
+		assert_int_equal(tu_count(b->dest, ".cbx", 0), 0);
+	}
+	cbi_backup_opts o = tu_bopts(b->src, b->dest);
+	o.level = CBI_MAX_LEVEL;
+	tu_backup_ok(&o, &r);
+	assert_int_equal(r.point.seq, 0);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup_bk, teardown_bk)
@@ -622,6 +647,7 @@ int main(void)
 		T(test_other_disk_same_path),
 		T(test_jobs_and_force_full),
 		T(test_option_errors),
+		T(test_level_range),
 		T(test_block_size_of_chain_wins),
 		T(test_threads_same_result),
 		T(test_progress_cancel_leaves_nothing),

@@ -525,6 +525,57 @@ static void test_open_errors(void **state)
 	assert_int_equal(cbi_image_open(tu_path(x->base.dir, "missing.cbi"), &m, &e), -ENOENT);
 }
 
+/* A small image whose trailer claims more table entries than the file can
+ * hold, with a table_offset chosen so that table_offset + 24 * count + 128
+ * wraps around to the file size: refused as damaged, never opened. */
+static void test_trailer_offset_wraps(void **state)
+{
+	img_fix *x = *state;
+	const char *p = tu_path(x->base.dir, "small.cbi");
+	cbi_hdr h = mk_hdr();
+	h.n_blocks = 256;
+	h.source_size = 256 * BS;
+	cbi_image_writer *w = NULL;
+	cbi_error e;
+	assert_int_equal(cbi_image_writer_create(p, NULL, &h, NULL, &w, &e), 0);
+	uint8_t data[BS], hash[16], dg[32];
+	block_data(7, data, BS);
+	cbi_block_hash(data, BS, hash);
+	assert_int_equal(cbi_image_writer_add(w, 7, 0, BS, hash, data, BS), 0);
+	memset(dg, 0xd0, sizeof dg);
+	assert_int_equal(cbi_image_writer_seal(w, 1, dg), 0);
+	assert_int_equal(cbi_image_writer_commit(w, &e), 0);
+	cbi_image *m = NULL;
+	assert_int_equal(cbi_image_open(p, &m, &e), 0);
+	cbi_image_close(m);
+
+	uint64_t size = (uint64_t)tu_file_size(p);
+	const uint64_t counts[] = { 256, 255, (size - CBI_TRL_SIZE) / CBI_TAB_ENT_SIZE + 1 };
+	for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++) {
+		uint64_t count = counts[k];
+		assert_true(count * CBI_TAB_ENT_SIZE + CBI_TRL_SIZE > size);
+		uint8_t b[16];
+		st64(b, size - CBI_TRL_SIZE - count * CBI_TAB_ENT_SIZE); /* wraps: "offset" near 2^64 */
+		st64(b + 8, count);
+		tu_pwrite(p, b, 16, (off_t)(size - CBI_TRL_SIZE + 8));
+		m = NULL;
+		memset(&e, 0, sizeof e);
+		int rc = cbi_image_open(p, &m, &e);
+		if (rc != -CBI_EDAMAGED) {
+			cbi_image_close(m);
+			fail_msg("record_count %llu with a wrapping table_offset: open = %d, want -CBI_EDAMAGED",
+				 (unsigned long long)count, rc);
+		}
+		assert_null(m);
+		assert_non_null(strstr(e.msg, "small.cbi"));
+	}
+	/* and a table_offset past the end on its own */
+	uint8_t b[8];
+	st64(b, UINT64_MAX - 7);
+	tu_pwrite(p, b, 8, (off_t)(size - CBI_TRL_SIZE + 8));
+	assert_int_equal(cbi_image_open(p, &m, NULL), -CBI_EDAMAGED);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup_img, teardown_img)
@@ -539,6 +590,7 @@ int main(void)
 		T(test_add_out_of_order),
 		T(test_record_checks_on_write_errors),
 		T(test_open_errors),
+		T(test_trailer_offset_wraps),
 	};
 	return cmocka_run_group_tests_name("image", tests, group_setup, group_teardown);
 }

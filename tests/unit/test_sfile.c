@@ -2,6 +2,7 @@
  * and checked reader. */
 #include "testutil.h"
 
+#include <dlfcn.h>
 #include <openssl/evp.h>
 
 #include "format.h"
@@ -802,6 +803,130 @@ static void test_backup_split_roundtrip(void **state)
 	free(data);
 }
 
+/* ------------------------------------------- issue 10: names and fstat */
+
+/* A stale temporary (a dead run's leftover) or a symbolic link planted at
+ * the temporary name, of the first segment or of a later one: the writer
+ * replaces it and never writes through the link. */
+static void test_create_replaces_planted_temp(void **state)
+{
+	tu_fix *f = *state;
+	const char *victim = tu_path(f->dir, "victim");
+	tu_write_file(victim, "keep", 4);
+	char final[4096];
+	snprintf(final, sizeof final, "%s", tu_path(f->dir, "p.cbi"));
+	assert_int_equal(symlink(victim, tu_path(f->dir, ".t.p.cbi.tmp")), 0);
+	assert_int_equal(symlink(victim, tu_path(f->dir, ".t.p.cbi.001.tmp")), 0);
+	tu_write_file(tu_path(f->dir, ".t.p.cbi.002.tmp"), "stale", 5);
+	uint32_t nseg = 0;
+	free(write_split(final, "t", 1, 2 * MIB + 4096, &nseg));
+	assert_int_equal(nseg, 3);
+	assert_true(tu_file_equals(victim, "keep", 4));
+	struct stat st;
+	for (uint32_t k = 0; k < 3; k++) {
+		assert_int_equal(lstat(seg_path(final, k), &st), 0);
+		assert_true(S_ISREG(st.st_mode));
+	}
+	assert_int_equal(tu_count(f->dir, ".tmp", 1), 0);
+
+	/* untagged: ".NAME.PID.tmp" */
+	char tmp[256];
+	snprintf(tmp, sizeof tmp, ".u.cbx.%ld.tmp", (long)getpid());
+	assert_int_equal(symlink(victim, tu_path(f->dir, tmp)), 0);
+	cbi_sfw *w = NULL;
+	cbi_error e;
+	assert_int_equal(cbi_sfw_create(tu_path(f->dir, "u.cbx"), &w, &e), 0);
+	assert_int_equal(cbi_sfw_write(w, "data", 4), 0);
+	uint8_t t[96], digest[32];
+	trailer96(t);
+	assert_int_equal(cbi_sfw_seal(w, t, digest), 0);
+	assert_int_equal(cbi_sfw_commit(w, &e), 0);
+	assert_true(tu_file_equals(victim, "keep", 4));
+	assert_int_equal(tu_file_size(tu_path(f->dir, "u.cbx")), 4 + 128);
+}
+
+/* A segment after the first that is a symbolic link is refused (even to
+ * the right bytes), at open and when a segment is swapped for one after
+ * the open; a directory on the way that is a link is fine. */
+static void test_reader_segment_symlink(void **state)
+{
+	tu_fix *f = *state;
+	char final[4096], seg1[4096], copy[4096];
+	snprintf(final, sizeof final, "%s", tu_path(f->dir, "s.cbi"));
+	uint8_t *all = write_split(final, NULL, 1, 3 * MIB, NULL);
+	snprintf(seg1, sizeof seg1, "%s", seg_path(final, 1));
+	snprintf(copy, sizeof copy, "%s", tu_path(f->dir, "copy-of-001"));
+
+	/* through a symlinked directory: reads as before */
+	assert_int_equal(symlink(f->dir, tu_path(f->dir, "via")), 0);
+	cbi_sfr *r = NULL;
+	cbi_error e;
+	assert_int_equal(cbi_sfr_open(tu_path(f->dir, "via/s.cbi"), &r, &e), 0);
+	uint8_t *back = malloc(3 * MIB);
+	assert_non_null(back);
+	assert_int_equal(cbi_sfr_pread(r, back, 3 * MIB, 0), 0);
+	assert_memory_equal(back, all, 3 * MIB);
+
+	/* swapped for a link after the open: that segment's reads fail */
+	cbi_sfr *r2 = NULL;
+	assert_int_equal(cbi_sfr_open(final, &r2, &e), 0);
+	assert_int_equal(rename(seg1, copy), 0);
+	assert_int_equal(symlink(copy, seg1), 0);
+	assert_int_equal(cbi_sfr_pread(r2, back, 16, MIB + 16), -CBI_EDAMAGED);
+	assert_int_equal(cbi_sfr_pread(r2, back, 16, 16), 0);
+	cbi_sfr_close(r2);
+	cbi_sfr_close(r);
+
+	/* a link at open */
+	expect_open_fails(final, -EINVAL, "s.cbi.001' is not a regular file");
+	/* a FIFO does not hang the open */
+	assert_int_equal(unlink(seg1), 0);
+	assert_int_equal(mkfifo(seg1, 0600), 0);
+	expect_open_fails(final, -EINVAL, "s.cbi.001' is not a regular file");
+	assert_int_equal(unlink(seg1), 0);
+	assert_int_equal(rename(copy, seg1), 0);
+	assert_int_equal(cbi_sfr_open(final, &r, &e), 0);
+	cbi_sfr_close(r);
+	free(back);
+	free(all);
+}
+
+/* fstat fails on the opened file: its error is reported, not a mode read
+ * from a struct stat that fstat never filled. The test binary's fstat64
+ * (which the library's fstat calls resolve to) fails on request. */
+static int fstat_fail_next;
+
+int fstat64(int fd, struct stat64 *st)
+{
+	static int (*real)(int, struct stat64 *);
+	if (fstat_fail_next) {
+		fstat_fail_next = 0;
+		errno = EIO;
+		return -1;
+	}
+	if (!real)
+		*(void **)&real = dlsym(RTLD_NEXT, "fstat64");
+	return real(fd, st);
+}
+
+static void test_reader_fstat_fails(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "f.cbx");
+	uint8_t buf[CBI_HDR_SIZE + CBI_TRL_SIZE];
+	memset(buf, 0x11, sizeof buf);
+	tu_write_file(p, buf, sizeof buf);
+	cbi_sfr *r = NULL;
+	cbi_error e;
+	memset(&e, 0, sizeof e);
+	fstat_fail_next = 1;
+	int rc = cbi_sfr_open(p, &r, &e);
+	fstat_fail_next = 0;
+	assert_int_equal(rc, -EIO);
+	assert_non_null(strstr(e.msg, "unable to stat"));
+	assert_null(r);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, tu_setup_dir, tu_teardown_dir)
@@ -824,6 +949,9 @@ int main(void)
 		T(test_split_abort_removes_all),
 		T(test_split_choose),
 		T(test_backup_split_roundtrip),
+		T(test_create_replaces_planted_temp),
+		T(test_reader_segment_symlink),
+		T(test_reader_fstat_fails),
 	};
 	return cmocka_run_group_tests_name("sfile", tests, NULL, NULL);
 }
