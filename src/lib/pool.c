@@ -62,8 +62,8 @@ void cbi_pool_size(int requested, uint64_t unit_bytes, uint32_t max_units, unsig
 	if (total_units) {
 		/* no more workers than items (the slots shrink with them) */
 		uint64_t items = (total_units + out->per_item - 1) / out->per_item;
-		if ((uint64_t)threads > items)
-			threads = (int)items;
+		if ((uint64_t)threads > CBI_MAX(items, 1))
+			threads = (int)CBI_MAX(items, 1);
 	}
 	out->threads = threads;
 	out->nslots = slots_per_worker * (unsigned)threads + extra_slots;
