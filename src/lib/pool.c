@@ -167,6 +167,37 @@ static void plan_ahead(pool *p, uint64_t consumed, int *plan_done)
 	}
 }
 
+/* The calling thread's part: plan ahead, consume in plan order, until every
+ * item is consumed or the first failed one (in plan order) is reached. */
+static void run_items(pool *p)
+{
+	const cbi_pool_cfg *c = p->c;
+	int plan_done = 0;
+	for (uint64_t consumed = 0;; consumed++) {
+		plan_ahead(p, consumed, &plan_done);
+		unsigned slot = (unsigned)(consumed % c->nslots);
+		pthread_mutex_lock(&p->mu);
+		int more = consumed < p->planned && consumed < p->err_item;
+		while (more && p->state[slot] != SL_DONE)
+			pthread_cond_wait(&p->cv_done, &p->mu);
+		more = more && consumed < p->err_item;
+		pthread_mutex_unlock(&p->mu);
+		if (!more)
+			return;
+		cbi_error e;
+		e.code = 0;
+		e.msg[0] = 0;
+		int r = c->consume(c->ud, slot, &e);
+		pthread_mutex_lock(&p->mu);
+		if (r)
+			set_error(p, consumed, r < 0 ? r : -EIO, &e);
+		p->state[slot] = SL_FREE;
+		pthread_mutex_unlock(&p->mu);
+		if (r)
+			return;
+	}
+}
+
 int cbi_pool_run(const cbi_pool_cfg *c, cbi_error *err)
 {
 	pool p;
@@ -198,30 +229,7 @@ int cbi_pool_run(const cbi_pool_cfg *c, cbi_error *err)
 		rc = cbi_err(err, -EAGAIN, "unable to start a worker thread");
 		goto end;
 	}
-	int plan_done = 0;
-	for (uint64_t consumed = 0;; consumed++) {
-		plan_ahead(&p, consumed, &plan_done);
-		unsigned slot = (unsigned)(consumed % c->nslots);
-		pthread_mutex_lock(&p.mu);
-		int more = consumed < p.planned && consumed < p.err_item;
-		while (more && p.state[slot] != SL_DONE)
-			pthread_cond_wait(&p.cv_done, &p.mu);
-		more = more && consumed < p.err_item;
-		pthread_mutex_unlock(&p.mu);
-		if (!more)
-			break;
-		cbi_error e;
-		e.code = 0;
-		e.msg[0] = 0;
-		int r = c->consume(c->ud, slot, &e);
-		pthread_mutex_lock(&p.mu);
-		if (r)
-			set_error(&p, consumed, r < 0 ? r : -EIO, &e);
-		p.state[slot] = SL_FREE;
-		pthread_mutex_unlock(&p.mu);
-		if (r)
-			break;
-	}
+	run_items(&p);
 	pthread_mutex_lock(&p.mu);
 	if (p.err_item != NO_ERR) {
 		rc = p.err_rc;
