@@ -297,7 +297,8 @@ int cbi_catalog_rebuild(const char *dest, cbi_error *err) CBI_WUR;
 typedef struct cbi_restore_opts {
 	const char *point;        /* any .cbi or .cbx file of the chain */
 	const char *target;       /* block device or file */
-	int force;                /* allow overwriting an existing file or a device */
+	int force;                /* allow overwriting an existing file or a device, and replacing
+	                           * a file that appears at a new target's name meanwhile */
 	int changed_only;         /* read target, write only blocks that differ */
 	int threads;              /* worker threads that read, authenticate, decompress and
 	                           * check blocks (and for changed_only read and hash the

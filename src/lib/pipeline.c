@@ -1,4 +1,6 @@
-/* pipeline.c - worker threads that read and process batches, in-order consumer. */
+/* pipeline.c - backup's pipeline on the worker pool (pool.h): plan finds the
+ * next batch or run of holes, workers read and process batches, the calling
+ * thread hands the blocks to the sink in order. */
 #define _GNU_SOURCE
 #include "pipeline.h"
 
@@ -8,24 +10,22 @@
 #include <zstd.h>
 
 #include "image.h"
+#include "pool.h"
 #include "util.h"
 
 #define BATCH_BYTES (4u << 20)
 #define HOLE_CHUNK 4096u /* index entries of a hole item handed to the sink per step */
 
-enum { S_EMPTY, S_WORK, S_DONE };
 enum { K_DATA, K_HOLE };
 
-/* One item of the ring: a batch of up to per_batch blocks read and
+/* One item of the pool (pool.h): a batch of up to per_batch blocks read and
  * processed by a worker (K_DATA), or a run of at least per_batch blocks
  * lying wholly in a hole of the source (K_HOLE), which no one reads or
  * processes: the consumer expands it into zero entries. */
 typedef struct batch {
-	uint64_t idx;
 	uint64_t first;
 	uint64_t nblk;
 	int kind;
-	int state;
 	uint64_t got;       /* bytes actually read */
 	uint8_t *data;
 	uint8_t *hole;      /* per block: wholly in a hole of the source, data not filled */
@@ -36,38 +36,17 @@ typedef struct batch {
 
 typedef struct pipe_s {
 	const cbi_pipe_cfg *cfg;
-	pthread_mutex_t mu;
-	pthread_cond_t cv_free; /* a slot became empty (workers wait) */
-	pthread_cond_t cv_done; /* an item is done (the consumer waits) */
 	pthread_mutex_t pmu;    /* the parent index (its window cache) */
 	batch *slots;
-	unsigned nslots;
 	uint32_t per_batch;
 	uint64_t nblocks;
-	uint64_t next_blk, next_idx; /* what the next claim takes */
-	int stop;
-	int err;
-	cbi_error errmsg;
+	uint64_t next_blk;      /* where the next item starts */
+	uint64_t done_blocks, done_bytes;
+	double last;            /* last progress report */
 	uint64_t bytes_read;
 	size_t bound;
 	cbi_idx_ent *hpar;      /* consumer's parent entries for hole items */
 } pipe_s;
-
-static void fail(pipe_s *p, int rc, const cbi_error *e)
-{
-	pthread_mutex_lock(&p->mu);
-	if (!p->err) {
-		p->err = rc;
-		if (e)
-			p->errmsg = *e;
-		else
-			cbi_err(&p->errmsg, rc, "%s", cbi_errtext(rc));
-	}
-	p->stop = 1;
-	pthread_cond_broadcast(&p->cv_free);
-	pthread_cond_broadcast(&p->cv_done);
-	pthread_mutex_unlock(&p->mu);
-}
 
 /* Entries [first, first + n) of the parent index. */
 static int parent_get(pipe_s *p, uint64_t first, uint64_t n, cbi_idx_ent *out, cbi_error *e)
@@ -83,12 +62,17 @@ static int parent_get(pipe_s *p, uint64_t first, uint64_t n, cbi_idx_ent *out, c
 	return rc;
 }
 
-/* With p->mu held: the next item starts at block p->next_blk. A hole of at
- * least a batch's worth of whole blocks becomes one hole item, however long
- * (a terabyte of holes is a handful of items); anything else is a batch. */
-static int claim(pipe_s *p, batch *s, cbi_error *e)
+/* plan: the next item starts at block p->next_blk. A hole of at least a
+ * batch's worth of whole blocks becomes one hole item, however long (a
+ * terabyte of holes is a handful of items), which needs no work; anything
+ * else is a batch for a worker. */
+static int plan(void *ud, unsigned slot, cbi_error *e)
 {
+	pipe_s *p = ud;
 	const cbi_pipe_cfg *c = p->cfg;
+	batch *s = &p->slots[slot];
+	if (p->next_blk == p->nblocks)
+		return CBI_POOL_DONE;
 	s->first = p->next_blk;
 	uint64_t off = s->first * c->block_size, he = off;
 	int rc = cbi_source_hole_end(c->src, off, &he, e);
@@ -97,7 +81,9 @@ static int claim(pipe_s *p, batch *s, cbi_error *e)
 	uint64_t n = he == c->src->size ? p->nblocks - s->first : (he - off) / c->block_size;
 	s->kind = n >= p->per_batch ? K_HOLE : K_DATA;
 	s->nblk = s->kind == K_HOLE ? n : CBI_MIN((uint64_t)p->per_batch, p->nblocks - s->first);
-	return 0;
+	s->got = 0;
+	p->next_blk += s->nblk;
+	return s->kind == K_HOLE ? CBI_POOL_NOWORK : 0;
 }
 
 /* A worker's read of its batch: the source data and the parent's entries. */
@@ -177,111 +163,109 @@ static int process(pipe_s *p, batch *s, ZSTD_CCtx *cc, cbi_cx *cx)
 	return 0;
 }
 
-/* Workers claim the next item in block order, read their batch themselves
- * (both cores copy from the page cache at once, no reader thread to wait
- * for) and process it; hole items are only claimed. */
-static void *worker_main(void *arg)
+/* Per-worker state: a compression context and a crypto context. */
+typedef struct wstate {
+	ZSTD_CCtx *cc;
+	cbi_cx *cx;
+} wstate;
+
+static void ws_free(void *ud, void *ws)
 {
-	pipe_s *p = arg;
-	ZSTD_CCtx *cc = ZSTD_createCCtx();
-	cbi_cx *cx = cbi_cx_new();
-	if (!cc || !cx) {
-		ZSTD_freeCCtx(cc);
-		cbi_cx_free(cx);
-		fail(p, -ENOMEM, NULL);
-		return NULL;
+	wstate *w = ws;
+	if (w) {
+		ZSTD_freeCCtx(w->cc);
+		cbi_cx_free(w->cx);
+		free(w);
 	}
-	for (;;) {
-		cbi_error e;
-		pthread_mutex_lock(&p->mu);
-		batch *s = NULL;
-		while (!p->stop && p->next_blk < p->nblocks &&
-		       p->slots[p->next_idx % p->nslots].state != S_EMPTY)
-			pthread_cond_wait(&p->cv_free, &p->mu);
-		if (p->stop || p->next_blk == p->nblocks) {
-			pthread_mutex_unlock(&p->mu);
-			break;
-		}
-		s = &p->slots[p->next_idx % p->nslots];
-		int rc = claim(p, s, &e);
-		if (!rc) {
-			s->idx = p->next_idx++;
-			s->state = S_WORK;
-			s->got = 0;
-			p->next_blk += s->nblk;
-		}
-		pthread_mutex_unlock(&p->mu);
-		if (!rc && s->kind == K_DATA && !(rc = fill(p, s, &e)) && (rc = process(p, s, cc, cx)))
-			cbi_err(&e, rc, "hashing or encryption failed (libcrypto)");
-		if (rc) {
-			fail(p, rc, &e);
-			break;
-		}
-		pthread_mutex_lock(&p->mu);
-		s->state = S_DONE;
-		p->bytes_read += s->got;
-		pthread_cond_signal(&p->cv_done);
-		pthread_mutex_unlock(&p->mu);
+}
+
+static int ws_new(void *ud, void **out, cbi_error *e)
+{
+	wstate *w = calloc(1, sizeof *w);
+	if (w && (!(w->cc = ZSTD_createCCtx()) || !(w->cx = cbi_cx_new()))) {
+		ws_free(ud, w);
+		w = NULL;
 	}
-	ZSTD_freeCCtx(cc);
-	cbi_cx_free(cx);
-	return NULL;
+	*out = w;
+	return w ? 0 : cbi_err(e, -ENOMEM, "out of memory");
+}
+
+/* work: workers read their batch themselves (both cores copy from the page
+ * cache at once, no reader thread to wait for) and process it. */
+static int work(void *ud, void *ws, unsigned slot, cbi_error *e)
+{
+	pipe_s *p = ud;
+	wstate *w = ws;
+	batch *s = &p->slots[slot];
+	int rc = fill(p, s, e);
+	if (!rc && (rc = process(p, s, w->cc, w->cx)))
+		cbi_err(e, rc, "hashing or encryption failed (libcrypto)");
+	return rc;
 }
 
 /* Progress from the calling thread, at most every 0.2 s and at the end;
  * a callback asking to stop cancels the run. */
-static int report(pipe_s *p, double *last, uint64_t done, int final)
+static int report(pipe_s *p, int final, cbi_error *e)
 {
 	const cbi_pipe_cfg *c = p->cfg;
 	if (!c->progress)
 		return 0;
 	double now = cbi_now();
-	if (now - *last < 0.2 && !final)
+	if (now - p->last < 0.2 && !final)
 		return 0;
-	*last = now;
-	if (!c->progress(c->progress_ud, done, c->src->size))
+	p->last = now;
+	if (!c->progress(c->progress_ud, p->done_bytes, c->src->size))
 		return 0;
-	cbi_error e;
-	cbi_err(&e, -ECANCELED, "interrupted: nothing of this run was kept");
-	fail(p, -ECANCELED, &e);
-	return -ECANCELED;
+	return cbi_err(e, -ECANCELED, "interrupted: nothing of this run was kept");
 }
 
-static int sink_one(pipe_s *p, uint64_t blk, const cbi_pipe_block *o, uint64_t *done)
+static int sink_one(pipe_s *p, uint64_t blk, const cbi_pipe_block *o, cbi_error *e)
 {
-	cbi_error e;
-	int r = p->cfg->sink(p->cfg->sink_ud, blk, o, &e);
-	if (r)
-		fail(p, r, &e);
-	*done += o->raw_len;
+	int r = p->cfg->sink(p->cfg->sink_ud, blk, o, e);
+	p->done_bytes += o->raw_len;
 	return r;
 }
 
 /* The consumer's part of a hole item: its zero entries, in steps, with the
  * parent's entries for an incremental (a hole is a zero block: changed
  * only where the parent's entry is not zero). */
-static int emit_hole(pipe_s *p, const batch *s, double *last, uint64_t *done)
+static int emit_hole(pipe_s *p, const batch *s, cbi_error *e)
 {
 	const cbi_pipe_cfg *c = p->cfg;
 	for (uint64_t i = 0; i < s->nblk; i += HOLE_CHUNK) {
 		uint64_t n = CBI_MIN((uint64_t)HOLE_CHUNK, s->nblk - i);
-		cbi_error e;
-		int rc = c->parent ? parent_get(p, s->first + i, n, p->hpar, &e) : 0;
-		if (rc) {
-			fail(p, rc, &e);
+		int rc = c->parent ? parent_get(p, s->first + i, n, p->hpar, e) : 0;
+		if (rc)
 			return rc;
-		}
 		for (uint64_t j = 0; j < n; j++) {
 			uint64_t blk = s->first + i + j;
 			cbi_pipe_block o;
 			zero_block(&o, cbi_block_len(c->src->size, c->block_size, blk), c->parent ? &p->hpar[j] : NULL);
-			if ((rc = sink_one(p, blk, &o, done)))
+			if ((rc = sink_one(p, blk, &o, e)))
 				return rc;
 		}
-		if (i + n < s->nblk && (rc = report(p, last, *done, 0)))
+		if (i + n < s->nblk && (rc = report(p, 0, e)))
 			return rc;
 	}
 	return 0;
+}
+
+/* consume: the item's blocks to the sink, in block order. */
+static int consume(void *ud, unsigned slot, cbi_error *e)
+{
+	pipe_s *p = ud;
+	batch *s = &p->slots[slot];
+	int r = 0;
+	if (s->kind == K_HOLE)
+		r = emit_hole(p, s, e);
+	else
+		for (uint32_t j = 0; j < s->nblk && !r; j++)
+			r = sink_one(p, s->first + j, &s->out[j], e);
+	if (r)
+		return r;
+	p->done_blocks += s->nblk;
+	p->bytes_read += s->got;
+	return report(p, p->done_blocks == p->nblocks, e);
 }
 
 int cbi_pipe_run(const cbi_pipe_cfg *c, cbi_pipe_stats *st, cbi_error *err)
@@ -289,30 +273,23 @@ int cbi_pipe_run(const cbi_pipe_cfg *c, cbi_pipe_stats *st, cbi_error *err)
 	pipe_s p;
 	memset(&p, 0, sizeof p);
 	p.cfg = c;
-	pthread_mutex_init(&p.mu, NULL);
-	pthread_mutex_init(&p.pmu, NULL);
-	pthread_cond_init(&p.cv_free, NULL);
-	pthread_cond_init(&p.cv_done, NULL);
 	p.bound = ZSTD_compressBound(c->block_size) + CBI_TAG_LEN;
 	/* The slots' buffers (a block of data and its compressed output each)
-	 * stay within CBI_WORK_BUDGET: smaller batches for many threads, and
-	 * at most as many threads as that budget holds slots of one block. */
-	uint64_t per_block = (uint64_t)c->block_size + p.bound;
-	int threads = cbi_worker_count(c->threads, CBI_MAX(3u, CBI_WORK_BUDGET / per_block) - 2);
-	/* one item per worker, one being consumed, one ready ahead */
-	p.nslots = (unsigned)threads + 2;
-	p.per_batch =
-		(uint32_t)CBI_MAX(1u, CBI_MIN(BATCH_BYTES / c->block_size, CBI_WORK_BUDGET / p.nslots / per_block));
+	 * stay within the pool's budget: one item per worker, one being
+	 * consumed, one ready ahead. */
+	cbi_pool_dims d;
+	cbi_pool_size(c->threads, (uint64_t)c->block_size + p.bound, BATCH_BYTES / c->block_size, 1, 2, 0, &d);
+	p.per_batch = d.per_item;
 	p.nblocks = cbi_nblocks(c->src->size, c->block_size);
-	pthread_t *wk = calloc((size_t)threads, sizeof *wk);
-	p.slots = calloc(p.nslots, sizeof *p.slots);
+	pthread_mutex_init(&p.pmu, NULL);
+	p.slots = calloc(d.nslots, sizeof *p.slots);
 	p.hpar = calloc(HOLE_CHUNK, sizeof *p.hpar);
 	int rc = 0;
-	if (!wk || !p.slots || !p.hpar) {
+	if (!p.slots || !p.hpar) {
 		rc = cbi_err(err, -ENOMEM, "out of memory");
 		goto end;
 	}
-	for (unsigned i = 0; i < p.nslots; i++) {
+	for (unsigned i = 0; i < d.nslots; i++) {
 		batch *s = &p.slots[i];
 		size_t dsz = (size_t)p.per_batch * c->block_size;
 		if (posix_memalign((void **)&s->data, CBI_SOURCE_ALIGN, dsz))
@@ -326,71 +303,22 @@ int cbi_pipe_run(const cbi_pipe_cfg *c, cbi_pipe_stats *st, cbi_error *err)
 			goto end;
 		}
 	}
-	int nwk = 0;
-	for (; nwk < threads; nwk++)
-		if (pthread_create(&wk[nwk], NULL, worker_main, &p))
-			break;
-	if (!nwk) {
-		cbi_error e;
-		cbi_err(&e, -EAGAIN, "unable to start the worker threads");
-		fail(&p, -EAGAIN, &e);
-	}
-
-	double last = 0;
-	uint64_t done_blocks = 0, done_bytes = 0;
-	for (uint64_t b = 0; done_blocks < p.nblocks; b++) {
-		batch *s = &p.slots[b % p.nslots];
-		pthread_mutex_lock(&p.mu);
-		while (!p.stop && !(s->state == S_DONE && s->idx == b))
-			pthread_cond_wait(&p.cv_done, &p.mu);
-		int stop = p.stop;
-		pthread_mutex_unlock(&p.mu);
-		if (stop)
-			break;
-		int r = 0;
-		if (s->kind == K_HOLE)
-			r = emit_hole(&p, s, &last, &done_bytes);
-		else
-			for (uint32_t j = 0; j < s->nblk && !r; j++)
-				r = sink_one(&p, s->first + j, &s->out[j], &done_bytes);
-		done_blocks += s->nblk;
-		pthread_mutex_lock(&p.mu);
-		s->state = S_EMPTY;
-		pthread_cond_broadcast(&p.cv_free);
-		pthread_mutex_unlock(&p.mu);
-		if (r || report(&p, &last, done_bytes, done_blocks == p.nblocks))
-			break;
-	}
-	for (int i = 0; i < nwk; i++)
-		pthread_join(wk[i], NULL);
-	if (!p.err) {
-		/* the tail may have been a hole taken on trust long ago */
-		cbi_error e;
-		int r = cbi_source_check_size(c->src, &e);
-		if (r)
-			fail(&p, r, &e);
-	}
-	if (p.err) {
-		rc = p.err;
-		if (err)
-			*err = p.errmsg;
-	}
+	cbi_pool_cfg pc = { .threads = d.threads, .nslots = d.nslots, .ud = &p, .init = ws_new, .fini = ws_free,
+			    .plan = plan, .work = work, .consume = consume };
+	/* the tail may have been a hole taken on trust long ago */
+	if (!(rc = cbi_pool_run(&pc, err)))
+		rc = cbi_source_check_size(c->src, err);
 	st->bytes_read = p.bytes_read;
 end:
-	if (p.slots)
-		for (unsigned i = 0; i < p.nslots; i++) {
-			free(p.slots[i].data);
-			free(p.slots[i].comp);
-			free(p.slots[i].hole);
-			free(p.slots[i].parent);
-			free(p.slots[i].out);
-		}
+	for (unsigned i = 0; p.slots && i < d.nslots; i++) {
+		free(p.slots[i].data);
+		free(p.slots[i].comp);
+		free(p.slots[i].hole);
+		free(p.slots[i].parent);
+		free(p.slots[i].out);
+	}
 	free(p.slots);
 	free(p.hpar);
-	free(wk);
-	pthread_mutex_destroy(&p.mu);
 	pthread_mutex_destroy(&p.pmu);
-	pthread_cond_destroy(&p.cv_free);
-	pthread_cond_destroy(&p.cv_done);
 	return rc;
 }

@@ -1,10 +1,11 @@
-/* pipeline.h - the backup pipeline: worker threads that each claim the next
- * batch in block order, read it from the source themselves, detect zero
- * blocks, hash, compare with the parent index and compress, and the calling
- * thread writing the results in block order. A run of holes of at least a
- * batch is claimed as one item that nobody reads: the calling thread turns
- * it into zero entries. Memory is bounded: (threads + 2) batches of about
- * 4 MiB of source data plus their compressed output. */
+/* pipeline.h - the backup pipeline, on the worker pool (pool.h): the
+ * calling thread plans the next batch in block order, worker threads read
+ * it from the source themselves, detect zero blocks, hash, compare with the
+ * parent index and compress, and the calling thread hands the results to
+ * the sink in block order. A run of holes of at least a batch is one item
+ * that nobody reads: the calling thread turns it into zero entries. Memory
+ * is bounded: (threads + 2) batches of about 4 MiB of source data plus
+ * their compressed output. */
 #ifndef CBI_PIPELINE_H
 #define CBI_PIPELINE_H
 

@@ -149,15 +149,6 @@ int cbi_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-int cbi_worker_count(int requested, uint64_t max_by_memory)
-{
-	long n = requested > 0 ? requested : sysconf(_SC_NPROCESSORS_ONLN);
-	uint64_t cap = max_by_memory < CBI_MAX_WORKERS ? max_by_memory : CBI_MAX_WORKERS;
-	if (n > (long)cap)
-		n = (long)cap;
-	return n < 1 ? 1 : (int)n;
-}
-
 int cbi_create_tmp(const char *tmp, int mode)
 {
 	if (unlink(tmp) < 0 && errno != ENOENT)

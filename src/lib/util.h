@@ -87,19 +87,6 @@ int cbi_has_ext(const char *name, const char *ext);
 /* Keep only [A-Za-z0-9._-] (others become '-'), for file names valid on FAT. */
 void cbi_sanitize_name(const char *in, char *out, size_t outsz);
 
-/* Worker threads of backup and restore, and the memory their buffers may
- * take together: a run's memory stays bounded whatever the thread count.
- * Each worker also holds a zstd context (about 0.7 MiB at level 3): 16 of
- * them keep a backup's peak RSS under 64 MiB (measured: 56.7 MiB with 16,
- * 65.2 MiB with 24, 65.7 MiB with 32 threads at 256 KiB blocks). */
-#define CBI_WORK_BUDGET (40ull << 20)
-#define CBI_MAX_WORKERS 16
-
-/* Workers for a run: requested (0: one per CPU), at least 1, at most
- * CBI_MAX_WORKERS and at most max_by_memory (how many the buffers'
- * budget holds for this block size). */
-int cbi_worker_count(int requested, uint64_t max_by_memory);
-
 #define CBI_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define CBI_MAX(a, b) ((a) > (b) ? (a) : (b))
 
