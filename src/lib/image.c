@@ -261,85 +261,58 @@ size_t cbi_image_scratch_size(uint32_t block_size)
 }
 
 int cbi_image_read_block(cbi_image *m, const cbi_tab_ent *e, ZSTD_DCtx *dctx, cbi_cx *cx, uint8_t *scratch,
-			 uint8_t *out, const uint8_t *want_hash, const char **why)
+			 uint8_t *out, const uint8_t *want_hash, cbi_error *err)
 {
 	uint32_t bs = m->hdr.block_size;
-	*why = NULL;
 	if (e->block >= m->hdr.n_blocks || e->stored_len > ZSTD_compressBound(bs) + CBI_TAG_LEN ||
 	    e->offset < CBI_HDR_SIZE || e->offset > m->trl.table_offset ||
-	    (uint64_t)CBI_REC_HDR_SIZE + e->stored_len > m->trl.table_offset - e->offset) {
-		*why = "table entry out of range";
-		return -CBI_EDAMAGED;
-	}
+	    (uint64_t)CBI_REC_HDR_SIZE + e->stored_len > m->trl.table_offset - e->offset)
+		return cbi_err(err, -CBI_EDAMAGED, "table entry out of range");
 	int rc = cbi_sfr_pread(m->f, scratch, CBI_REC_HDR_SIZE + e->stored_len, e->offset);
-	if (rc) {
-		*why = "read error";
-		return rc;
-	}
+	if (rc)
+		return cbi_err(err, rc, "read error");
 	cbi_rec_hdr rh;
 	if (cbi_rec_hdr_decode(scratch, &rh) || rh.block != e->block || rh.stored_len != e->stored_len ||
-	    rh.flags != e->flags) {
-		*why = "record header does not match the block table";
-		return -CBI_EDAMAGED;
-	}
+	    rh.flags != e->flags)
+		return cbi_err(err, -CBI_EDAMAGED, "record header does not match the block table");
 	uint32_t want_len = cbi_block_len(m->hdr.source_size, bs, e->block);
-	if (rh.raw_len != want_len) {
-		*why = "record length wrong";
-		return -CBI_EDAMAGED;
-	}
+	if (rh.raw_len != want_len)
+		return cbi_err(err, -CBI_EDAMAGED, "record length wrong");
 	uint8_t *payload = scratch + CBI_REC_HDR_SIZE;
 	uint32_t plen = rh.stored_len;
 	int enc = (m->hdr.flags & CBI_HDR_ENCRYPTED) != 0;
-	if (enc != ((rh.flags & CBI_REC_AEAD) != 0)) {
-		*why = enc ? "unsealed record in an encrypted image" : "sealed record in a plain image";
-		return enc ? -CBI_EAUTH : -CBI_EDAMAGED;
-	}
+	if (enc != ((rh.flags & CBI_REC_AEAD) != 0))
+		return cbi_err(err, enc ? -CBI_EAUTH : -CBI_EDAMAGED, "%s", enc ? "unsealed record in an encrypted image" : "sealed record in a plain image");
 	if (enc) {
-		if (!m->keyed || !cx) {
-			*why = "encrypted: no key";
-			return -CBI_ENOKEY;
-		}
-		if (plen < CBI_TAG_LEN) {
-			*why = "sealed record too short";
-			return -CBI_EAUTH;
-		}
+		if (!m->keyed || !cx)
+			return cbi_err(err, -CBI_ENOKEY, "encrypted: no key");
+		if (plen < CBI_TAG_LEN)
+			return cbi_err(err, -CBI_EAUTH, "sealed record too short");
 		plen -= CBI_TAG_LEN;
 		uint8_t nonce[12], aad[CBI_REC_AAD_LEN];
 		cbi_rec_nonce(rh.block, nonce);
 		cbi_rec_aad(m->hdr.chain_id, m->hdr.point_id, scratch, aad);
 		rc = cbi_gcm_open(cx, m->rec_key, nonce, aad, sizeof aad, payload, plen, payload + plen, payload);
-		if (rc) {
-			*why = rc == -CBI_EAUTH ? "authentication failed: the record was altered, moved or replayed"
-						: "decryption failed";
-			return rc == -CBI_EAUTH ? rc : -CBI_EDAMAGED;
-		}
+		if (rc)
+			return cbi_err(err, rc == -CBI_EAUTH ? rc : -CBI_EDAMAGED, "%s", rc == -CBI_EAUTH ? "authentication failed: the record was altered, moved or replayed"
+						: "decryption failed");
 		rh.flags &= ~CBI_REC_AEAD;
 	}
 	if (rh.flags == CBI_REC_ZSTD) {
 		size_t n = ZSTD_decompressDCtx(dctx, out, bs, payload, plen);
-		if (ZSTD_isError(n) || n != rh.raw_len) {
-			*why = "decompression failed";
-			return -CBI_EDAMAGED;
-		}
+		if (ZSTD_isError(n) || n != rh.raw_len)
+			return cbi_err(err, -CBI_EDAMAGED, "decompression failed");
 	} else if (rh.flags == 0 && plen == rh.raw_len) {
 		memcpy(out, payload, rh.raw_len);
-	} else {
-		*why = "unknown record flags";
-		return -CBI_EDAMAGED;
-	}
+	} else
+		return cbi_err(err, -CBI_EDAMAGED, "unknown record flags");
 	uint8_t h[16];
-	if (cbi_hash_block_spec(&m->hs, cx, out, rh.raw_len, h)) {
-		*why = "unable to hash the block";
-		return -EIO;
-	}
-	if (memcmp(h, rh.hash, 16)) {
-		*why = "block hash mismatch";
-		return -CBI_EDAMAGED;
-	}
-	if (want_hash && memcmp(h, want_hash, 16)) {
-		*why = "block does not match the index";
-		return -CBI_EDAMAGED;
-	}
+	if (cbi_hash_block_spec(&m->hs, cx, out, rh.raw_len, h))
+		return cbi_err(err, -EIO, "unable to hash the block");
+	if (memcmp(h, rh.hash, 16))
+		return cbi_err(err, -CBI_EDAMAGED, "block hash mismatch");
+	if (want_hash && memcmp(h, want_hash, 16))
+		return cbi_err(err, -CBI_EDAMAGED, "block does not match the index");
 	return (int)rh.raw_len;
 }
 

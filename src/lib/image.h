@@ -69,9 +69,10 @@ int cbi_image_find(cbi_image *m, uint64_t block, cbi_tab_ent *e) CBI_WUR;
  * want_hash. scratch must hold cbi_image_scratch_size() bytes. cx: the
  * calling thread's contexts; NULL is allowed for plain XXH3 images only.
  * Returns raw length (>0) or a negative code (-CBI_EDAMAGED, or -CBI_EAUTH
- * when a sealed record fails authentication, with a reason in *why). */
+ * when a sealed record fails authentication). err->msg holds the reason
+ * alone ("block hash mismatch"): the caller names the file and block. */
 int cbi_image_read_block(cbi_image *m, const cbi_tab_ent *e, ZSTD_DCtx *dctx, cbi_cx *cx, uint8_t *scratch,
-			 uint8_t *out, const uint8_t *want_hash, const char **why) CBI_WUR;
+			 uint8_t *out, const uint8_t *want_hash, cbi_error *err) CBI_WUR;
 
 /* Seal a record for an encrypted point in place: buf holds len payload
  * bytes and room for 16 more; on return it holds ciphertext || tag.

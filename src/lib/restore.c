@@ -237,11 +237,11 @@ static int work(void *ud, void *ws, unsigned slot, cbi_error *err)
 		}
 		if (s->prc[j]) /* needed, but its image or record was not found */
 			return replan(s, j);
-		const char *why = NULL;
+		cbi_error why;
 		int rc = cbi_image_read_block(s->img[j], &s->te[j], w->dctx, w->cx, w->scratch, d, e->hash, &why);
 		if (rc < 0)
 			return cbi_err(err, rc, "'%s': block %llu: %s", s->img[j]->f->path, (unsigned long long)i,
-				       why ? why : cbi_errtext(rc));
+				       why.msg);
 		s->act[j] = A_DATA;
 	}
 	return 0;

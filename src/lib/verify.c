@@ -156,12 +156,12 @@ static int verify_point(vctx *c, uint32_t seq)
 		if (want_rec && !rec_here) {
 			problem(c, img->f->path, (int64_t)i, "block missing from the image");
 		} else if (rec_here) {
-			const char *why = NULL;
+			cbi_error why;
 			int r = cbi_image_read_block(img, &te, c->dctx, c->cx, c->scratch, c->blk,
 						     want_rec ? ent.hash : NULL, &why);
 			c->r->blocks_checked++;
 			if (r < 0)
-				problem(c, img->f->path, (int64_t)i, "%s", why ? why : cbi_errtext(r));
+				problem(c, img->f->path, (int64_t)i, "%s", why.msg);
 			else if (!want_rec)
 				problem(c, img->f->path, (int64_t)i, "record not referenced by the index");
 			tj++;

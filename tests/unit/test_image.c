@@ -169,12 +169,12 @@ static void read_ok(img_fix *x, cbi_image *m, uint64_t i, int with_want)
 	uint8_t want[BS], h[16];
 	block_data(i, want, len);
 	cbi_block_hash(want, len, h);
-	const char *why = "unset";
+	cbi_error why = { .code = 1 };
 	memset(x->out, 0xee, BS);
 	rc = cbi_image_read_block(m, &te, x->dctx, NULL, x->scratch, x->out, with_want ? h : NULL, &why);
 	if (rc != (int)len)
-		fail_msg("read_block(%llu) = %d (%s)", (unsigned long long)i, rc, why ? why : "-");
-	assert_null(why);
+		fail_msg("read_block(%llu) = %d (%s)", (unsigned long long)i, rc, why.msg);
+	assert_int_equal(why.code, 1); /* err is left alone on success */
 	assert_memory_equal(x->out, want, len);
 }
 
@@ -281,11 +281,11 @@ static void test_want_hash_mismatch(void **state)
 		assert_int_equal(cbi_image_find(m, blocks[k], &te), 0);
 		uint8_t bad[16];
 		memset(bad, 0x42, sizeof bad);
-		const char *why = NULL;
+		cbi_error why;
 		int rc = cbi_image_read_block(m, &te, x->dctx, NULL, x->scratch, x->out, bad, &why);
 		assert_int_equal(rc, -CBI_EDAMAGED);
-		assert_non_null(why);
-		assert_string_equal(why, "block does not match the index");
+		assert_true(why.msg[0] != 0);
+		assert_string_equal(why.msg, "block does not match the index");
 	}
 	cbi_image_close(m);
 }
@@ -304,12 +304,12 @@ static void flip_payload_expect_damage(img_fix *x, uint64_t block, uint32_t at)
 
 	assert_int_equal(cbi_image_open(x->path, &m, NULL), 0); /* structure still fine */
 	assert_int_equal(cbi_image_find(m, block, &te), 0);
-	const char *why = NULL;
+	cbi_error why;
 	int rc = cbi_image_read_block(m, &te, x->dctx, NULL, x->scratch, x->out, NULL, &why);
 	if (rc != -CBI_EDAMAGED)
 		fail_msg("flipped payload byte of block %llu: read_block = %d", (unsigned long long)block, rc);
-	assert_non_null(why);
-	assert_true(strlen(why) > 0);
+	assert_true(why.msg[0] != 0);
+	assert_true(strlen(why.msg) > 0);
 	assert_int_equal(cbi_sfr_check_digest(m->f, NULL, NULL), -CBI_EDAMAGED);
 	/* the neighbours are unaffected */
 	read_ok(x, m, block == 0 ? 2 : 0, 1);
@@ -346,11 +346,11 @@ static void test_flipped_record_header(void **state)
 	for (size_t k = 0; k < sizeof offs / sizeof offs[0]; k++) {
 		tu_flip_byte(x->path, te.offset + offs[k], 0x02);
 		assert_int_equal(cbi_image_open(x->path, &m, NULL), 0);
-		const char *why = NULL;
+		cbi_error why;
 		int rc = cbi_image_read_block(m, &te, x->dctx, NULL, x->scratch, x->out, NULL, &why);
 		if (rc != -CBI_EDAMAGED)
 			fail_msg("record header byte %u: read_block = %d", offs[k], rc);
-		assert_non_null(why);
+		assert_true(why.msg[0] != 0);
 		cbi_image_close(m);
 		tu_flip_byte(x->path, te.offset + offs[k], 0x02);
 	}
@@ -363,15 +363,14 @@ static void test_bad_table_entries(void **state)
 	assert_int_equal(cbi_image_open(x->path, &m, NULL), 0);
 	cbi_tab_ent good;
 	assert_int_equal(cbi_image_find(m, 3, &good), 0);
-	const char *why;
+	cbi_error why;
 	int rc;
 
 	cbi_tab_ent te = good;
 	te.block = NB; /* beyond the source */
-	why = NULL;
 	rc = cbi_image_read_block(m, &te, x->dctx, NULL, x->scratch, x->out, NULL, &why);
 	assert_int_equal(rc, -CBI_EDAMAGED);
-	assert_non_null(why);
+	assert_true(why.msg[0] != 0);
 
 	te = good;
 	te.offset = 10; /* inside the header */
@@ -392,7 +391,7 @@ static void test_bad_table_entries(void **state)
 	te.block = 4; /* entry names another block than the record */
 	rc = cbi_image_read_block(m, &te, x->dctx, NULL, x->scratch, x->out, NULL, &why);
 	assert_int_equal(rc, -CBI_EDAMAGED);
-	assert_string_equal(why, "record header does not match the block table");
+	assert_string_equal(why.msg, "record header does not match the block table");
 
 	te = good;
 	te.flags ^= CBI_REC_ZSTD;
@@ -406,13 +405,12 @@ static void test_bad_table_entries(void **state)
 	 * -CBI_EDAMAGED "table entry out of range". */
 	te = good;
 	te.offset = UINT64_MAX - 20;
-	why = NULL;
 	rc = cbi_image_read_block(m, &te, x->dctx, NULL, x->scratch, x->out, NULL, &why);
 	cbi_image_close(m);
 	assert_true(cbi_is_damage(rc));
 	if (rc != -CBI_EDAMAGED)
 		fail_msg("LIBRARY BUG: table entry offset 2^64-21: read_block = %d (%s), want -CBI_EDAMAGED",
-			 rc, why ? why : "-");
+			 rc, why.msg);
 }
 
 static void test_add_out_of_order(void **state)
@@ -469,11 +467,11 @@ static void test_record_checks_on_write_errors(void **state)
 	for (uint64_t b = 1; b <= 4; b++) {
 		cbi_tab_ent te;
 		assert_int_equal(cbi_image_find(m, b, &te), 0);
-		const char *why = NULL;
+		cbi_error why;
 		int rc = cbi_image_read_block(m, &te, x->dctx, NULL, x->scratch, x->out, NULL, &why);
 		assert_int_equal(rc, -CBI_EDAMAGED);
-		assert_non_null(why);
-		assert_string_equal(why, whys[b - 1]);
+		assert_true(why.msg[0] != 0);
+		assert_string_equal(why.msg, whys[b - 1]);
 	}
 	cbi_image_close(m);
 }
