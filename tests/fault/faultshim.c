@@ -6,6 +6,10 @@
  *     CBIMG_FAULT=KIND:N   fail the Nth call of KIND (counted from 1), once
  *     CBIMG_FAULT_LOG=FILE append one line per injected failure, and at exit
  *                          one line with the number of calls of KIND seen
+ *     CBIMG_FAULT_IGNORE=S calls on a file whose path contains S are neither
+ *                          counted nor failed (fsync, dirfsync, rename and
+ *                          pwrite), e.g. the SQLite catalog's, whose many
+ *                          writes would otherwise dominate a loop over N
  *
  * KIND is one of
  *     fsync     fsync() and fdatasync() of anything but a directory   -> EIO
@@ -50,6 +54,26 @@ static long fault_n;                /* fail call number fault_n */
 static atomic_long calls;           /* calls of fault_kind seen since arming */
 static atomic_int armed;
 static char log_path[4096];
+static char ignore[256];
+
+/* Does the path of fd, or path, contain the ignored string? */
+static int ignored_fd(int fd)
+{
+	char link[64], path[4096];
+	if (!ignore[0])
+		return 0;
+	snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(link, path, sizeof path - 1);
+	if (n < 0)
+		return 0;
+	path[n] = 0;
+	return strstr(path, ignore) != NULL;
+}
+
+static int ignored_path(const char *p)
+{
+	return ignore[0] && p && strstr(p, ignore);
+}
 
 extern void *__libc_malloc(size_t);
 extern void *__libc_calloc(size_t, size_t);
@@ -90,12 +114,27 @@ static int should_fail(int k)
 	return 1;
 }
 
+/* should_fail() for a call on fd, or on paths a and b: ignored paths are
+ * looked up only when the call is of the kind counted. */
+static int fail_fd(int fd, int k)
+{
+	return k == fault_kind && !ignored_fd(fd) && should_fail(k);
+}
+
+static int fail_paths(const char *a, const char *b, int k)
+{
+	return k == fault_kind && !ignored_path(a) && !ignored_path(b) && should_fail(k);
+}
+
 __attribute__((constructor)) static void fault_init(void)
 {
 	const char *spec = getenv("CBIMG_FAULT");
 	const char *lp = getenv("CBIMG_FAULT_LOG");
 	if (lp && strlen(lp) < sizeof log_path)
 		strcpy(log_path, lp);
+	const char *ig = getenv("CBIMG_FAULT_IGNORE");
+	if (ig && strlen(ig) < sizeof ignore)
+		strcpy(ignore, ig);
 	if (!spec || !*spec)
 		return;
 	const char *colon = strchr(spec, ':');
@@ -163,7 +202,7 @@ static int is_dir(int fd)
 int fsync(int fd)
 {
 	NEXT(fsync);
-	if (should_fail(is_dir(fd) ? K_DIRFSYNC : K_FSYNC)) {
+	if (fail_fd(fd, is_dir(fd) ? K_DIRFSYNC : K_FSYNC)) {
 		errno = EIO;
 		return -1;
 	}
@@ -173,7 +212,7 @@ int fsync(int fd)
 int fdatasync(int fd)
 {
 	NEXT(fdatasync);
-	if (should_fail(is_dir(fd) ? K_DIRFSYNC : K_FSYNC)) {
+	if (fail_fd(fd, is_dir(fd) ? K_DIRFSYNC : K_FSYNC)) {
 		errno = EIO;
 		return -1;
 	}
@@ -183,7 +222,7 @@ int fdatasync(int fd)
 int rename(const char *a, const char *b)
 {
 	NEXT(rename);
-	if (should_fail(K_RENAME)) {
+	if (fail_paths(a, b, K_RENAME)) {
 		errno = EIO;
 		return -1;
 	}
@@ -193,7 +232,7 @@ int rename(const char *a, const char *b)
 int renameat(int da, const char *a, int db, const char *b)
 {
 	NEXT(renameat);
-	if (should_fail(K_RENAME)) {
+	if (fail_paths(a, b, K_RENAME)) {
 		errno = EIO;
 		return -1;
 	}
@@ -203,7 +242,7 @@ int renameat(int da, const char *a, int db, const char *b)
 int renameat2(int da, const char *a, int db, const char *b, unsigned flags)
 {
 	NEXT(renameat2);
-	if (should_fail(K_RENAME)) {
+	if (fail_paths(a, b, K_RENAME)) {
 		errno = EIO;
 		return -1;
 	}
@@ -213,7 +252,7 @@ int renameat2(int da, const char *a, int db, const char *b, unsigned flags)
 ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
 {
 	NEXT(pwrite);
-	if (should_fail(K_PWRITE)) {
+	if (fail_fd(fd, K_PWRITE)) {
 		errno = EIO;
 		return -1;
 	}
@@ -223,7 +262,7 @@ ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
 ssize_t pwrite64(int fd, const void *buf, size_t n, off64_t off)
 {
 	NEXT(pwrite64);
-	if (should_fail(K_PWRITE)) {
+	if (fail_fd(fd, K_PWRITE)) {
 		errno = EIO;
 		return -1;
 	}
