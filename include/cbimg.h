@@ -222,6 +222,11 @@ typedef struct cbi_backup_opts {
 #define CBI_MIN_BLOCK_SIZE (4u * 1024u)
 #define CBI_MAX_BLOCK_SIZE (4u * 1024u * 1024u)
 
+/* Warnings a backup keeps in its result's list. One run gives at most six
+ * (source mounted read-write, catalog unusable at the start and at the end,
+ * --block-size and --hash ignored, local state not updated). */
+#define CBI_MAX_WARNINGS 8
+
 typedef struct cbi_backup_result {
 	cbi_point point;          /* the point written */
 	uint64_t blocks_total;
@@ -234,7 +239,12 @@ typedef struct cbi_backup_result {
 	uint64_t bytes_read;
 	uint64_t bytes_written;   /* image + index bytes */
 	double seconds;
-	char warning[512];        /* non-fatal note for the user, "" if none */
+	char warning[512];        /* the warnings below joined with "; " (cut at 511 bytes), "" if
+	                           * none; kept for older callers: prefer the list */
+	char warnings[CBI_MAX_WARNINGS][512]; /* non-fatal notes for the user, one line each, in
+	                           * the order they arose */
+	unsigned n_warnings;      /* how many of warnings[] are set (at most CBI_MAX_WARNINGS;
+	                           * later ones are only in the joined string) */
 	char dest_fs[32];         /* file system of DEST as detected: "fat" (FAT12/16/32,
 	                           * any driver), "exfat", else the type the kernel
 	                           * reports ("ext4", "fuse.sshfs", ...), "" if unknown */
@@ -245,6 +255,15 @@ typedef struct cbi_backup_result {
 	int key_file_new;         /* key_file was written by this run */
 } cbi_backup_result;
 
+/* Write one point of o->source into o->dest: an incremental of the job's
+ * chain, or a full that starts a new one (see cbimg-backup(1) for how the
+ * chain is chosen and when a backup is refused). r is filled on success;
+ * warnings (the run went on) are in r->warnings, a notice about the chain
+ * chosen in r->notice. On failure no new point exists and a new chain's key
+ * file is removed, with one exception: when only the sync of DEST's
+ * directory after the point's commit failed, the point is kept whole (it
+ * restores, and `list` shows it; a power loss may lose it), r->point
+ * describes it, and the local state is not moved to it. */
 int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err) CBI_WUR;
 
 /* --------------------------------------------------------------- catalog */

@@ -95,7 +95,13 @@ static void print_json(const cbi_backup_result *r)
 	json_u64(&j, "bytes_read", r->bytes_read);
 	json_u64(&j, "bytes_written", r->bytes_written);
 	json_double(&j, "seconds", r->seconds);
+	/* "warning": the warnings joined with "; " (kept for older readers);
+	 * "warnings": one string each */
 	json_string(&j, "warning", r->warning[0] ? r->warning : NULL);
+	json_begin_array(&j, "warnings");
+	for (unsigned i = 0; i < r->n_warnings && i < CBI_MAX_WARNINGS; i++)
+		json_string(&j, NULL, r->warnings[i]);
+	json_end_array(&j);
 	json_string(&j, "notice", r->notice[0] ? r->notice : NULL);
 	json_bool(&j, "from_state", r->from_state);
 	json_string(&j, "dest_fs", r->dest_fs[0] ? r->dest_fs : NULL);
@@ -224,10 +230,9 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 		fflush(stdout);
 		fprintf(stderr, "cbimg: note: %s\n", r.notice);
 	}
-	if (r.warning[0]) {
-		fflush(stdout);
-		fprintf(stderr, "cbimg: warning: %s\n", r.warning);
-	}
+	fflush(stdout);
+	for (unsigned i = 0; i < r.n_warnings && i < CBI_MAX_WARNINGS; i++)
+		fprintf(stderr, "cbimg: warning: %s\n", r.warnings[i]);
 	return CLI_OK;
 }
 

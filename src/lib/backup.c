@@ -1,9 +1,16 @@
 /* backup.c - cbi_backup(): choose full or incremental, run the pipeline,
- * write image and index under temporary names, then commit them. */
+ * write image and index under temporary names, then commit them.
+ *
+ * A run goes through five phases over one context (bk_run): validate the
+ * options and open the source; choose the parent (under the job's lock:
+ * scan DEST, read the local state, then a pure decision,
+ * cbi_backup_choose_parent()); keys (open and unlock the parent, or make a
+ * new chain's key); write the point; finish (local state, result). */
 #define _GNU_SOURCE
 #include <dirent.h>
-#include <openssl/crypto.h>
 #include <fcntl.h>
+#include <openssl/crypto.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/file.h>
@@ -11,6 +18,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "backup.h"
 #include "catalog.h"
 #include "chain.h"
 #include "fsmap.h"
@@ -107,15 +115,30 @@ static void remove_leftovers(const char *dest, const cbi_hdr *h, const cbi_point
 	closedir(d);
 }
 
+/* The job's lock file: opened without following a symbolic link, and used
+ * only when what was opened is a regular file (a link or a device planted
+ * at the name in a shared DEST is refused, never written through). */
 static int take_lock(const char *dest, const cbi_hdr *h, int *fd_out, int *locked, cbi_error *err)
 {
 	char path[4096];
+	struct stat st;
 	*locked = 0;
-	snprintf(path, sizeof path, "%s/.cbimg-%016llx.lock", dest,
+	snprintf(path, sizeof path, "%.4000s/.cbimg-%016llx.lock", dest,
 		 (unsigned long long)lock_key(h->host, h->source_id, h->job));
-	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0644);
+	if (fd < 0 && errno == ELOOP)
+		return cbi_err(err, -ELOOP, "lock file '%s' is a symbolic link: remove it", path);
 	if (fd < 0)
 		return cbi_err(err, -errno, "unable to write to destination '%s': %s", dest, strerror(errno));
+	if (fstat(fd, &st) < 0) {
+		int e = -errno;
+		close(fd);
+		return cbi_err(err, e, "unable to use lock file '%s': %s", path, cbi_errtext(e));
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		return cbi_err(err, -EINVAL, "lock file '%s' is not a regular file: remove it", path);
+	}
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		int e = errno;
 		if (e == EWOULDBLOCK) {
@@ -132,8 +155,12 @@ static int take_lock(const char *dest, const cbi_hdr *h, int *fd_out, int *locke
 	return 0;
 }
 
+/* A non-fatal note for the user: kept in the list, and in the joined string
+ * the older callers read. */
 static void append_warning(cbi_backup_result *r, const char *msg)
 {
+	if (r->n_warnings < CBI_MAX_WARNINGS)
+		cbi_strlcpy(r->warnings[r->n_warnings++], msg, sizeof r->warnings[0]);
 	size_t n = strlen(r->warning);
 	if (n && n + 2 < sizeof r->warning) {
 		memcpy(r->warning + n, "; ", 3);
@@ -142,77 +169,176 @@ static void append_warning(cbi_backup_result *r, const char *msg)
 	cbi_strlcpy(r->warning + n, msg, sizeof r->warning - n);
 }
 
-/* Decide which newest point to continue from when DEST (*tp, or NULL) and
- * the local state (st, when found) may disagree. Never forks a chain and
- * never silently starts a new one: a disagreement is either resolved in
- * favour of DEST with a notice, or refused with an explanation. */
-static int reconcile(const cbi_point **tp, const cbi_point *st, int sfound, int sdamaged,
-		     const char *why, const cbi_hdr *h, const cbi_backup_opts *o, cbi_backup_result *r,
-		     cbi_error *err)
+/* ------------------------------------------------------ choosing the parent */
+
+/* The newest point of (host, source, job) in pts, or NULL. */
+static const cbi_point *find_tip(const cbi_parent_in *in)
+{
+	const cbi_point *best = NULL;
+	for (size_t i = 0; i < in->npts; i++) {
+		const cbi_point *p = &in->pts[i];
+		if (strcmp(p->host, in->host) || strcmp(p->job, in->job) || strcmp(p->source_id, in->source_id))
+			continue;
+		if (!best || p->created_ns > best->created_ns ||
+		    (p->created_ns == best->created_ns && p->seq > best->seq))
+			best = p;
+	}
+	return best;
+}
+
+static void refuse(cbi_parent_choice *c, int why, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void refuse(cbi_parent_choice *c, int why, int code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->msg, sizeof c->msg, fmt, ap);
+	va_end(ap);
+	c->from = CBI_FROM_REFUSE;
+	c->tip = NULL;
+	c->why = why;
+	c->code = code;
+}
+
+static void notice(cbi_parent_choice *c, int why, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void notice(cbi_parent_choice *c, int why, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->msg, sizeof c->msg, fmt, ap);
+	va_end(ap);
+	c->why = why;
+}
+
+/* DEST's newest point (c->tip, or NULL) and the local state may disagree:
+ * either resolve it in favour of DEST with a notice, take the state's point
+ * when DEST holds no chain, or refuse with an explanation. */
+static void reconcile(const cbi_parent_in *in, cbi_parent_choice *c)
 {
 	char a[33], b[33];
-	const cbi_point *d = *tp;
-	if (!sfound) {
-		if (!sdamaged && !d)
-			snprintf(r->notice, sizeof r->notice,
-				 "no chain of job '%s' in '%s' and no local state of it: starting a new chain",
-				 h->job, o->dest);
-		if (sdamaged && !d)
-			return cbi_err(err, -CBI_EDAMAGED,
-				       "the local state of job '%s' is damaged (%s) and '%s' holds no chain of it: "
-				       "use --full to start a new chain",
-				       h->job, why, o->dest);
-		if (sdamaged)
-			snprintf(r->notice, sizeof r->notice,
-				 "the local state of job '%s' is damaged (%s); continuing from the newest point "
-				 "in '%s' (seq %u)",
-				 h->job, why, o->dest, d->seq);
-		return 0;
+	const cbi_point *d = c->tip, *st = in->state;
+	const char *why = in->state_why ? in->state_why : "unknown reason";
+	if (in->state_status != CBI_STATE_FOUND) {
+		int damaged = in->state_status == CBI_STATE_DAMAGED;
+		if (!damaged && !d)
+			notice(c, CBI_WHY_FIRST,
+			       "no chain of job '%s' in '%s' and no local state of it: starting a new chain", in->job,
+			       in->dest);
+		else if (damaged && !d)
+			refuse(c, CBI_WHY_DAMAGED_NO_CHAIN, -CBI_EDAMAGED,
+			       "the local state of job '%s' is damaged (%s) and '%s' holds no chain of it: "
+			       "use --full to start a new chain",
+			       in->job, why, in->dest);
+		else if (damaged)
+			notice(c, CBI_WHY_STATE_DAMAGED,
+			       "the local state of job '%s' is damaged (%s); continuing from the newest point "
+			       "in '%s' (seq %u)",
+			       in->job, why, in->dest, d->seq);
+		return;
 	}
 	if (!d) {
-		*tp = st;
-		r->from_state = 1;
+		c->tip = st;
+		c->from = CBI_FROM_STATE;
+		c->from_state = 1;
 		cbi_id_hex(st->chain_id, a);
-		snprintf(r->notice, sizeof r->notice,
-			 "'%s' holds no chain of job '%s': continuing chain %s after seq %u from the local "
-			 "state (index only; the chain's images are elsewhere)",
-			 o->dest, h->job, a, st->seq);
-		return 0;
+		notice(c, CBI_WHY_OUTBOX,
+		       "'%s' holds no chain of job '%s': continuing chain %s after seq %u from the local "
+		       "state (index only; the chain's images are elsewhere)",
+		       in->dest, in->job, a, st->seq);
+		return;
 	}
 	if (!memcmp(d->point_id, st->point_id, 16))
-		return 0;
+		return;
 	cbi_id_hex(d->chain_id, a);
 	cbi_id_hex(st->chain_id, b);
 	if (memcmp(d->chain_id, st->chain_id, 16)) {
 		if (st->encrypted && !d->encrypted)
-			return cbi_err(err, -CBI_EMISMATCH,
-				       "the local state of job '%s' follows encrypted chain %s, but the newest point "
-				       "in '%s' is on unencrypted chain %s: refusing to continue it in clear; use "
-				       "--full --encrypt to start a new encrypted chain",
-				       h->job, b, o->dest, a);
-		snprintf(r->notice, sizeof r->notice,
-			 "the local state follows chain %s (seq %u) but the newest point of job '%s' in '%s' "
-			 "is on chain %s (seq %u): continuing the chain in '%s'",
-			 b, st->seq, h->job, o->dest, a, d->seq, o->dest);
-		return 0;
+			refuse(c, CBI_WHY_CLEAR_AFTER_ENCRYPTED, -CBI_EMISMATCH,
+			       "the local state of job '%s' follows encrypted chain %s, but the newest point "
+			       "in '%s' is on unencrypted chain %s: refusing to continue it in clear; use "
+			       "--full --encrypt to start a new encrypted chain",
+			       in->job, b, in->dest, a);
+		else
+			notice(c, CBI_WHY_OTHER_CHAIN,
+			       "the local state follows chain %s (seq %u) but the newest point of job '%s' in '%s' "
+			       "is on chain %s (seq %u): continuing the chain in '%s'",
+			       b, st->seq, in->job, in->dest, a, d->seq, in->dest);
+		return;
 	}
-	if (d->seq > st->seq) {
-		snprintf(r->notice, sizeof r->notice,
-			 "the local state of job '%s' is at seq %u, '%s' has seq %u: continuing from '%s'",
-			 h->job, st->seq, o->dest, d->seq, o->dest);
-		return 0;
-	}
-	if (d->seq < st->seq)
-		return cbi_err(err, -CBI_EMISMATCH,
-			       "the local state of job '%s' is at seq %u but the newest point in '%s' is seq "
-			       "%u: the points in between are elsewhere (an outbox?); copy them into '%s', "
-			       "or use --full",
-			       h->job, st->seq, o->dest, d->seq, o->dest);
-	return cbi_err(err, -CBI_EMISMATCH,
+	if (d->seq > st->seq)
+		notice(c, CBI_WHY_STATE_BEHIND,
+		       "the local state of job '%s' is at seq %u, '%s' has seq %u: continuing from '%s'", in->job,
+		       st->seq, in->dest, d->seq, in->dest);
+	else if (d->seq < st->seq)
+		refuse(c, CBI_WHY_STATE_AHEAD, -CBI_EMISMATCH,
+		       "the local state of job '%s' is at seq %u but the newest point in '%s' is seq "
+		       "%u: the points in between are elsewhere (an outbox?); copy them into '%s', "
+		       "or use --full",
+		       in->job, st->seq, in->dest, d->seq, in->dest);
+	else
+		refuse(c, CBI_WHY_FORKED, -CBI_EMISMATCH,
 		       "seq %u of job '%s' in '%s' is not the point the local state holds: the chain "
 		       "was forked; use --full to start a new chain",
-		       d->seq, h->job, o->dest);
+		       d->seq, in->job, in->dest);
 }
+
+void cbi_backup_choose_parent(const cbi_parent_in *in, cbi_parent_choice *c)
+{
+	memset(c, 0, sizeof *c);
+	c->tip = in->force_full ? NULL : find_tip(in);
+	c->from = c->tip ? CBI_FROM_DEST : CBI_FROM_NEW;
+	if (in->state_status != CBI_STATE_UNUSED && !in->force_full) {
+		reconcile(in, c);
+		if (c->from == CBI_FROM_REFUSE)
+			return;
+	}
+	int sfound = in->state_status == CBI_STATE_FOUND && !in->force_full;
+	const cbi_point *tp = c->tip;
+	if (!tp && !sfound && !in->force_full && !in->source_id_given) {
+		/* Same path and job, other identity: another disk under the same name. */
+		for (size_t i = 0; i < in->npts; i++) {
+			const cbi_point *p = &in->pts[i];
+			if (!strcmp(p->host, in->host) && !strcmp(p->job, in->job) &&
+			    !strcmp(p->source_path, in->source_path)) {
+				refuse(c, CBI_WHY_OTHER_DISK, -CBI_EMISMATCH,
+				       "source '%s' is now '%s' but job '%s' in '%s' backs up '%s': "
+				       "another disk? use --full to start a new chain",
+				       in->source, in->source_id, in->job, in->dest, p->source_id);
+				return;
+			}
+		}
+	}
+	if (tp && !tp->encrypted) {
+		/* A chain is encrypted throughout: an unencrypted newest point of
+		 * an encrypted chain was forged, and continuing it would write the
+		 * disk's changes in clear. */
+		int enc_seen = sfound && in->state->encrypted && !memcmp(in->state->chain_id, tp->chain_id, 16);
+		for (size_t i = 0; i < in->npts && !enc_seen; i++)
+			enc_seen = in->pts[i].encrypted && !memcmp(in->pts[i].chain_id, tp->chain_id, 16);
+		if (enc_seen) {
+			refuse(c, CBI_WHY_FORGED_CLEAR, -CBI_EAUTH,
+			       "newest point '%s' of job '%s' is unencrypted, but its chain is encrypted: "
+			       "the point was forged or altered; run 'cbimg verify'",
+			       tp->index_file, in->job);
+			return;
+		}
+	}
+	if (tp && tp->source_size != in->source_size) {
+		refuse(c, CBI_WHY_SIZE, -CBI_EMISMATCH,
+		       "source '%s' is %llu bytes but its chain for job '%s' holds %llu; "
+		       "use --full to start a new chain",
+		       in->source, (unsigned long long)in->source_size, in->job,
+		       (unsigned long long)tp->source_size);
+		return;
+	}
+	if (tp && tp->seq >= UINT32_MAX - 1) {
+		c->exhausted = 1; /* chain exhausted: start anew */
+		c->from = CBI_FROM_NEW;
+		c->tip = NULL;
+	}
+}
+
+/* ------------------------------------------------------------------- keys */
 
 /* A new encrypted chain: a random data key, wrapped under the passphrase
  * (asked for with confirmation) in a key file written to DEST now, before
@@ -254,6 +380,13 @@ static int new_chain_key(const cbi_backup_opts *o, cbi_hdr *h, cbi_keys *keys, c
 	}
 	cbi_keyfile_name(h, name, sizeof name);
 	snprintf(key_path, kpsz, "%.3000s/%.1000s", o->dest, name);
+	/* Ours from now on, unless the name is taken (the chain id is random:
+	 * only by chance), so that a write that fails after its rename (the
+	 * directory's sync) leaves no key file of a chain that has no point. */
+	if (access(key_path, F_OK) < 0) {
+		cbi_strlcpy(r->key_file, key_path, sizeof r->key_file);
+		r->key_file_new = 1;
+	}
 	if ((rc = cbi_keyfile_write(key_path, &kf, err)))
 		goto end;
 	cbi_strlcpy(r->key_file, key_path, sizeof r->key_file);
@@ -291,64 +424,67 @@ static int ensure_key_file(const cbi_backup_opts *o, const cbi_hdr *h, const cbi
 	return 0;
 }
 
-/* Pick the newest point of (host, source, job) in pts, or -1. */
-static long find_tip(const cbi_point *pts, size_t n, const cbi_hdr *h)
-{
-	long best = -1;
-	for (size_t i = 0; i < n; i++) {
-		const cbi_point *p = &pts[i];
-		if (strcmp(p->host, h->host) || strcmp(p->job, h->job) || strcmp(p->source_id, h->source_id))
-			continue;
-		if (best < 0 || p->created_ns > pts[best].created_ns ||
-		    (p->created_ns == pts[best].created_ns && p->seq > pts[best].seq))
-			best = (long)i;
-	}
-	return best;
-}
+/* ------------------------------------------------------------- the run */
 
-int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
-{
-	double t0 = cbi_now();
-	memset(r, 0, sizeof *r);
-	cbi_source *src = NULL;
-	cbi_fsmap *fsmap = NULL;  /* used_only: the blocks the source's file system uses */
-	cbi_point *pts = NULL;
-	size_t npts = 0;
-	cbi_index *parent = NULL;
-	bk_state st = { 0 };
-	int lockfd = -1, rc = 0;
+/* One run of cbi_backup(): what each phase finds, and what the cleanup
+ * releases. */
+typedef struct bk_run {
+	const cbi_backup_opts *o;
+	cbi_backup_result *r;
+	cbi_error *err;
+	uint32_t bs;              /* block size */
+	int level;
+	const char *job;
+	const char *state_dir;
+	cbi_hdr h;                /* the new point's header */
+	cbi_source *src;
+	cbi_fsmap *fsmap;         /* used_only: the blocks the source's file system uses */
+	int lockfd, locked;
+	int64_t run_id;           /* the run's row in DEST's catalog, 0 if none */
+	cbi_point *pts;           /* DEST's points */
+	size_t npts;
+	cbi_point stp;            /* the local state's point */
+	cbi_parent_choice choice;
+	cbi_index *parent;        /* the parent's index, NULL for a full */
 	cbi_keys keys;            /* the chain's keys when it is encrypted */
-	int encrypted = 0;
-	char key_used[4096] = ""; /* the key file that opened the chain */
-	char *pw = NULL;          /* its passphrase, kept for the state's key copy */
-	int pwlen = 0;
+	int encrypted;
+	char key_used[4096];      /* the key file that opened the chain */
+	char *pw;                 /* its passphrase, kept for the state's key copy */
+	int pwlen;
 	uint8_t rec_key[CBI_KEY_LEN];
 	cbi_hashspec hs;
-	memset(&keys, 0, sizeof keys);
-	memset(&hs, 0, sizeof hs);
-	int64_t run_id = 0; /* the run's row in DEST's catalog, 0 if none */
-	char img_path[4096], idx_path[4096], name[512];
-	cbi_hdr h;
-	memset(&h, 0, sizeof h);
+	bk_state st;
+	char img_path[4096], idx_path[4096];
+	cbi_pipe_stats ps;
+	cbi_idx_trailer it;
+	int committed;            /* the index has its final name: the point exists */
+} bk_run;
 
+/* Phase 1: the options, DEST, the source, and the new point's identity. */
+static int bk_validate(bk_run *b)
+{
+	const cbi_backup_opts *o = b->o;
+	cbi_error *err = b->err;
+	int rc;
 	if (!o->source || !o->dest)
 		return cbi_err(err, -CBI_EUSAGE, "source and destination are required");
-	uint32_t bs = o->block_size ? o->block_size : CBI_DEFAULT_BLOCK_SIZE;
-	if (bs < CBI_MIN_BLOCK_SIZE || bs > CBI_MAX_BLOCK_SIZE || (bs & (bs - 1)))
-		return cbi_err(err, -CBI_EUSAGE, "block size %u is not a power of two from 4K to 4M", bs);
-	int level = o->level ? o->level : 3;
-	if (level < 1 || level > CBI_MAX_LEVEL)
-		return cbi_err(err, -CBI_EUSAGE, "compression level %d out of range 1..%d", level,
+	b->bs = o->block_size ? o->block_size : CBI_DEFAULT_BLOCK_SIZE;
+	if (b->bs < CBI_MIN_BLOCK_SIZE || b->bs > CBI_MAX_BLOCK_SIZE || (b->bs & (b->bs - 1)))
+		return cbi_err(err, -CBI_EUSAGE, "block size %u is not a power of two from 4K to 4M", b->bs);
+	b->level = o->level ? o->level : 3;
+	if (b->level < 1 || b->level > CBI_MAX_LEVEL)
+		return cbi_err(err, -CBI_EUSAGE, "compression level %d out of range 1..%d", b->level,
 			       CBI_MAX_LEVEL);
 	if (o->hash_alg > CBI_HASH_SHA256)
 		return cbi_err(err, -CBI_EUSAGE, "unknown block hash algorithm %u", o->hash_alg);
-	const char *job = o->job && *o->job ? o->job : "default";
-	if (strlen(job) > 63)
-		return cbi_err(err, -CBI_EUSAGE, "job name '%s' longer than 63 bytes", job);
+	b->job = o->job && *o->job ? o->job : "default";
+	if (strlen(b->job) > 63)
+		return cbi_err(err, -CBI_EUSAGE, "job name '%s' longer than 63 bytes", b->job);
 	if (o->host && strlen(o->host) > 63)
 		return cbi_err(err, -CBI_EUSAGE, "host name '%s' longer than 63 bytes", o->host);
 	if (o->source_id && strlen(o->source_id) > 127)
 		return cbi_err(err, -CBI_EUSAGE, "source id longer than 127 bytes");
+	b->state_dir = o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR;
 	struct stat dst;
 	if (stat(o->dest, &dst) < 0)
 		return cbi_err(err, -errno, "unable to use destination '%s': %s", o->dest, strerror(errno));
@@ -357,308 +493,384 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	if (access(o->dest, W_OK) < 0)
 		return cbi_err(err, -errno, "destination '%s' is not writable: %s", o->dest, strerror(errno));
 	/* Segments where DEST's file system limits file sizes (FAT). */
-	if ((rc = cbi_split_choose(o->dest, o->split, &h.segment_mib, r->dest_fs, sizeof r->dest_fs, err)))
+	if ((rc = cbi_split_choose(o->dest, o->split, &b->h.segment_mib, b->r->dest_fs, sizeof b->r->dest_fs,
+				   err)))
 		return rc;
 
-	if ((rc = cbi_source_open(o->source, &src, err)))
+	if ((rc = cbi_source_open(o->source, &b->src, err)))
 		return rc;
-	if (o->used_only && src->is_dev && cbi_dev_mounted_rw(src->rdev)) {
-		rc = cbi_err(err, -CBI_EMOUNTED,
-			     "--used-only: source '%s' is mounted read-write, so its block bitmaps change "
-			     "while it is read; unmount it or mount it read-only",
-			     o->source);
-		goto end;
-	}
-	if (src->is_dev && cbi_dev_mounted_rw(src->rdev))
-		snprintf(r->warning, sizeof r->warning,
+	const cbi_source *src = b->src;
+	int mounted_rw = src->is_dev && cbi_dev_mounted_rw(src->rdev);
+	if (o->used_only && mounted_rw)
+		return cbi_err(err, -CBI_EMOUNTED,
+			       "--used-only: source '%s' is mounted read-write, so its block bitmaps change "
+			       "while it is read; unmount it or mount it read-only",
+			       o->source);
+	if (mounted_rw) {
+		char w[512];
+		snprintf(w, sizeof w,
 			 "source '%s' is mounted read-write: the image may be inconsistent; unmount it, "
 			 "mount it read-only or back up a snapshot",
 			 o->source);
-
-	h.hash_alg = o->hash_alg ? o->hash_alg : CBI_HASH_XXH3_128;
-	h.compression = CBI_COMP_ZSTD;
-	h.level = (uint32_t)level;
-	h.source_size = src->size;
-	h.created_ns = cbi_wallclock_ns();
-	cbi_strlcpy(h.job, job, sizeof h.job);
-	if (o->host && *o->host) {
-		cbi_strlcpy(h.host, o->host, sizeof h.host);
-	} else if (gethostname(h.host, sizeof h.host - 1) < 0) {
-		cbi_strlcpy(h.host, "localhost", sizeof h.host);
+		append_warning(b->r, w);
 	}
-	cbi_strlcpy(h.source_id, o->source_id ? o->source_id : src->id, sizeof h.source_id);
+
+	cbi_hdr *h = &b->h;
+	h->hash_alg = o->hash_alg ? o->hash_alg : CBI_HASH_XXH3_128;
+	h->compression = CBI_COMP_ZSTD;
+	h->level = (uint32_t)b->level;
+	h->source_size = src->size;
+	h->created_ns = cbi_wallclock_ns();
+	cbi_strlcpy(h->job, b->job, sizeof h->job);
+	if (o->host && *o->host) {
+		cbi_strlcpy(h->host, o->host, sizeof h->host);
+	} else if (gethostname(h->host, sizeof h->host - 1) < 0) {
+		cbi_strlcpy(h->host, "localhost", sizeof h->host);
+	}
+	cbi_strlcpy(h->source_id, o->source_id ? o->source_id : src->id, sizeof h->source_id);
 	/* keep the tail of long paths: it is the part that names the device */
 	size_t pl = strlen(o->source);
-	cbi_strlcpy(h.source_path, pl > 63 ? o->source + pl - 63 : o->source, sizeof h.source_path);
+	cbi_strlcpy(h->source_path, pl > 63 ? o->source + pl - 63 : o->source, sizeof h->source_path);
+	return 0;
+}
 
-	int locked = 0;
-	if ((rc = take_lock(o->dest, &h, &lockfd, &locked, err)))
-		goto end;
+/* Phase 2: under the job's lock, what DEST and the local state hold, then
+ * the decision (cbi_backup_choose_parent). The parent lookup happens here
+ * and in bk_keys() only. */
+static int bk_choose_parent(bk_run *b)
+{
+	const cbi_backup_opts *o = b->o;
+	cbi_hdr *h = &b->h;
+	int rc;
+	if ((rc = take_lock(o->dest, h, &b->lockfd, &b->locked, b->err)))
+		return rc;
 	cbi_error ce; /* the catalog is a cache: its failures are warnings */
-	if (cbi_catalog_run_begin(o->dest, h.host, h.source_id, h.source_path, h.job, &run_id, &ce))
-		append_warning(r, ce.msg);
-	if ((rc = cbi_chain_scan(o->dest, &pts, &npts, err)))
-		goto end;
-	if (locked)
-		remove_leftovers(o->dest, &h, pts, npts);
-	long tip = o->force_full ? -1 : find_tip(pts, npts, &h);
-	const cbi_point *tp = tip >= 0 ? &pts[tip] : NULL;
-	cbi_point stp;
-	int sfound = 0, sdamaged = 0;
-	const char *state_dir = o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR;
+	if (cbi_catalog_run_begin(o->dest, h->host, h->source_id, h->source_path, h->job, &b->run_id, &ce))
+		append_warning(b->r, ce.msg);
+	if ((rc = cbi_chain_scan(o->dest, &b->pts, &b->npts, b->err)))
+		return rc;
+	if (b->locked)
+		remove_leftovers(o->dest, h, b->pts, b->npts);
+
+	char why[700] = "";
+	cbi_parent_in in = {
+		.pts = b->pts, .npts = b->npts,
+		.host = h->host, .source_id = h->source_id, .job = h->job, .source_path = h->source_path,
+		.source_size = b->src->size, .state = &b->stp, .state_why = why,
+		.force_full = o->force_full, .source_id_given = o->source_id != NULL,
+		.dest = o->dest, .source = o->source,
+	};
 	if (!o->no_state && !o->force_full) {
-		char why[700];
-		memset(&stp, 0, sizeof stp);
-		if (cbi_state_load(state_dir, lock_key(h.host, h.source_id, h.job), &stp, &sfound, &sdamaged,
-				   why, sizeof why))
-			sdamaged = 1, snprintf(why, sizeof why, "'%s' unreadable", state_dir);
-		if ((rc = reconcile(&tp, &stp, sfound, sdamaged, why, &h, o, r, err)))
-			goto end;
+		int found = 0, damaged = 0;
+		if (cbi_state_load(b->state_dir, lock_key(h->host, h->source_id, h->job), &b->stp, &found,
+				   &damaged, why, sizeof why))
+			damaged = 1, snprintf(why, sizeof why, "'%s' unreadable", b->state_dir);
+		in.state_status = found ? CBI_STATE_FOUND : damaged ? CBI_STATE_DAMAGED : CBI_STATE_MISSING;
 	}
-	if (!tp && !sfound && !o->force_full && !o->source_id) {
-		/* Same path and job, other identity: another disk under the same name. */
-		for (size_t i = 0; i < npts; i++)
-			if (!strcmp(pts[i].host, h.host) && !strcmp(pts[i].job, h.job) &&
-			    !strcmp(pts[i].source_path, h.source_path)) {
-				rc = cbi_err(err, -CBI_EMISMATCH,
-					     "source '%s' is now '%s' but job '%s' in '%s' backs up '%s': "
-					     "another disk? use --full to start a new chain",
-					     o->source, h.source_id, h.job, o->dest, pts[i].source_id);
-				goto end;
-			}
+	cbi_parent_choice *c = &b->choice;
+	cbi_backup_choose_parent(&in, c);
+	if (c->from == CBI_FROM_REFUSE)
+		return cbi_err(b->err, c->code, "%s", c->msg);
+	cbi_strlcpy(b->r->notice, c->msg, sizeof b->r->notice);
+	b->r->from_state = c->from_state;
+	return 0;
+}
+
+/* Phase 3, continuing a chain: open the parent's index, unlock the chain
+ * when it is encrypted, check the index, and take the chain's settings. */
+static int bk_keys_parent(bk_run *b)
+{
+	const cbi_backup_opts *o = b->o;
+	const cbi_point *tp = b->choice.tip;
+	cbi_hdr *h = &b->h;
+	cbi_error *err = b->err;
+	int rc;
+	if ((rc = cbi_index_open(tp->index_file, &b->parent, err)))
+		return cbi_err_prefix(err, rc, "newest point of job '%s' in '%s'", h->job, o->dest);
+	if (b->parent->hdr.flags & CBI_HDR_ENCRYPTED) {
+		/* DEST's key files first, then the local state's copy */
+		if (!(b->pw = malloc(CBI_PASS_MAX)))
+			return cbi_err(err, -ENOMEM, "out of memory");
+		if ((rc = cbi_chain_unlock(o->dest, o->no_state ? NULL : b->state_dir, &b->parent->hdr, o->pass,
+					   o->pass_ud, &b->keys, b->key_used, sizeof b->key_used, b->pw, &b->pwlen,
+					   err)))
+			return rc;
+		if ((rc = cbi_index_set_keys(b->parent, &b->keys)))
+			/* the chain was unlocked: another key id in one of its
+			 * headers means the header was altered */
+			return cbi_err(err, -CBI_EAUTH, "newest index '%s' of job '%s': %s", tp->index_file, h->job,
+				       cbi_hdr_keyed_problem(rc));
+		b->encrypted = 1;
+	} else if (o->encrypt) {
+		return cbi_err(err, -CBI_EUSAGE,
+			       "job '%s' in '%s' continues an unencrypted chain: --encrypt applies to new "
+			       "chains; add --full to start an encrypted one",
+			       h->job, o->dest);
 	}
-	if (tp && !tp->encrypted) {
-		/* A chain is encrypted throughout: an unencrypted newest point of
-		 * an encrypted chain was forged, and continuing it would write the
-		 * disk's changes in clear. */
-		int enc_seen = sfound && stp.encrypted && !memcmp(stp.chain_id, tp->chain_id, 16);
-		for (size_t i = 0; i < npts && !enc_seen; i++)
-			enc_seen = pts[i].encrypted && !memcmp(pts[i].chain_id, tp->chain_id, 16);
-		if (enc_seen) {
-			rc = cbi_err(err, -CBI_EAUTH,
-				     "newest point '%s' of job '%s' is unencrypted, but its chain is encrypted: "
-				     "the point was forged or altered; run 'cbimg verify'",
-				     tp->index_file, h.job);
-			goto end;
-		}
+	if ((rc = cbi_index_check_digest(b->parent))) {
+		if (cbi_is_damage(rc))
+			return cbi_err(err, rc,
+				       "newest index '%s' of job '%s' is damaged (%s): run 'cbimg verify', "
+				       "or use --full",
+				       tp->index_file, h->job, cbi_errtext(rc));
+		cbi_err(err, rc, "%s", cbi_errtext(rc));
+		return cbi_err_prefix(err, rc, "unable to check newest index '%s' of job '%s'", tp->index_file,
+				      h->job);
 	}
-	if (tp) {
-		if (tp->source_size != src->size) {
-			rc = cbi_err(err, -CBI_EMISMATCH,
-				     "source '%s' is %llu bytes but its chain for job '%s' holds %llu; "
-				     "use --full to start a new chain",
-				     o->source, (unsigned long long)src->size, h.job,
-				     (unsigned long long)tp->source_size);
-			goto end;
-		}
-		if (tp->seq >= UINT32_MAX - 1) {
-			tp = NULL; /* chain exhausted: start anew */
-		} else {
-			if ((rc = cbi_index_open(tp->index_file, &parent, err)))
-				goto end;
-			if (parent->hdr.flags & CBI_HDR_ENCRYPTED) {
-				/* DEST's key files first, then the local state's copy */
-				if (!(pw = malloc(CBI_PASS_MAX))) {
-					rc = cbi_err(err, -ENOMEM, "out of memory");
-					goto end;
-				}
-				if ((rc = cbi_chain_unlock(o->dest, o->no_state ? NULL : state_dir, &parent->hdr, o->pass,
-							   o->pass_ud, &keys, key_used, sizeof key_used, pw, &pwlen, err)))
-					goto end;
-				if ((rc = cbi_index_set_keys(parent, &keys))) {
-					/* the chain was unlocked: another key id in one of its
-					 * headers means the header was altered */
-					rc = cbi_err(err, -CBI_EAUTH, "newest index '%s' of job '%s': %s", tp->index_file,
-						     h.job,
-						     cbi_hdr_keyed_problem(rc));
-					goto end;
-				}
-				encrypted = 1;
-			} else if (o->encrypt) {
-				rc = cbi_err(err, -CBI_EUSAGE,
-					     "job '%s' in '%s' continues an unencrypted chain: --encrypt applies to new "
-					     "chains; add --full to start an encrypted one",
-					     h.job, o->dest);
-				goto end;
-			}
-			if ((rc = cbi_index_check_digest(parent))) {
-				rc = cbi_err(err, rc == -CBI_EDAMAGED ? -CBI_EDAMAGED : rc,
-					     "newest index '%s' of job '%s' is damaged (%s): run 'cbimg verify', "
-					     "or use --full",
-					     tp->index_file, h.job, cbi_errtext(rc));
-				goto end;
-			}
-			if (o->block_size && o->block_size != tp->block_size) {
-				char w[96];
-				snprintf(w, sizeof w,
-					 "--block-size applies to new chains only; this chain uses %u bytes",
-					 tp->block_size);
-				append_warning(r, w); /* after the mount or catalog warning, if any */
-			}
-			if (o->hash_alg && o->hash_alg != parent->hdr.hash_alg)
-				append_warning(r, "--hash applies to new chains only; this chain keeps its hash");
-			h.hash_alg = parent->hdr.hash_alg;
-			bs = tp->block_size;
-			h.type = CBI_INCREMENTAL;
-			h.seq = tp->seq + 1;
-			memcpy(h.chain_id, tp->chain_id, 16);
-			memcpy(h.parent_id, tp->point_id, 16);
-			memcpy(h.parent_digest, tp->index_digest, 32);
-		}
+	if (o->block_size && o->block_size != tp->block_size) {
+		char w[96];
+		snprintf(w, sizeof w, "--block-size applies to new chains only; this chain uses %u bytes",
+			 tp->block_size);
+		append_warning(b->r, w); /* after the mount or catalog warning, if any */
 	}
-	if (!tp) {
-		h.type = CBI_FULL;
-		h.seq = 0;
-		if ((rc = cbi_random(h.chain_id, 16))) {
-			rc = cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
-			goto end;
-		}
-		if (o->encrypt && !(pw = malloc(CBI_PASS_MAX))) {
-			rc = cbi_err(err, -ENOMEM, "out of memory");
-			goto end;
-		}
-		if (o->encrypt && (rc = new_chain_key(o, &h, &keys, key_used, sizeof key_used, pw, &pwlen, r, err)))
-			goto end;
-		encrypted = o->encrypt;
+	if (o->hash_alg && o->hash_alg != b->parent->hdr.hash_alg)
+		append_warning(b->r, "--hash applies to new chains only; this chain keeps its hash");
+	h->hash_alg = b->parent->hdr.hash_alg;
+	b->bs = tp->block_size;
+	h->type = CBI_INCREMENTAL;
+	h->seq = tp->seq + 1;
+	memcpy(h->chain_id, tp->chain_id, 16);
+	memcpy(h->parent_id, tp->point_id, 16);
+	memcpy(h->parent_digest, tp->index_digest, 32);
+	return 0;
+}
+
+/* Phase 3: the parent and the chain's keys, or a new chain (and its key
+ * file in DEST when encrypted); then the new point's id and record key. */
+static int bk_keys(bk_run *b)
+{
+	const cbi_backup_opts *o = b->o;
+	cbi_hdr *h = &b->h;
+	cbi_error *err = b->err;
+	int rc;
+	if (b->choice.tip) {
+		if ((rc = bk_keys_parent(b)))
+			return rc;
+	} else {
+		h->type = CBI_FULL;
+		h->seq = 0;
+		if ((rc = cbi_random(h->chain_id, 16)))
+			return cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
+		if (o->encrypt && !(b->pw = malloc(CBI_PASS_MAX)))
+			return cbi_err(err, -ENOMEM, "out of memory");
+		if (o->encrypt && (rc = new_chain_key(o, h, &b->keys, b->key_used, sizeof b->key_used, b->pw,
+						      &b->pwlen, b->r, err)))
+			return rc;
+		b->encrypted = o->encrypt;
 	}
-	if ((rc = cbi_random(h.point_id, 16))) {
-		rc = cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
-		goto end;
-	}
-	h.block_size = bs;
-	h.n_blocks = cbi_nblocks(src->size, bs);
-	hs.alg = h.hash_alg;
-	if (o->used_only) {
-		/* read before any block: the map is what "used" means for this point */
-		if ((rc = cbi_fsmap_read(o->source, src->size, bs, &fsmap, err)))
-			goto end;
-		cbi_source_set_map(src, fsmap->used, bs);
-		h.flags |= CBI_HDR_USED_ONLY;
-	}
-	if (encrypted) {
-		h.flags |= CBI_HDR_ENCRYPTED;
-		hs.keyed = 1;
-		memcpy(hs.key, keys.hash_key, CBI_KEY_LEN);
-		if ((rc = cbi_keys_record_key(&keys, h.point_id, rec_key))) {
-			rc = cbi_err(err, rc, "key derivation failed");
-			goto end;
-		}
+	if ((rc = cbi_random(h->point_id, 16)))
+		return cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
+	if (b->encrypted) {
+		h->flags |= CBI_HDR_ENCRYPTED;
+		b->hs.keyed = 1;
+		memcpy(b->hs.key, b->keys.hash_key, CBI_KEY_LEN);
+		if ((rc = cbi_keys_record_key(&b->keys, h->point_id, b->rec_key)))
+			return cbi_err(err, rc, "key derivation failed");
 		/* The chain's key file belongs beside its points: an outbox that
 		 * continues a chain from the local state gets a copy. */
-		if (!r->key_file_new && (rc = ensure_key_file(o, &h, &keys, pw, pwlen, r, err)))
-			goto end;
+		if (!b->r->key_file_new && (rc = ensure_key_file(o, h, &b->keys, b->pw, b->pwlen, b->r, err)))
+			return rc;
 	}
+	return 0;
+}
 
-	cbi_point_filename(&h, "cbi", name, sizeof name);
-	snprintf(img_path, sizeof img_path, "%s/%s", o->dest, name);
-	cbi_point_filename(&h, "cbx", name, sizeof name);
-	snprintf(idx_path, sizeof idx_path, "%s/%s", o->dest, name);
-	st.img_path = img_path;
-	char tag[64];
-	snprintf(tag, sizeof tag, "cbimg-%016llx-%ld",
-		 (unsigned long long)lock_key(h.host, h.source_id, h.job), (long)getpid());
-	if ((rc = cbi_image_writer_create(img_path, tag, &h, encrypted ? &keys : NULL, &st.img, err)))
-		goto end;
-	if ((rc = cbi_index_writer_create(idx_path, tag, &h, encrypted ? &keys : NULL, &st.idx, err)))
-		goto end;
-
-	cbi_pipe_cfg pc = {
-		.src = src, .parent = parent, .block_size = bs, .seq = h.seq, .level = level,
-		.threads = o->threads, .sink = sink, .sink_ud = &st,
-		.hs = &hs, .rec_key = encrypted ? rec_key : NULL, .chain_id = h.chain_id, .point_id = h.point_id,
-		.progress = o->progress, .progress_ud = o->progress_ud,
-	};
-	cbi_pipe_stats ps = { 0 };
-	if ((rc = cbi_pipe_run(&pc, &ps, err)))
-		goto end;
-
-	cbi_idx_trailer it = { 0 };
-	it.changed_blocks = st.changed;
-	it.zero_blocks = st.zero;
-	it.stored_blocks = st.stored;
-	it.image_size = cbi_image_writer_final_size(st.img);
-	if ((rc = cbi_index_writer_seal(st.idx, &it))) {
-		rc = cbi_err(err, rc, "unable to write '%s': %s", idx_path, cbi_errtext(rc));
-		goto end;
-	}
-	if ((rc = cbi_image_writer_seal(st.img, st.changed, it.digest))) {
-		rc = cbi_err(err, rc, "unable to write '%s': %s", img_path, cbi_errtext(rc));
-		goto end;
-	}
-	/* Commit: the image first, then the index. A point exists only when its
-	 * index does, so a crash between the two renames leaves an orphan image
-	 * that nothing takes for a point. */
-	if ((rc = cbi_image_writer_commit(st.img, err)))
-		goto end;
-	st.img = NULL;
+/* Commit: the image first, then the index. A point exists only when its
+ * index does, so a crash between the two renames leaves an orphan image
+ * that nothing takes for a point.
+ *
+ * Once the index has its final name, the point is committed, and nothing
+ * of it is removed any more: not the image, not the index, not the chain's
+ * key file. A failure of the directory sync that follows is reported (the
+ * backup fails, the local state is not moved to the point), but the point
+ * is kept whole, so that whatever `list` shows restores. Rolling it back
+ * instead would take more name operations on a directory that has just
+ * failed to sync, each of which can fail or be lost in turn, and a rollback
+ * stopped half-way (index gone, image kept; or the key file gone, the index
+ * kept) is exactly the point that cannot be restored. Kept, the worst a power
+ * loss can do is lose the index's name: the image's name and the key file
+ * were synced before it, so what remains is an orphan image, which the next
+ * run of the job removes (remove_leftovers), and no point. */
+static int bk_commit(bk_run *b)
+{
+	const char *dest = b->o->dest;
+	cbi_error *err = b->err;
+	int rc;
+	if ((rc = cbi_image_writer_commit(b->st.img, err)))
+		return rc;
+	b->st.img = NULL;
 	/* The image's rename must be durable before the index's: otherwise a
 	 * power loss could keep the index (the point) without its image. */
-	if ((rc = cbi_fsync_dir(o->dest))) {
-		cbi_sfile_remove(img_path);
-		rc = cbi_err(err, rc, "unable to sync directory '%s': %s", o->dest, cbi_errtext(rc));
-		goto end;
+	if ((rc = cbi_fsync_dir(dest))) {
+		cbi_sfile_remove(b->img_path);
+		return cbi_err(err, rc, "unable to sync directory '%s': %s", dest, cbi_errtext(rc));
 	}
-	if ((rc = cbi_index_writer_commit(st.idx, err))) {
-		cbi_sfile_remove(img_path);
-		goto end;
+	if ((rc = cbi_index_writer_commit(b->st.idx, err))) {
+		cbi_sfile_remove(b->img_path);
+		return rc;
 	}
-	st.idx = NULL;
-	if ((rc = cbi_fsync_dir(o->dest))) {
-		rc = cbi_err(err, rc, "unable to sync directory '%s': %s", o->dest, cbi_errtext(rc));
-		goto end;
+	b->st.idx = NULL;
+	b->committed = 1;
+	if ((rc = cbi_fsync_dir(dest)))
+		return cbi_err(err, rc,
+			       "unable to sync directory '%s': %s; the point '%s' is written and kept whole, "
+			       "but it may not survive a power loss",
+			       dest, cbi_errtext(rc), b->idx_path);
+	return 0;
+}
+
+/* Phase 4: read the source through the pipeline into a new image and
+ * index under temporary names, seal and commit them. */
+static int bk_write_point(bk_run *b)
+{
+	const cbi_backup_opts *o = b->o;
+	cbi_hdr *h = &b->h;
+	cbi_error *err = b->err;
+	char name[512];
+	int rc;
+	h->block_size = b->bs;
+	h->n_blocks = cbi_nblocks(b->src->size, b->bs);
+	b->hs.alg = h->hash_alg;
+	if (o->used_only) {
+		/* read before any block: the map is what "used" means for this point */
+		if ((rc = cbi_fsmap_read(o->source, b->src->size, b->bs, &b->fsmap, err)))
+			return rc;
+		cbi_source_set_map(b->src, b->fsmap->used, b->bs);
+		h->flags |= CBI_HDR_USED_ONLY;
 	}
 
-	if (!o->no_state) {
-		cbi_error se;
-		if (cbi_state_save(state_dir, lock_key(h.host, h.source_id, h.job), idx_path, encrypted ? &keys : NULL,
-				   pw, (size_t)pwlen, &se))
-			append_warning(r, se.msg);
-	}
+	cbi_point_filename(h, "cbi", name, sizeof name);
+	snprintf(b->img_path, sizeof b->img_path, "%.3000s/%.1000s", o->dest, name);
+	cbi_point_filename(h, "cbx", name, sizeof name);
+	snprintf(b->idx_path, sizeof b->idx_path, "%.3000s/%.1000s", o->dest, name);
+	b->st.img_path = b->img_path;
+	char tag[64];
+	snprintf(tag, sizeof tag, "cbimg-%016llx-%ld", (unsigned long long)lock_key(h->host, h->source_id, h->job),
+		 (long)getpid());
+	const cbi_keys *keys = b->encrypted ? &b->keys : NULL;
+	if ((rc = cbi_image_writer_create(b->img_path, tag, h, keys, &b->st.img, err)))
+		return rc;
+	if ((rc = cbi_index_writer_create(b->idx_path, tag, h, keys, &b->st.idx, err)))
+		return rc;
 
+	cbi_pipe_cfg pc = {
+		.src = b->src, .parent = b->parent, .block_size = b->bs, .seq = h->seq, .level = b->level,
+		.threads = o->threads, .sink = sink, .sink_ud = &b->st,
+		.hs = &b->hs, .rec_key = b->encrypted ? b->rec_key : NULL, .chain_id = h->chain_id,
+		.point_id = h->point_id, .progress = o->progress, .progress_ud = o->progress_ud,
+	};
+	if ((rc = cbi_pipe_run(&pc, &b->ps, err)))
+		return rc;
+
+	cbi_idx_trailer *it = &b->it;
+	it->changed_blocks = b->st.changed;
+	it->zero_blocks = b->st.zero;
+	it->stored_blocks = b->st.stored;
+	it->image_size = cbi_image_writer_final_size(b->st.img);
+	if ((rc = cbi_index_writer_seal(b->st.idx, it)))
+		return cbi_err(err, rc, "unable to write '%s': %s", b->idx_path, cbi_errtext(rc));
+	if ((rc = cbi_image_writer_seal(b->st.img, b->st.changed, it->digest)))
+		return cbi_err(err, rc, "unable to write '%s': %s", b->img_path, cbi_errtext(rc));
+	return bk_commit(b);
+}
+
+/* The result's description of the point written. */
+static void bk_fill_result(bk_run *b)
+{
+	cbi_backup_result *r = b->r;
+	const cbi_hdr *h = &b->h;
 	memset(&r->point, 0, sizeof r->point);
-	cbi_point_from_hdr(&r->point, &h);
-	cbi_strlcpy(r->point.file, img_path, sizeof r->point.file);
-	cbi_strlcpy(r->point.index_file, idx_path, sizeof r->point.index_file);
-	memcpy(r->point.index_digest, it.digest, 32);
-	r->point.changed_blocks = st.changed;
-	r->point.zero_blocks = st.zero;
-	r->point.stored_blocks = st.stored;
-	r->point.stored_bytes = it.image_size;
-	r->point.index_bytes = it.file_size;
+	cbi_point_from_hdr(&r->point, h);
+	cbi_strlcpy(r->point.file, b->img_path, sizeof r->point.file);
+	cbi_strlcpy(r->point.index_file, b->idx_path, sizeof r->point.index_file);
+	memcpy(r->point.index_digest, b->it.digest, 32);
+	r->point.changed_blocks = b->st.changed;
+	r->point.zero_blocks = b->st.zero;
+	r->point.stored_blocks = b->st.stored;
+	r->point.stored_bytes = b->it.image_size;
+	r->point.index_bytes = b->it.file_size;
 	r->point.has_image = 1;
-	r->blocks_total = h.n_blocks;
-	r->blocks_read = (ps.bytes_read + bs - 1) / bs;
-	r->blocks_changed = st.changed;
-	r->blocks_zero = st.zero;
-	r->blocks_unused = fsmap ? h.n_blocks - fsmap->used_blocks : 0;
-	r->blocks_stored = st.stored;
-	r->bytes_read = ps.bytes_read;
-	r->bytes_written = it.image_size + it.file_size;
-end:
-	cbi_image_writer_abort(st.img);
-	cbi_index_writer_abort(st.idx);
-	if (rc && r->key_file_new) {
+	r->blocks_total = h->n_blocks;
+	r->blocks_read = (b->ps.bytes_read + b->bs - 1) / b->bs;
+	r->blocks_changed = b->st.changed;
+	r->blocks_zero = b->st.zero;
+	r->blocks_unused = b->fsmap ? h->n_blocks - b->fsmap->used_blocks : 0;
+	r->blocks_stored = b->st.stored;
+	r->bytes_read = b->ps.bytes_read;
+	r->bytes_written = b->it.image_size + b->it.file_size;
+}
+
+/* Phase 5: the local state follows the new point; the result. */
+static void bk_finish(bk_run *b)
+{
+	const cbi_hdr *h = &b->h;
+	if (!b->o->no_state) {
+		cbi_error se;
+		if (cbi_state_save(b->state_dir, lock_key(h->host, h->source_id, h->job), b->idx_path,
+				   b->encrypted ? &b->keys : NULL, b->pw, (size_t)b->pwlen, &se))
+			append_warning(b->r, se.msg);
+	}
+	bk_fill_result(b);
+}
+
+/* Release what the phases took; a failed run leaves no new file behind
+ * unless its point was committed (bk_commit). */
+static int bk_end(bk_run *b, int rc)
+{
+	cbi_backup_result *r = b->r;
+	cbi_image_writer_abort(b->st.img);
+	cbi_index_writer_abort(b->st.idx);
+	if (rc && b->committed)
+		bk_fill_result(b); /* the point kept: the caller can name it */
+	if (rc && r->key_file_new && !b->committed) {
 		/* a new chain's key file without any point of the chain */
 		unlink(r->key_file);
 		r->key_file[0] = 0;
 		r->key_file_new = 0;
 	}
-	cbi_keys_wipe(&keys);
-	if (pw)
-		OPENSSL_cleanse(pw, CBI_PASS_MAX);
-	free(pw);
-	OPENSSL_cleanse(rec_key, sizeof rec_key);
-	OPENSSL_cleanse(&hs, sizeof hs);
-	if (run_id && cbi_catalog_run_end(o->dest, run_id, rc,
-					  rc ? (err && err->msg[0] ? err->msg : cbi_errtext(rc)) : r->warning,
-					  r, &ce))
+	cbi_keys_wipe(&b->keys);
+	if (b->pw)
+		OPENSSL_cleanse(b->pw, CBI_PASS_MAX);
+	free(b->pw);
+	OPENSSL_cleanse(b->rec_key, sizeof b->rec_key);
+	OPENSSL_cleanse(&b->hs, sizeof b->hs);
+	cbi_error ce;
+	if (b->run_id && cbi_catalog_run_end(b->o->dest, b->run_id, rc,
+					     rc ? (b->err && b->err->msg[0] ? b->err->msg : cbi_errtext(rc))
+						: r->warning,
+					     r, &ce))
 		append_warning(r, ce.msg);
-	cbi_index_close(parent);
-	cbi_source_close(src);
-	cbi_fsmap_free(fsmap);
-	free(pts);
-	if (lockfd >= 0)
-		close(lockfd);
+	cbi_index_close(b->parent);
+	cbi_source_close(b->src);
+	cbi_fsmap_free(b->fsmap);
+	free(b->pts);
+	if (b->lockfd >= 0)
+		close(b->lockfd);
+	return rc;
+}
+
+int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
+{
+	double t0 = cbi_now();
+	memset(r, 0, sizeof *r);
+	bk_run *b = calloc(1, sizeof *b);
+	if (!b)
+		return cbi_err(err, -ENOMEM, "out of memory");
+	b->o = o;
+	b->r = r;
+	b->err = err;
+	b->lockfd = -1;
+	int rc = bk_validate(b);
+	if (!rc)
+		rc = bk_choose_parent(b);
+	if (!rc)
+		rc = bk_keys(b);
+	if (!rc)
+		rc = bk_write_point(b);
+	if (!rc)
+		bk_finish(b);
+	rc = bk_end(b, rc);
+	OPENSSL_cleanse(b, sizeof *b);
+	free(b);
 	r->seconds = cbi_now() - t0;
 	return rc;
 }

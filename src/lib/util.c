@@ -57,6 +57,24 @@ int cbi_err(cbi_error *err, int code, const char *fmt, ...)
 	return code;
 }
 
+int cbi_err_prefix(cbi_error *err, int code, const char *fmt, ...)
+{
+	if (!err)
+		return code;
+	char inner[sizeof err->msg];
+	cbi_strlcpy(inner, err->msg[0] ? err->msg : cbi_errtext(code), sizeof inner);
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+	va_end(ap);
+	if (n >= 0 && (size_t)n + 2 < sizeof err->msg) {
+		memcpy(err->msg + n, ": ", 2);
+		cbi_strlcpy(err->msg + n + 2, inner, sizeof err->msg - (size_t)n - 2);
+	}
+	err->code = code;
+	return code;
+}
+
 double cbi_now(void)
 {
 	struct timespec ts;

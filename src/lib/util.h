@@ -40,6 +40,13 @@ static inline uint64_t ld64(const uint8_t *p)
  * code is the negative library/errno code. Usage: return cbi_err(err, -EIO, "...") */
 int cbi_err(cbi_error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* Put a context before the reason err already holds, instead of replacing
+ * it: err->msg becomes "<context>: <inner message>" (the inner message cut
+ * at the end if both do not fit), or "<context>: <text of code>" when err
+ * holds no message. Sets err->code to code; err may be NULL. Returns code.
+ * Usage: if ((rc = f(..., err))) return cbi_err_prefix(err, rc, "newest point of job '%s'", job); */
+int cbi_err_prefix(cbi_error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Message text for a negative code (errno or CBI_E*). */
 const char *cbi_errtext(int code);
 

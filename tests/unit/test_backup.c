@@ -556,6 +556,57 @@ static void test_lock_file(void **state)
 	assert_int_equal(r.point.seq, 1);
 }
 
+/* Something planted at the lock file's name (a symbolic link, a FIFO) is
+ * refused, never followed or used: nothing is created through it. */
+static void test_lock_file_not_followed(void **state)
+{
+	bk_fix *b = *state;
+	cbi_backup_opts o = tu_bopts(b->src, b->dest);
+	o.host = "vectorhost";
+	o.source_id = "vector-source";
+	o.job = "vec";
+	cbi_backup_result r;
+	cbi_error e;
+	char lock[4096], target[4096];
+	snprintf(lock, sizeof lock, "%s", tu_path(b->dest, ".cbimg-36501e7e15f85bbd.lock"));
+	snprintf(target, sizeof target, "%s", tu_path(b->dir, "elsewhere"));
+	assert_int_equal(symlink(target, lock), 0);
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_backup(&o, &r, &e), -ELOOP);
+	assert_non_null(strstr(e.msg, "symbolic link"));
+	assert_false(tu_exists(target));
+	assert_int_equal(count_point_files(b->dest), 0);
+	assert_int_equal(unlink(lock), 0);
+	assert_int_equal(mkfifo(lock, 0644), 0);
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_backup(&o, &r, &e), -EINVAL);
+	assert_non_null(strstr(e.msg, "not a regular file"));
+	assert_int_equal(count_point_files(b->dest), 0);
+	assert_int_equal(unlink(lock), 0);
+	tu_backup_ok(&o, &r);
+}
+
+/* Warnings come as a list, one each, and joined for older callers. */
+static void test_warnings_list(void **state)
+{
+	bk_fix *b = *state;
+	cbi_backup_opts o = tu_bopts(b->src, b->dest);
+	cbi_backup_result r;
+	tu_backup_ok(&o, &r);
+	assert_int_equal(r.n_warnings, 0);
+	assert_string_equal(r.warning, "");
+	o.block_size = 2 * BS;           /* ignored by an existing chain */
+	o.hash_alg = CBI_HASH_SHA256_128; /* likewise */
+	tu_backup_ok(&o, &r);
+	assert_int_equal(r.n_warnings, 2);
+	assert_non_null(strstr(r.warnings[0], "--block-size"));
+	assert_null(strstr(r.warnings[0], "--hash")); /* one warning each (they hold "; " themselves) */
+	assert_non_null(strstr(r.warnings[1], "--hash"));
+	char joined[1100];
+	snprintf(joined, sizeof joined, "%s; %s", r.warnings[0], r.warnings[1]);
+	assert_string_equal(r.warning, joined);
+}
+
 static void test_leftovers_of_killed_run(void **state)
 {
 	bk_fix *b = *state;
@@ -652,6 +703,8 @@ int main(void)
 		T(test_threads_same_result),
 		T(test_progress_cancel_leaves_nothing),
 		T(test_lock_file),
+		T(test_lock_file_not_followed),
+		T(test_warnings_list),
 		T(test_leftovers_of_killed_run),
 		T(test_damaged_parent_index_refused),
 	};

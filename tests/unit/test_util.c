@@ -357,9 +357,34 @@ static void test_id_hex(void **state)
 	assert_string_equal(out, "00112233445566778899aabbccddeeff");
 }
 
+/* cbi_err_prefix keeps the inner reason after the context. */
+static void test_err_prefix(void **state)
+{
+	(void)state;
+	cbi_error e;
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_err(&e, -ENOENT, "unable to open '%s': %s", "a.cbx", strerror(ENOENT)), -ENOENT);
+	assert_int_equal(cbi_err_prefix(&e, -ENOENT, "newest point of job '%s'", "daily"), -ENOENT);
+	assert_string_equal(e.msg, "newest point of job 'daily': unable to open 'a.cbx': No such file or directory");
+	assert_int_equal(e.code, -ENOENT);
+	/* no inner message: the code's text */
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_err_prefix(&e, -EIO, "syncing '%s'", "d"), -EIO);
+	assert_string_equal(e.msg, "syncing 'd': Input/output error");
+	/* too long: cut, still terminated */
+	char big[2000];
+	memset(big, 'x', sizeof big - 1);
+	big[sizeof big - 1] = 0;
+	cbi_err(&e, -EIO, "inner");
+	cbi_err_prefix(&e, -EIO, "%s", big);
+	assert_int_equal(strlen(e.msg), sizeof e.msg - 1);
+	assert_int_equal(cbi_err_prefix(NULL, -EIO, "x"), -EIO);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_err_prefix),
 		cmocka_unit_test(test_st_exact_byte_order),
 		cmocka_unit_test(test_ld_exact_byte_order),
 		cmocka_unit_test(test_ldst_round_trip),

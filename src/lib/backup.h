@@ -1,0 +1,83 @@
+/* backup.h - the decision of cbi_backup() that is kept apart from its I/O
+ * and tested on its own: which point a backup continues from (internal). */
+#ifndef CBI_BACKUP_H
+#define CBI_BACKUP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cbimg.h"
+
+/* What the local state of a job held when it was looked at. */
+enum cbi_state_status {
+	CBI_STATE_UNUSED = 0, /* not read: --no-state, or --full */
+	CBI_STATE_MISSING,    /* no state index */
+	CBI_STATE_FOUND,      /* a state index (its tip is passed) */
+	CBI_STATE_DAMAGED,    /* only a damaged one, or the directory unreadable */
+};
+
+/* Where the new point's parent comes from. */
+enum cbi_parent_from {
+	CBI_FROM_NEW = 0,     /* none: a new chain, with a full */
+	CBI_FROM_DEST,        /* the newest point of the job in DEST */
+	CBI_FROM_STATE,       /* the local state's index (DEST holds no chain: an outbox) */
+	CBI_FROM_REFUSE,      /* no backup: see code and msg */
+};
+
+/* Why: the notice given with a decision, or the reason of a refusal. */
+enum cbi_parent_why {
+	CBI_WHY_NONE = 0,            /* DEST and the state agree, or neither was asked */
+	/* decisions with a notice */
+	CBI_WHY_FIRST,               /* no chain in DEST and no state: a new chain */
+	CBI_WHY_STATE_DAMAGED,       /* the state is damaged: DEST's newest point */
+	CBI_WHY_OUTBOX,              /* DEST holds no chain: the state's point */
+	CBI_WHY_OTHER_CHAIN,         /* the state follows another chain: DEST's */
+	CBI_WHY_STATE_BEHIND,        /* DEST is ahead of the state: DEST's */
+	/* refusals */
+	CBI_WHY_DAMAGED_NO_CHAIN,    /* state damaged and no chain in DEST (-CBI_EDAMAGED) */
+	CBI_WHY_CLEAR_AFTER_ENCRYPTED, /* state on an encrypted chain, DEST's newest on a clear one
+	                              * (-CBI_EMISMATCH) */
+	CBI_WHY_STATE_AHEAD,         /* the state is ahead of DEST: points elsewhere (-CBI_EMISMATCH) */
+	CBI_WHY_FORKED,              /* same seq, other point: a fork (-CBI_EMISMATCH) */
+	CBI_WHY_OTHER_DISK,          /* same path and job, other source id (-CBI_EMISMATCH) */
+	CBI_WHY_FORGED_CLEAR,        /* clear newest point of an encrypted chain (-CBI_EAUTH) */
+	CBI_WHY_SIZE,                /* the source's size differs from the chain's (-CBI_EMISMATCH) */
+};
+
+/* Everything the decision depends on: what was found, never where. */
+typedef struct cbi_parent_in {
+	const cbi_point *pts;        /* the points found in DEST (any job, any order) */
+	size_t npts;
+	const char *host;            /* the job being backed up */
+	const char *source_id;
+	const char *job;
+	const char *source_path;     /* as recorded in headers (its last 63 bytes) */
+	uint64_t source_size;
+	int state_status;            /* enum cbi_state_status */
+	const cbi_point *state;      /* the state's point when CBI_STATE_FOUND, else unused */
+	const char *state_why;       /* CBI_STATE_DAMAGED: why, for the messages */
+	int force_full;              /* --full */
+	int source_id_given;         /* --source-id: the identity was set, not derived */
+	const char *dest;            /* names for the messages only */
+	const char *source;
+} cbi_parent_in;
+
+typedef struct cbi_parent_choice {
+	int from;                    /* enum cbi_parent_from */
+	const cbi_point *tip;        /* the parent: in in->pts (DEST) or in->state; NULL otherwise */
+	int why;                     /* enum cbi_parent_why */
+	int code;                    /* CBI_FROM_REFUSE: the negative error code; else 0 */
+	int from_state;              /* the state's point was chosen (stays set when the chain then
+	                              * turns out exhausted and a new one starts) */
+	int exhausted;               /* the chosen chain has no seq left: a new chain instead */
+	char msg[1024];              /* the notice of a decision, or the refusal's message; "" */
+} cbi_parent_choice;
+
+/* Decide which point a backup continues from, with no I/O: the newest point
+ * of (host, source_id, job) in DEST is compared with the local state's, and
+ * the disagreements are resolved as cbi_backup() documents it: never
+ * forking a chain and never silently starting a new one. Refusals
+ * (CBI_FROM_REFUSE) carry the error code and message cbi_backup() returns. */
+void cbi_backup_choose_parent(const cbi_parent_in *in, cbi_parent_choice *out);
+
+#endif

@@ -1,0 +1,345 @@
+/* test_backup_parent.c - cbi_backup_choose_parent(), the pure decision of
+ * which point a backup continues from: DEST's newest point and the local
+ * state's ahead of each other, behind, equal, missing or damaged, and the
+ * refusals (another disk, a forged clear point, another size), with --full
+ * and --no-state. No file is touched: every input is built in memory. */
+#include "testutil.h"
+
+#include "backup.h"
+
+#define SIZE (1u << 20)
+
+static void mkpt(cbi_point *p, uint8_t chain, uint8_t point, uint32_t seq, int64_t created, int encrypted)
+{
+	memset(p, 0, sizeof *p);
+	memset(p->chain_id, chain, 16);
+	memset(p->point_id, point, 16);
+	p->seq = seq;
+	p->type = seq ? CBI_INCREMENTAL : CBI_FULL;
+	p->created_ns = created;
+	p->encrypted = encrypted;
+	p->block_size = 4096;
+	p->source_size = SIZE;
+	strcpy(p->host, "pc1");
+	strcpy(p->job, "daily");
+	strcpy(p->source_id, "disk-A");
+	strcpy(p->source_path, "/dev/sda");
+	snprintf(p->index_file, sizeof p->index_file, "d/p%02x.cbx", point);
+}
+
+static cbi_parent_in base_in(const cbi_point *pts, size_t n, int status, const cbi_point *state)
+{
+	cbi_parent_in in = {
+		.pts = pts, .npts = n,
+		.host = "pc1", .source_id = "disk-A", .job = "daily", .source_path = "/dev/sda",
+		.source_size = SIZE, .state_status = status, .state = state, .state_why = "'x': digest mismatch",
+		.dest = "d", .source = "/dev/sda",
+	};
+	return in;
+}
+
+static cbi_parent_choice decide(const cbi_parent_in *in)
+{
+	cbi_parent_choice c;
+	memset(&c, 0xa5, sizeof c); /* everything must be set */
+	cbi_backup_choose_parent(in, &c);
+	return c;
+}
+
+/* Neither DEST nor the state knows the job: a new chain, said so. */
+static void test_nothing_anywhere(void **state)
+{
+	(void)state;
+	cbi_parent_in in = base_in(NULL, 0, CBI_STATE_MISSING, NULL);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_NEW);
+	assert_null(c.tip);
+	assert_int_equal(c.why, CBI_WHY_FIRST);
+	assert_int_equal(c.code, 0);
+	assert_non_null(strstr(c.msg, "starting a new chain"));
+	/* --no-state: no notice */
+	in.state_status = CBI_STATE_UNUSED;
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_NEW);
+	assert_int_equal(c.why, CBI_WHY_NONE);
+	assert_string_equal(c.msg, "");
+}
+
+/* DEST holds the chain, the state is missing: DEST's newest, quietly. */
+static void test_dest_only(void **state)
+{
+	(void)state;
+	cbi_point pts[3];
+	mkpt(&pts[0], 1, 10, 0, 100, 0);
+	mkpt(&pts[1], 1, 12, 2, 300, 0);
+	mkpt(&pts[2], 1, 11, 1, 200, 0);
+	cbi_parent_in in = base_in(pts, 3, CBI_STATE_MISSING, NULL);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_DEST);
+	assert_ptr_equal(c.tip, &pts[1]);
+	assert_int_equal(c.why, CBI_WHY_NONE);
+	assert_string_equal(c.msg, "");
+	assert_int_equal(c.from_state, 0);
+	in.state_status = CBI_STATE_UNUSED;
+	c = decide(&in);
+	assert_ptr_equal(c.tip, &pts[1]);
+}
+
+/* The newest point is the job's own: other hosts, jobs and sources are
+ * ignored; equal times go to the higher seq. */
+static void test_tip_is_the_jobs_newest(void **state)
+{
+	(void)state;
+	cbi_point pts[5];
+	mkpt(&pts[0], 1, 10, 0, 100, 0);
+	mkpt(&pts[1], 1, 11, 1, 200, 0);
+	mkpt(&pts[2], 1, 12, 2, 200, 0); /* same time, higher seq */
+	mkpt(&pts[3], 2, 20, 0, 900, 0);
+	strcpy(pts[3].job, "weekly");
+	mkpt(&pts[4], 3, 30, 0, 900, 0);
+	strcpy(pts[4].host, "pc2");
+	cbi_parent_in in = base_in(pts, 5, CBI_STATE_UNUSED, NULL);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_DEST);
+	assert_ptr_equal(c.tip, &pts[2]);
+}
+
+/* Both at the same point: DEST's, no notice. */
+static void test_equal(void **state)
+{
+	(void)state;
+	cbi_point pts[2], st;
+	mkpt(&pts[0], 1, 10, 0, 100, 0);
+	mkpt(&pts[1], 1, 11, 1, 200, 0);
+	mkpt(&st, 1, 11, 1, 200, 0);
+	cbi_parent_in in = base_in(pts, 2, CBI_STATE_FOUND, &st);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_DEST);
+	assert_ptr_equal(c.tip, &pts[1]);
+	assert_int_equal(c.why, CBI_WHY_NONE);
+	assert_string_equal(c.msg, "");
+}
+
+/* DEST ahead of the state (the state missed a run): DEST's, with a notice. */
+static void test_dest_ahead(void **state)
+{
+	(void)state;
+	cbi_point pts[3], st;
+	mkpt(&pts[0], 1, 10, 0, 100, 0);
+	mkpt(&pts[1], 1, 11, 1, 200, 0);
+	mkpt(&pts[2], 1, 12, 2, 300, 0);
+	mkpt(&st, 1, 11, 1, 200, 0);
+	cbi_parent_in in = base_in(pts, 3, CBI_STATE_FOUND, &st);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_DEST);
+	assert_ptr_equal(c.tip, &pts[2]);
+	assert_int_equal(c.why, CBI_WHY_STATE_BEHIND);
+	assert_non_null(strstr(c.msg, "is at seq 1, 'd' has seq 2"));
+}
+
+/* DEST behind the state (points went elsewhere, or a rollback): refused. */
+static void test_dest_behind(void **state)
+{
+	(void)state;
+	cbi_point pts[2], st;
+	mkpt(&pts[0], 1, 10, 0, 100, 0);
+	mkpt(&pts[1], 1, 11, 1, 200, 0);
+	mkpt(&st, 1, 12, 2, 300, 0);
+	cbi_parent_in in = base_in(pts, 2, CBI_STATE_FOUND, &st);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_REFUSE);
+	assert_null(c.tip);
+	assert_int_equal(c.why, CBI_WHY_STATE_AHEAD);
+	assert_int_equal(c.code, -CBI_EMISMATCH);
+	assert_non_null(strstr(c.msg, "points in between are elsewhere"));
+}
+
+/* Same seq, another point: a fork, refused. */
+static void test_forked(void **state)
+{
+	(void)state;
+	cbi_point pts[2], st;
+	mkpt(&pts[0], 1, 10, 0, 100, 0);
+	mkpt(&pts[1], 1, 11, 1, 200, 0);
+	mkpt(&st, 1, 99, 1, 250, 0);
+	cbi_parent_in in = base_in(pts, 2, CBI_STATE_FOUND, &st);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_REFUSE);
+	assert_int_equal(c.why, CBI_WHY_FORKED);
+	assert_int_equal(c.code, -CBI_EMISMATCH);
+	assert_non_null(strstr(c.msg, "forked"));
+}
+
+/* DEST holds no chain of the job, the state does: an outbox, from the state. */
+static void test_dest_missing_outbox(void **state)
+{
+	(void)state;
+	cbi_point st, other;
+	mkpt(&st, 1, 11, 1, 200, 1);
+	mkpt(&other, 5, 50, 0, 100, 0);
+	strcpy(other.job, "weekly");
+	cbi_parent_in in = base_in(&other, 1, CBI_STATE_FOUND, &st);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_STATE);
+	assert_ptr_equal(c.tip, &st);
+	assert_int_equal(c.why, CBI_WHY_OUTBOX);
+	assert_int_equal(c.from_state, 1);
+	assert_non_null(strstr(c.msg, "from the local state"));
+}
+
+/* The state is damaged: DEST's newest with a notice, or refused when DEST
+ * holds nothing to continue. */
+static void test_state_damaged(void **state)
+{
+	(void)state;
+	cbi_point pts[1];
+	mkpt(&pts[0], 1, 10, 0, 100, 0);
+	cbi_parent_in in = base_in(pts, 1, CBI_STATE_DAMAGED, NULL);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_DEST);
+	assert_ptr_equal(c.tip, &pts[0]);
+	assert_int_equal(c.why, CBI_WHY_STATE_DAMAGED);
+	assert_non_null(strstr(c.msg, "is damaged ('x': digest mismatch); continuing"));
+	in = base_in(NULL, 0, CBI_STATE_DAMAGED, NULL);
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_REFUSE);
+	assert_int_equal(c.why, CBI_WHY_DAMAGED_NO_CHAIN);
+	assert_int_equal(c.code, -CBI_EDAMAGED);
+	assert_non_null(strstr(c.msg, "use --full"));
+}
+
+/* The state follows another chain: DEST's chain wins with a notice, unless
+ * the state's chain is encrypted and DEST's is not. */
+static void test_other_chain(void **state)
+{
+	(void)state;
+	cbi_point pts[1], st;
+	mkpt(&pts[0], 1, 10, 0, 100, 0);
+	mkpt(&st, 2, 20, 3, 50, 0);
+	cbi_parent_in in = base_in(pts, 1, CBI_STATE_FOUND, &st);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_DEST);
+	assert_ptr_equal(c.tip, &pts[0]);
+	assert_int_equal(c.why, CBI_WHY_OTHER_CHAIN);
+	st.encrypted = 1;
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_REFUSE);
+	assert_int_equal(c.why, CBI_WHY_CLEAR_AFTER_ENCRYPTED);
+	assert_int_equal(c.code, -CBI_EMISMATCH);
+}
+
+/* --full: a new chain whatever DEST and the state hold, without notice. */
+static void test_force_full(void **state)
+{
+	(void)state;
+	cbi_point pts[1], st;
+	mkpt(&pts[0], 1, 10, 0, 100, 0);
+	strcpy(pts[0].source_id, "disk-B"); /* another disk too */
+	pts[0].source_size = 7;
+	mkpt(&st, 1, 12, 2, 300, 0);
+	cbi_parent_in in = base_in(pts, 1, CBI_STATE_FOUND, &st);
+	in.force_full = 1;
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_NEW);
+	assert_null(c.tip);
+	assert_int_equal(c.why, CBI_WHY_NONE);
+	assert_string_equal(c.msg, "");
+}
+
+/* Same host, job and path, another source id: another disk, refused unless
+ * the id was given. */
+static void test_other_disk(void **state)
+{
+	(void)state;
+	cbi_point pts[1];
+	mkpt(&pts[0], 1, 10, 0, 100, 0);
+	strcpy(pts[0].source_id, "disk-B");
+	cbi_parent_in in = base_in(pts, 1, CBI_STATE_MISSING, NULL);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_REFUSE);
+	assert_int_equal(c.why, CBI_WHY_OTHER_DISK);
+	assert_int_equal(c.code, -CBI_EMISMATCH);
+	assert_non_null(strstr(c.msg, "backs up 'disk-B'"));
+	in.source_id_given = 1;
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_NEW);
+	assert_int_equal(c.why, CBI_WHY_FIRST);
+}
+
+/* An unencrypted newest point of a chain that is encrypted elsewhere (in
+ * DEST, or in the state) was forged: refused. */
+static void test_forged_clear(void **state)
+{
+	(void)state;
+	cbi_point pts[2], st;
+	mkpt(&pts[0], 1, 10, 0, 100, 1);
+	mkpt(&pts[1], 1, 11, 1, 200, 0);
+	cbi_parent_in in = base_in(pts, 2, CBI_STATE_UNUSED, NULL);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_REFUSE);
+	assert_int_equal(c.why, CBI_WHY_FORGED_CLEAR);
+	assert_int_equal(c.code, -CBI_EAUTH);
+	/* only the state knows the chain is encrypted */
+	pts[0].encrypted = 0;
+	mkpt(&st, 1, 10, 0, 100, 1);
+	in = base_in(pts, 2, CBI_STATE_FOUND, &st);
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_REFUSE);
+	assert_int_equal(c.why, CBI_WHY_FORGED_CLEAR);
+}
+
+/* The source's size differs from the chain's: refused. */
+static void test_size_changed(void **state)
+{
+	(void)state;
+	cbi_point pts[1];
+	mkpt(&pts[0], 1, 10, 0, 100, 0);
+	cbi_parent_in in = base_in(pts, 1, CBI_STATE_UNUSED, NULL);
+	in.source_size = SIZE * 2;
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_REFUSE);
+	assert_int_equal(c.why, CBI_WHY_SIZE);
+	assert_int_equal(c.code, -CBI_EMISMATCH);
+}
+
+/* A chain at the last seq: a new chain instead, the notice kept. */
+static void test_exhausted(void **state)
+{
+	(void)state;
+	cbi_point pts[1], st;
+	mkpt(&pts[0], 1, 10, UINT32_MAX - 1, 100, 0);
+	mkpt(&st, 1, 10, UINT32_MAX - 1, 100, 0);
+	cbi_parent_in in = base_in(pts, 1, CBI_STATE_FOUND, &st);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_NEW);
+	assert_null(c.tip);
+	assert_int_equal(c.exhausted, 1);
+	/* from the state (an outbox): from_state stays set, as before */
+	in = base_in(NULL, 0, CBI_STATE_FOUND, &st);
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_NEW);
+	assert_int_equal(c.from_state, 1);
+	assert_int_equal(c.why, CBI_WHY_OUTBOX);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_nothing_anywhere),
+		cmocka_unit_test(test_dest_only),
+		cmocka_unit_test(test_tip_is_the_jobs_newest),
+		cmocka_unit_test(test_equal),
+		cmocka_unit_test(test_dest_ahead),
+		cmocka_unit_test(test_dest_behind),
+		cmocka_unit_test(test_forked),
+		cmocka_unit_test(test_dest_missing_outbox),
+		cmocka_unit_test(test_state_damaged),
+		cmocka_unit_test(test_other_chain),
+		cmocka_unit_test(test_force_full),
+		cmocka_unit_test(test_other_disk),
+		cmocka_unit_test(test_forged_clear),
+		cmocka_unit_test(test_size_changed),
+		cmocka_unit_test(test_exhausted),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
