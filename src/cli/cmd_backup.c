@@ -85,6 +85,7 @@ static void print_json(const cbi_backup_result *r)
 
 	json_init(&j, stdout);
 	json_begin_object(&j, NULL);
+	json_u64(&j, "schema", CLI_JSON_SCHEMA);
 	json_string(&j, "type", r->point.type == CBI_FULL ? "full" : "incremental");
 	json_u64(&j, "blocks_total", r->blocks_total);
 	json_u64(&j, "blocks_read", r->blocks_read);
