@@ -95,7 +95,8 @@ static void print_json(const char *path, const struct verify_state *s, const cbi
 	json_begin_array(&j, "problems");
 	for (size_t i = 0; i < s->n; i++) {
 		json_begin_object(&j, NULL);
-		json_string(&j, "file", s->list[i].file);
+		/* "path": "file" is a name relative to DEST in every other object */
+		json_string(&j, "path", s->list[i].file);
 		if (s->list[i].block >= 0)
 			json_i64(&j, "block", s->list[i].block);
 		else

@@ -138,6 +138,8 @@ flip_byte "$T/damaged.cbi" 1000
 expect_exit 3 "$CBIMG" verify --json "$T/damaged.cbi"
 check_eq "verify damage under --json: one object, exit 3" \
 	"$(jq -s -c 'map([.schema, .ok, .exit])' "$T/stdout")" "[[1,false,3]]"
+check_eq "verify: a problem names its file as path" \
+	"$(jout '.problems[0] | "\(.path | test("damaged\\.cbi$")) \(has("file"))"')" "true false"
 expect_exit 1 "$CBIMG" list -- --json &&
 	check_eq "an operand '--json' after '--' is no option: no JSON" "$(wc -c <"$T/stdout")" 0
 
