@@ -205,7 +205,7 @@ elif [ ! -f "$BUILD_DIR/libcbimg.a" ]; then
 else
 	I=$T/inst
 	mkdir -p "$I"
-	if run make -s -C "$REPO" BUILD="$BUILD_DIR" DESTDIR="$I" PREFIX=/usr install; then
+	if run env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$REPO" BUILD="$BUILD_DIR" DESTDIR="$I" PREFIX=/usr install; then
 		pass "make install DESTDIR=..."
 		for f in bin/cbimg lib/libcbimg.a include/cbimg.h share/man/man1/cbimg-list.1 \
 			share/man/man5/cbimg-format.5 share/man/man7/cbimg-scenarios.7 share/doc/cbimg/README.md \
@@ -214,16 +214,16 @@ else
 		done
 		check_eq "installed completion is the script" \
 			"$(sha256 "$I/usr/share/bash-completion/completions/cbimg")" "$(sha256 "$REPO/completion/cbimg.bash")"
-		if run make -s -C "$REPO" BUILD="$BUILD_DIR" DESTDIR="$I" PREFIX=/usr uninstall; then
+		if run env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$REPO" BUILD="$BUILD_DIR" DESTDIR="$I" PREFIX=/usr uninstall; then
 			pass "make uninstall DESTDIR=..."
 			check_eq "uninstall left nothing below the prefix" "$(cd "$I" && find . -mindepth 1 | sort | tr '\n' ' ')" "./usr "
 		else
 			fail "make uninstall failed: $OUT"
 		fi
 		# uninstall removes only what install put there
-		run make -s -C "$REPO" BUILD="$BUILD_DIR" DESTDIR="$I" PREFIX=/usr install
+		run env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$REPO" BUILD="$BUILD_DIR" DESTDIR="$I" PREFIX=/usr install
 		mkdir -p "$I/usr/share/man/man1" && echo keep >"$I/usr/share/man/man1/other.1"
-		run make -s -C "$REPO" BUILD="$BUILD_DIR" DESTDIR="$I" PREFIX=/usr uninstall
+		run env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$REPO" BUILD="$BUILD_DIR" DESTDIR="$I" PREFIX=/usr uninstall
 		check_eq "uninstall keeps other files" "$(cd "$I" && find . -type f | sort | tr '\n' ' ')" "./usr/share/man/man1/other.1 "
 	else
 		fail "make install failed: $OUT"
