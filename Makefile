@@ -7,7 +7,9 @@
 #   make deps       apt-get install the Debian packages the build needs, when missing
 #   make demo       full backup, changes, incremental, restore, verify on a generated ext4 disk
 #   make bench      benchmark against peers (not part of check)
-#   make install    PREFIX=/usr/local DESTDIR=
+#   make install    PREFIX=/usr/local DESTDIR=  (program, library, header, man pages, docs,
+#                   bash and zsh completion)
+#   make uninstall  same PREFIX and DESTDIR: removes exactly what install put there
 PREFIX ?= /usr/local
 DESTDIR ?=
 BUILD ?= build
@@ -35,7 +37,7 @@ FAULT_CFLAGS := -std=gnu11 -O2 -g $(WARN) -fPIC -shared $(if $(findstring saniti
 DEB_PKGS := build-essential pkg-config libzstd-dev libxxhash-dev libssl-dev libsqlite3-dev libcmocka-dev libbsd-dev \
 	libmount-dev libblkid-dev libext2fs-dev comerr-dev e2fsprogs util-linux valgrind zstd xxhash jq dosfstools fusefat exfatprogs exfat-fuse groff-base
 
-.PHONY: all check check-unit check-e2e asan valgrind deps demo bench install clean vectors
+.PHONY: all check check-unit check-e2e asan valgrind deps demo bench install uninstall clean vectors
 all: $(BUILD)/cbimg
 
 # The CLI sees only the public header; the library and its unit tests see src/lib too.
@@ -98,17 +100,39 @@ bench: $(BUILD)/cbimg
 vectors: $(BUILD)/cbimg
 	CBIMG=$(CURDIR)/$(BUILD)/cbimg bash format/vectors/make-vectors.sh
 
+# What `make install` puts under $(DESTDIR)$(PREFIX), and `make uninstall` removes:
+# the files below, then the directories they were in when these are left empty
+# (never $(PREFIX) itself).
+MAN_PAGES := $(sort $(wildcard man/*.[1-8]))
+INST = $(DESTDIR)$(PREFIX)
+INST_FILES = bin/cbimg lib/libcbimg.a include/cbimg.h \
+	$(foreach m,$(MAN_PAGES),share/man/man$(subst .,,$(suffix $(m)))/$(notdir $(m))) \
+	share/doc/cbimg/SPEC.md share/doc/cbimg/README.md \
+	share/bash-completion/completions/cbimg share/zsh/site-functions/_cbimg
+# deepest first, so that a parent is tried after its children
+INST_DIRS = share/doc/cbimg share/doc share/man/man1 share/man/man5 share/man/man7 share/man \
+	share/bash-completion/completions share/bash-completion share/zsh/site-functions share/zsh \
+	share bin lib include
+
 install: $(BUILD)/cbimg
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 \
-	  $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
-	install -m 0755 $(BUILD)/cbimg $(DESTDIR)$(PREFIX)/bin/cbimg
-	install -m 0644 $(BUILD)/libcbimg.a $(DESTDIR)$(PREFIX)/lib/libcbimg.a
-	install -m 0644 include/cbimg.h $(DESTDIR)$(PREFIX)/include/cbimg.h
-	install -m 0644 man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
-	install -d $(DESTDIR)$(PREFIX)/share/man/man7 $(DESTDIR)$(PREFIX)/share/doc/cbimg
-	install -m 0644 man/*.5 $(DESTDIR)$(PREFIX)/share/man/man5/
-	install -m 0644 man/*.7 $(DESTDIR)$(PREFIX)/share/man/man7/
-	install -m 0644 format/SPEC.md README.md $(DESTDIR)$(PREFIX)/share/doc/cbimg/
+	install -d $(INST)/bin $(INST)/share/man/man1 $(INST)/share/man/man5 $(INST)/share/man/man7 \
+	  $(INST)/lib $(INST)/include $(INST)/share/doc/cbimg \
+	  $(INST)/share/bash-completion/completions $(INST)/share/zsh/site-functions
+	install -m 0755 $(BUILD)/cbimg $(INST)/bin/cbimg
+	install -m 0644 $(BUILD)/libcbimg.a $(INST)/lib/libcbimg.a
+	install -m 0644 include/cbimg.h $(INST)/include/cbimg.h
+	install -m 0644 man/*.1 $(INST)/share/man/man1/
+	install -m 0644 man/*.5 $(INST)/share/man/man5/
+	install -m 0644 man/*.7 $(INST)/share/man/man7/
+	install -m 0644 format/SPEC.md README.md $(INST)/share/doc/cbimg/
+	install -m 0644 completion/cbimg.bash $(INST)/share/bash-completion/completions/cbimg
+	install -m 0644 completion/_cbimg $(INST)/share/zsh/site-functions/_cbimg
+
+uninstall:
+	rm -f $(addprefix $(INST)/,$(INST_FILES))
+	for d in $(INST_DIRS); do \
+	  if [ -d "$(INST)/$$d" ]; then rmdir --ignore-fail-on-non-empty "$(INST)/$$d"; fi; \
+	done
 
 clean:
 	rm -rf build build-asan

@@ -47,6 +47,7 @@ enum {
 	CBI_EAUTH,            /* authentication failed: encrypted data was altered */
 	CBI_EPASS,            /* wrong passphrase, or none given for an encrypted chain */
 	CBI_ENOKEY,           /* the key file of an encrypted chain was not found */
+	CBI_ENOTCBI,          /* a file given as an operand is not a cbimg image or index */
 };
 
 typedef struct cbi_error {
@@ -144,8 +145,17 @@ void cbi_id_hex(const uint8_t id[16], char out[33]);
  * digest. The matching partner file is looked up in the same directory. */
 int cbi_point_info(const char *file, cbi_point *out, cbi_error *err) CBI_WUR;
 
+/* Check that FILE starts as a cbimg image or index file does (its header
+ * magic; a file shorter than the magic must be a prefix of it), so that a
+ * command can tell "not a cbimg file" (a usage error) from a cbimg file that
+ * is damaged or truncated. Nothing else is checked. 0 when it does;
+ * -CBI_ENOTCBI when it does not (an empty file counts as a truncated cbimg
+ * file only when its name ends in .cbi or .cbx); -errno when it cannot be
+ * opened or read. A directory or device is -CBI_ENOTCBI too. */
+int cbi_probe(const char *file, cbi_error *err) CBI_WUR;
+
 /* Scan directory DEST for complete points (index file with a valid trailer).
- * Sorted by job, chain, seq. *out is owned by the caller: free() it. */
+ * Sorted as cbi_list_filtered() sorts. *out is owned by the caller: free() it. */
 int cbi_list(const char *dest, cbi_point **out, size_t *n, cbi_error *err) CBI_WUR;
 
 /* Which points cbi_list_filtered() and which runs cbi_log() return. Each
@@ -158,7 +168,9 @@ typedef struct cbi_list_filter {
 } cbi_list_filter;
 
 /* The points of DEST that match f (NULL: all), as cbi_list() returns them
- * (cbi_list() is this with no filter). Served from the catalog
+ * (cbi_list() is this with no filter). Sorted by host, job and source (the
+ * groups), then within each group by creation time, oldest first (newest
+ * last, whichever chain it belongs to), then by chain and seq. Served from the catalog
  * DEST/cbimg-catalog.sqlite after a cheap check against the directory: only
  * index and image files whose name, size or mtime the catalog does not know
  * are opened, rows of vanished files are dropped, a catalog that is missing

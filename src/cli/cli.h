@@ -76,8 +76,31 @@ int cli_check_operands(const struct cli_command *cmd, int argc, char **argv, int
 /* "cbimg: <message>" on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Version of every JSON document the tool prints (its member "schema");
+ * raised when a member changes meaning or goes away, not when one is added. */
+#define CLI_JSON_SCHEMA 1
+
+/* --json was given: main() prints, for a run that fails without having
+ * printed a JSON document, one error object on stdout (cli_json_error()). */
+extern int cli_json_mode;
+
+/* {"schema": 1, "error": msg, "exit": status} on stdout. */
+void cli_json_error(const char *msg, int status);
+
+/* Of names[0..n), the one word most likely meant (at most two edits away,
+ * or the only name it is a prefix of), or NULL. */
+const char *cli_did_you_mean(const char *word, const char *const *names, size_t n);
+
+/* "s" unless n is 1: printf("%d point%s", n, cli_plural(n)). */
+static inline const char *cli_plural(uint64_t n) { return n == 1 ? "" : "s"; }
+
+/* A point file given as an operand: 0 when it starts as a cbimg image or
+ * index does (or cannot be opened: the library says why later), else a
+ * usage error ("'FILE': not a cbimg image or index") and CLI_USAGE. */
+int cli_check_point_file(const char *path);
+
 /* Report a failed library call (rc < 0) as one line on stderr and return the
- * exit status for it: CLI_USAGE for CBI_EUSAGE, CLI_DAMAGE for damage codes,
+ * exit status for it: CLI_USAGE for CBI_EUSAGE and CBI_ENOTCBI, CLI_DAMAGE for damage codes,
  * CLI_FAIL otherwise ("cbimg: interrupted" after SIGINT/SIGTERM). */
 int cli_fail(int rc, const cbi_error *err);
 

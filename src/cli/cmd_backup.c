@@ -61,8 +61,8 @@ static void print_summary(const cbi_backup_opts *o, const cbi_backup_result *r)
 	       " stored, %" PRIu64 " zero\n",
 	       r->blocks_total, r->blocks_read, r->blocks_changed, r->blocks_stored, r->blocks_zero);
 	if (p->used_only)
-		printf("unused:   %" PRIu64 " blocks the file system does not use (not read, zero)\n",
-		       r->blocks_unused);
+		printf("unused:   %" PRIu64 " block%s the file system does not use (not read, zero)\n",
+		       r->blocks_unused, cli_plural(r->blocks_unused));
 	printf("read:     %s\n", cli_human_size(r->bytes_read, h1));
 	printf("written:  %s (image %s, ", cli_human_size(r->bytes_written, h1),
 	       cli_human_size(p->stored_bytes, h2));
@@ -85,6 +85,7 @@ static void print_json(const cbi_backup_result *r)
 
 	json_init(&j, stdout);
 	json_begin_object(&j, NULL);
+	json_u64(&j, "schema", CLI_JSON_SCHEMA);
 	json_string(&j, "type", r->point.type == CBI_FULL ? "full" : "incremental");
 	json_u64(&j, "blocks_total", r->blocks_total);
 	json_u64(&j, "blocks_read", r->blocks_read);

@@ -86,11 +86,15 @@ static const char *display_file(const cbi_point *p)
 	return base_name(p->file[0] ? p->file : p->index_file);
 }
 
-void cli_json_point(struct json *j, const char *key, const cbi_point *p)
+/* The point object; schema: it is a document of its own (info) or an
+ * element of one (list), which carries the schema version. */
+static void json_point(struct json *j, const char *key, const cbi_point *p, int schema)
 {
 	char hex[65], when[32];
 
 	json_begin_object(j, key);
+	if (schema)
+		json_u64(j, "schema", CLI_JSON_SCHEMA);
 	json_string(j, "file", display_file(p));
 	json_string(j, "index_file", base_name(p->index_file));
 	json_string(j, "path", p->file[0] ? p->file : NULL);
@@ -115,7 +119,7 @@ void cli_json_point(struct json *j, const char *key, const cbi_point *p)
 	json_string(j, "source_path", p->source_path);
 	json_string(j, "host", p->host);
 	json_string(j, "created", cli_iso_time(p->created_ns, when));
-	json_i64(j, "created_ns", p->created_ns);
+	json_i64_string(j, "created_ns", p->created_ns);
 	json_u64(j, "size", p->source_size);
 	json_u64(j, "block_size", p->block_size);
 	json_u64(j, "blocks", p->n_blocks);
@@ -132,6 +136,11 @@ void cli_json_point(struct json *j, const char *key, const cbi_point *p)
 	json_string(j, "index_digest", hex);
 	json_bool(j, "has_image", p->has_image);
 	json_end_object(j);
+}
+
+void cli_json_point(struct json *j, const char *key, const cbi_point *p)
+{
+	json_point(j, key, p, 0);
 }
 
 /* ------------------------------------------------------------------ info */
@@ -225,7 +234,7 @@ static int cmd_info(const struct cli_command *cmd, int argc, char **argv)
 		default: return cli_opt_exit(cmd, c);
 		}
 	}
-	if ((rc = cli_check_operands(cmd, argc, argv, 1)))
+	if ((rc = cli_check_operands(cmd, argc, argv, 1)) || (rc = cli_check_point_file(argv[optind])))
 		return rc;
 
 	rc = cbi_point_info(argv[optind], &p, &err);
@@ -234,7 +243,7 @@ static int cmd_info(const struct cli_command *cmd, int argc, char **argv)
 	if (json) {
 		struct json j;
 		json_init(&j, stdout);
-		cli_json_point(&j, NULL, &p);
+		json_point(&j, NULL, &p, 1);
 		json_finish(&j);
 	} else {
 		print_point(&p);
@@ -262,17 +271,18 @@ static const struct cli_option list_options[] = {
 	CLI_OPT_END
 };
 
-enum { COL_FILE, COL_TYPE, COL_JOB, COL_SEQ, COL_CREATED, COL_SIZE, COL_CHANGED, COL_STORED, N_COLS };
+enum { COL_FILE, COL_HOST, COL_JOB, COL_CHAIN, COL_SEQ, COL_TYPE, COL_CREATED, COL_SIZE, COL_CHANGED,
+       COL_STORED, N_COLS };
 
 static const char *const col_names[N_COLS] = {
-	"FILE", "TYPE", "JOB", "SEQ", "CREATED", "SIZE", "CHANGED", "STORED",
+	"FILE", "HOST", "JOB", "CHAIN", "SEQ", "TYPE", "CREATED", "SIZE", "CHANGED", "STORED",
 };
-static const int col_right[N_COLS] = { 0, 0, 0, 1, 0, 1, 1, 1 };
+static const int col_right[N_COLS] = { 0, 0, 0, 0, 1, 0, 0, 1, 1, 1 };
 
 /* Cells of one row; static buffers for the short ones. */
 struct row {
 	const char *cell[N_COLS];
-	char seq[16], created[32], size[32], changed[24], stored[32], job[80];
+	char seq[16], created[32], size[32], changed[24], stored[32], job[80], host[80], chain[33];
 };
 
 static void fill_row(struct row *r, const cbi_point *p)
@@ -284,7 +294,11 @@ static void fill_row(struct row *r, const cbi_point *p)
 		cli_human_size(p->stored_bytes, r->stored);
 	else
 		snprintf(r->stored, sizeof r->stored, "%s", p->file[0] ? "incomplete" : "missing");
+	cli_hex(p->chain_id, 16, r->chain);
+	r->chain[8] = '\0';  /* the first 8 hex digits tell the chains of a DEST apart */
 	r->cell[COL_FILE] = display_file(p);
+	r->cell[COL_HOST] = printable(p->host, r->host, sizeof r->host);
+	r->cell[COL_CHAIN] = r->chain;
 	r->cell[COL_TYPE] = type_name(p);
 	r->cell[COL_JOB] = printable(p->job, r->job, sizeof r->job);
 	r->cell[COL_SEQ] = r->seq;
@@ -354,7 +368,7 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 		json_init(&j, stdout);
 		json_begin_array(&j, NULL);
 		for (size_t i = 0; i < n; i++)
-			cli_json_point(&j, NULL, &pts[i]);
+			json_point(&j, NULL, &pts[i], 1);
 		json_end_array(&j);
 		json_finish(&j);
 	} else if (n == 0) {
@@ -371,9 +385,11 @@ const struct cli_command cli_list = {
 	.name = "list",
 	.operands = "[--host H] [--source S] [--job J] [--json] DEST",
 	.summary = "list the points (full and incremental images) in directory DEST",
-	.description = "Points are sorted by host, job, source, chain and sequence number. SIZE\n"
-		       "is the size of the source, CHANGED the number of blocks that differ from\n"
-		       "the parent point, STORED the size of the image file. --host, --source and\n"
+	.description = "Points are grouped by host, job and source, and sorted by creation time\n"
+		       "within each group: the newest point of a group is its last, whatever\n"
+		       "chain it is in. CHAIN is the first 8 hex digits of the chain id, SIZE the\n"
+		       "size of the source, CHANGED the number of blocks that differ from the\n"
+		       "parent point, STORED the size of the image file. --host, --source and\n"
 		       "--job keep only the points that match (exactly). The listing comes from\n"
 		       "the catalog DEST/cbimg-catalog.sqlite, checked against the files first.",
 	.options = list_options,

@@ -139,16 +139,17 @@ static void json_run(struct json *j, const cbi_run *u)
 	char when[32], hex[33];
 
 	json_begin_object(j, NULL);
+	json_u64(j, "schema", CLI_JSON_SCHEMA);
 	json_i64(j, "id", u->id);
 	json_string(j, "host", u->host);
 	json_string(j, "job", u->job);
 	json_string(j, "source", u->source_id);
 	json_string(j, "source_path", u->source_path);
 	json_string(j, "started", cli_iso_time(u->started_ns, when));
-	json_i64(j, "started_ns", u->started_ns);
+	json_i64_string(j, "started_ns", u->started_ns);
 	if (u->ended_ns) {
 		json_string(j, "ended", cli_iso_time(u->ended_ns, when));
-		json_i64(j, "ended_ns", u->ended_ns);
+		json_i64_string(j, "ended_ns", u->ended_ns);
 		json_double(j, "seconds", (double)(u->ended_ns - u->started_ns) / 1e9);
 	} else {
 		json_null(j, "ended");
@@ -159,12 +160,19 @@ static void json_run(struct json *j, const cbi_run *u)
 	json_string(j, "message", u->message[0] ? u->message : NULL);
 	json_u64(j, "bytes_read", u->bytes_read);
 	json_u64(j, "bytes_written", u->bytes_written);
+	/* "point" is an object, as in backup, restore and list (with the members
+	 * the run knows); type, file and index_file repeat it for short jq paths */
 	if (is_zero16(u->point_id)) {
 		json_null(j, "point");
 		json_null(j, "type");
 	} else {
+		json_begin_object(j, "point");
 		cli_hex(u->point_id, 16, hex);
-		json_string(j, "point", hex);
+		json_string(j, "id", hex);
+		json_string(j, "type", u->type == CBI_FULL ? "full" : "incremental");
+		json_string(j, "file", u->file[0] ? u->file : NULL);
+		json_string(j, "index_file", u->index_file[0] ? u->index_file : NULL);
+		json_end_object(j);
 		json_string(j, "type", u->type == CBI_FULL ? "full" : "incremental");
 	}
 	json_string(j, "file", u->file[0] ? u->file : NULL);
@@ -239,6 +247,7 @@ const struct cli_command cli_log = {
 
 static const struct cli_option catalog_options[] = {
 	{ 'q', "quiet", NULL, "print nothing on success" },
+	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
 	CLI_OPT_HELP,
 	CLI_OPT_END
 };
@@ -248,11 +257,12 @@ static int cmd_catalog(const struct cli_command *cmd, int argc, char **argv)
 	cbi_error err = { 0 };
 	cbi_point *pts = NULL;
 	size_t n = 0;
-	int quiet = 0, c, rc;
+	int quiet = 0, json = 0, c, rc;
 
 	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
 		switch (c) {
 		case 'q': quiet = 1; break;
+		case OPT_JSON: json = 1; break;
 		default: return cli_opt_exit(cmd, c);
 		}
 	}
@@ -265,19 +275,31 @@ static int cmd_catalog(const struct cli_command *cmd, int argc, char **argv)
 	rc = cbi_catalog_rebuild(dest, &err);
 	if (rc < 0)
 		return cli_fail(rc, &err);
-	if (!quiet) {
+	if (!quiet || json) {
 		rc = cbi_list(dest, &pts, &n, &err);
 		if (rc < 0)
 			return cli_fail(rc, &err);
-		printf("catalog of '%s' rebuilt: %zu point%s\n", dest, n, n == 1 ? "" : "s");
 		free(pts);
+	}
+	if (json) {
+		struct json j;
+		json_init(&j, stdout);
+		json_begin_object(&j, NULL);
+		json_u64(&j, "schema", CLI_JSON_SCHEMA);
+		json_string(&j, "action", "rebuild");
+		json_string(&j, "dest", dest);
+		json_u64(&j, "points", n);
+		json_end_object(&j);
+		json_finish(&j);
+	} else if (!quiet) {
+		printf("catalog of '%s' rebuilt: %zu point%s\n", dest, n, cli_plural(n));
 	}
 	return CLI_OK;
 }
 
 const struct cli_command cli_catalog = {
 	.name = "catalog",
-	.operands = "[-q] rebuild DEST",
+	.operands = "[-q] [--json] rebuild DEST",
 	.summary = "rebuild the catalog of directory DEST from its files",
 	.description =
 		"The catalog DEST/cbimg-catalog.sqlite is a cache of what the image and index\n"

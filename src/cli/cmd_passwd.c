@@ -65,6 +65,7 @@ static int cmd_passwd(const struct cli_command *cmd, int argc, char **argv)
 		struct json j;
 		json_init(&j, stdout);
 		json_begin_object(&j, NULL);
+		json_u64(&j, "schema", CLI_JSON_SCHEMA);
 		json_u64(&j, "rewrapped", r.rewrapped);
 		json_u64(&j, "skipped", r.skipped);
 		json_string(&j, "key_file", r.first);

@@ -36,9 +36,17 @@ static void print_json(const cbi_restore_opts *o, const cbi_restore_result *r)
 {
 	struct json j;
 
+	cbi_point p;
+	cbi_error err = { 0 };
+
 	json_init(&j, stdout);
 	json_begin_object(&j, NULL);
-	json_string(&j, "point", o->point);
+	json_u64(&j, "schema", CLI_JSON_SCHEMA);
+	/* "point" is the point object everywhere (as in backup and list) */
+	if (cbi_point_info(o->point, &p, &err) == 0)
+		cli_json_point(&j, "point", &p);
+	else
+		json_null(&j, "point");
 	json_string(&j, "target", o->target);
 	json_u64(&j, "blocks_total", r->blocks_total);
 	json_u64(&j, "blocks_written", r->blocks_written);
@@ -77,7 +85,7 @@ static int cmd_restore(const struct cli_command *cmd, int argc, char **argv)
 		default: return cli_opt_exit(cmd, c);
 		}
 	}
-	if ((rc = cli_check_operands(cmd, argc, argv, 2)))
+	if ((rc = cli_check_operands(cmd, argc, argv, 2)) || (rc = cli_check_point_file(argv[optind])))
 		return rc;
 	o.point = argv[optind];
 	o.target = argv[optind + 1];

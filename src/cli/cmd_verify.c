@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 enum { OPT_JSON = 256, OPT_PASSWORD_FILE, OPT_STATE_DIR, OPT_NO_STATE };
 
@@ -76,14 +77,16 @@ static void on_problem(void *ud, const char *file, int64_t block, const char *wh
 }
 
 static void print_json(const char *path, const struct verify_state *s, const cbi_verify_result *r,
-		       int ok, const char *error)
+		       int status, const char *error)
 {
 	struct json j;
 
 	json_init(&j, stdout);
 	json_begin_object(&j, NULL);
+	json_u64(&j, "schema", CLI_JSON_SCHEMA);
 	json_string(&j, "path", path);
-	json_bool(&j, "ok", ok);
+	json_bool(&j, "ok", status == CLI_OK);
+	json_i64(&j, "exit", status);
 	json_u64(&j, "files_checked", r->files_checked);
 	json_u64(&j, "points_checked", r->points_checked);
 	json_u64(&j, "blocks_checked", r->blocks_checked);
@@ -92,7 +95,8 @@ static void print_json(const char *path, const struct verify_state *s, const cbi
 	json_begin_array(&j, "problems");
 	for (size_t i = 0; i < s->n; i++) {
 		json_begin_object(&j, NULL);
-		json_string(&j, "file", s->list[i].file);
+		/* "path": "file" is a name relative to DEST in every other object */
+		json_string(&j, "path", s->list[i].file);
 		if (s->list[i].block >= 0)
 			json_i64(&j, "block", s->list[i].block);
 		else
@@ -125,6 +129,7 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 	const char *path, *error = NULL;
 	int quiet = 0, c, rc, status;
 	uint64_t problems;
+	struct stat st;
 
 	cli_pass_init(&pass, "CBIMG_PASSWORD");
 	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
@@ -140,6 +145,9 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 	if ((rc = cli_check_operands(cmd, argc, argv, 1)))
 		return rc;
 	path = argv[optind];
+	/* a directory is verified whole; a file must be a point file */
+	if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && (rc = cli_check_point_file(path)))
+		return rc;
 
 	cli_progress_init(&prog, quiet || s.json);
 	s.prog = &prog;
@@ -175,14 +183,15 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 		problems = 1;
 	status = rc == 0 && problems == 0 ? CLI_OK : CLI_DAMAGE;
 	if (s.json) {
-		print_json(path, &s, &r, status == CLI_OK, error);
+		print_json(path, &s, &r, status, error);
 	} else if (!quiet) {
-		printf("verified %" PRIu64 " files, %" PRIu64 " points, %" PRIu64 " blocks: ",
-		       r.files_checked, r.points_checked, r.blocks_checked);
+		printf("verified %" PRIu64 " file%s, %" PRIu64 " point%s, %" PRIu64 " block%s: ",
+		       r.files_checked, cli_plural(r.files_checked), r.points_checked,
+		       cli_plural(r.points_checked), r.blocks_checked, cli_plural(r.blocks_checked));
 		if (status == CLI_OK)
 			printf("OK\n");
 		else
-			printf("%" PRIu64 " problem%s\n", problems, problems == 1 ? "" : "s");
+			printf("%" PRIu64 " problem%s\n", problems, cli_plural(problems));
 	}
 	free_state(&s);
 	return status;

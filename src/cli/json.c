@@ -147,6 +147,12 @@ void json_i64(struct json *j, const char *key, int64_t v)
 	fprintf(j->f, "%" PRId64, v);
 }
 
+void json_i64_string(struct json *j, const char *key, int64_t v)
+{
+	member(j, key);
+	fprintf(j->f, "\"%" PRId64 "\"", v);
+}
+
 void json_double(struct json *j, const char *key, double v)
 {
 	member(j, key);
@@ -168,7 +174,10 @@ void json_null(struct json *j, const char *key)
 	fputs("null", j->f);
 }
 
+int json_documents;
+
 void json_finish(struct json *j)
 {
 	putc('\n', j->f);
+	json_documents++;
 }

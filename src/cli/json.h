@@ -34,6 +34,9 @@ void json_end_array(struct json *j);
 void json_string(struct json *j, const char *key, const char *s);
 void json_u64(struct json *j, const char *key, uint64_t v);
 void json_i64(struct json *j, const char *key, int64_t v);
+/* v as a string of decimal digits: for integers that may exceed 2^53, which
+ * readers that hold numbers as doubles (jq 1.6) would round. */
+void json_i64_string(struct json *j, const char *key, int64_t v);
 /* Non-finite values are written as null. */
 void json_double(struct json *j, const char *key, double v);
 void json_bool(struct json *j, const char *key, int v);
@@ -41,6 +44,9 @@ void json_null(struct json *j, const char *key);
 
 /* Ends the document with a newline (after the top-level value). */
 void json_finish(struct json *j);
+
+/* Documents finished so far (by json_finish()) in this process. */
+extern int json_documents;
 
 /* s as a quoted, escaped JSON string. */
 void json_write_string(FILE *f, const char *s);

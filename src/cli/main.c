@@ -3,6 +3,7 @@
  * that every command builds from its table of struct cli_option.
  */
 #include "cli.h"
+#include "json.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -25,6 +26,17 @@ static const struct cli_command *find_command(const char *name)
 
 /* ------------------------------------------------------------ messages */
 
+int cli_json_mode;
+
+/* The first error message of the run, for the JSON error object. */
+static char first_error[1200];
+
+static void remember_error(const char *fmt, va_list ap)
+{
+	if (!first_error[0])
+		vsnprintf(first_error, sizeof first_error, fmt, ap);
+}
+
 void cli_error(const char *fmt, ...)
 {
 	va_list ap;
@@ -35,7 +47,92 @@ void cli_error(const char *fmt, ...)
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
+	va_start(ap, fmt);
+	remember_error(fmt, ap);
+	va_end(ap);
 	fputc('\n', stderr);
+}
+
+void cli_json_error(const char *msg, int status)
+{
+	struct json j;
+
+	json_init(&j, stdout);
+	json_begin_object(&j, NULL);
+	json_u64(&j, "schema", CLI_JSON_SCHEMA);
+	json_string(&j, "error", msg && msg[0] ? msg : "failed");
+	json_i64(&j, "exit", status);
+	json_end_object(&j);
+	json_finish(&j);
+}
+
+/* Edit distance (insertions, deletions, substitutions, swaps of neighbours)
+ * between a and b, at most 64 characters of each. */
+static int edit_distance(const char *a, const char *b)
+{
+	int la = (int)strnlen(a, 64), lb = (int)strnlen(b, 64);
+	int d[65][65];
+
+	for (int i = 0; i <= la; i++)
+		d[i][0] = i;
+	for (int k = 0; k <= lb; k++)
+		d[0][k] = k;
+	for (int i = 1; i <= la; i++) {
+		for (int k = 1; k <= lb; k++) {
+			int v = d[i - 1][k - 1] + (a[i - 1] != b[k - 1]);
+			if (d[i - 1][k] + 1 < v)
+				v = d[i - 1][k] + 1;
+			if (d[i][k - 1] + 1 < v)
+				v = d[i][k - 1] + 1;
+			if (i > 1 && k > 1 && a[i - 1] == b[k - 2] && a[i - 2] == b[k - 1] &&
+			    d[i - 2][k - 2] + 1 < v)
+				v = d[i - 2][k - 2] + 1;
+			d[i][k] = v;
+		}
+	}
+	return d[la][lb];
+}
+
+const char *cli_did_you_mean(const char *word, const char *const *names, size_t n)
+{
+	const char *best = NULL, *prefix = NULL;
+	int best_d = 3, prefixes = 0;  /* a suggestion is at most 2 edits away */
+	size_t len = strlen(word);
+
+	if (!len)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		int d = edit_distance(word, names[i]);
+
+		if (d < best_d) {
+			best_d = d;
+			best = names[i];
+		}
+		if (len >= 2 && !strncmp(word, names[i], len)) {
+			prefix = names[i];
+			prefixes++;
+		}
+	}
+	if (best && best_d < (int)strlen(best))  /* not just any short word */
+		return best;
+	return prefixes == 1 ? prefix : NULL;
+}
+
+/* "cbimg: unknown command 'bakup' (did you mean 'backup'?)" */
+static int unknown_command(const char *name)
+{
+	const char *names[N_COMMANDS + 1];
+	const char *guess;
+
+	for (size_t i = 0; i < N_COMMANDS; i++)
+		names[i] = commands[i]->name;
+	names[N_COMMANDS] = "help";
+	guess = cli_did_you_mean(name, names, N_COMMANDS + 1);
+	if (guess)
+		cli_error("unknown command '%s' (did you mean '%s'?)", name, guess);
+	else
+		cli_error("unknown command '%s'", name);
+	return CLI_USAGE;
 }
 
 int cli_fail(int rc, const cbi_error *err)
@@ -52,11 +149,19 @@ int cli_fail(int rc, const cbi_error *err)
 		cli_error("%s", err->msg);
 	else
 		cli_error("%s", cbi_strerror(rc));
-	if (rc == -CBI_EUSAGE)
+	if (rc == -CBI_EUSAGE || rc == -CBI_ENOTCBI)
 		return CLI_USAGE;
 	if (rc == -CBI_EPASS)
 		return CLI_PASS;
 	return cbi_is_damage(rc) ? CLI_DAMAGE : CLI_FAIL;
+}
+
+int cli_check_point_file(const char *path)
+{
+	cbi_error err = { 0 };
+	int rc = cbi_probe(path, &err);
+
+	return rc == -CBI_ENOTCBI ? cli_fail(rc, &err) : 0;
 }
 
 static void usage_hint(const struct cli_command *cmd)
@@ -74,17 +179,58 @@ int cli_usage_error(const struct cli_command *cmd, const char *fmt, ...)
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
+	va_start(ap, fmt);
+	remember_error(fmt, ap);
+	va_end(ap);
 	fputc('\n', stderr);
 	usage_hint(cmd);
 	return CLI_USAGE;
 }
 
+/* The name of operand k (from 0) in cmd's operand synopsis: the words
+ * outside brackets, such as SOURCE and DEST in "[options] SOURCE DEST".
+ * Copied to buf; "" if there is no such word. */
+static const char *operand_name(const struct cli_command *cmd, int k, char *buf, size_t size)
+{
+	const char *s = cmd->operands;
+	int depth = 0;
+
+	buf[0] = '\0';
+	while (*s) {
+		size_t n;
+
+		if (*s == '[' || *s == ']') {
+			depth += *s == '[' ? 1 : -1;
+			s++;
+			continue;
+		}
+		if (*s == ' ') {
+			s++;
+			continue;
+		}
+		n = strcspn(s, " []");
+		if (depth == 0 && k-- == 0) {
+			snprintf(buf, size, "%.*s", (int)n, s);
+			break;
+		}
+		s += n;
+	}
+	return buf;
+}
+
 int cli_check_operands(const struct cli_command *cmd, int argc, char **argv, int want)
 {
 	int have = argc - optind;
+	char name[64];
 
-	if (have < want)
-		return cli_usage_error(cmd, "missing operand");
+	if (have < want) {
+		operand_name(cmd, have, name, sizeof name);
+		if (!name[0])
+			return cli_usage_error(cmd, "missing operand");
+		if (strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_") == strlen(name))
+			return cli_usage_error(cmd, "missing %s operand", name);
+		return cli_usage_error(cmd, "missing operand '%s'", name);
+	}
 	if (have > want)
 		return cli_usage_error(cmd, "unexpected operand '%s'", argv[optind + want]);
 	return 0;
@@ -174,7 +320,23 @@ int cli_getopt(const struct cli_command *cmd, int argc, char **argv)
 			/* an unknown or ambiguous long option: getopt_long() has
 			 * stepped past it, so it is argv[optind - 1] */
 			const char *word = optind > 0 && optind <= argc ? argv[optind - 1] : "";
-			cli_usage_error(cmd, "unknown option '%.*s'", (int)strcspn(word, "="), word);
+			int len = (int)strcspn(word, "=");
+			const char *names[CLI_MAX_OPTIONS];
+			const char *guess = NULL;
+			char bare[64];
+			size_t n = 0;
+
+			for (o = cmd->options; o->id && n < CLI_MAX_OPTIONS; o++)
+				names[n++] = o->name;
+			if (!strncmp(word, "--", 2)) {
+				snprintf(bare, sizeof bare, "%.*s", len - 2, word + 2);
+				guess = cli_did_you_mean(bare, names, n);
+			}
+			if (guess)
+				cli_usage_error(cmd, "unknown option '%.*s' (did you mean '--%s'?)", len, word,
+						guess);
+			else
+				cli_usage_error(cmd, "unknown option '%.*s'", len, word);
 		}
 		return '?';
 	}
@@ -203,16 +365,17 @@ static int cmd_help(int argc, char **argv)
 		return CLI_OK;
 	}
 	cmd = find_command(argv[1]);
-	if (!cmd) {
-		cli_error("unknown command '%s'", argv[1]);
-		return CLI_USAGE;
-	}
+	if (!cmd)
+		return unknown_command(argv[1]);
 	cli_print_usage(cmd, stdout);
 	return CLI_OK;
 }
 
 static int finish(int status)
 {
+	/* --json: a failure that printed no JSON document prints its error as one */
+	if (cli_json_mode && status != CLI_OK && !json_documents)
+		cli_json_error(first_error, status);
 	/* a full disk or closed pipe on stdout must not look like success */
 	if (fflush(stdout) != 0 || ferror(stdout)) {
 		if (errno != EPIPE)
@@ -228,6 +391,10 @@ int main(int argc, char **argv)
 	const struct cli_command *cmd;
 	const char *name = argc > 1 ? argv[1] : NULL;
 
+	/* --json anywhere among the options (before "--"): errors too are JSON */
+	for (int i = 1; i < argc && strcmp(argv[i], "--"); i++)
+		if (!strcmp(argv[i], "--json"))
+			cli_json_mode = 1;
 	if (!name) {
 		print_main_usage(stderr);
 		return CLI_USAGE;
@@ -243,13 +410,13 @@ int main(int argc, char **argv)
 	if (name[0] == '-') {
 		cli_error("unknown option '%s'", name);
 		fputs("Try 'cbimg --help' for more information.\n", stderr);
-		return CLI_USAGE;
+		return finish(CLI_USAGE);
 	}
 	cmd = find_command(name);
 	if (!cmd) {
-		cli_error("unknown command '%s'", name);
+		unknown_command(name);
 		fputs("Try 'cbimg --help' for more information.\n", stderr);
-		return CLI_USAGE;
+		return finish(CLI_USAGE);
 	}
 	cli_signals_install();
 	return finish(cmd->run(cmd, argc - 1, argv + 1));

@@ -971,6 +971,32 @@ static int catalog_exists(const char *dest)
 	return stat(path, &st) == 0;
 }
 
+/* The listing order (cbimg.h, cbi_list_filtered()): the host/job/source group,
+ * then the creation time, so that the newest point of a group comes last
+ * whatever chain it is in; chain, seq and file only break ties. */
+static int listing_cmp(const void *a, const void *b)
+{
+	const cbi_point *x = a, *y = b;
+	int c = strcmp(x->host, y->host);
+	if (!c)
+		c = strcmp(x->job, y->job);
+	if (!c)
+		c = strcmp(x->source_id, y->source_id);
+	if (!c)
+		c = (x->created_ns > y->created_ns) - (x->created_ns < y->created_ns);
+	if (!c)
+		c = memcmp(x->chain_id, y->chain_id, 16);
+	if (!c)
+		c = (x->seq > y->seq) - (x->seq < y->seq);
+	return c ? c : strcmp(x->index_file, y->index_file);
+}
+
+void cbi_list_sort(cbi_point *pts, size_t n)
+{
+	if (n > 1)
+		qsort(pts, n, sizeof *pts, listing_cmp);
+}
+
 int cbi_list_filtered(const char *dest, const cbi_list_filter *f, cbi_point **out, size_t *n,
 		      cbi_error *err)
 {
@@ -979,6 +1005,7 @@ int cbi_list_filtered(const char *dest, const cbi_list_filter *f, cbi_point **ou
 	*n = 0;
 	if ((catalog_exists(dest) || is_backup_dest(dest)) &&
 	    cat_run(dest, 1, NULL, op_list, &a, NULL) == 0) {
+		cbi_list_sort(a.pts, a.n);
 		*out = a.pts;
 		*n = a.n;
 		return 0;
@@ -995,6 +1022,7 @@ int cbi_list_filtered(const char *dest, const cbi_list_filter *f, cbi_point **ou
 				pts[w] = pts[i];
 			w++;
 		}
+	cbi_list_sort(pts, w);
 	*out = pts;
 	*n = w;
 	return 0;

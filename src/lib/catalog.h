@@ -47,4 +47,8 @@ typedef struct cbi_catalog_stats {
  * NULL. Returns 0 or a negative code with err filled. */
 int cbi_catalog_sync(const char *dest, int full, cbi_catalog_stats *st, cbi_error *err) CBI_WUR;
 
+/* Sort points in the order cbi_list_filtered() returns them: by host, job
+ * and source, then by creation time (newest last), then chain, seq, file. */
+void cbi_list_sort(cbi_point *pts, size_t n);
+
 #endif

@@ -25,13 +25,14 @@ static const char *const lib_errs[] = {
 	[CBI_EAUTH - CBI_EDAMAGED] = "authentication failed: the data was altered",
 	[CBI_EPASS - CBI_EDAMAGED] = "wrong passphrase, or no passphrase given",
 	[CBI_ENOKEY - CBI_EDAMAGED] = "key file of the encrypted chain not found",
+	[CBI_ENOTCBI - CBI_EDAMAGED] = "not a cbimg image or index",
 };
 
 const char *cbi_errtext(int code)
 {
 	if (code < 0)
 		code = -code;
-	if (code >= CBI_EDAMAGED && code <= CBI_ENOKEY)
+	if (code >= CBI_EDAMAGED && code <= CBI_ENOTCBI)
 		return lib_errs[code - CBI_EDAMAGED];
 	return strerror(code);
 }

@@ -39,7 +39,7 @@ check_eq "list --source disk-a lists disk-a only" \
 	"$("$CBIMG" list --json --source disk-a "$D" | jq -r '[.[].source] | unique | join(",")')" disk-a
 expect_exit 0 "$CBIMG" list --host pc1 "$D"
 check_eq "table: a header and three rows" "$(wc -l <"$T/stdout")" 4
-check_grep "table: the usual columns" "^FILE +TYPE +JOB +SEQ +CREATED +SIZE +CHANGED +STORED"
+check_grep "table: the usual columns" "^FILE +HOST +JOB +CHAIN +SEQ +TYPE +CREATED +SIZE +CHANGED +STORED"
 expect_exit 0 "$CBIMG" list --host nobody "$D"
 check_grep "nothing matches: said so" "no matching points"
 expect_exit 2 "$CBIMG" list --host "$D"

@@ -100,6 +100,7 @@ static size_t list_equals_scan(const char *dest, const cbi_list_filter *f)
 	memset(&e, 0, sizeof e);
 	assert_int_equal(cbi_list_filtered(dest, f, &l, &nl, &e), 0);
 	assert_int_equal(cbi_chain_scan(dest, &s, &ns, &e), 0);
+	cbi_list_sort(s, ns); /* the listing's order: by group, then creation time */
 	for (size_t i = 0; i < ns; i++) {
 		if (!filter_match(f, &s[i]))
 			continue;
@@ -867,6 +868,62 @@ static void test_schema_upgrade(void **state)
 	free(runs);
 }
 
+/* The listing sorts each host/job/source group by creation time, so that
+ * the newest point comes last even when a newer chain has a smaller id
+ * (issue 14: `jq '.[-1]'` returned an older point once a job had two chains). */
+static void test_newest_last(void **state)
+{
+	(void)state;
+	cbi_point p[4];
+	memset(p, 0, sizeof p);
+	for (int i = 0; i < 4; i++) {
+		strcpy(p[i].host, "h");
+		strcpy(p[i].job, "j");
+		strcpy(p[i].source_id, "s");
+		snprintf(p[i].index_file, sizeof p[i].index_file, "/d/%d.cbx", i);
+	}
+	/* given in the old order (chain, seq): the new chain 00.. first */
+	memset(p[0].chain_id, 0x00, 16); p[0].seq = 0; p[0].created_ns = 3000;
+	memset(p[1].chain_id, 0xff, 16); p[1].seq = 0; p[1].created_ns = 1000;
+	memset(p[2].chain_id, 0xff, 16); p[2].seq = 1; p[2].created_ns = 2000;
+	strcpy(p[3].job, "a"); p[3].created_ns = 9000; /* another group sorts first */
+	cbi_list_sort(p, 4);
+	assert_string_equal(p[0].job, "a");
+	assert_int_equal(p[1].created_ns, 1000);
+	assert_int_equal(p[2].created_ns, 2000);
+	assert_int_equal(p[3].created_ns, 3000);
+	assert_int_equal(p[3].chain_id[0], 0x00);
+}
+
+/* Two chains of one job and another job between them, from the catalog and
+ * from the files alike: newest last in each group. */
+static void test_list_two_chains(void **state)
+{
+	cat_fix *c = *state;
+	cbi_backup_result r;
+	backup_as(c->src, c->dest, "h1", "s1", "a", 1, &r);
+	backup_as(c->src, c->dest, "h1", "s1", "a", 2, &r);
+	backup_as(c->src, c->dest, "h1", "s1", "b", 3, &r);
+	cbi_backup_opts o = tu_bopts(c->src, c->dest);
+	o.host = "h1";
+	o.source_id = "s1";
+	o.job = "a";
+	o.force_full = 1;
+	tu_backup_ok(&o, &r);
+	uint8_t newest[16];
+	memcpy(newest, r.point.point_id, 16);
+	assert_int_equal(list_equals_scan(c->dest, NULL), 4);
+	cbi_point *pts = NULL;
+	size_t n = 0;
+	cbi_list_filter f = { .job = "a" };
+	assert_int_equal(cbi_list_filtered(c->dest, &f, &pts, &n, NULL), 0);
+	assert_int_equal(n, 3);
+	for (size_t i = 1; i < n; i++)
+		assert_true(pts[i - 1].created_ns <= pts[i].created_ns);
+	assert_memory_equal(pts[n - 1].point_id, newest, 16);
+	free(pts);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup_cat, teardown_cat)
@@ -884,6 +941,8 @@ int main(void)
 		T(test_concurrent_creation),
 		T(test_many_points),
 		T(test_schema_upgrade),
+		T(test_newest_last),
+		T(test_list_two_chains),
 	};
 	return cmocka_run_group_tests_name("catalog", tests, NULL, NULL);
 }
