@@ -107,29 +107,13 @@ static void remove_leftovers(const char *dest, const cbi_hdr *h, const cbi_point
 	closedir(d);
 }
 
-static int take_lock(const char *dest, const cbi_hdr *h, int *fd_out, int *locked, cbi_error *err)
+static int take_lock(const char *dest, const cbi_hdr *h, cbi_joblock *lk, cbi_error *err)
 {
-	char path[4096];
-	*locked = 0;
-	snprintf(path, sizeof path, "%s/.cbimg-%016llx.lock", dest,
-		 (unsigned long long)lock_key(h->host, h->source_id, h->job));
-	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return cbi_err(err, -errno, "unable to write to destination '%s': %s", dest, strerror(errno));
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		int e = errno;
-		if (e == EWOULDBLOCK) {
-			close(fd);
-			return cbi_err(err, -CBI_ELOCKED,
-				       "another cbimg is backing up job '%s' of '%s' to '%s'", h->job,
-				       h->source_path, dest);
-		}
-		/* filesystems without locks (some FUSE drivers): go on unlocked */
-	} else {
-		*locked = 1;
-	}
-	*fd_out = fd;
-	return 0;
+	int rc = cbi_job_lock(dest, lock_key(h->host, h->source_id, h->job), lk, err);
+	if (rc == -CBI_ELOCKED)
+		rc = cbi_err(err, rc, "another cbimg is backing up job '%s' of '%s' to '%s'", h->job,
+			     h->source_path, dest);
+	return rc;
 }
 
 static void append_warning(cbi_backup_result *r, const char *msg)
@@ -316,7 +300,8 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	size_t npts = 0;
 	cbi_index *parent = NULL;
 	bk_state st = { 0 };
-	int lockfd = -1, rc = 0;
+	int rc = 0;
+	cbi_joblock lock = { .fd = -1 };
 	cbi_keys keys;            /* the chain's keys when it is encrypted */
 	int encrypted = 0;
 	char key_used[4096] = ""; /* the key file that opened the chain */
@@ -391,15 +376,14 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	size_t pl = strlen(o->source);
 	cbi_strlcpy(h.source_path, pl > 63 ? o->source + pl - 63 : o->source, sizeof h.source_path);
 
-	int locked = 0;
-	if ((rc = take_lock(o->dest, &h, &lockfd, &locked, err)))
+	if ((rc = take_lock(o->dest, &h, &lock, err)))
 		goto end;
 	cbi_error ce; /* the catalog is a cache: its failures are warnings */
 	if (cbi_catalog_run_begin(o->dest, h.host, h.source_id, h.source_path, h.job, &run_id, &ce))
 		append_warning(r, ce.msg);
 	if ((rc = cbi_chain_scan(o->dest, &pts, &npts, err)))
 		goto end;
-	if (locked)
+	if (lock.locked)
 		remove_leftovers(o->dest, &h, pts, npts);
 	long tip = o->force_full ? -1 : find_tip(pts, npts, &h);
 	const cbi_point *tp = tip >= 0 ? &pts[tip] : NULL;
@@ -657,8 +641,7 @@ end:
 	cbi_source_close(src);
 	cbi_fsmap_free(fsmap);
 	free(pts);
-	if (lockfd >= 0)
-		close(lockfd);
+	cbi_job_unlock(&lock);
 	r->seconds = cbi_now() - t0;
 	return rc;
 }
