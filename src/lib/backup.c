@@ -300,6 +300,7 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	size_t npts = 0;
 	cbi_index *parent = NULL;
 	bk_state st = { 0 };
+	cbi_pipe_stats ps = { 0 }; /* what the pipeline read, also when it stopped early */
 	int rc = 0;
 	cbi_joblock lock = { .fd = -1 };
 	cbi_keys keys;            /* the chain's keys when it is encrypted */
@@ -552,7 +553,6 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 		.hs = &hs, .rec_key = encrypted ? rec_key : NULL, .chain_id = h.chain_id, .point_id = h.point_id,
 		.progress = o->progress, .progress_ud = o->progress_ud,
 	};
-	cbi_pipe_stats ps = { 0 };
 	if ((rc = cbi_pipe_run(&pc, &ps, err)))
 		goto end;
 
@@ -619,6 +619,10 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	r->bytes_read = ps.bytes_read;
 	r->bytes_written = it.image_size + it.file_size;
 end:
+	if (rc) { /* a failed or interrupted run: what it read and wrote before it stopped */
+		r->bytes_read = ps.bytes_read;
+		r->bytes_written = cbi_image_writer_written(st.img) + cbi_index_writer_written(st.idx);
+	}
 	cbi_image_writer_abort(st.img);
 	cbi_index_writer_abort(st.idx);
 	if (rc && r->key_file_new) {
