@@ -547,6 +547,46 @@ static void test_interrupted_run_counts(void **state)
 	free(runs);
 }
 
+/* An outbox (a chain continued from the local state) holds no catalog, so
+ * that shipping its files never replaces the remote's (item 17); nor does
+ * a listing make one there. */
+static void test_outbox_holds_no_catalog(void **state)
+{
+	cat_fix *c = *state;
+	char sd[4096], out[4096];
+	snprintf(sd, sizeof sd, "%s/state", c->dir);
+	snprintf(out, sizeof out, "%s/outbox", c->dir);
+	assert_int_equal(mkdir(out, 0755), 0);
+	cbi_backup_opts o = tu_bopts(c->src, c->dest);
+	o.no_state = 0;
+	o.state_dir = sd;
+	cbi_backup_result r;
+	tu_backup_ok(&o, &r);
+	assert_true(tu_exists(c->db));
+	o.dest = out;
+	tu_backup_ok(&o, &r);
+	assert_int_equal(r.from_state, 1);
+	assert_false(tu_exists(tu_path(out, CBI_CATALOG_NAME)));
+	tu_backup_ok(&o, &r); /* continues the outbox's own incremental */
+	assert_int_equal(r.point.seq, 2);
+	assert_false(tu_exists(tu_path(out, CBI_CATALOG_NAME)));
+	cbi_point *pts = NULL;
+	size_t n = 0;
+	cbi_error e;
+	assert_int_equal(cbi_list(out, &pts, &n, &e), 0);
+	assert_int_equal(n, 2);
+	free(pts);
+	assert_false(tu_exists(tu_path(out, CBI_CATALOG_NAME)));
+	/* a failed run there leaves none either */
+	tu_write_pattern(c->src, SRC_SIZE + 4096, 2);
+	assert_int_equal(cbi_backup(&o, &r, &e), -CBI_EMISMATCH);
+	assert_false(tu_exists(tu_path(out, CBI_CATALOG_NAME)));
+	/* the first DEST keeps its history */
+	cbi_run *runs = log_ok(c->dest, NULL, &n);
+	assert_int_equal(n, 1);
+	free(runs);
+}
+
 static void test_backup_without_catalog(void **state)
 {
 	cat_fix *c = *state;
@@ -923,6 +963,7 @@ int main(void)
 		T(test_filters),
 		T(test_runs_recorded),
 		T(test_interrupted_run_counts),
+		T(test_outbox_holds_no_catalog),
 		T(test_backup_without_catalog),
 		T(test_no_catalog_where_no_points),
 		T(test_split_segments),
