@@ -15,6 +15,15 @@
 
 /* ------------------------------------------------------------ one line */
 
+/* The names of enum cbi_run_result, as cbi_run_result_name() gives them
+ * (not called: the catalog uses this module). */
+static const char *const results[] = { "running", "ok", "failed", "interrupted" };
+
+static const char *result_name(int r)
+{
+	return r >= CBI_RUN_RUNNING && r <= CBI_RUN_INTERRUPTED ? results[r] : "unknown";
+}
+
 static void put_str(FILE *f, const char *key, const char *v)
 {
 	fprintf(f, ",\"%s\":\"", key);
@@ -40,7 +49,7 @@ static void put_run(FILE *f, const cbi_run *u)
 	put_str(f, "source_path", u->source_path);
 	put_str(f, "job", u->job);
 	fprintf(f, ",\"started_ns\":\"%" PRId64 "\",\"ended_ns\":\"%" PRId64 "\"", u->started_ns, u->ended_ns);
-	put_str(f, "result", cbi_run_result_name(u->result));
+	put_str(f, "result", result_name(u->result));
 	put_str(f, "message", u->message);
 	fprintf(f, ",\"bytes_read\":%" PRIu64 ",\"bytes_written\":%" PRIu64 ",\"type\":%d", u->bytes_read,
 		u->bytes_written, u->type);
@@ -139,7 +148,7 @@ static int get_run(const char *line, cbi_run *u)
 			u->ended_ns = strtoll(val, NULL, 10);
 		else if (!strcmp(key, "result")) {
 			for (int r = CBI_RUN_RUNNING; r <= CBI_RUN_INTERRUPTED; r++)
-				if (!strcmp(val, cbi_run_result_name(r)))
+				if (!strcmp(val, results[r]))
 					u->result = r;
 		} else if (!strcmp(key, "message"))
 			cbi_strlcpy(u->message, val, sizeof u->message);
