@@ -363,12 +363,20 @@ typedef struct cbi_verify_result {
 	uint64_t points_checked;
 	uint64_t blocks_checked;
 	uint64_t problems;
+	uint64_t behind;          /* chains that are behind the local state (not damage: a seed
+	                           * disk, points that went to an outbox or another disk), each
+	                           * reported through the note callback */
+	uint64_t bytes_checked;   /* bytes read from the files: the progress callback's unit */
 } cbi_verify_result;
 
 typedef struct cbi_verify_opts {
 	cbi_verify_fn fn;         /* each problem found; NULL: only counted */
 	void *ud;
-	cbi_progress_fn progress;
+	cbi_verify_fn note;       /* each note (not a problem: a chain behind the local state);
+	                           * called with ud; NULL: none */
+	cbi_progress_fn progress; /* bytes read from the files so far, of the whole run's
+	                           * (every point's index file, and its image file twice: its
+	                           * digest, then its records) */
 	void *progress_ud;
 	cbi_pass_fn pass;         /* passphrase of encrypted chains; NULL: none */
 	void *pass_ud;
@@ -380,9 +388,13 @@ typedef struct cbi_verify_opts {
 /* PATH: an image or index file (it and all its ancestors are checked) or a
  * directory (every chain in it). Encrypted chains are unlocked through
  * o->pass (once per chain); their digests are then MACs and every record is
- * authenticated. When the local state knows a newer point of a chain than
- * PATH holds, that is reported as a problem too (a rollback, or points that
- * went to another destination). Returns 0 when everything is intact,
+ * authenticated. The newest point of each chain is compared with the local
+ * state, read before PATH's directory is scanned (so that a backup that
+ * commits meanwhile is not taken for a rollback): a state that records
+ * another point at a seq the chain has, or a newer point that does not
+ * continue the chain, is a problem (a fork, a point replaced); a state that
+ * is newer and continues the chain is a note (r->behind: the chain is
+ * behind the state, as a seed disk is). Returns 0 when everything is intact,
  * -CBI_EDAMAGED when any problem was reported through fn, -CBI_EPASS when an
  * encrypted chain could not be unlocked, or another error when verification
  * could not run at all. */

@@ -156,8 +156,8 @@ text 1 1 t2
 s=$(point "$W/scratch" full 0 cbi)
 head -c $(($(fsize "$s") / 2)) "$s" >"$T1/.$(basename "$s").4242.tmp"
 rm -rf "$W/scratch"
-# The backups' lock files (.cbimg-<hex>.lock) are not part of the vectors.
-rm -f "$C1"/.cbimg-*.lock "$T1"/.cbimg-*.lock
+# The backups' lock files (.cbimg.lock, .cbimg-<hex>.lock) are not part of the vectors.
+rm -f "$C1"/.cbimg-*.lock "$T1"/.cbimg-*.lock "$C1"/.cbimg.lock "$T1"/.cbimg.lock
 
 # ========================================================== damaged/<case>
 # Each case is a copy of valid/chain1 (without expected.sha256) with one

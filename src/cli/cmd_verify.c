@@ -11,7 +11,7 @@
 enum { OPT_JSON = 256, OPT_PASSWORD_FILE, OPT_STATE_DIR, OPT_NO_STATE };
 
 static const struct cli_option verify_options[] = {
-	{ 'q', "quiet", NULL, "print only the problems, no progress or summary" },
+	{ 'q', "quiet", NULL, "print only the problems, no progress, notes or summary" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
 	{ OPT_PASSWORD_FILE, "password-file", "FILE", "passphrase of encrypted chains from FILE (default: $CBIMG_PASSWORD, or ask)" },
 	{ OPT_STATE_DIR, "state-dir", "DIR", "local state to compare with (default /var/lib/cbimg)" },
@@ -28,6 +28,9 @@ struct problem {
 
 struct verify_state {
 	int json;
+	int quiet;
+	struct problem *notes;  /* --json: notes kept for the final object */
+	size_t nnotes, capnotes;
 	struct cli_progress *prog;
 	struct problem *list;   /* --json: problems kept for the final object */
 	size_t n, cap;
@@ -76,6 +79,42 @@ static void on_problem(void *ud, const char *file, int64_t block, const char *wh
 	s->n++;
 }
 
+/* cbi_verify_fn for notes (not problems): on stderr unless -q, or kept
+ * for the JSON object. */
+static void on_note(void *ud, const char *file, int64_t block, const char *what)
+{
+	struct verify_state *s = ud;
+
+	(void)block;
+	if (!s->json) {
+		if (!s->quiet) {
+			cli_progress_end(s->prog);
+			fprintf(stderr, "cbimg: note: %s\n", what ? what : "");
+		}
+		return;
+	}
+	if (s->nnotes == s->capnotes) {
+		size_t cap = s->capnotes ? 2 * s->capnotes : 4;
+		struct problem *l = realloc(s->notes, cap * sizeof *l);
+		if (!l) {
+			s->nomem = 1;
+			return;
+		}
+		s->notes = l;
+		s->capnotes = cap;
+	}
+	s->notes[s->nnotes].file = strdup(file ? file : "");
+	s->notes[s->nnotes].what = strdup(what ? what : "");
+	s->notes[s->nnotes].block = -1;
+	if (!s->notes[s->nnotes].file || !s->notes[s->nnotes].what) {
+		free(s->notes[s->nnotes].file);
+		free(s->notes[s->nnotes].what);
+		s->nomem = 1;
+		return;
+	}
+	s->nnotes++;
+}
+
 static void print_json(const char *path, const struct verify_state *s, const cbi_verify_result *r,
 		       int status, const char *error)
 {
@@ -90,7 +129,9 @@ static void print_json(const char *path, const struct verify_state *s, const cbi
 	json_u64(&j, "files_checked", r->files_checked);
 	json_u64(&j, "points_checked", r->points_checked);
 	json_u64(&j, "blocks_checked", r->blocks_checked);
+	json_u64(&j, "bytes_checked", r->bytes_checked);
 	json_u64(&j, "problem_count", s->n);
+	json_u64(&j, "behind", r->behind);
 	json_string(&j, "error", error);
 	json_begin_array(&j, "problems");
 	for (size_t i = 0; i < s->n; i++) {
@@ -105,6 +146,14 @@ static void print_json(const char *path, const struct verify_state *s, const cbi
 		json_end_object(&j);
 	}
 	json_end_array(&j);
+	json_begin_array(&j, "notes");
+	for (size_t i = 0; i < s->nnotes; i++) {
+		json_begin_object(&j, NULL);
+		json_string(&j, "file", s->notes[i].file);
+		json_string(&j, "note", s->notes[i].what);
+		json_end_object(&j);
+	}
+	json_end_array(&j);
 	json_end_object(&j);
 	json_finish(&j);
 }
@@ -116,6 +165,11 @@ static void free_state(struct verify_state *s)
 		free(s->list[i].what);
 	}
 	free(s->list);
+	for (size_t i = 0; i < s->nnotes; i++) {
+		free(s->notes[i].file);
+		free(s->notes[i].what);
+	}
+	free(s->notes);
 }
 
 static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
@@ -151,7 +205,9 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 
 	cli_progress_init(&prog, quiet || s.json);
 	s.prog = &prog;
+	s.quiet = quiet;
 	vo.fn = on_problem;
+	vo.note = on_note;
 	vo.ud = &s;
 	vo.progress = cli_progress_cb;
 	vo.progress_ud = &prog;
@@ -206,8 +262,9 @@ const struct cli_command cli_verify = {
 		"points it builds on, or a directory, whose chains are all checked. Each\n"
 		"problem is printed as 'DAMAGED <file>: [block <n>: ]<problem>'.\n"
 		"Encrypted chains need their passphrase: every file's HMAC and every\n"
-		"record's GCM tag is then checked. When the local state of a job records a\n"
-		"newer point than PATH holds, that is reported too (--no-state: skip).\n"
+		"record's GCM tag is then checked. Each chain is compared with the local\n"
+		"state (--no-state: skip): a chain the state shows forked or replaced is a\n"
+		"problem; one that is behind the state (a seed disk) is a note.\n"
 		"Exit 3: problems found; 4: wrong or missing passphrase.",
 	.options = verify_options,
 	.run = cmd_verify,

@@ -115,44 +115,13 @@ static void remove_leftovers(const char *dest, const cbi_hdr *h, const cbi_point
 	closedir(d);
 }
 
-/* The job's lock file: opened without following a symbolic link, and used
- * only when what was opened is a regular file (a link or a device planted
- * at the name in a shared DEST is refused, never written through). */
-static int take_lock(const char *dest, const cbi_hdr *h, int *fd_out, int *locked, cbi_error *err)
+static int take_lock(const char *dest, const cbi_hdr *h, cbi_joblock *lk, cbi_error *err)
 {
-	char path[4096];
-	struct stat st;
-	*locked = 0;
-	snprintf(path, sizeof path, "%.4000s/.cbimg-%016llx.lock", dest,
-		 (unsigned long long)lock_key(h->host, h->source_id, h->job));
-	int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0644);
-	if (fd < 0 && errno == ELOOP)
-		return cbi_err(err, -ELOOP, "lock file '%s' is a symbolic link: remove it", path);
-	if (fd < 0)
-		return cbi_err(err, -errno, "unable to write to destination '%s': %s", dest, strerror(errno));
-	if (fstat(fd, &st) < 0) {
-		int e = -errno;
-		close(fd);
-		return cbi_err(err, e, "unable to use lock file '%s': %s", path, cbi_errtext(e));
-	}
-	if (!S_ISREG(st.st_mode)) {
-		close(fd);
-		return cbi_err(err, -EINVAL, "lock file '%s' is not a regular file: remove it", path);
-	}
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		int e = errno;
-		if (e == EWOULDBLOCK) {
-			close(fd);
-			return cbi_err(err, -CBI_ELOCKED,
-				       "another cbimg is backing up job '%s' of '%s' to '%s'", h->job,
-				       h->source_path, dest);
-		}
-		/* filesystems without locks (some FUSE drivers): go on unlocked */
-	} else {
-		*locked = 1;
-	}
-	*fd_out = fd;
-	return 0;
+	int rc = cbi_job_lock(dest, lock_key(h->host, h->source_id, h->job), lk, err);
+	if (rc == -CBI_ELOCKED)
+		rc = cbi_err(err, rc, "another cbimg is backing up job '%s' of '%s' to '%s'", h->job,
+			     h->source_path, dest);
+	return rc;
 }
 
 /* A non-fatal note for the user: kept in the list, and in the joined string
@@ -439,7 +408,7 @@ typedef struct bk_run {
 	cbi_hdr h;                /* the new point's header */
 	cbi_source *src;
 	cbi_fsmap *fsmap;         /* used_only: the blocks the source's file system uses */
-	int lockfd, locked;
+	cbi_joblock lock;
 	int64_t run_id;           /* the run's row in DEST's catalog, 0 if none */
 	cbi_point *pts;           /* DEST's points */
 	size_t npts;
@@ -542,14 +511,14 @@ static int bk_choose_parent(bk_run *b)
 	const cbi_backup_opts *o = b->o;
 	cbi_hdr *h = &b->h;
 	int rc;
-	if ((rc = take_lock(o->dest, h, &b->lockfd, &b->locked, b->err)))
+	if ((rc = take_lock(o->dest, h, &b->lock, b->err)))
 		return rc;
 	cbi_error ce; /* the catalog is a cache: its failures are warnings */
 	if (cbi_catalog_run_begin(o->dest, h->host, h->source_id, h->source_path, h->job, &b->run_id, &ce))
 		append_warning(b->r, ce.msg);
 	if ((rc = cbi_chain_scan(o->dest, &b->pts, &b->npts, b->err)))
 		return rc;
-	if (b->locked)
+	if (b->lock.locked)
 		remove_leftovers(o->dest, h, b->pts, b->npts);
 
 	char why[700] = "";
@@ -817,6 +786,10 @@ static void bk_finish(bk_run *b)
 static int bk_end(bk_run *b, int rc)
 {
 	cbi_backup_result *r = b->r;
+	if (rc && !b->committed) { /* a failed or interrupted run: what it read and wrote before it stopped */
+		r->bytes_read = b->ps.bytes_read;
+		r->bytes_written = cbi_image_writer_written(b->st.img) + cbi_index_writer_written(b->st.idx);
+	}
 	cbi_image_writer_abort(b->st.img);
 	cbi_index_writer_abort(b->st.idx);
 	if (rc && b->committed)
@@ -843,8 +816,7 @@ static int bk_end(bk_run *b, int rc)
 	cbi_source_close(b->src);
 	cbi_fsmap_free(b->fsmap);
 	free(b->pts);
-	if (b->lockfd >= 0)
-		close(b->lockfd);
+	cbi_job_unlock(&b->lock);
 	return rc;
 }
 
@@ -858,7 +830,7 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 	b->o = o;
 	b->r = r;
 	b->err = err;
-	b->lockfd = -1;
+	b->lock.fd = -1;
 	int rc = bk_validate(b);
 	if (!rc)
 		rc = bk_choose_parent(b);

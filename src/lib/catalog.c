@@ -20,6 +20,7 @@
 #include "chain.h"
 #include "dest.h"
 #include "mounts.h"
+#include "runlog.h"
 #include "sfile.h"
 #include "util.h"
 
@@ -997,14 +998,25 @@ void cbi_list_sort(cbi_point *pts, size_t n)
 		qsort(pts, n, sizeof *pts, listing_cmp);
 }
 
+/* Does a DEST with points pts[0..n) look like an outbox: points, none of
+ * them a full (every chain here continues one kept elsewhere)? An outbox
+ * holds no catalog and no run log: its files are shipped to a site that
+ * keeps its own, which a copied catalog would replace (issue 14, item 17). */
+static int outbox_shaped(const cbi_point *pts, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (pts[i].seq == 0)
+			return 0;
+	return n > 0;
+}
+
 int cbi_list_filtered(const char *dest, const cbi_list_filter *f, cbi_point **out, size_t *n,
 		      cbi_error *err)
 {
 	list_arg a = { .f = f };
 	*out = NULL;
 	*n = 0;
-	if ((catalog_exists(dest) || is_backup_dest(dest)) &&
-	    cat_run(dest, 1, NULL, op_list, &a, NULL) == 0) {
+	if (catalog_exists(dest) && cat_run(dest, 1, NULL, op_list, &a, NULL) == 0) {
 		cbi_list_sort(a.pts, a.n);
 		*out = a.pts;
 		*n = a.n;
@@ -1016,6 +1028,15 @@ int cbi_list_filtered(const char *dest, const cbi_list_filter *f, cbi_point **ou
 	int rc = cbi_chain_scan(dest, &pts, &np, err);
 	if (rc)
 		return rc;
+	/* Where backups run, make the missing catalog (not in an outbox). */
+	if (!catalog_exists(dest) && is_backup_dest(dest) && !outbox_shaped(pts, np) &&
+	    cat_run(dest, 1, NULL, op_list, &a, NULL) == 0) {
+		free(pts);
+		cbi_list_sort(a.pts, a.n);
+		*out = a.pts;
+		*n = a.n;
+		return 0;
+	}
 	for (size_t i = 0; i < np; i++)
 		if (filter_match(f, pts[i].host, pts[i].source_id, pts[i].source_path, pts[i].job)) {
 			if (w != i)
@@ -1049,6 +1070,14 @@ int cbi_catalog_rebuild(const char *dest, cbi_error *err)
 }
 
 /* ------------------------------------------------------------------ runs */
+
+/* Can the SQLite catalog not live in dest (fusefat: cat_open())? The run
+ * history is then kept in the run log (runlog.h). */
+static int no_sqlite(const char *dest)
+{
+	struct stat ds;
+	return stat(dest, &ds) == 0 && on_fusefat(ds.st_dev);
+}
 
 /* The warning a backup shows when the catalog could not record its run. */
 static int not_recorded(int rc, cbi_error *err)
@@ -1114,6 +1143,10 @@ int cbi_catalog_run_begin(const char *dest, const char *host, const char *source
 {
 	begin_arg a = { host ? host : "", source_id ? source_id : "", source_path ? source_path : "",
 			job ? job : "", 0 };
+	if (no_sqlite(dest)) {
+		int rc = cbi_runlog_begin(dest, host, source_id, source_path, job, run_id, err);
+		return rc ? not_recorded(rc, err) : 0;
+	}
 	int rc = cat_run(dest, 1, NULL, op_begin, &a, err);
 	*run_id = rc ? 0 : a.id;
 	return rc ? not_recorded(rc, err) : 0;
@@ -1229,6 +1262,33 @@ end:
 	return rc;
 }
 
+/* An outbox's run: its row goes, and the catalog file with it when no run
+ * is left (holding the write lock while it is unlinked). */
+static int op_forget(cat *c, void *arg, cbi_error *err)
+{
+	end_arg *a = arg;
+	char sql[96], journal[4200];
+	int64_t left = 0;
+	int rc;
+	snprintf(sql, sizeof sql, "DELETE FROM runs WHERE id = %lld", (long long)a->id);
+	if ((rc = cat_begin(c, err)) || (rc = cat_exec(c, sql, "write it", err)) ||
+	    (rc = cat_int(c, "SELECT count(*) FROM runs", &left, err)))
+		goto end;
+	if (left) {
+		rc = cat_commit(c, err);
+		goto end;
+	}
+	snprintf(journal, sizeof journal, "%s-journal", c->path);
+	if (unlink(c->path) < 0) {
+		rc = cbi_err(err, -errno, "unable to remove catalog '%s': %s", c->path, strerror(errno));
+		goto end;
+	}
+	unlink(journal);
+end:
+	cat_rollback(c);
+	return rc;
+}
+
 int cbi_catalog_run_end(const char *dest, int64_t run_id, int result_code, const char *message,
 			const cbi_backup_result *r, cbi_error *err)
 {
@@ -1238,7 +1298,22 @@ int cbi_catalog_run_end(const char *dest, int64_t run_id, int result_code, const
 		      result_code == 0 ? CBI_RUN_OK :
 		      result_code == -ECANCELED ? CBI_RUN_INTERRUPTED : CBI_RUN_FAILED,
 		      message, r };
-	int rc = cat_run(dest, 1, NULL, op_end, &a, err);
+	/* An outbox keeps no history (outbox_shaped()): a DEST without a full
+	 * that holds points, or into which this run continued a chain from the
+	 * local state. A DEST holding a full (this run's, or any) is none. */
+	int forget = 0;
+	if (!(a.result == CBI_RUN_OK && r->point.type == CBI_FULL)) {
+		cbi_point *pts = NULL;
+		size_t n = 0;
+		if (!cbi_chain_scan(dest, &pts, &n, NULL))
+			forget = outbox_shaped(pts, n) || (r->from_state && !n);
+		free(pts);
+	}
+	int rc;
+	if (no_sqlite(dest))
+		rc = cbi_runlog_end(dest, run_id, a.result, message, r, forget, err);
+	else
+		rc = cat_run(dest, 1, NULL, forget ? op_forget : op_end, &a, err);
 	return rc ? not_recorded(rc, err) : 0;
 }
 
@@ -1323,8 +1398,13 @@ int cbi_log(const char *dest, const cbi_list_filter *f, cbi_run **out, size_t *n
 		return cbi_err(err, -errno, "unable to open directory '%s': %s", dest, strerror(errno));
 	if (!S_ISDIR(ds.st_mode))
 		return cbi_err(err, -ENOTDIR, "'%s' is not a directory", dest);
-	if (!catalog_exists(dest))
-		return 0; /* no backup has run here (or the catalog was deleted) */
+	if (!catalog_exists(dest)) {
+		/* A DEST where the catalog cannot live keeps a run log; else no
+		 * backup has run here (or the catalog was deleted). */
+		if (cbi_runlog_exists(dest) || no_sqlite(dest))
+			return cbi_runlog_read(dest, f, out, n, err);
+		return 0;
+	}
 	int rc = cat_run(dest, 0, NULL, op_log, &a, err);
 	if (rc)
 		return rc;

@@ -463,29 +463,73 @@ int cbi_chain_image(cbi_chain *c, uint32_t seq, cbi_image **out, cbi_error *err)
 
 /* ---------------------------------------------------------------- state */
 
-int cbi_chain_check_state(const cbi_chain *c, const cbi_point *p, cbi_error *err)
+/* Does the state's point st (seq > p's) descend from p? Every block the
+ * state's index says is unchanged since seq p->seq or earlier must be
+ * recorded alike in p's index (owner, hash, flags). 1: yes (as far as the
+ * indexes tell), 0: no, -errno: an index could not be read (the state's
+ * copy replaced by a backup meanwhile: nothing is concluded). */
+static int descends(const cbi_point *p, const cbi_point *st)
 {
-	if (!c->state_dir[0])
-		return 0;
-	cbi_point st;
-	int found = 0, damaged = 0;
-	char why[700], id[9];
-	memset(&st, 0, sizeof st);
-	if (cbi_state_load(c->state_dir, cbi_state_key(p->host, p->source_id, p->job), &st, &found, &damaged, why,
-			   sizeof why) ||
-	    !found || memcmp(st.chain_id, p->chain_id, 16))
+	if (st->seq == p->seq + 1)
+		return !memcmp(st->parent_id, p->point_id, 16) && !memcmp(st->parent_digest, p->index_digest, 32);
+	cbi_index *a = NULL, *b = NULL;
+	int rc = cbi_index_open(p->index_file, &a, NULL);
+	if (!rc)
+		rc = cbi_index_open(st->index_file, &b, NULL);
+	if (!rc && a->hdr.n_blocks != b->hdr.n_blocks)
+		rc = 0;
+	else if (!rc)
+		rc = 1;
+	for (uint64_t i = 0; rc == 1 && i < a->hdr.n_blocks; i++) {
+		cbi_idx_ent ea, eb;
+		int r = cbi_index_get(a, i, &ea);
+		if (!r)
+			r = cbi_index_get(b, i, &eb);
+		if (r)
+			rc = r;
+		else if (!(eb.flags & CBI_IDX_ZERO) && eb.owner <= p->seq &&
+			 (ea.owner != eb.owner || ea.flags != eb.flags || memcmp(ea.hash, eb.hash, 16)))
+			rc = 0;
+	}
+	cbi_index_close(a);
+	cbi_index_close(b);
+	return rc;
+}
+
+int cbi_chain_check_state(const cbi_chain *c, const cbi_point *p, const cbi_point *st, size_t nst,
+			  uint32_t *behind, uint32_t *state_seq, cbi_error *err)
+{
+	const cbi_point *s = NULL; /* the state's newest point of p's chain and job */
+	char id[9];
+	*behind = 0;
+	*state_seq = 0;
+	for (size_t i = 0; i < nst; i++)
+		if (!memcmp(st[i].chain_id, p->chain_id, 16) && !strcmp(st[i].host, p->host) &&
+		    !strcmp(st[i].source_id, p->source_id) && !strcmp(st[i].job, p->job) && (!s || st[i].seq > s->seq))
+			s = &st[i];
+	if (!s)
 		return 0;
 	cbi_id_short(p->chain_id, id);
-	if (st.seq > p->seq)
-		return cbi_err(err, -CBI_EMISMATCH,
-			       "chain %s ends at seq %u here, but the local state of job '%s' records seq %u: newer "
-			       "points are missing (a rollback, or they went to another destination such as an "
-			       "outbox; --no-state skips this check)",
-			       id, p->seq, p->job, st.seq);
-	if (st.seq == p->seq && memcmp(st.point_id, p->point_id, 16))
+	*state_seq = s->seq;
+	if (s->seq > p->seq) {
+		if (!descends(p, s))
+			return cbi_err(err, -CBI_EMISMATCH,
+				       "chain %s ends at seq %u here, but the local state of job '%s' records seq %u, "
+				       "which does not continue this point: the chain was forked or a point was "
+				       "replaced",
+				       id, p->seq, p->job, s->seq);
+		*behind = s->seq - p->seq;
+		return 0;
+	}
+	/* the state's point is here too, if the chain was not forked */
+	const cbi_point *same = s->seq == p->seq ? p : NULL;
+	for (size_t i = 0; i < c->npts && !same; i++)
+		if (!memcmp(c->pts[i].chain_id, p->chain_id, 16) && c->pts[i].seq == s->seq)
+			same = &c->pts[i];
+	if (same && memcmp(same->point_id, s->point_id, 16))
 		return cbi_err(err, -CBI_EMISMATCH,
 			       "seq %u of chain %s is not the point the local state of job '%s' records: "
 			       "the chain was forked or a point was replaced",
-			       p->seq, id, p->job);
+			       s->seq, id, p->job);
 	return 0;
 }

@@ -120,10 +120,16 @@ const char *cbi_chain_key_file(const cbi_chain *c);
 const char *cbi_chain_pass(const cbi_chain *c, int *len);
 
 /* The rollback check of point p, the newest point of its chain here,
- * against the local state of its job: -CBI_EMISMATCH when the state records
- * a newer point of the chain (a rollback, or points that went elsewhere) or
- * another point at the same seq (a fork); 0 when they agree, or there is no
- * state (or no_state). */
-int cbi_chain_check_state(const cbi_chain *c, const cbi_point *p, cbi_error *err) CBI_WUR;
+ * against the local state st[0..nst) (cbi_state_snapshot(), read before
+ * the directory was scanned). -CBI_EMISMATCH when the state records
+ * another point at a seq this chain has here (a fork, a point replaced), or
+ * a newer point that does not continue p (its parent, or the blocks its
+ * index says are unchanged since p, differ). A state that is newer and
+ * continues p is no damage: the chain here is behind it (a seed disk,
+ * points that went to an outbox or another disk): 0 with *behind the number
+ * of seqs it is behind. *state_seq: the state's seq of the chain (0 when the
+ * state does not know it). */
+int cbi_chain_check_state(const cbi_chain *c, const cbi_point *p, const cbi_point *st, size_t nst,
+			  uint32_t *behind, uint32_t *state_seq, cbi_error *err) CBI_WUR;
 
 #endif

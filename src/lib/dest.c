@@ -11,6 +11,7 @@
 
 #include "chain.h"
 #include "job.h"
+#include "runlog.h"
 #include "sfile.h"
 #include "util.h"
 
@@ -31,7 +32,7 @@ int cbi_dest_classify(const char *name, size_t *base_len, uint64_t *seg)
 		return CBI_DENT_LOCK;
 	if (name[0] == '.' && cbi_has_ext(name, ".tmp"))
 		return CBI_DENT_TEMP;
-	if (!strncmp(name, CBI_CATALOG_NAME, strlen(CBI_CATALOG_NAME)))
+	if (!strncmp(name, CBI_CATALOG_NAME, strlen(CBI_CATALOG_NAME)) || !strcmp(name, CBI_RUNLOG_NAME))
 		return CBI_DENT_CATALOG;
 	/* Segment k >= 1 of a split file NAME is NAME.NNN (format/SPEC.md,
 	 * "Segments"): only point files are split. */

@@ -27,8 +27,9 @@ enum cbi_dent_kind {
 	CBI_DENT_KEY,         /* NAME.cbk, NAME not starting with '.' */
 	CBI_DENT_SEGMENT,     /* POINTNAME.NNN: segment NNN of the point file POINTNAME */
 	CBI_DENT_TEMP,        /* .NAME.tmp: a file being written (or a killed run's) */
-	CBI_DENT_LOCK,        /* .cbimg-<16 hex digits>.lock (job.h) */
-	CBI_DENT_CATALOG,     /* cbimg-catalog.sqlite[-journal], or one moved aside (.corrupt) */
+	CBI_DENT_LOCK,        /* .cbimg.lock, or an old .cbimg-<16 hex digits>.lock (job.h) */
+	CBI_DENT_CATALOG,     /* cbimg-catalog.sqlite[-journal], or one moved aside (.corrupt);
+	                       * the run log cbimg-log.jsonl (runlog.h) */
 };
 
 /* What a point file says (CBI_DEST_READ). */

@@ -79,6 +79,11 @@ uint64_t cbi_image_writer_final_size(const cbi_image_writer *w)
 	return cbi_sfw_offset(w->f) + w->n * CBI_TAB_ENT_SIZE + CBI_TRL_SIZE;
 }
 
+uint64_t cbi_image_writer_written(const cbi_image_writer *w)
+{
+	return w ? cbi_sfw_offset(w->f) : 0;
+}
+
 uint64_t cbi_image_writer_records(const cbi_image_writer *w) { return w->n; }
 
 int cbi_image_writer_seal(cbi_image_writer *w, uint64_t changed_blocks, const uint8_t index_digest[32])

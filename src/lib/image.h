@@ -25,6 +25,8 @@ int cbi_image_writer_add(cbi_image_writer *w, uint64_t block, uint32_t flags, ui
 			 const uint8_t hash[16], const void *payload, uint32_t stored_len) CBI_WUR;
 /* Size the file will have once sealed. */
 uint64_t cbi_image_writer_final_size(const cbi_image_writer *w);
+/* Bytes written so far (NULL: 0): what a run that stops now has written. */
+uint64_t cbi_image_writer_written(const cbi_image_writer *w);
 uint64_t cbi_image_writer_records(const cbi_image_writer *w);
 /* Write table and trailer, fsync. */
 int cbi_image_writer_seal(cbi_image_writer *w, uint64_t changed_blocks,

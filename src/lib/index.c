@@ -15,6 +15,11 @@ struct cbi_index_writer {
 	uint64_t added;
 };
 
+uint64_t cbi_index_writer_written(const cbi_index_writer *w)
+{
+	return w ? cbi_sfw_offset(w->f) : 0;
+}
+
 int cbi_index_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, const cbi_keys *keys,
 			    cbi_index_writer **out, cbi_error *err)
 {

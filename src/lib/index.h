@@ -20,6 +20,8 @@ int cbi_index_writer_add(cbi_index_writer *w, const cbi_idx_ent *e) CBI_WUR;
 int cbi_index_writer_seal(cbi_index_writer *w, cbi_idx_trailer *t) CBI_WUR;
 int cbi_index_writer_commit(cbi_index_writer *w, cbi_error *err) CBI_WUR; /* frees w on success */
 void cbi_index_writer_abort(cbi_index_writer *w);
+/* Bytes written so far (NULL: 0): what a run that stops now has written. */
+uint64_t cbi_index_writer_written(const cbi_index_writer *w);
 
 /* ---- reader ---- */
 typedef struct cbi_index {

@@ -1,7 +1,13 @@
 /* job.c - the job key and the layout of a job's files (job.h). */
+#define _GNU_SOURCE
 #include "job.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <string.h>
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 #include <xxhash.h>
@@ -29,6 +35,8 @@ int cbi_job_lock_path(const char *dest, uint64_t key, char *out, size_t outsz)
 
 int cbi_job_is_lock_name(const char *n)
 {
+	if (!strcmp(n, CBI_LOCK_NAME))
+		return 1;
 	return strlen(n) == 28 && !strncmp(n, ".cbimg-", 7) && !strcmp(n + 23, ".lock") &&
 	       strspn(n + 7, "0123456789abcdef") == 16;
 }
@@ -54,4 +62,111 @@ void cbi_keyfile_state_path(const char *state_dir, const char *host, const char 
 {
 	snprintf(out, outsz, "%.3000s/%016llx/" CBI_STATE_KEY_NAME, state_dir,
 		 (unsigned long long)cbi_state_key(host, source_id, job));
+}
+
+int cbi_job_lock_at(const char *dest, int64_t off, int wait, cbi_joblock *lk, cbi_error *err)
+{
+	char path[4096];
+	memset(lk, 0, sizeof *lk);
+	lk->fd = -1;
+	if ((size_t)snprintf(path, sizeof path, "%s/" CBI_LOCK_NAME, dest) >= sizeof path)
+		return cbi_err(err, -ENAMETOOLONG, "path of the lock file in '%s' too long", dest);
+	/* Never followed, and used only when what was opened is a regular
+	 * file: a link, FIFO or device planted at the name in a shared DEST is
+	 * refused, never written through (and a FIFO cannot hang the open). */
+	int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0644);
+	if (fd < 0 && errno == ELOOP)
+		return cbi_err(err, -ELOOP, "lock file '%s' is a symbolic link: remove it", path);
+	if (fd < 0)
+		return cbi_err(err, -errno, "unable to write to destination '%s': %s", dest, strerror(errno));
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int e = -errno;
+		close(fd);
+		return cbi_err(err, e, "unable to use lock file '%s': %s", path, cbi_errtext(e));
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		return cbi_err(err, -EINVAL, "lock file '%s' is not a regular file: remove it", path);
+	}
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = off, .l_len = 1 };
+	int r;
+	while ((r = fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl)) < 0 && errno == EINTR)
+		;
+	if (r < 0) {
+		int e = errno;
+		if (e == EAGAIN || e == EACCES) {
+			close(fd);
+			return cbi_err(err, -CBI_ELOCKED, "'%s' is locked by another cbimg", path);
+		}
+		/* file systems without locks (ENOLCK, EINVAL): go on unlocked */
+	} else {
+		lk->locked = 1;
+	}
+	lk->fd = fd;
+	return 0;
+}
+
+/* Take the old-style lock file path (flock, as versions up to 0.1.0 did)
+ * and remove it while holding it: 1 when taken and removed (fd kept in
+ * lk), 0 when it is not there or cannot be locked here, -CBI_ELOCKED when
+ * another process holds it. Unlinking under the lock is safe against those
+ * versions' open-then-flock: one that opened the file before the unlink
+ * finds it locked for as long as this process holds it. */
+static int take_old(cbi_joblock *lk, const char *path)
+{
+	if (lk->nold >= sizeof lk->old / sizeof lk->old[0])
+		return 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return 0;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+		close(fd);
+		return e == EWOULDBLOCK ? -CBI_ELOCKED : 0;
+	}
+	/* still the file of that name (no one replaced it meanwhile)? */
+	struct stat a, b;
+	if (fstat(fd, &a) < 0 || lstat(path, &b) < 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino ||
+	    unlink(path) < 0) {
+		close(fd);
+		return 0;
+	}
+	lk->old[lk->nold++] = fd;
+	return 1;
+}
+
+int cbi_job_lock(const char *dest, uint64_t key, cbi_joblock *lk, cbi_error *err)
+{
+	char path[4096];
+	int rc = cbi_job_lock_at(dest, CBI_JOB_LOCK_OFFSET(key), 0, lk, err);
+	if (rc)
+		return rc;
+	if (cbi_job_lock_path(dest, key, path, sizeof path) == 0 && take_old(lk, path) == -CBI_ELOCKED) {
+		cbi_job_unlock(lk);
+		return cbi_err(err, -CBI_ELOCKED, "'%s' is locked by another cbimg (an older version)", path);
+	}
+	/* The other jobs' old lock files: only those nobody holds. */
+	DIR *d = opendir(dest);
+	struct dirent *de;
+	while (d && (de = readdir(d)))
+		if (strcmp(de->d_name, CBI_LOCK_NAME) && cbi_job_is_lock_name(de->d_name) &&
+		    (size_t)snprintf(path, sizeof path, "%.3000s/%.1000s", dest, de->d_name) < sizeof path)
+			take_old(lk, path);
+	if (d)
+		closedir(d);
+	return 0;
+}
+
+void cbi_job_unlock(cbi_joblock *lk)
+{
+	if (!lk)
+		return;
+	for (size_t i = 0; i < lk->nold; i++)
+		close(lk->old[i]);
+	lk->nold = 0;
+	if (lk->fd >= 0)
+		close(lk->fd); /* releases the OFD lock */
+	lk->fd = -1;
+	lk->locked = 0;
 }

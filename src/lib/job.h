@@ -2,7 +2,9 @@
  * its key names everything that belongs to the job outside its chain's
  * files, so that the layout is written down once:
  *
- *     DEST/.cbimg-<key>.lock              the lock of its backups (format/SPEC.md, "Lock file")
+ *     DEST/.cbimg.lock                    the lock file of every job (format/SPEC.md, "Lock file"):
+ *                                         a job's backups lock its byte CBI_JOB_LOCK_OFFSET(key)
+ *     DEST/.cbimg-<key>.lock              the lock file of versions before 0.1.1 (removed once unused)
  *     DEST/.cbimg-<key>-<pid>.NAME.tmp    a backup's temporary files (tag "cbimg-<key>-<pid>")
  *     STATE_DIR/<key>/NAME.cbx            the local state: a copy of the newest index (state.h)
  *     STATE_DIR/<key>/chain.cbk           ... and of an encrypted chain's key file (keyfile.h)
@@ -14,18 +16,57 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cbimg.h"
+
 #define CBI_DEFAULT_STATE_DIR "/var/lib/cbimg"
 
 /* The job key: XXH3-64 of "host NUL source_id NUL job" (every byte of
  * them, however long). */
 uint64_t cbi_state_key(const char *host, const char *source_id, const char *job);
 
-/* The job's lock file in dest: DEST/.cbimg-<key>.lock. -ENAMETOOLONG if it
- * does not fit in out. */
+/* The one lock file of a DEST, shared by every job and never removed: each
+ * job locks one byte of it (an OFD byte-range lock, fcntl(2)), at an offset
+ * derived from its key, so that two runs of the same job exclude each other
+ * while other jobs run; byte 0 guards the run log (runlog.h). Nothing is
+ * ever written to the file. Since the file is never unlinked, no process can
+ * hold a lock on a name that another has already replaced. */
+#define CBI_LOCK_NAME ".cbimg.lock"
+#define CBI_JOB_LOCK_OFFSET(key) ((int64_t)((key) >> 2) + 1)
+#define CBI_LOCK_OFFSET_RUNLOG 0
+
+/* The lock file of a job in versions up to 0.1.0 (flock(2) on the whole file,
+ * one file per job): DEST/.cbimg-<key>.lock. -ENAMETOOLONG if it does not
+ * fit in out. */
 int cbi_job_lock_path(const char *dest, uint64_t key, char *out, size_t outsz);
 
-/* Is name (no directory) a lock file name ".cbimg-<16 hex digits>.lock"? */
+/* Is name (no directory) a lock file name: ".cbimg.lock", or an old
+ * ".cbimg-<16 hex digits>.lock"? */
 int cbi_job_is_lock_name(const char *name);
+
+/* A job's lock, held from cbi_job_lock() to cbi_job_unlock(). */
+typedef struct cbi_job_lock {
+	int fd;                /* DEST/.cbimg.lock, -1 if none */
+	int locked;            /* 0: the file system has no locks; the run goes on unlocked */
+	int old[16];           /* old-style lock files removed, still held (flock) */
+	size_t nold;
+} cbi_joblock;
+
+/* Lock byte off of DEST/.cbimg.lock (created if missing) exclusively; wait:
+ * block until it is free, else fail with -CBI_ELOCKED at once. On a file
+ * system without locks lk->locked is 0 and 0 is returned. err names only
+ * DEST; callers say what was locked. */
+int cbi_job_lock_at(const char *dest, int64_t off, int wait, cbi_joblock *lk, cbi_error *err) CBI_WUR;
+
+/* The lock of job key: byte CBI_JOB_LOCK_OFFSET(key), without waiting. The
+ * old-style lock files of DEST (the key's, and those of other jobs) are
+ * then taken with flock(2) too, so that a version that still uses them is
+ * excluded as well (-CBI_ELOCKED when one holds the key's), and are removed
+ * while held; they stay held until cbi_job_unlock(). */
+int cbi_job_lock(const char *dest, uint64_t key, cbi_joblock *lk, cbi_error *err) CBI_WUR;
+
+/* Release what cbi_job_lock() or cbi_job_lock_at() took (NULL-safe; a lock
+ * whose taking failed holds nothing). */
+void cbi_job_unlock(cbi_joblock *lk);
 
 /* The tag of a backup's temporary files (cbi_sfw_create_tagged()):
  * "cbimg-<key>-<pid>"; their names start with "." and the tag. prefix

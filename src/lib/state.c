@@ -15,16 +15,15 @@
 #include "sfile.h"
 #include "util.h"
 
-int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, int *damaged,
-		   char *why, size_t whysz)
+/* Each index of state directory dir (one job's) that reads as one, through
+ * fn; one that does not is reported through fn with rc != 0 and the reason
+ * in why. A directory that is missing holds none. */
+typedef void (*idx_fn)(void *ud, int rc, const cbi_point *p, const char *why);
+
+static int each_index(const char *dir, idx_fn fn, void *ud)
 {
-	char dir[4096], path[4096];
+	char path[4096], why[700];
 	cbi_dest *d = NULL;
-	*found = 0;
-	*damaged = 0;
-	why[0] = 0;
-	if (cbi_job_state_dir(state_dir, key, dir, sizeof dir))
-		return -ENAMETOOLONG;
 	int rc = cbi_dest_scan(dir, CBI_DEST_MISSING_OK, &d, NULL);
 	if (rc)
 		return rc;
@@ -47,18 +46,100 @@ int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *fou
 		if (!rc)
 			cbi_point_from_index(&p, x);
 		cbi_index_close(x);
-		if (rc) {
-			*damaged = 1;
-			snprintf(why, whysz, "'%s': %s", path, er.msg[0] ? er.msg : cbi_errtext(rc));
-			rc = 0;
-			continue;
-		}
-		if (!*found || p.created_ns > tip->created_ns) {
-			*tip = p;
-			*found = 1;
-		}
+		if (rc)
+			snprintf(why, sizeof why, "'%.300s': %.380s", path, er.msg[0] ? er.msg : cbi_errtext(rc));
+		fn(ud, rc, &p, rc ? why : NULL);
+		rc = 0;
 	}
 	cbi_dest_free(d);
+	return 0;
+}
+
+typedef struct load_arg {
+	cbi_point *tip;
+	int *found, *damaged;
+	char *why;
+	size_t whysz;
+} load_arg;
+
+static void load_one(void *ud, int rc, const cbi_point *p, const char *why)
+{
+	load_arg *a = ud;
+	if (rc) {
+		*a->damaged = 1;
+		cbi_strlcpy(a->why, why, a->whysz);
+	} else if (!*a->found || p->created_ns > a->tip->created_ns) {
+		*a->tip = *p;
+		*a->found = 1;
+	}
+}
+
+int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, int *damaged,
+		   char *why, size_t whysz)
+{
+	char dir[4096];
+	*found = 0;
+	*damaged = 0;
+	why[0] = 0;
+	if (cbi_job_state_dir(state_dir, key, dir, sizeof dir))
+		return -ENAMETOOLONG;
+	load_arg a = { tip, found, damaged, why, whysz };
+	return each_index(dir, load_one, &a);
+}
+
+typedef struct snap_arg {
+	cbi_point *v;
+	size_t n, cap;
+	int nomem;
+} snap_arg;
+
+static void snap_one(void *ud, int rc, const cbi_point *p, const char *why)
+{
+	snap_arg *a = ud;
+	(void)why;
+	if (rc || a->nomem) /* damaged, or replaced by a backup while read: not compared */
+		return;
+	if (a->n == a->cap) {
+		size_t cap = a->cap ? 2 * a->cap : 16;
+		cbi_point *v = realloc(a->v, cap * sizeof *v);
+		if (!v) {
+			a->nomem = 1;
+			return;
+		}
+		a->v = v;
+		a->cap = cap;
+	}
+	a->v[a->n++] = *p;
+}
+
+int cbi_state_snapshot(const char *state_dir, cbi_point **out, size_t *n)
+{
+	snap_arg a = { 0 };
+	cbi_dest *d = NULL;
+	char dir[4096];
+	*out = NULL;
+	*n = 0;
+	int rc = cbi_dest_scan(state_dir, CBI_DEST_MISSING_OK, &d, NULL);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < d->n && !rc; i++) {
+		const char *name = d->e[i].name;
+		if (strlen(name) != 16 || strspn(name, "0123456789abcdef") != 16 ||
+		    cbi_dest_path(d, &d->e[i], dir, sizeof dir))
+			continue;
+		rc = each_index(dir, snap_one, &a);
+		if (rc == -ENOTDIR)
+			rc = 0;
+	}
+	cbi_dest_free(d);
+	if (!rc && a.nomem)
+		rc = -ENOMEM;
+	if (rc) {
+		free(a.v);
+		return rc;
+	}
+	*out = a.v;
+	*n = a.n;
 	return 0;
 }
 

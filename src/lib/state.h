@@ -23,6 +23,15 @@
 int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, int *damaged,
 		   char *why, size_t whysz) CBI_WUR;
 
+/* Every index of the local state, of every job (all of them, not only each
+ * job's newest; damaged ones, and ones a backup replaces while they are
+ * read, are left out), read now: what verify compares a DEST with. Read
+ * before DEST is scanned, a snapshot is never ahead of DEST by a point the
+ * scan missed: a backup commits its point to DEST before it saves the
+ * state. *out is malloc'ed (index_file: the state's copy). 0, -ENOMEM, or
+ * the error of an unreadable state directory (a missing one is empty). */
+int cbi_state_snapshot(const char *state_dir, cbi_point **out, size_t *n) CBI_WUR;
+
 struct cbi_keys;
 
 /* Make the index at index_path the job's state: copy it under a temporary

@@ -9,6 +9,7 @@
 #include "chainrd.h"
 #include "image.h"
 #include "index.h"
+#include "state.h"
 #include "util.h"
 
 typedef struct vctx {
@@ -19,6 +20,10 @@ typedef struct vctx {
 	const cbi_verify_opts *o;
 	cbi_chain *ch;        /* the directory's points; unlocks each chain once */
 	cbi_verify_result *r;
+	cbi_point *state;     /* the local state, read before the scan */
+	size_t nstate;
+	uint64_t total;       /* progress: bytes the run reads, planned */
+	uint64_t base;        /* ... read before the current file */
 	cbi_error keyerr;     /* the unlock failure that stopped the run */
 	ZSTD_DCtx *dctx;
 	cbi_cx *cx;
@@ -52,9 +57,41 @@ static int ensure_bufs(vctx *c, uint32_t bs)
 	return c->bufsize ? 0 : -ENOMEM;
 }
 
-static void check_digest(vctx *c, cbi_sfr *f, const uint8_t *mac_key)
+/* Progress of the whole run: at bytes of the current file read. */
+static int progress_at(vctx *c, uint64_t at)
 {
-	int rc = cbi_sfr_check_digest_mac(f, mac_key, NULL, NULL);
+	uint64_t done = c->base + at;
+	c->r->bytes_checked = done;
+	if (done > c->total) /* a file larger than its point says */
+		c->total = done;
+	return c->progress ? c->progress(c->progress_ud, done, c->total) : 0;
+}
+
+static int digest_progress(void *ud, uint64_t done, uint64_t total)
+{
+	(void)total;
+	return progress_at(ud, done);
+}
+
+/* The bytes of a point the run reads: its index, its image twice. */
+static uint64_t point_bytes(const cbi_point *p)
+{
+	return p->index_bytes + (p->has_image ? 2 * p->stored_bytes : 0);
+}
+
+/* A file of size bytes read to its end: the next one starts after it. */
+static void advance(vctx *c, uint64_t size)
+{
+	c->base += size;
+	c->r->bytes_checked = c->base;
+}
+
+static int check_digest(vctx *c, cbi_sfr *f, const uint8_t *mac_key)
+{
+	int rc = cbi_sfr_check_digest_mac(f, mac_key, digest_progress, c);
+	if (rc == -ECANCELED)
+		return rc;
+	advance(c, f->size);
 	c->r->files_checked++;
 	if (rc == -CBI_EDAMAGED && mac_key)
 		problem(c, f->path, -1, "HMAC-SHA256 mismatch: the file was altered or damaged");
@@ -62,6 +99,7 @@ static void check_digest(vctx *c, cbi_sfr *f, const uint8_t *mac_key)
 		problem(c, f->path, -1, "SHA-256 digest mismatch: the file was changed or damaged");
 	else if (rc)
 		problem(c, f->path, -1, "unable to read: %s", cbi_errtext(rc));
+	return 0;
 }
 
 /* The text of a chain reader's message after its subject "'FILE': ", for a
@@ -84,8 +122,10 @@ static int verify_point(vctx *c, uint32_t seq)
 	const cbi_keys *k = NULL;
 	cbi_error e;
 	int rc = 0;
+	uint64_t end_base = c->base + point_bytes(p); /* where this point's bytes end */
 	if (cbi_index_open(p->index_file, &x, &e)) {
 		problem(c, p->index_file, -1, "%s", e.msg);
+		c->base = end_base;
 		return 0;
 	}
 	if ((rc = cbi_chain_keys(c->ch, &x->hdr, &k, &e))) {
@@ -99,7 +139,8 @@ static int verify_point(vctx *c, uint32_t seq)
 	}
 	if (k && cbi_chain_auth_index(c->ch, x, &e))
 		problem(c, p->index_file, -1, "%s", reason(&e, x->f->path));
-	check_digest(c, x->f, k ? k->mac_key : NULL);
+	if ((rc = check_digest(c, x->f, k ? k->mac_key : NULL)))
+		goto end;
 	if (pp && cbi_index_open(pp->index_file, &px, &e)) {
 		problem(c, pp->index_file, -1, "%s", e.msg);
 		px = NULL;
@@ -111,11 +152,13 @@ static int verify_point(vctx *c, uint32_t seq)
 		img = NULL;
 	} else if (k && cbi_chain_auth_image(c->ch, x, img, &e)) {
 		problem(c, p->file, -1, "%s", reason(&e, img->f->path));
-		check_digest(c, img->f, k->mac_key);
+		rc = check_digest(c, img->f, k->mac_key);
 		cbi_image_close(img); /* its records cannot be checked */
 		img = NULL;
-	} else {
-		check_digest(c, img->f, k ? k->mac_key : NULL);
+		if (rc)
+			goto end;
+	} else if ((rc = check_digest(c, img->f, k ? k->mac_key : NULL))) {
+		goto end;
 	}
 	if ((rc = ensure_bufs(c, x->hdr.block_size)))
 		goto end;
@@ -160,6 +203,10 @@ static int verify_point(vctx *c, uint32_t seq)
 			int r = cbi_image_read_block(img, &te, c->dctx, c->cx, c->scratch, c->blk,
 						     want_rec ? ent.hash : NULL, &why);
 			c->r->blocks_checked++;
+			if ((tj & 15) == 0 && progress_at(c, te.offset + te.stored_len)) {
+				rc = -ECANCELED;
+				goto end;
+			}
 			if (r < 0)
 				problem(c, img->f->path, (int64_t)i, "%s", why.msg);
 			else if (!want_rec)
@@ -172,7 +219,7 @@ static int verify_point(vctx *c, uint32_t seq)
 			tj++;
 			have_te = 0;
 		}
-		if (c->progress && (i & 4095) == 0 && c->progress(c->progress_ud, i, x->hdr.n_blocks)) {
+		if (!img && (i & 4095) == 0 && progress_at(c, 0)) {
 			rc = -ECANCELED;
 			goto end;
 		}
@@ -181,6 +228,8 @@ static int verify_point(vctx *c, uint32_t seq)
 		problem(c, img->f->path, -1, "%llu records beyond the last block",
 			(unsigned long long)(nrec - tj));
 	c->r->points_checked++;
+	c->base = end_base;
+	rc = progress_at(c, 0) ? -ECANCELED : 0;
 end:
 	cbi_index_close(x);
 	cbi_index_close(px);
@@ -244,10 +293,22 @@ static void check_dir_files(vctx *c)
 	}
 }
 
-/* Compare the newest point of each job here (or of the chain of pts[only]
- * when only >= 0) with the local state (the chain reader's rollback check):
- * a state that holds a newer point of the same chain means points are
- * missing here. */
+static void note(vctx *c, const char *file, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void note(vctx *c, const char *file, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	if (c->o->note)
+		c->o->note(c->ud, file, -1, msg);
+}
+
+/* Compare the newest point of each chain here (or of the chain of
+ * pts[only] when only >= 0) with the local state, read before the scan (the
+ * chain reader's rollback check): a fork or a replaced point is a problem,
+ * a chain behind the state a note. */
 static void check_state(vctx *c, long only)
 {
 	size_t n;
@@ -259,9 +320,21 @@ static void check_state(vctx *c, long only)
 		int newest = 1; /* the newest point of its chain here */
 		for (size_t j = 0; j < n && newest; j++)
 			newest = !(j != i && !memcmp(pts[j].chain_id, p->chain_id, 16) && pts[j].seq > p->seq);
+		if (!newest)
+			continue;
 		cbi_error e;
-		if (newest && cbi_chain_check_state(c->ch, p, &e))
+		uint32_t behind = 0, sseq = 0;
+		char id[9];
+		if (cbi_chain_check_state(c->ch, p, c->state, c->nstate, &behind, &sseq, &e)) {
 			problem(c, p->index_file, -1, "%s", e.msg);
+		} else if (behind) {
+			cbi_id_short(p->chain_id, id);
+			c->r->behind++;
+			note(c, p->index_file,
+			     "chain %s of job '%s' ends at seq %u here; the local state is at seq %u: %u point%s "
+			     "behind (newer points went elsewhere, as to an outbox; not damage)",
+			     id, p->job, p->seq, sseq, behind, behind == 1 ? "" : "s");
+		}
 	}
 }
 
@@ -279,6 +352,16 @@ int cbi_verify(const char *path, const cbi_verify_opts *o, cbi_verify_result *r,
 	if (stat(path, &st) < 0)
 		return cbi_err(err, -errno, "unable to open '%s': %s", path, strerror(errno));
 	char dir[4096];
+	/* The state first, then DEST: a backup that commits in between writes
+	 * DEST before its state, so the state read is never ahead of the scan
+	 * by a point the scan missed (a false rollback). */
+	if (!o->no_state) {
+		const char *sd = o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR;
+		if (cbi_state_snapshot(sd, &c.state, &c.nstate)) {
+			c.state = NULL; /* an unreadable state: nothing to compare with, as before */
+			c.nstate = 0;
+		}
+	}
 	if (S_ISDIR(st.st_mode))
 		cbi_strlcpy(dir, path, sizeof dir);
 	else
@@ -295,6 +378,8 @@ int cbi_verify(const char *path, const cbi_verify_opts *o, cbi_verify_result *r,
 	const cbi_point *pts = cbi_chain_points(c.ch, &n);
 	if (S_ISDIR(st.st_mode)) {
 		check_dir_files(&c);
+		for (size_t i = 0; i < n; i++)
+			c.total += point_bytes(&pts[i]);
 		for (size_t i = 0; i < n; i++) {
 			cbi_error e;
 			if (cbi_chain_select(c.ch, i, &e)) {
@@ -327,6 +412,8 @@ int cbi_verify(const char *path, const cbi_verify_opts *o, cbi_verify_result *r,
 			goto end;
 		}
 		for (uint32_t s = 0; s <= pts[i].seq; s++)
+			c.total += point_bytes(cbi_chain_point(c.ch, s));
+		for (uint32_t s = 0; s <= pts[i].seq; s++)
 			if ((rc = verify_point(&c, s)))
 				goto end;
 		check_state(&c, i);
@@ -341,6 +428,7 @@ end:
 	if (!rc && r->problems)
 		rc = cbi_err(err, -CBI_EDAMAGED, "%llu problems found", (unsigned long long)r->problems);
 	cbi_chain_close(c.ch);
+	free(c.state);
 	free(c.scratch);
 	free(c.blk);
 	ZSTD_freeDCtx(c.dctx);

@@ -159,6 +159,16 @@ cp "$(point_of "$REMOTE" '.seq==0')" "$(jqr '.[] | select(.seq==0) | .ip')" "$T/
 expect_exit 1 "$CBIMG" backup -q --state-dir "$SD" --host pc2 --job offsite "$DEV_pc2" "$T/old"
 check_grep "state ahead of DEST: explained" "points in between are elsewhere" "$T/stderr"
 check_eq "nothing written on refusal" "$(count_files "$T/old")" 2
+# That seed disk, verified on the source machine: behind the local state is
+# no damage, a note saying how far behind (issue 14, item 4).
+expect_exit 0 "$CBIMG" verify --state-dir "$SD" "$T/old"
+check_grep "verify of a seed disk: a note saying how far behind" \
+	"note: chain .* ends at seq 0 here; the local state is at seq 2: 2 points behind"
+check_eq "verify of a seed disk: no DAMAGED line" "$(grep -c DAMAGED "$T/stdout")" 0
+expect_exit 0 "$CBIMG" verify -q --state-dir "$SD" "$T/old"
+check_eq "verify -q: the note is silenced" "$OUT" ""
+expect_exit 0 "$CBIMG" verify --json --state-dir "$SD" "$T/old"
+check_eq "verify --json: one chain behind, ok" "$(jout '"\(.behind) \(.ok) \(.notes | length)"')" "1 true 1"
 # DEST is ahead of the state (an old copy of the state): DEST wins, said so.
 cp -a "$SD" "$T/state-old"
 mkdir -p "$T/out3"
@@ -170,6 +180,28 @@ R4=$(sha256 "$DEV_pc2")
 expect_exit 0 "$CBIMG" backup --json --state-dir "$SD" --host pc2 --job offsite "$DEV_pc2" "$REMOTE" &&
 	check_eq "DEST ahead of the state: continues DEST's chain" "$(jout '"\(.point.seq) \(.from_state)"')" "4 false"
 check_grep "DEST ahead of the state: explained" "continuing from" "$T/stderr"
+# Shipping an outbox with a plain cp never replaces the remote's catalog
+# (item 17): an outbox holds none. One lock file per DEST (item 15): an old
+# per-job lock file nobody holds is removed. (On copies of the remote and
+# the state: the steps below go on with the originals.)
+RS=$T/remote-ship SS=$T/state-ship
+cp -a "$REMOTE" "$RS" && cp -a "$SD" "$SS"
+expect_exit 0 "$CBIMG" log --json "$RS"
+check_eq "remote: its own run logged" "$(jout '[.[] | select(.result == "ok")] | length')" 1
+REMOTE_RUN=$(jout '.[0].file')
+: >"$RS/.cbimg-0123456789abcdef.lock"
+change "$DEV_pc2" g2
+R5=$(sha256 "$DEV_pc2")
+mkdir -p "$T/out6"
+expect_exit 0 "$CBIMG" backup -q --state-dir "$SS" --host pc2 --job offsite "$DEV_pc2" "$T/out6"
+check_eq "outbox: no catalog and no run log" "$(ls -A "$T/out6" | grep -c '^cbimg-')" 0
+cp "$T/out6"/* "$RS"/                              # shipped, everything
+expect_exit 0 "$CBIMG" log --json "$RS"
+check_eq "remote: its catalog kept after the outbox was shipped" "$(jout '.[0].file')" "$REMOTE_RUN"
+expect_exit 0 "$CBIMG" verify --state-dir "$SS" "$RS"
+restore_check "$(point_of "$RS" '.job=="offsite" and .seq==5')" "$R5" "remote seq 5"
+expect_exit 0 "$CBIMG" backup -q --state-dir "$SS" --host pc2 --job offsite "$DEV_pc2" "$RS"
+check_eq "one lock file in the remote DEST" "$(ls -A "$RS" | grep '\.lock$' | tr '\n' ' ')" ".cbimg.lock "
 # A damaged state with an empty outbox: refused (no silent new chain).
 for f in "$SD"/*/*.cbx; do flip_byte "$f" 600; done
 mkdir -p "$T/out5"

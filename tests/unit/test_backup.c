@@ -7,6 +7,7 @@
 #include <sys/file.h>
 #include <xxhash.h>
 
+#include "job.h"
 #include "index.h"
 #include "image.h"
 #include "util.h"
@@ -533,14 +534,18 @@ static void test_lock_file(void **state)
 	o.job = "vec";
 	cbi_backup_result r;
 	tu_backup_ok(&o, &r);
-	const char *lock = tu_path(b->dest, ".cbimg-36501e7e15f85bbd.lock");
+	/* one lock file for every job; no per-job file */
+	const char *lock = tu_path(b->dest, ".cbimg.lock");
 	assert_true(tu_exists(lock));
 	assert_int_equal(tu_file_size(lock), 0);
+	assert_false(tu_exists(tu_path(b->dest, ".cbimg-36501e7e15f85bbd.lock")));
 
-	/* another holder of the lock: the backup refuses to fork the chain */
+	/* another holder of the job's byte: the backup refuses to fork the chain */
 	int fd = open(lock, O_RDWR);
 	assert_true(fd >= 0);
-	assert_int_equal(flock(fd, LOCK_EX | LOCK_NB), 0);
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
+			    .l_start = CBI_JOB_LOCK_OFFSET(0x36501e7e15f85bbdull), .l_len = 1 };
+	assert_int_equal(fcntl(fd, F_OFD_SETLK, &fl), 0);
 	cbi_error e;
 	memset(&e, 0, sizeof e);
 	assert_int_equal(cbi_backup(&o, &r, &e), -CBI_ELOCKED);
@@ -554,6 +559,25 @@ static void test_lock_file(void **state)
 	close(fd);
 	tu_backup_ok(&o, &r);
 	assert_int_equal(r.point.seq, 1);
+	assert_true(tu_exists(lock)); /* never removed: no unlink-after-unlock race */
+
+	/* an older version's lock file of the job, held: excluded too */
+	const char *old = tu_path(b->dest, ".cbimg-36501e7e15f85bbd.lock");
+	tu_write_file(old, "", 0);
+	fd = open(old, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(flock(fd, LOCK_EX | LOCK_NB), 0);
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_backup(&o, &r, &e), -CBI_ELOCKED);
+	assert_true(tu_exists(old));
+	close(fd);
+	/* not held: removed (as is another job's that nobody holds) */
+	const char *old2 = tu_path(b->dest, ".cbimg-0123456789abcdef.lock");
+	tu_write_file(old2, "", 0);
+	tu_backup_ok(&o, &r);
+	assert_int_equal(r.point.seq, 2);
+	assert_false(tu_exists(old));
+	assert_false(tu_exists(old2));
 }
 
 /* Something planted at the lock file's name (a symbolic link, a FIFO) is
@@ -568,7 +592,7 @@ static void test_lock_file_not_followed(void **state)
 	cbi_backup_result r;
 	cbi_error e;
 	char lock[4096], target[4096];
-	snprintf(lock, sizeof lock, "%s", tu_path(b->dest, ".cbimg-36501e7e15f85bbd.lock"));
+	snprintf(lock, sizeof lock, "%s", tu_path(b->dest, CBI_LOCK_NAME));
 	snprintf(target, sizeof target, "%s", tu_path(b->dir, "elsewhere"));
 	assert_int_equal(symlink(target, lock), 0);
 	memset(&e, 0, sizeof e);

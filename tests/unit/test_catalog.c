@@ -503,6 +503,91 @@ static void test_runs_recorded(void **state)
 	assert_int_equal(cbi_catalog_run_end(c->dest, 0, 0, NULL, &r, &e), 0);
 }
 
+/* An interrupted run is logged with what it read and wrote before it
+ * stopped (issue 14, item 13), not 0 B. */
+static int cancel_after_data(void *ud, uint64_t done, uint64_t total)
+{
+	(void)total;
+	uint64_t *at = ud;
+	if (!done)
+		return 0;
+	*at = done;
+	return 1;
+}
+
+static void test_interrupted_run_counts(void **state)
+{
+	cat_fix *c = *state;
+	const char *big = tu_path(c->dir, "big.img");
+	size_t size = 4u << 20;
+	uint8_t *b = malloc(size);
+	assert_non_null(b);
+	tu_fill_random(b, size, 9);
+	tu_write_file(big, b, size);
+	free(b);
+	cbi_backup_opts o = tu_bopts(big, c->dest);
+	o.block_size = 64 * 1024;
+	o.threads = 1;
+	uint64_t at = 0;
+	o.progress = cancel_after_data;
+	o.progress_ud = &at;
+	cbi_backup_result r;
+	cbi_error e;
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_backup(&o, &r, &e), -ECANCELED);
+	assert_true(at > 0);
+	assert_true(r.bytes_read >= at);
+	assert_true(r.bytes_written > 0);
+	size_t n = 0;
+	cbi_run *runs = log_ok(c->dest, NULL, &n);
+	assert_int_equal(n, 1);
+	assert_int_equal(runs[0].result, CBI_RUN_INTERRUPTED);
+	assert_int_equal(runs[0].bytes_read, r.bytes_read);
+	assert_int_equal(runs[0].bytes_written, r.bytes_written);
+	assert_true(runs[0].bytes_read > 0 && runs[0].bytes_written > 0);
+	free(runs);
+}
+
+/* An outbox (a chain continued from the local state) holds no catalog, so
+ * that shipping its files never replaces the remote's (item 17); nor does
+ * a listing make one there. */
+static void test_outbox_holds_no_catalog(void **state)
+{
+	cat_fix *c = *state;
+	char sd[4096], out[4096];
+	snprintf(sd, sizeof sd, "%s/state", c->dir);
+	snprintf(out, sizeof out, "%s/outbox", c->dir);
+	assert_int_equal(mkdir(out, 0755), 0);
+	cbi_backup_opts o = tu_bopts(c->src, c->dest);
+	o.no_state = 0;
+	o.state_dir = sd;
+	cbi_backup_result r;
+	tu_backup_ok(&o, &r);
+	assert_true(tu_exists(c->db));
+	o.dest = out;
+	tu_backup_ok(&o, &r);
+	assert_int_equal(r.from_state, 1);
+	assert_false(tu_exists(tu_path(out, CBI_CATALOG_NAME)));
+	tu_backup_ok(&o, &r); /* continues the outbox's own incremental */
+	assert_int_equal(r.point.seq, 2);
+	assert_false(tu_exists(tu_path(out, CBI_CATALOG_NAME)));
+	cbi_point *pts = NULL;
+	size_t n = 0;
+	cbi_error e;
+	assert_int_equal(cbi_list(out, &pts, &n, &e), 0);
+	assert_int_equal(n, 2);
+	free(pts);
+	assert_false(tu_exists(tu_path(out, CBI_CATALOG_NAME)));
+	/* a failed run there leaves none either */
+	tu_write_pattern(c->src, SRC_SIZE + 4096, 2);
+	assert_int_equal(cbi_backup(&o, &r, &e), -CBI_EMISMATCH);
+	assert_false(tu_exists(tu_path(out, CBI_CATALOG_NAME)));
+	/* the first DEST keeps its history */
+	cbi_run *runs = log_ok(c->dest, NULL, &n);
+	assert_int_equal(n, 1);
+	free(runs);
+}
+
 static void test_backup_without_catalog(void **state)
 {
 	cat_fix *c = *state;
@@ -934,6 +1019,8 @@ int main(void)
 		T(test_corrupt_catalog_moved_aside),
 		T(test_filters),
 		T(test_runs_recorded),
+		T(test_interrupted_run_counts),
+		T(test_outbox_holds_no_catalog),
 		T(test_backup_without_catalog),
 		T(test_no_catalog_where_no_points),
 		T(test_split_segments),

@@ -389,19 +389,62 @@ static void test_rollback_against_state(void **state)
 {
 	cfix *f = *state;
 	make_chain(f, 3, 0, 1, NULL);
+	cbi_point *st = NULL;
+	size_t nst = 0;
+	assert_int_equal(cbi_state_snapshot(f->state, &st, &nst), 0);
+	assert_int_equal(nst, 1);
+	assert_int_equal(st[0].seq, 2);
 	cbi_chain_opts o = copts(f, NULL);
 	cbi_chain *c = open_ok(f->r[2].point.file, &o);
 	cbi_error e;
-	assert_int_equal(cbi_chain_check_state(c, cbi_chain_point(c, 2), &e), 0);
-	/* seq 1 as the newest here: the state knows seq 2 */
-	assert_int_equal(cbi_chain_check_state(c, cbi_chain_point(c, 1), &e), -CBI_EMISMATCH);
-	assert_non_null(strstr(e.msg, "newer points are missing"));
+	uint32_t behind = 9, sseq = 9;
+	assert_int_equal(cbi_chain_check_state(c, cbi_chain_point(c, 2), st, nst, &behind, &sseq, &e), 0);
+	assert_int_equal(behind, 0);
+	assert_int_equal(sseq, 2);
+	/* seq 1 as the newest here: the state continues it (its parent), one behind */
+	assert_int_equal(cbi_chain_check_state(c, cbi_chain_point(c, 1), st, nst, &behind, &sseq, &e), 0);
+	assert_int_equal(behind, 1);
+	/* seq 0: two behind, continued as far as the indexes tell */
+	assert_int_equal(cbi_chain_check_state(c, cbi_chain_point(c, 0), st, nst, &behind, &sseq, &e), 0);
+	assert_int_equal(behind, 2);
+	/* no state: nothing to compare */
+	assert_int_equal(cbi_chain_check_state(c, cbi_chain_point(c, 1), st, 0, &behind, &sseq, &e), 0);
+	assert_int_equal(behind, 0);
+	/* another point at seq 2 in the state: forked, or a point replaced */
+	cbi_point fork = st[0];
+	fork.point_id[0] ^= 1;
+	assert_int_equal(cbi_chain_check_state(c, cbi_chain_point(c, 2), &fork, 1, &behind, &sseq, &e),
+			 -CBI_EMISMATCH);
+	assert_non_null(strstr(e.msg, "forked"));
+	/* ... also when the state's seq is below the tip here */
+	cbi_point older = st[0];
+	older.seq = 1;
+	assert_int_equal(cbi_chain_check_state(c, cbi_chain_point(c, 2), &older, 1, &behind, &sseq, &e),
+			 -CBI_EMISMATCH);
+	/* a newer state point that does not continue the tip here */
+	cbi_point other = st[0];
+	other.parent_id[3] ^= 1;
+	assert_int_equal(cbi_chain_check_state(c, cbi_chain_point(c, 1), &other, 1, &behind, &sseq, &e),
+			 -CBI_EMISMATCH);
+	assert_non_null(strstr(e.msg, "does not continue"));
 	cbi_chain_close(c);
-	/* no_state: no check */
-	o.no_state = 1;
-	c = open_ok(f->r[1].point.file, &o);
-	assert_int_equal(cbi_chain_check_state(c, cbi_chain_point(c, 1), &e), 0);
+	/* two behind, but the state's index disagrees on a block it says is
+	 * unchanged since seq 0: the index of seq 1 of another chain */
+	cfix g = *f;
+	snprintf(g.dest, sizeof g.dest, "%s/dest2", f->dir);
+	snprintf(g.state, sizeof g.state, "%s/state2", f->dir);
+	assert_int_equal(mkdir(g.dest, 0755), 0);
+	assert_int_equal(mkdir(g.state, 0700), 0);
+	change_block(g.src, 3, 77);
+	make_chain(&g, 2, 0, 0, NULL);
+	c = open_ok(f->r[2].point.file, &o);
+	cbi_point alien = st[0];
+	cbi_strlcpy(alien.index_file, g.r[1].point.index_file, sizeof alien.index_file);
+	alien.seq = 2;
+	assert_int_equal(cbi_chain_check_state(c, cbi_chain_point(c, 0), &alien, 1, &behind, &sseq, &e),
+			 -CBI_EMISMATCH);
 	cbi_chain_close(c);
+	free(st);
 }
 
 /* ---- verify.c:124: every chain's own unlock failure is reported, not the

@@ -314,6 +314,113 @@ static void test_cancel(void **state)
 	assert_int_equal(e.code, -ECANCELED);
 }
 
+/* Progress covers the whole run, in bytes: every index once, every image
+ * twice (digest, records), never going back, ending at the total. */
+typedef struct prog_rec {
+	uint64_t calls, last, total, back, total_changed;
+} prog_rec;
+
+static int prog_cb(void *ud, uint64_t done, uint64_t total)
+{
+	prog_rec *p = ud;
+	if (p->calls && done < p->last)
+		p->back++;
+	if (p->calls && total != p->total)
+		p->total_changed++;
+	p->calls++;
+	p->last = done;
+	p->total = total;
+	return 0;
+}
+
+static void test_progress_bytes(void **state)
+{
+	vf_fix *v = *state;
+	uint64_t want = 0;
+	for (int i = 0; i < 3; i++)
+		want += v->r[i].point.index_bytes + 2 * v->r[i].point.stored_bytes;
+	prog_rec p = { 0 };
+	cbi_verify_result r;
+	assert_int_equal(cbi_verify(v->dest, &(cbi_verify_opts){ .progress = prog_cb, .progress_ud = &p,
+								  .no_state = 1 }, &r, NULL), 0);
+	assert_true(p.calls >= 3);
+	assert_int_equal(p.back, 0);
+	assert_int_equal(p.total_changed, 0);
+	assert_int_equal(p.total, want);
+	assert_int_equal(p.last, want);
+	assert_int_equal(r.bytes_checked, want);
+	/* one file: its chain's points only, from 0 again */
+	memset(&p, 0, sizeof p);
+	assert_int_equal(cbi_verify(v->r[1].point.file, &(cbi_verify_opts){ .progress = prog_cb,
+			 .progress_ud = &p, .no_state = 1 }, &r, NULL), 0);
+	want = 0;
+	for (int i = 0; i < 2; i++)
+		want += v->r[i].point.index_bytes + 2 * v->r[i].point.stored_bytes;
+	assert_int_equal(p.back, 0);
+	assert_int_equal(p.total, want);
+	assert_int_equal(p.last, want);
+}
+
+/* A chain behind the local state is a note, not a problem; a state that
+ * records another point at a seq the chain has is a problem. */
+static void on_note(void *ud, const char *file, int64_t block, const char *what)
+{
+	findings *f = ud;
+	(void)block;
+	if (f->n < 64)
+		snprintf(f->lines[f->n++], sizeof f->lines[0], "NOTE %.600s: %.700s", file, what);
+}
+
+static void test_behind_state(void **state)
+{
+	vf_fix *v = *state;
+	char sd[4096], seed[4096];
+	snprintf(sd, sizeof sd, "%s/state", v->dir);
+	snprintf(seed, sizeof seed, "%s/seed", v->dir);
+	assert_int_equal(mkdir(seed, 0755), 0);
+	/* a seed disk holds the full; the state continues past it */
+	cbi_backup_opts o = tu_bopts(v->src, seed);
+	o.no_state = 0;
+	o.state_dir = sd;
+	cbi_backup_result r0, r1;
+	tu_backup_ok(&o, &r0);
+	char out[4096];
+	snprintf(out, sizeof out, "%s/outbox", v->dir);
+	assert_int_equal(mkdir(out, 0755), 0);
+	o.dest = out;
+	tu_backup_ok(&o, &r1);
+	assert_int_equal(r1.point.seq, 1);
+	assert_int_equal(r1.from_state, 1);
+	findings f;
+	cbi_verify_result r;
+	cbi_error e;
+	findings_init(&f);
+	memset(&e, 0, sizeof e);
+	cbi_verify_opts vo = { .fn = on_problem, .note = on_note, .ud = &f, .state_dir = sd };
+	int rc = cbi_verify(seed, &vo, &r, &e);
+	if (rc)
+		findings_dump(&f);
+	assert_int_equal(rc, 0);
+	assert_int_equal(r.problems, 0);
+	assert_int_equal(r.behind, 1);
+	assert_true(findings_has(&f, "NOTE"));
+	assert_true(findings_has(&f, "ends at seq 0 here; the local state is at seq 1: 1 point behind"));
+	/* the full's own file: the same */
+	findings_init(&f);
+	assert_int_equal(cbi_verify(r0.point.file, &vo, &r, &e), 0);
+	assert_int_equal(r.behind, 1);
+	/* a fork: another seq 1 on the seed disk than the state's */
+	o.dest = seed;
+	o.no_state = 1;
+	cbi_backup_result r2;
+	tu_backup_ok(&o, &r2);
+	assert_int_equal(r2.point.seq, 1);
+	findings_init(&f);
+	assert_int_equal(cbi_verify(seed, &vo, &r, &e), -CBI_EDAMAGED);
+	assert_int_equal(r.behind, 0);
+	assert_true(findings_has(&f, "forked"));
+}
+
 /* ------------------------------------------------------------ vectors */
 
 static int vectors_dir(const char *sub, char *out, size_t outsz)
@@ -428,6 +535,8 @@ int main(void)
 		T(test_truncated_file_in_dir),
 		T(test_missing_files),
 		T(test_cancel),
+		T(test_progress_bytes),
+		T(test_behind_state),
 		cmocka_unit_test(test_vectors),
 	};
 	return cmocka_run_group_tests_name("verify", tests, NULL, NULL);
