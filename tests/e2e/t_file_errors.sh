@@ -2,7 +2,8 @@
 # Errors reported as they should be (issue 10's review fixes):
 #  1. one error, one line: a failing command writes exactly one newline-ended
 #     line to stderr (never a library message and the CLI's own run together)
-#     for a missing DEST, a missing source, a file that is not a cbimg file;
+#     for a missing DEST, a missing source, a file that is not a cbimg file
+#     (a usage error since issue 14: exit 2);
 #  2. an image whose trailer's table_offset + 24 * record_count + 128 wraps
 #     around to the file size (crafted) is damage: info of the image and
 #     restore exit 3, info of its index does not call the image complete;
@@ -21,13 +22,18 @@ put_u64() {
 }
 
 # one_line DESCRIPTION: the stderr of the last expect_exit is one line,
-# ended by a newline, with one "cbimg" message on it; stdout is empty.
+# ended by a newline, with one "cbimg" message on it; stdout is empty, or
+# with --json the one error object (issue 14: {"schema", "error", "exit"}).
 one_line() {
 	local lines last msgs
 	lines=$(wc -l <"$T/stderr")
 	last=$(tail -c 1 "$T/stderr" | od -An -tx1 | tr -d ' ')
 	msgs=$(grep -o 'cbimg[a-z ]*:' "$T/stderr" | wc -l)
-	if [ "$lines" = 1 ] && [ "$last" = 0a ] && [ "$msgs" = 1 ] && [ ! -s "$T/stdout" ]; then
+	local out_ok=0
+	if [ ! -s "$T/stdout" ] || jq -e 'has("error") and has("exit")' "$T/stdout" >/dev/null 2>&1; then
+		out_ok=1
+	fi
+	if [ "$lines" = 1 ] && [ "$last" = 0a ] && [ "$msgs" = 1 ] && [ "$out_ok" = 1 ]; then
 		pass "$1: one line on stderr"
 	else
 		fail "$1: stderr is not one line ($lines newlines, last byte '$last', $msgs messages, stdout $(wc -c <"$T/stdout") bytes)"
@@ -48,10 +54,10 @@ expect_exit 1 "$CBIMG" backup "$S" "$T/missing-dest" && one_line "backup to a mi
 expect_exit 1 "$CBIMG" backup -q "$S" "$T/missing-dest" && one_line "backup -q to a missing DEST"
 expect_exit 1 "$CBIMG" backup --json "$S" "$T/missing-dest" && one_line "backup --json to a missing DEST"
 expect_exit 1 "$CBIMG" backup "$T/missing-source.img" "$D" && one_line "backup of a missing source"
-expect_exit 3 "$CBIMG" restore "$NOTCBI" "$T/out.img" && one_line "restore of a file that is not a cbimg file"
-expect_exit 3 "$CBIMG" restore --json "$NOTCBI" "$T/out.img" && one_line "restore --json of a file that is not a cbimg file"
+expect_exit 2 "$CBIMG" restore "$NOTCBI" "$T/out.img" && one_line "restore of a file that is not a cbimg file"
+expect_exit 2 "$CBIMG" restore --json "$NOTCBI" "$T/out.img" && one_line "restore --json of a file that is not a cbimg file"
 expect_exit 1 "$CBIMG" restore "$T/missing.cbx" "$T/out.img" && one_line "restore of a missing point"
-expect_exit 3 "$CBIMG" info "$NOTCBI" && one_line "info of a file that is not a cbimg file"
+expect_exit 2 "$CBIMG" info "$NOTCBI" && one_line "info of a file that is not a cbimg file"
 expect_exit 1 "$CBIMG" list "$T/missing-dest" && one_line "list of a missing DEST"
 check "nothing restored from a bad point" test ! -e "$T/out.img"
 
