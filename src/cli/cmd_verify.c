@@ -8,7 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-enum { OPT_JSON = 256, OPT_PASSWORD_FILE, OPT_STATE_DIR, OPT_NO_STATE };
+enum { OPT_JSON = 256, OPT_PASSWORD_FILE, OPT_STATE_DIR, OPT_NO_STATE, OPT_JSON_PROGRESS };
 
 static const struct cli_option verify_options[] = {
 	{ 'q', "quiet", NULL, "print only the problems, no progress or summary" },
@@ -16,6 +16,8 @@ static const struct cli_option verify_options[] = {
 	{ OPT_PASSWORD_FILE, "password-file", "FILE", "passphrase of encrypted chains from FILE (default: $CBIMG_PASSWORD, or ask)" },
 	{ OPT_STATE_DIR, "state-dir", "DIR", "local state to compare with (default /var/lib/cbimg)" },
 	{ OPT_NO_STATE, "no-state", NULL, "do not compare with the local state" },
+	{ OPT_JSON_PROGRESS, "json-progress", NULL, "print progress as JSON Lines on stdout" },
+	CLI_OPTS_SELECT,
 	CLI_OPT_HELP,
 	CLI_OPT_END
 };
@@ -85,7 +87,7 @@ static void print_json(const char *path, const struct verify_state *s, const cbi
 	json_begin_object(&j, NULL);
 	json_u64(&j, "schema", CLI_JSON_SCHEMA);
 	json_string(&j, "path", path);
-	json_bool(&j, "ok", status == CLI_OK);
+	json_bool(&j, "ok", status == CLI_OK || status == CLI_WARN);
 	json_i64(&j, "exit", status);
 	json_u64(&j, "files_checked", r->files_checked);
 	json_u64(&j, "points_checked", r->points_checked);
@@ -127,29 +129,46 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 	cbi_error err = { 0 };
 	struct cli_progress prog;
 	const char *path, *error = NULL;
-	int quiet = 0, c, rc, status;
+	int quiet = 0, json_progress = 0, c, rc, status;
 	uint64_t problems;
 	struct stat st;
+	struct cli_select sel = { 0 };
+	cbi_point chosen;
 
 	cli_pass_init(&pass, "CBIMG_PASSWORD");
 	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
+		if ((rc = cli_select_option(cmd, &sel, c, optarg)) < 0)
+			return CLI_USAGE;
+		if (rc > 0)
+			continue;
 		switch (c) {
 		case 'q': quiet = 1; break;
 		case OPT_JSON: s.json = 1; break;
 		case OPT_PASSWORD_FILE: pass.file = optarg; break;
 		case OPT_STATE_DIR: vo.state_dir = optarg; break;
 		case OPT_NO_STATE: vo.no_state = 1; break;
+		case OPT_JSON_PROGRESS: json_progress = 1; break;
 		default: return cli_opt_exit(cmd, c);
 		}
 	}
-	if ((rc = cli_check_operands(cmd, argc, argv, 1)))
+	if ((rc = cli_select_operands(cmd, &sel, &argc, argv, 0)))
 		return rc;
 	path = argv[optind];
+	if (cli_select_active(&sel, 1)) {
+		/* DEST and a selector: that point and its ancestors */
+		if ((rc = cli_select_point(cmd, &sel, path, &chosen)))
+			return rc;
+		path = cli_point_path(&chosen);
+		if (!quiet && !s.json && !json_progress)
+			fprintf(stderr, "cbimg: note: verifying '%s'\n", path);
+	}
 	/* a directory is verified whole; a file must be a point file */
 	if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && (rc = cli_check_point_file(path)))
 		return rc;
 
 	cli_progress_init(&prog, quiet || s.json);
+	if (json_progress)
+		cli_progress_json(&prog, "verify");
 	s.prog = &prog;
 	vo.fn = on_problem;
 	vo.ud = &s;
@@ -182,13 +201,15 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 	if (error && problems == 0)
 		problems = 1;
 	status = rc == 0 && problems == 0 ? CLI_OK : CLI_DAMAGE;
+	/* CLI_WARN hook: a chain behind the local state (cbi_verify_result.behind,
+	 * branch verify14) is a warning: if (status == CLI_OK && r.behind) status = CLI_WARN; */
 	if (s.json) {
 		print_json(path, &s, &r, status, error);
-	} else if (!quiet) {
+	} else if (!quiet && !json_progress) {
 		printf("verified %" PRIu64 " file%s, %" PRIu64 " point%s, %" PRIu64 " block%s: ",
 		       r.files_checked, cli_plural(r.files_checked), r.points_checked,
 		       cli_plural(r.points_checked), r.blocks_checked, cli_plural(r.blocks_checked));
-		if (status == CLI_OK)
+		if (status == CLI_OK || status == CLI_WARN)
 			printf("OK\n");
 		else
 			printf("%" PRIu64 " problem%s\n", problems, cli_plural(problems));
@@ -208,6 +229,9 @@ const struct cli_command cli_verify = {
 		"Encrypted chains need their passphrase: every file's HMAC and every\n"
 		"record's GCM tag is then checked. When the local state of a job records a\n"
 		"newer point than PATH holds, that is reported too (--no-state: skip).\n"
+		"Instead of PATH, a selector chooses one point in directory DEST:\n"
+		"'cbimg verify DEST latest' (or --latest), --at TIME, --host, --source and\n"
+		"--job as in 'cbimg restore'. --json-progress prints progress as JSON Lines.\n"
 		"Exit 3: problems found; 4: wrong or missing passphrase.",
 	.options = verify_options,
 	.run = cmd_verify,
