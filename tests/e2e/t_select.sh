@@ -98,6 +98,22 @@ expect_exit 5 "$CBIMG" backup --json --no-state --hash sha256 "$T/s.img" "$T/d5"
 check_eq "exit 5 --json: the result, not an error object" "$(jout '.warnings | length')" 1
 check_eq "exit 5 --json: a point was written" "$(jout '.point.seq')" 2
 
+# a live source: mounted read-write, read without a snapshot (root, loop)
+if is_root && command -v mkfs.ext4 >/dev/null 2>&1 && losetup -f >/dev/null 2>&1; then
+	truncate -s 16M "$T/live.img"
+	mkfs.ext4 -q -F "$T/live.img" >/dev/null 2>&1 || die "mkfs.ext4"
+	new_loop "$T/live.img" || die "losetup"
+	do_mount "$LOOPDEV" "$T/mnt-live" || die "mount"
+	mkdir -p "$T/dl"
+	expect_exit 5 "$CBIMG" backup -q --no-state "$LOOPDEV" "$T/dl"
+	check_grep "mounted read-write: warns, exit 5" "^cbimg: warning: .*mounted read-write"
+	do_umount "$T/mnt-live"
+	expect_exit 0 "$CBIMG" backup -q --no-state "$LOOPDEV" "$T/dl"
+	check_eq "unmounted: no warning, exit 0" "$OUT" ""
+else
+	skip_part "live source mounted read-write: needs root, a loop device and mkfs.ext4"
+fi
+
 # ------------------------------------------------------- --json-progress
 is_jsonl() { jq -e . "$1" >/dev/null 2>&1 && ! grep -qv '^{.*}$' "$1"; }
 fill_random "$T/big.img" 0 $((96 * 1024))
