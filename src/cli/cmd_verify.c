@@ -30,6 +30,8 @@ struct problem {
 
 struct verify_state {
 	int json;
+	FILE *out;              /* where problems are printed: stdout, or stderr under
+	                         * --json-progress (stdout holds JSON Lines only) */
 	struct cli_progress *prog;
 	struct problem *list;   /* --json: problems kept for the final object */
 	size_t n, cap;
@@ -50,10 +52,10 @@ static void on_problem(void *ud, const char *file, int64_t block, const char *wh
 	if (!s->json) {
 		cli_progress_end(s->prog);
 		if (block >= 0)
-			printf("DAMAGED %s: block %" PRId64 ": %s\n", file, block, what);
+			fprintf(s->out, "DAMAGED %s: block %" PRId64 ": %s\n", file, block, what);
 		else
-			printf("DAMAGED %s: %s\n", file, what);
-		fflush(stdout);
+			fprintf(s->out, "DAMAGED %s: %s\n", file, what);
+		fflush(s->out);
 		return;
 	}
 	if (s->n == s->cap) {
@@ -167,8 +169,11 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 		return rc;
 
 	cli_progress_init(&prog, quiet || s.json);
-	if (json_progress)
+	s.out = stdout;
+	if (json_progress) {
 		cli_progress_json(&prog, "verify");
+		s.out = stderr;
+	}
 	s.prog = &prog;
 	vo.fn = on_problem;
 	vo.ud = &s;

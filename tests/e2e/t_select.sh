@@ -147,6 +147,13 @@ expect_exit 0 "$CBIMG" verify --json-progress "$T/dp"
 check_eq "verify --json-progress: progress lines of verify only" \
 	"$(jq -r 'select(.command != "verify") | 1' "$T/stdout")" ""
 check_eq "verify: ends with a final line" "$(tail -n1 "$T/stdout" | jq .final)" true
+# damage under --json-progress: DAMAGED lines on stderr, stdout stays JSON Lines
+cp -a "$T/d5" "$T/d6"
+img=$(ls "$T/d6"/*full0000*.cbi | head -n1)
+flip_byte "$img" $(( $(filesize "$img") / 2 ))
+expect_exit 3 "$CBIMG" verify --json-progress --no-state "$T/d6"
+check "damaged: stdout holds JSON Lines only" is_jsonl "$T/stdout"
+check "damaged: the problem on stderr" grep -q '^DAMAGED ' "$T/stderr"
 expect_exit 1 "$CBIMG" backup --json --json-progress --no-state "$T/nosuch.img" "$T/dp"
 check_eq "a failure with --json: the error object is the last line" "$(tail -n1 "$T/stdout" | jq .exit)" 1
 finish
