@@ -182,6 +182,43 @@ typedef struct cbi_list_filter {
 int cbi_list_filtered(const char *dest, const cbi_list_filter *f, cbi_point **out, size_t *n,
 		      cbi_error *err) CBI_WUR;
 
+/* ------------------------------------------------------------- selectors */
+
+/* A point chosen by what it is rather than by its file name (restore, info,
+ * verify and list take one on the command line). Strings are compared
+ * exactly, as cbi_list_filter compares them; NULL or "" matches anything. */
+typedef struct cbi_selector {
+	const char *host;
+	const char *source;       /* the source id or the source path */
+	const char *job;
+	int64_t at_ns;            /* the newest point created at or before this Unix time in
+	                           * nanoseconds (UTC); 0: the newest point of all */
+} cbi_selector;
+
+/* Choose one point of directory DEST by s (NULL: the newest point): of the
+ * points cbi_list_filtered() returns for s's host, source and job, the
+ * newest (by creation time, whichever chain it is in; the last of its
+ * group in the listing order) created at or before s->at_ns. The points
+ * must all belong to one group (host, job, source id): when several groups
+ * match, nothing is chosen and -CBI_EUSAGE says which groups matched
+ * ("several jobs in 'DEST' match: host 'a' job 'j' source 's', ...;
+ * narrow with --host, --source or --job"), at most the first few and how
+ * many more. -CBI_ENOCHAIN when no point matches (none in DEST, none of the
+ * group, or none created at or before s->at_ns). On success *out is the
+ * point, as cbi_list() describes it (out->index_file is its index file;
+ * out->file its image file, "" when missing). */
+int cbi_select_point(const char *dest, const cbi_selector *s, cbi_point *out, cbi_error *err) CBI_WUR;
+
+/* Parse a time for cbi_selector.at_ns, into Unix nanoseconds: ISO 8601
+ * "YYYY-MM-DDTHH:MM[:SS]" followed by "Z" (UTC) or an offset "+HH:MM",
+ * "-HHMM"; the same without a zone, or "YYYY-MM-DD[ HH:MM[:SS]]", in local
+ * time (TZ); "@SECONDS" (Unix time). A date alone is its midnight, a time
+ * without seconds its :00. The result is the end of the second given
+ * (SECONDS * 10^9 + 999999999), so that a point whose time is shown with
+ * that second (cbimg list) is at or before it. -CBI_EUSAGE for anything
+ * else (naming s and the forms expected). */
+int cbi_parse_time(const char *s, int64_t *ns, cbi_error *err) CBI_WUR;
+
 /* ---------------------------------------------------------------- backup */
 
 /* Highest zstd level a backup accepts (-CBI_EUSAGE above it): zstd's levels

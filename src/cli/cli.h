@@ -21,6 +21,9 @@ enum {
 	CLI_USAGE = 2,   /* bad command line or option value */
 	CLI_DAMAGE = 3,  /* stored data was found damaged, incomplete or altered */
 	CLI_PASS = 4,    /* wrong passphrase, or none given for an encrypted chain */
+	CLI_WARN = 5,    /* success, with a warning that monitoring should see (a live source
+	                  * read without a snapshot, a catalog not updated or missing, a chain
+	                  * behind the local state) */
 };
 
 /* One option of a command. A printable ASCII id doubles as the short option
@@ -143,6 +146,55 @@ char *cli_human_size(uint64_t bytes, char buf[32]);
 /* Megabytes (10^6) per second, 0 when seconds is not positive. */
 double cli_mb_per_s(uint64_t bytes, double seconds);
 
+/* --------------------------------------------------------- select.c */
+
+/* Point selectors of restore, info, verify and list: --latest, --at TIME,
+ * --host, --source, --job, and the operand "latest" after DEST. Option ids
+ * from 1000 up, apart from the commands' own. */
+enum { CLI_OPT_LATEST = 1000, CLI_OPT_AT, CLI_OPT_SEL_HOST, CLI_OPT_SEL_SOURCE, CLI_OPT_SEL_JOB };
+
+#define CLI_OPTS_SELECT_TIME \
+	{ CLI_OPT_LATEST, "latest", NULL, "the newest point in DEST (as the operand 'latest')" }, \
+	{ CLI_OPT_AT, "at", "TIME", "the newest point in DEST created at or before TIME" }
+#define CLI_OPTS_SELECT \
+	CLI_OPTS_SELECT_TIME, \
+	{ CLI_OPT_SEL_HOST, "host", "H", "select among the points of host H" }, \
+	{ CLI_OPT_SEL_SOURCE, "source", "S", "select among the points of source S (id or path)" }, \
+	{ CLI_OPT_SEL_JOB, "job", "J", "select among the points of job J" }
+
+struct cli_select {
+	cbi_selector sel;
+	int latest;      /* --latest, or the operand "latest" */
+	int narrow;      /* --host, --source or --job */
+};
+
+/* Take option id if it is a selector option: 1 when taken, 0 when not,
+ * -1 after a usage error (an invalid TIME; return CLI_USAGE). */
+int cli_select_option(const struct cli_command *cmd, struct cli_select *s, int id, const char *arg);
+
+/* Check the operands: the point (a file, or DEST with a selector) and then
+ * `rest` more. "DEST latest REST..." is taken as --latest (the operand is
+ * removed from argv). 0, or the usage error's status. */
+int cli_select_operands(const struct cli_command *cmd, struct cli_select *s, int *argc, char **argv,
+			int rest);
+
+/* Is a point selected from a DEST (any selector given; narrow: --host,
+ * --source or --job count too)? */
+int cli_select_active(const struct cli_select *s, int narrow);
+
+/* Choose the point in dest (a directory, else a usage error): 0 and *out,
+ * or the exit status after printing the error (2 for several candidates,
+ * 1 when none matches). */
+int cli_select_point(const struct cli_command *cmd, const struct cli_select *s, const char *dest,
+		     cbi_point *out);
+
+/* A point given as a file without a selector: cli_check_point_file(), and
+ * a directory is a usage error that suggests a selector. */
+int cli_select_file(const struct cli_command *cmd, const char *path);
+
+/* The file to hand to restore/verify/info for p: its image, else its index. */
+const char *cli_point_path(const cbi_point *p);
+
 /* ------------------------------------------------------- progress.c */
 
 /* Install SIGINT and SIGTERM handlers that only set a flag; a second signal
@@ -160,6 +212,9 @@ double cli_now(void);
  * even when nothing is drawn. */
 struct cli_progress {
 	int show;        /* draw (stderr is a terminal, not -q, not --json) */
+	const char *json_command; /* --json-progress: JSON Lines on stdout for this command */
+	double json_last;         /* time of the last JSON line */
+	uint64_t done, total;     /* the last values seen */
 	double start;    /* cli_now() at init */
 	double last;     /* time of the last redraw */
 	int width;       /* characters on the line now, 0 when clear */
@@ -172,7 +227,15 @@ void cli_progress_init(struct cli_progress *p, int quiet);
  * non-zero once the user asked to stop. */
 int cli_progress_cb(void *ud, uint64_t done, uint64_t total);
 
-/* Clear the progress line (call before printing anything else). */
+/* --json-progress: also write one JSON object per line on stdout, at most
+ * about 4 a second and a final one from cli_progress_end():
+ * {"schema":1,"message_type":"progress","command":CMD,"bytes_done":N,
+ * "bytes_total":N,"percent":F,"elapsed":F,"rate":F,"final":B}.
+ * Other JSON documents are then printed on one line each too. */
+void cli_progress_json(struct cli_progress *p, const char *command);
+
+/* Clear the progress line (call before printing anything else); with
+ * --json-progress, write the final JSON line. */
 void cli_progress_end(struct cli_progress *p);
 
 /* Clear whatever progress line is on the screen, to print a message or a

@@ -24,6 +24,7 @@ enum {
 	OPT_HASH,
 	OPT_SCRYPT,
 	OPT_USED_ONLY,
+	OPT_JSON_PROGRESS,
 };
 
 static const struct cli_option backup_options[] = {
@@ -44,6 +45,7 @@ static const struct cli_option backup_options[] = {
 	{ OPT_USED_ONLY, "used-only", NULL, "read only the blocks the ext2/3/4 file system uses" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
+	{ OPT_JSON_PROGRESS, "json-progress", NULL, "print progress as JSON Lines on stdout" },
 	CLI_OPT_HELP,
 	CLI_OPT_END
 };
@@ -152,7 +154,7 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 	cbi_error err = { 0 };
 	struct cli_progress prog;
 	struct cli_pass pass;
-	int quiet = 0, json = 0, c, rc;
+	int quiet = 0, json = 0, json_progress = 0, c, rc;
 	uint64_t v;
 
 	cli_pass_init(&pass, "CBIMG_PASSWORD");
@@ -202,6 +204,7 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 		case OPT_USED_ONLY: o.used_only = 1; break;
 		case 'q': quiet = 1; break;
 		case OPT_JSON: json = 1; break;
+		case OPT_JSON_PROGRESS: json_progress = 1; break;
 		default: return cli_opt_exit(cmd, c);
 		}
 	}
@@ -213,6 +216,8 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 		o.state_dir = getenv("CBIMG_STATE_DIR");
 
 	cli_progress_init(&prog, quiet || json);
+	if (json_progress)
+		cli_progress_json(&prog, "backup");
 	o.progress = cli_progress_cb;
 	o.progress_ud = &prog;
 	o.pass = cli_pass_cb;
@@ -225,7 +230,7 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 
 	if (json)
 		print_json(&r);
-	else if (!quiet)
+	else if (!quiet && !json_progress)
 		print_summary(&o, &r);
 	if (r.notice[0] && !quiet) {
 		fflush(stdout);
@@ -234,7 +239,8 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 	fflush(stdout);
 	for (unsigned i = 0; i < r.n_warnings && i < CBI_MAX_WARNINGS; i++)
 		fprintf(stderr, "cbimg: warning: %s\n", r.warnings[i]);
-	return CLI_OK;
+	/* a point was written, but something needs a look (exit status 5) */
+	return r.n_warnings > 0 || r.warning[0] ? CLI_WARN : CLI_OK;
 }
 
 const struct cli_command cli_backup = {
@@ -258,7 +264,10 @@ const struct cli_command cli_backup = {
 		"the chain cannot be read. Exit 4: wrong or missing passphrase.\n"
 		"--used-only reads only the blocks that the ext2/3/4 file system on SOURCE\n"
 		"uses (its block bitmaps); the others are stored as zero blocks and restore\n"
-		"as zeros. It is refused for a source mounted read-write.",
+		"as zeros. It is refused for a source mounted read-write.\n"
+		"Exit 5: the point was written, with a warning (a source mounted read-write\n"
+		"read without a snapshot, a catalog not updated, ...). --json-progress prints\n"
+		"progress as JSON Lines on stdout.",
 	.options = backup_options,
 	.run = cmd_backup,
 };

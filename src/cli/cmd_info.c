@@ -5,6 +5,7 @@
 #include "cli.h"
 #include "json.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -147,6 +148,7 @@ void cli_json_point(struct json *j, const char *key, const cbi_point *p)
 
 static const struct cli_option info_options[] = {
 	{ OPT_JSON, "json", NULL, "print the point as one JSON object" },
+	CLI_OPTS_SELECT,
 	CLI_OPT_HELP,
 	CLI_OPT_END
 };
@@ -224,20 +226,35 @@ static void print_point(const cbi_point *p)
 
 static int cmd_info(const struct cli_command *cmd, int argc, char **argv)
 {
-	cbi_point p;
+	cbi_point p, chosen;
 	cbi_error err = { 0 };
+	struct cli_select sel = { 0 };
+	const char *file;
 	int json = 0, c, rc;
 
 	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
+		if ((rc = cli_select_option(cmd, &sel, c, optarg)) < 0)
+			return CLI_USAGE;
+		if (rc > 0)
+			continue;
 		switch (c) {
 		case OPT_JSON: json = 1; break;
 		default: return cli_opt_exit(cmd, c);
 		}
 	}
-	if ((rc = cli_check_operands(cmd, argc, argv, 1)) || (rc = cli_check_point_file(argv[optind])))
+	if ((rc = cli_select_operands(cmd, &sel, &argc, argv, 0)))
 		return rc;
+	if (cli_select_active(&sel, 1)) {
+		if ((rc = cli_select_point(cmd, &sel, argv[optind], &chosen)))
+			return rc;
+		file = cli_point_path(&chosen);
+	} else {
+		if ((rc = cli_select_file(cmd, argv[optind])))
+			return rc;
+		file = argv[optind];
+	}
 
-	rc = cbi_point_info(argv[optind], &p, &err);
+	rc = cbi_point_info(file, &p, &err);
 	if (rc < 0)
 		return cli_fail(rc, &err);
 	if (json) {
@@ -255,7 +272,10 @@ const struct cli_command cli_info = {
 	.name = "info",
 	.operands = "[--json] FILE",
 	.summary = "show the header and trailer of an image or index file",
-	.description = "The file's digest is not checked; use 'cbimg verify' for that.",
+	.description = "The file's digest is not checked; use 'cbimg verify' for that. Instead of\n"
+		       "FILE, a selector chooses a point in directory DEST: 'cbimg info DEST\n"
+		       "latest' (or --latest) the newest, --at TIME the newest created at or before\n"
+		       "TIME; --host, --source and --job narrow the choice to one job.",
 	.options = info_options,
 	.run = cmd_info,
 };
@@ -267,6 +287,7 @@ static const struct cli_option list_options[] = {
 	{ OPT_SOURCE, "source", "S", "only the points of source S (its id or its path)" },
 	{ OPT_JOB, "job", "J", "only the points of job J" },
 	{ OPT_JSON, "json", NULL, "print one JSON array with an object per point" },
+	CLI_OPTS_SELECT_TIME,
 	CLI_OPT_HELP,
 	CLI_OPT_END
 };
@@ -346,9 +367,14 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 	size_t n = 0;
 	cbi_error err = { 0 };
 	cbi_list_filter filter = { 0 };
+	struct cli_select sel = { 0 };
 	int json = 0, c, rc;
 
 	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
+		if ((rc = cli_select_option(cmd, &sel, c, optarg)) < 0)
+			return CLI_USAGE;
+		if (rc > 0)
+			continue;
 		switch (c) {
 		case OPT_JSON: json = 1; break;
 		case OPT_HOST: filter.host = optarg; break;
@@ -357,12 +383,26 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 		default: return cli_opt_exit(cmd, c);
 		}
 	}
-	if ((rc = cli_check_operands(cmd, argc, argv, 1)))
+	if ((rc = cli_select_operands(cmd, &sel, &argc, argv, 0)))
 		return rc;
 
-	rc = cbi_list_filtered(argv[optind], &filter, &pts, &n, &err);
-	if (rc < 0)
-		return cli_fail(rc, &err);
+	if (cli_select_active(&sel, 0)) {
+		/* --latest or --at: only the point chosen, among the filter's */
+		sel.sel.host = filter.host;
+		sel.sel.source = filter.source;
+		sel.sel.job = filter.job;
+		if (!(pts = malloc(sizeof *pts)))
+			return cli_fail(-ENOMEM, NULL);
+		if ((rc = cli_select_point(cmd, &sel, argv[optind], pts))) {
+			free(pts);
+			return rc;
+		}
+		n = 1;
+	} else {
+		rc = cbi_list_filtered(argv[optind], &filter, &pts, &n, &err);
+		if (rc < 0)
+			return cli_fail(rc, &err);
+	}
 	if (json) {
 		struct json j;
 		json_init(&j, stdout);
@@ -383,14 +423,17 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 
 const struct cli_command cli_list = {
 	.name = "list",
-	.operands = "[--host H] [--source S] [--job J] [--json] DEST",
+	.operands = "[--host H] [--source S] [--job J] [--latest | --at TIME] [--json] DEST",
 	.summary = "list the points (full and incremental images) in directory DEST",
 	.description = "Points are grouped by host, job and source, and sorted by creation time\n"
 		       "within each group: the newest point of a group is its last, whatever\n"
 		       "chain it is in. CHAIN is the first 8 hex digits of the chain id, SIZE the\n"
 		       "size of the source, CHANGED the number of blocks that differ from the\n"
 		       "parent point, STORED the size of the image file. --host, --source and\n"
-		       "--job keep only the points that match (exactly). The listing comes from\n"
+		       "--job keep only the points that match (exactly). --latest (or the operand\n"
+		       "'latest' after DEST) shows only the newest point, --at TIME the newest\n"
+		       "created at or before TIME; several matching jobs are refused (exit 2).\n"
+		       "The listing comes from\n"
 		       "the catalog DEST/cbimg-catalog.sqlite, checked against the files first.",
 	.options = list_options,
 	.run = cmd_list,

@@ -7,7 +7,8 @@
 
 #include <stdlib.h>
 
-enum { OPT_FORCE = 256, OPT_CHANGED_ONLY, OPT_THREADS, OPT_JSON, OPT_PASSWORD_FILE, OPT_STATE_DIR };
+enum { OPT_FORCE = 256, OPT_CHANGED_ONLY, OPT_THREADS, OPT_JSON, OPT_PASSWORD_FILE, OPT_STATE_DIR,
+       OPT_JSON_PROGRESS };
 
 static const struct cli_option restore_options[] = {
 	{ OPT_FORCE, "force", NULL, "overwrite a non-empty file or a device" },
@@ -17,6 +18,8 @@ static const struct cli_option restore_options[] = {
 	{ OPT_STATE_DIR, "state-dir", "DIR", "also look for the chain's key file here (default /var/lib/cbimg)" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
+	{ OPT_JSON_PROGRESS, "json-progress", NULL, "print progress as JSON Lines on stdout" },
+	CLI_OPTS_SELECT,
 	CLI_OPT_HELP,
 	CLI_OPT_END
 };
@@ -64,11 +67,17 @@ static int cmd_restore(const struct cli_command *cmd, int argc, char **argv)
 	cbi_error err = { 0 };
 	struct cli_progress prog;
 	struct cli_pass pass;
-	int quiet = 0, json = 0, c, rc;
+	struct cli_select sel = { 0 };
+	cbi_point chosen;
+	int quiet = 0, json = 0, json_progress = 0, c, rc;
 	uint64_t v;
 
 	cli_pass_init(&pass, "CBIMG_PASSWORD");
 	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
+		if ((rc = cli_select_option(cmd, &sel, c, optarg)) < 0)
+			return CLI_USAGE;
+		if (rc > 0)
+			continue;
 		switch (c) {
 		case OPT_FORCE: o.force = 1; break;
 		case OPT_CHANGED_ONLY: o.changed_only = 1; break;
@@ -82,15 +91,29 @@ static int cmd_restore(const struct cli_command *cmd, int argc, char **argv)
 		case OPT_STATE_DIR: o.state_dir = optarg; break;
 		case 'q': quiet = 1; break;
 		case OPT_JSON: json = 1; break;
+		case OPT_JSON_PROGRESS: json_progress = 1; break;
 		default: return cli_opt_exit(cmd, c);
 		}
 	}
-	if ((rc = cli_check_operands(cmd, argc, argv, 2)) || (rc = cli_check_point_file(argv[optind])))
+	if ((rc = cli_select_operands(cmd, &sel, &argc, argv, 1)))
 		return rc;
-	o.point = argv[optind];
+	if (cli_select_active(&sel, 1)) {
+		/* DEST and a selector: the library chooses the point */
+		if ((rc = cli_select_point(cmd, &sel, argv[optind], &chosen)))
+			return rc;
+		o.point = cli_point_path(&chosen);
+		if (!quiet && !json && !json_progress)
+			fprintf(stderr, "cbimg: note: restoring '%s'\n", o.point);
+	} else {
+		if ((rc = cli_select_file(cmd, argv[optind])))
+			return rc;
+		o.point = argv[optind];
+	}
 	o.target = argv[optind + 1];
 
 	cli_progress_init(&prog, quiet || json);
+	if (json_progress)
+		cli_progress_json(&prog, "restore");
 	o.progress = cli_progress_cb;
 	o.progress_ud = &prog;
 	o.pass = cli_pass_cb;
@@ -105,7 +128,7 @@ static int cmd_restore(const struct cli_command *cmd, int argc, char **argv)
 
 	if (json)
 		print_json(&o, &r);
-	else if (!quiet)
+	else if (!quiet && !json_progress)
 		print_summary(&o, &r);
 	return CLI_OK;
 }
@@ -116,7 +139,12 @@ const struct cli_command cli_restore = {
 	.summary = "write the disk state saved in POINT to TARGET",
 	.description =
 		"POINT is an image (.cbi) or index (.cbx) file; the points it builds on are\n"
-		"found by their ids. TARGET is a block device or a file. A mounted TARGET\n"
+		"found by their ids. Or a selector chooses it in directory DEST:\n"
+		"'cbimg restore DEST latest TARGET' (or --latest) the newest point, --at TIME\n"
+		"the newest created at or before TIME (2026-12-06T10:00:00Z, or local time\n"
+		"'2026-12-06 10:00'); --host, --source and --job narrow the choice to one\n"
+		"job (several matching jobs are refused, exit 2). --json-progress prints\n"
+		"progress as JSON Lines on stdout. TARGET is a block device or a file. A mounted TARGET\n"
 		"is refused; an existing non-empty file or a device needs --force.\n"
 		"An encrypted chain needs its passphrase and its key file (.cbk) beside the\n"
 		"chain or in the local state. Exit 4: wrong or missing passphrase.",

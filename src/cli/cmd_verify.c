@@ -8,7 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-enum { OPT_JSON = 256, OPT_PASSWORD_FILE, OPT_STATE_DIR, OPT_NO_STATE };
+enum { OPT_JSON = 256, OPT_PASSWORD_FILE, OPT_STATE_DIR, OPT_NO_STATE, OPT_JSON_PROGRESS };
 
 static const struct cli_option verify_options[] = {
 	{ 'q', "quiet", NULL, "print only the problems, no progress, notes or summary" },
@@ -16,6 +16,8 @@ static const struct cli_option verify_options[] = {
 	{ OPT_PASSWORD_FILE, "password-file", "FILE", "passphrase of encrypted chains from FILE (default: $CBIMG_PASSWORD, or ask)" },
 	{ OPT_STATE_DIR, "state-dir", "DIR", "local state to compare with (default /var/lib/cbimg)" },
 	{ OPT_NO_STATE, "no-state", NULL, "do not compare with the local state" },
+	{ OPT_JSON_PROGRESS, "json-progress", NULL, "print progress as JSON Lines on stdout" },
+	CLI_OPTS_SELECT,
 	CLI_OPT_HELP,
 	CLI_OPT_END
 };
@@ -31,6 +33,8 @@ struct verify_state {
 	int quiet;
 	struct problem *notes;  /* --json: notes kept for the final object */
 	size_t nnotes, capnotes;
+	FILE *out;              /* where problems are printed: stdout, or stderr under
+	                         * --json-progress (stdout holds JSON Lines only) */
 	struct cli_progress *prog;
 	struct problem *list;   /* --json: problems kept for the final object */
 	size_t n, cap;
@@ -51,10 +55,10 @@ static void on_problem(void *ud, const char *file, int64_t block, const char *wh
 	if (!s->json) {
 		cli_progress_end(s->prog);
 		if (block >= 0)
-			printf("DAMAGED %s: block %" PRId64 ": %s\n", file, block, what);
+			fprintf(s->out, "DAMAGED %s: block %" PRId64 ": %s\n", file, block, what);
 		else
-			printf("DAMAGED %s: %s\n", file, what);
-		fflush(stdout);
+			fprintf(s->out, "DAMAGED %s: %s\n", file, what);
+		fflush(s->out);
 		return;
 	}
 	if (s->n == s->cap) {
@@ -124,7 +128,7 @@ static void print_json(const char *path, const struct verify_state *s, const cbi
 	json_begin_object(&j, NULL);
 	json_u64(&j, "schema", CLI_JSON_SCHEMA);
 	json_string(&j, "path", path);
-	json_bool(&j, "ok", status == CLI_OK);
+	json_bool(&j, "ok", status == CLI_OK || status == CLI_WARN);
 	json_i64(&j, "exit", status);
 	json_u64(&j, "files_checked", r->files_checked);
 	json_u64(&j, "points_checked", r->points_checked);
@@ -181,29 +185,49 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 	cbi_error err = { 0 };
 	struct cli_progress prog;
 	const char *path, *error = NULL;
-	int quiet = 0, c, rc, status;
+	int quiet = 0, json_progress = 0, c, rc, status;
 	uint64_t problems;
 	struct stat st;
+	struct cli_select sel = { 0 };
+	cbi_point chosen;
 
 	cli_pass_init(&pass, "CBIMG_PASSWORD");
 	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
+		if ((rc = cli_select_option(cmd, &sel, c, optarg)) < 0)
+			return CLI_USAGE;
+		if (rc > 0)
+			continue;
 		switch (c) {
 		case 'q': quiet = 1; break;
 		case OPT_JSON: s.json = 1; break;
 		case OPT_PASSWORD_FILE: pass.file = optarg; break;
 		case OPT_STATE_DIR: vo.state_dir = optarg; break;
 		case OPT_NO_STATE: vo.no_state = 1; break;
+		case OPT_JSON_PROGRESS: json_progress = 1; break;
 		default: return cli_opt_exit(cmd, c);
 		}
 	}
-	if ((rc = cli_check_operands(cmd, argc, argv, 1)))
+	if ((rc = cli_select_operands(cmd, &sel, &argc, argv, 0)))
 		return rc;
 	path = argv[optind];
+	if (cli_select_active(&sel, 1)) {
+		/* DEST and a selector: that point and its ancestors */
+		if ((rc = cli_select_point(cmd, &sel, path, &chosen)))
+			return rc;
+		path = cli_point_path(&chosen);
+		if (!quiet && !s.json && !json_progress)
+			fprintf(stderr, "cbimg: note: verifying '%s'\n", path);
+	}
 	/* a directory is verified whole; a file must be a point file */
 	if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && (rc = cli_check_point_file(path)))
 		return rc;
 
 	cli_progress_init(&prog, quiet || s.json);
+	s.out = stdout;
+	if (json_progress) {
+		cli_progress_json(&prog, "verify");
+		s.out = stderr;
+	}
 	s.prog = &prog;
 	s.quiet = quiet;
 	vo.fn = on_problem;
@@ -238,13 +262,17 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 	if (error && problems == 0)
 		problems = 1;
 	status = rc == 0 && problems == 0 ? CLI_OK : CLI_DAMAGE;
+	/* A chain behind the local state (a seed disk, an outbox's origin) is not
+	 * damage but is worth a monitor's attention: "succeeded with warnings". */
+	if (status == CLI_OK && r.behind)
+		status = CLI_WARN;
 	if (s.json) {
 		print_json(path, &s, &r, status, error);
-	} else if (!quiet) {
+	} else if (!quiet && !json_progress) {
 		printf("verified %" PRIu64 " file%s, %" PRIu64 " point%s, %" PRIu64 " block%s: ",
 		       r.files_checked, cli_plural(r.files_checked), r.points_checked,
 		       cli_plural(r.points_checked), r.blocks_checked, cli_plural(r.blocks_checked));
-		if (status == CLI_OK)
+		if (status == CLI_OK || status == CLI_WARN)
 			printf("OK\n");
 		else
 			printf("%" PRIu64 " problem%s\n", problems, cli_plural(problems));
@@ -265,6 +293,9 @@ const struct cli_command cli_verify = {
 		"record's GCM tag is then checked. Each chain is compared with the local\n"
 		"state (--no-state: skip): a chain the state shows forked or replaced is a\n"
 		"problem; one that is behind the state (a seed disk) is a note.\n"
+		"Instead of PATH, a selector chooses one point in directory DEST:\n"
+		"'cbimg verify DEST latest' (or --latest), --at TIME, --host, --source and\n"
+		"--job as in 'cbimg restore'. --json-progress prints progress as JSON Lines.\n"
 		"Exit 3: problems found; 4: wrong or missing passphrase.",
 	.options = verify_options,
 	.run = cmd_verify,

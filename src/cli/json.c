@@ -79,8 +79,14 @@ void json_write_string(FILE *f, const char *str)
 	putc('"', f);
 }
 
+int json_compact;
+
 static void indent(struct json *j)
 {
+	if (json_compact) {
+		putc(' ', j->f);
+		return;
+	}
 	putc('\n', j->f);
 	for (int i = 0; i < j->depth; i++)
 		fputs("  ", j->f);

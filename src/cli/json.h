@@ -45,6 +45,10 @@ void json_null(struct json *j, const char *key);
 /* Ends the document with a newline (after the top-level value). */
 void json_finish(struct json *j);
 
+/* Non-zero: documents are written on one line each (members separated by
+ * ", "), for JSON Lines (--json-progress). */
+extern int json_compact;
+
 /* Documents finished so far (by json_finish()) in this process. */
 extern int json_documents;
 

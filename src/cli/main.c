@@ -374,7 +374,7 @@ static int cmd_help(int argc, char **argv)
 static int finish(int status)
 {
 	/* --json: a failure that printed no JSON document prints its error as one */
-	if (cli_json_mode && status != CLI_OK && !json_documents)
+	if (cli_json_mode && status != CLI_OK && status != CLI_WARN && !json_documents)
 		cli_json_error(first_error, status);
 	/* a full disk or closed pipe on stdout must not look like success */
 	if (fflush(stdout) != 0 || ferror(stdout)) {

@@ -1,5 +1,8 @@
 /* progress.c - progress line on stderr and clean cancellation on signals. */
 #include "cli.h"
+#include "json.h"
+
+#include <inttypes.h>
 
 #include <signal.h>
 #include <string.h>
@@ -7,6 +10,7 @@
 #include <unistd.h>
 
 #define REDRAW_INTERVAL 0.2  /* seconds: at most ~5 redraws per second */
+#define JSON_INTERVAL 0.25   /* seconds: at most ~4 JSON lines per second */
 
 static volatile sig_atomic_t interrupted;
 
@@ -58,6 +62,32 @@ void cli_progress_init(struct cli_progress *p, int quiet)
 	p->start = cli_now();
 	p->last = 0;
 	p->width = 0;
+	p->json_command = NULL;
+	p->json_last = 0;
+	p->done = p->total = 0;
+}
+
+void cli_progress_json(struct cli_progress *p, const char *command)
+{
+	p->json_command = command;
+	p->show = 0;          /* stdout carries the stream; no line on stderr either */
+	json_compact = 1;     /* the final --json document is one line too */
+}
+
+/* One JSON Lines progress object on stdout (cli.h, cli_progress_json()). */
+static void json_line(struct cli_progress *p, double now, int final)
+{
+	double elapsed = now - p->start;
+	double pct = p->total == 0 ? (final ? 100.0 : 0.0) :
+		     p->done >= p->total ? 100.0 : 100.0 * (double)p->done / (double)p->total;
+
+	printf("{\"schema\": %d, \"message_type\": \"progress\", \"command\": \"%s\", "
+	       "\"bytes_done\": %" PRIu64 ", \"bytes_total\": %" PRIu64 ", \"percent\": %.1f, "
+	       "\"elapsed\": %.3f, \"rate\": %.0f, \"final\": %s}\n",
+	       CLI_JSON_SCHEMA, p->json_command, p->done, p->total, pct, elapsed,
+	       elapsed > 0 ? (double)p->done / elapsed : 0.0, final ? "true" : "false");
+	fflush(stdout);
+	p->json_last = now;
 }
 
 /* The progress line on the screen now, if any: a message printed meanwhile
@@ -123,6 +153,13 @@ int cli_progress_cb(void *ud, uint64_t done, uint64_t total)
 
 	if (interrupted)
 		return 1;
+	if (p && p->json_command) {
+		double now = cli_now();
+		p->done = done;
+		p->total = total;
+		if (p->json_last == 0 || now - p->json_last >= JSON_INTERVAL)
+			json_line(p, now, 0);
+	}
 	if (p && p->show) {
 		double now = cli_now();
 		if (now - p->last >= REDRAW_INTERVAL) {
@@ -135,6 +172,10 @@ int cli_progress_cb(void *ud, uint64_t done, uint64_t total)
 
 void cli_progress_end(struct cli_progress *p)
 {
+	if (p->json_command) {
+		json_line(p, cli_now(), 1);
+		p->json_command = NULL;  /* one final line only */
+	}
 	if (p->show && p->width > 0) {
 		fprintf(stderr, "\r%*s\r", p->width, "");
 		fflush(stderr);

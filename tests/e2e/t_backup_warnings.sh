@@ -13,12 +13,13 @@ expect_exit 0 "$CBIMG" backup --json "$T/s.img" "$D" || die "backup --json"
 check_eq "no warning: empty array" "$(jq -c .warnings "$T/stdout")" "[]"
 check_eq "no warning: warning is null" "$(jq -r .warning "$T/stdout")" null
 
-# An existing chain ignores --block-size and --hash: two warnings.
-expect_exit 0 "$CBIMG" backup -q --block-size 8K --hash sha256 "$T/s.img" "$D"
+# An existing chain ignores --block-size and --hash: two warnings, and the
+# exit status of a run that succeeded with a warning, 5.
+expect_exit 5 "$CBIMG" backup -q --block-size 8K --hash sha256 "$T/s.img" "$D"
 check_eq "two warning lines" "$(grep -c '^cbimg: warning: ' "$T/stderr")" 2
 check_grep "first: --block-size" "^cbimg: warning: --block-size applies to new chains only"
 check_grep "second: --hash" "^cbimg: warning: --hash applies to new chains only"
-expect_exit 0 "$CBIMG" backup --json --block-size 8K --hash sha256 "$T/s.img" "$D"
+expect_exit 5 "$CBIMG" backup --json --block-size 8K --hash sha256 "$T/s.img" "$D"
 check_eq "--json: two warnings" "$(jq '.warnings | length' "$T/stdout")" 2
 check_eq "--json: warning is the joined string" "$(jq -r .warning "$T/stdout")" \
 	"$(jq -r '.warnings | join("; ")' "$T/stdout")"

@@ -235,9 +235,10 @@ export CBIMG_STATE_DIR=$T/state
 # ------------------------------------------------------------------ an unusable catalog
 R=$T/nocat
 mkdir -p "$R/cbimg-catalog.sqlite" # a directory where the catalog should be
-expect_exit 0 "$CBIMG" backup -q --host pc1 --source-id disk-b "$T/b.img" "$R"
+# a catalog not updated: exit status 5 (success with a warning)
+expect_exit 5 "$CBIMG" backup -q --host pc1 --source-id disk-b "$T/b.img" "$R"
 check_grep "catalog in the way: the backup warns" "warning: .*catalog"
-expect_exit 0 "$CBIMG" backup -q --host pc1 --source-id disk-b "$T/b.img" "$R"
+expect_exit 5 "$CBIMG" backup -q --host pc1 --source-id disk-b "$T/b.img" "$R"
 D=$R
 check_eq "catalog in the way: list from the files" "$(count)" 2
 expect_exit 1 "$CBIMG" log "$R"
@@ -265,7 +266,7 @@ else
 	check_eq "writable catalog: no warning" "$OUT" ""
 	chmod 444 "$R/cbimg-catalog.sqlite"
 	[ ${#AS[@]} = 0 ] || chown 0:0 "$R/cbimg-catalog.sqlite"
-	expect_exit 0 "${AS[@]}" "$CBIMG" backup -q --no-state --source-id disk-b "$T/b.img" "$R"
+	expect_exit 5 "${AS[@]}" "$CBIMG" backup -q --no-state --source-id disk-b "$T/b.img" "$R"
 	check_grep "read-only catalog: the backup warns" "warning: .*catalog"
 	expect_exit 0 "${AS[@]}" "$CBIMG" list --json "$R"
 	check_eq "read-only catalog: list right (from the files)" "$(jout length)" 2

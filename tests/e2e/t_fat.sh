@@ -105,8 +105,11 @@ suite() {
 	local full incr fimg iimg n want
 
 	mkdir -p "$D" || { fail "$kind: mkdir on the mount"; return; }
+	# fusefat keeps no catalog: the backup warns, exit status 5
+	local brc=0
+	[ "$DRIVER" = fusefat ] && brc=5
 	# names with characters FAT refuses: the file names must still be valid
-	expect_exit 0 "$CBIMG" backup --json --split 64M --host 'lab:pc*1' --job 'usb "nightly"' \
+	expect_exit $brc "$CBIMG" backup --json --split 64M --host 'lab:pc*1' --job 'usb "nightly"' \
 		"$SRC" "$D" || return
 	check_eq "$kind: full backup" "$(jout .type)" full
 	check_eq "$kind: destination detected as $fs" "$(jout .dest_fs)" "$fs"
@@ -131,7 +134,7 @@ suite() {
 	fill_random "$SRC" $((100 * 1024)) 2048
 	fill_random "$SRC" $((SRC_MIB * 1024 - 1024)) 1024
 	SHA1=$(sha256 "$SRC")
-	expect_exit 0 "$CBIMG" backup --json --split 64M --host 'lab:pc*1' --job 'usb "nightly"' \
+	expect_exit $brc "$CBIMG" backup --json --split 64M --host 'lab:pc*1' --job 'usb "nightly"' \
 		"$SRC" "$D" || return
 	check_eq "$kind: incremental backup" "$(jout .type)" incremental
 	incr=$(jout .point.path)
@@ -185,13 +188,13 @@ suite() {
 	local small=$T/small.img A=$mnt/auto
 	head -c $((8 * MIB)) /dev/urandom >"$small"
 	mkdir -p "$A"
-	expect_exit 0 "$CBIMG" backup --json --job auto "$small" "$A" || return
+	expect_exit $brc "$CBIMG" backup --json --job auto "$small" "$A" || return
 	check_eq "$kind: automatic detection: $fs" "$(jout .dest_fs)" "$fs"
 	if [ "$fs" = fat ]; then want=$((4095 * MIB)); else want=0; fi
 	check_eq "$kind: automatic segment size" "$(jout .point.segment_size)" "$want"
 	expect_exit 0 "$CBIMG" info --json "$(jout .point.index_path)"
 	check_eq "$kind: info reports the segment size" "$(jout .segment_size)" "$want"
-	expect_exit 0 "$CBIMG" backup --json --split 0 --job auto0 "$small" "$A"
+	expect_exit $brc "$CBIMG" backup --json --split 0 --job auto0 "$small" "$A"
 	check_eq "$kind: --split 0 never splits" "$(jout .point.segment_size)" 0
 	if [ "$fs" = fat ]; then
 		expect_exit 2 "$CBIMG" backup --split 4G --job big "$small" "$A"
@@ -220,7 +223,7 @@ suite() {
 		check_eq "$kind: temporary names are hidden and tagged" \
 			"$(cd "$K" && ls -1A | grep '\.tmp$' | grep -vc '^\.cbimg-[0-9a-f]\{16\}-[0-9]*\.')" 0
 		check_eq "$kind: nothing a scan would take" "$(count_files "$K")" 0
-		expect_exit 0 "$CBIMG" backup -q --split 4M --job kill --source-id kill "$small" "$K"
+		expect_exit $brc "$CBIMG" backup -q --split 4M --job kill --source-id kill "$small" "$K"
 		check_eq "$kind: the next backup removed them" "$(cd "$K" && ls -1A | grep -c '\.tmp$')" 0
 	else
 		skip_part "$kind: the backup finished before it could be killed"

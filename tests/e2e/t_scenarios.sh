@@ -160,14 +160,15 @@ expect_exit 1 "$CBIMG" backup -q --state-dir "$SD" --host pc2 --job offsite "$DE
 check_grep "state ahead of DEST: explained" "points in between are elsewhere" "$T/stderr"
 check_eq "nothing written on refusal" "$(count_files "$T/old")" 2
 # That seed disk, verified on the source machine: behind the local state is
-# no damage, a note saying how far behind (issue 14, item 4).
-expect_exit 0 "$CBIMG" verify --state-dir "$SD" "$T/old"
+# no damage, a note saying how far behind (issue 14, item 4), and exit 5:
+# succeeded with a warning (item 5).
+expect_exit 5 "$CBIMG" verify --state-dir "$SD" "$T/old"
 check_grep "verify of a seed disk: a note saying how far behind" \
 	"note: chain .* ends at seq 0 here; the local state is at seq 2: 2 points behind"
 check_eq "verify of a seed disk: no DAMAGED line" "$(grep -c DAMAGED "$T/stdout")" 0
-expect_exit 0 "$CBIMG" verify -q --state-dir "$SD" "$T/old"
+expect_exit 5 "$CBIMG" verify -q --state-dir "$SD" "$T/old"
 check_eq "verify -q: the note is silenced" "$OUT" ""
-expect_exit 0 "$CBIMG" verify --json --state-dir "$SD" "$T/old"
+expect_exit 5 "$CBIMG" verify --json --state-dir "$SD" "$T/old"
 check_eq "verify --json: one chain behind, ok" "$(jout '"\(.behind) \(.ok) \(.notes | length)"')" "1 true 1"
 # DEST is ahead of the state (an old copy of the state): DEST wins, said so.
 cp -a "$SD" "$T/state-old"
