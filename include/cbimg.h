@@ -202,6 +202,13 @@ typedef struct cbi_backup_opts {
 	                           * for large blocks, so that memory stays bounded */
 	const char *state_dir;    /* NULL -> /var/lib/cbimg: a copy of each job's newest index */
 	int no_state;             /* neither read nor write the local state */
+	int outbox;               /* DEST is an outbox: when it holds no chain of the job,
+	                           * continue the local state's chain (an incremental whose
+	                           * parents are elsewhere, for a remote site seeded with the
+	                           * full). Without it, a DEST that holds no chain of the job
+	                           * gets a new chain (a full), whatever the state holds.
+	                           * Refused (-CBI_EUSAGE) with force_full or no_state;
+	                           * -CBI_ENOCHAIN when there is no state to continue. */
 	uint64_t split;           /* store image and index files as segments of this many
 	                           * bytes (a whole number of MiB, at least 1 MiB), for
 	                           * file systems that limit file sizes. 0 -> automatic:

@@ -24,6 +24,8 @@ enum {
 	OPT_HASH,
 	OPT_SCRYPT,
 	OPT_USED_ONLY,
+	OPT_OUTBOX,
+	OPT_MIN_FREE,
 };
 
 static const struct cli_option backup_options[] = {
@@ -36,6 +38,7 @@ static const struct cli_option backup_options[] = {
 	{ OPT_HOST, "host", "NAME", "host name to record (default: this host)" },
 	{ OPT_STATE_DIR, "state-dir", "DIR", "local copy of each job's newest index (default /var/lib/cbimg)" },
 	{ OPT_NO_STATE, "no-state", NULL, "neither read nor update the local state" },
+	{ OPT_OUTBOX, "outbox", NULL, "DEST holds no chain: continue the local state's (remote seeding)" },
 	{ OPT_SPLIT, "split", "SIZE", "store files as segments of SIZE (default 4095M on FAT; 0: never)" },
 	{ OPT_ENCRYPT, "encrypt", NULL, "new chain: encrypt with AES-256-GCM under a passphrase" },
 	{ OPT_PASSWORD_FILE, "password-file", "FILE", "passphrase from FILE's first line (default: $CBIMG_PASSWORD, or ask)" },
@@ -180,6 +183,7 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 		case OPT_HOST: o.host = optarg; break;
 		case OPT_STATE_DIR: o.state_dir = optarg; break;
 		case OPT_NO_STATE: o.no_state = 1; break;
+		case OPT_OUTBOX: o.outbox = 1; break;
 		case OPT_SPLIT:
 			if (parse_split(cmd, optarg, &o.split))
 				return CLI_USAGE;

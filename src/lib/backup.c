@@ -220,20 +220,44 @@ static void reconcile(const cbi_parent_in *in, cbi_parent_choice *c)
 	const char *why = in->state_why ? in->state_why : "unknown reason";
 	if (in->state_status != CBI_STATE_FOUND) {
 		int damaged = in->state_status == CBI_STATE_DAMAGED;
-		if (!damaged && !d)
-			notice(c, CBI_WHY_FIRST,
-			       "no chain of job '%s' in '%s' and no local state of it: starting a new chain", in->job,
-			       in->dest);
-		else if (damaged && !d)
+		if (damaged && !d)
 			refuse(c, CBI_WHY_DAMAGED_NO_CHAIN, -CBI_EDAMAGED,
 			       "the local state of job '%s' is damaged (%s) and '%s' holds no chain of it: "
 			       "use --full to start a new chain",
 			       in->job, why, in->dest);
+		else if (!d && in->outbox)
+			refuse(c, CBI_WHY_OUTBOX_NO_STATE, -CBI_ENOCHAIN,
+			       "--outbox: '%s' holds no chain of job '%s' and there is no local state of it "
+			       "to continue; seed the remote site with a full first",
+			       in->dest, in->job);
+		else if (!d)
+			notice(c, CBI_WHY_FIRST,
+			       "no chain of job '%s' in '%s' and no local state of it: starting a new chain", in->job,
+			       in->dest);
 		else if (damaged)
 			notice(c, CBI_WHY_STATE_DAMAGED,
 			       "the local state of job '%s' is damaged (%s); continuing from the newest point "
 			       "in '%s' (seq %u)",
 			       in->job, why, in->dest, d->seq);
+		return;
+	}
+	if (!d && !in->outbox) {
+		/* Another disk of a rotation, or a replaced one: continuing the
+		 * state's chain here would write a point whose parents are on
+		 * another disk. An outbox must be asked for. */
+		cbi_id_hex(st->chain_id, a);
+		if (st->encrypted && !in->encrypt)
+			refuse(c, CBI_WHY_CLEAR_AFTER_ENCRYPTED, -CBI_EMISMATCH,
+			       "'%s' holds no chain of job '%s' and the local state follows encrypted chain "
+			       "%s: refusing to start an unencrypted one; add --encrypt (or --full for a "
+			       "clear chain, or --outbox to continue the state's chain into an outbox)",
+			       in->dest, in->job, a);
+		else
+			notice(c, CBI_WHY_NEW_DEST,
+			       "'%s' holds no chain of job '%s': starting a new chain with a full (the local "
+			       "state follows chain %s, seq %u, elsewhere; use --outbox to continue it "
+			       "into an outbox instead)",
+			       in->dest, in->job, a, st->seq);
 		return;
 	}
 	if (!d) {
@@ -294,7 +318,7 @@ void cbi_backup_choose_parent(const cbi_parent_in *in, cbi_parent_choice *c)
 	}
 	int sfound = in->state_status == CBI_STATE_FOUND && !in->force_full;
 	const cbi_point *tp = c->tip;
-	if (!tp && !sfound && !in->force_full && !in->source_id_given) {
+	if (!tp && !in->force_full && !in->source_id_given) {
 		/* Same path and job, other identity: another disk under the same name. */
 		for (size_t i = 0; i < in->npts; i++) {
 			const cbi_point *p = &in->pts[i];
@@ -484,6 +508,9 @@ static int bk_validate(bk_run *b)
 		return cbi_err(err, -CBI_EUSAGE, "host name '%s' longer than 63 bytes", o->host);
 	if (o->source_id && strlen(o->source_id) > 127)
 		return cbi_err(err, -CBI_EUSAGE, "source id longer than 127 bytes");
+	if (o->outbox && (o->force_full || o->no_state))
+		return cbi_err(err, -CBI_EUSAGE, "--outbox continues the local state's chain: not with %s",
+			       o->force_full ? "--full" : "--no-state");
 	b->state_dir = o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR;
 	struct stat dst;
 	if (stat(o->dest, &dst) < 0)
@@ -558,6 +585,7 @@ static int bk_choose_parent(bk_run *b)
 		.host = h->host, .source_id = h->source_id, .job = h->job, .source_path = h->source_path,
 		.source_size = b->src->size, .state = &b->stp, .state_why = why,
 		.force_full = o->force_full, .source_id_given = o->source_id != NULL,
+		.encrypt = o->encrypt, .outbox = o->outbox,
 		.dest = o->dest, .source = o->source,
 	};
 	if (!o->no_state && !o->force_full) {
