@@ -225,6 +225,10 @@ typedef struct cbi_backup_opts {
 	                           * source mounted read-write, whose bitmaps change under the
 	                           * backup, and (-ENOTSUP) for a file system this library
 	                           * does not fully understand: it never guesses. */
+	int no_space_check;       /* skip the free-space preflight: by default a point is
+	                           * refused (-ENOSPC) before anything is written when DEST's
+	                           * free space is clearly below the estimate of its size
+	                           * (cbimg-backup(1), "FREE SPACE") */
 	cbi_pass_fn pass;         /* passphrase of an encrypted chain (asked with confirm
 	                           * = 1 for a new one); NULL: none available */
 	void *pass_ud;
@@ -343,6 +347,10 @@ typedef struct cbi_restore_opts {
 	                           * target's); 0 -> number of CPUs; at most 16, fewer for
 	                           * large blocks (memory stays bounded). The calling thread
 	                           * writes, in block order, and calls progress. */
+	int no_space_check;       /* skip the free-space preflight: by default a point is
+	                           * refused (-ENOSPC) before anything is written when DEST's
+	                           * free space is clearly below the estimate of its size
+	                           * (cbimg-backup(1), "FREE SPACE") */
 	cbi_pass_fn pass;         /* passphrase of an encrypted chain; NULL: none */
 	void *pass_ud;
 	const char *state_dir;    /* where to look for a key file copy too; NULL: /var/lib/cbimg */

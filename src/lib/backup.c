@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -746,6 +747,66 @@ static int bk_commit(bk_run *b)
 	return 0;
 }
 
+/* ------------------------------------------------------------ free space */
+
+uint64_t cbi_backup_space_need(int full, uint64_t n_blocks, uint32_t block_size, uint64_t data_bytes,
+			       int data_known)
+{
+	uint64_t need = n_blocks * CBI_IDX_ENT_SIZE + 4 * (CBI_HDR_SIZE + CBI_TRL_SIZE);
+	if (!full || !block_size)
+		return need;
+	uint64_t data = data_bytes / (data_known ? CBI_SPACE_RATIO_KNOWN : CBI_SPACE_RATIO_UNKNOWN);
+	uint64_t stored = (data_bytes / block_size) / (data_known ? 1 : CBI_SPACE_RATIO_UNKNOWN);
+	return need + data + stored * (CBI_REC_HDR_SIZE + CBI_TAB_ENT_SIZE);
+}
+
+/* What the source holds, for the estimate: the used blocks of its ext2/3/4
+ * file system (the map of --used-only, or read here for the estimate
+ * only), else an image file's allocated bytes; *known = 0 when neither is
+ * known (the source's size is returned). */
+static uint64_t bk_source_data(bk_run *b, int *known)
+{
+	const cbi_source *src = b->src;
+	*known = 1;
+	if (b->fsmap)
+		return b->fsmap->used_blocks * b->bs;
+	cbi_fsmap *m = NULL;
+	cbi_error e;
+	if (!cbi_fsmap_read(b->o->source, src->size, b->bs, &m, &e)) {
+		uint64_t used = m->used_blocks * b->bs;
+		cbi_fsmap_free(m);
+		return used;
+	}
+	struct stat st;
+	if (!src->is_dev && fstat(src->fd, &st) == 0 && S_ISREG(st.st_mode))
+		return (uint64_t)st.st_blocks * 512 < src->size ? (uint64_t)st.st_blocks * 512 : src->size;
+	*known = 0;
+	return src->size;
+}
+
+/* Refuse early (-ENOSPC) when DEST clearly lacks the space the point needs
+ * (cbi_backup_space_need). DEST whose free space is not known (statvfs
+ * fails, or reports no blocks, as some FUSE file systems do) is not
+ * checked, nor is anything with no_space_check. */
+static int bk_check_space(bk_run *b)
+{
+	const cbi_backup_opts *o = b->o;
+	struct statvfs vs;
+	if (o->no_space_check || statvfs(o->dest, &vs) < 0 || !vs.f_blocks || !vs.f_frsize)
+		return 0;
+	uint64_t avail = (uint64_t)vs.f_bavail * vs.f_frsize;
+	int full = b->h.type == CBI_FULL, known = 1;
+	uint64_t data = full ? bk_source_data(b, &known) : 0;
+	uint64_t need = cbi_backup_space_need(full, b->h.n_blocks, b->bs, data, known);
+	if (avail >= need)
+		return 0;
+	return cbi_err(b->err, -ENOSPC,
+		       "not enough space in '%s': %llu bytes free, a %s of '%s' needs about %llu "
+		       "(an estimate: --no-space-check to try anyway)",
+		       o->dest, (unsigned long long)avail, full ? "full" : "incremental", o->source,
+		       (unsigned long long)need);
+}
+
 /* Phase 4: read the source through the pipeline into a new image and
  * index under temporary names, seal and commit them. */
 static int bk_write_point(bk_run *b)
@@ -765,6 +826,8 @@ static int bk_write_point(bk_run *b)
 		cbi_source_set_map(b->src, b->fsmap->used, b->bs);
 		h->flags |= CBI_HDR_USED_ONLY;
 	}
+	if ((rc = bk_check_space(b)))
+		return rc;
 
 	cbi_point_filename(h, "cbi", name, sizeof name);
 	snprintf(b->img_path, sizeof b->img_path, "%.3000s/%.1000s", o->dest, name);

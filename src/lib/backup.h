@@ -88,4 +88,19 @@ typedef struct cbi_parent_choice {
  * (CBI_FROM_REFUSE) carry the error code and message cbi_backup() returns. */
 void cbi_backup_choose_parent(const cbi_parent_in *in, cbi_parent_choice *out);
 
+/* The free-space preflight's estimate (cbimg-backup(1), "Free space"): the
+ * bytes a point needs in DEST at the least, so that a run is refused only
+ * when DEST clearly lacks them. Every point needs its index (one entry per
+ * block) and the files' headers and trailers. A full needs its data too:
+ * data_bytes (what the source holds: its used blocks, or an image file's
+ * allocated bytes) compressed CBI_SPACE_RATIO_KNOWN to 1 when data_known,
+ * else the source's size compressed CBI_SPACE_RATIO_UNKNOWN to 1 (zeros cost
+ * nothing, and how much of it is zeros is not known), plus each stored
+ * block's record header and table entry. Incrementals: the index only (what
+ * changed is known once read). */
+#define CBI_SPACE_RATIO_KNOWN 4
+#define CBI_SPACE_RATIO_UNKNOWN 16
+uint64_t cbi_backup_space_need(int full, uint64_t n_blocks, uint32_t block_size, uint64_t data_bytes,
+			       int data_known);
+
 #endif

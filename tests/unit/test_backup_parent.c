@@ -6,6 +6,7 @@
 #include "testutil.h"
 
 #include "backup.h"
+#include "format.h"
 
 #define SIZE (1u << 20)
 
@@ -458,6 +459,26 @@ static void test_rotation(void **state)
 	assert_ptr_equal(c.tip, &a[1]);
 }
 
+/* The free-space estimate: the index always; a full's data compressed 4
+ * to 1 when what the source holds is known, its size 16 to 1 otherwise. */
+static void test_space_need(void **state)
+{
+	(void)state;
+	uint64_t base = 4 * (CBI_HDR_SIZE + CBI_TRL_SIZE);
+	uint64_t nb = 4096, bs = 256 * 1024, size = nb * bs; /* 1 GiB */
+	assert_int_equal(cbi_backup_space_need(0, nb, (uint32_t)bs, size, 1), base + nb * CBI_IDX_ENT_SIZE);
+	uint64_t used = 400ull << 20;
+	assert_int_equal(cbi_backup_space_need(1, nb, (uint32_t)bs, used, 1),
+			 base + nb * CBI_IDX_ENT_SIZE + used / 4 + (used / bs) * (CBI_REC_HDR_SIZE + CBI_TAB_ENT_SIZE));
+	assert_int_equal(cbi_backup_space_need(1, nb, (uint32_t)bs, size, 0),
+			 base + nb * CBI_IDX_ENT_SIZE + size / 16 +
+				 (nb / 16) * (CBI_REC_HDR_SIZE + CBI_TAB_ENT_SIZE));
+	/* an empty file system: the index only, and never below it */
+	assert_int_equal(cbi_backup_space_need(1, nb, (uint32_t)bs, 0, 1), base + nb * CBI_IDX_ENT_SIZE);
+	/* a huge source does not overflow */
+	assert_true(cbi_backup_space_need(1, 1ull << 40, 4096, 1ull << 52, 1) > (1ull << 50));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -480,6 +501,7 @@ int main(void)
 		cmocka_unit_test(test_dest_missing_encrypted_state),
 		cmocka_unit_test(test_outbox_without_state),
 		cmocka_unit_test(test_rotation),
+		cmocka_unit_test(test_space_need),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
