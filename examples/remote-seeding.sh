@@ -5,6 +5,7 @@
 #   remote-seeding.sh seed    DEVICE USBDIR   # 1. full image to a USB disk
 #   remote-seeding.sh outbox  DEVICE OUTBOX   # 2. later: an incremental, made
 #                                             #    from the local state alone
+#                                             #    (cbimg backup --outbox)
 #   remote-seeding.sh check   REMOTEDIR       # 3. at the remote site
 #
 # Between 1 and 2: carry the USB disk to the remote site and copy its .cbi
@@ -12,7 +13,9 @@
 # encrypted chain) into REMOTEDIR. After each 2: copy OUTBOX's files into
 # REMOTEDIR (rsync, scp, a courier), then empty it.
 # cbimg keeps a copy of the newest index of the job in /var/lib/cbimg
-# (--state-dir), so step 2 never needs the full image or earlier files.
+# (--state-dir), so step 2 never needs the full image or earlier files;
+# --outbox asks for that (without it, a DEST that holds no chain of the job
+# gets a new full chain: right for a second USB disk, wrong for an outbox).
 #
 # Encryption (optional): set CBIMG_PASSWORD_FILE to a password file (the
 # passphrase on its first line, chmod 600), or create /etc/cbimg/JOB.pass.
@@ -37,7 +40,7 @@ seed)
 	echo "now carry $3 to the remote site and copy its *.cbi*, *.cbx* and *.cbk files there" ;;
 outbox)
 	mkdir -p "$3"
-	"$cbimg" backup --job "$job" "${crypt[@]}" "$2" "$3"
+	"$cbimg" backup --job "$job" --outbox "${crypt[@]}" "$2" "$3"
 	echo "ship the files in $3 to the remote site, then empty $3" ;;
 check)
 	"$cbimg" verify "${pass[@]}" "$2"

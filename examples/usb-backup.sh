@@ -21,7 +21,7 @@
 # the chain cannot be read. A job whose chain is not encrypted yet is
 # refused (exit 2) until one run with --full starts an encrypted chain.
 set -u
-label=CBIMG-USB job=usb full= pwfile=${CBIMG_PASSWORD_FILE:-}
+label=CBIMG-USB job=usb full='' pwfile=${CBIMG_PASSWORD_FILE:-}
 while [ $# -gt 0 ]; do
 	case $1 in
 	--label) label=$2; shift 2 ;;

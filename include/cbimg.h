@@ -239,6 +239,13 @@ typedef struct cbi_backup_opts {
 	                           * for large blocks, so that memory stays bounded */
 	const char *state_dir;    /* NULL -> /var/lib/cbimg: a copy of each job's newest index */
 	int no_state;             /* neither read nor write the local state */
+	int outbox;               /* DEST is an outbox: when it holds no chain of the job,
+	                           * continue the local state's chain (an incremental whose
+	                           * parents are elsewhere, for a remote site seeded with the
+	                           * full). Without it, a DEST that holds no chain of the job
+	                           * gets a new chain (a full), whatever the state holds.
+	                           * Refused (-CBI_EUSAGE) with force_full or no_state;
+	                           * -CBI_ENOCHAIN when there is no state to continue. */
 	uint64_t split;           /* store image and index files as segments of this many
 	                           * bytes (a whole number of MiB, at least 1 MiB), for
 	                           * file systems that limit file sizes. 0 -> automatic:
@@ -255,6 +262,10 @@ typedef struct cbi_backup_opts {
 	                           * source mounted read-write, whose bitmaps change under the
 	                           * backup, and (-ENOTSUP) for a file system this library
 	                           * does not fully understand: it never guesses. */
+	int no_space_check;       /* skip the free-space preflight: by default a point is
+	                           * refused (-ENOSPC) before anything is written when DEST's
+	                           * free space is clearly below the estimate of its size
+	                           * (cbimg-backup(1), "FREE SPACE") */
 	cbi_pass_fn pass;         /* passphrase of an encrypted chain (asked with confirm
 	                           * = 1 for a new one); NULL: none available */
 	void *pass_ud;
@@ -373,6 +384,10 @@ typedef struct cbi_restore_opts {
 	                           * target's); 0 -> number of CPUs; at most 16, fewer for
 	                           * large blocks (memory stays bounded). The calling thread
 	                           * writes, in block order, and calls progress. */
+	int no_space_check;       /* skip the free-space preflight: by default a point is
+	                           * refused (-ENOSPC) before anything is written when DEST's
+	                           * free space is clearly below the estimate of its size
+	                           * (cbimg-backup(1), "FREE SPACE") */
 	cbi_pass_fn pass;         /* passphrase of an encrypted chain; NULL: none */
 	void *pass_ud;
 	const char *state_dir;    /* where to look for a key file copy too; NULL: /var/lib/cbimg */

@@ -25,6 +25,8 @@ enum {
 	OPT_SCRYPT,
 	OPT_USED_ONLY,
 	OPT_JSON_PROGRESS,
+	OPT_OUTBOX,
+	OPT_NO_SPACE_CHECK,
 };
 
 static const struct cli_option backup_options[] = {
@@ -37,12 +39,14 @@ static const struct cli_option backup_options[] = {
 	{ OPT_HOST, "host", "NAME", "host name to record (default: this host)" },
 	{ OPT_STATE_DIR, "state-dir", "DIR", "local copy of each job's newest index (default /var/lib/cbimg)" },
 	{ OPT_NO_STATE, "no-state", NULL, "neither read nor update the local state" },
+	{ OPT_OUTBOX, "outbox", NULL, "DEST holds no chain: continue the local state's (remote seeding)" },
 	{ OPT_SPLIT, "split", "SIZE", "store files as segments of SIZE (default 4095M on FAT; 0: never)" },
 	{ OPT_ENCRYPT, "encrypt", NULL, "new chain: encrypt with AES-256-GCM under a passphrase" },
 	{ OPT_PASSWORD_FILE, "password-file", "FILE", "passphrase from FILE's first line (default: $CBIMG_PASSWORD, or ask)" },
 	{ OPT_HASH, "hash", "ALG", "new chain: block hash xxh3 (default) or sha256" },
 	{ OPT_SCRYPT, "scrypt", "N:R:P", "new encrypted chain: scrypt cost log2(N):r:p (default 15:8:4)" },
 	{ OPT_USED_ONLY, "used-only", NULL, "read only the blocks the ext2/3/4 file system uses" },
+	{ OPT_NO_SPACE_CHECK, "no-space-check", NULL, "write even when DEST seems to lack the space" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
 	{ OPT_JSON_PROGRESS, "json-progress", NULL, "print progress as JSON Lines on stdout" },
@@ -182,6 +186,7 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 		case OPT_HOST: o.host = optarg; break;
 		case OPT_STATE_DIR: o.state_dir = optarg; break;
 		case OPT_NO_STATE: o.no_state = 1; break;
+		case OPT_OUTBOX: o.outbox = 1; break;
 		case OPT_SPLIT:
 			if (parse_split(cmd, optarg, &o.split))
 				return CLI_USAGE;
@@ -202,6 +207,7 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 						       "10 to 24, R and P 1 to 64", optarg);
 			break;
 		case OPT_USED_ONLY: o.used_only = 1; break;
+		case OPT_NO_SPACE_CHECK: o.no_space_check = 1; break;
 		case 'q': quiet = 1; break;
 		case OPT_JSON: json = 1; break;
 		case OPT_JSON_PROGRESS: json_progress = 1; break;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -189,20 +190,44 @@ static void reconcile(const cbi_parent_in *in, cbi_parent_choice *c)
 	const char *why = in->state_why ? in->state_why : "unknown reason";
 	if (in->state_status != CBI_STATE_FOUND) {
 		int damaged = in->state_status == CBI_STATE_DAMAGED;
-		if (!damaged && !d)
-			notice(c, CBI_WHY_FIRST,
-			       "no chain of job '%s' in '%s' and no local state of it: starting a new chain", in->job,
-			       in->dest);
-		else if (damaged && !d)
+		if (damaged && !d)
 			refuse(c, CBI_WHY_DAMAGED_NO_CHAIN, -CBI_EDAMAGED,
 			       "the local state of job '%s' is damaged (%s) and '%s' holds no chain of it: "
 			       "use --full to start a new chain",
 			       in->job, why, in->dest);
+		else if (!d && in->outbox)
+			refuse(c, CBI_WHY_OUTBOX_NO_STATE, -CBI_ENOCHAIN,
+			       "--outbox: '%s' holds no chain of job '%s' and there is no local state of it "
+			       "to continue; seed the remote site with a full first",
+			       in->dest, in->job);
+		else if (!d)
+			notice(c, CBI_WHY_FIRST,
+			       "no chain of job '%s' in '%s' and no local state of it: starting a new chain", in->job,
+			       in->dest);
 		else if (damaged)
 			notice(c, CBI_WHY_STATE_DAMAGED,
 			       "the local state of job '%s' is damaged (%s); continuing from the newest point "
 			       "in '%s' (seq %u)",
 			       in->job, why, in->dest, d->seq);
+		return;
+	}
+	if (!d && !in->outbox) {
+		/* Another disk of a rotation, or a replaced one: continuing the
+		 * state's chain here would write a point whose parents are on
+		 * another disk. An outbox must be asked for. */
+		cbi_id_hex(st->chain_id, a);
+		if (st->encrypted && !in->encrypt)
+			refuse(c, CBI_WHY_CLEAR_AFTER_ENCRYPTED, -CBI_EMISMATCH,
+			       "'%s' holds no chain of job '%s' and the local state follows encrypted chain "
+			       "%s: refusing to start an unencrypted one; add --encrypt (or --full for a "
+			       "clear chain, or --outbox to continue the state's chain into an outbox)",
+			       in->dest, in->job, a);
+		else
+			notice(c, CBI_WHY_NEW_DEST,
+			       "'%s' holds no chain of job '%s': starting a new chain with a full (the local "
+			       "state follows chain %s, seq %u, elsewhere; use --outbox to continue it "
+			       "into an outbox instead)",
+			       in->dest, in->job, a, st->seq);
 		return;
 	}
 	if (!d) {
@@ -263,7 +288,7 @@ void cbi_backup_choose_parent(const cbi_parent_in *in, cbi_parent_choice *c)
 	}
 	int sfound = in->state_status == CBI_STATE_FOUND && !in->force_full;
 	const cbi_point *tp = c->tip;
-	if (!tp && !sfound && !in->force_full && !in->source_id_given) {
+	if (!tp && !in->force_full && !in->source_id_given) {
 		/* Same path and job, other identity: another disk under the same name. */
 		for (size_t i = 0; i < in->npts; i++) {
 			const cbi_point *p = &in->pts[i];
@@ -453,6 +478,9 @@ static int bk_validate(bk_run *b)
 		return cbi_err(err, -CBI_EUSAGE, "host name '%s' longer than 63 bytes", o->host);
 	if (o->source_id && strlen(o->source_id) > 127)
 		return cbi_err(err, -CBI_EUSAGE, "source id longer than 127 bytes");
+	if (o->outbox && (o->force_full || o->no_state))
+		return cbi_err(err, -CBI_EUSAGE, "--outbox continues the local state's chain: not with %s",
+			       o->force_full ? "--full" : "--no-state");
 	b->state_dir = o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR;
 	struct stat dst;
 	if (stat(o->dest, &dst) < 0)
@@ -527,6 +555,7 @@ static int bk_choose_parent(bk_run *b)
 		.host = h->host, .source_id = h->source_id, .job = h->job, .source_path = h->source_path,
 		.source_size = b->src->size, .state = &b->stp, .state_why = why,
 		.force_full = o->force_full, .source_id_given = o->source_id != NULL,
+		.encrypt = o->encrypt, .outbox = o->outbox,
 		.dest = o->dest, .source = o->source,
 	};
 	if (!o->no_state && !o->force_full) {
@@ -687,6 +716,66 @@ static int bk_commit(bk_run *b)
 	return 0;
 }
 
+/* ------------------------------------------------------------ free space */
+
+uint64_t cbi_backup_space_need(int full, uint64_t n_blocks, uint32_t block_size, uint64_t data_bytes,
+			       int data_known)
+{
+	uint64_t need = n_blocks * CBI_IDX_ENT_SIZE + 4 * (CBI_HDR_SIZE + CBI_TRL_SIZE);
+	if (!full || !block_size)
+		return need;
+	uint64_t data = data_bytes / (data_known ? CBI_SPACE_RATIO_KNOWN : CBI_SPACE_RATIO_UNKNOWN);
+	uint64_t stored = (data_bytes / block_size) / (data_known ? 1 : CBI_SPACE_RATIO_UNKNOWN);
+	return need + data + stored * (CBI_REC_HDR_SIZE + CBI_TAB_ENT_SIZE);
+}
+
+/* What the source holds, for the estimate: the used blocks of its ext2/3/4
+ * file system (the map of --used-only, or read here for the estimate
+ * only), else an image file's allocated bytes; *known = 0 when neither is
+ * known (the source's size is returned). */
+static uint64_t bk_source_data(bk_run *b, int *known)
+{
+	const cbi_source *src = b->src;
+	*known = 1;
+	if (b->fsmap)
+		return b->fsmap->used_blocks * b->bs;
+	cbi_fsmap *m = NULL;
+	cbi_error e;
+	if (!cbi_fsmap_read(b->o->source, src->size, b->bs, &m, &e)) {
+		uint64_t used = m->used_blocks * b->bs;
+		cbi_fsmap_free(m);
+		return used;
+	}
+	struct stat st;
+	if (!src->is_dev && fstat(src->fd, &st) == 0 && S_ISREG(st.st_mode))
+		return (uint64_t)st.st_blocks * 512 < src->size ? (uint64_t)st.st_blocks * 512 : src->size;
+	*known = 0;
+	return src->size;
+}
+
+/* Refuse early (-ENOSPC) when DEST clearly lacks the space the point needs
+ * (cbi_backup_space_need). DEST whose free space is not known (statvfs
+ * fails, or reports no blocks, as some FUSE file systems do) is not
+ * checked, nor is anything with no_space_check. */
+static int bk_check_space(bk_run *b)
+{
+	const cbi_backup_opts *o = b->o;
+	struct statvfs vs;
+	if (o->no_space_check || statvfs(o->dest, &vs) < 0 || !vs.f_blocks || !vs.f_frsize)
+		return 0;
+	uint64_t avail = (uint64_t)vs.f_bavail * vs.f_frsize;
+	int full = b->h.type == CBI_FULL, known = 1;
+	uint64_t data = full ? bk_source_data(b, &known) : 0;
+	uint64_t need = cbi_backup_space_need(full, b->h.n_blocks, b->bs, data, known);
+	if (avail >= need)
+		return 0;
+	return cbi_err(b->err, -ENOSPC,
+		       "not enough space in '%s': %llu bytes free, a %s of '%s' needs about %llu "
+		       "(an estimate: --no-space-check to try anyway)",
+		       o->dest, (unsigned long long)avail, full ? "full" : "incremental", o->source,
+		       (unsigned long long)need);
+}
+
 /* Phase 4: read the source through the pipeline into a new image and
  * index under temporary names, seal and commit them. */
 static int bk_write_point(bk_run *b)
@@ -706,6 +795,8 @@ static int bk_write_point(bk_run *b)
 		cbi_source_set_map(b->src, b->fsmap->used, b->bs);
 		h->flags |= CBI_HDR_USED_ONLY;
 	}
+	if ((rc = bk_check_space(b)))
+		return rc;
 
 	cbi_point_filename(h, "cbi", name, sizeof name);
 	snprintf(b->img_path, sizeof b->img_path, "%.3000s/%.1000s", o->dest, name);

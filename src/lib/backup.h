@@ -20,7 +20,8 @@ enum cbi_state_status {
 enum cbi_parent_from {
 	CBI_FROM_NEW = 0,     /* none: a new chain, with a full */
 	CBI_FROM_DEST,        /* the newest point of the job in DEST */
-	CBI_FROM_STATE,       /* the local state's index (DEST holds no chain: an outbox) */
+	CBI_FROM_STATE,       /* the local state's index (DEST holds no chain, and outbox is
+	                       * set: an outbox) */
 	CBI_FROM_REFUSE,      /* no backup: see code and msg */
 };
 
@@ -30,7 +31,9 @@ enum cbi_parent_why {
 	/* decisions with a notice */
 	CBI_WHY_FIRST,               /* no chain in DEST and no state: a new chain */
 	CBI_WHY_STATE_DAMAGED,       /* the state is damaged: DEST's newest point */
-	CBI_WHY_OUTBOX,              /* DEST holds no chain: the state's point */
+	CBI_WHY_OUTBOX,              /* DEST holds no chain, outbox set: the state's point */
+	CBI_WHY_NEW_DEST,            /* DEST holds no chain, the state does, outbox not set: a new
+	                              * chain in DEST (another disk of a rotation, a replaced one) */
 	CBI_WHY_OTHER_CHAIN,         /* the state follows another chain: DEST's */
 	CBI_WHY_STATE_BEHIND,        /* DEST is ahead of the state: DEST's */
 	/* refusals */
@@ -42,6 +45,8 @@ enum cbi_parent_why {
 	CBI_WHY_OTHER_DISK,          /* same path and job, other source id (-CBI_EMISMATCH) */
 	CBI_WHY_FORGED_CLEAR,        /* clear newest point of an encrypted chain (-CBI_EAUTH) */
 	CBI_WHY_SIZE,                /* the source's size differs from the chain's (-CBI_EMISMATCH) */
+	CBI_WHY_OUTBOX_NO_STATE,     /* outbox set, DEST holds no chain and the state has no point
+	                              * (-CBI_ENOCHAIN) */
 };
 
 /* Everything the decision depends on: what was found, never where. */
@@ -58,6 +63,9 @@ typedef struct cbi_parent_in {
 	const char *state_why;       /* CBI_STATE_DAMAGED: why, for the messages */
 	int force_full;              /* --full */
 	int source_id_given;         /* --source-id: the identity was set, not derived */
+	int encrypt;                 /* --encrypt: a new chain would be encrypted */
+	int outbox;                  /* --outbox: when DEST holds no chain of the job, continue the
+	                              * local state's (DEST is an outbox for a seeded remote site) */
 	const char *dest;            /* names for the messages only */
 	const char *source;
 } cbi_parent_in;
@@ -79,5 +87,20 @@ typedef struct cbi_parent_choice {
  * forking a chain and never silently starting a new one. Refusals
  * (CBI_FROM_REFUSE) carry the error code and message cbi_backup() returns. */
 void cbi_backup_choose_parent(const cbi_parent_in *in, cbi_parent_choice *out);
+
+/* The free-space preflight's estimate (cbimg-backup(1), "Free space"): the
+ * bytes a point needs in DEST at the least, so that a run is refused only
+ * when DEST clearly lacks them. Every point needs its index (one entry per
+ * block) and the files' headers and trailers. A full needs its data too:
+ * data_bytes (what the source holds: its used blocks, or an image file's
+ * allocated bytes) compressed CBI_SPACE_RATIO_KNOWN to 1 when data_known,
+ * else the source's size compressed CBI_SPACE_RATIO_UNKNOWN to 1 (zeros cost
+ * nothing, and how much of it is zeros is not known), plus each stored
+ * block's record header and table entry. Incrementals: the index only (what
+ * changed is known once read). */
+#define CBI_SPACE_RATIO_KNOWN 4
+#define CBI_SPACE_RATIO_UNKNOWN 16
+uint64_t cbi_backup_space_need(int full, uint64_t n_blocks, uint32_t block_size, uint64_t data_bytes,
+			       int data_known);
 
 #endif

@@ -749,14 +749,14 @@ cp "$USB"/*.cb? "$REMOTE"/
 rm -f "$USB"/*.cb?
 change five 8
 R1=$CUR
-expect_exit 4 "$CBIMG" backup -q --state-dir "$SO" --job offsite "${SCRYPT[@]}" "$SRC" "$F/out1"
+expect_exit 4 "$CBIMG" backup -q --state-dir "$SO" --job offsite --outbox "${SCRYPT[@]}" "$SRC" "$F/out1"
 check_eq "(b) outbox run without passphrase wrote nothing" "$(count_files "$F/out1") $(ls "$F/out1" | grep -c '\.cbk$')" "0 0"
-expect_exit 0 "$CBIMG" backup --json --state-dir "$SO" --job offsite "${SCRYPT[@]}" --password-file "$PW" "$SRC" "$F/out1" &&
+expect_exit 0 "$CBIMG" backup --json --state-dir "$SO" --job offsite --outbox "${SCRYPT[@]}" --password-file "$PW" "$SRC" "$F/out1" &&
 	check_eq "(b) outbox: incremental from the local state" "$(jout '"\(.type) \(.point.seq) \(.from_state)"')" "incremental 1 true"
 check_eq "(b) outbox 1 holds the point's two files and a key file" "$(count_files "$F/out1") $(ls "$F/out1" | grep -c '\.cbk$')" "2 1"
 change six 16
 R2=$CUR
-expect_exit 0 "$CBIMG" backup -q --state-dir "$SO" --job offsite "${SCRYPT[@]}" --password-file "$PW" "$SRC" "$F/out2"
+expect_exit 0 "$CBIMG" backup -q --state-dir "$SO" --job offsite --outbox "${SCRYPT[@]}" --password-file "$PW" "$SRC" "$F/out2"
 check_eq "(b) outbox 2 holds the point's two files and a key file" "$(count_files "$F/out2") $(ls "$F/out2" | grep -c '\.cbk$')" "2 1"
 # Ship: the outboxes' key files replace the remote's (same name), so the
 # remote is read with the outbox copy only.

@@ -27,6 +27,17 @@ if have_jq && list_json "$D"; then
 	check_eq "list shows the earlier point only" "$(jqr '[.[].job] | join(",")')" small
 fi
 
+# The preflight refuses it before writing, in one line naming DEST, the
+# free and the needed bytes; --no-space-check writes until the disk is full
+# (as above: exit 1, nothing left behind).
+expect_exit 1 "$CBIMG" backup -q --job big "$T/big.img" "$D"
+check_grep "preflight: one clear line" "^cbimg: not enough space in '[^']*tiny': [0-9]+ bytes free, a full of '[^']*big.img' needs about [0-9]+ "
+check_eq "preflight: a single line" "$(wc -l <"$T/stderr")" 1
+check_eq "preflight: nothing written" "$(dir_state "$D")" "$before"
+expect_exit 1 "$CBIMG" backup -q --no-space-check --job big "$T/big.img" "$D"
+check "--no-space-check: the write itself runs out of space" grep -q "No space left on device" "$T/stderr"
+check_eq "--no-space-check: nothing left behind" "$(dir_state "$D")" "$before"
+
 # Out of space during an incremental of an existing chain: same guarantees.
 # Fill the tmpfs, leaving ~100 KiB, then try an incremental of ~512 KiB.
 dd if=/dev/zero of="$D/.filler" bs=64K status=none 2>/dev/null

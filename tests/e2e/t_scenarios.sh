@@ -136,8 +136,16 @@ cp "$LOCAL"/*.cb? "$REMOTE"/                       # carried to the remote site
 rm -f "$LOCAL"/*.cb?                                # the USB disk is reused
 change "$DEV_pc2" e
 R1=$(sha256 "$DEV_pc2")
+# Without --outbox, an empty DEST gets a new chain (a full) with a note,
+# never an incremental whose parents are elsewhere (on a copy of the state).
+cp -a "$SD" "$T/sd-noout"
+mkdir -p "$T/noout"
+expect_exit 0 "$CBIMG" backup --json --state-dir "$T/sd-noout" --host pc2 --job offsite "$DEV_pc2" "$T/noout" &&
+	check_eq "empty DEST without --outbox: a new chain" \
+		"$(jout '"\(.type) \(.point.seq) \(.from_state)"')" "full 0 false"
+check_grep "empty DEST without --outbox: said so" "starting a new chain with a full" "$T/stderr"
 mkdir -p "$T/out1"
-expect_exit 0 "$CBIMG" backup --json --state-dir "$SD" --host pc2 --job offsite "$DEV_pc2" "$T/out1" &&
+expect_exit 0 "$CBIMG" backup --json --state-dir "$SD" --host pc2 --job offsite --outbox "$DEV_pc2" "$T/out1" &&
 	check_eq "outbox run: an incremental from the local state" \
 		"$(jout '"\(.type) \(.point.seq) \(.from_state)"')" "incremental 1 true"
 check_grep "outbox run says it used the local state" "local state" "$T/stderr"
@@ -146,7 +154,7 @@ cp "$T/out1"/*.cb? "$REMOTE"/                      # shipped
 change "$DEV_pc2" f
 R2=$(sha256 "$DEV_pc2")
 mkdir -p "$T/out2"
-expect_exit 0 "$CBIMG" backup -q --state-dir "$SD" --host pc2 --job offsite "$DEV_pc2" "$T/out2"
+expect_exit 0 "$CBIMG" backup -q --state-dir "$SD" --host pc2 --job offsite --outbox "$DEV_pc2" "$T/out2"
 cp "$T/out2"/*.cb? "$REMOTE"/
 expect_exit 0 "$CBIMG" verify "$REMOTE"
 restore_check "$(point_of "$REMOTE" '.job=="offsite" and .seq==0')" "$R0" "remote seq 0"
@@ -173,7 +181,7 @@ check_eq "verify --json: one chain behind, ok" "$(jout '"\(.behind) \(.ok) \(.no
 # DEST is ahead of the state (an old copy of the state): DEST wins, said so.
 cp -a "$SD" "$T/state-old"
 mkdir -p "$T/out3"
-expect_exit 0 "$CBIMG" backup -q --state-dir "$SD" --host pc2 --job offsite "$DEV_pc2" "$T/out3"
+expect_exit 0 "$CBIMG" backup -q --state-dir "$SD" --host pc2 --job offsite --outbox "$DEV_pc2" "$T/out3"
 cp "$T/out3"/*.cb? "$REMOTE"/                      # remote now at seq 3, state at 3
 rm -rf "$SD" && cp -a "$T/state-old" "$SD"          # state back at seq 2
 change "$DEV_pc2" g
@@ -206,7 +214,7 @@ check_eq "one lock file in the remote DEST" "$(ls -A "$RS" | grep '\.lock$' | tr
 # A damaged state with an empty outbox: refused (no silent new chain).
 for f in "$SD"/*/*.cbx; do flip_byte "$f" 600; done
 mkdir -p "$T/out5"
-expect_exit 3 "$CBIMG" backup -q --state-dir "$SD" --host pc2 --job offsite "$DEV_pc2" "$T/out5"
+expect_exit 3 "$CBIMG" backup -q --state-dir "$SD" --host pc2 --job offsite --outbox "$DEV_pc2" "$T/out5"
 check_grep "damaged state: explained" "local state of job 'offsite' is damaged" "$T/stderr"
 check_eq "nothing written" "$(count_files "$T/out5")" 0
 expect_exit 0 "$CBIMG" verify "$REMOTE"

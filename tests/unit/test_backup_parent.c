@@ -6,6 +6,7 @@
 #include "testutil.h"
 
 #include "backup.h"
+#include "format.h"
 
 #define SIZE (1u << 20)
 
@@ -170,7 +171,8 @@ static void test_forked(void **state)
 	assert_non_null(strstr(c.msg, "forked"));
 }
 
-/* DEST holds no chain of the job, the state does: an outbox, from the state. */
+/* DEST holds no chain of the job, the state does, and --outbox: an outbox,
+ * from the state. */
 static void test_dest_missing_outbox(void **state)
 {
 	(void)state;
@@ -179,6 +181,7 @@ static void test_dest_missing_outbox(void **state)
 	mkpt(&other, 5, 50, 0, 100, 0);
 	strcpy(other.job, "weekly");
 	cbi_parent_in in = base_in(&other, 1, CBI_STATE_FOUND, &st);
+	in.outbox = 1;
 	cbi_parent_choice c = decide(&in);
 	assert_int_equal(c.from, CBI_FROM_STATE);
 	assert_ptr_equal(c.tip, &st);
@@ -316,10 +319,164 @@ static void test_exhausted(void **state)
 	assert_int_equal(c.exhausted, 1);
 	/* from the state (an outbox): from_state stays set, as before */
 	in = base_in(NULL, 0, CBI_STATE_FOUND, &st);
+	in.outbox = 1;
 	c = decide(&in);
 	assert_int_equal(c.from, CBI_FROM_NEW);
 	assert_int_equal(c.from_state, 1);
 	assert_int_equal(c.why, CBI_WHY_OUTBOX);
+}
+
+/* DEST holds no chain of the job but the state does (another disk of a
+ * rotation, a replaced disk), without --outbox: a new chain in DEST, with a
+ * note that names --outbox; never the state's point. */
+static void test_dest_missing_new_chain(void **state)
+{
+	(void)state;
+	cbi_point st, other;
+	mkpt(&st, 1, 11, 1, 200, 0);
+	mkpt(&other, 5, 50, 0, 100, 0);
+	strcpy(other.job, "weekly");
+	cbi_parent_in in = base_in(&other, 1, CBI_STATE_FOUND, &st);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_NEW);
+	assert_null(c.tip);
+	assert_int_equal(c.why, CBI_WHY_NEW_DEST);
+	assert_int_equal(c.code, 0);
+	assert_int_equal(c.from_state, 0);
+	assert_non_null(strstr(c.msg, "starting a new chain with a full"));
+	assert_non_null(strstr(c.msg, "--outbox"));
+	/* an empty DEST too */
+	in = base_in(NULL, 0, CBI_STATE_FOUND, &st);
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_NEW);
+	assert_int_equal(c.why, CBI_WHY_NEW_DEST);
+	/* the same path and job under another identity in DEST: still another
+	 * disk, refused as for a first backup */
+	mkpt(&other, 5, 50, 0, 100, 0);
+	strcpy(other.source_id, "disk-B");
+	in = base_in(&other, 1, CBI_STATE_FOUND, &st);
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_REFUSE);
+	assert_int_equal(c.why, CBI_WHY_OTHER_DISK);
+}
+
+/* The state follows an encrypted chain and DEST holds none: the new chain
+ * must be encrypted too (--encrypt), else refused; --outbox continues. */
+static void test_dest_missing_encrypted_state(void **state)
+{
+	(void)state;
+	cbi_point st;
+	mkpt(&st, 1, 11, 1, 200, 1);
+	cbi_parent_in in = base_in(NULL, 0, CBI_STATE_FOUND, &st);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_REFUSE);
+	assert_int_equal(c.why, CBI_WHY_CLEAR_AFTER_ENCRYPTED);
+	assert_int_equal(c.code, -CBI_EMISMATCH);
+	assert_non_null(strstr(c.msg, "--encrypt"));
+	in.encrypt = 1;
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_NEW);
+	assert_int_equal(c.why, CBI_WHY_NEW_DEST);
+	in.encrypt = 0;
+	in.outbox = 1;
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_STATE);
+	assert_ptr_equal(c.tip, &st);
+	/* --full: whatever the state holds */
+	in.outbox = 0;
+	in.force_full = 1;
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_NEW);
+	assert_int_equal(c.why, CBI_WHY_NONE);
+}
+
+/* --outbox with nothing to continue: refused, not a silent full. */
+static void test_outbox_without_state(void **state)
+{
+	(void)state;
+	cbi_parent_in in = base_in(NULL, 0, CBI_STATE_MISSING, NULL);
+	in.outbox = 1;
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_REFUSE);
+	assert_int_equal(c.why, CBI_WHY_OUTBOX_NO_STATE);
+	assert_int_equal(c.code, -CBI_ENOCHAIN);
+	assert_non_null(strstr(c.msg, "--outbox"));
+	/* a damaged state: the damage is what is reported */
+	in.state_status = CBI_STATE_DAMAGED;
+	c = decide(&in);
+	assert_int_equal(c.why, CBI_WHY_DAMAGED_NO_CHAIN);
+	/* DEST holds the chain: --outbox changes nothing */
+	cbi_point pts[2], st;
+	mkpt(&pts[0], 1, 10, 0, 100, 0);
+	mkpt(&pts[1], 1, 11, 1, 200, 0);
+	mkpt(&st, 1, 11, 1, 200, 0);
+	in = base_in(pts, 2, CBI_STATE_FOUND, &st);
+	in.outbox = 1;
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_DEST);
+	assert_ptr_equal(c.tip, &pts[1]);
+	assert_int_equal(c.why, CBI_WHY_NONE);
+}
+
+/* Two disks in rotation, A, B, A, B, with one local state that follows the
+ * disk written last: each disk continues its own chain. */
+static void test_rotation(void **state)
+{
+	(void)state;
+	cbi_point a[2], b[2], st;
+	/* 1. A: nothing anywhere: a full on A */
+	cbi_parent_in in = base_in(NULL, 0, CBI_STATE_MISSING, NULL);
+	cbi_parent_choice c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_NEW);
+	mkpt(&a[0], 0xa, 0xa0, 0, 100, 0);
+	st = a[0];
+	/* 2. B: empty, the state follows A's chain: a full on B */
+	in = base_in(NULL, 0, CBI_STATE_FOUND, &st);
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_NEW);
+	assert_int_equal(c.why, CBI_WHY_NEW_DEST);
+	mkpt(&b[0], 0xb, 0xb0, 0, 200, 0);
+	st = b[0];
+	/* 3. A: A's own chain, the state follows B's: A's, with a note */
+	in = base_in(a, 1, CBI_STATE_FOUND, &st);
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_DEST);
+	assert_ptr_equal(c.tip, &a[0]);
+	assert_int_equal(c.why, CBI_WHY_OTHER_CHAIN);
+	mkpt(&a[1], 0xa, 0xa1, 1, 300, 0);
+	st = a[1];
+	/* 4. B: B's own chain */
+	in = base_in(b, 1, CBI_STATE_FOUND, &st);
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_DEST);
+	assert_ptr_equal(c.tip, &b[0]);
+	mkpt(&b[1], 0xb, 0xb1, 1, 400, 0);
+	st = b[1];
+	/* 5. A again: seq 1 of A's chain */
+	in = base_in(a, 2, CBI_STATE_FOUND, &st);
+	c = decide(&in);
+	assert_int_equal(c.from, CBI_FROM_DEST);
+	assert_ptr_equal(c.tip, &a[1]);
+}
+
+/* The free-space estimate: the index always; a full's data compressed 4
+ * to 1 when what the source holds is known, its size 16 to 1 otherwise. */
+static void test_space_need(void **state)
+{
+	(void)state;
+	uint64_t base = 4 * (CBI_HDR_SIZE + CBI_TRL_SIZE);
+	uint64_t nb = 4096, bs = 256 * 1024, size = nb * bs; /* 1 GiB */
+	assert_int_equal(cbi_backup_space_need(0, nb, (uint32_t)bs, size, 1), base + nb * CBI_IDX_ENT_SIZE);
+	uint64_t used = 400ull << 20;
+	assert_int_equal(cbi_backup_space_need(1, nb, (uint32_t)bs, used, 1),
+			 base + nb * CBI_IDX_ENT_SIZE + used / 4 + (used / bs) * (CBI_REC_HDR_SIZE + CBI_TAB_ENT_SIZE));
+	assert_int_equal(cbi_backup_space_need(1, nb, (uint32_t)bs, size, 0),
+			 base + nb * CBI_IDX_ENT_SIZE + size / 16 +
+				 (nb / 16) * (CBI_REC_HDR_SIZE + CBI_TAB_ENT_SIZE));
+	/* an empty file system: the index only, and never below it */
+	assert_int_equal(cbi_backup_space_need(1, nb, (uint32_t)bs, 0, 1), base + nb * CBI_IDX_ENT_SIZE);
+	/* a huge source does not overflow */
+	assert_true(cbi_backup_space_need(1, 1ull << 40, 4096, 1ull << 52, 1) > (1ull << 50));
 }
 
 int main(void)
@@ -340,6 +497,11 @@ int main(void)
 		cmocka_unit_test(test_forged_clear),
 		cmocka_unit_test(test_size_changed),
 		cmocka_unit_test(test_exhausted),
+		cmocka_unit_test(test_dest_missing_new_chain),
+		cmocka_unit_test(test_dest_missing_encrypted_state),
+		cmocka_unit_test(test_outbox_without_state),
+		cmocka_unit_test(test_rotation),
+		cmocka_unit_test(test_space_need),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
