@@ -565,6 +565,7 @@ static void test_outbox_holds_no_catalog(void **state)
 	tu_backup_ok(&o, &r);
 	assert_true(tu_exists(c->db));
 	o.dest = out;
+	o.outbox = 1; /* continuing from the local state needs --outbox (issue 14) */
 	tu_backup_ok(&o, &r);
 	assert_int_equal(r.from_state, 1);
 	assert_false(tu_exists(tu_path(out, CBI_CATALOG_NAME)));
