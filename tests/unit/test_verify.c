@@ -388,6 +388,7 @@ static void test_behind_state(void **state)
 	snprintf(out, sizeof out, "%s/outbox", v->dir);
 	assert_int_equal(mkdir(out, 0755), 0);
 	o.dest = out;
+	o.outbox = 1; /* continuing from the local state needs --outbox (issue 14) */
 	tu_backup_ok(&o, &r1);
 	assert_int_equal(r1.point.seq, 1);
 	assert_int_equal(r1.from_state, 1);
@@ -412,6 +413,7 @@ static void test_behind_state(void **state)
 	/* a fork: another seq 1 on the seed disk than the state's */
 	o.dest = seed;
 	o.no_state = 1;
+	o.outbox = 0;
 	cbi_backup_result r2;
 	tu_backup_ok(&o, &r2);
 	assert_int_equal(r2.point.seq, 1);
