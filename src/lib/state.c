@@ -15,17 +15,16 @@
 #include "sfile.h"
 #include "util.h"
 
-int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, int *damaged,
-		   char *why, size_t whysz)
+int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, cbi_error *err)
 {
 	char dir[4096], path[4096];
 	cbi_dest *d = NULL;
+	cbi_error bad; /* the first state index that is damaged, and why */
+	int bad_rc = 0;
 	*found = 0;
-	*damaged = 0;
-	why[0] = 0;
 	if (cbi_job_state_dir(state_dir, key, dir, sizeof dir))
-		return -ENAMETOOLONG;
-	int rc = cbi_dest_scan(dir, CBI_DEST_MISSING_OK, &d, NULL);
+		return cbi_err(err, -ENAMETOOLONG, "state directory path too long: '%s'", state_dir);
+	int rc = cbi_dest_scan(dir, CBI_DEST_MISSING_OK, &d, err);
 	if (rc)
 		return rc;
 	for (size_t i = 0; i < d->n; i++) {
@@ -48,8 +47,9 @@ int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *fou
 			cbi_point_from_index(&p, x);
 		cbi_index_close(x);
 		if (rc) {
-			*damaged = 1;
-			snprintf(why, whysz, "'%s': %s", path, er.msg[0] ? er.msg : cbi_errtext(rc));
+			if (!bad_rc)
+				bad_rc = cbi_err(&bad, -CBI_EDAMAGED, "'%s': %s", path,
+						 er.msg[0] ? er.msg : cbi_errtext(rc));
 			rc = 0;
 			continue;
 		}
@@ -59,6 +59,11 @@ int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *fou
 		}
 	}
 	cbi_dest_free(d);
+	if (bad_rc && !*found) {
+		if (err)
+			*err = bad;
+		return bad_rc;
+	}
 	return 0;
 }
 
