@@ -3,9 +3,11 @@
  *
  * A run goes through five phases over one context (bk_run): validate the
  * options and open the source; choose the parent (under the job's lock:
- * scan DEST, read the local state, then a pure decision,
- * cbi_backup_choose_parent()); keys (open and unlock the parent, or make a
- * new chain's key); write the point; finish (local state, result). */
+ * scan DEST once through the chain reader, read the local state, then a
+ * pure decision, cbi_backup_choose_parent()); keys (the chain reader opens,
+ * unlocks and checks the parent, or a new chain's key is made); write the
+ * point; finish (local state, result). Nothing here unlocks a chain or
+ * checks a header MAC or an index digest: chainrd.h does. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <openssl/crypto.h>

@@ -1,6 +1,6 @@
 /* chainrd.h - the chain reader: opening a chain and deciding whether to
- * trust it, in one place for restore, verify, info and (later) backup's
- * parent lookup, merge and mount.
+ * trust it, in one place for restore, verify, info, backup's parent
+ * lookup and (later) merge and mount.
  *
  * A cbi_chain holds the points of one directory (a scan, dest.h), the chain
  * chosen in it (the tip and its ancestors, oldest to newest), the tip's
