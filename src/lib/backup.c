@@ -3,11 +3,12 @@
  *
  * A run goes through five phases over one context (bk_run): validate the
  * options and open the source; choose the parent (under the job's lock:
- * scan DEST, read the local state, then a pure decision,
- * cbi_backup_choose_parent()); keys (open and unlock the parent, or make a
- * new chain's key); write the point; finish (local state, result). */
+ * scan DEST once through the chain reader, read the local state, then a
+ * pure decision, cbi_backup_choose_parent()); keys (the chain reader opens,
+ * unlocks and checks the parent, or a new chain's key is made); write the
+ * point; finish (local state, result). Nothing here unlocks a chain or
+ * checks a header MAC or an index digest: chainrd.h does. */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <stdarg.h>
@@ -22,6 +23,8 @@
 #include "backup.h"
 #include "catalog.h"
 #include "chain.h"
+#include "chainrd.h"
+#include "dest.h"
 #include "fsmap.h"
 #include "fsprobe.h"
 #include "image.h"
@@ -61,64 +64,56 @@ static int sink(void *ud, uint64_t block, const cbi_pipe_block *b, cbi_error *er
 	return 0;
 }
 
-/* One lock file per (host, source, job) in DEST, so that two runs of the
- * same job never fork a chain, while different sources run concurrently:
- * named by the job's key (state.h). */
-#define lock_key cbi_state_key
+/* The job's key (job.h): it names the job's lock file in DEST, its
+ * temporary files and its local state, so that two runs of the same job
+ * never fork a chain, while different sources run concurrently. */
+static uint64_t job_key(const cbi_hdr *h)
+{
+	return cbi_state_key(h->host, h->source_id, h->job);
+}
 
 /* With the lock held, remove what a killed run of the same (host, source,
- * job) left: temporary files tagged with our key, and images whose index
- * was never committed (a crash between the two renames). Neither was ever
- * a point. */
-static void remove_leftovers(const char *dest, const cbi_hdr *h, const cbi_point *pts, size_t n)
+ * job) left in DEST (its scan d): temporary files tagged with our key, and
+ * images whose index was never committed (a crash between the two
+ * renames). Neither was ever a point. */
+static void remove_leftovers(const cbi_dest *d, const cbi_hdr *h, const cbi_point *pts, size_t n)
 {
-	char prefix[64], path[4096];
-	uint64_t key = lock_key(h->host, h->source_id, h->job);
-	snprintf(prefix, sizeof prefix, ".cbimg-%016llx-", (unsigned long long)key);
+	char prefix[64], path[4096], partner[4096];
+	uint64_t key = job_key(h);
+	cbi_job_tmp_prefix(key, prefix, sizeof prefix);
 	/* An interrupted commit's image is newer than every point of its key;
 	 * older orphans (say, images copied here without their index) are the
 	 * user's and are left alone for verify to report. */
 	int64_t newest = INT64_MIN;
 	for (size_t i = 0; i < n; i++)
-		if (lock_key(pts[i].host, pts[i].source_id, pts[i].job) == key && pts[i].created_ns > newest)
+		if (cbi_state_key(pts[i].host, pts[i].source_id, pts[i].job) == key && pts[i].created_ns > newest)
 			newest = pts[i].created_ns;
-	DIR *d = opendir(dest);
-	if (!d)
-		return;
-	struct dirent *de;
-	while ((de = readdir(d))) {
-		size_t len = strlen(de->d_name);
-		if ((size_t)snprintf(path, sizeof path, "%.3000s/%.1000s", dest, de->d_name) >= sizeof path)
+	for (size_t i = 0; i < d->n; i++) {
+		const cbi_dent *e = &d->e[i];
+		if (cbi_dest_path(d, e, path, sizeof path))
 			continue;
-		if (!strncmp(de->d_name, prefix, strlen(prefix)) && len > 4 &&
-		    !strcmp(de->d_name + len - 4, ".tmp")) {
+		if (e->kind == CBI_DENT_TEMP && !strncmp(e->name, prefix, strlen(prefix))) {
 			unlink(path);
 			continue;
 		}
-		if (de->d_name[0] == '.' || len < 5 || strcmp(de->d_name + len - 4, ".cbi"))
-			continue;
-		cbi_point p;
-		int kind = 0;
-		memset(&p, 0, sizeof p);
-		if (cbi_point_read_file(path, &p, &kind, NULL) || kind != CBI_KIND_IMAGE ||
-		    lock_key(p.host, p.source_id, p.job) != key || cbi_chain_find_id(pts, n, p.point_id) >= 0 ||
-		    p.created_ns <= newest)
+		const cbi_point *p = e->pt ? &e->pt->p : NULL;
+		if (e->kind != CBI_DENT_POINT || !cbi_has_ext(e->name, ".cbi") || !p || e->pt->rc ||
+		    e->pt->kind != CBI_KIND_IMAGE || cbi_state_key(p->host, p->source_id, p->job) != key ||
+		    cbi_chain_find_id(pts, n, p->point_id) >= 0 || p->created_ns <= newest)
 			continue;
 		/* An index under the partner name, even a damaged one, means this
 		 * was a committed point: keep its data for the user to salvage. */
-		char partner[4096];
-		cbi_strlcpy(partner, path, sizeof partner);
+		cbi_strlcpy(partner, e->name, sizeof partner);
 		memcpy(partner + strlen(partner) - 4, ".cbx", 4);
-		if (access(partner, F_OK) == 0)
+		if (cbi_dest_find(d, partner))
 			continue;
 		cbi_sfile_remove(path); /* and its segments */
 	}
-	closedir(d);
 }
 
 static int take_lock(const char *dest, const cbi_hdr *h, cbi_joblock *lk, cbi_error *err)
 {
-	int rc = cbi_job_lock(dest, lock_key(h->host, h->source_id, h->job), lk, err);
+	int rc = cbi_job_lock(dest, job_key(h), lk, err);
 	if (rc == -CBI_ELOCKED)
 		rc = cbi_err(err, rc, "another cbimg is backing up job '%s' of '%s' to '%s'", h->job,
 			     h->source_path, dest);
@@ -435,11 +430,14 @@ typedef struct bk_run {
 	cbi_fsmap *fsmap;         /* used_only: the blocks the source's file system uses */
 	cbi_joblock lock;
 	int64_t run_id;           /* the run's row in DEST's catalog, 0 if none */
-	cbi_point *pts;           /* DEST's points */
+	cbi_chain *dest;          /* DEST's one scan (the chain reader) */
+	const cbi_point *pts;     /* DEST's points, owned by dest */
 	size_t npts;
 	cbi_point stp;            /* the local state's point */
 	cbi_parent_choice choice;
-	cbi_index *parent;        /* the parent's index, NULL for a full */
+	cbi_chain *pchain;        /* the parent, opened and checked by the chain reader */
+	int pfailed_at;           /* where its check failed (CBI_CHAIN_AT_*) */
+	cbi_index *parent;        /* the parent's index (owned by pchain), NULL for a full */
 	cbi_keys keys;            /* the chain's keys when it is encrypted */
 	int encrypted;
 	char key_used[4096];      /* the key file that opened the chain */
@@ -531,9 +529,9 @@ static int bk_validate(bk_run *b)
 	return 0;
 }
 
-/* Phase 2: under the job's lock, what DEST and the local state hold, then
- * the decision (cbi_backup_choose_parent). The parent lookup happens here
- * and in bk_keys() only. */
+/* Phase 2: under the job's lock, what DEST (one scan, the chain reader's)
+ * and the local state hold, then the decision (cbi_backup_choose_parent).
+ * The parent lookup happens here and in bk_keys() only. */
 static int bk_choose_parent(bk_run *b)
 {
 	const cbi_backup_opts *o = b->o;
@@ -544,12 +542,14 @@ static int bk_choose_parent(bk_run *b)
 	cbi_error ce; /* the catalog is a cache: its failures are warnings */
 	if (cbi_catalog_run_begin(o->dest, h->host, h->source_id, h->source_path, h->job, &b->run_id, &ce))
 		append_warning(b->r, ce.msg);
-	if ((rc = cbi_chain_scan(o->dest, &b->pts, &b->npts, b->err)))
+	cbi_chain_opts dco = { .no_state = 1 }; /* the points only: nothing is unlocked here */
+	if ((rc = cbi_chain_open_dir(o->dest, &dco, &b->dest, b->err)))
 		return rc;
+	b->pts = cbi_chain_points(b->dest, &b->npts);
 	if (b->lock.locked)
-		remove_leftovers(o->dest, h, b->pts, b->npts);
+		remove_leftovers(cbi_chain_dest(b->dest), h, b->pts, b->npts);
 
-	char why[700] = "";
+	char why[sizeof ce.msg] = "";
 	cbi_parent_in in = {
 		.pts = b->pts, .npts = b->npts,
 		.host = h->host, .source_id = h->source_id, .job = h->job, .source_path = h->source_path,
@@ -559,11 +559,14 @@ static int bk_choose_parent(bk_run *b)
 		.dest = o->dest, .source = o->source,
 	};
 	if (!o->no_state && !o->force_full) {
-		int found = 0, damaged = 0;
-		if (cbi_state_load(b->state_dir, lock_key(h->host, h->source_id, h->job), &b->stp, &found,
-				   &damaged, why, sizeof why))
-			damaged = 1, snprintf(why, sizeof why, "'%s' unreadable", b->state_dir);
-		in.state_status = found ? CBI_STATE_FOUND : damaged ? CBI_STATE_DAMAGED : CBI_STATE_MISSING;
+		int found = 0;
+		cbi_error se;
+		int src = cbi_state_load(b->state_dir, job_key(h), &b->stp, &found, &se);
+		if (src == -CBI_EDAMAGED)
+			cbi_strlcpy(why, se.msg, sizeof why);
+		else if (src)
+			snprintf(why, sizeof why, "'%s' unreadable", b->state_dir);
+		in.state_status = found ? CBI_STATE_FOUND : src ? CBI_STATE_DAMAGED : CBI_STATE_MISSING;
 	}
 	cbi_parent_choice *c = &b->choice;
 	cbi_backup_choose_parent(&in, c);
@@ -574,46 +577,80 @@ static int bk_choose_parent(bk_run *b)
 	return 0;
 }
 
-/* Phase 3, continuing a chain: open the parent's index, unlock the chain
- * when it is encrypted, check the index, and take the chain's settings. */
+/* The parent's check failed at step b->pfailed_at (chainrd.h): the reader's
+ * reason, put in backup's context. An unlock's message (no key file, wrong
+ * or no passphrase) stands alone. */
+static int parent_failed(bk_run *b, int rc)
+{
+	const cbi_point *tp = b->choice.tip;
+	cbi_error *err = b->err;
+	switch (b->pfailed_at) {
+	case CBI_CHAIN_AT_UNLOCK:
+		return rc;
+	case CBI_CHAIN_AT_HEADER:
+		/* the chain was unlocked: another key id or MAC in its header
+		 * means the header was altered */
+		return cbi_err_prefix(err, rc, "newest index '%s' of job '%s'", tp->index_file, b->h.job);
+	case CBI_CHAIN_AT_DIGEST:
+		if (cbi_is_damage(rc) && err) {
+			char inner[sizeof err->msg];
+			cbi_strlcpy(inner, err->msg[0] ? err->msg : cbi_errtext(rc), sizeof inner);
+			return cbi_err(err, rc,
+				       "newest index '%s' of job '%s' is damaged (%.700s): run 'cbimg verify', "
+				       "or use --full",
+				       tp->index_file, b->h.job, inner);
+		}
+		if (cbi_is_damage(rc))
+			return rc;
+		return cbi_err_prefix(err, rc, "unable to check newest index '%s' of job '%s'", tp->index_file,
+				      b->h.job);
+	default:
+		return cbi_err_prefix(err, rc, "newest point of job '%s' in '%s'", b->h.job, b->o->dest);
+	}
+}
+
+/* --encrypt continues no unencrypted chain. */
+static int refuse_encrypt(bk_run *b)
+{
+	return cbi_err(b->err, -CBI_EUSAGE,
+		       "job '%s' in '%s' continues an unencrypted chain: --encrypt applies to new "
+		       "chains; add --full to start an encrypted one",
+		       b->h.job, b->o->dest);
+}
+
+/* Phase 3, continuing a chain: the chain reader opens the parent's index
+ * (in DEST, or the local state's copy for an outbox), unlocks the chain when
+ * it is encrypted (DEST's key files, then the local state's copy), checks
+ * the header and the digest; then the chain's settings. */
 static int bk_keys_parent(bk_run *b)
 {
 	const cbi_backup_opts *o = b->o;
 	const cbi_point *tp = b->choice.tip;
 	cbi_hdr *h = &b->h;
-	cbi_error *err = b->err;
 	int rc;
-	if ((rc = cbi_index_open(tp->index_file, &b->parent, err)))
-		return cbi_err_prefix(err, rc, "newest point of job '%s' in '%s'", h->job, o->dest);
+	if (o->encrypt && !tp->encrypted)
+		return refuse_encrypt(b); /* before the checks, as the header says */
+	cbi_chain_opts co = { .pass = o->pass, .pass_ud = o->pass_ud, .state_dir = b->state_dir,
+			      .no_state = o->no_state, .keep_pass = 1, .failed_at = &b->pfailed_at };
+	if ((rc = cbi_chain_open_tip(tp->index_file, o->dest, &co, &b->pchain, b->err)))
+		return parent_failed(b, rc);
+	b->parent = cbi_chain_tip_index(b->pchain);
 	if (b->parent->hdr.flags & CBI_HDR_ENCRYPTED) {
-		/* DEST's key files first, then the local state's copy */
-		if (!(b->pw = malloc(CBI_PASS_MAX)))
-			return cbi_err(err, -ENOMEM, "out of memory");
-		if ((rc = cbi_chain_unlock(o->dest, o->no_state ? NULL : b->state_dir, &b->parent->hdr, o->pass,
-					   o->pass_ud, &b->keys, b->key_used, sizeof b->key_used, b->pw, &b->pwlen,
-					   err)))
-			return rc;
-		if ((rc = cbi_index_set_keys(b->parent, &b->keys)))
-			/* the chain was unlocked: another key id in one of its
-			 * headers means the header was altered */
-			return cbi_err(err, -CBI_EAUTH, "newest index '%s' of job '%s': %s", tp->index_file, h->job,
-				       cbi_hdr_keyed_problem(rc));
+		const cbi_keys *k = NULL;
+		if ((rc = cbi_chain_keys(b->pchain, &b->parent->hdr, &k, b->err)))
+			return rc; /* unlocked by the open: its failure remembered */
+		b->keys = *k;
+		int pwlen = 0;
+		const char *pw = cbi_chain_pass(b->pchain, &pwlen);
+		if (!(b->pw = calloc(1, CBI_PASS_MAX)))
+			return cbi_err(b->err, -ENOMEM, "out of memory");
+		if (pw)
+			memcpy(b->pw, pw, (size_t)pwlen);
+		b->pwlen = pwlen;
+		cbi_strlcpy(b->key_used, cbi_chain_key_file(b->pchain), sizeof b->key_used);
 		b->encrypted = 1;
 	} else if (o->encrypt) {
-		return cbi_err(err, -CBI_EUSAGE,
-			       "job '%s' in '%s' continues an unencrypted chain: --encrypt applies to new "
-			       "chains; add --full to start an encrypted one",
-			       h->job, o->dest);
-	}
-	if ((rc = cbi_index_check_digest(b->parent))) {
-		if (cbi_is_damage(rc))
-			return cbi_err(err, rc,
-				       "newest index '%s' of job '%s' is damaged (%s): run 'cbimg verify', "
-				       "or use --full",
-				       tp->index_file, h->job, cbi_errtext(rc));
-		cbi_err(err, rc, "%s", cbi_errtext(rc));
-		return cbi_err_prefix(err, rc, "unable to check newest index '%s' of job '%s'", tp->index_file,
-				      h->job);
+		return refuse_encrypt(b);
 	}
 	if (o->block_size && o->block_size != tp->block_size) {
 		char w[96];
@@ -804,8 +841,7 @@ static int bk_write_point(bk_run *b)
 	snprintf(b->idx_path, sizeof b->idx_path, "%.3000s/%.1000s", o->dest, name);
 	b->st.img_path = b->img_path;
 	char tag[64];
-	snprintf(tag, sizeof tag, "cbimg-%016llx-%ld", (unsigned long long)lock_key(h->host, h->source_id, h->job),
-		 (long)getpid());
+	cbi_job_tmp_tag(job_key(h), (long)getpid(), tag, sizeof tag);
 	const cbi_keys *keys = b->encrypted ? &b->keys : NULL;
 	if ((rc = cbi_image_writer_create(b->img_path, tag, h, keys, &b->st.img, err)))
 		return rc;
@@ -865,7 +901,7 @@ static void bk_finish(bk_run *b)
 	const cbi_hdr *h = &b->h;
 	if (!b->o->no_state) {
 		cbi_error se;
-		if (cbi_state_save(b->state_dir, lock_key(h->host, h->source_id, h->job), b->idx_path,
+		if (cbi_state_save(b->state_dir, job_key(h), b->idx_path,
 				   b->encrypted ? &b->keys : NULL, b->pw, (size_t)b->pwlen, &se))
 			append_warning(b->r, se.msg);
 	}
@@ -903,10 +939,10 @@ static int bk_end(bk_run *b, int rc)
 						: r->warning,
 					     r, &ce))
 		append_warning(r, ce.msg);
-	cbi_index_close(b->parent);
+	cbi_chain_close(b->pchain); /* and the parent's index */
+	cbi_chain_close(b->dest);
 	cbi_source_close(b->src);
 	cbi_fsmap_free(b->fsmap);
-	free(b->pts);
 	cbi_job_unlock(&b->lock);
 	return rc;
 }

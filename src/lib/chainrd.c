@@ -50,9 +50,18 @@ struct cbi_chain {
 	int pwlen;
 };
 
+/* The step of the verdict under way (cbi_chain_opts.failed_at). */
+static void at(const cbi_chain *c, int step)
+{
+	if (c->o.failed_at)
+		*c->o.failed_at = step;
+}
+
 static int chain_new(const char *dir, const cbi_chain_opts *o, cbi_chain **out, cbi_error *err)
 {
 	static const cbi_chain_opts none;
+	if (o && o->failed_at)
+		*o->failed_at = CBI_CHAIN_AT_OPEN;
 	cbi_chain *c = calloc(1, sizeof *c);
 	if (!c)
 		return cbi_err(err, -ENOMEM, "out of memory");
@@ -117,6 +126,7 @@ int cbi_chain_open_dir(const char *dir, const cbi_chain_opts *o, cbi_chain **out
 		cbi_chain_close(c);
 		return rc;
 	}
+	at(c, 0);
 	*out = c;
 	return 0;
 }
@@ -262,6 +272,7 @@ const char *cbi_chain_pass(const cbi_chain *c, int *len)
 int cbi_chain_check(cbi_chain *c, cbi_error *err)
 {
 	const cbi_point *tp = cbi_chain_point(c, c->len ? c->len - 1 : 0);
+	at(c, CBI_CHAIN_AT_OPEN);
 	if (!tp)
 		return cbi_err(err, -EINVAL, "no chain chosen");
 	cbi_index_close(c->index);
@@ -271,6 +282,7 @@ int cbi_chain_check(cbi_chain *c, cbi_error *err)
 		return rc;
 	if (c->index->hdr.flags & CBI_HDR_ENCRYPTED) {
 		const cbi_keys *k;
+		at(c, CBI_CHAIN_AT_UNLOCK);
 		if ((rc = cbi_chain_keys(c, &c->index->hdr, &k, err)))
 			return rc;
 		/* Every index of the chain against the keys: each names its parent,
@@ -280,15 +292,20 @@ int cbi_chain_check(cbi_chain *c, cbi_error *err)
 			cbi_index *x = NULL;
 			if (!p)
 				continue; /* tip only: the ancestors are elsewhere */
-			if (!(rc = cbi_index_open(p->index_file, &x, err)))
+			at(c, CBI_CHAIN_AT_OPEN);
+			if (!(rc = cbi_index_open(p->index_file, &x, err))) {
+				at(c, CBI_CHAIN_AT_HEADER);
 				rc = set_keys(k, x, NULL, err);
+			}
 			cbi_index_close(x);
 			if (rc)
 				return rc;
 		}
+		at(c, CBI_CHAIN_AT_HEADER);
 		if ((rc = set_keys(k, c->index, NULL, err)))
 			return rc;
 	}
+	at(c, CBI_CHAIN_AT_DIGEST);
 	if ((rc = cbi_index_check_digest(c->index))) {
 		int enc = (c->index->hdr.flags & CBI_HDR_ENCRYPTED) != 0;
 		return cbi_err(err, rc == -CBI_EDAMAGED ? -CBI_EDAMAGED : rc, "index '%s': %s", tp->index_file,
@@ -312,6 +329,7 @@ int cbi_chain_open(const char *file, const cbi_chain_opts *o, cbi_chain **out, c
 	cbi_dirname(file, dir, sizeof dir);
 	if ((rc = cbi_chain_open_dir(dir, o, &c, err)))
 		return rc;
+	at(c, CBI_CHAIN_AT_OPEN);
 	long i = cbi_chain_find(c, &me);
 	if (i < 0)
 		rc = cbi_err(err, -CBI_ENOPARENT, "'%s': the index file of this point is not in '%s'", file, dir);
@@ -332,6 +350,7 @@ int cbi_chain_open_job(const char *dest, const char *host, const char *source_id
 	int rc = cbi_chain_open_dir(dest, o, &c, err);
 	if (rc)
 		return rc;
+	at(c, CBI_CHAIN_AT_OPEN);
 	long best = -1;
 	for (size_t i = 0; i < c->npts; i++) {
 		const cbi_point *p = &c->pts[i];
@@ -362,6 +381,7 @@ int cbi_chain_open_tip(const char *index_file, const char *key_dir, const cbi_ch
 	if (rc)
 		return rc;
 	c->tip_only = 1;
+	at(c, CBI_CHAIN_AT_OPEN);
 	if ((rc = cbi_dest_scan(key_dir, CBI_DEST_KEYS | CBI_DEST_MISSING_OK, &c->d, err)) ||
 	    (rc = cbi_index_open(index_file, &x, err)))
 		goto fail;

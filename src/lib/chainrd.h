@@ -1,6 +1,6 @@
 /* chainrd.h - the chain reader: opening a chain and deciding whether to
- * trust it, in one place for restore, verify, info and (later) backup's
- * parent lookup, merge and mount.
+ * trust it, in one place for restore, verify, info, backup's parent
+ * lookup and (later) merge and mount.
  *
  * A cbi_chain holds the points of one directory (a scan, dest.h), the chain
  * chosen in it (the tip and its ancestors, oldest to newest), the tip's
@@ -31,7 +31,21 @@ typedef struct cbi_chain_opts {
 	int no_state;           /* use no local state at all */
 	int keep_pass;          /* keep the passphrase that unlocked the chain, for
 	                         * cbi_chain_pass() (backup rewraps the key with it) */
+	int *failed_at;         /* if non-NULL: the step at which an open or
+	                         * cbi_chain_check() failed, CBI_CHAIN_AT_*; 0 when the
+	                         * check passed. Written by each open and check: it
+	                         * must stay valid until cbi_chain_close(). For a
+	                         * caller that words each failure with its own
+	                         * context (backup's parent) */
 } cbi_chain_opts;
+
+/* The steps of cbi_chain_check(), in order (cbi_chain_opts.failed_at). */
+enum {
+	CBI_CHAIN_AT_OPEN = 1,  /* reading the directory or an index file */
+	CBI_CHAIN_AT_UNLOCK,    /* unlocking the chain (unlock.h: its codes and texts) */
+	CBI_CHAIN_AT_HEADER,    /* an index header against the keys: -CBI_EAUTH */
+	CBI_CHAIN_AT_DIGEST,    /* the tip's index digest */
+};
 
 typedef struct cbi_chain cbi_chain;
 

@@ -57,34 +57,36 @@ static int each_index(const char *dir, idx_fn fn, void *ud)
 
 typedef struct load_arg {
 	cbi_point *tip;
-	int *found, *damaged;
-	char *why;
-	size_t whysz;
+	int *found;
+	int bad_rc;             /* the first state index that is damaged, and why */
+	cbi_error bad;
 } load_arg;
 
 static void load_one(void *ud, int rc, const cbi_point *p, const char *why)
 {
 	load_arg *a = ud;
 	if (rc) {
-		*a->damaged = 1;
-		cbi_strlcpy(a->why, why, a->whysz);
+		if (!a->bad_rc)
+			a->bad_rc = cbi_err(&a->bad, -CBI_EDAMAGED, "%s", why);
 	} else if (!*a->found || p->created_ns > a->tip->created_ns) {
 		*a->tip = *p;
 		*a->found = 1;
 	}
 }
 
-int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, int *damaged,
-		   char *why, size_t whysz)
+int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, cbi_error *err)
 {
 	char dir[4096];
 	*found = 0;
-	*damaged = 0;
-	why[0] = 0;
 	if (cbi_job_state_dir(state_dir, key, dir, sizeof dir))
-		return -ENAMETOOLONG;
-	load_arg a = { tip, found, damaged, why, whysz };
-	return each_index(dir, load_one, &a);
+		return cbi_err(err, -ENAMETOOLONG, "state directory path too long: '%s'", state_dir);
+	load_arg a = { .tip = tip, .found = found };
+	int rc = each_index(dir, load_one, &a);
+	if (rc)
+		return cbi_err(err, rc, "unable to read the local state '%s': %s", dir, cbi_errtext(rc));
+	if (!*found && a.bad_rc) /* index files, but none intact */
+		return cbi_err(err, a.bad_rc, "%s", a.bad.msg);
+	return 0;
 }
 
 typedef struct snap_arg {

@@ -16,12 +16,13 @@
 #include "cbimg.h"
 #include "job.h" /* the job key (cbi_state_key()), CBI_DEFAULT_STATE_DIR, the layout */
 
-/* Find the newest index in STATE_DIR/<key>. *found = 0 when there is none.
- * A state index that fails its structure or digest check is reported
- * through *damaged (with the reason in why, always set then) and not
- * returned. */
-int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, int *damaged,
-		   char *why, size_t whysz) CBI_WUR;
+/* Find the newest index in STATE_DIR/<key>. 0 with *found = 0 when there
+ * is none (or no such directory), 0 with *found = 1 and *tip filled when
+ * there is an intact one. -CBI_EDAMAGED (err: "'FILE': REASON") when the
+ * state holds index files but none is intact (fails its structure check, or
+ * for an unencrypted one its digest check); another negative code (err
+ * filled) when the state directory cannot be read. */
+int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *found, cbi_error *err) CBI_WUR;
 
 /* Every index of the local state, of every job (all of them, not only each
  * job's newest; damaged ones, and ones a backup replaces while they are

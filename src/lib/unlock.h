@@ -27,7 +27,8 @@ int cbi_unlock(const struct cbi_dest *d, const char *state_dir, const cbi_hdr *h
 	       cbi_keys *out, char *used, size_t usedsz, char *pw, int *pwlen, cbi_error *err) CBI_WUR;
 
 /* The same for the key files of directory dir (scanned here; a missing
- * directory holds none). */
+ * directory holds none). A convenience for tests and tools: the library's
+ * readers unlock through the chain reader (chainrd.h). */
 int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, cbi_pass_fn pass, void *ud,
 		     cbi_keys *out, char *used, size_t usedsz, char *pw, int *pwlen, cbi_error *err) CBI_WUR;
 

@@ -1207,6 +1207,48 @@ static void test_plain_point_on_encrypted_chain(void **state)
 				"passes verify, and the next incremental continues the chain unencrypted");
 }
 
+/* Backup's parent goes through the chain reader: each failure keeps the
+ * reader's reason and backup's context. A wrong passphrase is the unlock's
+ * own message; an altered header of the newest index is -CBI_EAUTH, an
+ * altered entry -CBI_EDAMAGED with the advice to verify; nothing written. */
+static void test_backup_parent_failures(void **state)
+{
+	enc_fix *f = *state;
+	pass_cb good = { .pw = PASS }, bad = { .pw = "wrong" };
+	cbi_backup_opts o = enc_opts(f, &good);
+	cbi_backup_result r0, r;
+	cbi_error e;
+	char want[9000];
+	backup_ok(&o, &r0);
+	o.encrypt = 0; /* continuing: the chain says it is encrypted */
+	o.pass_ud = &bad;
+	assert_int_equal(backup(&o, &r, &e), -CBI_EPASS);
+	assert_non_null(strstr(e.msg, "wrong passphrase"));
+	assert_null(strstr(e.msg, "newest"));
+	o.pass_ud = &good;
+	snprintf(want, sizeof want, "newest index '%s' of job '%s': ", r0.point.index_file, r0.point.job);
+
+	alter_header(r0.point.index_file, 136, 0x01); /* created_ns */
+	assert_int_equal(backup(&o, &r, &e), -CBI_EAUTH);
+	if (strncmp(e.msg, want, strlen(want)) || !strstr(e.msg, "header authentication failed"))
+		fail_msg("altered header reported as: %s", e.msg);
+	alter_header(r0.point.index_file, 136, 0x01);
+
+	tu_flip_byte(r0.point.index_file, 512 + 24 * 2 + 3, 0x01); /* an entry's hash: the index's MAC */
+	assert_int_equal(backup(&o, &r, &e), -CBI_EDAMAGED);
+	snprintf(want, sizeof want, "newest index '%s' of job '%s' is damaged (index '%s': ", r0.point.index_file,
+		 r0.point.job, r0.point.index_file);
+	if (strncmp(e.msg, want, strlen(want)) || !strstr(e.msg, "authentication failed: the file was altered") ||
+	    !strstr(e.msg, "): run 'cbimg verify', or use --full"))
+		fail_msg("altered index reported as: %s", e.msg);
+	tu_flip_byte(r0.point.index_file, 512 + 24 * 2 + 3, 0x01);
+	assert_int_equal(tu_count(f->dest, ".tmp", -1), 0);
+
+	backup_ok(&o, &r);
+	assert_int_equal(r.point.seq, 1);
+	assert_memory_equal(r.point.parent_id, r0.point.point_id, 16);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup_enc, teardown_enc)
 
 int main(void)
@@ -1225,6 +1267,7 @@ int main(void)
 		T(test_passwd),
 		T(test_sha256_chains),
 		T(test_encrypt_needs_new_chain),
+		T(test_backup_parent_failures),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

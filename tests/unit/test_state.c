@@ -121,26 +121,42 @@ static void test_damaged_state_says_why(void **state)
 	tu_write_file(tu_path(kd, "x.cbx"), b, len);
 	free(b);
 	cbi_point tip;
-	int found = -1, damaged = -1;
-	char why[700];
-	memset(why, 'Z', sizeof why); /* what an unset message would show */
-	why[sizeof why - 1] = 0;
-	assert_int_equal(cbi_state_load(f->state, key, &tip, &found, &damaged, why, sizeof why), 0);
+	int found = -1;
+	cbi_error e;
+	memset(e.msg, 'Z', sizeof e.msg); /* what an unset message would show */
+	e.msg[sizeof e.msg - 1] = 0;
+	assert_int_equal(cbi_state_load(f->state, key, &tip, &found, &e), -CBI_EDAMAGED);
 	assert_int_equal(found, 0);
-	assert_int_equal(damaged, 1);
-	if (!strstr(why, "x.cbx") || !strstr(why, "not an index file"))
-		fail_msg("state damage reported as: %.200s", why);
+	assert_int_equal(e.code, -CBI_EDAMAGED);
+	if (!strstr(e.msg, "x.cbx") || !strstr(e.msg, "not an index file"))
+		fail_msg("state damage reported as: %.200s", e.msg);
 	/* an index whose digest fails */
 	unlink(tu_path(kd, "x.cbx"));
 	b = tu_read_file(f->r.point.index_file, &len);
 	b[512 + 3] ^= 1; /* an entry: the structure holds */
 	tu_write_file(tu_path(kd, "y.cbx"), b, len);
 	free(b);
-	memset(why, 'Z', sizeof why - 1);
-	assert_int_equal(cbi_state_load(f->state, key, &tip, &found, &damaged, why, sizeof why), 0);
-	assert_int_equal(damaged, 1);
-	assert_non_null(strstr(why, "digest mismatch"));
-	assert_non_null(strstr(why, "y.cbx"));
+	memset(e.msg, 'Z', sizeof e.msg - 1);
+	assert_int_equal(cbi_state_load(f->state, key, &tip, &found, &e), -CBI_EDAMAGED);
+	assert_int_equal(found, 0);
+	assert_non_null(strstr(e.msg, "digest mismatch"));
+	assert_non_null(strstr(e.msg, "y.cbx"));
+	/* beside an intact index, a damaged one is no damage of the state */
+	assert_int_equal(cbi_state_save(f->state, key, f->r.point.index_file, NULL, NULL, 0, &e), 0);
+	tu_write_file(tu_path(kd, "y.cbx"), "damaged", 7);
+	assert_int_equal(cbi_state_load(f->state, key, &tip, &found, &e), 0);
+	assert_int_equal(found, 1);
+	assert_memory_equal(tip.point_id, f->r.point.point_id, 16);
+	/* a state directory that cannot be read: another code, with a message */
+	if (geteuid() != 0) {
+		assert_int_equal(chmod(kd, 0), 0);
+		memset(&e, 0, sizeof e);
+		int rc = cbi_state_load(f->state, key, &tip, &found, &e);
+		assert_int_equal(chmod(kd, 0700), 0);
+		assert_true(rc < 0 && rc != -CBI_EDAMAGED);
+		assert_int_equal(e.code, rc);
+		assert_true(e.msg[0] != 0);
+	}
 }
 
 /* state.c:134, 148: a directory fsync that fails is reported: the state's
@@ -163,11 +179,9 @@ static void test_state_save_reports_dir_fsync(void **state)
 	dir_fsyncs = 0;
 	assert_int_equal(cbi_state_save(f->state, key, f->r.point.index_file, NULL, NULL, 0, &e), 0);
 	cbi_point tip;
-	int found = 0, damaged = 0;
-	char why[700];
-	assert_int_equal(cbi_state_load(f->state, key, &tip, &found, &damaged, why, sizeof why), 0);
+	int found = 0;
+	assert_int_equal(cbi_state_load(f->state, key, &tip, &found, &e), 0);
 	assert_int_equal(found, 1);
-	assert_int_equal(damaged, 0);
 	assert_memory_equal(tip.point_id, f->r.point.point_id, 16);
 }
 
