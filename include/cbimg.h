@@ -132,6 +132,16 @@ typedef struct cbi_point {
 	uint32_t hash_alg;        /* CBI_HASH_XXH3_128 (1) or CBI_HASH_SHA256 (2) */
 	int used_only;            /* only the blocks the source's file system used were read;
 	                           * the others were recorded as zero blocks */
+	int merged;               /* its image is a merged one (a prune folded removed points
+	                           * into it, format/SPEC.md "Merged points"): parent_id and
+	                           * parent_digest are the image's, naming the previous kept
+	                           * point, all zero for a synthetic full; the index file is
+	                           * the one the backup wrote (same id and index digest) */
+	uint32_t first_seq;       /* lowest seq whose blocks this point's image holds: seq, or
+	                           * the parent's seq + 1 for a merged point, 0 for a full */
+	int broken;               /* cbi_list(), cbi_list_filtered(): a parent of this point
+	                           * (or of one of its ancestors) is not in DEST, so the point
+	                           * cannot be restored */
 } cbi_point;
 
 /* Block hash algorithms (format/SPEC.md). */
