@@ -192,11 +192,16 @@ static int cmd_prune(const struct cli_command *cmd, int argc, char **argv)
 			       cli_iso_time(p->created_ns, when), p->seq, why[0] ? "(" : "", why, why[0] ? ")" : "");
 		}
 		char a[32], b[32];
-		size_t removed = o.dry_run ? r.n - r.kept : r.removed;
-		printf("%s%zu point%s kept, %zu removed, %zu merged image%s written (%s), %s freed\n",
-		       o.dry_run ? "dry run: " : "", r.kept, cli_plural(r.kept), removed,
-		       o.dry_run ? 0 : r.merged, cli_plural(r.merged), cli_human_size(r.bytes_written, a),
-		       cli_human_size(r.bytes_removed, b));
+		size_t to_merge = 0;
+		for (size_t i = 0; i < r.n; i++)
+			to_merge += r.items[i].action == CBI_PRUNE_MERGE || r.items[i].action == CBI_PRUNE_SYNTH_FULL;
+		if (o.dry_run)
+			printf("dry run: %zu point%s kept, %zu to remove, %zu merged image%s to write; nothing changed\n",
+			       r.kept, cli_plural(r.kept), r.n - r.kept, to_merge, cli_plural(to_merge));
+		else
+			printf("%zu point%s kept, %zu removed, %zu merged image%s written (%s), %s freed\n", r.kept,
+			       cli_plural(r.kept), r.removed, r.merged, cli_plural(r.merged),
+			       cli_human_size(r.bytes_written, a), cli_human_size(r.bytes_removed, b));
 	}
 	cbi_prune_result_free(&r);
 	return CLI_OK;
