@@ -132,6 +132,16 @@ typedef struct cbi_point {
 	uint32_t hash_alg;        /* CBI_HASH_XXH3_128 (1) or CBI_HASH_SHA256 (2) */
 	int used_only;            /* only the blocks the source's file system used were read;
 	                           * the others were recorded as zero blocks */
+	int merged;               /* its image is a merged one (a prune folded removed points
+	                           * into it, format/SPEC.md "Merged points"): parent_id and
+	                           * parent_digest are the image's, naming the previous kept
+	                           * point, all zero for a synthetic full; the index file is
+	                           * the one the backup wrote (same id and index digest) */
+	uint32_t first_seq;       /* lowest seq whose blocks this point's image holds: seq, or
+	                           * the parent's seq + 1 for a merged point, 0 for a full */
+	int broken;               /* cbi_list(), cbi_list_filtered(): a parent of this point
+	                           * (or of one of its ancestors) is not in DEST, so the point
+	                           * cannot be restored */
 } cbi_point;
 
 /* Block hash algorithms (format/SPEC.md). */
@@ -451,6 +461,94 @@ typedef struct cbi_verify_opts {
  * encrypted chain could not be unlocked, or another error when verification
  * could not run at all. */
 int cbi_verify(const char *path, const cbi_verify_opts *o, cbi_verify_result *r, cbi_error *err) CBI_WUR;
+
+/* ----------------------------------------------------------------- prune */
+
+/* Keep rules of a prune, restic's semantics (cbimg-prune(1)). Each count
+ * keeps the newest point of each of the N most recent periods that hold
+ * points (hours, days, ISO weeks, months, years, in local time); last keeps
+ * the N newest points; within keeps every point created less than within_ns
+ * before the group's newest point; chains keeps every point of the N chains
+ * whose newest points are the most recent. A point is kept when any rule
+ * keeps it; the newest point of the group always is. */
+typedef struct cbi_keep_rules {
+	unsigned last, hourly, daily, weekly, monthly, yearly;
+	int64_t within_ns;        /* 0: no such rule */
+	unsigned chains;
+} cbi_keep_rules;
+
+/* Why a point is kept (cbi_prune_item.why), one bit per rule. */
+enum {
+	CBI_KEEP_LAST = 1, CBI_KEEP_HOURLY = 2, CBI_KEEP_DAILY = 4, CBI_KEEP_WEEKLY = 8,
+	CBI_KEEP_MONTHLY = 16, CBI_KEEP_YEARLY = 32, CBI_KEEP_WITHIN = 64, CBI_KEEP_CHAINS = 128,
+	CBI_KEEP_NEWEST = 256,
+};
+
+/* Which points of one group the rules keep: why[i] receives the bits of the
+ * rules that keep pts[i] (0: removed). pts: the points of one host, job and
+ * source, in any order. A pure function (no files, no clock); 0, or
+ * -CBI_EUSAGE when r has no rule, -ENOMEM. */
+int cbi_prune_select(const cbi_point *pts, size_t n, const cbi_keep_rules *r, unsigned *why) CBI_WUR;
+
+typedef struct cbi_prune_opts {
+	const char *dest;
+	const char *host;         /* selectors (NULL or "": any); together they must match one
+	                           * group (host, job, source) of DEST, else -CBI_EUSAGE */
+	const char *source;       /* source id or source path */
+	const char *job;
+	cbi_keep_rules keep;
+	int dry_run;              /* decide and report, change nothing, take no lock */
+	cbi_pass_fn pass;         /* passphrase of an encrypted chain, asked only when records
+	                           * must be re-encrypted into a merged image */
+	void *pass_ud;
+	const char *state_dir;    /* key file copies; NULL: /var/lib/cbimg */
+	int no_state;
+} cbi_prune_opts;
+
+enum cbi_prune_action {
+	CBI_PRUNE_KEEP = 1,       /* kept as it is */
+	CBI_PRUNE_MERGE,          /* kept; gets a merged image holding removed points' blocks */
+	CBI_PRUNE_SYNTH_FULL,     /* kept; its merged image holds every block (the full rolls
+	                           * forward) */
+	CBI_PRUNE_REMOVE,         /* removed; its blocks still needed went to a kept point */
+};
+
+typedef struct cbi_prune_item {
+	cbi_point point;          /* as it was before the prune */
+	unsigned why;             /* CBI_KEEP_* bits; 0 for a removed point */
+	int action;               /* enum cbi_prune_action */
+} cbi_prune_item;
+
+#define CBI_PRUNE_MAX_NOTES 8
+
+typedef struct cbi_prune_result {
+	cbi_prune_item *items;    /* the group's points, oldest first; cbi_prune_result_free() */
+	size_t n;
+	size_t kept, removed, merged; /* merged: merged images written */
+	uint64_t bytes_removed;   /* sizes of the files removed (index, images) */
+	uint64_t bytes_written;   /* sizes of the merged images written */
+	char notes[CBI_PRUNE_MAX_NOTES][512]; /* an interrupted prune finished, points left alone */
+	unsigned n_notes;
+	double seconds;
+} cbi_prune_result;
+
+/* Remove the points of one group of o->dest that the keep rules do not
+ * keep (format/SPEC.md, "Merged points"). A removed point whose later point
+ * is kept is folded into the next kept point: a new image of that point
+ * holds its own records plus every record whose block's newest copy lay in
+ * the removed points, copied as stored (records of an encrypted chain
+ * re-sealed under the kept point's key, never recompressed), and names the
+ * previous kept point as its parent, none when the full was removed (a
+ * synthetic full). The kept point keeps its index file, id and index
+ * digest. Nothing is changed in place: new images are renamed in and the
+ * directory synced before anything is removed, so that every point restores
+ * at any moment; a prune interrupted before it removed all it meant to is
+ * finished by the next prune (r->notes). Holds the job's lock
+ * (-CBI_ELOCKED). -CBI_EUSAGE: no rule, or the selectors match several
+ * groups; -CBI_ENOCHAIN: none. r is filled on success (and with what was
+ * done before a failure). */
+int cbi_prune(const cbi_prune_opts *o, cbi_prune_result *r, cbi_error *err) CBI_WUR;
+void cbi_prune_result_free(cbi_prune_result *r);
 
 /* ---------------------------------------------------------------- passwd */
 

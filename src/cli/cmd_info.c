@@ -78,6 +78,8 @@ static int is_full(const cbi_point *p)
 
 static const char *type_name(const cbi_point *p)
 {
+	if (p->type == CBI_INCREMENTAL && p->merged && p->first_seq == 0)
+		return "synthetic full";
 	return p->type == CBI_FULL ? "full" : p->type == CBI_INCREMENTAL ? "incremental" : "unknown";
 }
 
@@ -89,7 +91,7 @@ static const char *display_file(const cbi_point *p)
 
 /* The point object; schema: it is a document of its own (info) or an
  * element of one (list), which carries the schema version. */
-static void json_point(struct json *j, const char *key, const cbi_point *p, int schema)
+static void json_point(struct json *j, const char *key, const cbi_point *p, int schema, int listed)
 {
 	char hex[65], when[32];
 
@@ -136,12 +138,16 @@ static void json_point(struct json *j, const char *key, const cbi_point *p, int 
 	cli_hex(p->index_digest, 32, hex);
 	json_string(j, "index_digest", hex);
 	json_bool(j, "has_image", p->has_image);
+	json_bool(j, "merged", p->merged);
+	json_u64(j, "first_seq", p->type == CBI_FULL ? 0 : p->merged ? p->first_seq : p->seq);
+	if (listed)
+		json_bool(j, "restorable", !p->broken);
 	json_end_object(j);
 }
 
 void cli_json_point(struct json *j, const char *key, const cbi_point *p)
 {
-	json_point(j, key, p, 0);
+	json_point(j, key, p, 0, 0);
 }
 
 /* ------------------------------------------------------------------ info */
@@ -260,7 +266,7 @@ static int cmd_info(const struct cli_command *cmd, int argc, char **argv)
 	if (json) {
 		struct json j;
 		json_init(&j, stdout);
-		json_point(&j, NULL, &p, 1);
+		json_point(&j, NULL, &p, 1, 0);
 		json_finish(&j);
 	} else {
 		print_point(&p);
@@ -320,7 +326,7 @@ static void fill_row(struct row *r, const cbi_point *p)
 	r->cell[COL_FILE] = display_file(p);
 	r->cell[COL_HOST] = printable(p->host, r->host, sizeof r->host);
 	r->cell[COL_CHAIN] = r->chain;
-	r->cell[COL_TYPE] = type_name(p);
+	r->cell[COL_TYPE] = p->broken ? "no parent!" : type_name(p);
 	r->cell[COL_JOB] = printable(p->job, r->job, sizeof r->job);
 	r->cell[COL_SEQ] = r->seq;
 	r->cell[COL_CREATED] = cli_iso_time(p->created_ns, r->created);
@@ -408,7 +414,7 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 		json_init(&j, stdout);
 		json_begin_array(&j, NULL);
 		for (size_t i = 0; i < n; i++)
-			json_point(&j, NULL, &pts[i], 1);
+			json_point(&j, NULL, &pts[i], 1, 1);
 		json_end_array(&j);
 		json_finish(&j);
 	} else if (n == 0) {
@@ -417,7 +423,18 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 	} else {
 		print_table(pts, n);
 	}
+	size_t broken = 0;
+	for (size_t i = 0; i < n; i++)
+		broken += pts[i].broken != 0;
 	free(pts);
+	if (broken) {
+		/* a chain whose parent was moved or deleted: nothing says so otherwise */
+		fprintf(stderr,
+			"cbimg: %zu point%s cannot be restored: a parent point is missing from '%s' (shown as "
+			"'no parent!'); run 'cbimg verify'\n",
+			broken, cli_plural(broken), argv[optind]);
+		return CLI_DAMAGE;
+	}
 	return CLI_OK;
 }
 

@@ -572,6 +572,16 @@ static int bk_choose_parent(bk_run *b)
 	cbi_backup_choose_parent(&in, c);
 	if (c->from == CBI_FROM_REFUSE)
 		return cbi_err(b->err, c->code, "%s", c->msg);
+	/* issue 11: never an incremental onto a chain whose parent is missing
+	 * here, unless the local state vouches for its tip (an outbox, whose
+	 * chain continues one kept at the remote site) */
+	if (c->tip && c->tip >= b->pts && c->tip < b->pts + b->npts && c->tip->broken &&
+	    !(in.state_status == CBI_STATE_FOUND && !memcmp(b->stp.point_id, c->tip->point_id, 16)))
+		return cbi_err(b->err, -CBI_ENOPARENT,
+			       "the chain of job '%s' in '%s' is incomplete: a parent of its newest point '%s' is "
+			       "missing, so an incremental could not be restored; put the missing files back, or "
+			       "use --full to start a new chain",
+			       h->job, o->dest, c->tip->index_file);
 	cbi_strlcpy(b->r->notice, c->msg, sizeof b->r->notice);
 	b->r->from_state = c->from_state;
 	return 0;

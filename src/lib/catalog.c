@@ -25,8 +25,8 @@
 #include "util.h"
 
 #define CAT_APP_ID 0x43424943  /* "CBIC": PRAGMA application_id */
-#define CAT_SCHEMA 3           /* PRAGMA user_version; 2 added points.encrypted, hash_alg;
-                                * 3 points.used_only */
+#define CAT_SCHEMA 4           /* PRAGMA user_version; 2 added points.encrypted, hash_alg;
+                                * 3 points.used_only; 4 images.link (merged images) */
 #define CAT_BUSY_MS 30000
 #define CAT_BATCH 64           /* files per write transaction while syncing */
 
@@ -50,7 +50,7 @@ static const char schema_sql[] =
 	" point_id BLOB NOT NULL, index_digest BLOB NOT NULL, chain_id BLOB NOT NULL,"
 	" seq INTEGER NOT NULL, created_ns INTEGER NOT NULL, job TEXT NOT NULL,"
 	" host TEXT NOT NULL, source_id TEXT NOT NULL, changed_blocks INTEGER NOT NULL,"
-	" stored_blocks INTEGER NOT NULL, image_bytes INTEGER NOT NULL);"
+	" stored_blocks INTEGER NOT NULL, image_bytes INTEGER NOT NULL, link BLOB);"
 	"CREATE TABLE IF NOT EXISTS ignored("
 	" name TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
 	" reason TEXT NOT NULL);"
@@ -327,20 +327,21 @@ static int cat_open(cat *c, const char *dest, int create, cbi_error *err)
 		rc = cbi_err(err, -EIO, "'%s' is not a cbimg catalog", c->path);
 		goto fail;
 	}
-	if ((ver == 1 || ver == 2) && !c->readonly) {
+	if (ver >= 1 && ver <= 3 && !c->readonly) {
 		/* Schema 1 knew only version-1 files (plain, XXH3), schema 2 no
 		 * used-only points: what the new columns' defaults say. Upgrade in
 		 * place, once. */
 		if ((rc = cat_begin(c, err)) || (rc = cat_int(c, "PRAGMA user_version", &ver, err)))
 			goto fail;
-		if (ver == 1 || ver == 2) {
-			char sql[512];
+		if (ver >= 1 && ver <= 3) {
+			char sql[768];
 			snprintf(sql, sizeof sql,
-				 "%s ALTER TABLE points ADD COLUMN used_only INTEGER NOT NULL DEFAULT 0;"
+				 "%s%s ALTER TABLE images ADD COLUMN link BLOB;"
 				 " PRAGMA user_version=%d; UPDATE meta SET value=%d WHERE key='schema_version'",
 				 ver == 1 ? "ALTER TABLE points ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0;"
 					    " ALTER TABLE points ADD COLUMN hash_alg INTEGER NOT NULL DEFAULT 1;"
 					  : "",
+				 ver <= 2 ? " ALTER TABLE points ADD COLUMN used_only INTEGER NOT NULL DEFAULT 0;" : "",
 				 CAT_SCHEMA, CAT_SCHEMA);
 			if ((rc = cat_exec(c, sql, "upgrade it", err)))
 				goto fail;
@@ -602,8 +603,8 @@ static const char sql_ins_point[] =
 	" ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)";
 static const char sql_ins_image[] =
 	"INSERT OR REPLACE INTO images(name, size, mtime_ns, point_id, index_digest, chain_id, seq,"
-	" created_ns, job, host, source_id, changed_blocks, stored_blocks, image_bytes)"
-	" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+	" created_ns, job, host, source_id, changed_blocks, stored_blocks, image_bytes, link)"
+	" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 static const char sql_ins_ignored[] =
 	"INSERT OR REPLACE INTO ignored(name, size, mtime_ns, reason) VALUES(?1, ?2, ?3, ?4)";
 
@@ -660,6 +661,12 @@ static void bind_point(sqlite3_stmt *s, const frow *row)
 		sqlite3_bind_int64(s, 12, (int64_t)p->changed_blocks);
 		sqlite3_bind_int64(s, 13, (int64_t)p->stored_blocks);
 		sqlite3_bind_int64(s, 14, (int64_t)p->stored_bytes);
+		if (p->merged) { /* its effective parent: id || index digest */
+			uint8_t link[48];
+			memcpy(link, p->parent_id, 16);
+			memcpy(link + 16, p->parent_digest, 32);
+			sqlite3_bind_blob(s, 15, link, 48, SQLITE_TRANSIENT);
+		}
 	} else {
 		bind_str(s, 4, row->reason, sizeof row->reason);
 	}
@@ -844,7 +851,7 @@ static int load_points(cat *c, list_arg *a, cbi_error *err)
 		/* the listing order, so that cbi_chain_pair() has little to move */
 		" ORDER BY host, job, source_id, chain_id, seq, created_ns, name";
 	static const char sql_imgs[] =
-		"SELECT name, point_id, index_digest, image_bytes FROM images"
+		"SELECT name, point_id, index_digest, image_bytes, link FROM images"
 		" WHERE point_id IN (SELECT point_id FROM points WHERE " FILTER_SQL ")";
 	sqlite3_stmt *s = NULL;
 	cbi_point *pts = NULL;
@@ -877,6 +884,7 @@ static int load_points(cat *c, list_arg *a, cbi_error *err)
 		col_blob(s, 4, p->parent_digest, 32);
 		col_blob(s, 5, p->index_digest, 32);
 		p->seq = (uint32_t)sqlite3_column_int64(s, 6);
+		p->first_seq = p->seq; /* a merged image's pairing lowers it */
 		p->type = sqlite3_column_int(s, 7);
 		p->block_size = (uint32_t)sqlite3_column_int64(s, 8);
 		p->source_size = (uint64_t)sqlite3_column_int64(s, 9);
@@ -920,6 +928,12 @@ static int load_points(cat *c, list_arg *a, cbi_error *err)
 		col_blob(s, 1, m->point_id, 16);
 		col_blob(s, 2, m->index_digest, 32);
 		m->size = (uint64_t)sqlite3_column_int64(s, 3);
+		if (sqlite3_column_bytes(s, 4) == 48) {
+			const uint8_t *l = sqlite3_column_blob(s, 4);
+			m->merged = 1;
+			memcpy(m->parent_id, l, 16);
+			memcpy(m->parent_digest, l + 16, 32);
+		}
 	}
 	if (r != SQLITE_ROW && r != SQLITE_DONE) {
 		rc = cat_fail(c, err, r, "read it");
@@ -1018,6 +1032,10 @@ int cbi_list_filtered(const char *dest, const cbi_list_filter *f, cbi_point **ou
 	*n = 0;
 	if (catalog_exists(dest) && cat_run(dest, 1, NULL, op_list, &a, NULL) == 0) {
 		cbi_list_sort(a.pts, a.n);
+		if (cbi_chain_mark_broken(a.pts, a.n)) {
+			free(a.pts);
+			return cbi_err(err, -ENOMEM, "out of memory");
+		}
 		*out = a.pts;
 		*n = a.n;
 		return 0;
@@ -1033,6 +1051,10 @@ int cbi_list_filtered(const char *dest, const cbi_list_filter *f, cbi_point **ou
 	    cat_run(dest, 1, NULL, op_list, &a, NULL) == 0) {
 		free(pts);
 		cbi_list_sort(a.pts, a.n);
+		if (cbi_chain_mark_broken(a.pts, a.n)) {
+			free(a.pts);
+			return cbi_err(err, -ENOMEM, "out of memory");
+		}
 		*out = a.pts;
 		*n = a.n;
 		return 0;
@@ -1044,6 +1066,10 @@ int cbi_list_filtered(const char *dest, const cbi_list_filter *f, cbi_point **ou
 			w++;
 		}
 	cbi_list_sort(pts, w);
+	if (cbi_chain_mark_broken(pts, w)) {
+		free(pts);
+		return cbi_err(err, -ENOMEM, "out of memory");
+	}
 	*out = pts;
 	*n = w;
 	return 0;

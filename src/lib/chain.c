@@ -34,6 +34,8 @@ void cbi_point_from_hdr(cbi_point *p, const cbi_hdr *h)
 	p->encrypted = (h->flags & CBI_HDR_ENCRYPTED) != 0;
 	p->used_only = (h->flags & CBI_HDR_USED_ONLY) != 0;
 	p->hash_alg = h->hash_alg;
+	p->merged = (h->flags & CBI_HDR_MERGED) != 0;
+	p->first_seq = h->seq;
 }
 
 void cbi_point_from_index(cbi_point *p, const cbi_index *x)
@@ -198,7 +200,11 @@ int cbi_chain_pair(cbi_point *pts, size_t *np, const cbi_image_ref *imgs, size_t
 			w++;
 		}
 	n = w;
-	/* Images: the lowest-sorting image of the same id and digest. */
+	/* Images: of those with the same id and digest, the one that covers
+	 * the most (format/SPEC.md, "Merged points"): a merged image whose
+	 * parent is here (or that is a synthetic full), the lowest first seq
+	 * first, then the point's own image; the lowest-sorting name among
+	 * equals. */
 	for (size_t j = 0; j < ni; j++)
 		im[j] = j;
 	qsort_r(im, ni, sizeof *im, by_image_key, (void *)imgs);
@@ -211,10 +217,43 @@ int cbi_chain_pair(cbi_point *pts, size_t *np, const cbi_image_ref *imgs, size_t
 			else
 				hi = mid;
 		}
-		if (lo < ni && !ref_key(&imgs[im[lo]], &pts[i])) {
-			cbi_strlcpy(pts[i].file, imgs[im[lo]].path, sizeof pts[i].file);
-			pts[i].stored_bytes = imgs[im[lo]].size;
+		long best = -1;
+		uint32_t best_first = 0;
+		for (size_t j = lo; j < ni && !ref_key(&imgs[im[j]], &pts[i]); j++) {
+			const cbi_image_ref *r = &imgs[im[j]];
+			uint32_t first = pts[i].seq;
+			if (r->merged && pts[i].type == CBI_INCREMENTAL) {
+				long par = -1;
+				if (cbi_is_zero(r->parent_id, 16) && cbi_is_zero(r->parent_digest, 32)) {
+					first = 0;
+				} else {
+					for (size_t k = 0; k < n && par < 0; k++)
+						if (!memcmp(pts[k].point_id, r->parent_id, 16) &&
+						    !memcmp(pts[k].index_digest, r->parent_digest, 32))
+							par = (long)k;
+					if (par < 0 || pts[par].seq >= pts[i].seq)
+						continue; /* its parent is gone: not usable */
+					first = pts[par].seq + 1;
+				}
+			} else if (r->merged) {
+				continue;
+			}
+			if (best < 0 || first < best_first) {
+				best = (long)j;
+				best_first = first;
+			}
+		}
+		if (best >= 0) {
+			const cbi_image_ref *r = &imgs[im[best]];
+			cbi_strlcpy(pts[i].file, r->path, sizeof pts[i].file);
+			pts[i].stored_bytes = r->size;
 			pts[i].has_image = 1;
+			if (r->merged) {
+				pts[i].merged = 1;
+				pts[i].first_seq = best_first;
+				memcpy(pts[i].parent_id, r->parent_id, 16);
+				memcpy(pts[i].parent_digest, r->parent_digest, 32);
+			}
 		}
 	}
 	/* Listing order, applied in place by following the permutation's cycles. */
@@ -250,6 +289,16 @@ long cbi_chain_find_id(const cbi_point *pts, size_t n, const uint8_t id[16])
 	return -1;
 }
 
+uint32_t cbi_point_first_seq(const cbi_point *p)
+{
+	return p->type == CBI_FULL ? 0 : p->merged ? p->first_seq : p->seq;
+}
+
+int cbi_point_has_parent(const cbi_point *p)
+{
+	return p->type == CBI_INCREMENTAL && !(p->merged && p->first_seq == 0);
+}
+
 int cbi_chain_resolve(const cbi_point *pts, size_t n, size_t tip, size_t **out, cbi_error *err)
 {
 	uint32_t len = pts[tip].seq + 1;
@@ -258,8 +307,11 @@ int cbi_chain_resolve(const cbi_point *pts, size_t n, size_t tip, size_t **out, 
 		return cbi_err(err, -ENOMEM, "out of memory");
 	size_t cur = tip;
 	for (;;) {
-		v[pts[cur].seq] = cur;
-		if (pts[cur].type == CBI_FULL)
+		/* a merged point covers the seqs of the points it replaced */
+		uint32_t first = cbi_point_first_seq(&pts[cur]);
+		for (uint32_t s = first; s <= pts[cur].seq; s++)
+			v[s] = cur;
+		if (!cbi_point_has_parent(&pts[cur]))
 			break;
 		long par = -1;
 		for (size_t i = 0; i < n; i++)
@@ -274,10 +326,10 @@ int cbi_chain_resolve(const cbi_point *pts, size_t n, size_t tip, size_t **out, 
 			free(v);
 			return cbi_err(err, -CBI_ENOPARENT,
 				       "parent %s (seq %u) of '%s' not found: the chain is incomplete", id,
-				       pts[cur].seq - 1, pts[cur].index_file);
+				       first - 1, pts[cur].index_file);
 		}
 		const cbi_point *pp = &pts[par];
-		if (pp->seq + 1 != pts[cur].seq || memcmp(pp->chain_id, pts[cur].chain_id, 16) ||
+		if (pp->seq + 1 != first || memcmp(pp->chain_id, pts[cur].chain_id, 16) ||
 		    pp->block_size != pts[cur].block_size || pp->source_size != pts[cur].source_size) {
 			free(v);
 			return cbi_err(err, -CBI_EDAMAGED, "parent %s of '%s' does not fit the chain", id,
@@ -302,6 +354,77 @@ int cbi_chain_resolve(const cbi_point *pts, size_t n, size_t tip, size_t **out, 
 		cur = (size_t)par;
 	}
 	*out = v;
+	return 0;
+}
+
+static int by_link_key(const void *a, const void *b, void *ctx)
+{
+	const cbi_point *x = (const cbi_point *)ctx + *(const size_t *)a;
+	const cbi_point *y = (const cbi_point *)ctx + *(const size_t *)b;
+	return pair_key(x, y);
+}
+
+int cbi_chain_mark_broken(cbi_point *pts, size_t n)
+{
+	size_t *ord = malloc((n ? n : 1) * sizeof *ord);
+	uint8_t *st = calloc(n ? n : 1, 1); /* 0 unknown, 1 fine, 2 broken, 3 on the walk */
+	size_t *walk = malloc((n ? n : 1) * sizeof *walk);
+	if (!ord || !st || !walk) {
+		free(ord);
+		free(st);
+		free(walk);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++)
+		ord[i] = i;
+	qsort_r(ord, n, sizeof *ord, by_link_key, pts);
+	for (size_t i = 0; i < n; i++) {
+		size_t nw = 0, cur = i;
+		uint8_t verdict = 0;
+		while (!verdict) {
+			if (st[cur] == 1 || st[cur] == 2) {
+				verdict = st[cur];
+				break;
+			}
+			if (st[cur] == 3) { /* a cycle of links: forged */
+				verdict = 2;
+				break;
+			}
+			st[cur] = 3;
+			walk[nw++] = cur;
+			const cbi_point *p = &pts[cur];
+			if (!cbi_point_has_parent(p)) {
+				verdict = 1;
+				break;
+			}
+			size_t lo = 0, hi = n;
+			while (lo < hi) {
+				size_t mid = lo + (hi - lo) / 2;
+				const cbi_point *q = &pts[ord[mid]];
+				int c = memcmp(q->point_id, p->parent_id, 16);
+				if (!c)
+					c = memcmp(q->index_digest, p->parent_digest, 32);
+				if (c < 0)
+					lo = mid + 1;
+				else
+					hi = mid;
+			}
+			if (lo >= n || memcmp(pts[ord[lo]].point_id, p->parent_id, 16) ||
+			    memcmp(pts[ord[lo]].index_digest, p->parent_digest, 32) ||
+			    pts[ord[lo]].seq >= p->seq) {
+				verdict = 2;
+				break;
+			}
+			cur = ord[lo];
+		}
+		for (size_t k = 0; k < nw; k++)
+			st[walk[k]] = verdict;
+	}
+	for (size_t i = 0; i < n; i++)
+		pts[i].broken = st[i] == 2;
+	free(ord);
+	free(st);
+	free(walk);
 	return 0;
 }
 

@@ -29,20 +29,40 @@ typedef struct cbi_image_ref {
 	uint8_t index_digest[32]; /* of the index the image belongs to */
 	uint64_t size;            /* the image's size (its stored_bytes) */
 	const char *path;
+	int merged;               /* a merged image (header flag MERGED): then its links */
+	uint8_t parent_id[16];    /* the point's effective parent, all zero: a synthetic full */
+	uint8_t parent_digest[32];
 } cbi_image_ref;
 
 /* Make points of what a directory holds: pts[0..*n) are index files as read
  * by cbi_point_read_file(), imgs[0..ni) its image files. Exact duplicates of
  * an index (same point id and index digest) count once (the smallest
  * index_file path is kept); each index is paired with the image of the same
- * point id and index digest (the smallest path if several), which sets file,
- * stored_bytes and has_image; the result is sorted by host, job, source,
+ * point id and index digest that covers the most (a merged image whose
+ * parent is among pts, lowest first seq first; then the smallest path),
+ * which sets file, stored_bytes and has_image, and for a merged image
+ * merged, first_seq and the effective parent_id and parent_digest; the result is sorted by host, job, source,
  * chain, seq. *n may shrink; pts keeps its allocation. 0 or -ENOMEM. */
 int cbi_chain_pair(cbi_point *pts, size_t *n, const cbi_image_ref *imgs, size_t ni,
 		   cbi_error *err) CBI_WUR;
 
-/* Follow parent links from pts[tip] down to the full. On success *out holds
- * indexes into pts, out[s] being the point of seq s (length pts[tip].seq+1).
+/* The lowest seq whose blocks p's image holds: 0 for a full, the parent's
+ * seq + 1 for a merged point, else p's seq. */
+uint32_t cbi_point_first_seq(const cbi_point *p);
+
+/* Does p name a parent: an incremental that is not a synthetic full (a
+ * merged point whose image names none)? */
+int cbi_point_has_parent(const cbi_point *p);
+
+/* Set pts[i].broken for every point whose parent links (the effective ones
+ * of merged points) do not lead, among pts, to a full or synthetic full.
+ * 0 or -ENOMEM. */
+int cbi_chain_mark_broken(cbi_point *pts, size_t n);
+
+/* Follow parent links from pts[tip] down to the full (or a synthetic full).
+ * On success *out holds indexes into pts, out[s] being the point whose image
+ * holds the blocks of seq s (length pts[tip].seq+1): the point of seq s, or
+ * the merged point that replaced it.
  * -CBI_ENOPARENT (with the missing id in err) when a link is missing. */
 int cbi_chain_resolve(const cbi_point *pts, size_t n, size_t tip, size_t **out,
 		      cbi_error *err) CBI_WUR;

@@ -290,8 +290,8 @@ int cbi_chain_check(cbi_chain *c, cbi_error *err)
 		for (uint32_t s = 0; s + 1 < c->len; s++) {
 			const cbi_point *p = cbi_chain_point(c, s);
 			cbi_index *x = NULL;
-			if (!p)
-				continue; /* tip only: the ancestors are elsewhere */
+			if (!p || p->seq != s)
+				continue; /* tip only: the ancestors are elsewhere; a seq merged away */
 			at(c, CBI_CHAIN_AT_OPEN);
 			if (!(rc = cbi_index_open(p->index_file, &x, err))) {
 				at(c, CBI_CHAIN_AT_HEADER);
@@ -304,6 +304,19 @@ int cbi_chain_check(cbi_chain *c, cbi_error *err)
 		at(c, CBI_CHAIN_AT_HEADER);
 		if ((rc = set_keys(k, c->index, NULL, err)))
 			return rc;
+		/* A merged point's links are in its image's header: authentic once
+		 * that header's MAC is. */
+		for (uint32_t s = 0; s < c->len; s++) {
+			const cbi_point *p = cbi_chain_point(c, s);
+			cbi_image *m = NULL;
+			if (!p || p->seq != s || !p->merged)
+				continue;
+			if (!(rc = cbi_image_open(p->file, &m, err)))
+				rc = set_keys(k, NULL, m, err);
+			cbi_image_close(m);
+			if (rc)
+				return rc;
+		}
 	}
 	at(c, CBI_CHAIN_AT_DIGEST);
 	if ((rc = cbi_index_check_digest(c->index))) {
@@ -462,6 +475,11 @@ int cbi_chain_image(cbi_chain *c, uint32_t seq, cbi_image **out, cbi_error *err)
 	if (seq >= c->len)
 		return cbi_err(err, -CBI_EDAMAGED, "index '%s' names a block owner seq %u beyond the chain",
 			       c->index->f->path, seq);
+	/* the point whose image holds the blocks of seq: a merged point holds
+	 * those of the seqs it replaced */
+	const cbi_point *hp = cbi_chain_point(c, seq);
+	if (hp && !c->tip_only)
+		seq = hp->seq;
 	cimg *ci = &c->imgs[seq];
 	if (!ci->m && !ci->rc) {
 		cbi_error e;

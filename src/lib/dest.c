@@ -206,10 +206,15 @@ int cbi_dest_points(const cbi_dest *d, cbi_point **out, size_t *nout, cbi_error 
 			memcpy(r->index_digest, t->p.index_digest, 32);
 			r->size = t->p.stored_bytes;
 			r->path = t->p.file;
+			r->merged = t->p.merged;
+			memcpy(r->parent_id, t->p.parent_id, 16);
+			memcpy(r->parent_digest, t->p.parent_digest, 32);
 		}
 	}
 	int rc = cbi_chain_pair(pts, &n, refs, ni, err);
 	free(refs);
+	if (!rc && cbi_chain_mark_broken(pts, n))
+		rc = cbi_err(err, -ENOMEM, "out of memory");
 	if (rc) {
 		free(pts);
 		return rc;

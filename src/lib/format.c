@@ -226,6 +226,9 @@ int cbi_hdr_decode(const uint8_t *b, cbi_hdr *h)
 		return -CBI_EFORMAT;
 	if (h->version != cbi_hdr_version_for(h))
 		return -CBI_EDAMAGED;
+	/* MERGED: images only, never a full's (nothing precedes seq 0) */
+	if ((h->flags & CBI_HDR_MERGED) && (h->kind != CBI_KIND_IMAGE || h->type != CBI_INCREMENTAL))
+		return -CBI_EDAMAGED;
 	/* key id and MAC: set exactly when encrypted */
 	if ((!(h->flags & CBI_HDR_ENCRYPTED)) != (all_zero(h->key_id, 16) && all_zero(h->hdr_mac, 16)))
 		return -CBI_EDAMAGED;

@@ -30,7 +30,10 @@ enum cbi_kind { CBI_KIND_IMAGE = 1, CBI_KIND_INDEX = 2 };
 #define CBI_HDR_ENCRYPTED 0x1u /* AES-256-GCM records, keyed hashes, HMAC digests */
 #define CBI_HDR_USED_ONLY 0x2u /* blocks the source's file system did not use were not read:
                                 * recorded as zero blocks (format/SPEC.md, "Used blocks only") */
-#define CBI_HDR_FLAGS_KNOWN (CBI_HDR_ENCRYPTED | CBI_HDR_USED_ONLY)
+#define CBI_HDR_MERGED 0x4u    /* an image only (revision 2.3): a merged image, whose parent_id and
+                                * parent_digest name the point's effective parent, all zero for a
+                                * synthetic full (format/SPEC.md, "Merged points") */
+#define CBI_HDR_FLAGS_KNOWN (CBI_HDR_ENCRYPTED | CBI_HDR_USED_ONLY | CBI_HDR_MERGED)
 
 /* Record flags. */
 #define CBI_REC_ZSTD 0x1u

@@ -116,7 +116,13 @@ static const char *reason(const cbi_error *e, const char *file)
  * image's records against its index. */
 static int verify_point(vctx *c, uint32_t seq)
 {
-	const cbi_point *p = cbi_chain_point(c->ch, seq), *pp = seq ? cbi_chain_point(c->ch, seq - 1) : NULL;
+	const cbi_point *p = cbi_chain_point(c->ch, seq);
+	if (p->seq != seq)
+		return 0; /* a seq a merged point replaced: checked with that point */
+	/* a merged point's image holds the blocks of seqs first ... seq; its
+	 * parent is the point before them (format/SPEC.md, "Merged points") */
+	uint32_t first = cbi_point_first_seq(p);
+	const cbi_point *pp = first ? cbi_chain_point(c->ch, first - 1) : NULL;
 	cbi_index *x = NULL, *px = NULL;
 	cbi_image *img = NULL;
 	const cbi_keys *k = NULL;
@@ -177,7 +183,7 @@ static int verify_point(vctx *c, uint32_t seq)
 		if (!zero && ent.owner > seq)
 			problem(c, p->index_file, (int64_t)i, "owner seq %u is newer than the point (%u)",
 				ent.owner, seq);
-		if (!zero && ent.owner < seq && px && !cbi_index_get(px, i, &pe) &&
+		if (!zero && ent.owner < first && px && !cbi_index_get(px, i, &pe) &&
 		    (pe.owner != ent.owner || memcmp(pe.hash, ent.hash, 16) || pe.flags != ent.flags))
 			problem(c, p->index_file, (int64_t)i,
 				"entry claims the block is unchanged but differs from the parent index");
@@ -195,7 +201,7 @@ static int verify_point(vctx *c, uint32_t seq)
 			}
 		}
 		int rec_here = have_te && te.block == i;
-		int want_rec = !zero && ent.owner == seq;
+		int want_rec = !zero && ent.owner >= first && ent.owner <= seq;
 		if (want_rec && !rec_here) {
 			problem(c, img->f->path, (int64_t)i, "block missing from the image");
 		} else if (rec_here) {
@@ -412,7 +418,8 @@ int cbi_verify(const char *path, const cbi_verify_opts *o, cbi_verify_result *r,
 			goto end;
 		}
 		for (uint32_t s = 0; s <= pts[i].seq; s++)
-			c.total += point_bytes(cbi_chain_point(c.ch, s));
+			if (cbi_chain_point(c.ch, s)->seq == s)
+				c.total += point_bytes(cbi_chain_point(c.ch, s));
 		for (uint32_t s = 0; s <= pts[i].seq; s++)
 			if ((rc = verify_point(&c, s)))
 				goto end;

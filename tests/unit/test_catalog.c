@@ -833,7 +833,7 @@ static void test_many_points(void **state)
 		" 4096, 1048576, 256, ?9, ?10, ?11, ?12, '/dev/x', 256, 0, 256, 1048576, 6784, 0, 0, 1, 0)",
 		-1, &ip, NULL), SQLITE_OK);
 	assert_int_equal(sqlite3_prepare_v2(db,
-		"INSERT INTO images VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 256, 256, ?12)",
+		"INSERT INTO images VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 256, 256, ?12, NULL)",
 		-1, &ii, NULL), SQLITE_OK);
 	for (int i = 0; i < N; i++) {
 		char name[64], host[16], job[16];
@@ -925,7 +925,8 @@ static void test_schema_upgrade(void **state)
 	backup_as(c->src, c->dest, "h", "s", "j", 1, &r);
 	sqlite3 *db = NULL;
 	assert_int_equal(sqlite3_open(c->db, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db, "ALTER TABLE points DROP COLUMN used_only; PRAGMA user_version=2;"
+	assert_int_equal(sqlite3_exec(db, "ALTER TABLE points DROP COLUMN used_only; ALTER TABLE images DROP COLUMN link;"
+				      " PRAGMA user_version=2;"
 				      " UPDATE meta SET value=2 WHERE key='schema_version'", NULL, NULL, NULL),
 			 SQLITE_OK);
 	sqlite3_close(db);
@@ -944,7 +945,7 @@ static void test_schema_upgrade(void **state)
 				      " (SELECT count(*) FROM points WHERE used_only = 0)", -1, &st, NULL),
 			 SQLITE_OK);
 	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-	assert_int_equal(sqlite3_column_int(st, 0), 3);
+	assert_int_equal(sqlite3_column_int(st, 0), 4);
 	assert_int_equal(sqlite3_column_int(st, 1), 2);
 	sqlite3_finalize(st);
 	sqlite3_close(db);

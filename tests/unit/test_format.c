@@ -376,9 +376,27 @@ static void test_hdr_later_features(void **state)
 	cbi_hdr h, d;
 	uint8_t b[CBI_HDR_SIZE];
 	h = mk_hdr(CBI_KIND_INDEX, CBI_FULL);
-	h.flags = 4; /* an unknown flag */
+	h.flags = 8; /* an unknown flag */
 	cbi_hdr_encode(&h, b);
 	assert_int_equal(cbi_hdr_decode(b, &d), -CBI_EFORMAT);
+	/* merged (bit 2, revision 2.3): an incremental's image only */
+	h = mk_hdr(CBI_KIND_IMAGE, CBI_INCREMENTAL);
+	h.flags = CBI_HDR_MERGED;
+	cbi_hdr_encode(&h, b);
+	assert_int_equal(cbi_hdr_decode(b, &d), 0);
+	assert_int_equal(d.version, 2);
+	memset(h.parent_id, 0, 16); /* a synthetic full */
+	memset(h.parent_digest, 0, 32);
+	cbi_hdr_encode(&h, b);
+	assert_int_equal(cbi_hdr_decode(b, &d), 0);
+	h = mk_hdr(CBI_KIND_INDEX, CBI_INCREMENTAL);
+	h.flags = CBI_HDR_MERGED;
+	cbi_hdr_encode(&h, b);
+	assert_int_equal(cbi_hdr_decode(b, &d), -CBI_EDAMAGED);
+	h = mk_hdr(CBI_KIND_IMAGE, CBI_FULL);
+	h.flags = CBI_HDR_MERGED;
+	cbi_hdr_encode(&h, b);
+	assert_int_equal(cbi_hdr_decode(b, &d), -CBI_EDAMAGED);
 	/* used-only (bit 1): version 2, no key id or MAC */
 	h = mk_hdr(CBI_KIND_INDEX, CBI_FULL);
 	h.flags = CBI_HDR_USED_ONLY;
