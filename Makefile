@@ -35,7 +35,7 @@ FAULT_SHIM := $(BUILD)/tests/libcbifault.so
 FAULT_CFLAGS := -std=gnu11 -O2 -g $(WARN) -fPIC -shared $(if $(findstring sanitize=address,$(EXTRA_CFLAGS)),-DFAULT_NO_MALLOC)
 
 DEB_PKGS := build-essential pkg-config libzstd-dev libxxhash-dev libssl-dev libsqlite3-dev libcmocka-dev libbsd-dev \
-	libmount-dev libblkid-dev libext2fs-dev comerr-dev e2fsprogs util-linux valgrind zstd xxhash jq dosfstools fusefat exfatprogs exfat-fuse groff-base
+	libmount-dev libblkid-dev libext2fs-dev comerr-dev e2fsprogs util-linux valgrind zstd xxhash jq dosfstools fusefat exfatprogs exfat-fuse groff-base zsh
 
 .PHONY: all check check-unit check-e2e asan valgrind deps demo bench install uninstall clean vectors
 all: $(BUILD)/cbimg
