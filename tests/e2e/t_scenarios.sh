@@ -202,7 +202,7 @@ REMOTE_RUN=$(jout '.[0].file')
 change "$DEV_pc2" g2
 R5=$(sha256 "$DEV_pc2")
 mkdir -p "$T/out6"
-expect_exit 0 "$CBIMG" backup -q --state-dir "$SS" --host pc2 --job offsite "$DEV_pc2" "$T/out6"
+expect_exit 0 "$CBIMG" backup -q --state-dir "$SS" --host pc2 --job offsite --outbox "$DEV_pc2" "$T/out6"
 check_eq "outbox: no catalog and no run log" "$(ls -A "$T/out6" | grep -c '^cbimg-')" 0
 cp "$T/out6"/* "$RS"/                              # shipped, everything
 expect_exit 0 "$CBIMG" log --json "$RS"
