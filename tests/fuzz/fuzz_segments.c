@@ -186,7 +186,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			cbi_tab_ent e;
 			uint8_t *sc = fz_buf_get(&scratch, cbi_image_scratch_size(m->hdr.block_size));
 			uint8_t *o = fz_buf_get(&outb, m->hdr.block_size);
-			for (uint64_t i = 0; i < m->trl.record_count && i < 16; i++)
+			for (uint64_t i = 0; i < m->trl.record_count && i < 4; i++)
 				if (cbi_image_table_get(m, i, &e) == 0)
 					(void)cbi_image_read_block(m, &e, dctx, cx, sc, o, NULL, &err);
 			cbi_image_close(m);

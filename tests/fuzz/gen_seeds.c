@@ -65,12 +65,13 @@ enum { P_ENC = 1, P_SHA = 2, P_USED = 4, P_SPLIT = 8 };
 
 /* Write a full point (image p.cbi and index p.cbx of dir/stem) of a source
  * of size bytes with 4 KiB blocks; every third block zero. P_SPLIT: 1 MiB
- * segments, every block stored raw as zeros (a large, sparse file). */
+ * segments and 1 MiB blocks, every block stored raw as zeros (a large,
+ * sparse file of few records). */
 static void mk_point(const char *dir, const char *stem, unsigned how, uint64_t size, uint8_t pid)
 {
 	cbi_hdr h;
 	memset(&h, 0, sizeof h);
-	h.block_size = 4096;
+	h.block_size = how & P_SPLIT ? 1u << 20 : 4096;
 	h.hash_alg = how & P_SHA ? CBI_HASH_SHA256 : CBI_HASH_XXH3_128;
 	h.compression = CBI_COMP_ZSTD;
 	h.flags = (how & P_ENC ? CBI_HDR_ENCRYPTED : 0) | (how & P_USED ? CBI_HDR_USED_ONLY : 0);
@@ -111,7 +112,10 @@ static void mk_point(const char *dir, const char *stem, unsigned how, uint64_t s
 	    cbi_index_writer_create(xp, NULL, &h, kp, &xw, &err))
 		die(err.msg);
 	cbi_cx *cx = cbi_cx_new();
-	uint8_t data[4096], buf[ZSTD_COMPRESSBOUND(4096) + CBI_TAG_LEN];
+	size_t bufsz = ZSTD_compressBound(h.block_size) + CBI_TAG_LEN;
+	uint8_t *data = malloc(h.block_size), *buf = malloc(bufsz);
+	if (!data || !buf)
+		die("out of memory");
 	uint64_t zero = 0, stored = 0;
 	for (uint64_t i = 0; i < h.n_blocks; i++) {
 		uint32_t len = cbi_block_len(size, h.block_size, i);
@@ -129,7 +133,7 @@ static void mk_point(const char *dir, const char *stem, unsigned how, uint64_t s
 			if (how & P_SPLIT) {
 				memcpy(buf, data, len);
 			} else {
-				size_t c = ZSTD_compress(buf, sizeof buf - CBI_TAG_LEN, data, len, 3);
+				size_t c = ZSTD_compress(buf, bufsz - CBI_TAG_LEN, data, len, 3);
 				if (ZSTD_isError(c))
 					die("zstd");
 				n = (uint32_t)c;
@@ -163,6 +167,8 @@ static void mk_point(const char *dir, const char *stem, unsigned how, uint64_t s
 	    cbi_index_writer_commit(xw, &err) || cbi_image_writer_commit(iw, &err))
 		die("seal/commit");
 	cbi_cx_free(cx);
+	free(data);
+	free(buf);
 }
 
 static void mk_keyfile(const char *path, const uint8_t chain_id[16])
@@ -361,7 +367,7 @@ static void gen_points(const char *tmp)
 	/* split sets: an image of 2.5 MiB and its index (one segment) */
 	snprintf(dir, sizeof dir, "%s/split", tmp);
 	mkdir(dir, 0700);
-	mk_point(dir, "p", P_SPLIT, 600 * 4096 + 10, 0x70);
+	mk_point(dir, "p", P_SPLIT, (5u << 19) + 10, 0x70);
 	snprintf(p, sizeof p, "%s/p.cbi", dir);
 	static const uint8_t plain[] = { 0, 0, 0 }, odd[] = { 4, 5, 7 }, bad[] = { 0, 0x08, 0x10 };
 	segments_seed("img3", p, plain, 3, FZ_DIGEST);
@@ -372,7 +378,7 @@ static void gen_points(const char *tmp)
 	/* many segments: the reader keeps 8 open */
 	snprintf(dir, sizeof dir, "%s/split10", tmp);
 	mkdir(dir, 0700);
-	mk_point(dir, "p", P_SPLIT, 2550 * 4096, 0x80);
+	mk_point(dir, "p", P_SPLIT, 19u << 19, 0x80);
 	snprintf(p, sizeof p, "%s/p.cbi", dir);
 	segments_seed("img10", p, plain, 0, 0);
 }
