@@ -44,7 +44,7 @@ faulty() {
 	rm -f "$W/fault.log"
 	# (a subshell: the shell's own "Segmentation fault" note stays out of the log)
 	(env "${FAULT_ENV[@]+"${FAULT_ENV[@]}"}" LD_PRELOAD="$SHIM" CBIMG_FAULT="$kind:$n" CBIMG_FAULT_ONLY="$only" \
-		CBIMG_FAULT_LOG="$W/fault.log" "$@" </dev/null >"$W/out" 2>&1) 2>/dev/null
+		CBIMG_FAULT_LOG="$W/fault.log" "$@" </dev/null >"$W/out" 2>&1; exit $?) 2>/dev/null
 	RC=$?
 	HIT=0
 	grep -q '^hit' "$W/fault.log" 2>/dev/null && HIT=1
@@ -80,6 +80,7 @@ check_points() {
 	got=$(jq -r '.[].index_file' "$W/list.json" | sort)
 	[ "$got" = "$(cut -d' ' -f1 "$W/want" | sort)" ] ||
 		echo "$what: list shows [$(echo $got)], expected [$(cut -d' ' -f1 "$W/want" | sort | xargs)]" >>"$W/problems"
+	[ -s "$W/want" ] || return 0
 	[ $# = 0 ] && set -- ""
 	if ! p=$(opens "$d" "$@"); then
 		echo "$what: no passphrase opens the chain any more" >>"$W/problems"
@@ -110,9 +111,11 @@ fresh() {
 }
 
 # plans: "KIND:STEP" with STEP 1 (every call) or geo (every call to the
-# 4th, then each next one half as far again)
+# 4th, then each next one half as far again). The catalog's many SQLite
+# writes are stepped through geometrically unless FAULT_FULL=1.
+PWRITE_STEP=1
 plans() {
-	echo "fsync:1 dirfsync:1 rename:1 pwrite:1"
+	echo "fsync:$PWRITE_STEP dirfsync:1 rename:1 pwrite:$PWRITE_STEP"
 	[ "$MALLOC" = 1 ] && echo "malloc:geo"
 }
 
@@ -151,7 +154,7 @@ base() {
 	BASE=$T/base-$1
 	mkdir -p "$BASE/dest" "$BASE/state"
 	SRC=$BASE/src.img
-	head -c $((2 * 1024 * 1024)) /dev/urandom >"$SRC"
+	head -c $((1024 * 1024)) /dev/urandom >"$SRC"
 	: >"$BASE/want"
 	local eopts=()
 	[ "$2" = enc ] && eopts=(--encrypt "${KDF[@]}")
@@ -231,6 +234,7 @@ rebuild_body() {
 	check_points "rebuild $kind:$n, after the next rebuild" old
 }
 
+[ "${FAULT_FULL:-0}" = 1 ] || PWRITE_STEP=geo
 base rebuild plain
 loop "catalog rebuild" rebuild_body
 
