@@ -134,7 +134,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		free(runs);
 	if (ctl & 0x10) {
 		cbi_catalog_stats st;
-		(void)cbi_catalog_sync(dir, (ctl & 0x20) != 0, &st, &err);
+		FZ_TRY(cbi_catalog_sync(dir, (ctl & 0x20) != 0, &st, &err));
 		if (cbi_list_filtered(dir, fp, &pts, &np, &err) == 0)
 			free(pts);
 	}

@@ -45,7 +45,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if ((ctl & FZ_KEYED) && (m->hdr.flags & CBI_HDR_ENCRYPTED)) {
 			cbi_keys k;
 			if (!fz_keys(m->hdr.chain_id, &k))
-				(void)cbi_image_set_keys(m, &k);
+				FZ_TRY(cbi_image_set_keys(m, &k));
 			cbi_keys_wipe(&k);
 		}
 		uint32_t bs = m->hdr.block_size;
@@ -63,20 +63,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				abort(); /* a block longer than the block size */
 		}
 		if (nr) {
-			(void)cbi_image_table_get(m, nr - 1, &e);
+			FZ_TRY(cbi_image_table_get(m, nr - 1, &e));
 			uint64_t last = e.block;
-			(void)cbi_image_find(m, 0, &e);
-			(void)cbi_image_find(m, last, &e);
-			(void)cbi_image_find(m, last / 2 + 1, &e);
-			(void)cbi_image_find(m, m->hdr.n_blocks, &e);
+			FZ_TRY(cbi_image_find(m, 0, &e));
+			FZ_TRY(cbi_image_find(m, last, &e));
+			FZ_TRY(cbi_image_find(m, last / 2 + 1, &e));
+			FZ_TRY(cbi_image_find(m, m->hdr.n_blocks, &e));
 		}
 		if (ctl & FZ_DIGEST)
-			(void)cbi_sfr_check_digest_mac(m->f, m->keyed ? m->mac_key : NULL, NULL, NULL);
+			FZ_TRY(cbi_sfr_check_digest_mac(m->f, m->keyed ? m->mac_key : NULL, NULL, NULL));
 		cbi_image_close(m);
 	}
 	cbi_point p;
 	int kind = 0;
 	uint32_t nseg = 0;
-	(void)cbi_point_read(path, &p, &kind, &nseg, &err);
+	FZ_TRY(cbi_point_read(path, &p, &kind, &nseg, &err));
 	return 0;
 }

@@ -36,7 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if ((ctl & FZ_KEYED) && (x->hdr.flags & CBI_HDR_ENCRYPTED)) {
 			cbi_keys k;
 			if (!fz_keys(x->hdr.chain_id, &k))
-				(void)cbi_index_set_keys(x, &k);
+				FZ_TRY(cbi_index_set_keys(x, &k));
 			cbi_keys_wipe(&k);
 		}
 		cbi_idx_ent e;
@@ -45,12 +45,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (cbi_index_get(x, i, &e))
 				break;
 		if (nb > MAX_ENTRIES) {
-			(void)cbi_index_get(x, nb - 1, &e);
-			(void)cbi_index_get(x, nb / 2, &e);
+			FZ_TRY(cbi_index_get(x, nb - 1, &e));
+			FZ_TRY(cbi_index_get(x, nb / 2, &e));
 		}
-		(void)cbi_index_get(x, nb, &e); /* out of range */
+		FZ_TRY(cbi_index_get(x, nb, &e)); /* out of range */
 		if (ctl & FZ_DIGEST)
-			(void)cbi_index_check_digest(x);
+			FZ_TRY(cbi_index_check_digest(x));
 		cbi_point p;
 		memset(&p, 0, sizeof p);
 		cbi_point_from_index(&p, x);
@@ -59,6 +59,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	cbi_point p;
 	int kind = 0;
 	uint32_t nseg = 0;
-	(void)cbi_point_read(path, &p, &kind, &nseg, &err);
+	FZ_TRY(cbi_point_read(path, &p, &kind, &nseg, &err));
 	return 0;
 }

@@ -54,6 +54,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	} else {
 		fz_write(path, data + 1, n);
 	}
-	(void)cbi_keyfile_read(path, &kf, &err);
+	FZ_TRY(cbi_keyfile_read(path, &kf, &err));
 	return 0;
 }

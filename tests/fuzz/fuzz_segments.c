@@ -160,14 +160,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		/* across every boundary, then in an order that makes the reader
 		 * close and reopen segments (it keeps 8 open) */
 		for (uint32_t k = 1; k <= r->nseg; k++)
-			(void)cbi_sfr_pread(r, b, sizeof b, (uint64_t)k * SEG - 100);
+			FZ_TRY(cbi_sfr_pread(r, b, sizeof b, (uint64_t)k * SEG - 100));
 		for (int i = 0; i < 40 && r->size; i++) {
 			x = x * 6364136223846793005ull + 1442695040888963407ull;
-			(void)cbi_sfr_pread(r, b, 1 + (size_t)(x >> 56), (x >> 11) % r->size);
+			FZ_TRY(cbi_sfr_pread(r, b, 1 + (size_t)(x >> 56), (x >> 11) % r->size));
 		}
-		(void)cbi_sfr_pread(r, b, sizeof b, r->size - 10); /* beyond the end */
+		FZ_TRY(cbi_sfr_pread(r, b, sizeof b, r->size - 10)); /* beyond the end */
 		if ((ctl & FZ_DIGEST) && r->size <= 2 * SEG)
-			(void)cbi_sfr_check_digest(r, NULL, NULL);
+			FZ_TRY(cbi_sfr_check_digest(r, NULL, NULL));
 		cbi_sfr_close(r);
 	}
 	if ((ctl & FZ_DIGEST) && total <= 2 * SEG) {
@@ -176,7 +176,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		int fd = open(cp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 		if (fd < 0)
 			abort();
-		(void)cbi_sfile_copy_joined(path, fd, &err);
+		FZ_TRY(cbi_sfile_copy_joined(path, fd, &err));
 		close(fd);
 		unlink(cp);
 	}
@@ -188,7 +188,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			uint8_t *o = fz_buf_get(&outb, m->hdr.block_size);
 			for (uint64_t i = 0; i < m->trl.record_count && i < 4; i++)
 				if (cbi_image_table_get(m, i, &e) == 0)
-					(void)cbi_image_read_block(m, &e, dctx, cx, sc, o, NULL, &err);
+					FZ_TRY(cbi_image_read_block(m, &e, dctx, cx, sc, o, NULL, &err));
 			cbi_image_close(m);
 		}
 	} else {
@@ -196,9 +196,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (cbi_index_open(path, &x, &err) == 0) {
 			cbi_idx_ent e;
 			for (uint64_t i = 0; i < x->hdr.n_blocks && i < 16; i++)
-				(void)cbi_index_get(x, i, &e);
+				FZ_TRY(cbi_index_get(x, i, &e));
 			if (x->hdr.n_blocks)
-				(void)cbi_index_get(x, x->hdr.n_blocks - 1, &e);
+				FZ_TRY(cbi_index_get(x, x->hdr.n_blocks - 1, &e));
 			cbi_index_close(x);
 		}
 	}
