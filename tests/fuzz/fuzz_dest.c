@@ -96,6 +96,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			len -= 1 + nl;
 		}
 		fz_path(path, sizeof path, dir, name);
+		/* a later entry of the same name replaces an earlier one, whatever it was */
+		fz_rm_tree(path, 1);
 		if (sel & 0x80) {
 			(void)mkdir(path, 0700);
 		} else if (sel & 0x40) {
