@@ -3,6 +3,8 @@
 #   make check      unit tests (cmocka) + end-to-end tests (loop devices when root)
 #   make check-unit / check-e2e
 #   make asan       build and run all tests under ASan+UBSan (build-asan/)
+#   make check-fuzz replay the fuzz corpus (tests/fuzz/corpus) under ASan+UBSan (part of check)
+#   make fuzz       run every libFuzzer target (clang) for FUZZ_TIME seconds (tests/fuzz/README.md)
 #   make valgrind   unit tests and a file backup/restore under valgrind
 #   make deps       apt-get install the Debian packages the build needs, when missing
 #   make demo       full backup, changes, incremental, restore, verify on a generated ext4 disk
@@ -35,9 +37,11 @@ FAULT_SHIM := $(BUILD)/tests/libcbifault.so
 FAULT_CFLAGS := -std=gnu11 -O2 -g $(WARN) -fPIC -shared $(if $(findstring sanitize=address,$(EXTRA_CFLAGS)),-DFAULT_NO_MALLOC)
 
 DEB_PKGS := build-essential pkg-config libzstd-dev libxxhash-dev libssl-dev libsqlite3-dev libcmocka-dev libbsd-dev \
-	libmount-dev libblkid-dev libext2fs-dev comerr-dev e2fsprogs util-linux valgrind zstd xxhash jq dosfstools fusefat exfatprogs exfat-fuse groff-base zsh
+	libmount-dev libblkid-dev libext2fs-dev comerr-dev e2fsprogs util-linux valgrind zstd xxhash jq dosfstools fusefat exfatprogs exfat-fuse groff-base zsh \
+	clang libclang-rt-14-dev
 
-.PHONY: all check check-unit check-e2e asan valgrind deps demo bench install uninstall clean vectors
+.PHONY: all check check-unit check-e2e check-fuzz fuzz-replay fuzz fuzz-build fuzz-bins fuzz-seeds asan valgrind deps demo \
+	bench install uninstall clean vectors
 all: $(BUILD)/cbimg
 
 # The CLI sees only the public header; the library and its unit tests see src/lib too.
@@ -74,13 +78,64 @@ $(FAULT_SHIM): tests/fault/faultshim.c
 check-e2e: $(BUILD)/cbimg $(FAULT_SHIM)
 	CBIMG=$(CURDIR)/$(BUILD)/cbimg CBIMG_FAULT_SHIM=$(CURDIR)/$(FAULT_SHIM) bash tests/e2e/run.sh
 
-check: all check-unit check-e2e
+check: all check-unit check-e2e check-fuzz
 	bash tests/check-cycles.sh $(BUILD)
 
-asan:
-	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
+ASAN_VARS = BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all" \
-	  EXTRA_LDFLAGS="-fsanitize=address,undefined" check
+	  EXTRA_LDFLAGS="-fsanitize=address,undefined"
+
+asan:
+	$(MAKE) $(ASAN_VARS) check
+
+# ------------------------------------------------------------------ fuzzing
+# One target per parser, tests/fuzz/fuzz_<t>.c (an LLVMFuzzerTestOneInput),
+# seeds in tests/fuzz/corpus/<t>/. check-fuzz replays the seeds (and every
+# crash found so far, kept there) with a plain main() (tests/fuzz/replay.c)
+# under ASan+UBSan, with any compiler, in the ASan build; `make fuzz` needs
+# clang's libFuzzer and builds build-fuzz/.
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(sort $(wildcard tests/fuzz/fuzz_*.c)))
+FUZZ_CC ?= clang
+FUZZ_TIME ?= 60
+FUZZ_JOBS ?= 1
+FUZZ_SRC_DEPS := tests/fuzz/fuzz.h $(wildcard include/*.h src/lib/*.h)
+
+$(BUILD)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_SRC_DEPS) $(BUILD)/libcbimg.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Isrc/lib -Itests/fuzz -o $@ $< tests/fuzz/replay.c $(BUILD)/libcbimg.a $(LDLIBS_ALL)
+
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_SRC_DEPS) $(BUILD)/libcbimg.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Isrc/lib -Itests/fuzz -o $@ $< $(BUILD)/libcbimg.a $(LDLIBS_ALL)
+
+$(BUILD)/fuzz/gen_seeds: tests/fuzz/gen_seeds.c $(FUZZ_SRC_DEPS) $(BUILD)/libcbimg.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Isrc/lib -Itests/fuzz -o $@ $< $(BUILD)/libcbimg.a $(LDLIBS_ALL)
+
+fuzz-replay: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/replay_%)
+	@fail=0; for t in $(FUZZ_TARGETS); do \
+	  $(BUILD)/fuzz/replay_$$t tests/fuzz/corpus/$$t || { echo "fuzz corpus replay FAILED: $$t"; fail=1; }; \
+	done; [ $$fail = 0 ]
+
+check-fuzz:
+	$(MAKE) $(ASAN_VARS) fuzz-replay
+
+# Regenerate the generated seeds (tests/fuzz/README.md says which).
+fuzz-seeds: $(BUILD)/cbimg $(BUILD)/fuzz/gen_seeds
+	$(BUILD)/fuzz/gen_seeds tests/fuzz/corpus format/vectors
+
+fuzz-bins: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
+
+fuzz-build:
+	@if ! command -v $(FUZZ_CC) >/dev/null 2>&1; then \
+	  echo "SKIP: make fuzz needs clang with libFuzzer (make deps: clang libclang-rt-14-dev)"; exit 0; fi; \
+	$(MAKE) BUILD=build-fuzz CC=$(FUZZ_CC) OPT="-O1 -g -fno-omit-frame-pointer" \
+	  EXTRA_CFLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all" \
+	  EXTRA_LDFLAGS="-fsanitize=fuzzer,address,undefined" fuzz-bins
+
+fuzz: fuzz-build
+	@if command -v $(FUZZ_CC) >/dev/null 2>&1; then \
+	  FUZZ_TIME=$(FUZZ_TIME) FUZZ_JOBS=$(FUZZ_JOBS) bash tests/fuzz/run.sh build-fuzz $(FUZZ_TARGETS); fi
 
 valgrind: $(BUILD)/cbimg $(UNIT_BIN)
 	bash tests/valgrind.sh $(BUILD)
@@ -135,4 +190,4 @@ uninstall:
 	done
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

@@ -10,6 +10,12 @@
  *                          counted nor failed (fsync, dirfsync, rename and
  *                          pwrite), e.g. the SQLite catalog's, whose many
  *                          writes would otherwise dominate a loop over N
+ *     CBIMG_FAULT_KILL=1   instead of failing the Nth call, the process kills
+ *                          itself with SIGKILL just before making it: a
+ *                          crash at an exact moment (tests/e2e/t_kill_sweep.sh)
+ *     CBIMG_FAULT_ONLY=S   the converse: only calls on a file whose path
+ *                          contains S are counted and failed (those four
+ *                          kinds), e.g. the catalog's writes during a backup
  *
  * KIND is one of
  *     fsync     fsync() and fdatasync() of anything but a directory   -> EIO
@@ -37,6 +43,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -55,24 +62,30 @@ static atomic_long calls;           /* calls of fault_kind seen since arming */
 static atomic_int armed;
 static char log_path[4096];
 static char ignore[256];
+static char only[256];
+static int kill_instead;
 
-/* Does the path of fd, or path, contain the ignored string? */
+/* Is a call on path p left alone: p contains the ignored string, or not
+ * the only one counted? */
+static int ignored_path(const char *p)
+{
+	if (ignore[0] && p && strstr(p, ignore))
+		return 1;
+	return only[0] && !(p && strstr(p, only));
+}
+
+/* The same for the file open at fd. */
 static int ignored_fd(int fd)
 {
 	char link[64], path[4096];
-	if (!ignore[0])
+	if (!ignore[0] && !only[0])
 		return 0;
 	snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
 	ssize_t n = readlink(link, path, sizeof path - 1);
 	if (n < 0)
-		return 0;
+		return ignored_path(NULL);
 	path[n] = 0;
-	return strstr(path, ignore) != NULL;
-}
-
-static int ignored_path(const char *p)
-{
-	return ignore[0] && p && strstr(p, ignore);
+	return ignored_path(path);
 }
 
 extern void *__libc_malloc(size_t);
@@ -111,6 +124,8 @@ static int should_fail(int k)
 	if (c != fault_n)
 		return 0;
 	log_line("hit %s %ld\n", kind_names[k], c);
+	if (kill_instead)
+		kill(getpid(), SIGKILL);
 	return 1;
 }
 
@@ -123,7 +138,11 @@ static int fail_fd(int fd, int k)
 
 static int fail_paths(const char *a, const char *b, int k)
 {
-	return k == fault_kind && !ignored_path(a) && !ignored_path(b) && should_fail(k);
+	if (k != fault_kind)
+		return 0;
+	/* with ONLY, a rename counts when either name contains the string */
+	int skip = only[0] ? ignored_path(a) && ignored_path(b) : ignored_path(a) || ignored_path(b);
+	return !skip && should_fail(k);
 }
 
 __attribute__((constructor)) static void fault_init(void)
@@ -135,6 +154,11 @@ __attribute__((constructor)) static void fault_init(void)
 	const char *ig = getenv("CBIMG_FAULT_IGNORE");
 	if (ig && strlen(ig) < sizeof ignore)
 		strcpy(ignore, ig);
+	const char *ki = getenv("CBIMG_FAULT_KILL");
+	kill_instead = ki && *ki && strcmp(ki, "0");
+	const char *on = getenv("CBIMG_FAULT_ONLY");
+	if (on && strlen(on) < sizeof only)
+		strcpy(only, on);
 	if (!spec || !*spec)
 		return;
 	const char *colon = strchr(spec, ':');
