@@ -86,6 +86,13 @@ int cbi_passwd(const cbi_passwd_opts *o, cbi_passwd_result *r, cbi_error *err)
 		rc = cbi_err(err, -CBI_EPASS, "no current passphrase given for chain %s", id);
 		goto end;
 	}
+	/* The local state's copies too: a run that stopped after rewriting
+	 * DEST's key files but before the state's copy is taken up again with
+	 * the same (old, new) passphrases, the state's copy opening. */
+	size_t ndest = n;
+	if (!o->no_state)
+		find_state_copies(o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR, chain_id, files,
+				  MAX_FILES, &n);
 	/* Unwrap with the current passphrase: the first key file that opens. */
 	rc = -CBI_EPASS;
 	for (size_t i = 0; i < n && rc; i++)
@@ -101,10 +108,6 @@ int cbi_passwd(const cbi_passwd_opts *o, cbi_passwd_result *r, cbi_error *err)
 		rc = cbi_err(err, -CBI_EPASS, nlen == 0 ? "the new passphrase is empty" : "no new passphrase given");
 		goto end;
 	}
-	size_t ndest = n;
-	if (!o->no_state)
-		find_state_copies(o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR, chain_id, files,
-				  MAX_FILES, &n);
 	for (size_t i = 0; i < n; i++) {
 		static const cbi_kdf_params cheap = { CBI_STATE_KDF_LOG2_N, CBI_STATE_KDF_R, CBI_STATE_KDF_P };
 		cbi_keys other;

@@ -185,10 +185,10 @@ passwd_body() {
 	[ "$RC" -lt 128 ] || [ "$kind" = malloc ] || echo "passwd $kind:$n: killed by signal $((RC - 128))" >>"$W/problems"
 	check_points "passwd $kind:$n" old new
 	# The next run, from the passphrase that opens DEST's key file now. The
-	# same command again (old to new) fails when the failure came after DEST's
-	# key file was rewritten: passwd unwraps with DEST's key files only, so
-	# the state's copy, still under the old one, is left to the next backup
-	# (which refreshes it). Counted and shown, not failed.
+	# same command again (old to new) takes up a run that stopped between
+	# DEST's key file and the state's copy (the state's copy still opens with
+	# the old one); it fails, with exit 4, when every copy was already
+	# rewrapped and only a directory sync failed. Counted and shown.
 	local from=$T/pw-old
 	if [ "${PASS_NOW:-}" = new ]; then
 		from=$T/pw-new
