@@ -399,6 +399,23 @@ static const cbi_dent *damaged_image(const cbi_chain *c, const uint8_t point_id[
 	return NULL;
 }
 
+/* Is there, in the scan, a file at the name p's image would have (its index
+ * file's name ending in .cbi), which is not p's image? 1 with its path in
+ * path[4096], or 0. */
+static int replaced_image(const cbi_chain *c, const cbi_point *p, char *path)
+{
+	const char *base = strrchr(p->index_file, '/');
+	base = base ? base + 1 : p->index_file;
+	size_t n = strlen(base);
+	if (!c->d || n < 4 || n >= 4096 || strcmp(base + n - 4, ".cbx"))
+		return 0;
+	char name[4096];
+	memcpy(name, base, n - 4);
+	memcpy(name + n - 4, ".cbi", 5);
+	const cbi_dent *e = cbi_dest_find(c->d, name);
+	return e && !cbi_dest_path(c->d, e, path, 4096);
+}
+
 static int open_image(cbi_chain *c, uint32_t seq, cbi_image **out, cbi_error *err)
 {
 	const cbi_point *p = cbi_chain_point(c, seq);
@@ -410,6 +427,13 @@ static int open_image(cbi_chain *c, uint32_t seq, cbi_image **out, cbi_error *er
 		if (bad && cbi_is_damage(bad->pt->rc))
 			return cbi_err(err, bad->pt->rc, "image file of point seq %u is damaged: %s", seq,
 				       bad->pt->msg);
+		/* Another file where its image should be (the index's name
+		 * with .cbi): the image was replaced, which is damage too. */
+		char other[4096];
+		if (p && replaced_image(c, p, other))
+			return cbi_err(err, -CBI_EDAMAGED,
+				       "image file '%s' of point seq %u is not this point's image (replaced by "
+				       "another file): run 'cbimg verify'", other, seq);
 		return cbi_err(err, -CBI_ENOPARENT,
 			       "image file of point seq %u (index '%s') is missing or damaged: "
 			       "run 'cbimg verify'", seq, p ? p->index_file : "?");
