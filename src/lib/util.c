@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -267,4 +268,11 @@ int cbi_open_regular(const char *path, int flags, struct stat *st)
 	if (st)
 		*st = s;
 	return fd;
+}
+
+void cbi_fids_free(cbi_fid *f, size_t n)
+{
+	for (size_t i = 0; f && i < n; i++)
+		free(f[i].path);
+	free(f);
 }

@@ -95,6 +95,16 @@ int cbi_create_tmp(const char *tmp, int mode);
  * another -errno. */
 int cbi_open_regular(const char *path, int flags, struct stat *st);
 
+/* A file by its identity (device and inode), with a name for messages. */
+typedef struct cbi_fid {
+	dev_t dev;
+	ino_t ino;
+	char *path;             /* malloc'ed */
+} cbi_fid;
+
+/* Release n fids and their paths (NULL is fine). */
+void cbi_fids_free(cbi_fid *f, size_t n);
+
 /* Directory part of path into out (size outsz). */
 void cbi_dirname(const char *path, char *out, size_t outsz);
 

@@ -60,6 +60,27 @@ KEY=$(ls "$DE"/*.cbk)
 cp "$KEY" "$T/key.copy"
 expect_exit 2 "$CBIMG" restore --force --password-file "$T/pw" "$(ls "$DE"/*.cbx)" "$KEY"
 check "the key file is unchanged" cmp -s "$KEY" "$T/key.copy"
+ln "$KEY" "$T/key.hardlink"
+expect_exit 2 "$CBIMG" restore --force --password-file "$T/pw" "$(ls "$DE"/*.cbx)" "$T/key.hardlink"
+check_grep "a hard link to the key file is named as the chain's file" "file of the chain"
+check "the key file is unchanged (hard link)" cmp -s "$KEY" "$T/key.copy"
+rm -f "$T/key.hardlink"
+
+# ------------------------------------------------- 8. an image replaced: exit 3
+D8=$T/dest8
+mkdir -p "$D8"
+cp "$D"/*.cbi "$D"/*.cbx "$D8"/
+i8=$(ls "$D8"/*incr0001*.cbi)
+cp "$(ls "$D8"/*full0000*.cbi)" "$i8"
+expect_exit 3 "$CBIMG" verify "$D8"
+expect_exit 3 "$CBIMG" restore "$(ls "$D8"/*incr0001*.cbx)" "$T/r8.img"
+check_grep "restore names the replaced image" "not this point's image"
+check "no target left behind" test ! -e "$T/r8.img"
+head -c 300000 /dev/urandom >"$i8"
+expect_exit 3 "$CBIMG" restore "$(ls "$D8"/*incr0001*.cbx)" "$T/r8.img"
+rm -f "$i8"
+expect_exit 1 "$CBIMG" restore "$(ls "$D8"/*incr0001*.cbx)" "$T/r8.img"
+check_grep "a missing image is still 'missing'" "missing"
 
 # ------------------------------------------------- 3. FIFOs in DEST
 mkfifo "$D/planted.cbx" "$T/fifo" "$D/planted.cbk"
