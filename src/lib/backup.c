@@ -469,7 +469,7 @@ static int bk_validate(bk_run *b)
 	if ((rc = cbi_source_open(o->source, &b->src, err)))
 		return rc;
 	const cbi_source *src = b->src;
-	int mounted_rw = src->is_dev && cbi_dev_mounted_rw(src->rdev);
+	int mounted_rw = cbi_source_mounted_rw(src); /* a device, or a file behind a loop device */
 	if (o->used_only && mounted_rw)
 		return cbi_err(err, -CBI_EMOUNTED,
 			       "--used-only: source '%s' is mounted read-write, so its block bitmaps change "
