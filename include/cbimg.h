@@ -172,8 +172,8 @@ typedef struct cbi_list_filter {
  * groups), then within each group by creation time, oldest first (newest
  * last, whichever chain it belongs to), then by chain and seq. Served from the catalog
  * DEST/cbimg-catalog.sqlite after a cheap check against the directory: only
- * index and image files whose name, size or mtime the catalog does not know
- * are opened, rows of vanished files are dropped, a catalog that is missing
+ * index and image files whose name, size, mtime or identity (inode) the
+ * catalog does not know are opened, rows of vanished files are dropped, a catalog that is missing
  * (in a directory that a backup has written to), corrupt (moved aside to
  * .corrupt) or built for another directory is rebuilt. When there is no
  * catalog to use (read-only DEST, no locking, a directory no backup has

@@ -174,6 +174,7 @@ int cbi_dest_scan(const char *dir, unsigned flags, cbi_dest **out, cbi_error *er
 			e->has_stat = 1;
 			e->size = (uint64_t)st.st_size;
 			e->mtime_ns = mtime_ns(&st);
+			e->ino = (uint64_t)st.st_ino;
 		}
 	}
 	closedir(dh);
