@@ -484,14 +484,29 @@ int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err)
 		return cbi_err(err, -ENOMEM, "out of memory");
 	cbi_strlcpy(r->path, path, sizeof r->path);
 	r->nseg = 1;
-	/* never blocks in open() (a FIFO planted at the name), regular files only */
-	struct stat st;
-	r->fd = cbi_open_regular(path, 0, &st);
+	/* O_NONBLOCK: a FIFO planted at the name never hangs the open (cleared
+	 * once the file is known to be a regular one) */
+	r->fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 	if (r->fd < 0) {
-		int e = r->fd;
+		int e = -errno;
 		free(r);
-		if (e == -EISDIR || e == -EINVAL)
-			return cbi_err(err, e, "'%s' is not a regular file", path);
+		return cbi_err(err, e, "unable to open '%s': %s", path, strerror(-e));
+	}
+	struct stat st;
+	if (fstat(r->fd, &st) < 0) {
+		int e = -errno;
+		cbi_sfr_close(r);
+		return cbi_err(err, e, "unable to stat '%s': %s", path, strerror(-e));
+	}
+	if (!S_ISREG(st.st_mode)) {
+		int e = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+		cbi_sfr_close(r);
+		return cbi_err(err, e, "'%s' is not a regular file", path);
+	}
+	int fl = fcntl(r->fd, F_GETFL);
+	if (fl < 0 || fcntl(r->fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+		int e = -errno;
+		cbi_sfr_close(r);
 		return cbi_err(err, e, "unable to open '%s': %s", path, strerror(-e));
 	}
 	r->size = (uint64_t)st.st_size;
