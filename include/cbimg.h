@@ -221,6 +221,10 @@ typedef struct cbi_backup_opts {
 	cbi_pass_fn pass;         /* passphrase of an encrypted chain (asked with confirm
 	                           * = 1 for a new one); NULL: none available */
 	void *pass_ud;
+	const char *dest_uuid;    /* refuse (-CBI_EUSAGE) unless DEST's file system has this UUID
+	                           * (compared without regard to case). NULL: DEST is checked
+	                           * against fstab, the usual mount places and the file system
+	                           * the job wrote to last time (cbimg-backup(1), --dest-uuid) */
 	cbi_progress_fn progress;
 	void *progress_ud;
 } cbi_backup_opts;

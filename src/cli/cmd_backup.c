@@ -24,6 +24,7 @@ enum {
 	OPT_HASH,
 	OPT_SCRYPT,
 	OPT_USED_ONLY,
+	OPT_DEST_UUID,
 };
 
 static const struct cli_option backup_options[] = {
@@ -42,6 +43,7 @@ static const struct cli_option backup_options[] = {
 	{ OPT_HASH, "hash", "ALG", "new chain: block hash xxh3 (default) or sha256" },
 	{ OPT_SCRYPT, "scrypt", "N:R:P", "new encrypted chain: scrypt cost log2(N):r:p (default 15:8:4)" },
 	{ OPT_USED_ONLY, "used-only", NULL, "read only the blocks the ext2/3/4 file system uses" },
+	{ OPT_DEST_UUID, "dest-uuid", "UUID", "refuse unless DEST is on the file system of this UUID" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
 	CLI_OPT_HELP,
@@ -200,6 +202,7 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 						       "10 to 24, R and P 1 to 64", optarg);
 			break;
 		case OPT_USED_ONLY: o.used_only = 1; break;
+		case OPT_DEST_UUID: o.dest_uuid = optarg; break;
 		case 'q': quiet = 1; break;
 		case OPT_JSON: json = 1; break;
 		default: return cli_opt_exit(cmd, c);

@@ -21,6 +21,7 @@
 #include "backup.h"
 #include "catalog.h"
 #include "chain.h"
+#include "destfs.h"
 #include "fsmap.h"
 #include "fsprobe.h"
 #include "image.h"
@@ -500,6 +501,10 @@ static int bk_validate(bk_run *b)
 	/* keep the tail of long paths: it is the part that names the device */
 	size_t pl = strlen(o->source);
 	cbi_strlcpy(h->source_path, pl > 63 ? o->source + pl - 63 : o->source, sizeof h->source_path);
+	/* DEST where its disk should be: not a bare mount point (destfs.h) */
+	if ((rc = cbi_dest_check(o->dest, o->dest_uuid, o->no_state ? NULL : b->state_dir, h->host, h->source_id,
+				  h->job, err)))
+		return rc;
 	return 0;
 }
 

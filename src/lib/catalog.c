@@ -686,8 +686,8 @@ static const char sql_ins_image[] =
 static const char sql_ins_ignored[] =
 	"INSERT OR REPLACE INTO ignored(name, size, mtime_ns, reason) VALUES(?1, ?2, ?3, ?4)";
 
-enum { S_DEL_POINT, S_DEL_IMAGE, S_DEL_IGNORED, S_DEL_IDENT, S_INS_POINT, S_INS_IMAGE, S_INS_IGNORED, S_INS_IDENT,
-       S_N };
+enum { S_DEL_POINT, S_DEL_IMAGE, S_DEL_IGNORED, S_DEL_IDENT, S_INS_POINT, S_INS_IMAGE, S_INS_IGNORED,
+       S_INS_IDENT, S_N };
 
 static int step_reset(cat *c, sqlite3_stmt *s, cbi_error *err)
 {

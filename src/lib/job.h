@@ -81,6 +81,10 @@ int cbi_job_state_dir(const char *state_dir, uint64_t key, char *out, size_t out
 /* File name of the key file copy in a job's state directory. */
 #define CBI_STATE_KEY_NAME "chain.cbk"
 
+/* File name of the UUID of the file system the job last wrote to (destfs.h),
+ * in the job's state directory: kept when a new state replaces the old. */
+#define CBI_STATE_DEST_FS_NAME "dest-fs"
+
 /* Path of the copy of the key file kept in the local state of job (host,
  * source_id, job): STATE_DIR/<key>/chain.cbk. */
 void cbi_keyfile_state_path(const char *state_dir, const char *host, const char *source_id, const char *job,

@@ -66,4 +66,48 @@ check_grep "a loop device over the chain's image is refused" "writes to.*file of
 check "the image is unchanged" cmp -s "$I2" "$T/i2.copy"
 losetup -d "$LOOPDEV"
 
+# ------------------------------------------------- 6. a bare mount point
+USB=$T/usb.img
+truncate -s 32M "$USB"
+mkfs.ext4 -q -F "$USB" || die "mkfs.ext4 usb"
+new_loop "$USB" || die "losetup usb"
+UL=$LOOPDEV
+UUID=$(blkid -s UUID -o value "$UL")
+[ -n "$UUID" ] || die "no UUID for $UL"
+UM=$T/usb
+mkdir -p "$UM"
+# (a) listed in fstab (LIBMOUNT_FSTAB: libmount's fstab for this test), not mounted
+printf 'UUID=%s %s ext4 noauto 0 2\n' "$UUID" "$UM" >"$T/fstab"
+export LIBMOUNT_FSTAB=$T/fstab
+expect_exit 2 "$CBIMG" backup -q "$S" "$UM"
+check_grep "fstab: the missing disk is named" "UUID=$UUID.*not mounted"
+mkdir -p "$UM/backups"
+expect_exit 2 "$CBIMG" backup -q "$S" "$UM/backups"
+check_eq "nothing written under the bare mount point" "$(find "$UM" -type f | wc -l)" 0
+do_mount "$UL" "$UM" || die "mount usb"
+mkdir -p "$UM/backups"
+expect_exit 0 "$CBIMG" backup -q --job usb "$S" "$UM/backups"
+# (d) --dest-uuid
+expect_exit 0 "$CBIMG" backup -q --job usb --dest-uuid "$UUID" "$S" "$UM/backups"
+expect_exit 0 "$CBIMG" backup -q --job usb --dest-uuid "${UUID^^}" "$S" "$UM/backups"
+expect_exit 2 "$CBIMG" backup -q --job usb --dest-uuid 01234567-89ab-cdef-0123-456789abcdef "$S" "$UM/backups"
+check_grep "--dest-uuid: both UUIDs named" "$UUID.*01234567-89ab"
+do_umount "$UM"
+unset LIBMOUNT_FSTAB
+# (c) not in fstab: the local state knows the job wrote to that disk
+expect_exit 2 "$CBIMG" backup -q --job usb "$S" "$UM/backups"
+check_grep "the state names the file system the job wrote to" "last wrote to file system $UUID"
+check_eq "nothing written on the file system below" "$(find "$UM" -type f | wc -l)" 0
+expect_exit 2 "$CBIMG" backup -q --job usb --dest-uuid "$UUID" "$S" "$UM/backups"
+# (b) an empty directory under /mnt on the root file system
+if [ "$(stat -c %d /mnt 2>/dev/null)" = "$(stat -c %d /)" ] && MNTD=$(mktemp -d /mnt/cbimg-e2e.XXXXXX); then
+	expect_exit 2 "$CBIMG" backup -q --no-state "$S" "$MNTD"
+	check_grep "an empty directory under /mnt is refused" "empty directory on the root file system"
+	touch "$MNTD/keep"
+	expect_exit 0 "$CBIMG" backup -q --no-state "$S" "$MNTD"
+	rm -rf --one-file-system "$MNTD"
+else
+	skip_part "/mnt is not on the root file system here"
+fi
+
 finish
