@@ -285,7 +285,17 @@ static int cat_open(cat *c, const char *dest, int create, cbi_error *err)
 		return cbi_err(err, -EINVAL, "catalog '%s' is not a regular file", c->path);
 	if (!c->have_fst && !create)
 		return cbi_err(err, -ENOENT, "no catalog '%s'", c->path);
+	if (!c->have_fst && ds.st_nlink == 0) /* removed while in use: no catalog in it */
+		return cbi_err(err, -ENOENT, "directory '%s' was removed", dest);
 
+	/* A journal is a regular file: SQLite refuses to follow a link at its
+	 * name (and the catalog would stay unusable), so one planted there is
+	 * removed (the link only, never what it names); so is a FIFO. */
+	char journal[4200];
+	struct stat js;
+	snprintf(journal, sizeof journal, "%s-journal", c->path);
+	if (lstat(journal, &js) == 0 && !S_ISREG(js.st_mode) && !S_ISDIR(js.st_mode))
+		(void)unlink(journal);
 	int r = sqlite3_open_v2(c->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
 	if (r != SQLITE_OK && c->have_fst) {
 		sqlite3_close_v2(c->db);
@@ -430,7 +440,12 @@ static int move_aside(cat *c, cbi_error *err)
 	/* a hot journal belongs to the old file and must not be replayed into a new one */
 	snprintf(journal, sizeof journal, "%s-journal", c->path);
 	snprintf(aside, sizeof aside, "%s.corrupt-journal", c->path);
-	if (rename(journal, aside) < 0 && errno != ENOENT)
+	/* only a regular file is the old catalog's journal: a link (or FIFO)
+	 * planted at its name is removed, never moved aside with it */
+	struct stat js;
+	if (lstat(journal, &js) == 0 && !S_ISREG(js.st_mode))
+		unlink(journal);
+	else if (rename(journal, aside) < 0 && errno != ENOENT)
 		unlink(journal);
 	if (c->st)
 		c->st->moved_aside = 1;
@@ -814,6 +829,13 @@ static int cat_sync(cat *c, int full, cbi_error *err)
 	if (c->other_dir)
 		return cbi_err(err, -EROFS, "catalog '%s' was built for another directory and is read-only",
 			       c->path);
+	if (full && c->readonly) {
+		/* nothing can be rewritten: say whether it is out of date */
+		if ((rc = cat_sync(c, 0, err)))
+			return rc;
+		return cbi_err(err, -EROFS, "catalog '%s' is read-only: not rebuilt (it is up to date with "
+			       "the files' names, sizes and identities)", c->path);
+	}
 	/* rows first, then the directory: a row added meanwhile by a backup is
 	 * for a file that the directory already shows */
 	if (!full && (rc = load_known(c, &known, &nk, err)))
@@ -1404,7 +1426,10 @@ int cbi_catalog_run_end(const char *dest, int64_t run_id, int result_code, const
 	if (no_sqlite(dest))
 		rc = cbi_runlog_end(dest, run_id, a.result, message, r, forget, err);
 	else
-		rc = cat_run(dest, 1, NULL, forget ? op_forget : op_end, &a, err);
+		/* a catalog is made only where this run's lock file is: not in
+		 * the directory below a DEST that was (lazily) unmounted meanwhile */
+		rc = cat_run(dest, catalog_exists(dest) || is_backup_dest(dest), NULL, forget ? op_forget : op_end,
+			     &a, err);
 	return rc ? not_recorded(rc, err) : 0;
 }
 

@@ -1,4 +1,4 @@
-/* test_catalog_ident.c - the catalog checks what it caches (issue 15, item
+/* test_catalog_adv.c - the catalog checks what it caches (issue 15, item
  * 7): each file row carries a cheap identity of its file (the inode numbers
  * of the file and its segments, bound to the table of the row), so that
  *  - a row moved to another table (a point moved to "ignored"), its name,
@@ -7,7 +7,10 @@
  *  - a file replaced through a rename by another one of the same name, size
  *    and mtime is read again;
  *  - a catalog without identities (made before them) gets them in place and
- *    keeps working. */
+ *    keeps working;
+ * and (item 9) no catalog is made in the directory below a DEST unmounted
+ * during a run, and a link planted at a corrupt catalog's journal name is
+ * never moved aside with it. */
 #include "testutil.h"
 
 #include <sqlite3.h>
@@ -162,12 +165,59 @@ static void test_catalog_without_idents(void **state)
 	assert_int_equal(list_is_scan(f->dest), 2);
 }
 
+/* Item 9: a run that ends after its DEST was lazily unmounted finds, at the
+ * same path, the directory below: no catalog is made there (no lock file of
+ * a backup in it). */
+static void test_run_end_in_the_directory_below(void **state)
+{
+	fix *f = *state;
+	cbi_error e;
+	int64_t id = 0;
+	assert_int_equal(cbi_catalog_run_begin(f->dest, "h", "s", "/dev/x", "j", &id, &e), 0);
+	assert_true(id > 0);
+	/* the "unmount": DEST's name now shows another, empty directory */
+	char moved[4096];
+	snprintf(moved, sizeof moved, "%s/dest.mounted", f->dir);
+	assert_int_equal(rename(f->dest, moved), 0);
+	assert_int_equal(mkdir(f->dest, 0755), 0);
+	cbi_backup_result r;
+	memset(&r, 0, sizeof r);
+	memset(&e, 0, sizeof e);
+	assert_int_not_equal(cbi_catalog_run_end(f->dest, id, -EIO, "lost", &r, &e), 0);
+	assert_false(tu_exists(f->db));
+	assert_int_equal(tu_count(f->dest, "", 1), 0);
+}
+
+/* Item 9: a symbolic link planted at the journal's name of a corrupt
+ * catalog is removed, never moved aside with it (nor followed). */
+static void test_corrupt_catalog_journal_link(void **state)
+{
+	fix *f = *state;
+	char target[4096], journal[4200], aside[4200];
+	snprintf(target, sizeof target, "%s/target", f->dir);
+	snprintf(journal, sizeof journal, "%s-journal", f->db);
+	snprintf(aside, sizeof aside, "%s.corrupt-journal", f->db);
+	tu_write_file(target, "keep", 4);
+	uint8_t junk[4096];
+	tu_fill_random(junk, sizeof junk, 5);
+	tu_write_file(f->db, junk, sizeof junk);
+	assert_int_equal(symlink(target, journal), 0);
+	assert_int_equal(list_is_scan(f->dest), 2);
+	struct stat st;
+	assert_true(lstat(aside, &st) < 0 || !S_ISLNK(st.st_mode));
+	assert_true(lstat(journal, &st) < 0 || !S_ISLNK(st.st_mode));
+	assert_true(tu_file_equals(target, "keep", 4));
+	assert_true(tu_exists(tu_path(f->dest, CBI_CATALOG_NAME ".corrupt")));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_row_moved_to_ignored, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_replaced_same_size_and_mtime, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_catalog_without_idents, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_run_end_in_the_directory_below, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_corrupt_catalog_journal_link, setup, teardown),
 	};
-	return cmocka_run_group_tests_name("catalog_ident", tests, NULL, NULL);
+	return cmocka_run_group_tests_name("catalog_adv", tests, NULL, NULL);
 }
