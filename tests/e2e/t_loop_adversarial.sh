@@ -99,6 +99,25 @@ expect_exit 2 "$CBIMG" backup -q --job usb "$S" "$UM/backups"
 check_grep "the state names the file system the job wrote to" "last wrote to file system $UUID"
 check_eq "nothing written on the file system below" "$(find "$UM" -type f | wc -l)" 0
 expect_exit 2 "$CBIMG" backup -q --job usb --dest-uuid "$UUID" "$S" "$UM/backups"
+# ------------------------------------------------- 9. catalog rebuild, read-only
+RO=$T/ro
+mkdir -p "$RO"
+"$CBIMG" list "$D" >/dev/null || fail "list (catalog up to date)"
+if mount --bind "$D" "$RO" && MOUNTS+=("$RO") && mount -o remount,ro,bind "$RO"; then
+	expect_exit 1 "$CBIMG" catalog rebuild "$RO"
+	check_grep "a current read-only catalog is not called out of date" "read-only: not rebuilt \(it is up to date"
+	umount "$RO"
+	fill_random "$S" 2048 64
+	"$CBIMG" backup -q --no-state "$S" "$D" || fail "backup"
+	rm -f "$D"/*incr0001*.cbx "$D"/*incr0001*.cbi
+	mount --bind "$D" "$RO" && mount -o remount,ro,bind "$RO" || die "read-only bind mount"
+	expect_exit 1 "$CBIMG" catalog rebuild "$RO"
+	check_grep "an out-of-date read-only catalog is called so" "read-only and out of date"
+	umount "$RO"
+else
+	skip_part "no read-only bind mount here"
+fi
+
 # (b) an empty directory under /mnt on the root file system
 if [ "$(stat -c %d /mnt 2>/dev/null)" = "$(stat -c %d /)" ] && MNTD=$(mktemp -d /mnt/cbimg-e2e.XXXXXX); then
 	expect_exit 2 "$CBIMG" backup -q --no-state "$S" "$MNTD"
