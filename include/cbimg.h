@@ -182,8 +182,8 @@ typedef struct cbi_list_filter {
  * groups), then within each group by creation time, oldest first (newest
  * last, whichever chain it belongs to), then by chain and seq. Served from the catalog
  * DEST/cbimg-catalog.sqlite after a cheap check against the directory: only
- * index and image files whose name, size or mtime the catalog does not know
- * are opened, rows of vanished files are dropped, a catalog that is missing
+ * index and image files whose name, size, mtime or identity (inode) the
+ * catalog does not know are opened, rows of vanished files are dropped, a catalog that is missing
  * (in a directory that a backup has written to), corrupt (moved aside to
  * .corrupt) or built for another directory is rebuilt. When there is no
  * catalog to use (read-only DEST, no locking, a directory no backup has
@@ -279,6 +279,10 @@ typedef struct cbi_backup_opts {
 	cbi_pass_fn pass;         /* passphrase of an encrypted chain (asked with confirm
 	                           * = 1 for a new one); NULL: none available */
 	void *pass_ud;
+	const char *dest_uuid;    /* refuse (-CBI_EUSAGE) unless DEST's file system has this UUID
+	                           * (compared without regard to case). NULL: DEST is checked
+	                           * against fstab, the usual mount places and the file system
+	                           * the job wrote to last time (cbimg-backup(1), --dest-uuid) */
 	cbi_progress_fn progress;
 	void *progress_ud;
 } cbi_backup_opts;

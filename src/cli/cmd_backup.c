@@ -27,6 +27,7 @@ enum {
 	OPT_JSON_PROGRESS,
 	OPT_OUTBOX,
 	OPT_NO_SPACE_CHECK,
+	OPT_DEST_UUID,
 };
 
 static const struct cli_option backup_options[] = {
@@ -47,6 +48,7 @@ static const struct cli_option backup_options[] = {
 	{ OPT_SCRYPT, "scrypt", "N:R:P", "new encrypted chain: scrypt cost log2(N):r:p (default 15:8:4)" },
 	{ OPT_USED_ONLY, "used-only", NULL, "read only the blocks the ext2/3/4 file system uses" },
 	{ OPT_NO_SPACE_CHECK, "no-space-check", NULL, "write even when DEST seems to lack the space" },
+	{ OPT_DEST_UUID, "dest-uuid", "UUID", "refuse unless DEST is on the file system of this UUID" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
 	{ OPT_JSON_PROGRESS, "json-progress", NULL, "print progress as JSON Lines on stdout" },
@@ -208,6 +210,7 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 			break;
 		case OPT_USED_ONLY: o.used_only = 1; break;
 		case OPT_NO_SPACE_CHECK: o.no_space_check = 1; break;
+		case OPT_DEST_UUID: o.dest_uuid = optarg; break;
 		case 'q': quiet = 1; break;
 		case OPT_JSON: json = 1; break;
 		case OPT_JSON_PROGRESS: json_progress = 1; break;

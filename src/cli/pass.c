@@ -22,6 +22,8 @@ int cli_pass_reported(void)
 static int read_pass_file(const char *path, char *buf, size_t bufsz)
 {
 	int fd = strcmp(path, "-") ? open(path, O_RDONLY | O_CLOEXEC) : 0;
+	if (fd < 0 && errno == EINTR && cli_interrupted())
+		return -ECANCELED; /* a FIFO nobody writes to: the signal ends the wait */
 	if (fd < 0) {
 		cli_error("unable to read password file '%s': %s", path, strerror(errno));
 		pass_reported = 1;
@@ -30,7 +32,7 @@ static int read_pass_file(const char *path, char *buf, size_t bufsz)
 	size_t n = 0;
 	for (;;) {
 		ssize_t r = read(fd, buf + n, bufsz - 1 - n);
-		if (r < 0 && errno == EINTR)
+		if (r < 0 && errno == EINTR && !cli_interrupted())
 			continue;
 		if (r < 0) {
 			cli_error("unable to read password file '%s': %s", path, strerror(errno));
@@ -60,12 +62,23 @@ static int read_pass_file(const char *path, char *buf, size_t bufsz)
 		pass_reported = 1;
 		return -CBI_EPASS;
 	}
-	char *nl = strchr(buf, '\n');
-	if (nl)
+	char *nl = memchr(buf, '\n', n);
+	if (nl) {
 		*nl = 0;
-	n = strlen(buf);
+		n = (size_t)(nl - buf);
+	}
 	if (n && buf[n - 1] == '\r')
 		buf[--n] = 0;
+	/* A passphrase is text: a NUL byte would end it early (a key made of
+	 * random bytes would be protected only by those before its first NUL),
+	 * so it is refused, never cut. */
+	if (memchr(buf, 0, n)) {
+		explicit_bzero(buf, bufsz);
+		cli_error("password file '%s': the passphrase contains a NUL byte: a passphrase is a line of text "
+			  "(for random bytes, use their base64 or hex form)", path);
+		pass_reported = 1;
+		return -CBI_EPASS;
+	}
 	if (!n) {
 		cli_error("password file '%s' holds no passphrase", path);
 		pass_reported = 1;

@@ -38,7 +38,9 @@ void cli_signals_install(void)
 		memset(&sa, 0, sizeof sa);
 		sa.sa_handler = on_signal;
 		sigemptyset(&sa.sa_mask);
-		sa.sa_flags = SA_RESTART;
+		/* no SA_RESTART: a blocking call (an open, a read of a pipe) ends with
+		 * EINTR, so a signal always ends the run, never waits for it */
+		sa.sa_flags = 0;
 		sigaction(sigs[i], &sa, NULL);
 	}
 }

@@ -25,6 +25,7 @@
 #include "chain.h"
 #include "chainrd.h"
 #include "dest.h"
+#include "destfs.h"
 #include "fsmap.h"
 #include "fsprobe.h"
 #include "image.h"
@@ -495,7 +496,7 @@ static int bk_validate(bk_run *b)
 	if ((rc = cbi_source_open(o->source, &b->src, err)))
 		return rc;
 	const cbi_source *src = b->src;
-	int mounted_rw = src->is_dev && cbi_dev_mounted_rw(src->rdev);
+	int mounted_rw = cbi_source_mounted_rw(src); /* a device, or a file behind a loop device */
 	if (o->used_only && mounted_rw)
 		return cbi_err(err, -CBI_EMOUNTED,
 			       "--used-only: source '%s' is mounted read-write, so its block bitmaps change "
@@ -526,6 +527,10 @@ static int bk_validate(bk_run *b)
 	/* keep the tail of long paths: it is the part that names the device */
 	size_t pl = strlen(o->source);
 	cbi_strlcpy(h->source_path, pl > 63 ? o->source + pl - 63 : o->source, sizeof h->source_path);
+	/* DEST where its disk should be: not a bare mount point (destfs.h) */
+	if ((rc = cbi_dest_check(o->dest, o->dest_uuid, o->no_state ? NULL : b->state_dir, h->host, h->source_id,
+				  h->job, err)))
+		return rc;
 	return 0;
 }
 

@@ -26,9 +26,13 @@
 
 #define CAT_APP_ID 0x43424943  /* "CBIC": PRAGMA application_id */
 #define CAT_SCHEMA 4           /* PRAGMA user_version; 2 added points.encrypted, hash_alg;
-                                * 3 points.used_only; 4 images.link (merged images) */
+                                * 3 points.used_only; 4 images.link (merged images); the
+                                * idents table is added in place: ident_table() */
 #define CAT_BUSY_MS 30000
 #define CAT_BATCH 64           /* files per write transaction while syncing */
+
+/* The identity of the file of each row of points, images and ignored (fent). */
+#define IDENTS_SQL "CREATE TABLE IF NOT EXISTS idents(name TEXT PRIMARY KEY, ident INTEGER NOT NULL);"
 
 static const char schema_sql[] =
 	"CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
@@ -54,6 +58,7 @@ static const char schema_sql[] =
 	"CREATE TABLE IF NOT EXISTS ignored("
 	" name TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
 	" reason TEXT NOT NULL);"
+	IDENTS_SQL
 	"CREATE TABLE IF NOT EXISTS runs("
 	" id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, source_id TEXT NOT NULL,"
 	" source_path TEXT NOT NULL, job TEXT NOT NULL, started_ns INTEGER NOT NULL,"
@@ -94,6 +99,7 @@ typedef struct cat {
 	int readonly;             /* writes are impossible */
 	int other_dir;            /* built for another directory, not reset (read-only) */
 	int corrupt;              /* SQLite said corrupt or not a database */
+	int has_ident;            /* it has the idents table (ident_table()) */
 	cbi_catalog_stats *st;
 } cat;
 
@@ -238,6 +244,22 @@ static int on_fusefat(dev_t dev)
 	       (!strcmp(m.type, "fuse.fusefat") || (!strcmp(m.type, "fuse") && !strcmp(m.source, "fusefat")));
 }
 
+/* The file identities (fent) live in table idents, created in place where
+ * it is missing (a catalog made before them). A row without one (written by
+ * a version of cbimg that does not know them) is trusted by name, size and
+ * mtime as before; one with one must match the file. Nothing else changes,
+ * so the schema version stays. A read-only catalog without the table is
+ * used as it is (c->has_ident 0). */
+static int ident_table(cat *c, cbi_error *err)
+{
+	int64_t n = 0;
+	int rc = cat_int(c, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'idents'", &n, err);
+	if (!rc && !n && !c->readonly)
+		rc = cat_exec(c, IDENTS_SQL, "upgrade it", err);
+	c->has_ident = !rc && (n || !c->readonly);
+	return rc;
+}
+
 /* Open DEST's catalog: create it (when create is set) with the schema, check
  * that it is ours and of a schema we know, and forget its files when it was
  * built for another directory. On failure c->db is closed unless the error
@@ -263,7 +285,17 @@ static int cat_open(cat *c, const char *dest, int create, cbi_error *err)
 		return cbi_err(err, -EINVAL, "catalog '%s' is not a regular file", c->path);
 	if (!c->have_fst && !create)
 		return cbi_err(err, -ENOENT, "no catalog '%s'", c->path);
+	if (!c->have_fst && ds.st_nlink == 0) /* removed while in use: no catalog in it */
+		return cbi_err(err, -ENOENT, "directory '%s' was removed", dest);
 
+	/* A journal is a regular file: SQLite refuses to follow a link at its
+	 * name (and the catalog would stay unusable), so one planted there is
+	 * removed (the link only, never what it names); so is a FIFO. */
+	char journal[4200];
+	struct stat js;
+	snprintf(journal, sizeof journal, "%s-journal", c->path);
+	if (lstat(journal, &js) == 0 && !S_ISREG(js.st_mode) && !S_ISDIR(js.st_mode))
+		(void)unlink(journal);
 	int r = sqlite3_open_v2(c->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
 	if (r != SQLITE_OK && c->have_fst) {
 		sqlite3_close_v2(c->db);
@@ -355,6 +387,8 @@ static int cat_open(cat *c, const char *dest, int create, cbi_error *err)
 			     c->path, (long long)ver, CAT_SCHEMA);
 		goto fail;
 	}
+	if ((rc = ident_table(c, err)))
+		goto fail;
 	/* A catalog written elsewhere with WAL would need shared memory. */
 	if (!c->readonly && (rc = cat_exec(c, "PRAGMA journal_mode=DELETE", "set its journal mode", err)))
 		goto fail;
@@ -369,7 +403,10 @@ static int cat_open(cat *c, const char *dest, int create, cbi_error *err)
 			if ((rc = cat_begin(c, err)) || (rc = dir_matches(c, &ds, &match, err)))
 				goto fail;
 			if (!match &&
-			    ((rc = cat_exec(c, "DELETE FROM points; DELETE FROM images; DELETE FROM ignored",
+			    ((rc = cat_exec(c, c->has_ident ? "DELETE FROM points; DELETE FROM images;"
+								 " DELETE FROM ignored; DELETE FROM idents"
+							       : "DELETE FROM points; DELETE FROM images;"
+								 " DELETE FROM ignored",
 					    "reset it", err)) ||
 			     (rc = set_dir(c, &ds, err))))
 				goto fail;
@@ -404,7 +441,12 @@ static int move_aside(cat *c, cbi_error *err)
 	/* a hot journal belongs to the old file and must not be replayed into a new one */
 	snprintf(journal, sizeof journal, "%s-journal", c->path);
 	snprintf(aside, sizeof aside, "%s.corrupt-journal", c->path);
-	if (rename(journal, aside) < 0 && errno != ENOENT)
+	/* only a regular file is the old catalog's journal: a link (or FIFO)
+	 * planted at its name is removed, never moved aside with it */
+	struct stat js;
+	if (lstat(journal, &js) == 0 && !S_ISREG(js.st_mode))
+		unlink(journal);
+	else if (rename(journal, aside) < 0 && errno != ENOENT)
 		unlink(journal);
 	if (c->st)
 		c->st->moved_aside = 1;
@@ -440,11 +482,44 @@ static int cat_run(const char *dest, int create, cbi_catalog_stats *st, cat_op o
 
 /* ----------------------------------------------------------- file rows */
 
-/* A point file as the directory shows it, or as the catalog remembers it. */
+/* A point file as the directory shows it, or as the catalog remembers it.
+ * Its fingerprint: size, mtime and an identity, id, made of the inode
+ * numbers of the file and its segments (a file replaced through a rename,
+ * as rsync and most copies do, by one of the same name, size and mtime is
+ * noticed) and, in a row, of the table the row is in (a row moved to
+ * another table, its other columns kept, is noticed and the file read
+ * again). */
 typedef struct fent {
 	char *name;
 	int64_t size, mtime_ns;
+	int64_t id;               /* dir side: ident_add() of the inodes; row side: as stored */
+	int tab;                  /* row side: T_POINTS, T_IMAGES, T_IGNORED */
 } fent;
+
+enum { T_POINTS = 1, T_IMAGES, T_IGNORED };
+
+static uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ull;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+/* Fold one file's (or segment's) inode number into id: order does not matter. */
+static void ident_add(fent *f, uint64_t ino)
+{
+	f->id = (int64_t)((uint64_t)f->id + mix64(ino));
+}
+
+/* The ident stored in a row of table tab for a file of identity id (never 0,
+ * which rows from before schema 4 hold). */
+static int64_t ident_row(int64_t id, int tab)
+{
+	uint64_t v = mix64((uint64_t)id ^ mix64((uint64_t)tab)) & INT64_MAX;
+	return (int64_t)(v ? v : 1);
+}
 
 static int fent_cmp(const void *a, const void *b)
 {
@@ -472,6 +547,8 @@ static int fents_add(fent **v, size_t *n, size_t *cap, const char *name, int64_t
 		return -ENOMEM;
 	(*v)[*n].size = size;
 	(*v)[*n].mtime_ns = mtime;
+	(*v)[*n].id = 0;
+	(*v)[*n].tab = 0;
 	(*n)++;
 	return 0;
 }
@@ -481,9 +558,15 @@ static int load_known(cat *c, fent **out, size_t *n, cbi_error *err)
 	sqlite3_stmt *s = NULL;
 	size_t cap = 0;
 	int rc = cat_prepare(c,
-			     "SELECT name, size, mtime_ns FROM points UNION ALL "
-			     "SELECT name, size, mtime_ns FROM images UNION ALL "
-			     "SELECT name, size, mtime_ns FROM ignored",
+			     c->has_ident ? "SELECT t.name, size, mtime_ns, ident, 1 FROM points t"
+					    " LEFT JOIN idents i ON i.name = t.name UNION ALL "
+					    "SELECT t.name, size, mtime_ns, ident, 2 FROM images t"
+					    " LEFT JOIN idents i ON i.name = t.name UNION ALL "
+					    "SELECT t.name, size, mtime_ns, ident, 3 FROM ignored t"
+					    " LEFT JOIN idents i ON i.name = t.name"
+					  : "SELECT name, size, mtime_ns, NULL, 1 FROM points UNION ALL "
+					    "SELECT name, size, mtime_ns, NULL, 2 FROM images UNION ALL "
+					    "SELECT name, size, mtime_ns, NULL, 3 FROM ignored",
 			     &s, err);
 	*out = NULL;
 	*n = 0;
@@ -497,6 +580,9 @@ static int load_known(cat *c, fent **out, size_t *n, cbi_error *err)
 			rc = cbi_err(err, -ENOMEM, "out of memory");
 			break;
 		}
+		/* 0: no identity recorded */
+		(*out)[*n - 1].id = sqlite3_column_type(s, 3) == SQLITE_NULL ? 0 : sqlite3_column_int64(s, 3);
+		(*out)[*n - 1].tab = sqlite3_column_int(s, 4);
 	}
 	if (!rc && r != SQLITE_DONE)
 		rc = cat_fail(c, err, r, "read it");
@@ -538,6 +624,8 @@ static int scan_names(const char *dir, fent **out, size_t *n, cbi_error *err)
 		if (e->kind == CBI_DENT_POINT && e->has_stat &&
 		    fents_add(out, n, &cap, e->name, (int64_t)e->size, e->mtime_ns))
 			rc = cbi_err(err, -ENOMEM, "out of memory");
+		else if (e->kind == CBI_DENT_POINT && e->has_stat)
+			ident_add(&(*out)[*n - 1], e->ino);
 	}
 	for (size_t i = 0; !rc && i < d->n; i++) {
 		const cbi_dent *e = &d->e[i];
@@ -548,8 +636,10 @@ static int scan_names(const char *dir, fent **out, size_t *n, cbi_error *err)
 		base[e->base_len] = 0;
 		fent key = { .name = base };
 		fent *f = *n ? bsearch(&key, *out, *n, sizeof **out, fent_cmp) : NULL;
-		if (f)
+		if (f) {
 			add_segment(f, (int64_t)e->size, e->mtime_ns);
+			ident_add(f, e->ino);
+		}
 	}
 	cbi_dest_free(d);
 	return rc;
@@ -564,8 +654,12 @@ static int fingerprint(const char *path, fent *f)
 		return -errno;
 	f->size = (int64_t)st.st_size;
 	f->mtime_ns = mtime_ns(&st);
-	for (uint32_t k = 1; !cbi_sfile_segment_name(path, k, seg, sizeof seg) && !stat(seg, &st); k++)
+	f->id = 0;
+	ident_add(f, (uint64_t)st.st_ino);
+	for (uint32_t k = 1; !cbi_sfile_segment_name(path, k, seg, sizeof seg) && !stat(seg, &st); k++) {
 		add_segment(f, (int64_t)st.st_size, mtime_ns(&st));
+		ident_add(f, (uint64_t)st.st_ino);
+	}
 	return 0;
 }
 
@@ -608,7 +702,8 @@ static const char sql_ins_image[] =
 static const char sql_ins_ignored[] =
 	"INSERT OR REPLACE INTO ignored(name, size, mtime_ns, reason) VALUES(?1, ?2, ?3, ?4)";
 
-enum { S_DEL_POINT, S_DEL_IMAGE, S_DEL_IGNORED, S_INS_POINT, S_INS_IMAGE, S_INS_IGNORED, S_N };
+enum { S_DEL_POINT, S_DEL_IMAGE, S_DEL_IGNORED, S_DEL_IDENT, S_INS_POINT, S_INS_IMAGE, S_INS_IGNORED,
+       S_INS_IDENT, S_N };
 
 static int step_reset(cat *c, sqlite3_stmt *s, cbi_error *err)
 {
@@ -681,24 +776,28 @@ static int flush(cat *c, int clear_all, const fent *del, size_t ndel, const frow
 		[S_DEL_POINT] = "DELETE FROM points WHERE name = ?1",
 		[S_DEL_IMAGE] = "DELETE FROM images WHERE name = ?1",
 		[S_DEL_IGNORED] = "DELETE FROM ignored WHERE name = ?1",
+		[S_DEL_IDENT] = "DELETE FROM idents WHERE name = ?1",
 		[S_INS_POINT] = sql_ins_point,
 		[S_INS_IMAGE] = sql_ins_image,
 		[S_INS_IGNORED] = sql_ins_ignored,
+		[S_INS_IDENT] = "INSERT OR REPLACE INTO idents(name, ident) VALUES(?1, ?2)",
 	};
 	sqlite3_stmt *s[S_N] = { 0 };
 	int rc = 0;
 	if (c->readonly)
 		return cbi_err(err, -EROFS, "catalog '%s' is read-only and out of date", c->path);
+	if (!c->has_ident)
+		return cbi_err(err, -EROFS, "catalog '%s' cannot be upgraded", c->path); /* never: see ident_table() */
 	if ((rc = cat_begin(c, err)))
 		return rc;
 	for (int i = 0; i < S_N && !rc; i++)
 		rc = cat_prepare(c, sql[i], &s[i], err);
 	if (!rc && clear_all)
-		rc = cat_exec(c, "DELETE FROM points; DELETE FROM images; DELETE FROM ignored",
+		rc = cat_exec(c, "DELETE FROM points; DELETE FROM images; DELETE FROM ignored; DELETE FROM idents",
 			      "write it", err);
 	for (size_t i = 0; i < ndel + nrows && !rc; i++) {
 		const char *name = i < ndel ? del[i].name : rows[i - ndel].f->name;
-		for (int t = S_DEL_POINT; t <= S_DEL_IGNORED && !rc; t++) {
+		for (int t = S_DEL_POINT; t <= S_DEL_IDENT && !rc; t++) {
 			sqlite3_bind_text(s[t], 1, name, -1, SQLITE_TRANSIENT);
 			rc = step_reset(c, s[t], err);
 		}
@@ -708,7 +807,13 @@ static int flush(cat *c, int clear_all, const fent *del, size_t ndel, const frow
 		sqlite3_stmt *ins = row->kind == CBI_KIND_INDEX ? s[S_INS_POINT] :
 				    row->kind == CBI_KIND_IMAGE ? s[S_INS_IMAGE] : s[S_INS_IGNORED];
 		bind_point(ins, row);
-		rc = step_reset(c, ins, err);
+		if ((rc = step_reset(c, ins, err)))
+			continue;
+		/* the file's identity, bound to the table of its row */
+		int tab = row->kind == CBI_KIND_INDEX ? T_POINTS : row->kind == CBI_KIND_IMAGE ? T_IMAGES : T_IGNORED;
+		sqlite3_bind_text(s[S_INS_IDENT], 1, row->f->name, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_int64(s[S_INS_IDENT], 2, ident_row(row->f->id, tab));
+		rc = step_reset(c, s[S_INS_IDENT], err);
 	}
 	for (int i = 0; i < S_N; i++)
 		sqlite3_finalize(s[i]);
@@ -731,6 +836,13 @@ static int cat_sync(cat *c, int full, cbi_error *err)
 	if (c->other_dir)
 		return cbi_err(err, -EROFS, "catalog '%s' was built for another directory and is read-only",
 			       c->path);
+	if (full && c->readonly) {
+		/* nothing can be rewritten: say whether it is out of date */
+		if ((rc = cat_sync(c, 0, err)))
+			return rc;
+		return cbi_err(err, -EROFS, "catalog '%s' is read-only: not rebuilt (it is up to date with "
+			       "the files' names, sizes and identities)", c->path);
+	}
 	/* rows first, then the directory: a row added meanwhile by a backup is
 	 * for a file that the directory already shows */
 	if (!full && (rc = load_known(c, &known, &nk, err)))
@@ -757,7 +869,8 @@ static int cat_sync(cat *c, int full, cbi_error *err)
 		if (cmp == 0) {
 			/* a name in two tables (never written so) is read again */
 			int dup = j + 1 < nk && !strcmp(known[j].name, known[j + 1].name);
-			int same = !dup && dir[i].size == known[j].size && dir[i].mtime_ns == known[j].mtime_ns;
+			int same = !dup && dir[i].size == known[j].size && dir[i].mtime_ns == known[j].mtime_ns &&
+				   (!known[j].id || ident_row(dir[i].id, known[j].tab) == known[j].id);
 			while (j + 1 < nk && !strcmp(known[j].name, known[j + 1].name))
 				j++;
 			j++;
@@ -1339,7 +1452,10 @@ int cbi_catalog_run_end(const char *dest, int64_t run_id, int result_code, const
 	if (no_sqlite(dest))
 		rc = cbi_runlog_end(dest, run_id, a.result, message, r, forget, err);
 	else
-		rc = cat_run(dest, 1, NULL, forget ? op_forget : op_end, &a, err);
+		/* a catalog is made only where this run's lock file is: not in
+		 * the directory below a DEST that was (lazily) unmounted meanwhile */
+		rc = cat_run(dest, catalog_exists(dest) || is_backup_dest(dest), NULL, forget ? op_forget : op_end,
+			     &a, err);
 	return rc ? not_recorded(rc, err) : 0;
 }
 

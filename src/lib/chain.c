@@ -57,7 +57,7 @@ static void header_only(const char *path, cbi_point *p, int *kind)
 {
 	uint8_t b[CBI_HDR_SIZE];
 	cbi_hdr h;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = cbi_open_regular(path, 0, NULL);
 	if (fd < 0)
 		return;
 	if (!cbi_pread_full(fd, b, sizeof b, 0) && !cbi_hdr_decode(b, &h)) {

@@ -6,8 +6,10 @@
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include "hdrmac.h"
+#include "sfile.h"
 #include "state.h"
 #include "unlock.h"
 #include "util.h"
@@ -432,6 +434,23 @@ static const cbi_dent *damaged_image(const cbi_chain *c, const uint8_t point_id[
 	return NULL;
 }
 
+/* Is there, in the scan, a file at the name p's image would have (its index
+ * file's name ending in .cbi), which is not p's image? 1 with its path in
+ * path[4096], or 0. */
+static int replaced_image(const cbi_chain *c, const cbi_point *p, char *path)
+{
+	const char *base = strrchr(p->index_file, '/');
+	base = base ? base + 1 : p->index_file;
+	size_t n = strlen(base);
+	if (!c->d || n < 4 || n >= 4096 || strcmp(base + n - 4, ".cbx"))
+		return 0;
+	char name[4096];
+	memcpy(name, base, n - 4);
+	memcpy(name + n - 4, ".cbi", 5);
+	const cbi_dent *e = cbi_dest_find(c->d, name);
+	return e && !cbi_dest_path(c->d, e, path, 4096);
+}
+
 static int open_image(cbi_chain *c, uint32_t seq, cbi_image **out, cbi_error *err)
 {
 	const cbi_point *p = cbi_chain_point(c, seq);
@@ -443,6 +462,13 @@ static int open_image(cbi_chain *c, uint32_t seq, cbi_image **out, cbi_error *er
 		if (bad && cbi_is_damage(bad->pt->rc))
 			return cbi_err(err, bad->pt->rc, "image file of point seq %u is damaged: %s", seq,
 				       bad->pt->msg);
+		/* Another file where its image should be (the index's name
+		 * with .cbi): the image was replaced, which is damage too. */
+		char other[4096];
+		if (p && replaced_image(c, p, other))
+			return cbi_err(err, -CBI_EDAMAGED,
+				       "image file '%s' of point seq %u is not this point's image (replaced by "
+				       "another file): run 'cbimg verify'", other, seq);
 		return cbi_err(err, -CBI_ENOPARENT,
 			       "image file of point seq %u (index '%s') is missing or damaged: "
 			       "run 'cbimg verify'", seq, p ? p->index_file : "?");
@@ -569,5 +595,70 @@ int cbi_chain_check_state(const cbi_chain *c, const cbi_point *p, const cbi_poin
 			       "seq %u of chain %s is not the point the local state of job '%s' records: "
 			       "the chain was forked or a point was replaced",
 			       s->seq, id, p->job);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- files */
+
+/* Add path (and, for a point file, its segments) to *v when it exists. */
+static int add_fid(cbi_fid **v, size_t *n, size_t *cap, const char *path, int segments)
+{
+	char name[4096];
+	for (uint32_t k = 0;; k++) {
+		struct stat st;
+		const char *p = path;
+		if (k) {
+			if (!segments || cbi_sfile_segment_name(path, k, name, sizeof name))
+				return 0;
+			p = name;
+		}
+		if (stat(p, &st) < 0)
+			return 0; /* no (further) segment */
+		if (*n == *cap) {
+			size_t nc = *cap ? 2 * *cap : 16;
+			cbi_fid *t = realloc(*v, nc * sizeof *t);
+			if (!t)
+				return -ENOMEM;
+			*v = t;
+			*cap = nc;
+		}
+		cbi_fid *f = &(*v)[*n];
+		if (!(f->path = strdup(p)))
+			return -ENOMEM;
+		f->dev = st.st_dev;
+		f->ino = st.st_ino;
+		(*n)++;
+	}
+}
+
+int cbi_chain_files(const cbi_chain *c, cbi_fid **files, size_t *nout, cbi_fid *dir, cbi_error *err)
+{
+	cbi_fid *v = NULL;
+	size_t n = 0, cap = 0;
+	int rc = 0;
+	struct stat st;
+	memset(dir, 0, sizeof *dir);
+	for (uint32_t s = 0; !rc && s < c->len; s++) {
+		const cbi_point *p = cbi_chain_point(c, s);
+		if (p && !(rc = add_fid(&v, &n, &cap, p->index_file, 1)) && p->file[0])
+			rc = add_fid(&v, &n, &cap, p->file, 1);
+	}
+	const char *kf = cbi_chain_key_file(c);
+	if (!rc && kf[0])
+		rc = add_fid(&v, &n, &cap, kf, 0);
+	if (!rc && !(dir->path = strdup(c->dir)))
+		rc = -ENOMEM;
+	if (rc) {
+		cbi_fids_free(v, n);
+		free(dir->path);
+		dir->path = NULL;
+		return cbi_err(err, rc, "out of memory");
+	}
+	if (stat(c->dir, &st) == 0) {
+		dir->dev = st.st_dev;
+		dir->ino = st.st_ino;
+	}
+	*files = v;
+	*nout = n;
 	return 0;
 }

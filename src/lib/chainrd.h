@@ -22,6 +22,7 @@
 #include "dest.h"
 #include "image.h"
 #include "index.h"
+#include "util.h"
 
 typedef struct cbi_chain_opts {
 	cbi_pass_fn pass;       /* passphrase of an encrypted chain; NULL: none */
@@ -145,5 +146,14 @@ const char *cbi_chain_pass(const cbi_chain *c, int *len);
  * state does not know it). */
 int cbi_chain_check_state(const cbi_chain *c, const cbi_point *p, const cbi_point *st, size_t nst,
 			  uint32_t *behind, uint32_t *state_seq, cbi_error *err) CBI_WUR;
+
+/* The files a restore of the chosen chain reads, so that its target is never
+ * one of them (target.h, cbi_target_guard): every index and image file of
+ * the chain with their segments, and the key file that unlocked it, each by
+ * device and inode (files that cannot be stat'ed are left out: nothing
+ * reads them); and the chain's directory into *dir (its path malloc'ed; dev
+ * and ino zero when it cannot be stat'ed). *files is released with
+ * cbi_fids_free(), dir->path with free(). 0 or -ENOMEM. */
+int cbi_chain_files(const cbi_chain *c, cbi_fid **files, size_t *n, cbi_fid *dir, cbi_error *err) CBI_WUR;
 
 #endif

@@ -92,12 +92,21 @@ static int read_entry(cbi_dest *d, cbi_dent *e, unsigned flags)
 	char path[4096];
 	cbi_error er;
 	int too_long = cbi_dest_path(d, e, path, sizeof path);
+	/* Point and key files are never links, FIFOs or devices: anything but a
+	 * regular file is an entry that says why (and a FIFO is never opened). */
+	struct stat st;
+	const char *odd = NULL;
+	if (!too_long && (e->kind == CBI_DENT_POINT || e->kind == CBI_DENT_KEY) && lstat(path, &st) == 0 &&
+	    !S_ISREG(st.st_mode))
+		odd = S_ISLNK(st.st_mode) ? "a symbolic link (never followed)" : "not a regular file";
 	if (e->kind == CBI_DENT_POINT && (flags & CBI_DEST_READ)) {
 		if (!(e->pt = calloc(1, sizeof *e->pt)))
 			return -ENOMEM;
 		memset(&er, 0, sizeof er);
 		if (too_long)
 			e->pt->rc = cbi_err(&er, -ENAMETOOLONG, "path too long: '%s/%s'", d->dir, e->name);
+		else if (odd)
+			e->pt->rc = cbi_err(&er, -EINVAL, "'%s' is %s", path, odd);
 		else
 			e->pt->rc = cbi_point_read(path, &e->pt->p, &e->pt->kind, &e->pt->nseg, &er);
 		if (e->pt->rc)
@@ -108,6 +117,8 @@ static int read_entry(cbi_dest *d, cbi_dent *e, unsigned flags)
 		memset(&er, 0, sizeof er);
 		if (too_long)
 			e->key->rc = cbi_err(&er, -ENAMETOOLONG, "path too long: '%s/%s'", d->dir, e->name);
+		else if (odd)
+			e->key->rc = cbi_err(&er, -EINVAL, "'%s' is %s", path, odd);
 		else
 			e->key->rc = cbi_keyfile_read(path, &e->key->kf, &er);
 		if (e->key->rc)
@@ -163,6 +174,7 @@ int cbi_dest_scan(const char *dir, unsigned flags, cbi_dest **out, cbi_error *er
 			e->has_stat = 1;
 			e->size = (uint64_t)st.st_size;
 			e->mtime_ns = mtime_ns(&st);
+			e->ino = (uint64_t)st.st_ino;
 		}
 	}
 	closedir(dh);

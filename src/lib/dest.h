@@ -56,9 +56,10 @@ typedef struct cbi_dent {
 	int kind;              /* enum cbi_dent_kind */
 	size_t base_len;       /* CBI_DENT_SEGMENT: length of the point file's name */
 	uint64_t seg;          /* CBI_DENT_SEGMENT: its number NNN */
-	int has_stat;          /* CBI_DEST_STAT: size and mtime_ns are set */
+	int has_stat;          /* CBI_DEST_STAT: size, mtime_ns and ino are set */
 	uint64_t size;
 	int64_t mtime_ns;
+	uint64_t ino;          /* inode number (the catalog's file identity, catalog.c) */
 	cbi_dent_point *pt;    /* CBI_DEST_READ, CBI_DENT_POINT: what it says */
 	cbi_dent_key *key;     /* CBI_DEST_KEYS, CBI_DENT_KEY: what it says */
 } cbi_dent;

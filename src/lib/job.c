@@ -170,3 +170,19 @@ void cbi_job_unlock(cbi_joblock *lk)
 	lk->fd = -1;
 	lk->locked = 0;
 }
+
+int cbi_job_lock_held(const char *dest, uint64_t key)
+{
+	char path[4096];
+	if ((size_t)snprintf(path, sizeof path, "%s/" CBI_LOCK_NAME, dest) >= sizeof path)
+		return 0;
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	struct stat st;
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = CBI_JOB_LOCK_OFFSET(key), .l_len = 1 };
+	int held = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && fcntl(fd, F_OFD_GETLK, &fl) == 0 &&
+		   fl.l_type != F_UNLCK;
+	close(fd);
+	return held;
+}

@@ -64,6 +64,12 @@ int cbi_job_lock_at(const char *dest, int64_t off, int wait, cbi_joblock *lk, cb
  * while held; they stay held until cbi_job_unlock(). */
 int cbi_job_lock(const char *dest, uint64_t key, cbi_joblock *lk, cbi_error *err) CBI_WUR;
 
+/* Is the lock of job key in dest held by a process now (a backup of the job
+ * is running)? Tested with F_OFD_GETLK, never taken; the lock file is
+ * opened without following a link and never created. 1 held, 0 not (or no
+ * lock file, or no locks on this file system). */
+int cbi_job_lock_held(const char *dest, uint64_t key);
+
 /* Release what cbi_job_lock() or cbi_job_lock_at() took (NULL-safe; a lock
  * whose taking failed holds nothing). */
 void cbi_job_unlock(cbi_joblock *lk);
@@ -80,6 +86,10 @@ int cbi_job_state_dir(const char *state_dir, uint64_t key, char *out, size_t out
 
 /* File name of the key file copy in a job's state directory. */
 #define CBI_STATE_KEY_NAME "chain.cbk"
+
+/* File name of the UUID of the file system the job last wrote to (destfs.h),
+ * in the job's state directory: kept when a new state replaces the old. */
+#define CBI_STATE_DEST_FS_NAME "dest-fs"
 
 /* Path of the copy of the key file kept in the local state of job (host,
  * source_id, job): STATE_DIR/<key>/chain.cbk. */

@@ -75,9 +75,13 @@ int cbi_keyfile_decode(const uint8_t b[CBI_KF_SIZE], cbi_keyfile *kf)
 int cbi_keyfile_read(const char *path, cbi_keyfile *kf, cbi_error *err)
 {
 	uint8_t b[CBI_KF_SIZE + 1];
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = cbi_open_regular(path, 0, NULL); /* a FIFO at the name never hangs the open */
+	if (fd == -EINVAL)
+		return cbi_err(err, -EINVAL, "key file '%s' is not a regular file", path);
+	if (fd == -EISDIR)
+		return cbi_err(err, -EISDIR, "unable to read key file '%s': %s", path, strerror(EISDIR));
 	if (fd < 0)
-		return cbi_err(err, -errno, "unable to open key file '%s': %s", path, strerror(errno));
+		return cbi_err(err, fd, "unable to open key file '%s': %s", path, strerror(-fd));
 	ssize_t n = read(fd, b, sizeof b);
 	int e = errno;
 	close(fd);

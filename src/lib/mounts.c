@@ -3,8 +3,15 @@
 #include "mounts.h"
 
 #include <blkid.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <libmount.h>
+#include <linux/loop.h>
+#include <stdio.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -46,5 +53,95 @@ int cbi_mount_find(dev_t dev, int flags, cbi_mount *m)
 end:
 	mnt_free_iter(it);
 	mnt_unref_table(tb);
+	return found;
+}
+
+int cbi_loop_backing(int fd, dev_t *dev, ino_t *ino)
+{
+	struct loop_info64 li;
+	if (ioctl(fd, LOOP_GET_STATUS64, &li) < 0)
+		return -errno;
+	/* lo_device is the kernel's encoding of a device number (new_encode_dev) */
+	uint64_t d = li.lo_device;
+	*dev = makedev((unsigned)((d >> 8) & 0xfff), (unsigned)((d & 0xff) | ((d >> 12) & 0xfff00)));
+	*ino = (ino_t)li.lo_inode;
+	return 0;
+}
+
+/* The first line of a small sysfs file, without its newline: 0 or -1. */
+static int read_line(const char *path, char *buf, size_t sz)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sz - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	buf[strcspn(buf, "\n")] = 0;
+	return buf[0] ? 0 : -1;
+}
+
+/* Is loop device name (of /sys/block) attached to the file (dev, ino)? */
+static int loop_backs(const char *name, dev_t dev, ino_t ino)
+{
+	char p[512], b[4096];
+	snprintf(p, sizeof p, "/sys/block/%.200s/loop/backing_file", name);
+	if (read_line(p, b, sizeof b))
+		return 0; /* no file attached */
+	snprintf(p, sizeof p, "/dev/%.200s", name);
+	int fd = open(p, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (fd >= 0) {
+		dev_t d;
+		ino_t i;
+		int rc = cbi_loop_backing(fd, &d, &i);
+		close(fd);
+		if (!rc)
+			return d == dev && i == ino;
+	}
+	/* not allowed to open the device: by the name the kernel reports */
+	size_t n = strlen(b);
+	if (n > 10 && !strcmp(b + n - 10, " (deleted)"))
+		return 0; /* that name is another file now */
+	struct stat st;
+	return stat(b, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
+int cbi_loop_in_use(dev_t dev, ino_t ino, int rw_only, cbi_loop_use *u)
+{
+	DIR *d = opendir("/sys/block");
+	struct dirent *de;
+	int found = 0;
+	memset(u, 0, sizeof *u);
+	while (d && !found && (de = readdir(d))) {
+		char p[512], num[64];
+		unsigned ma, mi;
+		if (strncmp(de->d_name, "loop", 4))
+			continue;
+		snprintf(p, sizeof p, "/sys/block/%.200s/dev", de->d_name);
+		if (read_line(p, num, sizeof num) || sscanf(num, "%u:%u", &ma, &mi) != 2 ||
+		    !loop_backs(de->d_name, dev, ino))
+			continue;
+		dev_t ld = makedev(ma, mi);
+		cbi_mount m;
+		snprintf(u->loop, sizeof u->loop, "/dev/%.50s", de->d_name);
+		if (cbi_mount_find(ld, CBI_MOUNT_PARTS | (rw_only ? CBI_MOUNT_RW : 0), &m)) {
+			cbi_strlcpy(u->mnt, m.target, sizeof u->mnt);
+			u->rw = cbi_mount_find(ld, CBI_MOUNT_PARTS | CBI_MOUNT_RW, NULL);
+			found = 1;
+		} else if (!rw_only) {
+			/* held by device mapper, md, or mounted in another namespace */
+			int fd = open(u->loop, O_RDONLY | O_EXCL | O_NONBLOCK | O_CLOEXEC);
+			if (fd < 0 && errno == EBUSY)
+				found = u->busy = 1;
+			if (fd >= 0)
+				close(fd);
+		}
+	}
+	if (d)
+		closedir(d);
+	if (!found)
+		memset(u, 0, sizeof *u);
 	return found;
 }

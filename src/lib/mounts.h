@@ -29,4 +29,26 @@ int cbi_mount_find(dev_t dev, int flags, cbi_mount *m);
  * whole disk), per sysfs. 0, or -ENODEV when dev is no known block device. */
 int cbi_dev_whole_disk(dev_t dev, dev_t *whole);
 
+/* The file that loop device fd (an open block device) reads and writes:
+ * its device and inode, whatever its name is now (LOOP_GET_STATUS64).
+ * 0, or -errno (-ENXIO: a loop device with no file; -ENOTTY: not a loop
+ * device). */
+int cbi_loop_backing(int fd, dev_t *dev, ino_t *ino);
+
+/* How a loop device backed by a given file is used. */
+typedef struct cbi_loop_use {
+	char loop[64];      /* "/dev/loop3" */
+	char mnt[4096];     /* where it (or a partition of it) is mounted, "" if not */
+	int rw;             /* mounted read-write */
+	int busy;           /* not mounted, but held open exclusively (device mapper, md, ...) */
+} cbi_loop_use;
+
+/* Is the regular file (dev, ino) the backing file of a loop device that is
+ * mounted (its partitions too) or held open exclusively? Every attached
+ * loop device of /sys/block is asked for its backing file's identity
+ * (cbi_loop_backing(); where /dev/loopN cannot be opened, by the name in
+ * sysfs). With rw_only, only a read-write mount counts. 1 with *u filled,
+ * 0 when none (or when sysfs cannot be read). */
+int cbi_loop_in_use(dev_t dev, ino_t ino, int rw_only, cbi_loop_use *u);
+
 #endif

@@ -51,7 +51,7 @@ int cbi_probe(const char *file, cbi_error *err)
 	size_t base;
 	int fd, rc = 0;
 
-	fd = open(file, O_RDONLY | O_CLOEXEC);
+	fd = open(file, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO never hangs it */
 	if (fd < 0) {
 		rc = -errno;
 		return cbi_err(err, rc, "unable to open '%s': %s", file, strerror(-rc));

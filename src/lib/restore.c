@@ -378,7 +378,17 @@ int cbi_restore(const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err
 	const cbi_hdr *h = &v.index->hdr;
 	cbi_target *t = NULL;
 	unsigned fl = (o->force ? CBI_TARGET_FORCE : 0) | (o->changed_only ? CBI_TARGET_READ : 0);
-	if ((rc = cbi_target_open(o->target, h->source_size, fl, &t, err)))
+	/* never onto a file the restore reads, nor into the chain's DEST, --force or not */
+	cbi_target_guard g = { 0 };
+	cbi_fid *files = NULL, dir = { 0 };
+	if (!(rc = cbi_chain_files(v.c, &files, &g.nfiles, &dir, err))) {
+		g.files = files;
+		g.dir = dir.dev || dir.ino ? &dir : NULL;
+		rc = cbi_target_open_guarded(o->target, h->source_size, fl, &g, &t, err);
+	}
+	cbi_fids_free(files, g.nfiles);
+	free(dir.path);
+	if (rc)
 		goto end;
 	/* Write with direct I/O where the target takes it: the data goes
 	 * from the batches to the disk without a copy into the page cache (a

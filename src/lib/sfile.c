@@ -484,7 +484,9 @@ int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err)
 		return cbi_err(err, -ENOMEM, "out of memory");
 	cbi_strlcpy(r->path, path, sizeof r->path);
 	r->nseg = 1;
-	r->fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO planted at the name never hangs the open (cleared
+	 * once the file is known to be a regular one) */
+	r->fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 	if (r->fd < 0) {
 		int e = -errno;
 		free(r);
@@ -500,6 +502,12 @@ int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err)
 		int e = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
 		cbi_sfr_close(r);
 		return cbi_err(err, e, "'%s' is not a regular file", path);
+	}
+	int fl = fcntl(r->fd, F_GETFL);
+	if (fl < 0 || fcntl(r->fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+		int e = -errno;
+		cbi_sfr_close(r);
+		return cbi_err(err, e, "unable to open '%s': %s", path, strerror(-e));
 	}
 	r->size = (uint64_t)st.st_size;
 	if (r->size < CBI_HDR_SIZE + CBI_TRL_SIZE) {

@@ -214,6 +214,7 @@ int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, 
 		for (size_t i = 0; i < d->n; i++) {
 			const char *name = d->e[i].name;
 			if (!strcmp(name, base) || (keys && !strcmp(name, CBI_STATE_KEY_NAME)) ||
+			    !strcmp(name, CBI_STATE_DEST_FS_NAME) ||
 			    cbi_dest_path(d, &d->e[i], path, sizeof path))
 				continue;
 			unlink(path);

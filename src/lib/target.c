@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "mounts.h"
 #include "source.h"
 #include "util.h"
 
@@ -151,8 +152,40 @@ static int open_checked(cbi_target *t, const char *name, int flags, const struct
 	return 0;
 }
 
+/* Is the opened target (as f shows it) one of the files the restore reads? */
+static int guard_file(cbi_target *t, const cbi_target_guard *g, dev_t dev, ino_t ino, const char *how,
+		      cbi_error *err)
+{
+	for (size_t i = 0; g && i < g->nfiles; i++)
+		if (g->files[i].dev == dev && g->files[i].ino == ino)
+			return cbi_err(err, -CBI_EUSAGE,
+				       "target '%s' %s '%s', a file of the chain being restored: refused (restore "
+				       "to another disk or file)", t->path, how, g->files[i].path);
+	return 0;
+}
+
+/* The directory of path, into buf. */
+static const char *dir_of(const char *path, char *buf, size_t sz)
+{
+	cbi_dirname(path, buf, sz);
+	return buf;
+}
+
+/* Does directory dir (of the target) hold the chain? */
+static int guard_dir(cbi_target *t, const cbi_target_guard *g, const char *dir, cbi_error *err)
+{
+	struct stat st;
+	if (!g || !g->dir || stat(dir, &st) < 0)
+		return 0;
+	if (st.st_dev == g->dir->dev && st.st_ino == g->dir->ino)
+		return cbi_err(err, -CBI_EUSAGE,
+			       "target '%s' is in '%s', the directory of the chain being restored: refused "
+			       "(restore to another directory)", t->path, g->dir->path);
+	return 0;
+}
+
 static int open_device(cbi_target *t, const char *name, const struct stat *st, uint64_t size, unsigned flags,
-		       cbi_error *err)
+		       const cbi_target_guard *g, cbi_error *err)
 {
 	char mnt[1024];
 	if (cbi_dev_mounted(st->st_rdev, mnt, sizeof mnt))
@@ -161,6 +194,11 @@ static int open_device(cbi_target *t, const char *name, const struct stat *st, u
 		return cbi_err(err, -CBI_EEXISTS, "target '%s' is a device: give --force to overwrite it", t->path);
 	int rc = open_checked(t, name, ((flags & CBI_TARGET_READ) ? O_RDWR : O_WRONLY) | O_EXCL, st, err);
 	if (rc)
+		return rc;
+	/* a loop device writes to its backing file: never one of the chain's */
+	dev_t bd;
+	ino_t bi;
+	if (g && !cbi_loop_backing(t->fd, &bd, &bi) && (rc = guard_file(t, g, bd, bi, "writes to", err)))
 		return rc;
 	t->is_dev = 1;
 	uint64_t dsz = 0;
@@ -173,22 +211,43 @@ static int open_device(cbi_target *t, const char *name, const struct stat *st, u
 }
 
 static int open_file(cbi_target *t, const char *name, const struct stat *st, uint64_t size, unsigned flags,
-		     cbi_error *err)
+		     const cbi_target_guard *g, cbi_error *err)
 {
+	char dir[4096];
+	cbi_dirname(name, dir, sizeof dir);
+	int rc = guard_file(t, g, st->st_dev, st->st_ino, "is", err);
+	if (rc || (rc = guard_dir(t, g, dir, err)))
+		return rc;
 	if (st->st_size > 0 && !(flags & CBI_TARGET_FORCE))
 		return cbi_err(err, -CBI_EEXISTS, "target '%s' exists: give --force to overwrite it", t->path);
-	int rc = open_checked(t, name, (flags & CBI_TARGET_READ) ? O_RDWR : O_WRONLY, st, err);
-	if (rc)
+	if ((rc = open_checked(t, name, (flags & CBI_TARGET_READ) ? O_RDWR : O_WRONLY, st, err)))
 		return rc;
 	struct stat f;
 	if (fstat(t->fd, &f) < 0)
 		return cbi_err(err, -errno, "unable to use target '%s': %s", t->path, strerror(errno));
+	/* checked again on what was opened, before anything is resized */
+	if ((rc = guard_file(t, g, f.st_dev, f.st_ino, "is", err)))
+		return rc;
+	cbi_loop_use u;
+	if (cbi_loop_in_use(f.st_dev, f.st_ino, 0, &u)) {
+		if (u.mnt[0])
+			return cbi_err(err, -CBI_EMOUNTED, "target '%s' is the backing file of loop device '%s', "
+				       "mounted on '%s': unmount it first", t->path, u.loop, u.mnt);
+		return cbi_err(err, -CBI_EMOUNTED, "target '%s' is the backing file of loop device '%s', which is "
+			       "in use: release it first", t->path, u.loop);
+	}
 	if ((uint64_t)f.st_size != size && ftruncate(t->fd, (off_t)size) < 0)
 		return cbi_err(err, -errno, "unable to size '%s': %s", t->path, strerror(errno));
 	return 0;
 }
 
 int cbi_target_open(const char *path, uint64_t size, unsigned flags, cbi_target **out, cbi_error *err)
+{
+	return cbi_target_open_guarded(path, size, flags, NULL, out, err);
+}
+
+int cbi_target_open_guarded(const char *path, uint64_t size, unsigned flags, const cbi_target_guard *g,
+			    cbi_target **out, cbi_error *err)
 {
 	*out = NULL;
 	cbi_target *t = calloc(1, sizeof *t);
@@ -211,7 +270,7 @@ int cbi_target_open(const char *path, uint64_t size, unsigned flags, cbi_target 
 		else if (flags & CBI_TARGET_READ)
 			rc = cbi_err(err, -ENOENT,
 				     "target '%s' does not exist: --changed-only needs the disk to compare with", path);
-		else
+		else if (!(rc = guard_dir(t, g, dir_of(path, real, sizeof real), err)))
 			rc = create_new(t, size, err);
 		goto end;
 	}
@@ -232,9 +291,9 @@ int cbi_target_open(const char *path, uint64_t size, unsigned flags, cbi_target 
 		}
 	}
 	if (S_ISBLK(st.st_mode))
-		rc = open_device(t, name, &st, size, flags, err);
+		rc = open_device(t, name, &st, size, flags, g, err);
 	else if (S_ISREG(st.st_mode))
-		rc = open_file(t, name, &st, size, flags, err);
+		rc = open_file(t, name, &st, size, flags, g, err);
 	else
 		rc = cbi_err(err, -EINVAL, "target '%s' is neither a block device nor a regular file", path);
 end:

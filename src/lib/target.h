@@ -16,9 +16,12 @@
 #ifndef CBI_TARGET_H
 #define CBI_TARGET_H
 
+#include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "cbimg.h"
+#include "util.h"
 
 typedef struct cbi_target {
 	int fd;
@@ -41,12 +44,28 @@ typedef struct cbi_target {
 /* Open path to write a disk of size bytes: a block device (not mounted, at
  * least size bytes, opened with O_EXCL; needs CBI_TARGET_FORCE), an existing
  * regular file (resized to size; one that is not empty needs
- * CBI_TARGET_FORCE) or, when nothing is at path, a new file made empty and
+ * CBI_TARGET_FORCE; never one that backs a loop device that is mounted or
+ * held open exclusively: -CBI_EMOUNTED) or, when nothing is at path, a new file made empty and
  * sparse under a temporary name in the same directory. 0 with *out set,
  * or a negative code with err filled (-CBI_EMOUNTED, -CBI_EEXISTS,
  * -CBI_ETOOSMALL, -ELOOP for a name swapped for a link, -EAGAIN for a name
  * that changed between its check and its open, -errno). */
 int cbi_target_open(const char *path, uint64_t size, unsigned flags, cbi_target **out, cbi_error *err) CBI_WUR;
+
+/* What the target must not be (cbi_target_open_guarded()). */
+typedef struct cbi_target_guard {
+	const cbi_fid *files;  /* every file the restore reads (indexes, images, segments, key file) */
+	size_t nfiles;
+	const cbi_fid *dir;    /* the directory of the chain (DEST): no target inside it; NULL: none */
+} cbi_target_guard;
+
+/* cbi_target_open(), refusing a target that is one of g's files (the same
+ * device and inode, through any name or link, checked with fstat after the
+ * open and before anything is written or resized; for a loop device, its
+ * backing file) or that lies in g's directory, even with CBI_TARGET_FORCE:
+ * -CBI_EUSAGE. g NULL: no such check. */
+int cbi_target_open_guarded(const char *path, uint64_t size, unsigned flags, const cbi_target_guard *g,
+			    cbi_target **out, cbi_error *err) CBI_WUR;
 
 /* Try direct I/O for the writes from now on (a hint: unaligned writes and
  * file systems that refuse it go through the page cache). */

@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -245,4 +247,32 @@ void cbi_id_short(const uint8_t id[16], char out[9])
 	cbi_id_hex(id, hex);
 	memcpy(out, hex, 8);
 	out[8] = 0;
+}
+
+int cbi_open_regular(const char *path, int flags, struct stat *st)
+{
+	struct stat s;
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | flags);
+	if (fd < 0)
+		return -errno;
+	int rc = fstat(fd, &s) < 0 ? -errno : 0;
+	if (!rc && !S_ISREG(s.st_mode))
+		rc = S_ISDIR(s.st_mode) ? -EISDIR : -EINVAL;
+	int fl = rc ? 0 : fcntl(fd, F_GETFL);
+	if (!rc && (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0))
+		rc = -errno;
+	if (rc) {
+		close(fd);
+		return rc;
+	}
+	if (st)
+		*st = s;
+	return fd;
+}
+
+void cbi_fids_free(cbi_fid *f, size_t n)
+{
+	for (size_t i = 0; f && i < n; i++)
+		free(f[i].path);
+	free(f);
 }

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cbimg.h"
 
@@ -84,6 +85,25 @@ int cbi_fsync_dir(const char *dirpath);
  * made with O_EXCL | O_NOFOLLOW, so a race fails instead of writing
  * through. Returns the descriptor or -errno. */
 int cbi_create_tmp(const char *tmp, int mode);
+
+/* Open path read-only (flags: extra O_* flags, e.g. O_NOFOLLOW) without ever
+ * blocking in open(): O_NONBLOCK, so that a FIFO planted at the name (or a
+ * link to one) cannot hang the caller, then fstat: only a regular file is
+ * kept (O_NONBLOCK cleared again), its stat in *st when st is non-NULL.
+ * Returns the descriptor, -EISDIR for a directory, -EINVAL for anything
+ * else that is not a regular file, -ELOOP for a link with O_NOFOLLOW, or
+ * another -errno. */
+int cbi_open_regular(const char *path, int flags, struct stat *st);
+
+/* A file by its identity (device and inode), with a name for messages. */
+typedef struct cbi_fid {
+	dev_t dev;
+	ino_t ino;
+	char *path;             /* malloc'ed */
+} cbi_fid;
+
+/* Release n fids and their paths (NULL is fine). */
+void cbi_fids_free(cbi_fid *f, size_t n);
 
 /* Directory part of path into out (size outsz). */
 void cbi_dirname(const char *path, char *out, size_t outsz);
