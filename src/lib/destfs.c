@@ -125,22 +125,56 @@ static void state_path(const char *state_dir, const char *host, const char *sour
 		 (unsigned long long)cbi_state_key(host, source_id, job));
 }
 
-static void read_recorded(const char *path, char *out, size_t outsz)
+/* The record: the file system's UUID on its first line and, since issue
+ * 14's rotation, the directory it was mounted on on the second (mnt; empty
+ * in older records). */
+static void read_recorded(const char *path, char *out, size_t outsz, char *mnt, size_t mntsz)
 {
+	char buf[4400];
 	out[0] = 0;
+	if (mnt)
+		mnt[0] = 0;
 	int fd = cbi_open_regular(path, O_NOFOLLOW, NULL);
 	if (fd < 0)
 		return;
-	ssize_t n = read(fd, out, outsz - 1);
+	ssize_t n = read(fd, buf, sizeof buf - 1);
 	close(fd);
-	out[n > 0 ? n : 0] = 0;
-	out[strcspn(out, "\n")] = 0;
+	buf[n > 0 ? n : 0] = 0;
+	size_t l = strcspn(buf, "\n");
+	char *second = buf[l] ? buf + l + 1 : buf + l;
+	buf[l] = 0;
+	cbi_strlcpy(out, buf, outsz);
+	second[strcspn(second, "\n")] = 0;
+	if (mnt)
+		cbi_strlcpy(mnt, second, mntsz);
+}
+
+/* The directory the file system of real (st) is mounted on: the highest
+ * directory above real on the same device. */
+static void mount_root(const char *real, const struct stat *st, char *out, size_t outsz)
+{
+	char cur[PATH_MAX];
+	cbi_strlcpy(cur, real, sizeof cur);
+	for (;;) {
+		struct stat cs;
+		if (!strcmp(cur, "/") || (stat(cur, &cs) == 0 && is_mount_point(cur, &cs)))
+			break;
+		char *slash = strrchr(cur, '/');
+		if (!slash)
+			break;
+		if (slash == cur)
+			slash[1] = 0;
+		else
+			*slash = 0;
+	}
+	(void)st;
+	cbi_strlcpy(out, cur, outsz);
 }
 
 /* Record uuid at path (STATE_DIR/<key>/dest-fs) through a temporary name;
  * the directories are made as cbi_state_save() makes them. A failure is
  * ignored: the record is a hint. */
-static void record(const char *state_dir, const char *path, const char *uuid)
+static void record(const char *state_dir, const char *path, const char *uuid, const char *mnt)
 {
 	char tmp[4400], dir[4096];
 	struct stat st;
@@ -155,8 +189,8 @@ static void record(const char *state_dir, const char *path, const char *uuid)
 	int fd = cbi_create_tmp(tmp, 0644);
 	if (fd < 0)
 		return;
-	char line[160];
-	int n = snprintf(line, sizeof line, "%s\n", uuid);
+	char line[4400];
+	int n = snprintf(line, sizeof line, "%s\n%.4096s\n", uuid, mnt);
 	int ok = n > 0 && write(fd, line, (size_t)n) == n && fsync(fd) == 0;
 	close(fd);
 	if (!ok || rename(tmp, path) < 0)
@@ -191,11 +225,21 @@ int cbi_dest_check(const char *dest, const char *want_uuid, const char *state_di
 				       "system, where a disk is usually mounted: mount that disk first (to back up "
 				       "to this directory, %s%s%s)", dest, uuid[0] ? "give --dest-uuid " : "",
 				       uuid, uuid[0] ? "" : "put any file in it first");
-		char last[128], path[4200];
+		char last[128], lmnt[4100], path[4200];
 		if (state_dir) {
 			state_path(state_dir, host, source_id, job, path, sizeof path);
-			read_recorded(path, last, sizeof last);
-			if (last[0] && strcasecmp(last, uuid) && !is_mount_point(real, &ds) && !has_points(dest))
+			read_recorded(path, last, sizeof last, lmnt, sizeof lmnt);
+			/* The job last wrote to another file system. Where it was
+			 * mounted is known (lmnt), that directory holds DEST and is no
+			 * mount point now: the disk is missing. Another disk mounted
+			 * there (a rotation, issue 14) gets its own chain. Older
+			 * records without the directory: only on the root file system. */
+			struct stat ms;
+			int missing = lmnt[0] ? (under(real, lmnt) || !strcmp(real, lmnt)) && stat(lmnt, &ms) == 0 &&
+							!is_mount_point(lmnt, &ms)
+					      : root;
+			if (missing && last[0] && strcasecmp(last, uuid) && !is_mount_point(real, &ds) &&
+			    !has_points(dest))
 				return cbi_err(err, -CBI_EUSAGE, "destination '%s' is on file system %s, but job '%s' "
 					       "last wrote to file system %s there: is that disk mounted? (give "
 					       "--dest-uuid to choose)", dest, uuid[0] ? uuid : "without a UUID", job,
@@ -203,11 +247,12 @@ int cbi_dest_check(const char *dest, const char *want_uuid, const char *state_di
 		}
 	}
 	if (state_dir && uuid[0]) {
-		char last[128], path[4200];
+		char last[128], lmnt[4100], mnt[PATH_MAX], path[4200];
+		mount_root(real, &ds, mnt, sizeof mnt);
 		state_path(state_dir, host, source_id, job, path, sizeof path);
-		read_recorded(path, last, sizeof last);
-		if (strcmp(last, uuid))
-			record(state_dir, path, uuid);
+		read_recorded(path, last, sizeof last, lmnt, sizeof lmnt);
+		if (strcmp(last, uuid) || strcmp(lmnt, mnt))
+			record(state_dir, path, uuid, mnt);
 	}
 	return 0;
 }
