@@ -14,7 +14,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 BUILD ?= build
 CC ?= cc
-PKGS := libzstd libxxhash libcrypto sqlite3 mount blkid ext2fs com_err
+PKGS := libzstd libxxhash libcrypto sqlite3 mount blkid ext2fs com_err fuse3
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
@@ -35,7 +35,8 @@ FAULT_SHIM := $(BUILD)/tests/libcbifault.so
 FAULT_CFLAGS := -std=gnu11 -O2 -g $(WARN) -fPIC -shared $(if $(findstring sanitize=address,$(EXTRA_CFLAGS)),-DFAULT_NO_MALLOC)
 
 DEB_PKGS := build-essential pkg-config libzstd-dev libxxhash-dev libssl-dev libsqlite3-dev libcmocka-dev libbsd-dev \
-	libmount-dev libblkid-dev libext2fs-dev comerr-dev e2fsprogs util-linux valgrind zstd xxhash jq dosfstools fusefat exfatprogs exfat-fuse groff-base
+	libmount-dev libblkid-dev libext2fs-dev comerr-dev e2fsprogs util-linux valgrind zstd xxhash jq dosfstools fusefat exfatprogs exfat-fuse groff-base \
+	libfuse3-dev fuse3 nbdkit nbdkit-plugin-dev libnbd-bin xfsprogs btrfs-progs gdisk
 
 .PHONY: all check check-unit check-e2e asan valgrind deps demo bench install uninstall clean vectors
 all: $(BUILD)/cbimg
