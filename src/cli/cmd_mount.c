@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <fuse.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <linux/loop.h>
 #include <pthread.h>
@@ -43,6 +44,7 @@
 
 #define PID_XATTR "user.cbimg.pid"
 #define POINT_XATTR "user.cbimg.point"
+#define STATS_XATTR "user.cbimg.stats"
 #define FS_TYPE "fuse.cbimg"
 
 /* ------------------------------------------------------ the mount table */
@@ -293,7 +295,15 @@ static int fs_getxattr(const char *path, const char *name, char *value, size_t s
 		snprintf(v, sizeof v, "%ld", (long)getpid());
 	else if (!strcmp(name, POINT_XATTR))
 		snprintf(v, sizeof v, "%s", M.point);
-	else
+	else if (!strcmp(name, STATS_XATTR)) {
+		cbi_pointrd_stats st;
+
+		cbi_pointrd_stats_get(M.pr, &st);
+		snprintf(v, sizeof v,
+			 "reads=%" PRIu64 " hits=%" PRIu64 " misses=%" PRIu64 " zero_blocks=%" PRIu64
+			 " failures=%" PRIu64 " cache_blocks=%" PRIu64 " cache_max=%" PRIu64,
+			 st.reads, st.hits, st.misses, st.zero_blocks, st.failures, st.cache_blocks, st.cache_max);
+	} else
 		return -ENODATA;
 	n = strlen(v);
 	if (!size)
@@ -306,7 +316,7 @@ static int fs_getxattr(const char *path, const char *name, char *value, size_t s
 
 static int fs_listxattr(const char *path, char *list, size_t size)
 {
-	static const char names[] = PID_XATTR "\0" POINT_XATTR;
+	static const char names[] = PID_XATTR "\0" POINT_XATTR "\0" STATS_XATTR;
 
 	if (strcmp(path, "/"))
 		return 0;
