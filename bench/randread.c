@@ -1,5 +1,6 @@
 /* bench/randread.c - random 4 KiB reads of a file: latency percentiles.
  *   randread FILE COUNT [SEED]
+ *   randread --xattr FILE NAME     (prints an extended attribute's value)
  * Reads COUNT distinct 4 KiB-aligned pieces of FILE in a random order
  * (readahead off: POSIX_FADV_RANDOM), one pread(2) each, and prints
  * "reads=N p50_us=X p90_us=Y p99_us=Z max_us=W mean_us=V". Compiled by
@@ -9,7 +10,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,6 +32,17 @@ static uint64_t rng(uint64_t *s)
 
 int main(int argc, char **argv)
 {
+	if (argc == 4 && !strcmp(argv[1], "--xattr")) {
+		char v[4096];
+		ssize_t n = getxattr(argv[2], argv[3], v, sizeof v - 1);
+		if (n < 0) {
+			perror(argv[2]);
+			return 1;
+		}
+		v[n] = 0;
+		printf("%s\n", v);
+		return 0;
+	}
 	if (argc < 3) {
 		fprintf(stderr, "usage: randread FILE COUNT [SEED]\n");
 		return 2;

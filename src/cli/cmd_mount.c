@@ -36,6 +36,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <syslog.h>
@@ -487,10 +488,32 @@ static void report(int status, const char *msg)
 /* The helper thread: with the FUSE mount served, mount the file systems
  * (--fs), then report. On failure the mounts made are undone and the main
  * thread is stopped (it unmounts FUSE and reports). */
+/* A larger readahead window for the view: the kernel then asks for several
+ * pieces of a sequential read at once, which the worker threads decompress
+ * in parallel (the default 128 KiB is one request at a time; bench/mount.sh,
+ * bench/RESULTS.md). Root only; a failure changes nothing else. */
+#define VIEW_READAHEAD_KB 4096
+
+static void set_readahead(void)
+{
+	struct stat st;
+	char path[64];
+	FILE *f;
+
+	if (stat(M.mnt, &st) < 0)
+		return;
+	snprintf(path, sizeof path, "/sys/class/bdi/%u:%u/read_ahead_kb", major(st.st_dev), minor(st.st_dev));
+	if ((f = fopen(path, "we"))) {
+		fprintf(f, "%d\n", VIEW_READAHEAD_KB);
+		fclose(f);
+	}
+}
+
 static void *mounter(void *arg)
 {
 	int want_fs = *(int *)arg;
 
+	set_readahead();
 	for (size_t i = 0; want_fs && i < M.nfiles; i++) {
 		if (!M.files[i].is_dir)
 			continue;
