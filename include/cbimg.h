@@ -430,7 +430,8 @@ typedef struct cbi_part {
 
 /* What libblkid finds on the disk of a point: a partition table and its
  * partitions (MBR extended partitions are containers: left out), or a file
- * system on the whole disk. */
+ * system on the whole disk (which wins over an MBR: the boot sector of FAT
+ * and exFAT also reads as one). */
 typedef struct cbi_disk_map {
 	char pttype[16];          /* "gpt", "dos", ... ; "" when there is no partition table */
 	char fstype[32];          /* no table: file system on the whole disk, "" if none */

@@ -673,10 +673,17 @@ int cbi_pointrd_map(cbi_pointrd *r, cbi_disk_map *m, cbi_error *err)
 			goto end;
 		probe_table(fd, r->size, m, ext);
 	}
-	if (!m->pttype[0]) {
-		probe_fs(fd, 0, r->size, m->fstype, sizeof m->fstype, NULL, 0);
-		goto end;
+	/* A file system on the whole disk wins over an MBR: the boot sector of
+	 * FAT and exFAT ends in 0x55 0xaa, which libblkid also takes for an MBR
+	 * (of nonsense or no partitions). */
+	probe_fs(fd, 0, r->size, m->fstype, sizeof m->fstype, NULL, 0);
+	if (m->fstype[0] && (!m->nparts || !strcmp(m->pttype, "dos"))) {
+		m->pttype[0] = 0;
+		m->nparts = 0;
 	}
+	if (!m->pttype[0])
+		goto end;
+	m->fstype[0] = 0;
 	for (size_t k = 0; k < m->nparts; k++) {
 		cbi_part *q = &m->parts[k];
 		if ((rc = copy_ends(r, fd, q->offset, q->size, buf, err)))

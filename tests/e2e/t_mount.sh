@@ -9,6 +9,8 @@
 #  - a GPT disk with an ext4 and an xfs partition: part1 and part2, each
 #    mounts (--fs: part1/ and part2/), restore --partition N gives that
 #    partition's bytes;
+#  - --fs on btrfs, vfat and exfat disks (the last two where the kernel has
+#    the driver);
 #  - a damaged stored block: EIO for its range and a log line, the blocks
 #    beside it read right, a whole read stops at the damage with only right
 #    bytes before it; nbdcopy fails;
@@ -310,6 +312,38 @@ if [ "$HAVE_LOOP" = 1 ] && command -v sgdisk >/dev/null 2>&1 && command -v mkfs.
 	check_grep "restore --partition without a table: said" "no partition table"
 else
 	skip_part "no loop device, sgdisk or mkfs.xfs: the GPT partitions are not tested"
+fi
+
+
+# ----------------------------------------------------- --fs: btrfs, vfat, exfat
+if [ "$HAVE_LOOP" = 1 ]; then
+	mkdir -p "$T/broot" && echo "on btrfs" >"$T/broot/hello.txt"
+	for fs in btrfs vfat exfat; do
+		img=$T/$fs.img
+		rm -f "$img"
+		truncate -s 128M "$img"
+		case $fs in
+		btrfs) command -v mkfs.btrfs >/dev/null 2>&1 && mkfs.btrfs -q --rootdir "$T/broot" "$img" >/dev/null 2>&1 ;;
+		vfat) command -v mkfs.vfat >/dev/null 2>&1 && mkfs.vfat "$img" >/dev/null 2>&1 ;;
+		exfat) command -v mkfs.exfat >/dev/null 2>&1 && mkfs.exfat "$img" >/dev/null 2>&1 ;;
+		esac || {
+			skip_part "mkfs.$fs missing or failed: --fs on $fs not tested"
+			continue
+		}
+		mkdir -p "$T/d_$fs"
+		run "$CBIMG" backup -q "$img" "$T/d_$fs" || { fail "backup of the $fs disk: $OUT"; continue; }
+		cbmount "$T/m" --fs "$(ls "$T/d_$fs"/*.cbx)" || continue
+		if grep -q " $T/m/fs $fs ro," /proc/self/mounts; then
+			pass "--fs: $fs mounted read-only"
+			[ "$fs" = btrfs ] && check_eq "--fs: the btrfs file" "$(cat "$T/m/fs/hello.txt")" "on btrfs"
+		elif grep -q "no $fs driver" "$T/stderr"; then
+			skip_part "no $fs driver in this kernel: --fs left it unmounted, with a note"
+		else
+			fail "--fs: $fs not mounted: $OUT"
+		fi
+		cbumount "$T/m"
+	done
+	check_eq "--fs: nothing left mounted" "$(grep -c " $T/m" /proc/self/mounts)" 0
 fi
 
 finish
