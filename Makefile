@@ -16,13 +16,14 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 BUILD ?= build
 CC ?= cc
-PKGS := libzstd libxxhash libcrypto sqlite3 mount blkid ext2fs com_err
+PKGS := libzstd libxxhash libcrypto sqlite3 mount blkid ext2fs com_err fuse3
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 WARN := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
 OPT ?= -O2 -g
-CFLAGS_ALL := -std=gnu11 $(OPT) $(WARN) -D_FILE_OFFSET_BITS=64 -Iinclude $(PKG_CFLAGS) $(EXTRA_CFLAGS) $(CFLAGS)
+# -fPIC: the nbdkit plugin (a shared object) links the same library objects.
+CFLAGS_ALL := -std=gnu11 $(OPT) $(WARN) -fPIC -D_FILE_OFFSET_BITS=64 -Iinclude $(PKG_CFLAGS) $(EXTRA_CFLAGS) $(CFLAGS)
 LDLIBS_ALL := $(PKG_LIBS) -lpthread $(EXTRA_LDFLAGS) $(LDFLAGS)
 
 LIB_SRC := $(sort $(wildcard src/lib/*.c))
@@ -38,11 +39,17 @@ FAULT_CFLAGS := -std=gnu11 -O2 -g $(WARN) -fPIC -shared $(if $(findstring saniti
 
 DEB_PKGS := build-essential pkg-config libzstd-dev libxxhash-dev libssl-dev libsqlite3-dev libcmocka-dev libbsd-dev \
 	libmount-dev libblkid-dev libext2fs-dev comerr-dev e2fsprogs util-linux valgrind zstd xxhash jq dosfstools fusefat exfatprogs exfat-fuse groff-base zsh \
-	clang libclang-rt-14-dev
+	clang libclang-rt-14-dev libfuse3-dev fuse3 nbdkit nbdkit-plugin-dev libnbd-bin xfsprogs btrfs-progs gdisk
+
+# The nbdkit plugin (nbdkit cbimg point=FILE), when nbdkit-plugin-dev is installed; not in sanitized
+# builds (nbdkit itself is not sanitized: the runtime would not load first). Installed where
+# nbdkit looks for plugins (`nbdkit --dump-config`: plugindir).
+NBDKIT_PLUGIN := $(if $(findstring sanitize,$(EXTRA_CFLAGS)),,$(if $(wildcard /usr/include/nbdkit-plugin.h),$(BUILD)/nbdkit-cbimg-plugin.so))
+NBDKIT_PLUGINDIR ?= $(shell nbdkit --dump-config 2>/dev/null | sed -n 's/^plugindir=//p')
 
 .PHONY: all check check-unit check-e2e check-fuzz fuzz-replay fuzz fuzz-build fuzz-bins fuzz-seeds asan valgrind deps demo \
 	bench install uninstall clean vectors
-all: $(BUILD)/cbimg
+all: $(BUILD)/cbimg $(NBDKIT_PLUGIN)
 
 # The CLI sees only the public header; the library and its unit tests see src/lib too.
 $(BUILD)/src/lib/%.o: src/lib/%.c $(wildcard include/*.h src/lib/*.h)
@@ -63,6 +70,10 @@ CLI_LIBS := -lbsd
 $(BUILD)/cbimg: $(CLI_OBJ) $(BUILD)/libcbimg.a
 	$(CC) $(CFLAGS_ALL) -o $@ $(CLI_OBJ) $(BUILD)/libcbimg.a $(LDLIBS_ALL) $(CLI_LIBS)
 
+# The library's symbols stay inside the plugin (--exclude-libs): it exports only nbdkit's entry.
+$(BUILD)/nbdkit-cbimg-plugin.so: src/nbdkit/cbimg-plugin.c include/cbimg.h $(BUILD)/libcbimg.a
+	$(CC) $(CFLAGS_ALL) -shared -Wl,--exclude-libs,ALL -Wl,--as-needed -o $@ $< $(BUILD)/libcbimg.a $(LDLIBS_ALL)
+
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/testutil.h $(BUILD)/libcbimg.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Isrc/lib -Itests/unit -o $@ $< $(BUILD)/libcbimg.a $(LDLIBS_ALL) $(CMOCKA_LIBS)
@@ -75,8 +86,9 @@ $(FAULT_SHIM): tests/fault/faultshim.c
 	@mkdir -p $(dir $@)
 	$(CC) $(FAULT_CFLAGS) -o $@ $< -ldl
 
-check-e2e: $(BUILD)/cbimg $(FAULT_SHIM)
-	CBIMG=$(CURDIR)/$(BUILD)/cbimg CBIMG_FAULT_SHIM=$(CURDIR)/$(FAULT_SHIM) bash tests/e2e/run.sh
+check-e2e: $(BUILD)/cbimg $(FAULT_SHIM) $(NBDKIT_PLUGIN)
+	CBIMG=$(CURDIR)/$(BUILD)/cbimg CBIMG_FAULT_SHIM=$(CURDIR)/$(FAULT_SHIM) \
+	  CBIMG_NBDKIT_PLUGIN=$(if $(NBDKIT_PLUGIN),$(CURDIR)/$(NBDKIT_PLUGIN)) bash tests/e2e/run.sh
 
 check: all check-unit check-e2e check-fuzz
 	bash tests/check-cycles.sh $(BUILD)
@@ -182,9 +194,18 @@ install: $(BUILD)/cbimg
 	install -m 0644 format/SPEC.md README.md $(INST)/share/doc/cbimg/
 	install -m 0644 completion/cbimg.bash $(INST)/share/bash-completion/completions/cbimg
 	install -m 0644 completion/_cbimg $(INST)/share/zsh/site-functions/_cbimg
+	if [ -n "$(NBDKIT_PLUGIN)" ] && [ -n "$(NBDKIT_PLUGINDIR)" ] && [ -f "$(NBDKIT_PLUGIN)" ]; then \
+	  install -d $(DESTDIR)$(NBDKIT_PLUGINDIR) && \
+	  install -m 0755 $(NBDKIT_PLUGIN) $(DESTDIR)$(NBDKIT_PLUGINDIR)/nbdkit-cbimg-plugin.so; fi
 
 uninstall:
 	rm -f $(addprefix $(INST)/,$(INST_FILES))
+	# the plugin, and below DESTDIR the directories made for it (up to the prefix)
+	if [ -n "$(NBDKIT_PLUGINDIR)" ]; then \
+	  rm -f $(DESTDIR)$(NBDKIT_PLUGINDIR)/nbdkit-cbimg-plugin.so; \
+	  if [ -n "$(DESTDIR)" ]; then d=$(DESTDIR)$(NBDKIT_PLUGINDIR); \
+	    while [ "$$d" != "$(INST)" ] && [ "$$d" != "$(DESTDIR)" ] && [ "$$d" != / ] && [ -d "$$d" ]; do \
+	      rmdir --ignore-fail-on-non-empty "$$d"; d=$$(dirname "$$d"); done; fi; fi
 	for d in $(INST_DIRS); do \
 	  if [ -d "$(INST)/$$d" ]; then rmdir --ignore-fail-on-non-empty "$(INST)/$$d"; fi; \
 	done

@@ -407,6 +407,9 @@ typedef struct cbi_restore_opts {
 	const char *state_dir;    /* where to look for a key file copy too; NULL: /var/lib/cbimg */
 	cbi_progress_fn progress;
 	void *progress_ud;
+	unsigned partition;       /* 0: the whole disk; N: only partition N of the point's
+	                           * partition table (cbi_pointrd_map()), whose size TARGET
+	                           * then gets; -ENOENT when the point has no partition N */
 } cbi_restore_opts;
 
 typedef struct cbi_restore_result {
@@ -418,6 +421,94 @@ typedef struct cbi_restore_result {
 } cbi_restore_result;
 
 int cbi_restore(const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err) CBI_WUR;
+
+/* ---------------------------------------------------------- point reader */
+
+/* Random access to the disk as it was at a point, for front ends that show
+ * it (cbimg mount, the nbdkit plugin) and for restoring a part of it. Each
+ * block is taken from the point that holds its newest copy (the point's
+ * index names it), decompressed, for encrypted chains authenticated, and
+ * checked against the index's hash before a byte of it is returned: a block
+ * that fails makes the read that covers it fail (never wrong bytes), reads
+ * elsewhere go on. Decompressed blocks are kept in a bounded cache. */
+typedef struct cbi_pointrd cbi_pointrd;
+
+/* Cache of decompressed blocks when none is given: 64 MiB. */
+#define CBI_POINTRD_CACHE (64ull << 20)
+
+typedef struct cbi_pointrd_opts {
+	const char *point;        /* any .cbi or .cbx file of the point */
+	cbi_pass_fn pass;         /* passphrase of an encrypted chain; NULL: none */
+	void *pass_ud;
+	const char *state_dir;    /* where to look for a key file copy too; NULL: /var/lib/cbimg */
+	uint64_t cache_bytes;     /* decompressed blocks kept (at least 4 blocks); 0: CBI_POINTRD_CACHE */
+	int lock;                 /* protect the chain from prune while open: a shared lock
+	                           * on its byte of the lock file in the point's directory
+	                           * (format/SPEC.md, "Lock file"); -CBI_ELOCKED when a prune
+	                           * holds it */
+	/* Called (from the reading thread, possibly several at once) once for
+	 * every read that fails on a block, with a one-line message naming the
+	 * file and the block; NULL: none. */
+	void (*log)(void *ud, const char *msg);
+	void *log_ud;
+} cbi_pointrd_opts;
+
+/* Open the point of o->point through its chain (opened, unlocked and
+ * checked as restore does: the codes of cbi_restore()). *out is the
+ * caller's: cbi_pointrd_close(). */
+int cbi_pointrd_open(const cbi_pointrd_opts *o, cbi_pointrd **out, cbi_error *err) CBI_WUR;
+
+/* Size of the disk in bytes, and what the point's files say about it. */
+uint64_t cbi_pointrd_size(const cbi_pointrd *r);
+const cbi_point *cbi_pointrd_point(const cbi_pointrd *r);
+
+/* Read up to len bytes at byte off into buf, as pread(2) does: the number
+ * of bytes read (fewer only at the end of the disk, 0 beyond it), or a
+ * negative code with err filled when a block of the range cannot be read
+ * intact (-CBI_EDAMAGED, -CBI_EAUTH, -CBI_ENOPARENT, -errno): then nothing in
+ * buf is to be used. Thread-safe: any number of threads may read at once. */
+int64_t cbi_pointrd_pread(cbi_pointrd *r, void *buf, size_t len, uint64_t off, cbi_error *err) CBI_WUR;
+
+typedef struct cbi_pointrd_stats {
+	uint64_t reads;           /* cbi_pointrd_pread() calls */
+	uint64_t hits;            /* stored blocks served from the cache */
+	uint64_t misses;          /* stored blocks read from the image files */
+	uint64_t zero_blocks;     /* zero blocks served (never stored, never cached) */
+	uint64_t failures;        /* block reads that failed */
+	uint64_t cache_blocks;    /* blocks in the cache now */
+	uint64_t cache_max;       /* most blocks it holds */
+} cbi_pointrd_stats;
+
+void cbi_pointrd_stats_get(cbi_pointrd *r, cbi_pointrd_stats *s);
+
+void cbi_pointrd_close(cbi_pointrd *r);
+
+/* A partition of the disk, from its partition table. */
+typedef struct cbi_part {
+	unsigned number;          /* as the table numbers it: 1, 2, ... (MBR logical: 5, ...) */
+	uint64_t offset;          /* bytes from the start of the disk */
+	uint64_t size;            /* bytes */
+	char fstype[32];          /* file system found in it ("ext4", "xfs", "vfat", ...), "" if none */
+	char uuid[40];            /* of that file system, "" if none */
+} cbi_part;
+
+#define CBI_MAX_PARTS 128
+
+/* What libblkid finds on the disk of a point: a partition table and its
+ * partitions (MBR extended partitions are containers: left out), or a file
+ * system on the whole disk (which wins over an MBR: the boot sector of FAT
+ * and exFAT also reads as one). */
+typedef struct cbi_disk_map {
+	char pttype[16];          /* "gpt", "dos", ... ; "" when there is no partition table */
+	char fstype[32];          /* no table: file system on the whole disk, "" if none */
+	size_t nparts;
+	cbi_part parts[CBI_MAX_PARTS];
+} cbi_disk_map;
+
+/* Probe the disk of r (through r: only the sectors the probe needs are
+ * read). 0 (also when nothing is found), or a negative code when a block
+ * the probe needs cannot be read. */
+int cbi_pointrd_map(cbi_pointrd *r, cbi_disk_map *m, cbi_error *err) CBI_WUR;
 
 /* ---------------------------------------------------------------- verify */
 

@@ -50,7 +50,7 @@ struct cli_command {
 };
 
 extern const struct cli_command cli_backup, cli_restore, cli_verify, cli_info, cli_list, cli_log,
-	cli_catalog, cli_passwd, cli_prune;
+	cli_catalog, cli_passwd, cli_prune, cli_mount, cli_umount;
 
 /* ----------------------------------------------------------- main.c */
 

@@ -8,12 +8,13 @@
 #include <stdlib.h>
 
 enum { OPT_FORCE = 256, OPT_CHANGED_ONLY, OPT_THREADS, OPT_JSON, OPT_PASSWORD_FILE, OPT_STATE_DIR,
-       OPT_JSON_PROGRESS };
+       OPT_JSON_PROGRESS, OPT_PARTITION };
 
 static const struct cli_option restore_options[] = {
 	{ OPT_FORCE, "force", NULL, "overwrite a non-empty file or a device" },
 	{ OPT_CHANGED_ONLY, "changed-only", NULL, "write only blocks that differ on TARGET" },
 	{ OPT_THREADS, "threads", "N", "worker threads (default: one per CPU)" },
+	{ OPT_PARTITION, "partition", "N", "restore only partition N of the disk's partition table" },
 	{ OPT_PASSWORD_FILE, "password-file", "FILE", "passphrase of an encrypted chain from FILE (default: $CBIMG_PASSWORD, or ask)" },
 	{ OPT_STATE_DIR, "state-dir", "DIR", "also look for the chain's key file here (default /var/lib/cbimg)" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
@@ -86,6 +87,11 @@ static int cmd_restore(const struct cli_command *cmd, int argc, char **argv)
 				return cli_usage_error(cmd, "invalid thread count '%s': expected 0 to 1024",
 						       optarg);
 			o.threads = (int)v;
+			break;
+		case OPT_PARTITION:
+			if (cli_parse_uint(optarg, 1, 1u << 20, &v) < 0)
+				return cli_usage_error(cmd, "invalid partition number '%s'", optarg);
+			o.partition = (unsigned)v;
 			break;
 		case OPT_PASSWORD_FILE: pass.file = optarg; break;
 		case OPT_STATE_DIR: o.state_dir = optarg; break;

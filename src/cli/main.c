@@ -14,6 +14,7 @@
 static const struct cli_command *const commands[] = {
 	&cli_backup, &cli_restore, &cli_verify, &cli_info, &cli_list, &cli_log, &cli_catalog, &cli_passwd,
 	&cli_prune,
+	&cli_mount, &cli_umount,
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

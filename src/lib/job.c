@@ -186,3 +186,44 @@ int cbi_job_lock_held(const char *dest, uint64_t key)
 	close(fd);
 	return held;
 }
+
+int64_t cbi_chain_lock_offset(const uint8_t chain_id[16])
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = (v << 8) | chain_id[i];
+	return (int64_t)((1ull << 62) + 1 + (v >> 3));
+}
+
+int cbi_job_lock_shared_at(const char *dest, int64_t off, cbi_joblock *lk, cbi_error *err)
+{
+	char path[4096];
+	memset(lk, 0, sizeof *lk);
+	lk->fd = -1;
+	if ((size_t)snprintf(path, sizeof path, "%s/" CBI_LOCK_NAME, dest) >= sizeof path)
+		return cbi_err(err, -ENAMETOOLONG, "path of the lock file in '%s' too long", dest);
+	const int fl0 = O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
+	int fd = open(path, O_RDWR | O_CREAT | fl0, 0644);
+	if (fd < 0 && errno != ELOOP)
+		fd = open(path, O_RDONLY | fl0); /* read-only media: a shared lock needs no write access */
+	if (fd < 0 && errno == ELOOP)
+		return cbi_err(err, -ELOOP, "lock file '%s' is a symbolic link: remove it", path);
+	if (fd < 0)
+		return 0; /* nothing can lock (nor prune) there */
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return cbi_err(err, -EINVAL, "lock file '%s' is not a regular file: remove it", path);
+	}
+	struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = off, .l_len = 1 };
+	int r;
+	while ((r = fcntl(fd, F_OFD_SETLK, &fl)) < 0 && errno == EINTR)
+		;
+	if (r < 0 && (errno == EAGAIN || errno == EACCES)) {
+		close(fd);
+		return cbi_err(err, -CBI_ELOCKED, "'%s' is locked by another cbimg (a prune of the chain?)", path);
+	}
+	lk->locked = r == 0;
+	lk->fd = fd;
+	return 0;
+}

@@ -70,6 +70,24 @@ int cbi_job_lock(const char *dest, uint64_t key, cbi_joblock *lk, cbi_error *err
  * lock file, or no locks on this file system). */
 int cbi_job_lock_held(const char *dest, uint64_t key);
 
+/* A mounted point protects its chain from prune: while a point reader that
+ * was asked to lock (cbi_pointrd_opts.lock) is open, it holds a SHARED OFD
+ * lock on byte cbi_chain_lock_offset(chain_id) of DEST/.cbimg.lock, DEST
+ * being the directory of the point's index file. prune takes the same byte
+ * exclusively (waiting, or refusing with a message naming the mount). The
+ * bytes of chains lie above every job byte (CBI_JOB_LOCK_OFFSET() <= 2^62):
+ * 2^62 + 1 + (first 8 bytes of the chain id, little-endian, >> 3). Backups
+ * never take it, so a mounted chain still gets new points. */
+int64_t cbi_chain_lock_offset(const uint8_t chain_id[16]);
+
+/* Lock byte off of DEST/.cbimg.lock SHARED (F_RDLCK), without waiting:
+ * -CBI_ELOCKED when another process holds it exclusively. A DEST where the
+ * lock file cannot be created or written (read-only media) is opened
+ * read-only; when it cannot be opened at all, or the file system has no
+ * locks, lk->locked is 0 and 0 is returned (nothing can prune there
+ * either). */
+int cbi_job_lock_shared_at(const char *dest, int64_t off, cbi_joblock *lk, cbi_error *err) CBI_WUR;
+
 /* Release what cbi_job_lock() or cbi_job_lock_at() took (NULL-safe; a lock
  * whose taking failed holds nothing). */
 void cbi_job_unlock(cbi_joblock *lk);

@@ -365,12 +365,154 @@ static int restore_blocks(cbi_resolved *v, const cbi_restore_opts *o, cbi_target
 	return rc;
 }
 
+/* ---- one partition (o->partition): a byte range of the point's disk,
+ * read through the point reader (a partition need not start on a block
+ * boundary), on the same worker pool: plan cuts the range into chunks,
+ * workers read them (the reader decompresses and checks each block, and
+ * is thread-safe), consume writes them in order. */
+
+#define CHUNK_BYTES (4u << 20)
+
+typedef struct ploop {
+	cbi_pointrd *pr;
+	const cbi_restore_opts *o;
+	cbi_target *t;
+	cbi_restore_result *r;
+	uint64_t off, size;     /* the partition */
+	uint64_t next;          /* next chunk, from the partition's start */
+	uint8_t **buf;          /* per slot: CHUNK_BYTES */
+	uint64_t *at;           /* per slot: its chunk */
+	int *zero;              /* per slot: all zeros */
+	double last;
+} ploop;
+
+static int pplan(void *ud, unsigned slot, cbi_error *err)
+{
+	ploop *p = ud;
+	if (p->next >= p->size)
+		return CBI_POOL_DONE;
+	p->at[slot] = p->next;
+	p->next += CHUNK_BYTES;
+	return 0;
+}
+
+static size_t pchunk(const ploop *p, unsigned slot)
+{
+	return (size_t)CBI_MIN((uint64_t)CHUNK_BYTES, p->size - p->at[slot]);
+}
+
+static int pwork(void *ud, void *ws, unsigned slot, cbi_error *err)
+{
+	ploop *p = ud;
+	size_t n = pchunk(p, slot);
+	int64_t got = cbi_pointrd_pread(p->pr, p->buf[slot], n, p->off + p->at[slot], err);
+	if (got < 0)
+		return (int)got;
+	if ((size_t)got != n)
+		return cbi_err(err, -CBI_EDAMAGED, "partition %u ends beyond the disk", p->o->partition);
+	p->zero[slot] = cbi_is_zero(p->buf[slot], n);
+	return 0;
+}
+
+static int pconsume(void *ud, unsigned slot, cbi_error *err)
+{
+	ploop *p = ud;
+	size_t n = pchunk(p, slot);
+	int rc = p->zero[slot] ? cbi_target_zero(p->t, p->at[slot], n, err)
+			       : cbi_target_write(p->t, p->at[slot], p->buf[slot], n, err);
+	if (rc)
+		return rc;
+	uint64_t done = p->at[slot] + n;
+	if (p->o->progress && cbi_now() - p->last >= 0.2) {
+		p->last = cbi_now();
+		if (p->o->progress(p->o->progress_ud, done, p->size))
+			return cbi_err(err, -ECANCELED, "interrupted");
+	}
+	return 0;
+}
+
+static int restore_partition(const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err)
+{
+	cbi_pointrd_opts po = { .point = o->point, .pass = o->pass, .pass_ud = o->pass_ud,
+				.state_dir = o->state_dir, .cache_bytes = 2 * CHUNK_BYTES };
+	cbi_pointrd *pr = NULL;
+	cbi_disk_map *m = calloc(1, sizeof *m);
+	cbi_target *t = NULL;
+	ploop p = { .o = o, .r = r };
+	cbi_pool_dims d = { 0 };
+	int rc;
+	if (!m)
+		return cbi_err(err, -ENOMEM, "out of memory");
+	if (o->changed_only) {
+		rc = cbi_err(err, -CBI_EUSAGE, "--changed-only cannot be combined with --partition");
+		goto end;
+	}
+	if ((rc = cbi_pointrd_open(&po, &pr, err)) || (rc = cbi_pointrd_map(pr, m, err)))
+		goto end;
+	const cbi_part *part = NULL;
+	for (size_t k = 0; k < m->nparts; k++)
+		if (m->parts[k].number == o->partition)
+			part = &m->parts[k];
+	if (!part) {
+		rc = m->pttype[0] ? cbi_err(err, -ENOENT, "'%s': the disk's partition table (%s) has no partition %u",
+					    o->point, m->pttype, o->partition)
+				  : cbi_err(err, -ENOENT, "'%s': the disk has no partition table", o->point);
+		goto end;
+	}
+	p.pr = pr;
+	p.off = part->offset;
+	p.size = part->size;
+	if ((rc = cbi_target_open(o->target, p.size, o->force ? CBI_TARGET_FORCE : 0, &t, err)))
+		goto end;
+	cbi_target_direct(t);
+	p.t = t;
+	cbi_pool_size(o->threads, CHUNK_BYTES, 1, 2, 2, (p.size + CHUNK_BYTES - 1) / CHUNK_BYTES, &d);
+	p.buf = calloc(d.nslots, sizeof *p.buf);
+	p.at = calloc(d.nslots, sizeof *p.at);
+	p.zero = calloc(d.nslots, sizeof *p.zero);
+	for (unsigned k = 0; p.buf && k < d.nslots; k++)
+		if (posix_memalign((void **)&p.buf[k], CBI_SOURCE_ALIGN, CHUNK_BYTES))
+			p.buf[k] = NULL;
+	int oom = !p.buf || !p.at || !p.zero;
+	for (unsigned k = 0; p.buf && k < d.nslots; k++)
+		oom |= !p.buf[k];
+	if (oom) {
+		rc = cbi_err(err, -ENOMEM, "out of memory");
+		goto end;
+	}
+	cbi_pool_cfg pc = { .threads = d.threads, .nslots = d.nslots, .ud = &p, .plan = pplan, .work = pwork,
+			    .consume = pconsume };
+	uint32_t bs = cbi_pointrd_point(pr)->block_size;
+	r->blocks_total = (p.size + bs - 1) / bs;
+	if ((rc = cbi_pool_run(&pc, err)) || (rc = cbi_target_commit(t, err)))
+		goto end;
+	r->blocks_written = r->blocks_total;
+	r->bytes_written = t->written;
+	if (o->progress)
+		o->progress(o->progress_ud, p.size, p.size);
+end:
+	for (unsigned k = 0; p.buf && k < d.nslots; k++)
+		free(p.buf[k]);
+	free(p.buf);
+	free(p.at);
+	free(p.zero);
+	cbi_target_close(t);
+	cbi_pointrd_close(pr);
+	free(m);
+	return rc;
+}
+
 int cbi_restore(const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err)
 {
 	double t0 = cbi_now();
 	memset(r, 0, sizeof *r);
 	if (!o->point || !o->target)
 		return cbi_err(err, -CBI_EUSAGE, "point and target are required");
+	if (o->partition) {
+		int rc = restore_partition(o, r, err);
+		r->seconds = cbi_now() - t0;
+		return rc;
+	}
 	cbi_resolved v;
 	int rc = resolve(o->point, o, &v, err);
 	if (rc)
