@@ -719,8 +719,35 @@ int cbi_prune(const cbi_prune_opts *o, cbi_prune_result *r, cbi_error *err)
 		r->items[i].action = c.act[i] ? c.act[i] : CBI_PRUNE_KEEP;
 		r->kept += r->items[i].action != CBI_PRUNE_REMOVE;
 	}
-	if (!o->dry_run)
+	/* A mounted point (cbimg mount, the nbdkit plugin) holds its chain's
+	 * byte of the lock file shared: prune changes no chain that is mounted. */
+	cbi_joblock clk[16];
+	size_t nclk = 0;
+	for (size_t i = 0; i < c.n && !o->dry_run && !rc; i++) {
+		int seen = 0;
+		for (size_t j = 0; j < i && !seen; j++)
+			seen = !memcmp(c.pts[j].chain_id, c.pts[i].chain_id, 16);
+		if (seen)
+			continue;
+		if (nclk == sizeof clk / sizeof clk[0]) {
+			rc = cbi_err(err, -CBI_EUSAGE, "job '%s' has more than %zu chains in '%s': prune fewer at a time "
+				     "(--keep-chains)", c.pts[0].job, nclk, o->dest);
+			break;
+		}
+		rc = cbi_job_lock_at(o->dest, cbi_chain_lock_offset(c.pts[i].chain_id), 0, &clk[nclk], err);
+		if (rc == -CBI_ELOCKED) {
+			char id[9];
+			cbi_id_short(c.pts[i].chain_id, id);
+			rc = cbi_err(err, rc, "chain %s of job '%s' in '%s' is mounted (cbimg mount or nbdkit): unmount "
+				     "it first", id, c.pts[0].job, o->dest);
+		}
+		if (!rc)
+			nclk++;
+	}
+	if (!o->dry_run && !rc)
 		rc = execute(&c);
+	for (size_t q = 0; q < nclk; q++)
+		cbi_job_unlock(&clk[q]);
 end:
 	cbi_job_unlock(&lk);
 	for (size_t q = 0; q < c.njobs; q++)

@@ -175,7 +175,15 @@ cbmount "$T/m" "$last"
 expect_exit 1 "$CBIMG" mount "$last" "$T/m"
 one_line "already mounted"
 check_grep "already mounted: said" "already a mount point"
+# prune changes no chain that is mounted (the mount holds its chain's lock
+# byte shared): refused, named, nothing removed; after umount it goes on.
+before=$(ls "$T/d_plain" | sort)
+expect_exit 1 "$CBIMG" prune --keep-last 1 "$T/d_plain"
+check_grep "prune of a mounted chain: refused, says why" "is mounted"
+check_eq "prune of a mounted chain: nothing removed" "$(ls "$T/d_plain" | sort)" "$before"
 cbumount "$T/m"
+expect_exit 0 "$CBIMG" prune --keep-last 1 "$T/d_plain"
+check_eq "prune after umount: one point left" "$(ls "$T/d_plain"/*.cbx | wc -l)" 1
 expect_exit 1 "$CBIMG" umount "$T/m"
 one_line "umount of what is not mounted"
 expect_exit 1 "$CBIMG" umount /proc
