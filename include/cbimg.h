@@ -129,7 +129,7 @@ typedef struct cbi_point {
 	                           * segments' total. */
 	int has_image;            /* image file present and complete */
 	int encrypted;            /* AES-256-GCM records, keyed hashes, HMAC digests */
-	uint32_t hash_alg;        /* CBI_HASH_XXH3_128 (1) or CBI_HASH_SHA256 (2) */
+	uint32_t hash_alg;        /* CBI_HASH_XXH3_128 (1) or CBI_HASH_SHA256_128 (2) */
 	int used_only;            /* only the blocks the source's file system used were read;
 	                           * the others were recorded as zero blocks */
 	int merged;               /* its image is a merged one (a prune folded removed points
@@ -145,8 +145,8 @@ typedef struct cbi_point {
 } cbi_point;
 
 /* Block hash algorithms (format/SPEC.md). */
-#define CBI_HASH_XXH3 1u
-#define CBI_HASH_SHA256_128 2u
+#define CBI_HASH_XXH3_128 1u   /* XXH3-128 of the block (format/SPEC.md) */
+#define CBI_HASH_SHA256_128 2u /* SHA-256 of the block, its first 16 bytes */
 
 /* Hex form of an id ("%02x" per byte) into out (33 bytes). */
 void cbi_id_hex(const uint8_t id[16], char out[33]);
@@ -262,7 +262,7 @@ typedef struct cbi_backup_opts {
 	                           * CBI_FAT_SPLIT on a FAT file system, else no segments;
 	                           * CBI_SPLIT_NONE -> never. */
 	int encrypt;              /* new chains: encrypt (format/SPEC.md, "Encryption") */
-	uint32_t hash_alg;        /* new chains: CBI_HASH_XXH3 (0: default) or CBI_HASH_SHA256_128 */
+	uint32_t hash_alg;        /* new chains: CBI_HASH_XXH3_128 (0: default) or CBI_HASH_SHA256_128 */
 	cbi_kdf_params kdf;       /* new encrypted chains: scrypt cost of the key file */
 	int used_only;            /* read only the blocks that the file system on the source
 	                           * (ext2, ext3, ext4 at its start) uses, from its block

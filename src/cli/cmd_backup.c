@@ -197,7 +197,7 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 		case OPT_PASSWORD_FILE: pass.file = optarg; break;
 		case OPT_HASH:
 			if (!strcmp(optarg, "xxh3"))
-				o.hash_alg = CBI_HASH_XXH3;
+				o.hash_alg = CBI_HASH_XXH3_128;
 			else if (!strcmp(optarg, "sha256"))
 				o.hash_alg = CBI_HASH_SHA256_128;
 			else

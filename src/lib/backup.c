@@ -51,7 +51,7 @@ static int sink(void *ud, uint64_t block, const cbi_pipe_block *b, cbi_error *er
 		rc = cbi_image_writer_add(st->img, block, b->rec_flags, b->raw_len, b->ent.hash, b->payload,
 					  b->stored_len);
 		if (rc)
-			return cbi_err(err, rc, "unable to write '%s': %s", st->img_path, cbi_errtext(rc));
+			return cbi_err(err, rc, "unable to write '%s': %s", st->img_path, cbi_strerror(rc));
 		st->stored++;
 	}
 	if (b->changed)
@@ -61,7 +61,7 @@ static int sink(void *ud, uint64_t block, const cbi_pipe_block *b, cbi_error *er
 	rc = cbi_index_writer_add(st->idx, &b->ent);
 	if (rc)
 		return cbi_err(err, rc, "unable to write the index in '%s': %s", st->img_path,
-			       cbi_errtext(rc));
+			       cbi_strerror(rc));
 	return 0;
 }
 
@@ -341,7 +341,7 @@ static int new_chain_key(const cbi_backup_opts *o, cbi_hdr *h, cbi_keys *keys, c
 	cbi_keyfile kf;
 	int rc = cbi_random(dk, sizeof dk);
 	if (rc) {
-		rc = cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
+		rc = cbi_err(err, rc, "no random numbers: %s", cbi_strerror(rc));
 		goto end;
 	}
 	if ((rc = cbi_keys_derive(keys, h->chain_id, dk))) {
@@ -365,7 +365,7 @@ static int new_chain_key(const cbi_backup_opts *o, cbi_hdr *h, cbi_keys *keys, c
 		goto end;
 	}
 	if (rc) {
-		rc = cbi_err(err, rc, "unable to wrap the chain key: %s", cbi_errtext(rc));
+		rc = cbi_err(err, rc, "unable to wrap the chain key: %s", cbi_strerror(rc));
 		goto end;
 	}
 	cbi_keyfile_name(h, name, sizeof name);
@@ -405,7 +405,7 @@ static int ensure_key_file(const cbi_backup_opts *o, const cbi_hdr *h, const cbi
 	free(found);
 	cbi_keyfile kf;
 	if ((rc = cbi_keyfile_wrap(&kf, keys, pw, (size_t)pwlen, &o->kdf)))
-		return cbi_err(err, rc, "unable to wrap the chain key: %s", cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to wrap the chain key: %s", cbi_strerror(rc));
 	cbi_keyfile_name(h, name, sizeof name);
 	snprintf(r->key_file, sizeof r->key_file, "%.3000s/%.1000s", o->dest, name);
 	if ((rc = cbi_keyfile_write(r->key_file, &kf, err)))
@@ -468,7 +468,7 @@ static int bk_validate(bk_run *b)
 	if (b->level < 1 || b->level > CBI_MAX_LEVEL)
 		return cbi_err(err, -CBI_EUSAGE, "compression level %d out of range 1..%d", b->level,
 			       CBI_MAX_LEVEL);
-	if (o->hash_alg > CBI_HASH_SHA256)
+	if (o->hash_alg > CBI_HASH_SHA256_128)
 		return cbi_err(err, -CBI_EUSAGE, "unknown block hash algorithm %u", o->hash_alg);
 	b->job = o->job && *o->job ? o->job : "default";
 	if (strlen(b->job) > 63)
@@ -609,7 +609,7 @@ static int parent_failed(bk_run *b, int rc)
 	case CBI_CHAIN_AT_DIGEST:
 		if (cbi_is_damage(rc) && err) {
 			char inner[sizeof err->msg];
-			cbi_strlcpy(inner, err->msg[0] ? err->msg : cbi_errtext(rc), sizeof inner);
+			cbi_strlcpy(inner, err->msg[0] ? err->msg : cbi_strerror(rc), sizeof inner);
 			return cbi_err(err, rc,
 				       "newest index '%s' of job '%s' is damaged (%.700s): run 'cbimg verify', "
 				       "or use --full",
@@ -700,7 +700,7 @@ static int bk_keys(bk_run *b)
 		h->type = CBI_FULL;
 		h->seq = 0;
 		if ((rc = cbi_random(h->chain_id, 16)))
-			return cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
+			return cbi_err(err, rc, "no random numbers: %s", cbi_strerror(rc));
 		if (o->encrypt && !(b->pw = malloc(CBI_PASS_MAX)))
 			return cbi_err(err, -ENOMEM, "out of memory");
 		if (o->encrypt && (rc = new_chain_key(o, h, &b->keys, b->key_used, sizeof b->key_used, b->pw,
@@ -709,7 +709,7 @@ static int bk_keys(bk_run *b)
 		b->encrypted = o->encrypt;
 	}
 	if ((rc = cbi_random(h->point_id, 16)))
-		return cbi_err(err, rc, "no random numbers: %s", cbi_errtext(rc));
+		return cbi_err(err, rc, "no random numbers: %s", cbi_strerror(rc));
 	if (b->encrypted) {
 		h->flags |= CBI_HDR_ENCRYPTED;
 		b->hs.keyed = 1;
@@ -752,7 +752,7 @@ static int bk_commit(bk_run *b)
 	 * power loss could keep the index (the point) without its image. */
 	if ((rc = cbi_fsync_dir(dest))) {
 		cbi_sfile_remove(b->img_path);
-		return cbi_err(err, rc, "unable to sync directory '%s': %s", dest, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to sync directory '%s': %s", dest, cbi_strerror(rc));
 	}
 	if ((rc = cbi_index_writer_commit(b->st.idx, err))) {
 		cbi_sfile_remove(b->img_path);
@@ -764,7 +764,7 @@ static int bk_commit(bk_run *b)
 		return cbi_err(err, rc,
 			       "unable to sync directory '%s': %s; the point '%s' is written and kept whole, "
 			       "but it may not survive a power loss",
-			       dest, cbi_errtext(rc), b->idx_path);
+			       dest, cbi_strerror(rc), b->idx_path);
 	return 0;
 }
 
@@ -878,9 +878,9 @@ static int bk_write_point(bk_run *b)
 	it->stored_blocks = b->st.stored;
 	it->image_size = cbi_image_writer_final_size(b->st.img);
 	if ((rc = cbi_index_writer_seal(b->st.idx, it)))
-		return cbi_err(err, rc, "unable to write '%s': %s", b->idx_path, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to write '%s': %s", b->idx_path, cbi_strerror(rc));
 	if ((rc = cbi_image_writer_seal(b->st.img, b->st.changed, it->digest)))
-		return cbi_err(err, rc, "unable to write '%s': %s", b->img_path, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to write '%s': %s", b->img_path, cbi_strerror(rc));
 	return bk_commit(b);
 }
 
@@ -950,7 +950,7 @@ static int bk_end(bk_run *b, int rc)
 	OPENSSL_cleanse(&b->hs, sizeof b->hs);
 	cbi_error ce;
 	if (b->run_id && cbi_catalog_run_end(b->o->dest, b->run_id, rc,
-					     rc ? (b->err && b->err->msg[0] ? b->err->msg : cbi_errtext(rc))
+					     rc ? (b->err && b->err->msg[0] ? b->err->msg : cbi_strerror(rc))
 						: r->warning,
 					     r, &ce))
 		append_warning(r, ce.msg);

@@ -84,7 +84,7 @@ int cbi_point_read(const char *path, cbi_point *p, int *kind, uint32_t *nseg, cb
 	 * make the full structural checks, so that anything a scan accepts can
 	 * also be opened for reading). */
 	if ((rc = cbi_sfr_pread(f, b, sizeof b, 0))) {
-		cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
+		cbi_err(err, rc, "unable to read '%s': %s", path, cbi_strerror(rc));
 		cbi_sfr_close(f);
 		return rc;
 	}

@@ -326,7 +326,7 @@ int cbi_chain_check(cbi_chain *c, cbi_error *err)
 		return cbi_err(err, rc == -CBI_EDAMAGED ? -CBI_EDAMAGED : rc, "index '%s': %s", tp->index_file,
 			       rc == -CBI_EDAMAGED ? (enc ? "authentication failed: the file was altered"
 							  : "digest mismatch: the file is damaged")
-						   : cbi_errtext(rc));
+						   : cbi_strerror(rc));
 	}
 	return 0;
 }

@@ -170,7 +170,7 @@ int cbi_hash_block_spec(const cbi_hashspec *hs, cbi_cx *cx, const void *data, si
 		return -EINVAL;
 	uint8_t h[32];
 	unsigned int hl = 0;
-	if (hs->alg == CBI_HASH_SHA256) {
+	if (hs->alg == CBI_HASH_SHA256_128) {
 		if (EVP_DigestInit_ex(cx->md, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(cx->md, data, len) != 1 ||
 		    EVP_DigestFinal_ex(cx->md, h, &hl) != 1)
 			return -EIO;

@@ -34,7 +34,7 @@ typedef struct cbi_keys {
 
 /* How block hashes are computed in a chain. */
 typedef struct cbi_hashspec {
-	uint32_t alg;                 /* CBI_HASH_XXH3_128 or CBI_HASH_SHA256 */
+	uint32_t alg;                 /* CBI_HASH_XXH3_128 or CBI_HASH_SHA256_128 */
 	int keyed;                    /* encrypted chain: AES-256(key, hash) */
 	uint8_t key[CBI_KEY_LEN];
 } cbi_hashspec;

@@ -110,7 +110,7 @@ static int read_entry(cbi_dest *d, cbi_dent *e, unsigned flags)
 		else
 			e->pt->rc = cbi_point_read(path, &e->pt->p, &e->pt->kind, &e->pt->nseg, &er);
 		if (e->pt->rc)
-			cbi_strlcpy(e->pt->msg, er.msg[0] ? er.msg : cbi_errtext(e->pt->rc), sizeof e->pt->msg);
+			cbi_strlcpy(e->pt->msg, er.msg[0] ? er.msg : cbi_strerror(e->pt->rc), sizeof e->pt->msg);
 	} else if (e->kind == CBI_DENT_KEY && (flags & CBI_DEST_KEYS)) {
 		if (!(e->key = calloc(1, sizeof *e->key)))
 			return -ENOMEM;
@@ -122,7 +122,7 @@ static int read_entry(cbi_dest *d, cbi_dent *e, unsigned flags)
 		else
 			e->key->rc = cbi_keyfile_read(path, &e->key->kf, &er);
 		if (e->key->rc)
-			cbi_strlcpy(e->key->msg, er.msg[0] ? er.msg : cbi_errtext(e->key->rc), sizeof e->key->msg);
+			cbi_strlcpy(e->key->msg, er.msg[0] ? er.msg : cbi_strerror(e->key->rc), sizeof e->key->msg);
 	}
 	return 0;
 }

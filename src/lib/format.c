@@ -222,7 +222,7 @@ int cbi_hdr_decode(const uint8_t *b, cbi_hdr *h)
 		return -CBI_EFORMAT;
 	if (h->version == 1 && (h->flags != 0 || h->hash_alg != CBI_HASH_XXH3_128))
 		return -CBI_EFORMAT; /* features of a later version */
-	if (h->flags & ~CBI_HDR_FLAGS_KNOWN || (h->hash_alg != CBI_HASH_XXH3_128 && h->hash_alg != CBI_HASH_SHA256))
+	if (h->flags & ~CBI_HDR_FLAGS_KNOWN || (h->hash_alg != CBI_HASH_XXH3_128 && h->hash_alg != CBI_HASH_SHA256_128))
 		return -CBI_EFORMAT;
 	if (h->version != cbi_hdr_version_for(h))
 		return -CBI_EDAMAGED;

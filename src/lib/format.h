@@ -22,8 +22,6 @@
 
 enum cbi_kind { CBI_KIND_IMAGE = 1, CBI_KIND_INDEX = 2 };
 
-#define CBI_HASH_XXH3_128 1u
-#define CBI_HASH_SHA256 2u   /* SHA-256 truncated to its first 16 bytes (version 2) */
 #define CBI_COMP_ZSTD 1u
 
 /* Header flags (version 2). */

@@ -197,7 +197,7 @@ int cbi_fsmap_read(const char *path, uint64_t size, uint32_t bs, cbi_fsmap **out
 	for (uint64_t c = nfs * fs->blocksize / bs; c < nb; c++)
 		m->used[c >> 3] |= (uint8_t)(1u << (c & 7));
 	if ((rc = mark_bitmap(m, fs))) {
-		rc = cbi_err(err, rc, "unable to read the block bitmaps of '%s': %s", path, cbi_errtext(rc));
+		rc = cbi_err(err, rc, "unable to read the block bitmaps of '%s': %s", path, cbi_strerror(rc));
 		goto end;
 	}
 	/* every group's bitmaps and inode table are used wherever they lie, as

@@ -34,11 +34,11 @@ int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_h
 	uint8_t b[CBI_HDR_SIZE];
 	if ((w->hdr.flags & CBI_HDR_ENCRYPTED) && (rc = keys ? cbi_sfw_set_mac(w->f, keys->mac_key) : -EINVAL)) {
 		cbi_image_writer_abort(w);
-		return cbi_err(err, rc, "unable to write '%s': %s", final_path, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to write '%s': %s", final_path, cbi_strerror(rc));
 	}
 	if ((rc = cbi_hdr_encode_keyed(&w->hdr, keys, b)) || (rc = cbi_sfw_write(w->f, b, sizeof b))) {
 		cbi_image_writer_abort(w);
-		return cbi_err(err, rc, "unable to write '%s': %s", final_path, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to write '%s': %s", final_path, cbi_strerror(rc));
 	}
 	*out = w;
 	return 0;
@@ -174,7 +174,7 @@ int cbi_image_open_sfr(cbi_sfr *f, cbi_image **out, cbi_error *err)
 	*out = m;
 	return 0;
 fail_io:
-	cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
+	cbi_err(err, rc, "unable to read '%s': %s", path, cbi_strerror(rc));
 fail:
 	cbi_image_close(m);
 	return rc;

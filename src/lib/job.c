@@ -83,7 +83,7 @@ int cbi_job_lock_at(const char *dest, int64_t off, int wait, cbi_joblock *lk, cb
 	if (fstat(fd, &st) < 0) {
 		int e = -errno;
 		close(fd);
-		return cbi_err(err, e, "unable to use lock file '%s': %s", path, cbi_errtext(e));
+		return cbi_err(err, e, "unable to use lock file '%s': %s", path, cbi_strerror(e));
 	}
 	if (!S_ISREG(st.st_mode)) {
 		close(fd);

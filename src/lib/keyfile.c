@@ -110,13 +110,13 @@ int cbi_keyfile_write(const char *path, const cbi_keyfile *kf, cbi_error *err)
 		return cbi_err(err, -ENAMETOOLONG, "path too long: '%s'", path);
 	int fd = cbi_create_tmp(tmp, 0600);
 	if (fd < 0)
-		return cbi_err(err, fd, "unable to create '%s': %s", tmp, cbi_errtext(fd));
+		return cbi_err(err, fd, "unable to create '%s': %s", tmp, cbi_strerror(fd));
 	/* a umask or an inherited ACL must not widen a key file's mode */
 	if (fchmod(fd, 0600) < 0) {
 		int e = -errno;
 		close(fd);
 		unlink(tmp);
-		return cbi_err(err, e, "unable to create '%s': %s", tmp, cbi_errtext(e));
+		return cbi_err(err, e, "unable to create '%s': %s", tmp, cbi_strerror(e));
 	}
 	int rc = cbi_pwrite_full(fd, b, sizeof b, 0);
 	if (!rc && fsync(fd) < 0)
@@ -127,10 +127,10 @@ int cbi_keyfile_write(const char *path, const cbi_keyfile *kf, cbi_error *err)
 		rc = -errno;
 	if (rc) {
 		unlink(tmp);
-		return cbi_err(err, rc, "unable to write key file '%s': %s", path, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to write key file '%s': %s", path, cbi_strerror(rc));
 	}
 	if ((rc = cbi_fsync_dir(dir)))
-		return cbi_err(err, rc, "unable to sync directory '%s': %s", dir, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to sync directory '%s': %s", dir, cbi_strerror(rc));
 	return 0;
 }
 

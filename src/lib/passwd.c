@@ -71,7 +71,7 @@ int cbi_passwd(const cbi_passwd_opts *o, cbi_passwd_result *r, cbi_error *err)
 	}
 	cbi_dirname(o->path, dir, sizeof dir);
 	if ((rc = cbi_keyfile_find(dir, chain_id, files, MAX_FILES / 2, &n))) {
-		rc = cbi_err(err, rc, "unable to read directory '%s': %s", dir, cbi_errtext(rc));
+		rc = cbi_err(err, rc, "unable to read directory '%s': %s", dir, cbi_strerror(rc));
 		goto end;
 	}
 	cbi_id_hex(chain_id, id);
@@ -122,7 +122,7 @@ int cbi_passwd(const cbi_passwd_opts *o, cbi_passwd_result *r, cbi_error *err)
 		/* the state's copies keep their low cost (keyfile.h) */
 		if ((rc = cbi_keyfile_wrap(&kf, &keys, npw, (size_t)nlen, i < ndest ? &o->kdf : &cheap))) {
 			rc = cbi_err(err, rc, rc == -CBI_EUSAGE ? "scrypt cost out of range" : "unable to wrap the key: %s",
-				     cbi_errtext(rc));
+				     cbi_strerror(rc));
 			goto end;
 		}
 		if ((rc = cbi_keyfile_write(files[i], &kf, err)))

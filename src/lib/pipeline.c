@@ -58,7 +58,7 @@ static int parent_get(pipe_s *p, uint64_t first, uint64_t n, cbi_idx_ent *out, c
 		rc = cbi_index_get(x, first + j, &out[j]);
 	pthread_mutex_unlock(&p->pmu);
 	if (rc)
-		cbi_err(e, rc, "unable to read the parent index '%s': %s", x->f->path, cbi_errtext(rc));
+		cbi_err(e, rc, "unable to read the parent index '%s': %s", x->f->path, cbi_strerror(rc));
 	return rc;
 }
 

@@ -131,7 +131,7 @@ static int index_entry(cbi_pointrd *r, pctx *x, uint64_t i, cbi_idx_ent *e, cbi_
 				       CBI_HDR_SIZE + i * CBI_IDX_ENT_SIZE);
 		if (rc) {
 			x->xn = 0;
-			return cbi_err(err, rc, "unable to read index '%s': %s", r->x->f->path, cbi_errtext(rc));
+			return cbi_err(err, rc, "unable to read index '%s': %s", r->x->f->path, cbi_strerror(rc));
 		}
 		x->xfirst = i;
 		x->xn = n;
@@ -227,7 +227,7 @@ static int load_block(cbi_pointrd *r, pctx *x, uint64_t i, const cbi_idx_ent *e,
 		return cbi_err(err, -CBI_EDAMAGED, "'%s': block %llu: missing from the image", m->f->path,
 			       (unsigned long long)i);
 	if (rc)
-		return cbi_err(err, rc, "'%s': block %llu: %s", m->f->path, (unsigned long long)i, cbi_errtext(rc));
+		return cbi_err(err, rc, "'%s': block %llu: %s", m->f->path, (unsigned long long)i, cbi_strerror(rc));
 	cbi_error why = { 0 };
 	rc = cbi_image_read_block(m, &te, x->dctx, x->cx, x->scratch, out, e->hash, &why);
 	if (rc < 0)
@@ -340,7 +340,7 @@ static int get_block(cbi_pointrd *r, pctx **xp, uint64_t i, cent **out, cbi_erro
 		}
 		while (e->state == CE_LOADING)
 			pthread_cond_wait(&r->cv, &r->mu);
-		int rc = e->state < 0 ? cbi_err(err, e->state, "%s", e->msg ? e->msg : cbi_errtext(e->state)) : 0;
+		int rc = e->state < 0 ? cbi_err(err, e->state, "%s", e->msg ? e->msg : cbi_strerror(e->state)) : 0;
 		if (rc)
 			cent_release(r, e);
 		else
@@ -387,7 +387,7 @@ static int get_block(cbi_pointrd *r, pctx **xp, uint64_t i, cent **out, cbi_erro
 		ht_remove(r, e);
 		e->state = rc;
 		free(e->msg);
-		e->msg = strdup(err && err->msg[0] ? err->msg : cbi_errtext(rc));
+		e->msg = strdup(err && err->msg[0] ? err->msg : cbi_strerror(rc));
 		cent_release(r, e);
 	} else {
 		e->state = CE_READY;
@@ -549,7 +549,7 @@ static int copy_range(cbi_pointrd *r, int fd, uint64_t off, uint64_t len, uint8_
 			return (int)got;
 		int rc = cbi_pwrite_full(fd, buf, (size_t)got, off);
 		if (rc)
-			return cbi_err(err, rc, "unable to probe the partition table: %s", cbi_errtext(rc));
+			return cbi_err(err, rc, "unable to probe the partition table: %s", cbi_strerror(rc));
 		off += (uint64_t)got;
 		len -= (uint64_t)got;
 		if (!got)
@@ -661,7 +661,7 @@ int cbi_pointrd_map(cbi_pointrd *r, cbi_disk_map *m, cbi_error *err)
 	int rc = 0;
 	if (!buf || fd < 0 || ftruncate(fd, (off_t)r->size) < 0) {
 		rc = cbi_err(err, buf ? -errno : -ENOMEM, "unable to probe the partition table: %s",
-			     cbi_errtext(buf ? -errno : -ENOMEM));
+			     cbi_strerror(buf ? -errno : -ENOMEM));
 		goto end;
 	}
 	if ((rc = copy_ends(r, fd, 0, r->size, buf, err)))

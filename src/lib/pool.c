@@ -82,7 +82,7 @@ static void set_error(pool *p, uint64_t n, int rc, const cbi_error *e)
 	if (e && e->code == rc)
 		p->err = *e;
 	else
-		cbi_err(&p->err, rc, "%s", e && e->msg[0] ? e->msg : cbi_errtext(rc));
+		cbi_err(&p->err, rc, "%s", e && e->msg[0] ? e->msg : cbi_strerror(rc));
 }
 
 static void fail(pool *p, uint64_t n, int rc, const cbi_error *e)

@@ -370,7 +370,7 @@ static int copy_record(cbi_image *m, uint64_t i, const cbi_idx_ent *e, cbi_cx *c
 	int rc = cbi_image_find(m, i, &te);
 	if (rc)
 		return cbi_err(err, rc == -ENOENT ? -CBI_EDAMAGED : rc, "'%s': block %llu: %s", m->f->path,
-			       (unsigned long long)i, rc == -ENOENT ? "block missing from the image" : cbi_errtext(rc));
+			       (unsigned long long)i, rc == -ENOENT ? "block missing from the image" : cbi_strerror(rc));
 	uint32_t bs = m->hdr.block_size;
 	if (te.stored_len > ZSTD_compressBound(bs) + CBI_TAG_LEN || te.offset < CBI_HDR_SIZE ||
 	    te.offset > m->trl.table_offset ||
@@ -378,7 +378,7 @@ static int copy_record(cbi_image *m, uint64_t i, const cbi_idx_ent *e, cbi_cx *c
 		return cbi_err(err, -CBI_EDAMAGED, "'%s': block %llu: table entry out of range", m->f->path,
 			       (unsigned long long)i);
 	if ((rc = cbi_sfr_pread(m->f, buf, CBI_REC_HDR_SIZE + te.stored_len, te.offset)))
-		return cbi_err(err, rc, "unable to read '%s': %s", m->f->path, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to read '%s': %s", m->f->path, cbi_strerror(rc));
 	if (cbi_rec_hdr_decode(buf, rh) || rh->block != i || rh->stored_len != te.stored_len ||
 	    rh->flags != te.flags || rh->raw_len != cbi_block_len(m->hdr.source_size, bs, i) ||
 	    memcmp(rh->hash, e->hash, 16))
@@ -405,7 +405,7 @@ static int copy_record(cbi_image *m, uint64_t i, const cbi_idx_ent *e, cbi_cx *c
 				       m->f->path, (unsigned long long)i);
 		if ((rc = cbi_image_seal_record(cx, kkey, m->hdr.chain_id, kid, buf, i, pl, plen)))
 			return cbi_err(err, rc, "unable to seal block %llu: %s", (unsigned long long)i,
-				       cbi_errtext(rc));
+				       cbi_strerror(rc));
 	}
 	return (int)rh->stored_len;
 }
@@ -454,7 +454,7 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 	if ((size_t)snprintf(newpath, npsz, "%s/%s-m%04u.cbi", dir, name, first) >= npsz)
 		return cbi_err(err, -ENAMETOOLONG, "'%s': name too long", dir);
 	if (keys && (rc = cbi_keys_record_key(keys, K->point_id, kkey)))
-		return cbi_err(err, rc, "unable to derive a record key: %s", cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to derive a record key: %s", cbi_strerror(rc));
 	if (!(cx = cbi_cx_new()) || !(buf = malloc(cbi_image_scratch_size(h.block_size)))) {
 		rc = cbi_err(err, -ENOMEM, "out of memory");
 		goto end;
@@ -467,7 +467,7 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 		cbi_image *m = NULL;
 		cbi_rec_hdr rh;
 		if ((rc = cbi_index_get(x, i, &e))) {
-			cbi_err(err, rc, "unable to read '%s': %s", K->index_file, cbi_errtext(rc));
+			cbi_err(err, rc, "unable to read '%s': %s", K->index_file, cbi_strerror(rc));
 			goto end;
 		}
 		if ((e.flags & CBI_IDX_ZERO) || e.owner < first)
@@ -486,13 +486,13 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 		}
 		if ((rc = cbi_image_writer_add(w, i, rh.flags, rh.raw_len, rh.hash, buf + CBI_REC_HDR_SIZE,
 					       (uint32_t)len))) {
-			cbi_err(err, rc, "unable to write '%s': %s", newpath, cbi_errtext(rc));
+			cbi_err(err, rc, "unable to write '%s': %s", newpath, cbi_strerror(rc));
 			goto end;
 		}
 		nrec++;
 	}
 	if ((rc = cbi_image_writer_seal(w, nrec, K->index_digest))) {
-		cbi_err(err, rc, "unable to write '%s': %s", newpath, cbi_errtext(rc));
+		cbi_err(err, rc, "unable to write '%s': %s", newpath, cbi_strerror(rc));
 		goto end;
 	}
 	c->r->bytes_written += cbi_image_writer_final_size(w);
@@ -501,7 +501,7 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 	w = NULL;
 	if ((rc = cbi_fsync_dir(dir))) {
 		/* renamed in but perhaps not durable: it is complete, so it stays */
-		cbi_err(err, rc, "unable to sync '%s': %s", dir, cbi_errtext(rc));
+		cbi_err(err, rc, "unable to sync '%s': %s", dir, cbi_strerror(rc));
 		goto end;
 	}
 	c->r->merged++;
@@ -592,7 +592,7 @@ static int recover(pctx *c)
 	free(gone);
 	if (removed_imgs || removed_pts) {
 		if ((rc = cbi_fsync_dir(o->dest))) {
-			cbi_err(c->err, rc, "unable to sync '%s': %s", o->dest, cbi_errtext(rc));
+			cbi_err(c->err, rc, "unable to sync '%s': %s", o->dest, cbi_strerror(rc));
 			goto end;
 		}
 		add_note(c->r, "finished an interrupted prune of job '%s': removed %u point%s and %u image%s it had "
@@ -647,7 +647,7 @@ static int execute(pctx *c)
 		goto sync_fail;
 	goto end;
 sync_fail:
-	cbi_err(c->err, rc, "unable to sync '%s': %s", o->dest, cbi_errtext(rc));
+	cbi_err(c->err, rc, "unable to sync '%s': %s", o->dest, cbi_strerror(rc));
 end:
 	cbi_chain_close(ch);
 	return rc;

@@ -71,7 +71,7 @@ static int locate_block(cbi_resolved *v, uint64_t i, const cbi_idx_ent *e, cbi_i
 			       (unsigned long long)i);
 	if (rc)
 		return cbi_err(err, rc, "'%s': block %llu: %s", m->f->path, (unsigned long long)i,
-			       cbi_errtext(rc));
+			       cbi_strerror(rc));
 	*img = m;
 	return 0;
 }
@@ -79,7 +79,7 @@ static int locate_block(cbi_resolved *v, uint64_t i, const cbi_idx_ent *e, cbi_i
 static int read_entry(cbi_resolved *v, uint64_t i, cbi_idx_ent *e, cbi_error *err)
 {
 	int rc = cbi_index_get(v->index, i, e);
-	return rc ? cbi_err(err, rc, "unable to read index '%s': %s", v->index->f->path, cbi_errtext(rc)) : 0;
+	return rc ? cbi_err(err, rc, "unable to read index '%s': %s", v->index->f->path, cbi_strerror(rc)) : 0;
 }
 
 /* ---- the loop, on the worker pool (pool.h): plan (calling thread) fills a
@@ -208,7 +208,7 @@ static int work(void *ud, void *ws, unsigned slot, cbi_error *err)
 		int rc = cbi_pread_full(p->t->fd, s->data, n, off0);
 		if (rc)
 			return cbi_err(err, rc, "unable to read target '%s' at byte %llu: %s", p->o->target,
-				       (unsigned long long)off0, cbi_errtext(rc));
+				       (unsigned long long)off0, cbi_strerror(rc));
 	}
 	for (uint32_t j = 0; j < s->nblk; j++) {
 		uint64_t i = s->first + j;
@@ -258,7 +258,7 @@ static int replan_error(rloop *p, rbatch *s, cbi_error *err)
 	int rc = read_entry(p->v, i, &e, err);
 	if (!rc)
 		rc = locate_block(p->v, i, &e, &m, &te, err);
-	return rc ? rc : cbi_err(err, prc, "block %llu: %s", (unsigned long long)i, cbi_errtext(prc));
+	return rc ? rc : cbi_err(err, prc, "block %llu: %s", (unsigned long long)i, cbi_strerror(prc));
 }
 
 /* Write a finished batch, in block order; counts to p->r. */

@@ -249,7 +249,7 @@ static int store(const char *dest, const cbi_run *v, size_t n, cbi_error *err)
 	size_t first = n > CBI_RUNLOG_MAX ? n - CBI_RUNLOG_MAX : 0;
 	int fd = cbi_create_tmp(tmp, 0644);
 	if (fd < 0)
-		return cbi_err(err, fd, "unable to write '%s': %s", tmp, cbi_errtext(fd));
+		return cbi_err(err, fd, "unable to write '%s': %s", tmp, cbi_strerror(fd));
 	FILE *f = fdopen(fd, "w");
 	if (!f) {
 		close(fd);
@@ -267,10 +267,10 @@ static int store(const char *dest, const cbi_run *v, size_t n, cbi_error *err)
 		rc = -errno;
 	if (rc) {
 		unlink(tmp);
-		return cbi_err(err, rc, "unable to write '%s': %s", path, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to write '%s': %s", path, cbi_strerror(rc));
 	}
 	if ((rc = cbi_fsync_dir(dest)))
-		return cbi_err(err, rc, "unable to sync directory '%s': %s", dest, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to sync directory '%s': %s", dest, cbi_strerror(rc));
 	return 0;
 }
 

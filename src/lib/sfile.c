@@ -458,7 +458,7 @@ static int sfr_open_segments(cbi_sfr *r, int kind, cbi_error *err)
 	uint8_t magic[8];
 	int rc = cbi_sfr_pread(r, magic, 8, total - CBI_TRL_SIZE);
 	if (rc)
-		return cbi_err(err, rc, "unable to read '%s': %s", r->path, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to read '%s': %s", r->path, cbi_strerror(rc));
 	if (!memcmp(magic, kind == CBI_KIND_IMAGE ? CBI_MAGIC_IMAGE_END : CBI_MAGIC_INDEX_END, 8))
 		return 0;
 	uint32_t last = r->nseg - 1;
@@ -522,7 +522,7 @@ int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err)
 	cbi_hdr h;
 	int rc = cbi_pread_full(r->fd, b, sizeof b, 0);
 	if (rc) {
-		cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
+		cbi_err(err, rc, "unable to read '%s': %s", path, cbi_strerror(rc));
 		cbi_sfr_close(r);
 		return rc;
 	}
@@ -677,9 +677,9 @@ int cbi_sfile_copy_joined(const char *path, int out_fd, cbi_error *err)
 	for (uint64_t off = 0; off < r->size && !rc;) {
 		size_t n = (size_t)CBI_MIN((uint64_t)bsz, r->size - off);
 		if ((rc = cbi_sfr_pread(r, buf, n, off)))
-			cbi_err(err, rc, "unable to read '%s': %s", path, cbi_errtext(rc));
+			cbi_err(err, rc, "unable to read '%s': %s", path, cbi_strerror(rc));
 		else if ((rc = cbi_pwrite_full(out_fd, buf, n, off)))
-			cbi_err(err, rc, "unable to write a copy of '%s': %s", path, cbi_errtext(rc));
+			cbi_err(err, rc, "unable to write a copy of '%s': %s", path, cbi_strerror(rc));
 		off += n;
 	}
 	free(buf);

@@ -42,12 +42,12 @@ static int each_index(const char *dir, idx_fn fn, void *ud)
 			 (rc = cbi_index_check_digest(x)))
 			/* An encrypted index's digest is a MAC: the backup checks it once
 			 * it holds the key. */
-			cbi_err(&er, rc, "%s", rc == -CBI_EDAMAGED ? "digest mismatch" : cbi_errtext(rc));
+			cbi_err(&er, rc, "%s", rc == -CBI_EDAMAGED ? "digest mismatch" : cbi_strerror(rc));
 		if (!rc)
 			cbi_point_from_index(&p, x);
 		cbi_index_close(x);
 		if (rc)
-			snprintf(why, sizeof why, "'%.300s': %.380s", path, er.msg[0] ? er.msg : cbi_errtext(rc));
+			snprintf(why, sizeof why, "'%.300s': %.380s", path, er.msg[0] ? er.msg : cbi_strerror(rc));
 		fn(ud, rc, &p, rc ? why : NULL);
 		rc = 0;
 	}
@@ -83,7 +83,7 @@ int cbi_state_load(const char *state_dir, uint64_t key, cbi_point *tip, int *fou
 	load_arg a = { .tip = tip, .found = found };
 	int rc = each_index(dir, load_one, &a);
 	if (rc)
-		return cbi_err(err, rc, "unable to read the local state '%s': %s", dir, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to read the local state '%s': %s", dir, cbi_strerror(rc));
 	if (!*found && a.bad_rc) /* index files, but none intact */
 		return cbi_err(err, a.bad_rc, "%s", a.bad.msg);
 	return 0;
@@ -168,12 +168,12 @@ static int install_copy(const char *dir, const char *name, const char *from, cbi
 	int rc = copy_file(from, tmp);
 	if (rc) {
 		unlink(tmp);
-		return cbi_err(err, rc, "unable to write state '%s': %s", tmp, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to write state '%s': %s", tmp, cbi_strerror(rc));
 	}
 	if (rename(tmp, fin) < 0) {
 		rc = -errno;
 		unlink(tmp);
-		return cbi_err(err, rc, "unable to write state '%s': %s", fin, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to write state '%s': %s", fin, cbi_strerror(rc));
 	}
 	return 0;
 }
@@ -198,7 +198,7 @@ int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, 
 		char kp[4096];
 		snprintf(kp, sizeof kp, "%.3000s/" CBI_STATE_KEY_NAME, dir);
 		if ((rc = cbi_keyfile_wrap(&kf, keys, pass, passlen, &cheap)))
-			return cbi_err(err, rc, "unable to wrap the state's key: %s", cbi_errtext(rc));
+			return cbi_err(err, rc, "unable to wrap the state's key: %s", cbi_strerror(rc));
 		if ((rc = cbi_keyfile_write(kp, &kf, err)))
 			return rc;
 	}
@@ -206,7 +206,7 @@ int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, 
 		return rc;
 	/* The new state's name must be durable before the old one goes. */
 	if ((rc = cbi_fsync_dir(dir)))
-		return cbi_err(err, rc, "unable to sync state directory '%s': %s", dir, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to sync state directory '%s': %s", dir, cbi_strerror(rc));
 	/* Only now drop the older state: a crash above leaves the old one. */
 	cbi_dest *d = NULL;
 	if (cbi_dest_scan(dir, 0, &d, NULL) == 0) {
@@ -221,7 +221,7 @@ int cbi_state_save(const char *state_dir, uint64_t key, const char *index_path, 
 		}
 		cbi_dest_free(d);
 		if ((rc = cbi_fsync_dir(dir)))
-			return cbi_err(err, rc, "unable to sync state directory '%s': %s", dir, cbi_errtext(rc));
+			return cbi_err(err, rc, "unable to sync state directory '%s': %s", dir, cbi_strerror(rc));
 	}
 	return 0;
 }

@@ -45,7 +45,7 @@ static int pwrite_at(cbi_target *t, const uint8_t *d, size_t len, uint64_t off, 
 	}
 	if (rc)
 		return cbi_err(err, rc, "unable to write '%s' at byte %llu: %s", t->path, (unsigned long long)off,
-			       cbi_errtext(rc));
+			       cbi_strerror(rc));
 	return 0;
 }
 
@@ -119,7 +119,7 @@ static int create_new(cbi_target *t, uint64_t size, cbi_error *err)
 	}
 	t->fd = cbi_create_tmp(t->tmp, 0644);
 	if (t->fd < 0) {
-		int rc = cbi_err(err, t->fd, "unable to create '%s': %s", t->tmp, cbi_errtext(t->fd));
+		int rc = cbi_err(err, t->fd, "unable to create '%s': %s", t->tmp, cbi_strerror(t->fd));
 		t->tmp[0] = 0; /* not ours: never removed */
 		return rc;
 	}
@@ -364,7 +364,7 @@ int cbi_target_commit(cbi_target *t, cbi_error *err)
 	cbi_dirname(t->path, dir, sizeof dir);
 	if ((rc = cbi_fsync_dir(dir)))
 		return cbi_err(err, rc, "unable to sync directory '%s': %s: '%s' is complete, but its name may not "
-			       "survive a crash", dir, cbi_errtext(rc), t->path);
+			       "survive a crash", dir, cbi_strerror(rc), t->path);
 	return 0;
 }
 

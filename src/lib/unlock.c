@@ -117,7 +117,7 @@ int cbi_unlock(const cbi_dest *d, const char *state_dir, const cbi_hdr *h, cbi_p
 		}
 	if (rc && other)
 		rc = cbi_err(err, other, "chain %s (job '%s' of '%s'): unable to unwrap its key: %s", id, h->job,
-			     h->host, cbi_errtext(other));
+			     h->host, cbi_strerror(other));
 	else if (rc)
 		rc = cbi_err(err, -CBI_EPASS, "wrong passphrase for chain %s (job '%s' of '%s'; key file '%s')", id,
 			     h->job, h->host, tried ? tried : cd[0].path);
@@ -140,7 +140,7 @@ int cbi_chain_unlock(const char *dir, const char *state_dir, const cbi_hdr *h, c
 	cbi_dest *d = NULL;
 	int rc = cbi_dest_scan(dir, CBI_DEST_KEYS | CBI_DEST_MISSING_OK, &d, err);
 	if (rc)
-		return cbi_err(err, rc, "unable to read directory '%s': %s", dir, cbi_errtext(rc));
+		return cbi_err(err, rc, "unable to read directory '%s': %s", dir, cbi_strerror(rc));
 	rc = cbi_unlock(d, state_dir, h, pass, ud, out, used, usedsz, pw, pwlen, err);
 	cbi_dest_free(d);
 	return rc;

@@ -30,7 +30,7 @@ static const char *const lib_errs[] = {
 	[CBI_ENOTCBI - CBI_EDAMAGED] = "not a cbimg image or index",
 };
 
-const char *cbi_errtext(int code)
+const char *cbi_strerror(int code)
 {
 	if (code < 0)
 		code = -code;
@@ -39,7 +39,6 @@ const char *cbi_errtext(int code)
 	return strerror(code);
 }
 
-const char *cbi_strerror(int code) { return cbi_errtext(code); }
 
 int cbi_is_damage(int code)
 {
@@ -65,7 +64,7 @@ int cbi_err_prefix(cbi_error *err, int code, const char *fmt, ...)
 	if (!err)
 		return code;
 	char inner[sizeof err->msg];
-	cbi_strlcpy(inner, err->msg[0] ? err->msg : cbi_errtext(code), sizeof inner);
+	cbi_strlcpy(inner, err->msg[0] ? err->msg : cbi_strerror(code), sizeof inner);
 	va_list ap;
 	va_start(ap, fmt);
 	int n = vsnprintf(err->msg, sizeof err->msg, fmt, ap);

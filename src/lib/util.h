@@ -48,9 +48,6 @@ int cbi_err(cbi_error *err, int code, const char *fmt, ...) __attribute__((forma
  * Usage: if ((rc = f(..., err))) return cbi_err_prefix(err, rc, "newest point of job '%s'", job); */
 int cbi_err_prefix(cbi_error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* Message text for a negative code (errno or CBI_E*). */
-const char *cbi_errtext(int code);
-
 /* Monotonic clock in seconds. */
 double cbi_now(void);
 

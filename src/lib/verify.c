@@ -98,7 +98,7 @@ static int check_digest(vctx *c, cbi_sfr *f, const uint8_t *mac_key)
 	else if (rc == -CBI_EDAMAGED)
 		problem(c, f->path, -1, "SHA-256 digest mismatch: the file was changed or damaged");
 	else if (rc)
-		problem(c, f->path, -1, "unable to read: %s", cbi_errtext(rc));
+		problem(c, f->path, -1, "unable to read: %s", cbi_strerror(rc));
 	return 0;
 }
 
@@ -421,7 +421,7 @@ int cbi_verify(const char *path, const cbi_verify_opts *o, cbi_verify_result *r,
 		memset(&me, 0, sizeof me);
 		if ((rc = cbi_point_read_file(path, &me, &kind, err))) {
 			if (cbi_is_damage(rc)) {
-				problem(&c, path, -1, "%s", err ? err->msg : cbi_errtext(rc));
+				problem(&c, path, -1, "%s", err ? err->msg : cbi_strerror(rc));
 				rc = 0;
 			}
 			goto end;

@@ -72,7 +72,7 @@ static void mk_point(const char *dir, const char *stem, unsigned how, uint64_t s
 	cbi_hdr h;
 	memset(&h, 0, sizeof h);
 	h.block_size = how & P_SPLIT ? 1u << 20 : 4096;
-	h.hash_alg = how & P_SHA ? CBI_HASH_SHA256 : CBI_HASH_XXH3_128;
+	h.hash_alg = how & P_SHA ? CBI_HASH_SHA256_128 : CBI_HASH_XXH3_128;
 	h.compression = CBI_COMP_ZSTD;
 	h.flags = (how & P_ENC ? CBI_HDR_ENCRYPTED : 0) | (how & P_USED ? CBI_HDR_USED_ONLY : 0);
 	h.source_size = size;

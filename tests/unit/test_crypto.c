@@ -507,7 +507,7 @@ static void test_hash_block_spec_vectors(void **state)
 	hs.alg = CBI_HASH_XXH3_128;
 	assert_int_equal(cbi_hash_block_spec(&hs, NULL, "abc", 3, h), 0); /* no cx needed */
 	assert_hex(h, ABC_XXH, 16);
-	hs.alg = CBI_HASH_SHA256;
+	hs.alg = CBI_HASH_SHA256_128;
 	assert_int_equal(cbi_hash_block_spec(&hs, cx, "abc", 3, h), 0);
 	assert_hex(h, ABC_SHA, 16);
 
@@ -516,7 +516,7 @@ static void test_hash_block_spec_vectors(void **state)
 	hs.alg = CBI_HASH_XXH3_128;
 	assert_int_equal(cbi_hash_block_spec(&hs, cx, "abc", 3, h), 0);
 	assert_hex(h, ABC_XXH_KEYED, 16);
-	hs.alg = CBI_HASH_SHA256;
+	hs.alg = CBI_HASH_SHA256_128;
 	assert_int_equal(cbi_hash_block_spec(&hs, cx, "abc", 3, h), 0);
 	assert_hex(h, ABC_SHA_KEYED, 16);
 
@@ -525,7 +525,7 @@ static void test_hash_block_spec_vectors(void **state)
 	hs.alg = CBI_HASH_XXH3_128;
 	assert_int_equal(cbi_hash_block_spec(&hs, NULL, "abc", 3, h), -EINVAL);
 	hs.keyed = 0;
-	hs.alg = CBI_HASH_SHA256;
+	hs.alg = CBI_HASH_SHA256_128;
 	assert_int_equal(cbi_hash_block_spec(&hs, NULL, "abc", 3, h), -EINVAL);
 	hs.alg = 3;
 	assert_int_equal(cbi_hash_block_spec(&hs, cx, "abc", 3, h), -EINVAL);
@@ -556,7 +556,7 @@ static void test_hash_block_spec_matches_reference(void **state)
 		cbi_hashspec hs = { .alg = CBI_HASH_XXH3_128 };
 		assert_int_equal(cbi_hash_block_spec(&hs, cx, b, n, got), 0);
 		assert_memory_equal(got, x, 16);
-		hs.alg = CBI_HASH_SHA256;
+		hs.alg = CBI_HASH_SHA256_128;
 		assert_int_equal(cbi_hash_block_spec(&hs, cx, b, n, got), 0);
 		assert_memory_equal(got, s, 16);
 		hs.keyed = 1;
@@ -585,7 +585,7 @@ static void test_hash_block_keyed_properties(void **state)
 	memcpy(blk2, blk, sizeof blk);
 	cbi_cx *cx = cbi_cx_new();
 	assert_non_null(cx);
-	for (uint32_t alg = CBI_HASH_XXH3_128; alg <= CBI_HASH_SHA256; alg++) {
+	for (uint32_t alg = CBI_HASH_XXH3_128; alg <= CBI_HASH_SHA256_128; alg++) {
 		cbi_hashspec a = { .alg = alg, .keyed = 1 }, b = a, plain = { .alg = alg };
 		fill_seq(a.key, 32, 0x01);
 		fill_seq(b.key, 32, 0x01);

@@ -322,7 +322,7 @@ static void test_full_incremental_restore_verify(void **state)
 	assert_int_equal(cb.calls, 1);
 	assert_int_equal(cb.confirms, 1); /* a new passphrase: asked with confirmation */
 	assert_true(r0.point.encrypted);
-	assert_int_equal(r0.point.hash_alg, CBI_HASH_XXH3);
+	assert_int_equal(r0.point.hash_alg, CBI_HASH_XXH3_128);
 	assert_int_equal(r0.point.type, CBI_FULL);
 	assert_true(r0.key_file_new);
 	assert_true(tu_exists(r0.key_file));
@@ -765,7 +765,7 @@ static void test_sha256_chains(void **state)
 		EVP_Digest(f->data + 7 * BS, BS, s, NULL, EVP_sha256(), NULL);
 		if (enc) {
 			cbi_cx *cx = cbi_cx_new();
-			cbi_hashspec hs = { .alg = CBI_HASH_SHA256, .keyed = 1 };
+			cbi_hashspec hs = { .alg = CBI_HASH_SHA256_128, .keyed = 1 };
 			memcpy(hs.key, k.hash_key, 32);
 			assert_int_equal(cbi_hash_block_spec(&hs, cx, f->data + 7 * BS, BS, want), 0);
 			cbi_cx_free(cx);
@@ -787,7 +787,7 @@ static void test_sha256_chains(void **state)
 		restore_equals(f, r1.point.file, &good, f->data);
 		verify_clean(dest, &good);
 		/* XXH3 requested for a SHA-256 chain: a warning, the chain's hash */
-		o.hash_alg = CBI_HASH_XXH3;
+		o.hash_alg = CBI_HASH_XXH3_128;
 		backup_ok(&o, &r1);
 		assert_int_equal(r1.point.hash_alg, CBI_HASH_SHA256_128);
 		assert_int_equal(hdr_u32(r1.point.index_file, 24), 2);
@@ -1057,7 +1057,7 @@ static void test_changed_only_restore(void **state)
 	static const struct {
 		int enc;
 		uint32_t alg;
-	} kinds[] = { { 1, CBI_HASH_XXH3 }, { 1, CBI_HASH_SHA256_128 }, { 0, CBI_HASH_SHA256_128 } };
+	} kinds[] = { { 1, CBI_HASH_XXH3_128 }, { 1, CBI_HASH_SHA256_128 }, { 0, CBI_HASH_SHA256_128 } };
 	for (size_t k = 0; k < 3; k++) {
 		char dest[4096];
 		snprintf(dest, sizeof dest, "%s/co%zu", f->dir, k);

@@ -410,7 +410,7 @@ static void test_hdr_later_features(void **state)
 	assert_int_equal(cbi_hdr_decode(b, &d), -CBI_EFORMAT);
 	/* version 2 features: SHA-256 hashes; encryption needs key id and MAC */
 	h = mk_hdr(CBI_KIND_INDEX, CBI_FULL);
-	h.hash_alg = CBI_HASH_SHA256;
+	h.hash_alg = CBI_HASH_SHA256_128;
 	cbi_hdr_encode(&h, b);
 	assert_int_equal(cbi_hdr_decode(b, &d), 0);
 	assert_int_equal(d.version, 2);

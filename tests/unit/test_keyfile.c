@@ -854,7 +854,7 @@ static void test_hdr_keyed(void **state)
 	x = d; x.source_size++;             assert_int_equal(cbi_hdr_check_keyed(&x, &k), -CBI_EAUTH);
 	x = d; x.created_ns++;              assert_int_equal(cbi_hdr_check_keyed(&x, &k), -CBI_EAUTH);
 	x = d; x.job[0] = 'N';              assert_int_equal(cbi_hdr_check_keyed(&x, &k), -CBI_EAUTH);
-	x = d; x.hash_alg = CBI_HASH_SHA256; assert_int_equal(cbi_hdr_check_keyed(&x, &k), -CBI_EAUTH);
+	x = d; x.hash_alg = CBI_HASH_SHA256_128; assert_int_equal(cbi_hdr_check_keyed(&x, &k), -CBI_EAUTH);
 	x = d; x.kind = CBI_KIND_IMAGE;     assert_int_equal(cbi_hdr_check_keyed(&x, &k), -CBI_EAUTH);
 	x = d; x.hdr_mac[15] ^= 1;          assert_int_equal(cbi_hdr_check_keyed(&x, &k), -CBI_EAUTH);
 	x = d; x.key_id[0] ^= 1;            assert_int_equal(cbi_hdr_check_keyed(&x, &k), -CBI_EPASS);
@@ -875,7 +875,7 @@ static void test_hdr_keyed(void **state)
 	assert_int_equal(cbi_hdr_check_keyed(&d, &k), 0);
 	assert_int_equal(cbi_hdr_check_keyed(&d, &other), 0);
 	/* SHA-256 hashes alone make version 2 */
-	p.hash_alg = CBI_HASH_SHA256;
+	p.hash_alg = CBI_HASH_SHA256_128;
 	assert_int_equal(cbi_hdr_encode_keyed(&p, NULL, b), 0);
 	assert_int_equal(p.version, 2);
 	cbi_keys_wipe(&k);

@@ -251,7 +251,7 @@ static void test_strerror(void **state)
 	assert_string_equal(cbi_strerror(-ENOENT), strerror(ENOENT));
 	assert_string_equal(cbi_strerror(ENOENT), strerror(ENOENT));
 	assert_string_equal(cbi_strerror(-ENOSPC), strerror(ENOSPC));
-	assert_string_equal(cbi_errtext(-EIO), strerror(EIO));
+	assert_string_equal(cbi_strerror(-EIO), strerror(EIO));
 	/* every library code has its own non-empty text */
 	const char *seen[CBI_ELOCKED - CBI_EDAMAGED + 1];
 	for (int c = CBI_EDAMAGED; c <= CBI_ELOCKED; c++) {
