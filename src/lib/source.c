@@ -25,24 +25,30 @@ int cbi_source_open(const char *path, cbi_source **out, cbi_error *err)
 		return cbi_err(err, -ENOMEM, "out of memory");
 	pthread_mutex_init(&s->mu, NULL);
 	cbi_strlcpy(s->path, path, sizeof s->path);
-	struct stat st;
-	if (stat(path, &st) < 0) {
+	/* A link given on purpose (/dev/disk/by-id/...) is resolved once; the
+	 * resolved name is then opened without following a link, and what was
+	 * opened must be what was checked (fstat against stat): a name swapped
+	 * meanwhile is refused, never read. O_NONBLOCK: nothing can hang the open. */
+	char real[PATH_MAX];
+	struct stat st, fs;
+	if (!realpath(path, real) || stat(real, &st) < 0) {
 		int e = -errno;
 		free(s);
 		return cbi_err(err, e, "unable to open source '%s': %s", path, strerror(-e));
 	}
+	const int fl = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
 	if (S_ISBLK(st.st_mode)) {
 		/* O_DIRECT rather than buffered reads with posix_fadvise: never
 		 * slower, no page-cache copy, and the live system's cache is left
 		 * alone (measured: bench/README.md, "O_DIRECT source reads"). */
 		s->is_dev = 1;
 		s->rdev = st.st_rdev;
-		s->fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+		s->fd = open(real, fl | O_DIRECT);
 		s->direct = s->fd >= 0;
 		if (s->fd < 0)
-			s->fd = open(path, O_RDONLY | O_CLOEXEC);
+			s->fd = open(real, fl);
 	} else if (S_ISREG(st.st_mode)) {
-		s->fd = open(path, O_RDONLY | O_CLOEXEC);
+		s->fd = open(real, fl);
 	} else {
 		free(s);
 		return cbi_err(err, -EINVAL, "source '%s' is neither a block device nor a regular file", path);
@@ -51,6 +57,17 @@ int cbi_source_open(const char *path, cbi_source **out, cbi_error *err)
 		int e = -errno;
 		free(s);
 		return cbi_err(err, e, "unable to open source '%s': %s", path, strerror(-e));
+	}
+	if (fstat(s->fd, &fs) < 0 || fs.st_dev != st.st_dev || fs.st_ino != st.st_ino ||
+	    (fs.st_mode & S_IFMT) != (st.st_mode & S_IFMT) || (s->is_dev && fs.st_rdev != st.st_rdev)) {
+		cbi_source_close(s);
+		return cbi_err(err, -EAGAIN, "source '%s' changed while it was opened: try again", path);
+	}
+	int cur = fcntl(s->fd, F_GETFL);
+	if (cur < 0 || fcntl(s->fd, F_SETFL, cur & ~O_NONBLOCK) < 0) {
+		int e = -errno;
+		cbi_source_close(s);
+		return cbi_err(err, e, "unable to use source '%s': %s", path, strerror(-e));
 	}
 	if (s->is_dev) {
 		uint64_t sz = 0;
@@ -83,13 +100,14 @@ static int drop_direct(cbi_source *s, cbi_error *err)
 	int rc = 0;
 	pthread_mutex_lock(&s->mu);
 	if (__atomic_load_n(&s->direct, __ATOMIC_RELAXED)) {
-		int fd = open(s->path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || dup3(fd, s->fd, O_CLOEXEC) < 0)
-			rc = cbi_err(err, -CBI_EREAD, "unable to reopen '%s': %s", s->path, strerror(errno));
+		/* The same open file, never a name looked up again: F_SETFL
+		 * clears O_DIRECT on the descriptor every thread reads through. */
+		int cur = fcntl(s->fd, F_GETFL);
+		if (cur < 0 || fcntl(s->fd, F_SETFL, cur & ~O_DIRECT) < 0)
+			rc = cbi_err(err, -CBI_EREAD, "unable to read '%s' without direct I/O: %s", s->path,
+				     strerror(errno));
 		else
 			__atomic_store_n(&s->direct, 0, __ATOMIC_RELAXED);
-		if (fd >= 0)
-			close(fd);
 	}
 	pthread_mutex_unlock(&s->mu);
 	return rc;

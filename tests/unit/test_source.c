@@ -1,6 +1,8 @@
 /* test_source.c - source reader: sparse files, errors, identity. */
 #include "testutil.h"
 
+#include <sys/stat.h>
+
 #include <limits.h>
 #include <sys/mount.h>
 #include <sys/sysmacros.h>
@@ -197,6 +199,27 @@ static void test_open_errors(void **state)
 	assert_true(rc < 0);
 	assert_non_null(strstr(e.msg, "empty.img"));
 	assert_null(s);
+
+	/* a FIFO is refused at once, never opened (nothing can hang) */
+	const char *fifo = tu_path(f->dir, "fifo.img");
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_source_open(fifo, &s, &e), -EINVAL);
+	assert_null(s);
+
+	/* a link given on purpose (as /dev/disk/by-id names are) is resolved
+	 * once and read; s->path keeps the name the user gave */
+	const char *data = tu_path(f->dir, "data.img");
+	tu_write_file(data, "abcd", 4);
+	char link[4096];
+	snprintf(link, sizeof link, "%s", tu_path(f->dir, "by-id-link"));
+	assert_int_equal(symlink(data, link), 0);
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_source_open(link, &s, &e), 0);
+	assert_int_equal(s->size, 4);
+	assert_string_equal(s->path, link);
+	cbi_source_close(s);
+	s = NULL;
 
 	/* no read permission (skipped as root, who can read anything) */
 	if (geteuid() != 0) {
