@@ -5,7 +5,10 @@
 
 #include <time.h>
 
+#include <openssl/evp.h>
+
 #include "chain.h"
+#include "format.h"
 #include "util.h"
 
 #define H (3600LL * 1000000000LL)
@@ -224,12 +227,119 @@ static void test_interrupted_merge_finished(void **state)
 	restores(f, 5);
 }
 
+/* ------------------------------------------------------------ vectors */
+
+static int vec_pass(void *ud, const char *what, int confirm, char *buf, size_t bufsz)
+{
+	(void)what;
+	(void)confirm;
+	size_t n;
+	char *p = (char *)tu_read_file(ud, &n);
+	while (n && (p[n - 1] == '\n' || p[n - 1] == '\r'))
+		n--;
+	if (n >= bufsz) {
+		free(p);
+		return -1;
+	}
+	memcpy(buf, p, n);
+	buf[n] = 0;
+	free(p);
+	return (int)n;
+}
+
+static void sha256_hex(const char *path, char hex[65])
+{
+	size_t n;
+	uint8_t *b = tu_read_file(path, &n), d[32];
+	unsigned int dl = 0;
+	assert_int_equal(EVP_Digest(b, n, d, &dl, EVP_sha256(), NULL), 1);
+	free(b);
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", d[i]);
+}
+
+/* One merged vector: the points (seq, first_seq, merged) are as SPEC's
+ * "Test vectors" describes, and each restores to expected.sha256. */
+static void check_merged_vector(const char *dir, const char *tmp, const uint32_t (*want)[3], size_t nwant,
+				const char *passfile)
+{
+	cbi_point *pts = NULL;
+	size_t n = 0;
+	cbi_error e;
+	if (cbi_list(dir, &pts, &n, &e))
+		fail_msg("list '%s': %s", dir, e.msg);
+	assert_int_equal(n, nwant);
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(pts[i].seq, want[i][0]);
+		assert_int_equal(pts[i].first_seq, want[i][1]);
+		assert_int_equal(pts[i].merged, (int)want[i][2]);
+		assert_false(pts[i].broken);
+		/* the image's header carries MERGED exactly when the point is merged */
+		size_t len;
+		uint8_t *b = tu_read_file(pts[i].file, &len);
+		cbi_hdr h;
+		assert_int_equal(cbi_hdr_decode(b, &h), 0);
+		assert_int_equal(!!(h.flags & CBI_HDR_MERGED), (int)want[i][2]);
+		free(b);
+	}
+	char exp[4200], line[200];
+	snprintf(exp, sizeof exp, "%s/expected.sha256", dir);
+	FILE *fp = fopen(exp, "r");
+	assert_non_null(fp);
+	int lines = 0;
+	while (fgets(line, sizeof line, fp)) {
+		unsigned seq;
+		char hex[65], got[65];
+		assert_int_equal(sscanf(line, "%u %64s", &seq, hex), 2);
+		size_t i = 0;
+		while (i < n && pts[i].seq != seq)
+			i++;
+		assert_true(i < n);
+		const char *t = tu_path(tmp, "vec.img");
+		unlink(t);
+		cbi_restore_opts o = { .point = pts[i].index_file, .target = t, .threads = 2,
+				       .pass = passfile ? vec_pass : NULL, .pass_ud = (void *)passfile,
+				       .state_dir = tu_path(tmp, "nostate") };
+		cbi_restore_result r;
+		if (cbi_restore(&o, &r, &e))
+			fail_msg("'%s' seq %u: restore: %s", dir, seq, e.msg);
+		sha256_hex(t, got);
+		assert_string_equal(got, hex);
+		lines++;
+	}
+	fclose(fp);
+	assert_int_equal(lines, (int)nwant);
+	free(pts);
+}
+
+static void test_merged_vectors(void **state)
+{
+	tu_fix *f = *state;
+	const char *vec = getenv("CBIMG_VECTORS");
+	char plain[4096], enc[4096], pass[4200];
+	if (!vec || snprintf(plain, sizeof plain, "%s/valid/merged", vec) >= (int)sizeof plain ||
+	    snprintf(enc, sizeof enc, "%s/encrypted/merged", vec) >= (int)sizeof enc || !tu_exists(plain) ||
+	    !tu_exists(enc)) {
+		print_message("skipped: $CBIMG_VECTORS/valid/merged or encrypted/merged not present\n");
+		skip();
+		return;
+	}
+	/* seq 0 (full), seq 3 merged over seqs 1-2 (first 1, parent seq 0) */
+	static const uint32_t wp[][3] = { { 0, 0, 0 }, { 3, 1, 1 } };
+	check_merged_vector(plain, f->dir, wp, 2, NULL);
+	/* seq 2: a synthetic full (first 0), records re-sealed under its key */
+	static const uint32_t we[][3] = { { 2, 0, 1 } };
+	snprintf(pass, sizeof pass, "%s/passphrase", enc);
+	check_merged_vector(enc, f->dir, we, 1, pass);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_select_rules),
 		cmocka_unit_test_setup_teardown(test_merge_keeps_identity, setup_points, teardown_points),
 		cmocka_unit_test_setup_teardown(test_interrupted_merge_finished, setup_points, teardown_points),
+		cmocka_unit_test_setup_teardown(test_merged_vectors, tu_setup_dir, tu_teardown_dir),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
