@@ -24,6 +24,7 @@
 
 #include <openssl/crypto.h>
 
+#include "catalog.h"
 #include "cbimg.h"
 #include "chain.h"
 #include "chainrd.h"
@@ -484,6 +485,7 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 			rc = len;
 			goto end;
 		}
+		c->r->bytes_read += CBI_REC_HDR_SIZE + (uint64_t)len;
 		if ((rc = cbi_image_writer_add(w, i, rh.flags, rh.raw_len, rh.hash, buf + CBI_REC_HDR_SIZE,
 					       (uint32_t)len))) {
 			cbi_err(err, rc, "unable to write '%s': %s", newpath, cbi_errtext(rc));
@@ -672,6 +674,7 @@ int cbi_prune(const cbi_prune_opts *o, cbi_prune_result *r, cbi_error *err)
 	cbi_point *all = NULL;
 	size_t nall = 0;
 	cbi_joblock lk = { .fd = -1 };
+	int64_t run_id = 0;
 	int rc;
 	if (!o->dest || !*o->dest)
 		return cbi_err(err, -CBI_EUSAGE, "no destination directory given");
@@ -690,6 +693,11 @@ int cbi_prune(const cbi_prune_opts *o, cbi_prune_result *r, cbi_error *err)
 					     c.pts[0].host, o->dest);
 			goto end;
 		}
+		/* the run is recorded (cbimg-log(1)); the catalog is a cache, so a
+		 * failure to record is not the prune's */
+		if (cbi_catalog_prune_begin(o->dest, c.pts[0].host, c.pts[0].source_id, c.pts[0].source_path,
+					    c.pts[0].job, &run_id, NULL))
+			run_id = 0;
 		size_t before = r->n_notes;
 		if ((rc = recover(&c)))
 			goto end;
@@ -722,6 +730,9 @@ int cbi_prune(const cbi_prune_opts *o, cbi_prune_result *r, cbi_error *err)
 	if (!o->dry_run)
 		rc = execute(&c);
 end:
+	if (run_id && cbi_catalog_prune_end(o->dest, run_id, rc, rc && err ? err->msg : NULL, r->bytes_read,
+					    r->bytes_written, (uint32_t)r->removed, NULL))
+		add_note(r, "prune run not recorded in the catalog of '%s'", o->dest);
 	cbi_job_unlock(&lk);
 	for (size_t q = 0; q < c.njobs; q++)
 		free(c.jobs[q].rm);

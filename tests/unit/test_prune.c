@@ -7,8 +7,10 @@
 
 #include <openssl/evp.h>
 
+#include "catalog.h"
 #include "chain.h"
 #include "format.h"
+#include "runlog.h"
 #include "util.h"
 
 #define H (3600LL * 1000000000LL)
@@ -333,6 +335,44 @@ static void test_merged_vectors(void **state)
 	check_merged_vector(enc, f->dir, we, 1, pass);
 }
 
+/* A prune is a run of kind "prune" in the catalog and in the run log (where
+ * the catalog cannot live), with its byte counts and points removed. */
+static void test_prune_runs_recorded(void **state)
+{
+	tu_fix *f = *state;
+	cbi_error e;
+	int64_t id = 0;
+	cbi_run *runs = NULL;
+	size_t n = 0;
+	assert_int_equal(cbi_catalog_prune_begin(f->dir, "h", "s", "p", "j", &id, &e), 0);
+	assert_true(id > 0);
+	assert_int_equal(cbi_catalog_prune_end(f->dir, id, 0, NULL, 100, 200, 3, &e), 0);
+	assert_int_equal(cbi_log(f->dir, NULL, &runs, &n, &e), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(runs[0].kind, CBI_RUN_PRUNE);
+	assert_int_equal(runs[0].result, CBI_RUN_OK);
+	assert_int_equal(runs[0].points_removed, 3);
+	assert_true(runs[0].bytes_read == 100 && runs[0].bytes_written == 200);
+	free(runs);
+	/* the run log */
+	char rl[4200];
+	snprintf(rl, sizeof rl, "%s/rl", f->dir);
+	assert_int_equal(mkdir(rl, 0755), 0);
+	assert_int_equal(cbi_runlog_begin_kind(rl, CBI_RUN_PRUNE, "h", "s", "p", "j", &id, &e), 0);
+	cbi_backup_result r;
+	memset(&r, 0, sizeof r);
+	r.bytes_read = 7;
+	assert_int_equal(cbi_runlog_end_removed(rl, id, CBI_RUN_OK, NULL, &r, 2, 0, &e), 0);
+	assert_int_equal(cbi_runlog_begin(rl, "h", "s", "p", "j", &id, &e), 0);
+	assert_int_equal(cbi_runlog_read(rl, NULL, &runs, &n, &e), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(runs[0].kind, CBI_RUN_PRUNE);
+	assert_int_equal(runs[0].points_removed, 2);
+	assert_true(runs[0].bytes_read == 7);
+	assert_int_equal(runs[1].kind, CBI_RUN_BACKUP);
+	free(runs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -340,6 +380,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_merge_keeps_identity, setup_points, teardown_points),
 		cmocka_unit_test_setup_teardown(test_interrupted_merge_finished, setup_points, teardown_points),
 		cmocka_unit_test_setup_teardown(test_merged_vectors, tu_setup_dir, tu_teardown_dir),
+		cmocka_unit_test_setup_teardown(test_prune_runs_recorded, tu_setup_dir, tu_teardown_dir),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
