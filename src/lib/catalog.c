@@ -335,17 +335,23 @@ static int cat_open(cat *c, const char *dest, int create, cbi_error *err)
 		 * place, once. */
 		if ((rc = cat_begin(c, err)) || (rc = cat_int(c, "PRAGMA user_version", &ver, err)))
 			goto fail;
+		int64_t has_kind = 0;
+		if (ver >= 1 && ver <= 4 &&
+		    (rc = cat_int(c, "SELECT count(*) FROM pragma_table_info('runs') WHERE name = 'kind'", &has_kind,
+				  err)))
+			goto fail;
 		if (ver >= 1 && ver <= 4) {
 			char sql[1024];
 			snprintf(sql, sizeof sql,
-				 "%s%s%s ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup';"
-				 " ALTER TABLE runs ADD COLUMN points_removed INTEGER NOT NULL DEFAULT 0;"
-				 " PRAGMA user_version=%d; UPDATE meta SET value=%d WHERE key='schema_version'",
+				 "%s%s%s%s PRAGMA user_version=%d; UPDATE meta SET value=%d WHERE key='schema_version'",
 				 ver == 1 ? "ALTER TABLE points ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0;"
 					    " ALTER TABLE points ADD COLUMN hash_alg INTEGER NOT NULL DEFAULT 1;"
 					  : "",
 				 ver <= 2 ? " ALTER TABLE points ADD COLUMN used_only INTEGER NOT NULL DEFAULT 0;" : "",
 				 ver <= 3 ? " ALTER TABLE images ADD COLUMN link BLOB;" : "",
+				 has_kind ? "" :
+					    " ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup';"
+					    " ALTER TABLE runs ADD COLUMN points_removed INTEGER NOT NULL DEFAULT 0;",
 				 CAT_SCHEMA, CAT_SCHEMA);
 			if ((rc = cat_exec(c, sql, "upgrade it", err)))
 				goto fail;
