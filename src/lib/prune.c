@@ -32,6 +32,7 @@
 #include "image.h"
 #include "index.h"
 #include "job.h"
+#include "prune.h"
 #include "sfile.h"
 #include "util.h"
 
@@ -159,6 +160,7 @@ typedef struct pctx {
 	size_t *plain_rm;       /* removed without a merge: tails of chains, whole chains */
 	size_t nplain;
 	uint64_t key;           /* the job key */
+	const char *job;        /* its name, for notes (NULL: the group's) */
 	char tag[64];
 } pctx;
 
@@ -599,7 +601,7 @@ static int recover(pctx *c)
 		}
 		add_note(c->r, "finished an interrupted prune of job '%s': removed %u point%s and %u image%s it had "
 			       "replaced",
-			 c->pts ? c->pts[0].job : "", removed_pts, removed_pts == 1 ? "" : "s", removed_imgs,
+			 c->job ? c->job : c->pts ? c->pts[0].job : "", removed_pts, removed_pts == 1 ? "" : "s", removed_imgs,
 			 removed_imgs == 1 ? "" : "s");
 	}
 end:
@@ -656,6 +658,26 @@ end:
 }
 
 /* ------------------------------------------------------------------ API */
+
+int cbi_prune_finish_interrupted(const char *dest, uint64_t key, const char *job, char *note, size_t notesz)
+{
+	cbi_prune_opts o = { .dest = dest };
+	cbi_prune_result *r = calloc(1, sizeof *r);
+	cbi_error e;
+	int rc;
+	if (!r) {
+		snprintf(note, notesz, "out of memory");
+		return -ENOMEM;
+	}
+	pctx c = { .o = &o, .r = r, .err = &e, .key = key, .job = job };
+	if ((rc = recover(&c)))
+		snprintf(note, notesz, "unable to finish an interrupted prune of job '%s': %s", job, e.msg);
+	else if (r->n_notes)
+		snprintf(note, notesz, "%s", r->notes[0]);
+	int done = r->n_notes != 0;
+	free(r);
+	return rc ? rc : done;
+}
 
 void cbi_prune_result_free(cbi_prune_result *r)
 {

@@ -187,9 +187,8 @@ static void test_merge_keeps_identity(void **state)
 /* A prune killed after its merged image was renamed in: both images of
  * the kept point and the removed points are there; the points restore, and
  * the next prune removes what the merged image replaced. */
-static void test_interrupted_merge_finished(void **state)
+static void interrupted_merge(pfix *f, int by_backup)
 {
-	pfix *f = *state;
 	char keep[4200], kept_img[4200];
 	/* keep seq 5's old image and seq 0's files aside, prune, put them back */
 	snprintf(keep, sizeof keep, "%s/old5.cbi", f->dir);
@@ -218,6 +217,22 @@ static void test_interrupted_merge_finished(void **state)
 		tu_copy_file(save[i - 1][1], f->r[i].point.file);
 	}
 	restores(f, 5);
+	if (by_backup) {
+		/* issue 11: the next backup of the job finishes it too, with a note */
+		cbi_backup_opts bo = tu_bopts(f->src, f->dest);
+		cbi_backup_result br;
+		memset(&e, 0, sizeof e);
+		if (cbi_backup(&bo, &br, &e))
+			fail_msg("backup: %s", e.msg);
+		assert_true(br.n_warnings >= 1);
+		assert_non_null(strstr(br.warnings[0], "interrupted prune"));
+		assert_int_equal(br.point.type, CBI_INCREMENTAL);
+		assert_memory_equal(br.point.parent_id, f->r[5].point.point_id, 16);
+		assert_int_equal(tu_count(f->dest, ".cbx", 0), 2);
+		assert_int_equal(tu_count(f->dest, ".cbi", 0), 2);
+		restores(f, 5);
+		return;
+	}
 	o.keep.last = 1;
 	if (cbi_prune(&o, &r, &e))
 		fail_msg("prune: %s", e.msg);
@@ -227,6 +242,16 @@ static void test_interrupted_merge_finished(void **state)
 	assert_int_equal(tu_count(f->dest, ".cbx", 0), 1);
 	assert_int_equal(tu_count(f->dest, ".cbi", 0), 1);
 	restores(f, 5);
+}
+
+static void test_interrupted_merge_finished(void **state)
+{
+	interrupted_merge(*state, 0);
+}
+
+static void test_interrupted_merge_finished_by_backup(void **state)
+{
+	interrupted_merge(*state, 1);
 }
 
 /* ------------------------------------------------------------ vectors */
@@ -379,6 +404,7 @@ int main(void)
 		cmocka_unit_test(test_select_rules),
 		cmocka_unit_test_setup_teardown(test_merge_keeps_identity, setup_points, teardown_points),
 		cmocka_unit_test_setup_teardown(test_interrupted_merge_finished, setup_points, teardown_points),
+		cmocka_unit_test_setup_teardown(test_interrupted_merge_finished_by_backup, setup_points, teardown_points),
 		cmocka_unit_test_setup_teardown(test_merged_vectors, tu_setup_dir, tu_teardown_dir),
 		cmocka_unit_test_setup_teardown(test_prune_runs_recorded, tu_setup_dir, tu_teardown_dir),
 	};
