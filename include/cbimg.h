@@ -352,7 +352,13 @@ enum cbi_run_result {
 	CBI_RUN_INTERRUPTED,      /* cancelled, or its process ended without a result */
 };
 
-/* One backup run, failed ones included. */
+enum cbi_run_kind {
+	CBI_RUN_BACKUP = 0,       /* a backup: bytes read from the source, written to DEST */
+	CBI_RUN_PRUNE,            /* a prune (cbimg-prune(1)): bytes read from and written to
+	                           * DEST for merged images, points removed */
+};
+
+/* One backup or prune run, failed ones included. */
 typedef struct cbi_run {
 	int64_t id;               /* increasing in the order runs started */
 	char host[64];
@@ -369,6 +375,8 @@ typedef struct cbi_run {
 	uint8_t point_id[16];     /* all zero if no point was written */
 	char file[256];           /* image file name of that point (no directory), or "" */
 	char index_file[256];     /* index file name of that point, or "" */
+	int kind;                 /* enum cbi_run_kind */
+	uint32_t points_removed;  /* a prune: the points it removed */
 } cbi_run;
 
 /* "running", "ok", "failed", "interrupted"; "unknown" for other values. */
@@ -622,6 +630,7 @@ typedef struct cbi_prune_result {
 	size_t kept, removed, merged; /* merged: merged images written */
 	uint64_t bytes_removed;   /* sizes of the files removed (index, images) */
 	uint64_t bytes_written;   /* sizes of the merged images written */
+	uint64_t bytes_read;      /* records read from the chain's images for the merges */
 	char notes[CBI_PRUNE_MAX_NOTES][512]; /* an interrupted prune finished, points left alone */
 	unsigned n_notes;
 	double seconds;

@@ -103,11 +103,17 @@ D=$HERE/damaged
 CHECK_ONLY=0
 case ${1:-} in
 --check) CHECK_ONLY=1 ;;
+--merged) CHECK_ONLY=2 ;;
 "") ;;
-*) die "usage: CBIMG=... make-vectors.sh [--check]" ;;
+*) die "usage: CBIMG=... make-vectors.sh [--check | --merged]" ;;
 esac
 
 generate() {
+generate_base
+generate_merged
+}
+
+generate_base() {
 # ============================================================ valid/chain1
 # 1 MiB, 256 blocks of 4 KiB; seq 0 full, seq 1 and 2 incremental.
 rm -rf "$V/chain1" "$V/tail"
@@ -247,28 +253,106 @@ flip "$(point "$c" incr 2 cbi)" 8 0x02
 flip "$(point "$c" incr 2 cbx)" 8 0x02
 printf '%s\n' "not a cbimg file or unsupported version" >"$c/expect"
 
-}   # generate
+}   # generate_base
 
-[ "$CHECK_ONLY" = 1 ] || generate
+# ====================================================== merged (rev. 2.3)
+# Made with 'cbimg prune' at fixed times (tests/e2e/clock_shim.c makes
+# CLOCK_REALTIME read $CBIMG_TEST_TIME), so that day-based keep rules pick
+# the same points on every run.
+#
+# valid/merged: seq 0 (full) on day 1, seq 1..3 on day 2; 'prune
+# --keep-daily 2' keeps seq 0 and seq 3 and folds seq 1 and 2 into a merged
+# image of seq 3 (first 1, parent seq 0): a chain with a seq gap.
+#
+# encrypted/merged: an encrypted chain of three points, passphrase in the
+# file 'passphrase'; 'prune --keep-last 1' makes seq 2 a synthetic full
+# (first 0, no parent) whose records from seq 0 and 1 are re-sealed under
+# seq 2's key.
+generate_merged() {
+command -v cc >/dev/null || die "'cc' is required for the merged vectors (clock shim)"
+cc -O2 -shared -fPIC -o "$W/clock_shim.so" "$HERE/../../tests/e2e/clock_shim.c" -ldl ||
+	die "cannot build tests/e2e/clock_shim.c"
+local M=$V/merged X=$HERE/encrypted/merged t
+rm -rf "$M" "$X"
+mkdir -p "$M" "$X"
+export CBIMG_STATE_DIR=$W/state
+t=1795322897                  # 2026-11-22T04:48:17Z
+attime() { CBIMG_TEST_TIME=$1 LD_PRELOAD=$W/clock_shim.so "${@:2}"; }
+
+: >"$M/expected.sha256"
+rm -f "$W/disk.img"
+truncate -s 1M "$W/disk.img"
+text 0 64 m0
+noise 128 8 04
+text 160 32 m0
+attime $t backup "$M"                               # seq 0, day 1
+text 3 2 m1
+noise 129 1 05
+attime $((t + 86400)) backup "$M"                   # seq 1, day 2
+text 4 2 m2                                     # block 4 again: seq 1's copy is replaced
+zero 161 1
+attime $((t + 86400 + 3600)) backup "$M"            # seq 2
+text 20 1 m3
+noise 130 2 06
+attime $((t + 86400 + 7200)) backup "$M"            # seq 3
+attime $((t + 86400 + 7300)) "$CBIMG" prune --no-state --keep-daily 2 "$M" >/dev/null || die "prune of $M failed"
+sed -i '/^[12] /d' "$M/expected.sha256"
+
+: >"$X/expected.sha256"
+printf 'vector-passphrase\n' >"$X/passphrase"
+rm -f "$W/disk.img"
+truncate -s 512K "$W/disk.img"
+text 0 32 e0
+noise 64 8 07
+BK+=(--encrypt --scrypt 10:1:1 --password-file "$X/passphrase")
+attime $t backup "$X"                               # seq 0
+text 2 2 e1
+noise 65 1 08
+attime $((t + 3600)) backup "$X"                    # seq 1
+text 3 1 e2
+zero 66 1
+attime $((t + 7200)) backup "$X"                    # seq 2
+unset 'BK[-1]' 'BK[-2]' 'BK[-3]' 'BK[-4]' 'BK[-5]'
+attime $((t + 7300)) "$CBIMG" prune --no-state --password-file "$X/passphrase" --keep-last 1 "$X" >/dev/null ||
+	die "prune of $X failed"
+sed -i '/^[01] /d' "$X/expected.sha256"
+rm -f "$M"/.cbimg*.lock "$X"/.cbimg*.lock "$M"/cbimg-catalog* "$X"/cbimg-catalog*
+unset CBIMG_STATE_DIR
+}   # generate_merged
+
+case $CHECK_ONLY in
+0) generate ;;
+2) generate_merged ;;
+esac
 
 # ================================================================== checks
 fails=0
 ok() { echo "ok   $*"; }
 bad() { echo "FAIL $*"; fails=$((fails + 1)); }
 
-for v in "$V"/*/; do
-	v=${v%/}
-	name=valid/$(basename "$v")
-	if "$CBIMG" verify -q "$v" >"$W/out" 2>&1; then ok "verify $name exits 0"; else bad "verify $name exits $? (want 0):"; cat "$W/out"; fi
+check_valid() {
+	local v=$1 name=$2 seq want x got
+	shift 2
+	if "$CBIMG" verify -q --no-state "$@" "$v" >"$W/out" 2>&1; then ok "verify $name exits 0"; else bad "verify $name exits $? (want 0):"; cat "$W/out"; fi
 	while read -r seq want; do
 		x=$(point "$v" "$([ "$seq" = 0 ] && echo full || echo incr)" "$seq" cbx)
 		rm -f "$W/restored"
-		if ! "$CBIMG" restore -q "$x" "$W/restored" >"$W/out" 2>&1; then
+		if ! "$CBIMG" restore -q --state-dir "$W/nostate" "$@" "$x" "$W/restored" >"$W/out" 2>&1; then
 			bad "restore $name seq $seq failed:"; cat "$W/out"; continue
 		fi
 		got=$(sha256sum <"$W/restored" | cut -d' ' -f1)
 		if [ "$got" = "$want" ]; then ok "restore $name seq $seq: $got"; else bad "restore $name seq $seq: $got, want $want"; fi
 	done <"$v/expected.sha256"
+}
+for v in "$V"/*/; do
+	v=${v%/}
+	check_valid "$v" "valid/$(basename "$v")"
+done
+# encrypted/*: the passphrase is in the file passphrase of each directory
+for v in "$HERE"/encrypted/*/; do
+	[ -d "$v" ] || continue
+	v=${v%/}
+	check_valid "$v" "encrypted/$(basename "$v")" --password-file "$v/passphrase"
 done
 for c in "$D"/*/; do
 	c=${c%/}
@@ -280,7 +364,7 @@ for c in "$D"/*/; do
 		if grep -qF -- "$want" "$W/out"; then ok "  reports '$want'"; else bad "  $name: no '$want' in:"$'\n'"$(cat "$W/out")"; fi
 	done <"$c/expect"
 done
-total=$(du -sb "$V" "$D" | awk '{s += $1} END {print s}')
+total=$(du -sb "$V" "$D" "$HERE/encrypted" | awk '{s += $1} END {print s}')
 echo "vectors: $total bytes"
 [ "$total" -lt $((2 * 1024 * 1024)) ] || bad "vectors exceed 2 MiB"
 [ "$fails" = 0 ] || { echo "make-vectors: $fails checks FAILED" >&2; exit 1; }

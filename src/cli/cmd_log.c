@@ -83,6 +83,13 @@ static void fill_log_row(struct log_row *r, const cbi_run *u)
 	r->cell[C_RESULT] = cbi_run_result_name(u->result);
 	r->cell[C_READ] = r->read;
 	r->cell[C_WRITTEN] = r->written;
+	if (u->kind == CBI_RUN_PRUNE) {
+		/* a prune writes no point of its own */
+		snprintf(r->file, sizeof r->file, "prune: %" PRIu32 " point%s removed", u->points_removed,
+			 u->points_removed == 1 ? "" : "s");
+		r->cell[C_FILE] = r->file;
+		return;
+	}
 	r->cell[C_FILE] = u->file[0] || u->index_file[0] ?
 		cli_printable(base_name(u->file[0] ? u->file : u->index_file), r->file, sizeof r->file) :
 		"-";
@@ -157,6 +164,9 @@ static void json_run(struct json *j, const cbi_run *u)
 		json_null(j, "seconds");
 	}
 	json_string(j, "result", cbi_run_result_name(u->result));
+	json_string(j, "kind", u->kind == CBI_RUN_PRUNE ? "prune" : "backup");
+	if (u->kind == CBI_RUN_PRUNE)
+		json_u64(j, "points_removed", u->points_removed);
 	json_string(j, "message", u->message[0] ? u->message : NULL);
 	json_u64(j, "bytes_read", u->bytes_read);
 	json_u64(j, "bytes_written", u->bytes_written);

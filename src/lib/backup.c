@@ -32,6 +32,7 @@
 #include "index.h"
 #include "keyfile.h"
 #include "pipeline.h"
+#include "prune.h"
 #include "source.h"
 #include "state.h"
 #include "util.h"
@@ -547,6 +548,8 @@ static int bk_choose_parent(bk_run *b)
 	cbi_error ce; /* the catalog is a cache: its failures are warnings */
 	if (cbi_catalog_run_begin(o->dest, h->host, h->source_id, h->source_path, h->job, &b->run_id, &ce))
 		append_warning(b->r, ce.msg);
+	if (b->lock.locked && cbi_prune_finish_interrupted(o->dest, job_key(h), h->job, ce.msg, sizeof ce.msg))
+		append_warning(b->r, ce.msg); /* issue 11: a prune killed midway is finished first */
 	cbi_chain_opts dco = { .no_state = 1 }; /* the points only: nothing is unlocked here */
 	if ((rc = cbi_chain_open_dir(o->dest, &dco, &b->dest, b->err)))
 		return rc;

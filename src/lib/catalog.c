@@ -25,9 +25,10 @@
 #include "util.h"
 
 #define CAT_APP_ID 0x43424943  /* "CBIC": PRAGMA application_id */
-#define CAT_SCHEMA 4           /* PRAGMA user_version; 2 added points.encrypted, hash_alg;
-                                * 3 points.used_only; 4 images.link (merged images); the
-                                * idents table is added in place: ident_table() */
+#define CAT_SCHEMA 5           /* PRAGMA user_version; 2 added points.encrypted, hash_alg;
+                                * 3 points.used_only; 4 images.link (merged images);
+                                * 5 runs.kind, runs.points_removed (prune runs); the idents
+                                * table is added in place: ident_table() */
 #define CAT_BUSY_MS 30000
 #define CAT_BATCH 64           /* files per write transaction while syncing */
 
@@ -64,7 +65,8 @@ static const char schema_sql[] =
 	" source_path TEXT NOT NULL, job TEXT NOT NULL, started_ns INTEGER NOT NULL,"
 	" ended_ns INTEGER, result TEXT NOT NULL, message TEXT NOT NULL DEFAULT '',"
 	" bytes_read INTEGER NOT NULL DEFAULT 0, bytes_written INTEGER NOT NULL DEFAULT 0,"
-	" type INTEGER, point_id BLOB, file TEXT, index_file TEXT);";
+	" type INTEGER, point_id BLOB, file TEXT, index_file TEXT,"
+	" kind TEXT NOT NULL DEFAULT 'backup', points_removed INTEGER NOT NULL DEFAULT 0);";
 
 static const char *const result_names[] = {
 	[CBI_RUN_RUNNING] = "running",
@@ -359,21 +361,29 @@ static int cat_open(cat *c, const char *dest, int create, cbi_error *err)
 		rc = cbi_err(err, -EIO, "'%s' is not a cbimg catalog", c->path);
 		goto fail;
 	}
-	if (ver >= 1 && ver <= 3 && !c->readonly) {
+	if (ver >= 1 && ver <= 4 && !c->readonly) {
 		/* Schema 1 knew only version-1 files (plain, XXH3), schema 2 no
 		 * used-only points: what the new columns' defaults say. Upgrade in
 		 * place, once. */
 		if ((rc = cat_begin(c, err)) || (rc = cat_int(c, "PRAGMA user_version", &ver, err)))
 			goto fail;
-		if (ver >= 1 && ver <= 3) {
-			char sql[768];
+		int64_t has_kind = 0;
+		if (ver >= 1 && ver <= 4 &&
+		    (rc = cat_int(c, "SELECT count(*) FROM pragma_table_info('runs') WHERE name = 'kind'", &has_kind,
+				  err)))
+			goto fail;
+		if (ver >= 1 && ver <= 4) {
+			char sql[1024];
 			snprintf(sql, sizeof sql,
-				 "%s%s ALTER TABLE images ADD COLUMN link BLOB;"
-				 " PRAGMA user_version=%d; UPDATE meta SET value=%d WHERE key='schema_version'",
+				 "%s%s%s%s PRAGMA user_version=%d; UPDATE meta SET value=%d WHERE key='schema_version'",
 				 ver == 1 ? "ALTER TABLE points ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0;"
 					    " ALTER TABLE points ADD COLUMN hash_alg INTEGER NOT NULL DEFAULT 1;"
 					  : "",
 				 ver <= 2 ? " ALTER TABLE points ADD COLUMN used_only INTEGER NOT NULL DEFAULT 0;" : "",
+				 ver <= 3 ? " ALTER TABLE images ADD COLUMN link BLOB;" : "",
+				 has_kind ? "" :
+					    " ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup';"
+					    " ALTER TABLE runs ADD COLUMN points_removed INTEGER NOT NULL DEFAULT 0;",
 				 CAT_SCHEMA, CAT_SCHEMA);
 			if ((rc = cat_exec(c, sql, "upgrade it", err)))
 				goto fail;
@@ -1232,6 +1242,7 @@ static int not_recorded(int rc, cbi_error *err)
 typedef struct begin_arg {
 	const char *host, *source_id, *source_path, *job;
 	int64_t id;
+	int kind;
 } begin_arg;
 
 static int op_begin(cat *c, void *arg, cbi_error *err)
@@ -1256,8 +1267,8 @@ static int op_begin(cat *c, void *arg, cbi_error *err)
 		goto end;
 	sqlite3_finalize(s);
 	if ((rc = cat_prepare(c,
-			      "INSERT INTO runs(host, source_id, source_path, job, started_ns, result)"
-			      " VALUES(?1, ?2, ?3, ?4, ?5, 'running')",
+			      "INSERT INTO runs(host, source_id, source_path, job, started_ns, result, kind)"
+			      " VALUES(?1, ?2, ?3, ?4, ?5, 'running', ?6)",
 			      &s, err)))
 		goto end;
 	sqlite3_bind_text(s, 1, a->host, -1, SQLITE_TRANSIENT);
@@ -1265,6 +1276,7 @@ static int op_begin(cat *c, void *arg, cbi_error *err)
 	sqlite3_bind_text(s, 3, a->source_path, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_text(s, 4, a->job, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(s, 5, cbi_wallclock_ns());
+	sqlite3_bind_text(s, 6, a->kind == CBI_RUN_PRUNE ? "prune" : "backup", -1, SQLITE_STATIC);
 	if ((rc = step_reset(c, s, err)))
 		goto end;
 	a->id = sqlite3_last_insert_rowid(c->db);
@@ -1277,13 +1289,13 @@ end:
 	return rc;
 }
 
-int cbi_catalog_run_begin(const char *dest, const char *host, const char *source_id,
-			  const char *source_path, const char *job, int64_t *run_id, cbi_error *err)
+static int run_begin(const char *dest, int kind, const char *host, const char *source_id,
+		     const char *source_path, const char *job, int64_t *run_id, cbi_error *err)
 {
 	begin_arg a = { host ? host : "", source_id ? source_id : "", source_path ? source_path : "",
-			job ? job : "", 0 };
+			job ? job : "", 0, kind };
 	if (no_sqlite(dest)) {
-		int rc = cbi_runlog_begin(dest, host, source_id, source_path, job, run_id, err);
+		int rc = cbi_runlog_begin_kind(dest, kind, host, source_id, source_path, job, run_id, err);
 		return rc ? not_recorded(rc, err) : 0;
 	}
 	int rc = cat_run(dest, 1, NULL, op_begin, &a, err);
@@ -1291,11 +1303,24 @@ int cbi_catalog_run_begin(const char *dest, const char *host, const char *source
 	return rc ? not_recorded(rc, err) : 0;
 }
 
+int cbi_catalog_run_begin(const char *dest, const char *host, const char *source_id,
+			  const char *source_path, const char *job, int64_t *run_id, cbi_error *err)
+{
+	return run_begin(dest, CBI_RUN_BACKUP, host, source_id, source_path, job, run_id, err);
+}
+
+int cbi_catalog_prune_begin(const char *dest, const char *host, const char *source_id,
+			    const char *source_path, const char *job, int64_t *run_id, cbi_error *err)
+{
+	return run_begin(dest, CBI_RUN_PRUNE, host, source_id, source_path, job, run_id, err);
+}
+
 typedef struct end_arg {
 	int64_t id;
 	int result;
 	const char *message;
 	const cbi_backup_result *r;
+	uint32_t removed;
 } end_arg;
 
 static const char *base_name(const char *path)
@@ -1354,8 +1379,8 @@ static int op_end(cat *c, void *arg, cbi_error *err)
 		return rc;
 	if ((rc = cat_prepare(c,
 			      "UPDATE runs SET ended_ns = ?2, result = ?3, message = ?4, bytes_read = ?5,"
-			      " bytes_written = ?6, type = ?7, point_id = ?8, file = ?9, index_file = ?10"
-			      " WHERE id = ?1",
+			      " bytes_written = ?6, type = ?7, point_id = ?8, file = ?9, index_file = ?10,"
+			      " points_removed = ?11 WHERE id = ?1",
 			      &s, err)))
 		goto end;
 	sqlite3_bind_int64(s, 1, a->id);
@@ -1364,6 +1389,7 @@ static int op_end(cat *c, void *arg, cbi_error *err)
 	sqlite3_bind_text(s, 4, a->message ? a->message : "", -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(s, 5, (int64_t)r->bytes_read);
 	sqlite3_bind_int64(s, 6, (int64_t)r->bytes_written);
+	sqlite3_bind_int64(s, 11, a->removed);
 	if (has_point) {
 		sqlite3_bind_int64(s, 7, p->type);
 		sqlite3_bind_blob(s, 8, p->point_id, 16, SQLITE_TRANSIENT);
@@ -1436,7 +1462,7 @@ int cbi_catalog_run_end(const char *dest, int64_t run_id, int result_code, const
 	end_arg a = { run_id,
 		      result_code == 0 ? CBI_RUN_OK :
 		      result_code == -ECANCELED ? CBI_RUN_INTERRUPTED : CBI_RUN_FAILED,
-		      message, r };
+		      message, r, 0 };
 	/* An outbox keeps no history (outbox_shaped()): a DEST without a full
 	 * that holds points, or into which this run continued a chain from the
 	 * local state. A DEST holding a full (this run's, or any) is none. */
@@ -1459,6 +1485,27 @@ int cbi_catalog_run_end(const char *dest, int64_t run_id, int result_code, const
 	return rc ? not_recorded(rc, err) : 0;
 }
 
+int cbi_catalog_prune_end(const char *dest, int64_t run_id, int result_code, const char *message,
+			  uint64_t bytes_read, uint64_t bytes_written, uint32_t points_removed, cbi_error *err)
+{
+	if (!run_id)
+		return 0;
+	cbi_backup_result r;
+	memset(&r, 0, sizeof r);
+	r.bytes_read = bytes_read;
+	r.bytes_written = bytes_written;
+	end_arg a = { run_id,
+		      result_code == 0 ? CBI_RUN_OK :
+		      result_code == -ECANCELED ? CBI_RUN_INTERRUPTED : CBI_RUN_FAILED,
+		      message, &r, points_removed };
+	int rc;
+	if (no_sqlite(dest))
+		return cbi_runlog_end_removed(dest, run_id, a.result, message, &r, points_removed, 0, err);
+	if ((rc = cat_run(dest, 1, NULL, op_end, &a, err)))
+		return not_recorded(rc, err);
+	return cbi_catalog_sync(dest, 0, NULL, err);
+}
+
 typedef struct log_arg {
 	const cbi_list_filter *f;
 	cbi_run *runs;
@@ -1472,7 +1519,7 @@ static int op_log(cat *c, void *arg, cbi_error *err)
 	size_t cap = 0;
 	int rc = cat_prepare(c,
 			     "SELECT id, host, source_id, source_path, job, started_ns, ended_ns, result,"
-			     " message, bytes_read, bytes_written, type, point_id, file, index_file"
+			     " message, bytes_read, bytes_written, type, point_id, file, index_file, kind, points_removed"
 			     " FROM runs WHERE " FILTER_SQL " ORDER BY id DESC LIMIT ?4",
 			     &s, err);
 	if (rc)
@@ -1512,6 +1559,9 @@ static int op_log(cat *c, void *arg, cbi_error *err)
 		col_blob(s, 12, u->point_id, 16);
 		col_str(s, 13, u->file, sizeof u->file);
 		col_str(s, 14, u->index_file, sizeof u->index_file);
+		col_str(s, 15, res, sizeof res);
+		u->kind = !strcmp(res, "prune") ? CBI_RUN_PRUNE : CBI_RUN_BACKUP;
+		u->points_removed = (uint32_t)sqlite3_column_int64(s, 16);
 	}
 	if (!rc && r != SQLITE_DONE)
 		rc = cat_fail(c, err, r, "read it");

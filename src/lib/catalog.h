@@ -32,6 +32,19 @@ int cbi_catalog_run_begin(const char *dest, const char *host, const char *source
 int cbi_catalog_run_end(const char *dest, int64_t run_id, int result_code, const char *message,
 			const cbi_backup_result *r, cbi_error *err) CBI_WUR;
 
+/* A prune run of (host, source_id, job) (cbi_prune(), which holds the job's
+ * lock): recorded as cbi_catalog_run_begin() does, with kind "prune". */
+int cbi_catalog_prune_begin(const char *dest, const char *host, const char *source_id,
+			    const char *source_path, const char *job, int64_t *run_id, cbi_error *err) CBI_WUR;
+
+/* The end of prune run run_id (nothing for 0): result_code as in
+ * cbi_catalog_run_end(), the bytes the merges read and wrote, the points
+ * removed. Then the catalog's rows are brought up to date with DEST's files,
+ * so that the next listing shows the pruned chain without reading it. */
+int cbi_catalog_prune_end(const char *dest, int64_t run_id, int result_code, const char *message,
+			  uint64_t bytes_read, uint64_t bytes_written, uint32_t points_removed,
+			  cbi_error *err) CBI_WUR;
+
 /* What one bring-up-to-date of the catalog did (for tests and diagnostics). */
 typedef struct cbi_catalog_stats {
 	size_t files;        /* point files (*.cbx, *.cbi) in DEST */

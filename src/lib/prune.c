@@ -24,6 +24,7 @@
 
 #include <openssl/crypto.h>
 
+#include "catalog.h"
 #include "cbimg.h"
 #include "chain.h"
 #include "chainrd.h"
@@ -31,6 +32,7 @@
 #include "image.h"
 #include "index.h"
 #include "job.h"
+#include "prune.h"
 #include "sfile.h"
 #include "util.h"
 
@@ -158,6 +160,7 @@ typedef struct pctx {
 	size_t *plain_rm;       /* removed without a merge: tails of chains, whole chains */
 	size_t nplain;
 	uint64_t key;           /* the job key */
+	const char *job;        /* its name, for notes (NULL: the group's) */
 	char tag[64];
 } pctx;
 
@@ -484,6 +487,7 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 			rc = len;
 			goto end;
 		}
+		c->r->bytes_read += CBI_REC_HDR_SIZE + (uint64_t)len;
 		if ((rc = cbi_image_writer_add(w, i, rh.flags, rh.raw_len, rh.hash, buf + CBI_REC_HDR_SIZE,
 					       (uint32_t)len))) {
 			cbi_err(err, rc, "unable to write '%s': %s", newpath, cbi_strerror(rc));
@@ -597,7 +601,7 @@ static int recover(pctx *c)
 		}
 		add_note(c->r, "finished an interrupted prune of job '%s': removed %u point%s and %u image%s it had "
 			       "replaced",
-			 c->pts ? c->pts[0].job : "", removed_pts, removed_pts == 1 ? "" : "s", removed_imgs,
+			 c->job ? c->job : c->pts ? c->pts[0].job : "", removed_pts, removed_pts == 1 ? "" : "s", removed_imgs,
 			 removed_imgs == 1 ? "" : "s");
 	}
 end:
@@ -655,6 +659,26 @@ end:
 
 /* ------------------------------------------------------------------ API */
 
+int cbi_prune_finish_interrupted(const char *dest, uint64_t key, const char *job, char *note, size_t notesz)
+{
+	cbi_prune_opts o = { .dest = dest };
+	cbi_prune_result *r = calloc(1, sizeof *r);
+	cbi_error e;
+	int rc;
+	if (!r) {
+		snprintf(note, notesz, "out of memory");
+		return -ENOMEM;
+	}
+	pctx c = { .o = &o, .r = r, .err = &e, .key = key, .job = job };
+	if ((rc = recover(&c)))
+		snprintf(note, notesz, "unable to finish an interrupted prune of job '%s': %s", job, e.msg);
+	else if (r->n_notes)
+		snprintf(note, notesz, "%s", r->notes[0]);
+	int done = r->n_notes != 0;
+	free(r);
+	return rc ? rc : done;
+}
+
 void cbi_prune_result_free(cbi_prune_result *r)
 {
 	if (!r)
@@ -672,6 +696,7 @@ int cbi_prune(const cbi_prune_opts *o, cbi_prune_result *r, cbi_error *err)
 	cbi_point *all = NULL;
 	size_t nall = 0;
 	cbi_joblock lk = { .fd = -1 };
+	int64_t run_id = 0;
 	int rc;
 	if (!o->dest || !*o->dest)
 		return cbi_err(err, -CBI_EUSAGE, "no destination directory given");
@@ -690,6 +715,11 @@ int cbi_prune(const cbi_prune_opts *o, cbi_prune_result *r, cbi_error *err)
 					     c.pts[0].host, o->dest);
 			goto end;
 		}
+		/* the run is recorded (cbimg-log(1)); the catalog is a cache, so a
+		 * failure to record is not the prune's */
+		if (cbi_catalog_prune_begin(o->dest, c.pts[0].host, c.pts[0].source_id, c.pts[0].source_path,
+					    c.pts[0].job, &run_id, NULL))
+			run_id = 0;
 		size_t before = r->n_notes;
 		if ((rc = recover(&c)))
 			goto end;
@@ -749,6 +779,9 @@ int cbi_prune(const cbi_prune_opts *o, cbi_prune_result *r, cbi_error *err)
 	for (size_t q = 0; q < nclk; q++)
 		cbi_job_unlock(&clk[q]);
 end:
+	if (run_id && cbi_catalog_prune_end(o->dest, run_id, rc, rc && err ? err->msg : NULL, r->bytes_read,
+					    r->bytes_written, (uint32_t)r->removed, NULL))
+		add_note(r, "prune run not recorded in the catalog of '%s'", o->dest);
 	cbi_job_unlock(&lk);
 	for (size_t q = 0; q < c.njobs; q++)
 		free(c.jobs[q].rm);

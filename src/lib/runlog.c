@@ -57,6 +57,8 @@ static void put_run(FILE *f, const cbi_run *u)
 	put_str(f, "point_id", cbi_is_zero(u->point_id, 16) ? "" : id);
 	put_str(f, "file", u->file);
 	put_str(f, "index_file", u->index_file);
+	if (u->kind == CBI_RUN_PRUNE)
+		fprintf(f, ",\"kind\":\"prune\",\"points_removed\":%" PRIu32, u->points_removed);
 	fputs("}\n", f);
 }
 
@@ -169,6 +171,10 @@ static int get_run(const char *line, cbi_run *u)
 			cbi_strlcpy(u->file, val, sizeof u->file);
 		else if (!strcmp(key, "index_file"))
 			cbi_strlcpy(u->index_file, val, sizeof u->index_file);
+		else if (!strcmp(key, "kind"))
+			u->kind = !strcmp(val, "prune") ? CBI_RUN_PRUNE : CBI_RUN_BACKUP;
+		else if (!strcmp(key, "points_removed"))
+			u->points_removed = (uint32_t)strtoul(val, NULL, 10);
 	}
 	if (*p != '}' || u->id <= 0 || u->result < 0)
 		return -1;
@@ -339,11 +345,12 @@ static int do_begin(cbi_run **v, size_t *n, void *arg, cbi_error *err)
 	return 0;
 }
 
-int cbi_runlog_begin(const char *dest, const char *host, const char *source_id, const char *source_path,
-		     const char *job, int64_t *run_id, cbi_error *err)
+int cbi_runlog_begin_kind(const char *dest, int kind, const char *host, const char *source_id,
+			  const char *source_path, const char *job, int64_t *run_id, cbi_error *err)
 {
 	begin_arg a;
 	memset(&a, 0, sizeof a);
+	a.u.kind = kind;
 	cbi_strlcpy(a.u.host, host ? host : "", sizeof a.u.host);
 	cbi_strlcpy(a.u.source_id, source_id ? source_id : "", sizeof a.u.source_id);
 	cbi_strlcpy(a.u.source_path, source_path ? source_path : "", sizeof a.u.source_path);
@@ -355,11 +362,18 @@ int cbi_runlog_begin(const char *dest, const char *host, const char *source_id, 
 	return rc;
 }
 
+int cbi_runlog_begin(const char *dest, const char *host, const char *source_id, const char *source_path,
+		     const char *job, int64_t *run_id, cbi_error *err)
+{
+	return cbi_runlog_begin_kind(dest, CBI_RUN_BACKUP, host, source_id, source_path, job, run_id, err);
+}
+
 typedef struct end_arg {
 	int64_t id;
 	int result, forget;
 	const char *message;
 	const cbi_backup_result *r;
+	uint32_t removed;
 	int found;
 } end_arg;
 
@@ -388,6 +402,7 @@ static int do_end(cbi_run **v, size_t *n, void *arg, cbi_error *err)
 		cbi_strlcpy(u->message, a->message ? a->message : "", sizeof u->message);
 		u->bytes_read = a->r->bytes_read;
 		u->bytes_written = a->r->bytes_written;
+		u->points_removed = a->removed;
 		const cbi_point *p = &a->r->point;
 		if (a->result == CBI_RUN_OK && p->index_file[0]) {
 			u->type = p->type;
@@ -400,14 +415,20 @@ static int do_end(cbi_run **v, size_t *n, void *arg, cbi_error *err)
 	return 0;
 }
 
-int cbi_runlog_end(const char *dest, int64_t run_id, int result, const char *message,
-		   const cbi_backup_result *r, int forget, cbi_error *err)
+int cbi_runlog_end_removed(const char *dest, int64_t run_id, int result, const char *message,
+			   const cbi_backup_result *r, uint32_t points_removed, int forget, cbi_error *err)
 {
-	end_arg a = { run_id, result, forget, message, r, 0 };
+	end_arg a = { run_id, result, forget, message, r, points_removed, 0 };
 	int rc = change(dest, do_end, &a, err);
 	if (!rc && !a.found && !forget)
 		rc = cbi_err(err, -ENOENT, "run log in '%s' was replaced while the backup ran", dest);
 	return rc;
+}
+
+int cbi_runlog_end(const char *dest, int64_t run_id, int result, const char *message,
+		   const cbi_backup_result *r, int forget, cbi_error *err)
+{
+	return cbi_runlog_end_removed(dest, run_id, result, message, r, 0, forget, err);
 }
 
 static int match(const char *want, const char *have)

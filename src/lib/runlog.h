@@ -18,15 +18,21 @@
 #define CBI_RUNLOG_NAME "cbimg-log.jsonl"
 #define CBI_RUNLOG_MAX 5000
 
-/* Record the start of a run (result "running"); runs of the same host,
+/* Record the start of a run of kind (enum cbi_run_kind; result "running"); runs of the same host,
  * source and job still marked running are marked interrupted (the caller
  * holds their lock). *run_id: its id (> 0), 0 on failure. */
+int cbi_runlog_begin_kind(const char *dest, int kind, const char *host, const char *source_id,
+			  const char *source_path, const char *job, int64_t *run_id, cbi_error *err) CBI_WUR;
+/* A backup run: cbi_runlog_begin_kind(dest, CBI_RUN_BACKUP, ...). */
 int cbi_runlog_begin(const char *dest, const char *host, const char *source_id, const char *source_path,
 		     const char *job, int64_t *run_id, cbi_error *err) CBI_WUR;
 
 /* Record the end of run run_id: result (enum cbi_run_result), message
- * (NULL: none), the counters and point of r. forget: drop the run instead
+ * (NULL: none), the counters and point of r, points_removed (a prune). forget: drop the run instead
  * (an outbox keeps no history; the file goes when no run is left). */
+int cbi_runlog_end_removed(const char *dest, int64_t run_id, int result, const char *message,
+			   const cbi_backup_result *r, uint32_t points_removed, int forget, cbi_error *err) CBI_WUR;
+/* A backup run's end: cbi_runlog_end_removed() with points_removed 0. */
 int cbi_runlog_end(const char *dest, int64_t run_id, int result, const char *message,
 		   const cbi_backup_result *r, int forget, cbi_error *err) CBI_WUR;
 

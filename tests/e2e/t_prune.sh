@@ -63,7 +63,7 @@ check_all() {
 echo "== randomized sequence (seed ${PRUNE_SEED:-11}, $NB backups)"
 RULES=("--keep-last 3" "--keep-daily 3" "--keep-hourly 4" "--keep-weekly 2 --keep-last 1" "--keep-within 3d"
 	"--keep-daily 2 --keep-weekly 2" "--keep-last 1" "--keep-chains 1 --keep-last 2" "--keep-monthly 1 --keep-daily 1")
-merges=0 synth=0
+merges=0 synth=0 catbad=0
 for ((b = 1; b <= NB; b++)); do
 	change
 	full=
@@ -81,6 +81,11 @@ for ((b = 1; b <= NB; b++)); do
 			ls "$D" | grep -q "_${id:0:8}" && gone=$((gone + 1))
 		done
 		check_eq "after prune $rule: removed points are gone" "$gone" 0
+		# the prune brought the catalog's rows up to date (no list in between)
+		if command -v sqlite3 >/dev/null &&
+			[ "$(sqlite3 "$D/cbimg-catalog.sqlite" 'SELECT count(*) FROM points')" != "$(ls "$D"/*.cbx | wc -l)" ]; then
+			catbad=$((catbad + 1))
+		fi
 		kept_newest=$(jq -r --arg n "$newest" '[.points[] | select(.id == $n and .action != "remove")] | length' "$T/pr.json")
 		check_eq "the newest point is kept" "$kept_newest" 1
 		check_all "$D"
@@ -91,6 +96,13 @@ for ((b = 1; b <= NB; b++)); do
 done
 [ "$merges" -gt 0 ] && pass "merges into a kept point: $merges" || fail "no merge happened (seed)"
 [ "$synth" -gt 0 ] && pass "synthetic fulls: $synth" || fail "no synthetic full happened (seed)"
+
+echo "== log records prune runs; list is right at once"
+check_eq "every prune is a run in the log" "$("$CBIMG" log --json "$D" | jq '[.[] | select(.kind == "prune" and .result == "ok")] | length')" $((NB / 4))
+check_eq "with the points it removed" "$("$CBIMG" log --json "$D" | jq '[.[] | select(.kind == "prune") | .points_removed] | add > 0')" true
+run "$CBIMG" log "$D"
+check_grep "log shows prune runs" 'prune: [0-9]+ points? removed'
+command -v sqlite3 >/dev/null && check_eq "after each prune the catalog's rows were the files' (no listing between)" "$catbad" 0
 
 echo "== no rule: refused, nothing removed"
 before=$(ls "$D" | sort | md5sum)

@@ -5,7 +5,12 @@
 
 #include <time.h>
 
+#include <openssl/evp.h>
+
+#include "catalog.h"
 #include "chain.h"
+#include "format.h"
+#include "runlog.h"
 #include "util.h"
 
 #define H (3600LL * 1000000000LL)
@@ -182,9 +187,8 @@ static void test_merge_keeps_identity(void **state)
 /* A prune killed after its merged image was renamed in: both images of
  * the kept point and the removed points are there; the points restore, and
  * the next prune removes what the merged image replaced. */
-static void test_interrupted_merge_finished(void **state)
+static void interrupted_merge(pfix *f, int by_backup)
 {
-	pfix *f = *state;
 	char keep[4200], kept_img[4200];
 	/* keep seq 5's old image and seq 0's files aside, prune, put them back */
 	snprintf(keep, sizeof keep, "%s/old5.cbi", f->dir);
@@ -213,6 +217,22 @@ static void test_interrupted_merge_finished(void **state)
 		tu_copy_file(save[i - 1][1], f->r[i].point.file);
 	}
 	restores(f, 5);
+	if (by_backup) {
+		/* issue 11: the next backup of the job finishes it too, with a note */
+		cbi_backup_opts bo = tu_bopts(f->src, f->dest);
+		cbi_backup_result br;
+		memset(&e, 0, sizeof e);
+		if (cbi_backup(&bo, &br, &e))
+			fail_msg("backup: %s", e.msg);
+		assert_true(br.n_warnings >= 1);
+		assert_non_null(strstr(br.warnings[0], "interrupted prune"));
+		assert_int_equal(br.point.type, CBI_INCREMENTAL);
+		assert_memory_equal(br.point.parent_id, f->r[5].point.point_id, 16);
+		assert_int_equal(tu_count(f->dest, ".cbx", 0), 2);
+		assert_int_equal(tu_count(f->dest, ".cbi", 0), 2);
+		restores(f, 5);
+		return;
+	}
 	o.keep.last = 1;
 	if (cbi_prune(&o, &r, &e))
 		fail_msg("prune: %s", e.msg);
@@ -224,12 +244,169 @@ static void test_interrupted_merge_finished(void **state)
 	restores(f, 5);
 }
 
+static void test_interrupted_merge_finished(void **state)
+{
+	interrupted_merge(*state, 0);
+}
+
+static void test_interrupted_merge_finished_by_backup(void **state)
+{
+	interrupted_merge(*state, 1);
+}
+
+/* ------------------------------------------------------------ vectors */
+
+static int vec_pass(void *ud, const char *what, int confirm, char *buf, size_t bufsz)
+{
+	(void)what;
+	(void)confirm;
+	size_t n;
+	char *p = (char *)tu_read_file(ud, &n);
+	while (n && (p[n - 1] == '\n' || p[n - 1] == '\r'))
+		n--;
+	if (n >= bufsz) {
+		free(p);
+		return -1;
+	}
+	memcpy(buf, p, n);
+	buf[n] = 0;
+	free(p);
+	return (int)n;
+}
+
+static void sha256_hex(const char *path, char hex[65])
+{
+	size_t n;
+	uint8_t *b = tu_read_file(path, &n), d[32];
+	unsigned int dl = 0;
+	assert_int_equal(EVP_Digest(b, n, d, &dl, EVP_sha256(), NULL), 1);
+	free(b);
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", d[i]);
+}
+
+/* One merged vector: the points (seq, first_seq, merged) are as SPEC's
+ * "Test vectors" describes, and each restores to expected.sha256. */
+static void check_merged_vector(const char *dir, const char *tmp, const uint32_t (*want)[3], size_t nwant,
+				const char *passfile)
+{
+	cbi_point *pts = NULL;
+	size_t n = 0;
+	cbi_error e;
+	if (cbi_list(dir, &pts, &n, &e))
+		fail_msg("list '%s': %s", dir, e.msg);
+	assert_int_equal(n, nwant);
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(pts[i].seq, want[i][0]);
+		assert_int_equal(pts[i].first_seq, want[i][1]);
+		assert_int_equal(pts[i].merged, (int)want[i][2]);
+		assert_false(pts[i].broken);
+		/* the image's header carries MERGED exactly when the point is merged */
+		size_t len;
+		uint8_t *b = tu_read_file(pts[i].file, &len);
+		cbi_hdr h;
+		assert_int_equal(cbi_hdr_decode(b, &h), 0);
+		assert_int_equal(!!(h.flags & CBI_HDR_MERGED), (int)want[i][2]);
+		free(b);
+	}
+	char exp[4200], line[200];
+	snprintf(exp, sizeof exp, "%s/expected.sha256", dir);
+	FILE *fp = fopen(exp, "r");
+	assert_non_null(fp);
+	int lines = 0;
+	while (fgets(line, sizeof line, fp)) {
+		unsigned seq;
+		char hex[65], got[65];
+		assert_int_equal(sscanf(line, "%u %64s", &seq, hex), 2);
+		size_t i = 0;
+		while (i < n && pts[i].seq != seq)
+			i++;
+		assert_true(i < n);
+		const char *t = tu_path(tmp, "vec.img");
+		unlink(t);
+		cbi_restore_opts o = { .point = pts[i].index_file, .target = t, .threads = 2,
+				       .pass = passfile ? vec_pass : NULL, .pass_ud = (void *)passfile,
+				       .state_dir = tu_path(tmp, "nostate") };
+		cbi_restore_result r;
+		if (cbi_restore(&o, &r, &e))
+			fail_msg("'%s' seq %u: restore: %s", dir, seq, e.msg);
+		sha256_hex(t, got);
+		assert_string_equal(got, hex);
+		lines++;
+	}
+	fclose(fp);
+	assert_int_equal(lines, (int)nwant);
+	free(pts);
+}
+
+static void test_merged_vectors(void **state)
+{
+	tu_fix *f = *state;
+	const char *vec = getenv("CBIMG_VECTORS");
+	char plain[4096], enc[4096], pass[4200];
+	if (!vec || snprintf(plain, sizeof plain, "%s/valid/merged", vec) >= (int)sizeof plain ||
+	    snprintf(enc, sizeof enc, "%s/encrypted/merged", vec) >= (int)sizeof enc || !tu_exists(plain) ||
+	    !tu_exists(enc)) {
+		print_message("skipped: $CBIMG_VECTORS/valid/merged or encrypted/merged not present\n");
+		skip();
+		return;
+	}
+	/* seq 0 (full), seq 3 merged over seqs 1-2 (first 1, parent seq 0) */
+	static const uint32_t wp[][3] = { { 0, 0, 0 }, { 3, 1, 1 } };
+	check_merged_vector(plain, f->dir, wp, 2, NULL);
+	/* seq 2: a synthetic full (first 0), records re-sealed under its key */
+	static const uint32_t we[][3] = { { 2, 0, 1 } };
+	snprintf(pass, sizeof pass, "%s/passphrase", enc);
+	check_merged_vector(enc, f->dir, we, 1, pass);
+}
+
+/* A prune is a run of kind "prune" in the catalog and in the run log (where
+ * the catalog cannot live), with its byte counts and points removed. */
+static void test_prune_runs_recorded(void **state)
+{
+	tu_fix *f = *state;
+	cbi_error e;
+	int64_t id = 0;
+	cbi_run *runs = NULL;
+	size_t n = 0;
+	assert_int_equal(cbi_catalog_prune_begin(f->dir, "h", "s", "p", "j", &id, &e), 0);
+	assert_true(id > 0);
+	assert_int_equal(cbi_catalog_prune_end(f->dir, id, 0, NULL, 100, 200, 3, &e), 0);
+	assert_int_equal(cbi_log(f->dir, NULL, &runs, &n, &e), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(runs[0].kind, CBI_RUN_PRUNE);
+	assert_int_equal(runs[0].result, CBI_RUN_OK);
+	assert_int_equal(runs[0].points_removed, 3);
+	assert_true(runs[0].bytes_read == 100 && runs[0].bytes_written == 200);
+	free(runs);
+	/* the run log */
+	char rl[4200];
+	snprintf(rl, sizeof rl, "%s/rl", f->dir);
+	assert_int_equal(mkdir(rl, 0755), 0);
+	assert_int_equal(cbi_runlog_begin_kind(rl, CBI_RUN_PRUNE, "h", "s", "p", "j", &id, &e), 0);
+	cbi_backup_result r;
+	memset(&r, 0, sizeof r);
+	r.bytes_read = 7;
+	assert_int_equal(cbi_runlog_end_removed(rl, id, CBI_RUN_OK, NULL, &r, 2, 0, &e), 0);
+	assert_int_equal(cbi_runlog_begin(rl, "h", "s", "p", "j", &id, &e), 0);
+	assert_int_equal(cbi_runlog_read(rl, NULL, &runs, &n, &e), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(runs[0].kind, CBI_RUN_PRUNE);
+	assert_int_equal(runs[0].points_removed, 2);
+	assert_true(runs[0].bytes_read == 7);
+	assert_int_equal(runs[1].kind, CBI_RUN_BACKUP);
+	free(runs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_select_rules),
 		cmocka_unit_test_setup_teardown(test_merge_keeps_identity, setup_points, teardown_points),
 		cmocka_unit_test_setup_teardown(test_interrupted_merge_finished, setup_points, teardown_points),
+		cmocka_unit_test_setup_teardown(test_interrupted_merge_finished_by_backup, setup_points, teardown_points),
+		cmocka_unit_test_setup_teardown(test_merged_vectors, tu_setup_dir, tu_teardown_dir),
+		cmocka_unit_test_setup_teardown(test_prune_runs_recorded, tu_setup_dir, tu_teardown_dir),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
