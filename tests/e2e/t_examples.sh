@@ -128,4 +128,20 @@ check_grep "a full 8 days old: a new chain" "ARGS: backup .*--full"
 CBIMG=$T/fakecbimg FAKE_AGE_DAYS=2 expect_exit 0 bash "$JOB" weekly "$SRC"
 check_eq "a full 2 days old: no --full" "$(grep -c -- '--full' "$T/stdout")" 0
 unset CBIMG_DEST CBIMG_FULL_AFTER_DAYS CBIMG_PASSWORD_FILE
+# Retention after a good backup (CBIMG_KEEP): only this job's points go, what
+# the kept ones need merged into them; another job on the disk is untouched.
+mkdir -p "$T/keep"
+"$CBIMG" backup -q --job other "$SRC" "$T/keep" || die "backup of the other job"
+for i in 1 2 3 4; do
+	fill_random "$SRC" 4096 64
+	CBIMG_DEST=$T/keep CBIMG_KEEP="--keep-last 2" expect_exit 0 bash "$JOB" daily "$SRC"
+done
+check_grep "the retention step runs prune" "prune --keep-last 2"
+if list_json "$T/keep"; then
+	check_eq "retention: two points of the job kept" "$(jqr '[.[] | select(.job == "daily")] | length')" 2
+	check_eq "retention: the other job untouched" "$(jqr '[.[] | select(.job == "other")] | length')" 1
+fi
+expect_exit 0 "$CBIMG" restore -q --force "$(ls -1 "$T/keep"/*daily*.cbx | sort | tail -1)" "$T/keep.img"
+check_eq "retention: the newest point restores" "$(sha256 "$T/keep.img")" "$(sha256 "$SRC")"
+expect_exit 0 "$CBIMG" verify "$T/keep"
 finish
