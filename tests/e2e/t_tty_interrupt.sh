@@ -12,6 +12,11 @@ H=$T/pty_helper
 cc -O2 -o "$H" "$E2E_DIR/pty_helper.c" -lutil 2>"$T/cc.err" ||
 	die "cannot build tests/e2e/pty_helper.c (needs cc): $(head -3 "$T/cc.err")"
 
+# A pseudo-terminal must be available (a chroot without /dev/pts has none).
+if ! "$H" -t 5 -- true >"$T/probe.out" 2>&1; then
+	grep -q forkpty "$T/probe.out" && skip "no pseudo-terminal here ($(head -1 "$T/probe.out")): mount devpts on /dev/pts"
+fi
+
 S=$T/s.img
 truncate -s 1M "$S"
 head -c 65536 /dev/urandom | dd of="$S" conv=notrunc status=none
