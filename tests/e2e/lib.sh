@@ -45,7 +45,7 @@ cleanup() {
 	if [ "${KEEP:-0}" = 1 ]; then
 		echo "(kept $T)"
 	else
-		rm -rf "$T"
+		rm -rf --one-file-system "$T"
 	fi
 }
 trap cleanup EXIT

@@ -251,7 +251,7 @@ expect_exit 2 "$CBIMG" backup -q --job other --encrypt --scrypt 9:8:1 --password
 cp -a "$P" "$F/plain2"
 expect_exit 0 "$CBIMG" backup --json --job plain --no-state --full --encrypt "${SCRYPT[@]}" --password-file "$PW" "$SRC" "$F/plain2" &&
 	check_eq "--encrypt --full: a new encrypted chain" "$(jout '"\(.type) \(.point.encrypted) \(.key_file != null and .key_file != "")"')" "full true true"
-rm -rf "$F/plain2"
+rm -rf --one-file-system "$F/plain2"
 
 # ------------------------------------------------------------------ 3
 echo "== 3. no plain text, no unkeyed hash, no passphrase in encrypted files"
@@ -300,7 +300,7 @@ bg_case() {
 		W=$T/w
 		mkdir -p "$T"
 		"$@" >"$T0/res.$id" 2>&1
-		rm -rf "$T"
+		rm -rf --one-file-system "$T"
 	) &
 }
 # bg_collect: wait for the cases, print their lines in order, count them.
@@ -327,7 +327,7 @@ fresh() {
 	for f in "$d"/*.cbk; do
 		[ -e "$f" ] && cp+=("$f")
 	done
-	rm -rf "$W"
+	rm -rf --one-file-system "$W"
 	cp -al "$d" "$W" && cp -a --remove-destination "${cp[@]}" "$W/"
 }
 # want3 BUG LABEL CMD...: CMD must exit 3; exit 0 is the fixed bug BUG, back.

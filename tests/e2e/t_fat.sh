@@ -182,7 +182,7 @@ suite() {
 	expect_exit 3 "$CBIMG" verify "$M"
 	check_grep "$kind: verify names the deleted middle segment" "p0\.cbi\.002' is missing"
 	rm -f "$T/r1.img"
-	rm -rf "$M"
+	rm -rf --one-file-system "$M"
 
 	# automatic detection: a small source, no --split
 	local small=$T/small.img A=$mnt/auto
@@ -228,7 +228,7 @@ suite() {
 	else
 		skip_part "$kind: the backup finished before it could be killed"
 	fi
-	rm -rf "$K" "$A" "$D"
+	rm -rf --one-file-system "$K" "$A" "$D"
 }
 
 for kind in fat exfat; do

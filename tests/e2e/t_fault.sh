@@ -158,7 +158,7 @@ scenario() {
 		n=1 injected=0 bad=0 crashes=0
 		while :; do
 			W=$T/w
-			rm -rf "$W"
+			rm -rf --one-file-system "$W"
 			mkdir -p "$W"
 			cp -a "$BASE/dest" "$W/dest"
 			cp -a "$BASE/state" "$W/state"

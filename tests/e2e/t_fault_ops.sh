@@ -102,7 +102,7 @@ check_points() {
 # fresh: a working copy of $BASE in $W.
 fresh() {
 	W=$T/w
-	rm -rf "$W"
+	rm -rf --one-file-system "$W"
 	mkdir -p "$W"
 	cp -a "$BASE/dest" "$W/dest"
 	cp -a "$BASE/state" "$W/state"

@@ -196,7 +196,7 @@ expect_exit 3 "$CBIMG" verify "$fcbi" && check_grep "verify FILE names a block" 
 expect_exit 3 "$CBIMG" verify "$D3/$(basename "$MINC2_CBI")"
 expect_exit 3 "$CBIMG" restore -q "$fcbi" "$T/rdamaged.img"
 check_eq "the undamaged copy still verifies" "$("$CBIMG" verify "$D2" >/dev/null 2>&1 </dev/null; echo $?)" 0
-rm -rf "$D3" "$T/rdamaged.img"
+rm -rf --one-file-system "$D3" "$T/rdamaged.img"
 
 # -------------------------------------------------------------- damage: truncated index / image
 D4=$T/truncidx
@@ -205,7 +205,7 @@ x=$D4/$(basename "$MINC2_CBX")
 truncate -s $(($(filesize "$x") - 100)) "$x"
 expect_exit 3 "$CBIMG" verify "$x"
 expect_exit 3 "$CBIMG" verify "$D4"
-rm -rf "$D4"
+rm -rf --one-file-system "$D4"
 D5=$T/truncimg
 cp -a "$D2" "$D5"
 x=$D5/$(basename "$MFULL_CBI")
@@ -216,7 +216,7 @@ expect_exit 3 "$CBIMG" verify "$D5/$(basename "$MINC2_CBX")"
 expect_exit 3 "$CBIMG" restore -q "$D5/$(basename "$MINC2_CBX")" "$T/trunc-restore.img" &&
 	check_grep "restore names the truncated image" "image file of point seq 0 is damaged"
 check "nothing left of the failed restore" test ! -e "$T/trunc-restore.img"
-rm -rf "$D5"
+rm -rf --one-file-system "$D5"
 
 # -------------------------------------------------------------- size change
 truncate -s 40M "$SRC"

@@ -46,7 +46,7 @@ MOMENTS=0
 # fresh: a working copy of $BASE in $W.
 fresh() {
 	W=$T/w
-	rm -rf "$W"
+	rm -rf --one-file-system "$W"
 	mkdir -p "$W"
 	cp -a "$BASE/dest" "$W/dest"
 	cp -a "$BASE/state" "$W/state"
@@ -186,7 +186,7 @@ backup_scenario() {
 	local eopts=()
 	[ "$enc" = enc ] && eopts=(--encrypt "${KDF[@]}")
 	BASE=$T/base-$name
-	rm -rf "$BASE"
+	rm -rf --one-file-system "$BASE"
 	mkdir -p "$BASE/dest" "$BASE/state"
 	SRC=$BASE/src.img
 	head -c $((MIB * 1024 * 1024)) /dev/urandom >"$SRC"
@@ -227,7 +227,7 @@ backup_scenario() {
 passwd_scenario() {
 	local name=passwd m n=0 bad=0 from key
 	BASE=$T/base-passwd
-	rm -rf "$BASE"
+	rm -rf --one-file-system "$BASE"
 	mkdir -p "$BASE/dest" "$BASE/state"
 	SRC=$BASE/src.img
 	head -c $((MIB * 1024 * 1024)) /dev/urandom >"$SRC"

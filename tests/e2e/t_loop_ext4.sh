@@ -57,7 +57,7 @@ expect_exit 0 "$CBIMG" backup -q --job disk "$A" "$D" || die "first incremental 
 
 # -------------------------------------------------------------- changes 2
 do_mount "$A" "$M" || die "mount $A"
-rm -rf "$M/new/common-licenses" "$M/data/random4.bin"
+rm -rf --one-file-system "$M/new/common-licenses" "$M/data/random4.bin"
 dd if=/dev/urandom of="$M/data/random1.bin" bs=4K seek=0 count=1 conv=notrunc status=none
 dd if=/dev/urandom of="$M/new/blob.bin" bs=64K seek=10 count=2 conv=notrunc status=none
 head -c 100000 /dev/urandom >>"$M/data/random6.bin"

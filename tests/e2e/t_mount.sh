@@ -249,8 +249,8 @@ if [ "$HAVE_LOOP" = 1 ]; then
 			echo changed >"$T/src/a/b/f1" ;;
 		2) mv "$T/src/c" "$T/src/d" && ln -s ../d/r.bin "$T/src/a/link" && yes step2 | head -c 70000 >>"$T/src/a/b/f3" ;;
 		esac
-		rm -rf "$T/snap$step" && cp -a "$T/src" "$T/snap$step"
-		rm -rf "$T/snap$step/lost+found"
+		rm -rf --one-file-system "$T/snap$step" && cp -a "$T/src" "$T/snap$step"
+		rm -rf --one-file-system "$T/snap$step/lost+found"
 		do_umount "$T/src" || die "umount"
 		run "$CBIMG" backup -q --block-size 64K "$EXT" "$T/d_fs" || die "backup of $EXT: $OUT"
 	done

@@ -150,7 +150,7 @@ for ((k = 0; k < 8; k++)); do change; bk --job k "$SRC" "$D4"; done
 cp -a "$D4" "$T/kill.orig"
 bad=0
 for ((m = 0; m < 12; m++)); do
-	rm -rf "$D4" && cp -a "$T/kill.orig" "$D4"
+	rm -rf --one-file-system "$D4" && cp -a "$T/kill.orig" "$D4"
 	"$CBIMG" prune --keep-last 2 --keep-daily 2 "$D4" >/dev/null 2>&1 &
 	pid=$!
 	sleep "0.00$((RANDOM % 10))$((RANDOM % 10))"

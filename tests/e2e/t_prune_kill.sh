@@ -50,7 +50,7 @@ sweep() {
 	echo "  prune of $name takes ${dur} us; killing it at $M moments"
 	"$CBIMG" list --json "$d" | jq -r '.[].id' | sort >"$T/want.ids"
 	for ((m = 0; m < M; m++)); do
-		rm -rf "$d" && cp -a "$T/orig" "$d"
+		rm -rf --one-file-system "$d" && cp -a "$T/orig" "$d"
 		"$CBIMG" prune "$@" "${RULE[@]}" "$d" >/dev/null 2>&1 &
 		pid=$!
 		# moment m of M over 1.2 times the run (some kills land after the end)
@@ -83,7 +83,7 @@ sweep() {
 			{ bad=$((bad + 1)); echo "       | moment $m: verify: $(head -3 "$T/v.out")"; }
 	done
 	check_eq "$name: kill -9 at $M moments ($killed while running, $finished finished by the next run): invariants hold" "$bad" 0
-	rm -rf "$T/orig"
+	rm -rf --one-file-system "$T/orig"
 }
 
 echo "== plain chain"

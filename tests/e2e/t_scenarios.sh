@@ -183,7 +183,7 @@ cp -a "$SD" "$T/state-old"
 mkdir -p "$T/out3"
 expect_exit 0 "$CBIMG" backup -q --state-dir "$SD" --host pc2 --job offsite --outbox "$DEV_pc2" "$T/out3"
 cp "$T/out3"/*.cb? "$REMOTE"/                      # remote now at seq 3, state at 3
-rm -rf "$SD" && cp -a "$T/state-old" "$SD"          # state back at seq 2
+rm -rf --one-file-system "$SD" && cp -a "$T/state-old" "$SD"          # state back at seq 2
 change "$DEV_pc2" g
 R4=$(sha256 "$DEV_pc2")
 expect_exit 0 "$CBIMG" backup --json --state-dir "$SD" --host pc2 --job offsite "$DEV_pc2" "$REMOTE" &&

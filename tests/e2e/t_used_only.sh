@@ -145,7 +145,7 @@ restore_check "used-only full" "$full" "$TREE0"
 
 # -------------------------------------------------------------- incremental
 do_mount "$A" "$M" || die "mount"
-rm -rf "$M/tree/d00"
+rm -rf --one-file-system "$M/tree/d00"
 head -c $((3 * 1024 * 1024)) /dev/urandom >"$M/data/new.bin"
 dd if=/dev/urandom of="$M/data/keep.bin" bs=4K seek=7 count=3 conv=notrunc status=none
 do_umount "$M"

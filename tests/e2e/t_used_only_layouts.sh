@@ -77,7 +77,7 @@ check_point() {
 	local label=$1 img=$2 point=$3 tree=$4 stale left
 	free_runs "$img" >"$T/free.runs"
 	stale=$(nonzero_runs "$img" "$T/free.runs")
-	rm -rf "$T/r.img" "$T/dump"
+	rm -rf --one-file-system "$T/r.img" "$T/dump"
 	expect_exit 0 "$CBIMG" restore -q "$point" "$T/r.img" || return
 	if fsck.ext4 -fn "$T/r.img" >"$T/fsck.out" 2>&1; then
 		pass "$label: fsck -n clean"
@@ -86,7 +86,7 @@ check_point() {
 	fi
 	mkdir -p "$T/dump"
 	debugfs -R "rdump / $T/dump" "$T/r.img" >/dev/null 2>&1
-	rm -rf "$T/dump/lost+found"
+	rm -rf --one-file-system "$T/dump/lost+found"
 	if diff -r "$tree" "$T/dump" >"$T/diff.out" 2>&1; then
 		pass "$label: every file equal ($(find "$tree" -type f | wc -l) files)"
 	else
@@ -106,7 +106,7 @@ check_point() {
 layout() {
 	local name=$1 feats=$2 opts=$3 mib=$4 img=$T/$1.img tree=$T/$1.tree full f
 	echo "== $name: mkfs.ext4 $opts"
-	rm -rf "$tree"
+	rm -rf --one-file-system "$tree"
 	gen_tree "$tree"
 	# shellcheck disable=SC2086
 	if ! mkfs.ext4 -q -F $opts -d "$tree" "$img" "${mib}M" >"$T/mkfs.out" 2>&1; then
