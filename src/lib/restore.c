@@ -115,13 +115,13 @@ typedef struct rloop {
 	uint64_t size, n_blocks;
 	uint32_t per_batch;
 	uint64_t next;          /* first block of the next batch */
-	int *seq_rc;            /* per seq: its image failed to open while planning */
 	double last;            /* last progress report */
 } rloop;
 
 /* Block j of batch s: its entry and where it is. A failure is kept for the
  * block (planning makes no message: consume makes it again if the block is
- * needed), and an image that failed to open is not tried again. */
+ * needed), and an image that failed to open is not tried again (the chain
+ * reader remembers it). */
 static void plan_block(rloop *p, rbatch *s, uint32_t j)
 {
 	cbi_error e;
@@ -133,14 +133,9 @@ static void plan_block(rloop *p, rbatch *s, uint32_t j)
 		s->act[j] = A_BAD; /* nothing to go by */
 		return;
 	}
-	int cached = !(x->flags & CBI_IDX_ZERO) && x->owner < cbi_chain_len(p->v->c);
-	if (cached && (s->prc[j] = p->seq_rc[x->owner]))
-		return;
-	cbi_image *m = NULL;
-	if (cached && (s->prc[j] = get_image(p->v, x->owner, &m, &e)))
-		p->seq_rc[x->owner] = s->prc[j];
-	else
-		s->prc[j] = locate_block(p->v, i, x, &s->img[j], &s->te[j], &e);
+	/* An image that failed to open fails again at once: the chain reader
+	 * remembers the failure (cbi_chain_image()). */
+	s->prc[j] = locate_block(p->v, i, x, &s->img[j], &s->te[j], &e);
 }
 
 static int plan(void *ud, unsigned slot, cbi_error *err)
@@ -351,9 +346,8 @@ static int restore_blocks(cbi_resolved *v, const cbi_restore_opts *o, cbi_target
 	cbi_pool_size(o->threads, p.bs, BATCH_BYTES / p.bs, 2, 2, p.n_blocks, &d);
 	p.per_batch = d.per_item;
 	p.slots = slots_new(d.nslots, p.per_batch, p.bs);
-	p.seq_rc = calloc(cbi_chain_len(v->c), sizeof *p.seq_rc);
 	int rc;
-	if (!p.slots || !p.seq_rc) {
+	if (!p.slots) {
 		rc = cbi_err(err, -ENOMEM, "out of memory");
 	} else {
 		cbi_pool_cfg pc = { .threads = d.threads, .nslots = d.nslots, .ud = &p, .init = ws_new,
@@ -361,7 +355,6 @@ static int restore_blocks(cbi_resolved *v, const cbi_restore_opts *o, cbi_target
 		rc = cbi_pool_run(&pc, err);
 	}
 	slots_free(p.slots, d.nslots);
-	free(p.seq_rc);
 	return rc;
 }
 
