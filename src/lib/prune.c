@@ -659,8 +659,33 @@ end:
 
 /* ------------------------------------------------------------------ API */
 
+/* Could dir hold what an interrupted prune of job key left: a temporary
+ * file of the job, or a merged image ("NAME-mNNNN.cbi", also split)? By
+ * names only, so that a backup reads DEST's point files once, not twice,
+ * when nothing is to be finished (1 when unsure). */
+static int may_need_recovery(const char *dir, uint64_t key)
+{
+	cbi_dest *d = NULL;
+	char prefix[64];
+	if (cbi_dest_scan(dir, 0, &d, NULL))
+		return 1;
+	cbi_job_tmp_prefix(key, prefix, sizeof prefix);
+	int need = 0;
+	for (size_t i = 0; i < d->n && !need; i++) {
+		const char *nm = d->e[i].name, *x = strstr(nm, ".cbi");
+		if (d->e[i].kind == CBI_DENT_TEMP)
+			need = !strncmp(nm, prefix, strlen(prefix));
+		else if (x && x - nm >= 6)
+			need = x[-6] == '-' && x[-5] == 'm' && strspn(x - 4, "0123456789") >= 4;
+	}
+	cbi_dest_free(d);
+	return need;
+}
+
 int cbi_prune_finish_interrupted(const char *dest, uint64_t key, const char *job, char *note, size_t notesz)
 {
+	if (!may_need_recovery(dest, key))
+		return 0;
 	cbi_prune_opts o = { .dest = dest };
 	cbi_prune_result *r = calloc(1, sizeof *r);
 	cbi_error e;
