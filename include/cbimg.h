@@ -93,6 +93,11 @@ typedef struct cbi_kdf_params {
 #define CBI_KDF_LOG2_N 15u
 #define CBI_KDF_R 8u
 #define CBI_KDF_P 4u
+/* The least cost a writer wraps a key file at (format/SPEC.md, "Key files",
+ * revision 2.4): that of the local state's copy, N = 2^12, r = 8 (p >= 1).
+ * -CBI_EUSAGE below it. */
+#define CBI_KDF_FLOOR_LOG2_N 12u
+#define CBI_KDF_FLOOR_R 8u
 
 /* ---------------------------------------------------------------- points */
 

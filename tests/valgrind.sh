@@ -101,7 +101,7 @@ export CBIMG_STATE_DIR=$T/state
 printf 'vg-passphrase\n' >"$T/pw"
 printf 'other\n' >"$T/pw2"
 cp "$T/state0.img" "$T/esrc.img"
-vg 0 "$CBIMG" backup -q --job enc --encrypt --scrypt 10:8:1 --password-file "$T/pw" "$T/esrc.img" "$E"
+vg 0 "$CBIMG" backup -q --job enc --encrypt --scrypt 12:8:1 --password-file "$T/pw" "$T/esrc.img" "$E"
 cp "$T/state1.img" "$T/esrc.img"
 vg 0 "$CBIMG" backup -q --job enc --password-file "$T/pw" "$T/esrc.img" "$E"
 vg 4 "$CBIMG" backup -q --job enc --password-file "$T/pw2" "$T/esrc.img" "$E"
@@ -111,7 +111,7 @@ vg 4 "$CBIMG" verify --password-file "$T/pw2" "$E"
 einc=$(ls -1 "$E"/*incr0001*.cbx)
 vg 0 "$CBIMG" restore -q --password-file "$T/pw" "$einc" "$T/e1.img"
 check_same "$T/e1.img" "$T/state1.img" "restore of the encrypted incremental"
-vg 0 "$CBIMG" passwd -q --scrypt 10:8:1 --password-file "$T/pw" --new-password-file "$T/pw2" "$einc"
+vg 0 "$CBIMG" passwd -q --scrypt 12:8:1 --password-file "$T/pw" --new-password-file "$T/pw2" "$einc"
 vg 0 "$CBIMG" info "$einc"
 cp -a "$E" "$T/edamaged"
 f=$(ls -1S "$T"/edamaged/*.cbi | head -n 1)

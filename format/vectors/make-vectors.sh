@@ -304,7 +304,7 @@ rm -f "$W/disk.img"
 truncate -s 512K "$W/disk.img"
 text 0 32 e0
 noise 64 8 07
-BK+=(--encrypt --scrypt 10:1:1 --password-file "$X/passphrase")
+BK+=(--encrypt --scrypt 12:8:1 --password-file "$X/passphrase")
 attime $t backup "$X"                               # seq 0
 text 2 2 e1
 noise 65 1 08

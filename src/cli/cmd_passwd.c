@@ -38,7 +38,7 @@ static int cmd_passwd(const struct cli_command *cmd, int argc, char **argv)
 		case OPT_SCRYPT:
 			if (cli_parse_scrypt(optarg, &o.kdf))
 				return cli_usage_error(cmd, "invalid scrypt cost '%s': expected LOG2N:R:P with LOG2N "
-						       "10 to 24, R and P 1 to 64", optarg);
+						       "12 to 24, R 8 to 64, P 1 to 64", optarg);
 			break;
 		case OPT_STATE_DIR: o.state_dir = optarg; break;
 		case OPT_NO_STATE: o.no_state = 1; break;

@@ -18,6 +18,21 @@ int cli_pass_reported(void)
 	return pass_reported;
 }
 
+/* The passphrase in buf[0 .. n - 1] (format/SPEC.md, "Passphrase bytes"):
+ * its first line, without the "\n" that ends it and one "\r" before that
+ * (or at the end). Returns its length; buf is cut there. */
+static size_t pass_line(char *buf, size_t n)
+{
+	char *nl = memchr(buf, '\n', n);
+	if (nl) {
+		*nl = 0;
+		n = (size_t)(nl - buf);
+	}
+	if (n && buf[n - 1] == '\r')
+		buf[--n] = 0;
+	return n;
+}
+
 /* Read the first line of path (without its line ending). */
 static int read_pass_file(const char *path, char *buf, size_t bufsz)
 {
@@ -62,13 +77,7 @@ static int read_pass_file(const char *path, char *buf, size_t bufsz)
 		pass_reported = 1;
 		return -CBI_EPASS;
 	}
-	char *nl = memchr(buf, '\n', n);
-	if (nl) {
-		*nl = 0;
-		n = (size_t)(nl - buf);
-	}
-	if (n && buf[n - 1] == '\r')
-		buf[--n] = 0;
+	n = pass_line(buf, n);
 	/* A passphrase is text: a NUL byte would end it early (a key made of
 	 * random bytes would be protected only by those before its first NUL),
 	 * so it is refused, never cut. */
@@ -118,11 +127,18 @@ int cli_pass_cb(void *ud, const char *what, int confirm, char *buf, size_t bufsz
 	if (p->file) {
 		n = read_pass_file(p->file, buf, bufsz);
 	} else if (p->env && getenv(p->env)) {
+		/* as a password file's content: a value written with a final
+		 * newline ($(cat file), a here-string) is the same passphrase */
 		const char *e = getenv(p->env);
-		n = (int)strlen(e);
-		if (!n || (size_t)n >= bufsz)
+		size_t len = strlen(e);
+		if (len >= bufsz)
 			return -CBI_EPASS;
-		memcpy(buf, e, (size_t)n + 1);
+		memcpy(buf, e, len + 1);
+		n = (int)pass_line(buf, len);
+		if (!n) {
+			explicit_bzero(buf, bufsz);
+			return -CBI_EPASS;
+		}
 	} else {
 		char text[512], again[CBI_PASS_MAX];
 		snprintf(text, sizeof text, "%s for %s: ", p->label ? p->label : "Passphrase", what);
@@ -170,7 +186,9 @@ int cli_parse_scrypt(const char *s, cbi_kdf_params *k)
 {
 	unsigned a, b, c;
 	char end;
-	if (sscanf(s, "%u:%u:%u%c", &a, &b, &c, &end) != 3 || a < 10 || a > 24 || !b || b > 64 || !c || c > 64)
+	/* the writer's floor: never cheaper than the local state's copy */
+	if (sscanf(s, "%u:%u:%u%c", &a, &b, &c, &end) != 3 || a < CBI_KDF_FLOOR_LOG2_N || a > 24 ||
+	    b < CBI_KDF_FLOOR_R || b > 64 || !c || c > 64)
 		return -1;
 	k->log2_n = a;
 	k->r = b;

@@ -451,6 +451,20 @@ static int replaced_image(const cbi_chain *c, const cbi_point *p, char *path)
 	return e && !cbi_dest_path(c->d, e, path, 4096);
 }
 
+int cbi_chain_image_fits(const cbi_point *p, const cbi_image *m, const cbi_index *x, cbi_error *err)
+{
+	cbi_index *own = NULL;
+	int rc = 0;
+	if (!x && !(rc = cbi_index_open(p->index_file, &own, err)))
+		x = own;
+	const char *field = rc ? NULL : cbi_hdr_pair_problem(&m->hdr, &x->hdr);
+	if (field)
+		rc = cbi_err(err, -CBI_EDAMAGED, "'%s': header does not match its index file ('%s'): %s differs (I8)",
+			     m->f->path, x->f->path, field);
+	cbi_index_close(own);
+	return rc;
+}
+
 static int open_image(cbi_chain *c, uint32_t seq, cbi_image **out, cbi_error *err)
 {
 	const cbi_point *p = cbi_chain_point(c, seq);
@@ -486,6 +500,8 @@ static int open_image(cbi_chain *c, uint32_t seq, cbi_image **out, cbi_error *er
 	if (!rc && (memcmp(m->hdr.chain_id, th->chain_id, 16) || m->hdr.seq != seq ||
 		    m->hdr.block_size != th->block_size || m->hdr.source_size != th->source_size))
 		rc = cbi_err(err, -CBI_EDAMAGED, "'%s': header does not match the chain", p->file);
+	if (!rc)
+		rc = cbi_chain_image_fits(p, m, seq + 1 == c->len ? c->index : NULL, err);
 	if (rc) {
 		cbi_image_close(m);
 		return rc;

@@ -129,6 +129,12 @@ int cbi_chain_keys(cbi_chain *c, const cbi_hdr *h, const cbi_keys **k, cbi_error
 int cbi_chain_auth_index(cbi_chain *c, cbi_index *x, cbi_error *err) CBI_WUR;
 int cbi_chain_auth_image(cbi_chain *c, const cbi_index *x, cbi_image *m, cbi_error *err) CBI_WUR;
 
+/* Rule I8: does image m, paired with point p, carry p's index header
+ * (cbi_hdr_pair_problem())? x: p's index if open, else NULL (its header is
+ * read from p->index_file). 0, -CBI_EDAMAGED with "'IMAGE': header does not
+ * match its index file ..." naming the field, or the index's open error. */
+int cbi_chain_image_fits(const cbi_point *p, const cbi_image *m, const cbi_index *x, cbi_error *err) CBI_WUR;
+
 /* The key file that unlocked the chosen chain ("" if none) and, with
  * keep_pass, its passphrase and length (NULL if none). */
 const char *cbi_chain_key_file(const cbi_chain *c);

@@ -220,6 +220,10 @@ int cbi_hdr_decode(const uint8_t *b, cbi_hdr *h)
 		return -CBI_EDAMAGED;
 	if (h->compression != CBI_COMP_ZSTD)
 		return -CBI_EFORMAT;
+	/* H7a (revision 2.4): zstd's levels; informational, but a field with
+	 * one meaning has one range */
+	if (h->level < CBI_HDR_MIN_LEVEL || h->level > CBI_HDR_MAX_LEVEL)
+		return -CBI_EDAMAGED;
 	if (h->version == 1 && (h->flags != 0 || h->hash_alg != CBI_HASH_XXH3_128))
 		return -CBI_EFORMAT; /* features of a later version */
 	if (h->flags & ~CBI_HDR_FLAGS_KNOWN || (h->hash_alg != CBI_HASH_XXH3_128 && h->hash_alg != CBI_HASH_SHA256_128))
@@ -242,6 +246,58 @@ int cbi_hdr_decode(const uint8_t *b, cbi_hdr *h)
 		return -CBI_EDAMAGED;
 	}
 	return 0;
+}
+
+const char *cbi_hdr_pair_problem(const cbi_hdr *img, const cbi_hdr *idx)
+{
+	/* A merged image carries its own link, segment size and MERGED bit
+	 * (so its version may be 2 where the index's is 1). */
+	int merged = (img->flags & CBI_HDR_MERGED) != 0;
+#define DIFF(f) (memcmp(&img->f, &idx->f, sizeof img->f) != 0)
+	if (!merged && img->version != idx->version)
+		return "version";
+	if ((img->flags & ~CBI_HDR_MERGED) != idx->flags || (!merged && img->flags != idx->flags))
+		return "flags";
+	if (DIFF(block_size))
+		return "block_size";
+	if (DIFF(hash_alg))
+		return "hash_alg";
+	if (DIFF(compression))
+		return "compression";
+	if (DIFF(source_size))
+		return "source_size";
+	if (DIFF(n_blocks))
+		return "n_blocks";
+	if (DIFF(chain_id))
+		return "chain_id";
+	if (DIFF(point_id))
+		return "point_id";
+	if (!merged && DIFF(parent_id))
+		return "parent_id";
+	if (!merged && DIFF(parent_digest))
+		return "parent_digest";
+	if (DIFF(seq))
+		return "seq";
+	if (DIFF(type))
+		return "type";
+	if (DIFF(created_ns))
+		return "created_ns";
+	if (DIFF(level))
+		return "level";
+	if (!merged && DIFF(segment_mib))
+		return "segment_mib";
+	if (strcmp(img->job, idx->job))
+		return "job";
+	if (strcmp(img->host, idx->host))
+		return "host";
+	if (strcmp(img->source_id, idx->source_id))
+		return "source_id";
+	if (strcmp(img->source_path, idx->source_path))
+		return "source_path";
+	if (DIFF(key_id))
+		return "key_id";
+#undef DIFF
+	return NULL;
 }
 
 void cbi_img_trailer_encode(const cbi_img_trailer *t, uint8_t *b)

@@ -136,6 +136,18 @@ void cbi_hdr_encode(const cbi_hdr *h, uint8_t *buf);
  * version), or -CBI_EDAMAGED (checksum or field values invalid). */
 int cbi_hdr_decode(const uint8_t *buf, cbi_hdr *h);
 
+/* The range of header field level (rule H7a, revision 2.4): zstd's. */
+#define CBI_HDR_MIN_LEVEL 1u
+#define CBI_HDR_MAX_LEVEL 22u
+
+/* Rule I8 (format/SPEC.md, revision 2.4): the header of an image file
+ * equals its index file's header (img the image's, idx the index's, both
+ * decoded) but for magic, header_mac and header_checksum, and for a merged
+ * image also version, flags bit MERGED, parent_id, parent_digest and
+ * segment_mib. NULL when they agree, else the name of the first field that
+ * differs. */
+const char *cbi_hdr_pair_problem(const cbi_hdr *img, const cbi_hdr *idx);
+
 /* Image trailer (128 bytes). */
 typedef struct cbi_img_trailer {
 	uint64_t table_offset;

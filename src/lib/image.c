@@ -180,6 +180,28 @@ fail:
 	return rc;
 }
 
+int cbi_image_check_table(cbi_image *m, const uint8_t *win, uint64_t first, uint64_t n)
+{
+	uint8_t b[8];
+	uint64_t prev = 0;
+	int have_prev = 0;
+	if (first > 0) { /* the entry before the run, so that every pair is compared */
+		int rc = cbi_sfr_pread(m->f, b, sizeof b, m->trl.table_offset + (first - 1) * CBI_TAB_ENT_SIZE);
+		if (rc)
+			return rc;
+		prev = ld64(b);
+		have_prev = 1;
+	}
+	for (uint64_t k = 0; k < n; k++) {
+		uint64_t blk = ld64(win + k * CBI_TAB_ENT_SIZE);
+		if (blk >= m->hdr.n_blocks || (have_prev && blk <= prev))
+			return -CBI_EDAMAGED;
+		prev = blk;
+		have_prev = 1;
+	}
+	return 0;
+}
+
 int cbi_image_table_get(cbi_image *m, uint64_t i, cbi_tab_ent *e)
 {
 	if (i >= m->trl.record_count)
@@ -193,6 +215,8 @@ int cbi_image_table_get(cbi_image *m, uint64_t i, cbi_tab_ent *e)
 		uint64_t n = CBI_MIN((uint64_t)WIN_ENTRIES, m->trl.record_count - i);
 		int rc = cbi_sfr_pread(m->f, m->win, (size_t)(n * CBI_TAB_ENT_SIZE),
 				       m->trl.table_offset + i * CBI_TAB_ENT_SIZE);
+		if (!rc)
+			rc = cbi_image_check_table(m, m->win, i, n);
 		if (rc) {
 			m->win_n = 0;
 			return rc;
@@ -269,7 +293,9 @@ int cbi_image_read_block(cbi_image *m, const cbi_tab_ent *e, ZSTD_DCtx *dctx, cb
 			 uint8_t *out, const uint8_t *want_hash, cbi_error *err)
 {
 	uint32_t bs = m->hdr.block_size;
-	if (e->block >= m->hdr.n_blocks || e->stored_len > ZSTD_compressBound(bs) + CBI_TAG_LEN ||
+	/* R1: the tag of a sealed record comes on top of zstd's bound */
+	if (e->block >= m->hdr.n_blocks ||
+	    e->stored_len > ZSTD_compressBound(bs) + ((e->flags & CBI_REC_AEAD) ? CBI_TAG_LEN : 0) ||
 	    e->offset < CBI_HDR_SIZE || e->offset > m->trl.table_offset ||
 	    (uint64_t)CBI_REC_HDR_SIZE + e->stored_len > m->trl.table_offset - e->offset)
 		return cbi_err(err, -CBI_EDAMAGED, "table entry out of range");
@@ -304,6 +330,12 @@ int cbi_image_read_block(cbi_image *m, const cbi_tab_ent *e, ZSTD_DCtx *dctx, cb
 		rh.flags &= ~CBI_REC_AEAD;
 	}
 	if (rh.flags == CBI_REC_ZSTD) {
+		/* R4: exactly one standard zstd frame, nothing before or after it
+		 * (no skippable frame, no second frame): one byte string has one
+		 * meaning, and every reader decodes the same bytes */
+		static const uint8_t zmagic[4] = { 0x28, 0xb5, 0x2f, 0xfd };
+		if (plen < 4 || memcmp(payload, zmagic, 4) || ZSTD_findFrameCompressedSize(payload, plen) != plen)
+			return cbi_err(err, -CBI_EDAMAGED, "decompression failed: the payload is not exactly one zstd frame");
 		size_t n = ZSTD_decompressDCtx(dctx, out, bs, payload, plen);
 		if (ZSTD_isError(n) || n != rh.raw_len)
 			return cbi_err(err, -CBI_EDAMAGED, "decompression failed");

@@ -61,8 +61,14 @@ int cbi_image_set_keys(cbi_image *m, const cbi_keys *k) CBI_WUR;
  * under the segment lock for a split file) and may run in many threads at
  * once, each with its own dctx, cx and scratch, and alongside one thread
  * calling those two. */
-/* Table entry i (0 <= i < record_count). */
+/* Table entry i (0 <= i < record_count). -CBI_EDAMAGED when the run of
+ * entries it loads is out of order (rule I7, cbi_image_check_table()). */
 int cbi_image_table_get(cbi_image *m, uint64_t i, cbi_tab_ent *e) CBI_WUR;
+/* Rule I7 for the n encoded table entries at win, entries first ...
+ * first + n - 1 of m's table: each block < n_blocks and greater than the
+ * entry before it (entry first - 1 is read for the first). 0, -CBI_EDAMAGED
+ * or a read error. Only preads: safe alongside cbi_image_read_block(). */
+int cbi_image_check_table(cbi_image *m, const uint8_t *win, uint64_t first, uint64_t n) CBI_WUR;
 /* Find the table entry for block; -ENOENT if this image holds no record. */
 int cbi_image_find(cbi_image *m, uint64_t block, cbi_tab_ent *e) CBI_WUR;
 /* Read, authenticate and decrypt (encrypted images) and decompress the

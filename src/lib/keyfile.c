@@ -49,27 +49,46 @@ void cbi_keyfile_encode(const cbi_keyfile *kf, uint8_t b[CBI_KF_SIZE])
 	cbi_layout_encode(&cbi_kf_layout, kf, b);
 }
 
-int cbi_keyfile_decode(const uint8_t b[CBI_KF_SIZE], cbi_keyfile *kf)
+/* Decode and check a key file (rules K1-K5 of format/SPEC.md); *why: the
+ * reason of a failure, for its message. */
+static int kf_decode(const uint8_t b[CBI_KF_SIZE], cbi_keyfile *kf, const char **why)
 {
 	memset(kf, 0, sizeof *kf);
+	*why = "not a cbimg key file or unsupported version";
 	if (memcmp(b + cbi_layout_field(&cbi_kf_layout, "magic")->off, CBI_MAGIC_KEY, 8))
 		return -CBI_EFORMAT;
 	if (ld32(b + cbi_layout_field(&cbi_kf_layout, "version")->off) != 2)
 		return -CBI_EFORMAT;
-	int rc = cbi_layout_decode(&cbi_kf_layout, b, kf); /* checksum, size, fields */
+	const cbi_field *ck = cbi_layout_field(&cbi_kf_layout, "checksum");
+	if (ld64(b + ck->off) != XXH3_64bits(b, ck->off)) {
+		*why = "damaged key file (checksum)";
+		return -CBI_EDAMAGED;
+	}
+	*why = "damaged key file (size field is not 256)";
+	int rc = cbi_layout_decode(&cbi_kf_layout, b, kf); /* size, fields */
 	if (rc)
 		return rc;
+	*why = "unsupported key derivation function";
 	if (kf->kdf != CBI_KDF_SCRYPT)
 		return -CBI_EFORMAT;
 	/* scrypt runs before the tag can be checked, so whoever can write a key
 	 * file could make opening it run for days: readers accept only the
 	 * writer's range (format/SPEC.md, "Key files"). */
+	*why = "damaged key file (scrypt cost out of range)";
 	if (kf->log2_n < CBI_KDF_MIN_LOG2_N || kf->log2_n > CBI_KDF_MAX_LOG2_N || kf->r < 1 ||
 	    kf->r > CBI_KDF_MAX_R || kf->p < 1 || kf->p > CBI_KDF_MAX_P)
 		return -CBI_EDAMAGED;
+	*why = "damaged key file (reserved bytes not zero)";
 	if (!cbi_layout_reserved_zero(&cbi_kf_layout, b))
 		return -CBI_EDAMAGED;
+	*why = NULL;
 	return 0;
+}
+
+int cbi_keyfile_decode(const uint8_t b[CBI_KF_SIZE], cbi_keyfile *kf)
+{
+	const char *why;
+	return kf_decode(b, kf, &why);
 }
 
 int cbi_keyfile_read(const char *path, cbi_keyfile *kf, cbi_error *err)
@@ -90,11 +109,10 @@ int cbi_keyfile_read(const char *path, cbi_keyfile *kf, cbi_error *err)
 	if (n != CBI_KF_SIZE)
 		return cbi_err(err, n < CBI_KF_SIZE ? -CBI_ETRUNCATED : -CBI_EDAMAGED,
 			       "key file '%s' is %zd bytes, not %u", path, n, CBI_KF_SIZE);
-	int rc = cbi_keyfile_decode(b, kf);
+	const char *why;
+	int rc = kf_decode(b, kf, &why);
 	if (rc)
-		return cbi_err(err, rc, "'%s': %s", path,
-			       rc == -CBI_EFORMAT ? "not a cbimg key file or unsupported version"
-						  : "damaged key file (checksum)");
+		return cbi_err(err, rc, "'%s': %s", path, why);
 	return 0;
 }
 
@@ -149,8 +167,10 @@ int cbi_keyfile_wrap(cbi_keyfile *kf, const cbi_keys *k, const char *pass, size_
 		d.r = kdf->r;
 	if (kdf && kdf->p)
 		d.p = kdf->p;
-	if (d.log2_n < CBI_KDF_MIN_LOG2_N || d.log2_n > CBI_KDF_MAX_LOG2_N || d.r > CBI_KDF_MAX_R ||
-	    d.p > CBI_KDF_MAX_P)
+	/* the writer's floor (format/SPEC.md, "Key files", revision 2.4): no
+	 * key file is cheaper to guess than the local state's copy */
+	if (d.log2_n < CBI_KDF_FLOOR_LOG2_N || d.log2_n > CBI_KDF_MAX_LOG2_N || d.r < CBI_KDF_FLOOR_R ||
+	    d.r > CBI_KDF_MAX_R || d.p < 1 || d.p > CBI_KDF_MAX_P)
 		return -CBI_EUSAGE;
 	memset(kf, 0, sizeof *kf);
 	kf->version = 2;

@@ -201,6 +201,8 @@ static int table_find(pctx *x, cbi_image *m, uint64_t block, cbi_tab_ent *e)
 	x->wimg = NULL;
 	int rc = cbi_sfr_pread(m->f, x->twin, (size_t)(n * CBI_TAB_ENT_SIZE),
 			       m->trl.table_offset + lo * CBI_TAB_ENT_SIZE);
+	if (!rc)
+		rc = cbi_image_check_table(m, x->twin, lo, n); /* I7, as restore */
 	if (rc)
 		return rc;
 	x->wimg = m;
@@ -225,6 +227,9 @@ static int load_block(cbi_pointrd *r, pctx *x, uint64_t i, const cbi_idx_ent *e,
 	rc = table_find(x, m, i, &te);
 	if (rc == -ENOENT)
 		return cbi_err(err, -CBI_EDAMAGED, "'%s': block %llu: missing from the image", m->f->path,
+			       (unsigned long long)i);
+	if (rc == -CBI_EDAMAGED)
+		return cbi_err(err, rc, "'%s': block %llu: block table out of order", m->f->path,
 			       (unsigned long long)i);
 	if (rc)
 		return cbi_err(err, rc, "'%s': block %llu: %s", m->f->path, (unsigned long long)i, cbi_strerror(rc));

@@ -69,6 +69,9 @@ static int locate_block(cbi_resolved *v, uint64_t i, const cbi_idx_ent *e, cbi_i
 	if (rc == -ENOENT)
 		return cbi_err(err, -CBI_EDAMAGED, "'%s': block %llu: missing from the image", m->f->path,
 			       (unsigned long long)i);
+	if (rc == -CBI_EDAMAGED) /* I7: restore enforces the table order too */
+		return cbi_err(err, rc, "'%s': block %llu: block table out of order", m->f->path,
+			       (unsigned long long)i);
 	if (rc)
 		return cbi_err(err, rc, "'%s': block %llu: %s", m->f->path, (unsigned long long)i,
 			       cbi_strerror(rc));

@@ -135,7 +135,11 @@ static int verify_point(vctx *c, uint32_t seq)
 		return 0;
 	}
 	if ((rc = cbi_chain_keys(c->ch, &x->hdr, &k, &e))) {
-		if (rc == -CBI_ENOKEY || cbi_is_damage(rc)) { /* no key file, or only damaged ones */
+		/* only damaged key files: damage, reported for this chain; no key
+		 * file at all (as a wrong or missing passphrase) stops the run:
+		 * the chain cannot be checked, which is no finding about its files
+		 * (format/SPEC.md, "Validation rules", class NOKEY) */
+		if (cbi_is_damage(rc)) {
 			problem(c, p->index_file, -1, "%s", e.msg); /* this chain's own reason */
 			rc = 0;
 			goto end;
@@ -166,6 +170,8 @@ static int verify_point(vctx *c, uint32_t seq)
 	} else if ((rc = check_digest(c, img->f, k ? k->mac_key : NULL))) {
 		goto end;
 	}
+	if (img && cbi_chain_image_fits(p, img, x, &e)) /* I8: the header is its index's */
+		problem(c, img->f->path, -1, "%s", reason(&e, img->f->path));
 	if ((rc = ensure_bufs(c, x->hdr.block_size)))
 		goto end;
 	uint64_t tj = 0, nrec = img ? img->trl.record_count : 0, prev_block = 0;
@@ -190,8 +196,12 @@ static int verify_point(vctx *c, uint32_t seq)
 		if (!img)
 			continue;
 		if (!have_te && tj < nrec) {
-			if (cbi_image_table_get(img, tj, &te)) {
-				problem(c, img->f->path, -1, "unable to read the block table");
+			int trc = cbi_image_table_get(img, tj, &te);
+			if (trc) {
+				if (trc == -CBI_EDAMAGED) /* a run of entries out of order (I7) */
+					problem(c, img->f->path, -1, "block table out of order");
+				else
+					problem(c, img->f->path, -1, "unable to read the block table");
 				nrec = tj;
 			} else {
 				if (tj && te.block <= prev_block)

@@ -54,7 +54,7 @@ cc -O2 -o "$H" "$E2E_DIR/crypto_helper.c" -lxxhash 2>"$T/cc.err" ||
 	die "cannot build tests/e2e/crypto_helper.c (needs cc and libxxhash-dev): $(head -3 "$T/cc.err")"
 
 BS=65536                     # block size of every chain here (64K: many records)
-SCRYPT=(--scrypt 10:8:1)     # cheap key wrapping, on every encrypting run
+SCRYPT=(--scrypt 12:8:1)     # cheap key wrapping, on every encrypting run
 PW=$F/pw PWBAD=$F/pw.bad PWNEW=$F/pw.new
 PASSPHRASE="cbimg-e2e-pass-$RANDOM$RANDOM-secret"
 printf '%s\n' "$PASSPHRASE" >"$PW"

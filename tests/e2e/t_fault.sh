@@ -130,7 +130,7 @@ check_dest() {
 scenario() {
 	local name=$1 enc=$2 type=$3 kind n hit rc crashed injected total=0 crashes=0 bad id p sha
 	local eopts=()
-	[ "$enc" = enc ] && eopts=(--encrypt --scrypt 10:1:1)
+	[ "$enc" = enc ] && eopts=(--encrypt --scrypt 12:8:1)
 	BASE=$T/base-$name
 	mkdir -p "$BASE/dest" "$BASE/state"
 	SRC=$BASE/src.img

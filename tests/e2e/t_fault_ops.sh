@@ -30,7 +30,7 @@ if ldd "$CBIMG" 2>/dev/null | grep -q libasan; then
 	FAULT_ENV=(ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0")
 fi
 BOPTS=(-q --threads 2 --block-size 64K)
-KDF=(--scrypt 10:1:1)
+KDF=(--scrypt 12:8:1)
 start=$(date +%s)
 INJECTED=0
 

@@ -35,7 +35,7 @@ FULL=${KILL_SWEEP_FULL:-0}
 TIMED=${KILL_SWEEP_TIMED:-3}
 MIB=${KILL_SWEEP_MIB:-1}
 BOPTS=(--threads 2 --block-size 64K)
-KDF=(--scrypt 10:1:1)
+KDF=(--scrypt 12:8:1)
 printf 'old\n' >"$T/pw-old"
 printf 'new\n' >"$T/pw-new"
 printf 'next\n' >"$T/pw-next"

@@ -97,7 +97,7 @@ VARIANTS="plain enc split used sha"
 vopts() {
 	case $1 in
 	plain) echo "" ;;
-	enc) echo "--encrypt --password-file $T/pw --scrypt 10:8:1" ;;
+	enc) echo "--encrypt --password-file $T/pw --scrypt 12:8:1" ;;
 	split) echo "--split 1M" ;;
 	used) echo "--used-only" ;;
 	sha) echo "--hash sha256" ;;

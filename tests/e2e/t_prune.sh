@@ -133,7 +133,7 @@ export CBIMG_PASSWORD=prune-test
 head -c 3M /dev/urandom >"$T/src3"
 for ((k = 0; k < 6; k++)); do
 	change "$T/src3"
-	SRC_NOW=$T/src3 bk --job e --encrypt --split 1M --scrypt 10:1:1 "$T/src3" "$D3"
+	SRC_NOW=$T/src3 bk --job e --encrypt --split 1M --scrypt 12:8:1 "$T/src3" "$D3"
 done
 expect_exit 0 "$CBIMG" prune --keep-daily 2 "$D3"
 run ls "$D3"

@@ -94,6 +94,6 @@ sweep plain "$T/plain" "$T/src1"
 echo "== encrypted, split chain"
 export CBIMG_PASSWORD=sweep
 head -c 3M /dev/urandom >"$T/src2"
-make_chain "$T/enc" "$T/src2" --encrypt --scrypt 10:1:1 --split 1M
+make_chain "$T/enc" "$T/src2" --encrypt --scrypt 12:8:1 --split 1M
 sweep encrypted-split "$T/enc" "$T/src2"
 finish

@@ -129,11 +129,11 @@ PW=$T/pw
 printf 'rotation secret\n' >"$PW"
 chmod 600 "$PW"
 mkdir -p "$T/encA" "$T/encB"
-expect_exit 0 "$CBIMG" backup -q --job enc --encrypt --scrypt 10:8:1 --password-file "$PW" "$SRC" "$T/encA"
+expect_exit 0 "$CBIMG" backup -q --job enc --encrypt --scrypt 12:8:1 --password-file "$PW" "$SRC" "$T/encA"
 expect_exit 1 "$CBIMG" backup -q --job enc --password-file "$PW" "$SRC" "$T/encB"
 check_grep "a clear chain after an encrypted one: refused" "refusing to start an unencrypted one"
 check_eq "nothing written on refusal" "$(count_files "$T/encB")" 0
-expect_exit 0 "$CBIMG" backup --json --job enc --encrypt --scrypt 10:8:1 --password-file "$PW" "$SRC" "$T/encB" &&
+expect_exit 0 "$CBIMG" backup --json --job enc --encrypt --scrypt 12:8:1 --password-file "$PW" "$SRC" "$T/encB" &&
 	check_eq "with --encrypt: an encrypted full on the new disk" \
 		"$(jout '"\(.type) \(.point.encrypted)"')" "full true"
 finish

@@ -42,15 +42,15 @@ interrupted() {
 D=$T/dest
 mkdir -p "$D"
 interrupted "Ctrl-C at the passphrase of a new chain" expect=Passphrase noecho reading intr -- \
-	"$CBIMG" backup --encrypt --scrypt 10:8:1 "$S" "$D"
+	"$CBIMG" backup --encrypt --scrypt 12:8:1 "$S" "$D"
 check_eq "nothing written to DEST" "$(find "$D" \( -name '*.cb[ixk]' -o -name '*.tmp' \) | wc -l)" 0
 interrupted "Ctrl-C at the confirmation" expect=Passphrase noecho line=secret expect=again noecho reading intr -- \
-	"$CBIMG" backup --encrypt --scrypt 10:8:1 "$S" "$D"
+	"$CBIMG" backup --encrypt --scrypt 12:8:1 "$S" "$D"
 check_eq "nothing written to DEST" "$(find "$D" \( -name '*.cb[ixk]' -o -name '*.tmp' \) | wc -l)" 0
 
 # An encrypted chain made with the passphrase in the environment; restore
 # asks for it on the terminal.
-CBIMG_PASSWORD=secret expect_exit 0 "$CBIMG" backup -q --encrypt --scrypt 10:8:1 --no-state "$S" "$D" ||
+CBIMG_PASSWORD=secret expect_exit 0 "$CBIMG" backup -q --encrypt --scrypt 12:8:1 --no-state "$S" "$D" ||
 	die "encrypted backup failed"
 IDX=$(ls "$D"/*.cbx)
 interrupted "Ctrl-C at the passphrase of a restore" expect=Passphrase noecho reading intr -- \

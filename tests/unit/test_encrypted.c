@@ -120,7 +120,7 @@ static cbi_backup_opts enc_opts(enc_fix *f, pass_cb *cb)
 {
 	cbi_backup_opts o = tu_bopts(f->src, f->dest);
 	o.encrypt = 1;
-	o.kdf = (cbi_kdf_params){ 10, 8, 1 };
+	o.kdf = (cbi_kdf_params){ 12, 8, 1 };
 	o.pass = cb ? give_pass : NULL;
 	o.pass_ud = cb;
 	return o;
@@ -653,7 +653,7 @@ static void test_passwd(void **state)
 	uint8_t *k0 = tu_read_file(r0.key_file, &kl);
 
 	cbi_passwd_opts po = { .path = r0.key_file, .pass = give_pass, .pass_ud = &bad, .new_pass = give_pass,
-			       .new_pass_ud = &newp, .kdf = { 10, 8, 1 }, .no_state = 1 };
+			       .new_pass_ud = &newp, .kdf = { 12, 8, 1 }, .no_state = 1 };
 	cbi_passwd_result pr;
 	memset(&e, 0, sizeof e);
 	assert_int_equal(cbi_passwd(&po, &pr, &e), -CBI_EPASS);
@@ -718,7 +718,7 @@ static void test_passwd(void **state)
 
 	/* back again, naming the chain by one of its index files */
 	cbi_passwd_opts po2 = { .path = r2.point.index_file, .pass = give_pass, .pass_ud = &newp,
-				.new_pass = give_pass, .new_pass_ud = &oldp, .kdf = { 10, 8, 1 }, .no_state = 1 };
+				.new_pass = give_pass, .new_pass_ud = &oldp, .kdf = { 12, 8, 1 }, .no_state = 1 };
 	rc = cbi_passwd(&po2, &pr, &e);
 	if (rc)
 		fail_msg("cbi_passwd = %d: %s", rc, e.msg);
@@ -992,7 +992,7 @@ static void test_local_state_key_copy(void **state)
 	cbi_backup_opts o = enc_opts(f, &good);
 	o.no_state = 0;
 	o.state_dir = f->state;
-	o.kdf = (cbi_kdf_params){ 11, 8, 1 };
+	o.kdf = (cbi_kdf_params){ 13, 8, 1 };
 	cbi_backup_result r0, r1;
 	cbi_error e;
 	backup_ok(&o, &r0);
@@ -1005,7 +1005,7 @@ static void test_local_state_key_copy(void **state)
 	cbi_keyfile kd, ks;
 	assert_int_equal(cbi_keyfile_read(r0.key_file, &kd, &e), 0);
 	assert_int_equal(cbi_keyfile_read(sp, &ks, &e), 0);
-	assert_int_equal(kd.log2_n, 11);
+	assert_int_equal(kd.log2_n, 13);
 	/* the state's copy: the state's own, lower cost (format/SPEC.md) */
 	assert_int_equal(ks.log2_n, CBI_STATE_KDF_LOG2_N);
 	assert_int_equal(ks.r, CBI_STATE_KDF_R);
@@ -1036,7 +1036,7 @@ static void test_local_state_key_copy(void **state)
 	assert_int_equal(tu_count(f->dest, ".cbk", 0), 1);
 	assert_true(r1.key_file_new);
 	assert_int_equal(cbi_keyfile_read(r1.key_file, &kd, &e), 0);
-	assert_int_equal(kd.log2_n, 11);
+	assert_int_equal(kd.log2_n, 13);
 	assert_memory_equal(kd.key_id, ks.key_id, 16);
 	/* DEST alone opens the chain again */
 	char empty[4096];

@@ -101,7 +101,7 @@ static void test_hdr_round_trip_extremes(void **state)
 	h.n_blocks = 1;
 	h.seq = UINT32_MAX;
 	h.created_ns = -1; /* before the epoch: stored as two's complement */
-	h.level = UINT32_MAX;
+	h.level = 22; /* the highest level H7a allows */
 	memset(h.parent_id, 0xff, 16);
 	memset(h.parent_digest, 0xff, 32);
 	/* strings of exactly the maximum length (field size - 1) */

@@ -440,6 +440,57 @@ static void test_add_out_of_order(void **state)
 	cbi_image_writer_abort(NULL);
 }
 
+/* R4 (revision 2.4): a compressed payload is exactly one standard zstd
+ * frame. A skippable frame before it, a second frame after it or junk after
+ * it is damage, although zstd itself would decode the first two. */
+static void test_record_one_zstd_frame(void **state)
+{
+	img_fix *x = *state;
+	const char *p = tu_path(x->base.dir, "frames.cbi");
+	cbi_hdr h = mk_hdr();
+	cbi_image_writer *w = NULL;
+	assert_int_equal(cbi_image_writer_create(p, NULL, &h, NULL, &w, NULL), 0);
+	uint8_t d[BS], hash[16], fr[BS], pay[BS];
+	memset(d, 'a', BS);
+	cbi_block_hash(d, BS, hash);
+	size_t n = ZSTD_compress(fr, sizeof fr, d, BS, 3);
+	assert_false(ZSTD_isError(n));
+	assert_true(3 * n + 16 < BS);
+	/* block 0: the frame alone; 1: a skippable frame first; 2: the frame
+	 * split into two frames of half the block each; 3: junk after it */
+	assert_int_equal(cbi_image_writer_add(w, 0, CBI_REC_ZSTD, BS, hash, fr, (uint32_t)n), 0);
+	static const uint8_t skip[12] = { 0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4 };
+	memcpy(pay, skip, sizeof skip);
+	memcpy(pay + sizeof skip, fr, n);
+	assert_int_equal(cbi_image_writer_add(w, 1, CBI_REC_ZSTD, BS, hash, pay, (uint32_t)(n + sizeof skip)), 0);
+	size_t a = ZSTD_compress(pay, sizeof pay, d, BS / 2, 3);
+	size_t b = ZSTD_compress(pay + a, sizeof pay - a, d + BS / 2, BS / 2, 3);
+	assert_false(ZSTD_isError(a) || ZSTD_isError(b));
+	assert_int_equal(cbi_image_writer_add(w, 2, CBI_REC_ZSTD, BS, hash, pay, (uint32_t)(a + b)), 0);
+	memcpy(pay, fr, n);
+	pay[n] = 0;
+	assert_int_equal(cbi_image_writer_add(w, 3, CBI_REC_ZSTD, BS, hash, pay, (uint32_t)n + 1), 0);
+	uint8_t dg[32] = { 0 };
+	assert_int_equal(cbi_image_writer_seal(w, 4, dg), 0);
+	assert_int_equal(cbi_image_writer_commit(w, NULL), 0);
+	cbi_image *m = NULL;
+	assert_int_equal(cbi_image_open(p, &m, NULL), 0);
+	for (uint64_t blk = 0; blk < 4; blk++) {
+		cbi_tab_ent te;
+		cbi_error why;
+		assert_int_equal(cbi_image_find(m, blk, &te), 0);
+		int rc = cbi_image_read_block(m, &te, x->dctx, NULL, x->scratch, x->out, NULL, &why);
+		if (blk == 0) {
+			assert_int_equal(rc, BS);
+			assert_memory_equal(x->out, d, BS);
+		} else {
+			assert_int_equal(rc, -CBI_EDAMAGED);
+			assert_string_equal(why.msg, "decompression failed: the payload is not exactly one zstd frame");
+		}
+	}
+	cbi_image_close(m);
+}
+
 static void test_record_checks_on_write_errors(void **state)
 {
 	img_fix *x = *state;
@@ -463,7 +514,7 @@ static void test_record_checks_on_write_errors(void **state)
 	assert_int_equal(cbi_image_open(p, &m, NULL), 0);
 	assert_int_equal(cbi_sfr_check_digest(m->f, NULL, NULL), 0); /* the file itself is intact */
 	const char *whys[] = { "block hash mismatch", "record length wrong", "unknown record flags",
-			       "decompression failed" };
+			       "decompression failed: the payload is not exactly one zstd frame" };
 	for (uint64_t b = 1; b <= 4; b++) {
 		cbi_tab_ent te;
 		assert_int_equal(cbi_image_find(m, b, &te), 0);
@@ -586,6 +637,7 @@ int main(void)
 		T(test_flipped_record_header),
 		T(test_bad_table_entries),
 		T(test_add_out_of_order),
+		T(test_record_one_zstd_frame),
 		T(test_record_checks_on_write_errors),
 		T(test_open_errors),
 		T(test_trailer_offset_wraps),

@@ -16,7 +16,7 @@
 #include "util.h"
 
 #define PASS "correct horse battery staple"
-static const cbi_kdf_params FAST = { 10, 8, 1 };
+static const cbi_kdf_params FAST = { 12, 8, 1 }; /* the writer's floor */
 
 /* ------------------------------------------------------------ helpers */
 
@@ -108,7 +108,7 @@ static void test_encode_layout_and_round_trip(void **state)
 	wrap_ok(&kf, &k, PASS);
 	assert_int_equal(kf.version, 2);
 	assert_int_equal(kf.kdf, CBI_KDF_SCRYPT);
-	assert_int_equal(kf.log2_n, 10);
+	assert_int_equal(kf.log2_n, 12);
 	assert_int_equal(kf.r, 8);
 	assert_int_equal(kf.p, 1);
 	assert_memory_equal(kf.chain_id, k.chain_id, 16);
@@ -123,7 +123,7 @@ static void test_encode_layout_and_round_trip(void **state)
 	assert_memory_equal(b + 16, k.chain_id, 16);
 	assert_memory_equal(b + 32, k.key_id, 16);
 	assert_int_equal(ld32(b + 48), 1);
-	assert_int_equal(ld32(b + 52), 10);
+	assert_int_equal(ld32(b + 52), 12);
 	assert_int_equal(ld32(b + 56), 8);
 	assert_int_equal(ld32(b + 60), 1);
 	assert_memory_equal(b + 64, kf.salt, 32);
@@ -298,12 +298,15 @@ static void test_wrap_cost_range(void **state)
 	cbi_keys k, out;
 	cbi_keyfile kf;
 	mk_keys(&k, 6);
-	static const cbi_kdf_params bad[] = { { 9, 8, 1 }, { 25, 1, 1 }, { 40, 1, 1 }, { 10, 65, 1 },
-					      { 10, 8, 65 }, { 10, 1000, 1000 }, { 1, 1, 1 } };
+	/* below the floor (12:8:1, the local state's copy's cost; revision 2.4)
+	 * or above the readers' range */
+	static const cbi_kdf_params bad[] = { { 9, 8, 1 }, { 25, 1, 1 }, { 40, 1, 1 }, { 12, 65, 1 },
+					      { 12, 8, 65 }, { 12, 1000, 1000 }, { 1, 1, 1 }, { 10, 8, 1 },
+					      { 11, 8, 1 }, { 12, 7, 1 }, { 15, 1, 1 } };
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
 		assert_int_equal(cbi_keyfile_wrap(&kf, &k, PASS, strlen(PASS), &bad[i]), -CBI_EUSAGE);
 	/* the edges of the range */
-	static const cbi_kdf_params good[] = { { 10, 1, 1 }, { 10, 64, 1 }, { 10, 1, 64 } };
+	static const cbi_kdf_params good[] = { { 12, 8, 1 }, { 12, 64, 1 }, { 12, 8, 64 } };
 	for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
 		assert_int_equal(cbi_keyfile_wrap(&kf, &k, PASS, strlen(PASS), &good[i]), 0);
 		assert_int_equal(kf.log2_n, good[i].log2_n);
@@ -313,13 +316,13 @@ static void test_wrap_cost_range(void **state)
 		assert_memory_equal(&out, &k, sizeof k);
 	}
 	/* zeros take the defaults, one field at a time */
-	assert_int_equal(cbi_keyfile_wrap(&kf, &k, PASS, strlen(PASS), &(cbi_kdf_params){ 10, 0, 0 }), 0);
-	assert_int_equal(kf.log2_n, 10);
+	assert_int_equal(cbi_keyfile_wrap(&kf, &k, PASS, strlen(PASS), &(cbi_kdf_params){ 12, 0, 0 }), 0);
+	assert_int_equal(kf.log2_n, 12);
 	assert_int_equal(kf.r, CBI_KDF_R);
 	assert_int_equal(kf.p, CBI_KDF_P);
-	assert_int_equal(cbi_keyfile_wrap(&kf, &k, PASS, strlen(PASS), &(cbi_kdf_params){ 11, 2, 0 }), 0);
-	assert_int_equal(kf.log2_n, 11);
-	assert_int_equal(kf.r, 2);
+	assert_int_equal(cbi_keyfile_wrap(&kf, &k, PASS, strlen(PASS), &(cbi_kdf_params){ 13, 9, 0 }), 0);
+	assert_int_equal(kf.log2_n, 13);
+	assert_int_equal(kf.r, 9);
 	assert_int_equal(kf.p, CBI_KDF_P);
 	/* NULL: all defaults (N = 2^15, r = 8, p = 4: about 0.2 s) */
 	assert_int_equal(cbi_keyfile_wrap(&kf, &k, PASS, strlen(PASS), NULL), 0);

@@ -266,6 +266,7 @@ static void write_parent_index(const char *path, const uint8_t *d, uint64_t size
 	h.block_size = BS;
 	h.hash_alg = CBI_HASH_XXH3_128;
 	h.compression = CBI_COMP_ZSTD;
+	h.level = 3; /* 1 to 22 (H7a) */
 	h.source_size = size;
 	h.n_blocks = cbi_nblocks(size, BS);
 	h.type = seq ? CBI_INCREMENTAL : CBI_FULL;

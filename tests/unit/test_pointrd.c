@@ -260,7 +260,7 @@ static void test_encrypted(void **state)
 	tu_write_file(src, d, size);
 	cbi_backup_opts o = tu_bopts(src, dest);
 	o.encrypt = 1;
-	o.kdf = (cbi_kdf_params){ 10, 8, 1 };
+	o.kdf = (cbi_kdf_params){ 12, 8, 1 };
 	o.pass = give_pass;
 	o.pass_ud = (void *)"secret";
 	cbi_backup_result b0, b1;

@@ -365,7 +365,7 @@ static void mt_make(rs_fix *f, mt_chain *c, int encrypt)
 	o.source_id = encrypt ? "test:mt-enc" : "test:mt";
 	if (encrypt) {
 		o.encrypt = 1;
-		o.kdf = (cbi_kdf_params){ 10, 8, 1 };
+		o.kdf = (cbi_kdf_params){ 12, 8, 1 };
 		o.pass = mt_pass;
 		o.pass_ud = "mt secret";
 	}
