@@ -104,13 +104,15 @@ CHECK_ONLY=0
 case ${1:-} in
 --check) CHECK_ONLY=1 ;;
 --merged) CHECK_ONLY=2 ;;
+--spec24) CHECK_ONLY=3 ;;
 "") ;;
-*) die "usage: CBIMG=... make-vectors.sh [--check | --merged]" ;;
+*) die "usage: CBIMG=... make-vectors.sh [--check | --merged | --spec24]" ;;
 esac
 
 generate() {
 generate_base
 generate_merged
+generate_spec24
 }
 
 generate_base() {
@@ -320,9 +322,81 @@ rm -f "$M"/.cbimg*.lock "$X"/.cbimg*.lock "$M"/cbimg-catalog* "$X"/cbimg-catalog
 unset CBIMG_STATE_DIR
 }   # generate_merged
 
+# ================================================ revision 2.4 (issue 17)
+# Cases for the rules revision 2.4 made exact, made from the vectors above
+# (valid/tail, small, and encrypted/merged), so that they can be added
+# without regenerating the others (--spec24). Each has an 'expect' file; a
+# case whose verify must not exit 3 has an 'exit' file with the status, and
+# an encrypted one its 'passphrase'.
+#
+# setdigest FILE: recompute the file digest (SHA-256 of all but the last 32
+# bytes) of a plain file, so that the defect is the only one.
+setdigest() {
+	local f=$1 h
+	h=$(head -c -32 "$f" | sha256sum | cut -c1-64)
+	printf "$(printf '%s' "$h" | sed 's/../\\x&/g')" |
+		dd of="$f" bs=1 seek=$(($(fsize "$f") - 32)) conv=notrunc status=none
+}
+
+generate_spec24() {
+command -v cc >/dev/null || die "'cc' is required for the revision-2.4 vectors (crypto_helper)"
+cc -O2 -o "$W/crypto_helper" "$HERE/../../tests/e2e/crypto_helper.c" -lxxhash ||
+	die "cannot build tests/e2e/crypto_helper.c (needs libxxhash-dev)"
+local T1=$V/tail X=$HERE/encrypted/merged c f tab
+rm -rf "$D/duplicate-image" "$D/image-header-chain" "$D/unsorted-table" "$D/keyfile-reserved"
+mk24() {
+	mkdir -p "$D/$1"
+	cp "$T1"/*.cbi "$T1"/*.cbx "$D/$1/"
+	echo "$D/$1"
+}
+
+# duplicate-image: a byte-identical second copy of seq 1's image under
+# another name: a duplicate (a note), not an orphan; verify exits 0.
+c=$(mk24 duplicate-image)
+f=$(point "$c" incr 1 cbi)
+cp "$f" "$c/zz-copy-of-$(basename "$f")"
+echo 0 >"$c/exit"
+printf '%s\n' "a duplicate of '" "(a second copy of point seq 1's image file; not used)" >"$c/expect"
+
+# image-header-chain: seq 1's image says seq 3 (header checksum and file
+# digest recomputed: every other check passes), under seq 1's index.
+c=$(mk24 image-header-chain)
+f=$(point "$c" incr 1 cbi)
+printf '\003' | dd of="$f" bs=1 seek=128 conv=notrunc status=none
+"$W/crypto_helper" hdrsum "$f" 504 || die "hdrsum $f"
+setdigest "$f"
+printf '%s\n' "header does not match its index file" "seq differs (I8)" >"$c/expect"
+
+# unsorted-table: table entries 1 and 2 of the full's image swapped (digest
+# recomputed): every entry still names its record, but the order is broken.
+c=$(mk24 unsorted-table)
+f=$(point "$c" full 0 cbi)
+tab=$(u64 "$f" $(($(fsize "$f") - 120)))
+[ "$(u64 "$f" "$tab")" = 0 ] && [ "$(u64 "$f" $((tab + 24)))" = 1 ] && [ "$(u64 "$f" $((tab + 48)))" = 2 ] ||
+	die "the table of $f does not start with blocks 0, 1, 2"
+dd if="$f" of="$W/e1" bs=1 skip=$((tab + 24)) count=24 status=none
+dd if="$f" of="$W/e2" bs=1 skip=$((tab + 48)) count=24 status=none
+dd if="$W/e2" of="$f" bs=1 seek=$((tab + 24)) conv=notrunc status=none
+dd if="$W/e1" of="$f" bs=1 seek=$((tab + 48)) conv=notrunc status=none
+setdigest "$f"
+printf '%s\n' "block table out of order" >"$c/expect"
+
+# keyfile-reserved: the encrypted chain with byte 200 of its key file (in
+# the reserved range 160 ... 247) set, checksum recomputed: damaged (K6),
+# with the real reason, not "checksum".
+c=$D/keyfile-reserved
+mkdir -p "$c"
+cp "$X"/*.cbi "$X"/*.cbx "$X"/*.cbk "$X/passphrase" "$c/"
+f=$(ls "$c"/*.cbk)
+printf '\001' | dd of="$f" bs=1 seek=200 conv=notrunc status=none
+"$W/crypto_helper" hdrsum "$f" 248 || die "hdrsum $f"
+printf '%s\n' "damaged key file (reserved bytes not zero)" >"$c/expect"
+}   # generate_spec24
+
 case $CHECK_ONLY in
 0) generate ;;
 2) generate_merged ;;
+3) generate_spec24 ;;
 esac
 
 # ================================================================== checks
@@ -357,9 +431,12 @@ done
 for c in "$D"/*/; do
 	c=${c%/}
 	name=damaged/$(basename "$c")
-	rc=0
-	"$CBIMG" verify -q "$c" >"$W/out" 2>&1 || rc=$?
-	if [ "$rc" = 3 ]; then ok "verify $name exits 3"; else bad "verify $name exits $rc (want 3):"; cat "$W/out"; fi
+	rc=0 want_rc=3 vopt=(-q)
+	# revision 2.4 cases: another status (notes are printed without -q), a passphrase
+	if [ -f "$c/exit" ]; then want_rc=$(cat "$c/exit"); vopt=(); fi
+	if [ -f "$c/passphrase" ]; then vopt+=(--password-file "$c/passphrase"); fi
+	"$CBIMG" verify "${vopt[@]}" "$c" >"$W/out" 2>&1 || rc=$?
+	if [ "$rc" = "$want_rc" ]; then ok "verify $name exits $want_rc"; else bad "verify $name exits $rc (want $want_rc):"; cat "$W/out"; fi
 	while IFS= read -r want; do
 		if grep -qF -- "$want" "$W/out"; then ok "  reports '$want'"; else bad "  $name: no '$want' in:"$'\n'"$(cat "$W/out")"; fi
 	done <"$c/expect"

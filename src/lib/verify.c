@@ -291,6 +291,69 @@ static int index_arrived(const char *dir, const char *path)
 	return found;
 }
 
+static void note(vctx *c, const char *file, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Do the logical files a and b (segments joined) hold the same bytes? 1,
+ * 0, or a negative code when one cannot be read. */
+static int same_content(const char *a, const char *b)
+{
+	cbi_sfr *fa = NULL, *fb = NULL;
+	int rc = cbi_sfr_open(a, &fa, NULL);
+	if (!rc)
+		rc = cbi_sfr_open(b, &fb, NULL);
+	uint8_t *x = rc ? NULL : malloc(1 << 20), *y = rc ? NULL : malloc(1 << 20);
+	if (!rc && (!x || !y))
+		rc = -ENOMEM;
+	if (!rc)
+		rc = fa->size == fb->size;
+	for (uint64_t off = 0; rc == 1 && off < fa->size;) {
+		size_t n = (size_t)CBI_MIN((uint64_t)1 << 20, fa->size - off);
+		int r = cbi_sfr_pread(fa, x, n, off);
+		if (!r)
+			r = cbi_sfr_pread(fb, y, n, off);
+		rc = r ? r : !memcmp(x, y, n);
+		off += n;
+	}
+	free(x);
+	free(y);
+	cbi_sfr_close(fa);
+	cbi_sfr_close(fb);
+	return rc;
+}
+
+/* A second file of point p (format/SPEC.md, "Finding the files", step 5:
+ * duplicates): a byte-identical copy, or an image a merged image made
+ * redundant, is a note; a copy that differs is damage. */
+static void check_duplicate(vctx *c, const char *path, const cbi_point *ip, const cbi_point *p, int image)
+{
+	const char *used = image ? p->file : p->index_file;
+	const char *what = image ? "image" : "index";
+	if (image && (ip->merged != p->merged || ip->first_seq != p->first_seq)) {
+		note(c, path, "'%s': an image of point seq %u that '%s' made redundant (a prune left it; the "
+			      "next prune or backup of the job removes it)", path, p->seq, used);
+		return;
+	}
+	int same = same_content(path, used);
+	if (same == 1)
+		note(c, path, "'%s': a duplicate of '%s' (a second copy of point seq %u's %s file; not used)",
+		     path, used, p->seq, what);
+	else if (same == 0)
+		problem(c, path, -1, "a second %s file of point seq %u that differs from '%s': one of the two "
+				     "was damaged or altered", what, p->seq, used);
+	else
+		problem(c, path, -1, "unable to compare with '%s': %s", used, cbi_strerror(same));
+}
+
+/* The point of the scan that the file with point p's ids (point_id and
+ * index digest) names, or NULL. */
+static const cbi_point *point_named(const cbi_point *pts, size_t n, const cbi_point *ip)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!memcmp(pts[i].point_id, ip->point_id, 16) && !memcmp(pts[i].index_digest, ip->index_digest, 32))
+			return &pts[i];
+	return NULL;
+}
+
 /* Report files of the directory that are not part of any complete point. */
 static void check_dir_files(vctx *c)
 {
@@ -314,21 +377,27 @@ static void check_dir_files(vctx *c)
 			problem(c, path, -1, "%s", e->pt->msg);
 			continue;
 		}
-		if (e->pt->kind != CBI_KIND_IMAGE)
+		const cbi_point *ip = &e->pt->p, *named = point_named(pts, n, ip);
+		if (e->pt->kind != CBI_KIND_IMAGE) {
+			if (named && strcmp(named->index_file, path))
+				check_duplicate(c, path, ip, named, 0);
 			continue;
+		}
 		int matched = 0;
 		for (size_t i = 0; i < n && !matched; i++)
 			matched = pts[i].has_image && !strcmp(pts[i].file, path);
+		if (!matched && named && named->has_image) {
+			check_duplicate(c, path, ip, named, 1);
+			continue;
+		}
 		/* a backup of its job running now renames the image, then the
 		 * index: not a problem (yet) */
-		const cbi_point *ip = &e->pt->p;
 		if (!matched && !cbi_job_lock_held(d->dir, cbi_state_key(ip->host, ip->source_id, ip->job)) &&
 		    !index_arrived(d->dir, path))
 			problem(c, path, -1, "image file without a matching index file");
 	}
 }
 
-static void note(vctx *c, const char *file, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void note(vctx *c, const char *file, const char *fmt, ...)
 {
 	char msg[1024];
