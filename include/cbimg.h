@@ -135,6 +135,11 @@ typedef struct cbi_point {
 	uint32_t hash_alg;        /* CBI_HASH_XXH3_128 (1) or CBI_HASH_SHA256_128 (2) */
 	int used_only;            /* only the blocks the source's file system used were read;
 	                           * the others were recorded as zero blocks */
+	int rescue;               /* read with backup --rescue: its index carries a bad-range
+	                           * map (format/SPEC.md, "Bad-range map") */
+	uint64_t bad_bytes;       /* rescue: source bytes that could not be read (zeros in the
+	                           * point, refused by restore without allow_bad) */
+	uint64_t bad_ranges;      /* how many ranges they form */
 	int merged;               /* its image is a merged one (a prune folded removed points
 	                           * into it, format/SPEC.md "Merged points"): parent_id and
 	                           * parent_digest are the image's, naming the previous kept
@@ -560,6 +565,9 @@ typedef struct cbi_verify_result {
 	                           * disk, points that went to an outbox or another disk), each
 	                           * reported through the note callback */
 	uint64_t bytes_checked;   /* bytes read from the files: the progress callback's unit */
+	uint64_t bad_points;      /* points with bad ranges (backup --rescue): known-bad bytes, not
+	                           * damage, each reported through the note callback */
+	uint64_t bad_bytes;       /* their bad ranges' bytes, all points together */
 } cbi_verify_result;
 
 typedef struct cbi_verify_opts {
