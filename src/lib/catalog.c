@@ -25,10 +25,11 @@
 #include "util.h"
 
 #define CAT_APP_ID 0x43424943  /* "CBIC": PRAGMA application_id */
-#define CAT_SCHEMA 5           /* PRAGMA user_version; 2 added points.encrypted, hash_alg;
+#define CAT_SCHEMA 6           /* PRAGMA user_version; 2 added points.encrypted, hash_alg;
                                 * 3 points.used_only; 4 images.link (merged images);
-                                * 5 runs.kind, runs.points_removed (prune runs); the idents
-                                * table is added in place: ident_table() */
+                                * 5 runs.kind, runs.points_removed (prune runs); 6 points.rescue,
+                                * bad_bytes, bad_ranges (rev. 2.5); the idents table is
+                                * added in place: ident_table() */
 #define CAT_BUSY_MS 30000
 #define CAT_BATCH 64           /* files per write transaction while syncing */
 
@@ -368,10 +369,14 @@ static int cat_open(cat *c, const char *dest, int create, cbi_error *err)
 		 * place, once. */
 		if ((rc = cat_begin(c, err)) || (rc = cat_int(c, "PRAGMA user_version", &ver, err)))
 			goto fail;
-		int64_t has_kind = 0;
+		int64_t has_kind = 0, has_rescue = 0;
 		if (ver >= 1 && ver <= 5 &&
 		    (rc = cat_int(c, "SELECT count(*) FROM pragma_table_info('runs') WHERE name = 'kind'", &has_kind,
 				  err)))
+			goto fail;
+		if (ver >= 1 && ver <= 5 &&
+		    (rc = cat_int(c, "SELECT count(*) FROM pragma_table_info('points') WHERE name = 'rescue'",
+				  &has_rescue, err)))
 			goto fail;
 		if (ver >= 1 && ver <= 5) {
 			char sql[1024];
@@ -385,10 +390,11 @@ static int cat_open(cat *c, const char *dest, int create, cbi_error *err)
 				 has_kind ? "" :
 					    " ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup';"
 					    " ALTER TABLE runs ADD COLUMN points_removed INTEGER NOT NULL DEFAULT 0;",
-				 " ALTER TABLE points ADD COLUMN rescue INTEGER NOT NULL DEFAULT 0;"
-				 " ALTER TABLE points ADD COLUMN bad_bytes INTEGER NOT NULL DEFAULT 0;"
-				 " ALTER TABLE points ADD COLUMN bad_ranges INTEGER NOT NULL DEFAULT 0;"
-				 " DELETE FROM ignored;", /* files an older reader could not read (flag bit 3) */
+				 has_rescue ? " DELETE FROM ignored;" :
+					     " ALTER TABLE points ADD COLUMN rescue INTEGER NOT NULL DEFAULT 0;"
+					     " ALTER TABLE points ADD COLUMN bad_bytes INTEGER NOT NULL DEFAULT 0;"
+					     " ALTER TABLE points ADD COLUMN bad_ranges INTEGER NOT NULL DEFAULT 0;"
+					     " DELETE FROM ignored;", /* files an older reader could not read (flag bit 3) */
 				 CAT_SCHEMA, CAT_SCHEMA);
 			if ((rc = cat_exec(c, sql, "upgrade it", err)))
 				goto fail;
