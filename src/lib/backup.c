@@ -912,6 +912,8 @@ static void bk_rescue_result(bk_run *b)
 	r->failed_reads = q->failed_reads;
 	r->retry_reads = q->retry_reads;
 	r->rescued_bytes = q->rescued;
+	r->point.bad_bytes = q->map.bytes; /* the catalog's row is made from r->point */
+	r->point.bad_ranges = q->map.n;
 }
 
 /* The result's description of the point written. */
