@@ -48,6 +48,8 @@ enum {
 	CBI_EPASS,            /* wrong passphrase, or none given for an encrypted chain */
 	CBI_ENOKEY,           /* the key file of an encrypted chain was not found */
 	CBI_ENOTCBI,          /* a file given as an operand is not a cbimg image or index */
+	CBI_EBADRANGES,       /* the point holds bytes its source could not be read for (backup
+	                       * --rescue); restore refuses them without --allow-bad */
 };
 
 typedef struct cbi_error {
@@ -60,7 +62,8 @@ const char *cbi_strerror(int code);
 
 /* True when the code means that stored data was found damaged or incomplete
  * (CBI_EDAMAGED, CBI_ETRUNCATED, CBI_EFORMAT on a file that claimed to be
- * ours). The CLI maps these to exit status 3. */
+ * ours), or known to be missing (CBI_EBADRANGES: bytes the source could not
+ * be read for). The CLI maps these to exit status 3. */
 int cbi_is_damage(int code);
 
 /* Progress callback: done and total are byte counts of the source/target.
@@ -137,6 +140,11 @@ typedef struct cbi_point {
 	uint32_t hash_alg;        /* CBI_HASH_XXH3_128 (1) or CBI_HASH_SHA256_128 (2) */
 	int used_only;            /* only the blocks the source's file system used were read;
 	                           * the others were recorded as zero blocks */
+	int rescue;               /* read with backup --rescue: its index carries a bad-range
+	                           * map (format/SPEC.md, "Bad-range map") */
+	uint64_t bad_bytes;       /* rescue: source bytes that could not be read (zeros in the
+	                           * point, refused by restore without allow_bad) */
+	uint64_t bad_ranges;      /* how many ranges they form */
 	int merged;               /* its image is a merged one (a prune folded removed points
 	                           * into it, format/SPEC.md "Merged points"): parent_id and
 	                           * parent_digest are the image's, naming the previous kept
@@ -290,6 +298,13 @@ typedef struct cbi_backup_opts {
 	                           * the job wrote to last time (cbimg-backup(1), --dest-uuid) */
 	cbi_progress_fn progress;
 	void *progress_ud;
+	int rescue;               /* a source range that fails to read (a bad sector) is read
+	                           * again in halves down to the logical sector size, and what
+	                           * still fails is recorded in the point as a bad range (its
+	                           * bytes are zeros in the blocks stored, format/SPEC.md
+	                           * "Bad-range map"), not a failure. Without it a read error
+	                           * fails the backup (-CBI_EREAD) and nothing is written */
+	unsigned retries;         /* rescue: extra reads of a failing sector; 0 -> none */
 } cbi_backup_opts;
 
 /* Segment size used on FAT (whose files hold at most 4 GiB - 1 byte): 4095 MiB,
@@ -301,9 +316,9 @@ typedef struct cbi_backup_opts {
 #define CBI_MIN_BLOCK_SIZE (4u * 1024u)
 #define CBI_MAX_BLOCK_SIZE (4u * 1024u * 1024u)
 
-/* Warnings a backup keeps in its result's list. One run gives at most six
+/* Warnings a backup keeps in its result's list. One run gives at most seven
  * (source mounted read-write, catalog unusable at the start and at the end,
- * --block-size and --hash ignored, local state not updated). */
+ * --block-size and --hash ignored, local state not updated, bad ranges). */
 #define CBI_MAX_WARNINGS 8
 
 typedef struct cbi_backup_result {
@@ -332,6 +347,12 @@ typedef struct cbi_backup_result {
 	int from_state;           /* the parent index came from the local state */
 	char key_file[4096];      /* encrypted chain: its key file in DEST, "" otherwise */
 	int key_file_new;         /* key_file was written by this run */
+	int rescue;               /* written with rescue: the point carries a bad-range map */
+	uint64_t bad_bytes;       /* rescue: bytes that could not be read (zeros in the point) */
+	uint64_t bad_ranges;      /* how many separate ranges they form */
+	uint64_t failed_reads;    /* reads that failed and were split or retried */
+	uint64_t retry_reads;     /* reads made after those failures (pieces and retries) */
+	uint64_t rescued_bytes;   /* bytes read by them, so not lost */
 } cbi_backup_result;
 
 /* Write one point of o->source into o->dest: an incremental of the job's
@@ -423,6 +444,11 @@ typedef struct cbi_restore_opts {
 	unsigned partition;       /* 0: the whole disk; N: only partition N of the point's
 	                           * partition table (cbi_pointrd_map()), whose size TARGET
 	                           * then gets; -ENOENT when the point has no partition N */
+	int allow_bad;            /* a point with bad ranges (backup --rescue): write them as
+	                           * zeros (the result counts them). Without it such a point
+	                           * is refused, -CBI_EBADRANGES naming the ranges, before
+	                           * anything is written (a partition: its reads that meet a
+	                           * bad range fail with -EIO) */
 } cbi_restore_opts;
 
 typedef struct cbi_restore_result {
@@ -431,6 +457,8 @@ typedef struct cbi_restore_result {
 	uint64_t blocks_skipped;  /* already equal (changed-only) or holes */
 	uint64_t bytes_written;
 	double seconds;
+	uint64_t bad_bytes;       /* allow_bad: bytes of bad ranges written as zeros */
+	uint64_t bad_ranges;      /* and how many ranges */
 } cbi_restore_result;
 
 int cbi_restore(const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err) CBI_WUR;
@@ -464,6 +492,8 @@ typedef struct cbi_pointrd_opts {
 	 * file and the block; NULL: none. */
 	void (*log)(void *ud, const char *msg);
 	void *log_ud;
+	int allow_bad;            /* a point with bad ranges (backup --rescue): read them as
+	                           * zeros; without it a read that meets one fails with -EIO */
 } cbi_pointrd_opts;
 
 /* Open the point of o->point through its chain (opened, unlocked and
@@ -480,6 +510,9 @@ const cbi_point *cbi_pointrd_point(const cbi_pointrd *r);
  * negative code with err filled when a block of the range cannot be read
  * intact (-CBI_EDAMAGED, -CBI_EAUTH, -CBI_ENOPARENT, -errno): then nothing in
  * buf is to be used. Thread-safe: any number of threads may read at once. */
+/* A read that meets a bad range of the point (bytes its backup could not
+ * read from the source, format/SPEC.md "Bad-range map") fails with -EIO,
+ * unless the reader was opened with allow_bad. */
 int64_t cbi_pointrd_pread(cbi_pointrd *r, void *buf, size_t len, uint64_t off, cbi_error *err) CBI_WUR;
 
 typedef struct cbi_pointrd_stats {
@@ -537,6 +570,9 @@ typedef struct cbi_verify_result {
 	                           * disk, points that went to an outbox or another disk), each
 	                           * reported through the note callback */
 	uint64_t bytes_checked;   /* bytes read from the files: the progress callback's unit */
+	uint64_t bad_points;      /* points with bad ranges (backup --rescue): known-bad bytes, not
+	                           * damage, each reported through the note callback */
+	uint64_t bad_bytes;       /* their bad ranges' bytes, all points together */
 } cbi_verify_result;
 
 typedef struct cbi_verify_opts {

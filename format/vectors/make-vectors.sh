@@ -105,14 +105,16 @@ case ${1:-} in
 --check) CHECK_ONLY=1 ;;
 --merged) CHECK_ONLY=2 ;;
 --spec24) CHECK_ONLY=3 ;;
+--rescue) CHECK_ONLY=4 ;;
 "") ;;
-*) die "usage: CBIMG=... make-vectors.sh [--check | --merged | --spec24]" ;;
+*) die "usage: CBIMG=... make-vectors.sh [--check | --merged | --spec24 | --rescue]" ;;
 esac
 
 generate() {
 generate_base
 generate_merged
 generate_spec24
+generate_rescue
 }
 
 generate_base() {
@@ -393,10 +395,56 @@ printf '\001' | dd of="$f" bs=1 seek=200 conv=notrunc status=none
 printf '%s\n' "damaged key file (reserved bytes not zero)" >"$c/expect"
 }   # generate_spec24
 
+# ====================================================== rescue (rev. 2.5)
+# valid/rescue: a 1 MiB source whose reads fail (EIO) in some ranges, made
+# with tests/e2e/badread_shim.c (LD_PRELOAD). seq 0: 'backup --rescue' with
+# a sector of block 1 bad, block 2 wholly bad and 8 scattered sectors in
+# block 40; seq 1: the disk "healed" but for block 1's sector, and block 5
+# changed. expected.sha256 lists what 'restore --allow-bad' writes: the
+# source with zeros in each point's bad ranges. damaged/badmap-range: the
+# rescue chain with a range of seq 0's map moved past the source's end.
+RESCUE_RANGES0=4096:512,8192:4096,163840:512,164864:512,165888:512,166912:512,167936:512,168960:512,169984:512,171008:512
+RESCUE_RANGES1=4096:512
+generate_rescue() {
+command -v cc >/dev/null || die "'cc' is required for the rescue vectors (bad-read shim)"
+cc -O2 -shared -fPIC -o "$W/badread.so" "$HERE/../../tests/e2e/badread_shim.c" -ldl ||
+	die "cannot build tests/e2e/badread_shim.c"
+local R=$V/rescue c f r
+rm -rf "$R" "$D/badmap-range"
+mkdir -p "$R"
+: >"$R/expected.sha256"
+rm -f "$W/disk.img"
+truncate -s 1M "$W/disk.img"
+text 0 64 r0
+noise 128 4 09
+rbackup() {           # rbackup RANGES: backup --rescue with RANGES failing; expected = zeros there
+	local seq=$(($(wc -l <"$R/expected.sha256"))) rc=0
+	(cd "$W" && CBIMG_BAD_FILE=$W/disk.img CBIMG_BAD_RANGES=$1 LD_PRELOAD=$W/badread.so \
+		"$CBIMG" "${BK[@]}" --no-state --rescue --retries 1 disk.img "$R" 2>"$W/rescue.err") || rc=$?
+	[ "$rc" = 5 ] || die "backup --rescue into $R exited $rc (want 5)"
+	cp "$W/disk.img" "$W/expect.img"
+	for r in ${1//,/ }; do
+		dd if=/dev/zero of="$W/expect.img" bs=1 seek="${r%%:*}" count="${r##*:}" conv=notrunc status=none
+	done
+	echo "$seq $(sha256sum <"$W/expect.img" | cut -d' ' -f1)" >>"$R/expected.sha256"
+}
+rbackup "$RESCUE_RANGES0"                      # seq 0
+text 5 1 r1
+rbackup "$RESCUE_RANGES1"                      # seq 1: healed but one sector
+rm -f "$R"/.cbimg*.lock "$R"/cbimg-catalog*
+# damaged/badmap-range: the first range's offset (at 512 + 24 * 256) set to 2^40
+mkdir -p "$D/badmap-range"
+cp "$R"/*.cbi "$R"/*.cbx "$D/badmap-range/"
+f=$(point "$D/badmap-range" full 0 cbx)
+printf '\001' | dd of="$f" bs=1 seek=$((512 + 24 * 256 + 5)) conv=notrunc status=none
+printf '%s\n' "bad-range map: ranges unsorted, overlapping, empty or outside the source" >"$D/badmap-range/expect"
+}   # generate_rescue
+
 case $CHECK_ONLY in
 0) generate ;;
 2) generate_merged ;;
 3) generate_spec24 ;;
+4) generate_rescue ;;
 esac
 
 # ================================================================== checks
@@ -405,14 +453,24 @@ ok() { echo "ok   $*"; }
 bad() { echo "FAIL $*"; fails=$((fails + 1)); }
 
 check_valid() {
-	local v=$1 name=$2 seq want x got
+	local v=$1 name=$2 seq want x got rc okrc=0 ab=()
 	shift 2
+	# a point with bad ranges (rev. 2.5) restores only with --allow-bad, exit 5
+	if [ "$(basename "$v")" = rescue ]; then ab=(--allow-bad); okrc=5; fi
 	if "$CBIMG" verify -q --no-state "$@" "$v" >"$W/out" 2>&1; then ok "verify $name exits 0"; else bad "verify $name exits $? (want 0):"; cat "$W/out"; fi
 	while read -r seq want; do
 		x=$(point "$v" "$([ "$seq" = 0 ] && echo full || echo incr)" "$seq" cbx)
 		rm -f "$W/restored"
-		if ! "$CBIMG" restore -q --state-dir "$W/nostate" "$@" "$x" "$W/restored" >"$W/out" 2>&1; then
-			bad "restore $name seq $seq failed:"; cat "$W/out"; continue
+		rc=0
+		"$CBIMG" restore -q --state-dir "$W/nostate" "$@" "${ab[@]+"${ab[@]}"}" "$x" "$W/restored" >"$W/out" 2>&1 || rc=$?
+		if [ "$rc" != "$okrc" ]; then
+			bad "restore $name seq $seq exited $rc (want $okrc):"; cat "$W/out"; continue
+		fi
+		if [ "$okrc" = 5 ]; then
+			rc=0
+			"$CBIMG" restore -q --state-dir "$W/nostate" "$x" "$W/refused" >"$W/out" 2>&1 || rc=$?
+			if [ "$rc" = 3 ] && [ ! -e "$W/refused" ]; then ok "restore $name seq $seq without --allow-bad: refused, exit 3"
+			else bad "restore $name seq $seq without --allow-bad exited $rc (want 3, nothing written)"; fi
 		fi
 		got=$(sha256sum <"$W/restored" | cut -d' ' -f1)
 		if [ "$got" = "$want" ]; then ok "restore $name seq $seq: $got"; else bad "restore $name seq $seq: $got, want $want"; fi

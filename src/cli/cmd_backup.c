@@ -28,6 +28,8 @@ enum {
 	OPT_OUTBOX,
 	OPT_NO_SPACE_CHECK,
 	OPT_DEST_UUID,
+	OPT_RESCUE,
+	OPT_RETRIES,
 };
 
 static const struct cli_option backup_options[] = {
@@ -49,12 +51,28 @@ static const struct cli_option backup_options[] = {
 	{ OPT_USED_ONLY, "used-only", NULL, "read only the blocks the ext2/3/4 file system uses" },
 	{ OPT_NO_SPACE_CHECK, "no-space-check", NULL, "write even when DEST seems to lack the space" },
 	{ OPT_DEST_UUID, "dest-uuid", "UUID", "refuse unless DEST is on the file system of this UUID" },
+	{ OPT_RESCUE, "rescue", NULL, "record unreadable source ranges as bad ranges instead of failing" },
+	{ OPT_RETRIES, "retries", "N", "--rescue: extra reads of each failing sector (default 1)" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
 	{ OPT_JSON_PROGRESS, "json-progress", NULL, "print progress as JSON Lines on stdout" },
 	CLI_OPT_HELP,
 	CLI_OPT_END
 };
+
+/* --rescue: a ddrescue-style account of the reads. */
+static void print_rescue(const cbi_backup_result *r)
+{
+	char h[32];
+
+	printf("rescued:  %s (%" PRIu64 " bytes of the source, all but the bad ranges)\n",
+	       cli_human_size(r->point.source_size - r->bad_bytes, h), r->point.source_size - r->bad_bytes);
+	printf("bad:      %" PRIu64 " bytes in %" PRIu64 " range%s%s\n", r->bad_bytes, r->bad_ranges,
+	       cli_plural(r->bad_ranges), r->bad_ranges ? " (in the point's bad-range map: restore needs --allow-bad)" : "");
+	printf("retries:  %" PRIu64 " read%s after %" PRIu64 " failed read%s, %" PRIu64 " bytes recovered by them\n",
+	       r->retry_reads, cli_plural(r->retry_reads), r->failed_reads, cli_plural(r->failed_reads),
+	       r->rescued_bytes);
+}
 
 static void print_summary(const cbi_backup_opts *o, const cbi_backup_result *r)
 {
@@ -77,6 +95,8 @@ static void print_summary(const cbi_backup_opts *o, const cbi_backup_result *r)
 	printf("index %s)\n", cli_human_size(p->index_bytes, h1));
 	printf("time:     %.2f s, %.1f MB/s\n", r->seconds, cli_mb_per_s(r->bytes_read, r->seconds));
 	printf("image:    %s\n", p->file[0] ? p->file : p->index_file);
+	if (r->rescue)
+		print_rescue(r);
 	if (p->encrypted)
 		printf("key file: %s%s\n", r->key_file, r->key_file_new ? " (new: keep a copy of it apart)" : "");
 	if (p->segment_size) {
@@ -115,6 +135,18 @@ static void print_json(const cbi_backup_result *r)
 	json_bool(&j, "from_state", r->from_state);
 	json_string(&j, "dest_fs", r->dest_fs[0] ? r->dest_fs : NULL);
 	json_string(&j, "key_file", r->key_file[0] ? r->key_file : NULL);
+	if (r->rescue) {
+		json_begin_object(&j, "rescue");
+		json_u64(&j, "rescued_bytes", r->point.source_size - r->bad_bytes);
+		json_u64(&j, "bad_bytes", r->bad_bytes);
+		json_u64(&j, "bad_ranges", r->bad_ranges);
+		json_u64(&j, "failed_reads", r->failed_reads);
+		json_u64(&j, "retry_reads", r->retry_reads);
+		json_u64(&j, "recovered_bytes", r->rescued_bytes);
+		json_end_object(&j);
+	} else {
+		json_null(&j, "rescue");
+	}
 	cli_json_point(&j, "point", &r->point);
 	json_end_object(&j);
 	json_finish(&j);
@@ -160,7 +192,7 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 	cbi_error err = { 0 };
 	struct cli_progress prog;
 	struct cli_pass pass;
-	int quiet = 0, json = 0, json_progress = 0, c, rc;
+	int quiet = 0, json = 0, json_progress = 0, retries = -1, c, rc;
 	uint64_t v;
 
 	cli_pass_init(&pass, "CBIMG_PASSWORD");
@@ -211,12 +243,21 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 		case OPT_USED_ONLY: o.used_only = 1; break;
 		case OPT_NO_SPACE_CHECK: o.no_space_check = 1; break;
 		case OPT_DEST_UUID: o.dest_uuid = optarg; break;
+		case OPT_RESCUE: o.rescue = 1; break;
+		case OPT_RETRIES:
+			if (cli_parse_uint(optarg, 0, 100, &v) < 0)
+				return cli_usage_error(cmd, "invalid retry count '%s': expected 0 to 100", optarg);
+			retries = (int)v;
+			break;
 		case 'q': quiet = 1; break;
 		case OPT_JSON: json = 1; break;
 		case OPT_JSON_PROGRESS: json_progress = 1; break;
 		default: return cli_opt_exit(cmd, c);
 		}
 	}
+	if (retries >= 0 && !o.rescue)
+		return cli_usage_error(cmd, "--retries applies to --rescue only");
+	o.retries = retries >= 0 ? (unsigned)retries : 1;
 	if ((rc = cli_check_operands(cmd, argc, argv, 2)))
 		return rc;
 	o.source = argv[optind];
@@ -274,6 +315,9 @@ const struct cli_command cli_backup = {
 		"--used-only reads only the blocks that the ext2/3/4 file system on SOURCE\n"
 		"uses (its block bitmaps); the others are stored as zero blocks and restore\n"
 		"as zeros. It is refused for a source mounted read-write.\n"
+		"--rescue goes on past unreadable source ranges (bad sectors): each failing\n"
+		"read is split down to the logical sector size, retried (--retries), and what\n"
+		"still fails is recorded in the point as a bad range (exit 5 and a summary).\n"
 		"Exit 5: the point was written, with a warning (a source mounted read-write\n"
 		"read without a snapshot, a catalog not updated, ...). --json-progress prints\n"
 		"progress as JSON Lines on stdout.",

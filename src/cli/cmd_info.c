@@ -134,6 +134,9 @@ static void json_point(struct json *j, const char *key, const cbi_point *p, int 
 	json_u64(j, "segment_size", p->segment_size);
 	json_bool(j, "encrypted", p->encrypted);
 	json_bool(j, "used_only", p->used_only);
+	json_bool(j, "rescue", p->rescue);
+	json_u64(j, "bad_bytes", p->bad_bytes);
+	json_u64(j, "bad_ranges", p->bad_ranges);
 	json_string(j, "hash", p->hash_alg == CBI_HASH_SHA256_128 ? "sha256" : "xxh3");
 	cli_hex(p->index_digest, 32, hex);
 	json_string(j, "index_digest", hex);
@@ -227,6 +230,10 @@ static void print_point(const cbi_point *p)
 	kv("encrypted", "%s", p->encrypted ? "yes (AES-256-GCM; key file .cbk beside the chain)" : "no");
 	kv("used_only", "%s", p->used_only ? "yes (blocks the file system did not use were not read: they "
 					    "restore as zeros)" : "no (every block)");
+	if (p->rescue)
+		kv("bad", "%" PRIu64 " bytes in %" PRIu64 " range%s unreadable on the source (read with --rescue%s)",
+		   p->bad_bytes, p->bad_ranges, p->bad_ranges == 1 ? "" : "s",
+		   p->bad_ranges ? "; restore needs --allow-bad" : "");
 	kv("image", "%s", p->has_image ? "complete" : p->file[0] ? "incomplete" : "missing");
 }
 
@@ -299,17 +306,21 @@ static const struct cli_option list_options[] = {
 };
 
 enum { COL_FILE, COL_HOST, COL_JOB, COL_CHAIN, COL_SEQ, COL_TYPE, COL_CREATED, COL_SIZE, COL_CHANGED,
-       COL_STORED, N_COLS };
+       COL_STORED, COL_BAD, N_COLS };
 
 static const char *const col_names[N_COLS] = {
-	"FILE", "HOST", "JOB", "CHAIN", "SEQ", "TYPE", "CREATED", "SIZE", "CHANGED", "STORED",
+	"FILE", "HOST", "JOB", "CHAIN", "SEQ", "TYPE", "CREATED", "SIZE", "CHANGED", "STORED", "BAD",
 };
-static const int col_right[N_COLS] = { 0, 0, 0, 0, 1, 0, 0, 1, 1, 1 };
+static const int col_right[N_COLS] = { 0, 0, 0, 0, 1, 0, 0, 1, 1, 1, 1 };
+/* Columns shown: BAD (bytes a --rescue backup could not read) only when a
+ * point listed was read with --rescue. */
+static int n_cols = N_COLS - 1;
 
 /* Cells of one row; static buffers for the short ones. */
 struct row {
 	const char *cell[N_COLS];
 	char seq[16], created[32], size[32], changed[24], stored[32], job[80], host[80], chain[33];
+	char bad[32];
 };
 
 static void fill_row(struct row *r, const cbi_point *p)
@@ -333,13 +344,18 @@ static void fill_row(struct row *r, const cbi_point *p)
 	r->cell[COL_SIZE] = r->size;
 	r->cell[COL_CHANGED] = r->changed;
 	r->cell[COL_STORED] = r->stored;
+	if (p->rescue)
+		snprintf(r->bad, sizeof r->bad, "%" PRIu64, p->bad_bytes);
+	else
+		snprintf(r->bad, sizeof r->bad, "-");
+	r->cell[COL_BAD] = r->bad;
 }
 
 static void print_row(const char *const cell[N_COLS], const int width[N_COLS])
 {
-	for (int c = 0; c < N_COLS; c++) {
+	for (int c = 0; c < n_cols; c++) {
 		const char *sep = c ? "  " : "";
-		if (c == N_COLS - 1 && !col_right[c])
+		if (c == n_cols - 1 && !col_right[c])
 			printf("%s%s", sep, cell[c]);
 		else
 			printf("%s%*s", sep, col_right[c] ? width[c] : -width[c], cell[c]);
@@ -354,6 +370,9 @@ static void print_table(const cbi_point *pts, size_t n)
 
 	for (int c = 0; c < N_COLS; c++)
 		width[c] = (int)strlen(col_names[c]);
+	for (size_t i = 0; i < n; i++)
+		if (pts[i].rescue)
+			n_cols = N_COLS;
 	for (size_t i = 0; i < n; i++) {
 		fill_row(&r, &pts[i]);
 		for (int c = 0; c < N_COLS; c++)

@@ -8,13 +8,14 @@
 #include <stdlib.h>
 
 enum { OPT_FORCE = 256, OPT_CHANGED_ONLY, OPT_THREADS, OPT_JSON, OPT_PASSWORD_FILE, OPT_STATE_DIR,
-       OPT_JSON_PROGRESS, OPT_PARTITION };
+       OPT_JSON_PROGRESS, OPT_PARTITION, OPT_ALLOW_BAD };
 
 static const struct cli_option restore_options[] = {
 	{ OPT_FORCE, "force", NULL, "overwrite a non-empty file or a device" },
 	{ OPT_CHANGED_ONLY, "changed-only", NULL, "write only blocks that differ on TARGET" },
 	{ OPT_THREADS, "threads", "N", "worker threads (default: one per CPU)" },
 	{ OPT_PARTITION, "partition", "N", "restore only partition N of the disk's partition table" },
+	{ OPT_ALLOW_BAD, "allow-bad", NULL, "restore a point's bad ranges (unreadable at backup) as zeros" },
 	{ OPT_PASSWORD_FILE, "password-file", "FILE", "passphrase of an encrypted chain from FILE (default: $CBIMG_PASSWORD, or ask)" },
 	{ OPT_STATE_DIR, "state-dir", "DIR", "also look for the chain's key file here (default /var/lib/cbimg)" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
@@ -33,6 +34,9 @@ static void print_summary(const cbi_restore_opts *o, const cbi_restore_result *r
 	printf("blocks:   %" PRIu64 " total, %" PRIu64 " written, %" PRIu64 " skipped\n",
 	       r->blocks_total, r->blocks_written, r->blocks_skipped);
 	printf("written:  %s\n", cli_human_size(r->bytes_written, h));
+	if (r->bad_ranges)
+		printf("bad:      %" PRIu64 " bytes in %" PRIu64 " range%s written as zeros (unreadable at backup)\n",
+		       r->bad_bytes, r->bad_ranges, cli_plural(r->bad_ranges));
 	printf("time:     %.2f s, %.1f MB/s\n", r->seconds, cli_mb_per_s(r->bytes_written, r->seconds));
 }
 
@@ -56,6 +60,8 @@ static void print_json(const cbi_restore_opts *o, const cbi_restore_result *r)
 	json_u64(&j, "blocks_written", r->blocks_written);
 	json_u64(&j, "blocks_skipped", r->blocks_skipped);
 	json_u64(&j, "bytes_written", r->bytes_written);
+	json_u64(&j, "bad_bytes", r->bad_bytes);
+	json_u64(&j, "bad_ranges", r->bad_ranges);
 	json_double(&j, "seconds", r->seconds);
 	json_end_object(&j);
 	json_finish(&j);
@@ -82,6 +88,7 @@ static int cmd_restore(const struct cli_command *cmd, int argc, char **argv)
 		switch (c) {
 		case OPT_FORCE: o.force = 1; break;
 		case OPT_CHANGED_ONLY: o.changed_only = 1; break;
+		case OPT_ALLOW_BAD: o.allow_bad = 1; break;
 		case OPT_THREADS:
 			if (cli_parse_uint(optarg, 0, 1024, &v) < 0)
 				return cli_usage_error(cmd, "invalid thread count '%s': expected 0 to 1024",
@@ -136,6 +143,12 @@ static int cmd_restore(const struct cli_command *cmd, int argc, char **argv)
 		print_json(&o, &r);
 	else if (!quiet && !json_progress)
 		print_summary(&o, &r);
+	if (r.bad_ranges) {
+		fflush(stdout);
+		fprintf(stderr, "cbimg: warning: %" PRIu64 " bytes in %" PRIu64 " bad range%s were unreadable at backup and "
+			"were written as zeros\n", r.bad_bytes, r.bad_ranges, cli_plural(r.bad_ranges));
+		return CLI_WARN;
+	}
 	return CLI_OK;
 }
 
@@ -153,7 +166,9 @@ const struct cli_command cli_restore = {
 		"progress as JSON Lines on stdout. TARGET is a block device or a file. A mounted TARGET\n"
 		"is refused; an existing non-empty file or a device needs --force.\n"
 		"An encrypted chain needs its passphrase and its key file (.cbk) beside the\n"
-		"chain or in the local state. Exit 4: wrong or missing passphrase.",
+		"chain or in the local state. Exit 4: wrong or missing passphrase.\n"
+		"A point with bad ranges (backup --rescue) is refused with exit 3, naming\n"
+		"them; --allow-bad writes them as zeros and exits 5.",
 	.options = restore_options,
 	.run = cmd_restore,
 };

@@ -136,6 +136,8 @@ static void print_json(const char *path, const struct verify_state *s, const cbi
 	json_u64(&j, "bytes_checked", r->bytes_checked);
 	json_u64(&j, "problem_count", s->n);
 	json_u64(&j, "behind", r->behind);
+	json_u64(&j, "bad_points", r->bad_points);
+	json_u64(&j, "bad_bytes", r->bad_bytes);
 	json_string(&j, "error", error);
 	json_begin_array(&j, "problems");
 	for (size_t i = 0; i < s->n; i++) {
@@ -273,7 +275,7 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 		       r.files_checked, cli_plural(r.files_checked), r.points_checked,
 		       cli_plural(r.points_checked), r.blocks_checked, cli_plural(r.blocks_checked));
 		if (status == CLI_OK || status == CLI_WARN)
-			printf("OK\n");
+			printf("OK%s\n", r.bad_points ? " (with known-bad bytes: see the notes)" : "");
 		else
 			printf("%" PRIu64 " problem%s\n", problems, cli_plural(problems));
 	}

@@ -21,6 +21,7 @@
 #include <xxhash.h>
 
 #include "backup.h"
+#include "badmap.h"
 #include "catalog.h"
 #include "chain.h"
 #include "chainrd.h"
@@ -452,6 +453,7 @@ typedef struct bk_run {
 	cbi_pipe_stats ps;
 	cbi_idx_trailer it;
 	int committed;            /* the index has its final name: the point exists */
+	cbi_rescue rescue;        /* rescue: what could not be read (badmap.h) */
 } bk_run;
 
 /* Phase 1: the options, DEST, the source, and the new point's identity. */
@@ -850,6 +852,12 @@ static int bk_write_point(bk_run *b)
 		cbi_source_set_map(b->src, b->fsmap->used, b->bs);
 		h->flags |= CBI_HDR_USED_ONLY;
 	}
+	if (o->rescue) {
+		if ((rc = cbi_rescue_init(&b->rescue, cbi_source_sector(b->src), o->retries)))
+			return cbi_err(err, rc, "out of memory");
+		b->src->rescue = &b->rescue;
+		h->flags |= CBI_HDR_BAD_RANGES;
+	}
 	if ((rc = bk_check_space(b)))
 		return rc;
 
@@ -874,6 +882,10 @@ static int bk_write_point(bk_run *b)
 	};
 	if ((rc = cbi_pipe_run(&pc, &b->ps, err)))
 		return rc;
+	if (o->rescue) {
+		cbi_badmap_normalize(&b->rescue.map);
+		cbi_index_writer_set_badmap(b->st.idx, &b->rescue.map);
+	}
 
 	cbi_idx_trailer *it = &b->it;
 	it->changed_blocks = b->st.changed;
@@ -885,6 +897,23 @@ static int bk_write_point(bk_run *b)
 	if ((rc = cbi_image_writer_seal(b->st.img, b->st.changed, it->digest)))
 		return cbi_err(err, rc, "unable to write '%s': %s", b->img_path, cbi_strerror(rc));
 	return bk_commit(b);
+}
+
+/* rescue: the summary, and a warning when bytes are missing. */
+static void bk_rescue_result(bk_run *b)
+{
+	cbi_backup_result *r = b->r;
+	const cbi_rescue *q = &b->rescue;
+	if (!b->o->rescue)
+		return;
+	r->rescue = 1;
+	r->bad_bytes = q->map.bytes;
+	r->bad_ranges = q->map.n;
+	r->failed_reads = q->failed_reads;
+	r->retry_reads = q->retry_reads;
+	r->rescued_bytes = q->rescued;
+	r->point.bad_bytes = q->map.bytes; /* the catalog's row is made from r->point */
+	r->point.bad_ranges = q->map.n;
 }
 
 /* The result's description of the point written. */
@@ -911,6 +940,7 @@ static void bk_fill_result(bk_run *b)
 	r->blocks_stored = b->st.stored;
 	r->bytes_read = b->ps.bytes_read;
 	r->bytes_written = b->it.image_size + b->it.file_size;
+	bk_rescue_result(b);
 }
 
 /* Phase 5: the local state follows the new point; the result. */
@@ -924,6 +954,16 @@ static void bk_finish(bk_run *b)
 			append_warning(b->r, se.msg);
 	}
 	bk_fill_result(b);
+	if (b->rescue.map.n) {
+		char w[512], d[256];
+		cbi_badmap_describe(&b->rescue.map, 3, d, sizeof d);
+		snprintf(w, sizeof w,
+			 "%llu bytes in %zu range%s of '%s' could not be read (%s): they are recorded in the "
+			 "point as bad ranges, not as data",
+			 (unsigned long long)b->rescue.map.bytes, b->rescue.map.n, b->rescue.map.n == 1 ? "" : "s",
+			 b->o->source, d);
+		append_warning(b->r, w);
+	}
 }
 
 /* Release what the phases took; a failed run leaves no new file behind
@@ -961,6 +1001,7 @@ static int bk_end(bk_run *b, int rc)
 	cbi_chain_close(b->dest);
 	cbi_source_close(b->src);
 	cbi_fsmap_free(b->fsmap);
+	cbi_rescue_free(&b->rescue);
 	cbi_job_unlock(&b->lock);
 	return rc;
 }

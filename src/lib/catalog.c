@@ -25,10 +25,11 @@
 #include "util.h"
 
 #define CAT_APP_ID 0x43424943  /* "CBIC": PRAGMA application_id */
-#define CAT_SCHEMA 5           /* PRAGMA user_version; 2 added points.encrypted, hash_alg;
+#define CAT_SCHEMA 6           /* PRAGMA user_version; 2 added points.encrypted, hash_alg;
                                 * 3 points.used_only; 4 images.link (merged images);
-                                * 5 runs.kind, runs.points_removed (prune runs); the idents
-                                * table is added in place: ident_table() */
+                                * 5 runs.kind, runs.points_removed (prune runs); 6 points.rescue,
+                                * bad_bytes, bad_ranges (rev. 2.5); the idents table is
+                                * added in place: ident_table() */
 #define CAT_BUSY_MS 30000
 #define CAT_BATCH 64           /* files per write transaction while syncing */
 
@@ -48,7 +49,8 @@ static const char schema_sql[] =
 	" stored_blocks INTEGER NOT NULL, image_bytes INTEGER NOT NULL,"
 	" index_bytes INTEGER NOT NULL, segment_size INTEGER NOT NULL,"
 	" encrypted INTEGER NOT NULL DEFAULT 0, hash_alg INTEGER NOT NULL DEFAULT 1,"
-	" used_only INTEGER NOT NULL DEFAULT 0);"
+	" used_only INTEGER NOT NULL DEFAULT 0, rescue INTEGER NOT NULL DEFAULT 0,"
+	" bad_bytes INTEGER NOT NULL DEFAULT 0, bad_ranges INTEGER NOT NULL DEFAULT 0);"
 	"CREATE INDEX IF NOT EXISTS points_key ON points(host, job, source_id);"
 	"CREATE TABLE IF NOT EXISTS images("
 	" name TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
@@ -361,21 +363,25 @@ static int cat_open(cat *c, const char *dest, int create, cbi_error *err)
 		rc = cbi_err(err, -EIO, "'%s' is not a cbimg catalog", c->path);
 		goto fail;
 	}
-	if (ver >= 1 && ver <= 4 && !c->readonly) {
+	if (ver >= 1 && ver <= 5 && !c->readonly) {
 		/* Schema 1 knew only version-1 files (plain, XXH3), schema 2 no
-		 * used-only points: what the new columns' defaults say. Upgrade in
+		 * used-only points, schema 5 no points read with --rescue: what the new columns' defaults say. Upgrade in
 		 * place, once. */
 		if ((rc = cat_begin(c, err)) || (rc = cat_int(c, "PRAGMA user_version", &ver, err)))
 			goto fail;
-		int64_t has_kind = 0;
-		if (ver >= 1 && ver <= 4 &&
+		int64_t has_kind = 0, has_rescue = 0;
+		if (ver >= 1 && ver <= 5 &&
 		    (rc = cat_int(c, "SELECT count(*) FROM pragma_table_info('runs') WHERE name = 'kind'", &has_kind,
 				  err)))
 			goto fail;
-		if (ver >= 1 && ver <= 4) {
+		if (ver >= 1 && ver <= 5 &&
+		    (rc = cat_int(c, "SELECT count(*) FROM pragma_table_info('points') WHERE name = 'rescue'",
+				  &has_rescue, err)))
+			goto fail;
+		if (ver >= 1 && ver <= 5) {
 			char sql[1024];
 			snprintf(sql, sizeof sql,
-				 "%s%s%s%s PRAGMA user_version=%d; UPDATE meta SET value=%d WHERE key='schema_version'",
+				 "%s%s%s%s%s PRAGMA user_version=%d; UPDATE meta SET value=%d WHERE key='schema_version'",
 				 ver == 1 ? "ALTER TABLE points ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0;"
 					    " ALTER TABLE points ADD COLUMN hash_alg INTEGER NOT NULL DEFAULT 1;"
 					  : "",
@@ -384,6 +390,11 @@ static int cat_open(cat *c, const char *dest, int create, cbi_error *err)
 				 has_kind ? "" :
 					    " ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup';"
 					    " ALTER TABLE runs ADD COLUMN points_removed INTEGER NOT NULL DEFAULT 0;",
+				 has_rescue ? " DELETE FROM ignored;" :
+					     " ALTER TABLE points ADD COLUMN rescue INTEGER NOT NULL DEFAULT 0;"
+					     " ALTER TABLE points ADD COLUMN bad_bytes INTEGER NOT NULL DEFAULT 0;"
+					     " ALTER TABLE points ADD COLUMN bad_ranges INTEGER NOT NULL DEFAULT 0;"
+					     " DELETE FROM ignored;", /* files an older reader could not read (flag bit 3) */
 				 CAT_SCHEMA, CAT_SCHEMA);
 			if ((rc = cat_exec(c, sql, "upgrade it", err)))
 				goto fail;
@@ -702,9 +713,9 @@ static const char sql_ins_point[] =
 	"INSERT OR REPLACE INTO points(name, size, mtime_ns, chain_id, point_id, parent_id,"
 	" parent_digest, index_digest, seq, type, block_size, source_size, n_blocks, created_ns,"
 	" job, host, source_id, source_path, changed_blocks, zero_blocks, stored_blocks,"
-	" image_bytes, index_bytes, segment_size, encrypted, hash_alg, used_only)"
+	" image_bytes, index_bytes, segment_size, encrypted, hash_alg, used_only, rescue, bad_bytes, bad_ranges)"
 	" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,"
-	" ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)";
+	" ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)";
 static const char sql_ins_image[] =
 	"INSERT OR REPLACE INTO images(name, size, mtime_ns, point_id, index_digest, chain_id, seq,"
 	" created_ns, job, host, source_id, changed_blocks, stored_blocks, image_bytes, link)"
@@ -754,6 +765,9 @@ static void bind_point(sqlite3_stmt *s, const frow *row)
 		sqlite3_bind_int64(s, 25, p->encrypted);
 		sqlite3_bind_int64(s, 26, p->hash_alg);
 		sqlite3_bind_int64(s, 27, p->used_only);
+		sqlite3_bind_int64(s, 28, p->rescue);
+		sqlite3_bind_int64(s, 29, (int64_t)p->bad_bytes);
+		sqlite3_bind_int64(s, 30, (int64_t)p->bad_ranges);
 	} else if (row->kind == CBI_KIND_IMAGE) {
 		sqlite3_bind_blob(s, 4, p->point_id, 16, SQLITE_TRANSIENT);
 		sqlite3_bind_blob(s, 5, p->index_digest, 32, SQLITE_TRANSIENT);
@@ -970,7 +984,7 @@ static int load_points(cat *c, list_arg *a, cbi_error *err)
 		"SELECT name, chain_id, point_id, parent_id, parent_digest, index_digest, seq, type,"
 		" block_size, source_size, n_blocks, created_ns, job, host, source_id, source_path,"
 		" changed_blocks, zero_blocks, stored_blocks, image_bytes, index_bytes, segment_size,"
-		" encrypted, hash_alg, used_only FROM points WHERE " FILTER_SQL
+		" encrypted, hash_alg, used_only, rescue, bad_bytes, bad_ranges FROM points WHERE " FILTER_SQL
 		/* the listing order, so that cbi_chain_pair() has little to move */
 		" ORDER BY host, job, source_id, chain_id, seq, created_ns, name";
 	static const char sql_imgs[] =
@@ -1026,6 +1040,9 @@ static int load_points(cat *c, list_arg *a, cbi_error *err)
 		p->encrypted = sqlite3_column_int(s, 22);
 		p->hash_alg = (uint32_t)sqlite3_column_int64(s, 23);
 		p->used_only = sqlite3_column_int(s, 24);
+		p->rescue = sqlite3_column_int(s, 25);
+		p->bad_bytes = (uint64_t)sqlite3_column_int64(s, 26);
+		p->bad_ranges = (uint64_t)sqlite3_column_int64(s, 27);
 	}
 	if (r != SQLITE_ROW && r != SQLITE_DONE) {
 		rc = cat_fail(c, err, r, "read it");

@@ -33,6 +33,7 @@ void cbi_point_from_hdr(cbi_point *p, const cbi_hdr *h)
 	memcpy(p->source_path, h->source_path, sizeof p->source_path);
 	p->encrypted = (h->flags & CBI_HDR_ENCRYPTED) != 0;
 	p->used_only = (h->flags & CBI_HDR_USED_ONLY) != 0;
+	p->rescue = (h->flags & CBI_HDR_BAD_RANGES) != 0;
 	p->hash_alg = h->hash_alg;
 	p->merged = (h->flags & CBI_HDR_MERGED) != 0;
 	p->first_seq = h->seq;
@@ -47,6 +48,8 @@ void cbi_point_from_index(cbi_point *p, const cbi_index *x)
 	p->stored_blocks = x->trl.stored_blocks;
 	p->stored_bytes = x->trl.image_size;
 	p->index_bytes = x->trl.file_size;
+	p->bad_bytes = x->bad.bytes;
+	p->bad_ranges = x->bad.n;
 	cbi_strlcpy(p->index_file, x->f->path, sizeof p->index_file);
 }
 

@@ -31,7 +31,9 @@ enum cbi_kind { CBI_KIND_IMAGE = 1, CBI_KIND_INDEX = 2 };
 #define CBI_HDR_MERGED 0x4u    /* an image only (revision 2.3): a merged image, whose parent_id and
                                 * parent_digest name the point's effective parent, all zero for a
                                 * synthetic full (format/SPEC.md, "Merged points") */
-#define CBI_HDR_FLAGS_KNOWN (CBI_HDR_ENCRYPTED | CBI_HDR_USED_ONLY | CBI_HDR_MERGED)
+#define CBI_HDR_BAD_RANGES 0x8u /* revision 2.5: the index carries a bad-range map before its trailer
+                                * (backup --rescue; format/SPEC.md, "Bad-range map") */
+#define CBI_HDR_FLAGS_KNOWN (CBI_HDR_ENCRYPTED | CBI_HDR_USED_ONLY | CBI_HDR_MERGED | CBI_HDR_BAD_RANGES)
 
 /* Record flags. */
 #define CBI_REC_ZSTD 0x1u

@@ -13,6 +13,7 @@ struct cbi_index_writer {
 	cbi_sfw *f;
 	cbi_hdr hdr;
 	uint64_t added;
+	const cbi_badmap *bad;
 };
 
 uint64_t cbi_index_writer_written(const cbi_index_writer *w)
@@ -54,10 +55,33 @@ int cbi_index_writer_add(cbi_index_writer *w, const cbi_idx_ent *e)
 	return cbi_sfw_write(w->f, b, sizeof b);
 }
 
+void cbi_index_writer_set_badmap(cbi_index_writer *w, const cbi_badmap *m)
+{
+	w->bad = m;
+}
+
+/* The bad-range map before the trailer (format/SPEC.md, "Bad-range map"). */
+static int write_badmap(cbi_index_writer *w)
+{
+	cbi_badmap none = { .sector = 512 };
+	const cbi_badmap *m = w->bad ? w->bad : &none;
+	size_t n = (size_t)cbi_badmap_size(m->n);
+	uint8_t *b = malloc(n);
+	if (!b)
+		return -ENOMEM;
+	cbi_badmap_encode(m, b);
+	int rc = cbi_sfw_write(w->f, b, n);
+	free(b);
+	return rc;
+}
+
 int cbi_index_writer_seal(cbi_index_writer *w, cbi_idx_trailer *t)
 {
 	if (w->added != w->hdr.n_blocks)
 		return -EINVAL;
+	int rc;
+	if ((w->hdr.flags & CBI_HDR_BAD_RANGES) && (rc = write_badmap(w)))
+		return rc;
 	t->n_blocks = w->hdr.n_blocks;
 	t->file_size = cbi_sfw_offset(w->f) + CBI_TRL_SIZE;
 	memcpy(t->point_id, w->hdr.point_id, 16);
@@ -119,7 +143,11 @@ int cbi_index_open_sfr(cbi_sfr *f, cbi_index **out, cbi_error *err)
 		cbi_err(err, rc, "'%s': no trailer: the file is unfinished or truncated", path);
 		goto fail;
 	}
+	uint64_t map_bytes = 0;
+	if ((x->hdr.flags & CBI_HDR_BAD_RANGES) && (rc = cbi_badmap_read(x->f, &x->hdr, &x->bad, &map_bytes, err)))
+		goto fail;
 	uint64_t want = CBI_HDR_SIZE + x->hdr.n_blocks * CBI_IDX_ENT_SIZE + CBI_TRL_SIZE;
+	want += map_bytes;
 	if (x->trl.file_size != x->f->size || want != x->f->size || x->trl.n_blocks != x->hdr.n_blocks ||
 	    memcmp(x->trl.point_id, x->hdr.point_id, 16)) {
 		rc = cbi_err(err, -CBI_EDAMAGED, "'%s': trailer does not match the header or file size",
@@ -187,6 +215,7 @@ void cbi_index_close(cbi_index *x)
 		return;
 	cbi_sfr_close(x->f);
 	free(x->win);
+	cbi_badmap_free(&x->bad);
 	OPENSSL_cleanse(x, sizeof *x);
 	free(x);
 }

@@ -2,6 +2,7 @@
 #ifndef CBI_INDEX_H
 #define CBI_INDEX_H
 
+#include "badmap.h"
 #include "crypto.h"
 #include "format.h"
 #include "sfile.h"
@@ -20,6 +21,10 @@ int cbi_index_writer_add(cbi_index_writer *w, const cbi_idx_ent *e) CBI_WUR;
 int cbi_index_writer_seal(cbi_index_writer *w, cbi_idx_trailer *t) CBI_WUR;
 int cbi_index_writer_commit(cbi_index_writer *w, cbi_error *err) CBI_WUR; /* frees w on success */
 void cbi_index_writer_abort(cbi_index_writer *w);
+/* A point with header flag CBI_HDR_BAD_RANGES: the bad-range map written
+ * before the trailer (normalized; the caller's, read at seal). Without
+ * it, such a point gets an empty map. */
+void cbi_index_writer_set_badmap(cbi_index_writer *w, const cbi_badmap *m);
 /* Bytes written so far (NULL: 0): what a run that stops now has written. */
 uint64_t cbi_index_writer_written(const cbi_index_writer *w);
 
@@ -34,6 +39,8 @@ typedef struct cbi_index {
 	int keyed;                      /* encrypted and cbi_index_set_keys() done */
 	uint8_t mac_key[CBI_KEY_LEN];
 	cbi_hashspec hs;                /* how its entries' hashes are made */
+	cbi_badmap bad;                 /* header flag CBI_HDR_BAD_RANGES: the source's unreadable
+	                                 * ranges (read and checked by the open); else empty */
 } cbi_index;
 
 /* Open an index file and check its structure (header, trailer, size). The

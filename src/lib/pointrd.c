@@ -69,6 +69,7 @@ struct cbi_pointrd {
 	cbi_joblock lk;
 	void (*log)(void *ud, const char *msg);
 	void *log_ud;
+	int allow_bad;          /* read bad ranges as zeros (they fail with EIO otherwise) */
 
 	pthread_mutex_t mu;     /* everything below, and the chain reader */
 	pthread_cond_t cv;      /* a load finished */
@@ -404,11 +405,40 @@ static int get_block(cbi_pointrd *r, pctx **xp, uint64_t i, cent **out, cbi_erro
 	return rc;
 }
 
+/* A read failed with e1: counted, logged, and the caller's error. */
+static void read_failed(cbi_pointrd *r, const cbi_error *e1, cbi_error *err)
+{
+	if (err)
+		*err = *e1;
+	pthread_mutex_lock(&r->mu);
+	r->st.failures++;
+	pthread_mutex_unlock(&r->mu);
+	if (r->log)
+		r->log(r->log_ud, e1->msg);
+}
+
+/* Does [off, off + len) meet a bad range of the point? 1, counted as a
+ * failure, logged and in err; else 0. */
+static int bad_range(cbi_pointrd *r, uint64_t off, size_t len, cbi_error *err)
+{
+	cbi_badrange b;
+	if (!cbi_badmap_find(&r->x->bad, off, len, &b))
+		return 0;
+	cbi_error e1;
+	cbi_err(&e1, -EIO, "'%s': bytes %llu-%llu were unreadable on the source when it was backed up "
+		"(a bad range of backup --rescue)", r->pt.index_file, (unsigned long long)b.off,
+		(unsigned long long)(b.off + b.len - 1));
+	read_failed(r, &e1, err);
+	return 1;
+}
+
 int64_t cbi_pointrd_pread(cbi_pointrd *r, void *buf, size_t len, uint64_t off, cbi_error *err)
 {
 	if (off >= r->size)
 		return 0;
 	len = (size_t)CBI_MIN((uint64_t)len, r->size - off);
+	if (!r->allow_bad && bad_range(r, off, len, err))
+		return -EIO;
 	pthread_mutex_lock(&r->mu);
 	r->st.reads++;
 	pthread_mutex_unlock(&r->mu);
@@ -423,13 +453,7 @@ int64_t cbi_pointrd_pread(cbi_pointrd *r, void *buf, size_t len, uint64_t off, c
 		cbi_error e1 = { 0 };
 		rc = get_block(r, &x, i, &e, &e1);
 		if (rc < 0) {
-			if (err)
-				*err = e1;
-			pthread_mutex_lock(&r->mu);
-			r->st.failures++;
-			pthread_mutex_unlock(&r->mu);
-			if (r->log)
-				r->log(r->log_ud, e1.msg);
+			read_failed(r, &e1, err);
 			break;
 		}
 		if (!e) {
@@ -464,6 +488,7 @@ int cbi_pointrd_open(const cbi_pointrd_opts *o, cbi_pointrd **out, cbi_error *er
 	pthread_cond_init(&r->cv, NULL);
 	r->log = o->log;
 	r->log_ud = o->log_ud;
+	r->allow_bad = o->allow_bad;
 	cbi_chain_opts co = { .pass = o->pass, .pass_ud = o->pass_ud, .state_dir = o->state_dir };
 	int rc = cbi_chain_open(o->point, &co, &r->c, err);
 	if (rc)

@@ -427,10 +427,30 @@ static int pconsume(void *ud, unsigned slot, cbi_error *err)
 	return 0;
 }
 
+/* A point with bad ranges (backup --rescue) is refused, naming them, before
+ * anything is written, unless o->allow_bad: then they restore as the zeros
+ * its blocks hold there, and r counts them. */
+static int bad_ranges(const cbi_resolved *v, const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err)
+{
+	const cbi_badmap *m = &v->index->bad;
+	if (!m->n)
+		return 0;
+	r->bad_bytes = m->bytes;
+	r->bad_ranges = m->n;
+	if (o->allow_bad)
+		return 0;
+	char d[512];
+	cbi_badmap_describe(m, 4, d, sizeof d);
+	return cbi_err(err, -CBI_EBADRANGES,
+		       "'%s' has %llu bytes in %zu range%s that the source could not be read for (%s): "
+		       "restore --allow-bad writes them as zeros",
+		       v->index->f->path, (unsigned long long)m->bytes, m->n, m->n == 1 ? "" : "s", d);
+}
+
 static int restore_partition(const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err)
 {
 	cbi_pointrd_opts po = { .point = o->point, .pass = o->pass, .pass_ud = o->pass_ud,
-				.state_dir = o->state_dir, .cache_bytes = 2 * CHUNK_BYTES };
+				.state_dir = o->state_dir, .cache_bytes = 2 * CHUNK_BYTES, .allow_bad = o->allow_bad };
 	cbi_pointrd *pr = NULL;
 	cbi_disk_map *m = calloc(1, sizeof *m);
 	cbi_target *t = NULL;
@@ -515,6 +535,8 @@ int cbi_restore(const cbi_restore_opts *o, cbi_restore_result *r, cbi_error *err
 		return rc;
 	const cbi_hdr *h = &v.index->hdr;
 	cbi_target *t = NULL;
+	if ((rc = bad_ranges(&v, o, r, err)))
+		goto end;
 	unsigned fl = (o->force ? CBI_TARGET_FORCE : 0) | (o->changed_only ? CBI_TARGET_READ : 0);
 	/* never onto a file the restore reads, nor into the chain's DEST, --force or not */
 	cbi_target_guard g = { 0 };

@@ -15,6 +15,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "badmap.h"
 #include "mounts.h"
 #include "util.h"
 
@@ -128,6 +129,13 @@ static int read_range(cbi_source *s, uint64_t off, size_t len, uint8_t *buf, cbi
 			int rc = drop_direct(s, err);
 			if (rc)
 				return rc;
+			continue;
+		}
+		if (r < 0 && s->rescue && cbi_rescue_media_error(errno)) {
+			int rc = cbi_rescue_read(s->rescue, s->fd, s->path, pos, want, buf + (pos - off), err);
+			if (rc)
+				return rc;
+			pos += want;
 			continue;
 		}
 		if (r < 0)
@@ -467,4 +475,12 @@ int cbi_source_mounted_rw(const cbi_source *s)
 	struct stat st;
 	cbi_loop_use u;
 	return fstat(s->fd, &st) == 0 && S_ISREG(st.st_mode) && cbi_loop_in_use(st.st_dev, st.st_ino, 1, &u);
+}
+
+uint32_t cbi_source_sector(const cbi_source *s)
+{
+	int ss = 0;
+	if (s->is_dev && ioctl(s->fd, BLKSSZGET, &ss) == 0 && ss >= 512 && !(ss & (ss - 1)))
+		return (uint32_t)ss;
+	return 512;
 }

@@ -31,6 +31,9 @@ typedef struct cbi_source {
 	 * used (byte i / 8) clear means block i is treated as a hole */
 	const uint8_t *used;
 	uint32_t used_bs;
+	/* backup --rescue (badmap.h): a read that fails on the medium is read
+	 * again in pieces, and what still fails is zeroed and recorded */
+	struct cbi_rescue *rescue;
 } cbi_source;
 
 /* Alignment required for buffers passed to cbi_source_read. */
@@ -70,6 +73,10 @@ int cbi_source_hole_end(cbi_source *s, uint64_t off, uint64_t *hole_end, cbi_err
 int cbi_source_check_size(cbi_source *s, cbi_error *err) CBI_WUR;
 
 void cbi_source_close(cbi_source *s);
+
+/* The smallest piece a rescue reads: the logical sector size of a device
+ * (BLKSSZGET), 512 for a file. */
+uint32_t cbi_source_sector(const cbi_source *s);
 
 /* Identity of the source: a stable name of the device or file
  * ("disk:<by-id name>", "loop:<backing file>", for a partition of a loop

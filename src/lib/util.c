@@ -28,13 +28,14 @@ static const char *const lib_errs[] = {
 	[CBI_EPASS - CBI_EDAMAGED] = "wrong passphrase, or no passphrase given",
 	[CBI_ENOKEY - CBI_EDAMAGED] = "key file of the encrypted chain not found",
 	[CBI_ENOTCBI - CBI_EDAMAGED] = "not a cbimg image or index",
+	[CBI_EBADRANGES - CBI_EDAMAGED] = "the point has unreadable ranges",
 };
 
 const char *cbi_strerror(int code)
 {
 	if (code < 0)
 		code = -code;
-	if (code >= CBI_EDAMAGED && code <= CBI_ENOTCBI)
+	if (code >= CBI_EDAMAGED && code <= CBI_EBADRANGES)
 		return lib_errs[code - CBI_EDAMAGED];
 	return strerror(code);
 }
@@ -44,7 +45,8 @@ int cbi_is_damage(int code)
 {
 	if (code < 0)
 		code = -code;
-	return code == CBI_EDAMAGED || code == CBI_ETRUNCATED || code == CBI_EFORMAT || code == CBI_EAUTH;
+	return code == CBI_EDAMAGED || code == CBI_ETRUNCATED || code == CBI_EFORMAT || code == CBI_EAUTH ||
+	       code == CBI_EBADRANGES;
 }
 
 int cbi_err(cbi_error *err, int code, const char *fmt, ...)

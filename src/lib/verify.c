@@ -114,6 +114,24 @@ static const char *reason(const cbi_error *e, const char *file)
 
 /* Check one point of the chosen chain: its index against its parent's, its
  * image's records against its index. */
+static void note(vctx *c, const char *file, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* A point with bad ranges: known-bad bytes (the source could not be read),
+ * a note and a count, not a problem. */
+static void known_bad(vctx *c, const cbi_index *x)
+{
+	char d[256];
+	if (!x->bad.n)
+		return;
+	c->r->bad_points++;
+	c->r->bad_bytes += x->bad.bytes;
+	cbi_badmap_describe(&x->bad, 3, d, sizeof d);
+	note(c, x->f->path,
+	     "'%s' (seq %u): known-bad: %llu bytes in %zu range%s were unreadable on the source at backup (%s); "
+	     "they are not data, and restore needs --allow-bad",
+	     x->f->path, x->hdr.seq, (unsigned long long)x->bad.bytes, x->bad.n, x->bad.n == 1 ? "" : "s", d);
+}
+
 static int verify_point(vctx *c, uint32_t seq)
 {
 	const cbi_point *p = cbi_chain_point(c->ch, seq);
@@ -243,6 +261,7 @@ static int verify_point(vctx *c, uint32_t seq)
 	if (img && tj < nrec && !have_te)
 		problem(c, img->f->path, -1, "%llu records beyond the last block",
 			(unsigned long long)(nrec - tj));
+	known_bad(c, x);
 	c->r->points_checked++;
 	c->base = end_base;
 	rc = progress_at(c, 0) ? -ECANCELED : 0;

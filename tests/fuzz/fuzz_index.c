@@ -1,17 +1,38 @@
 /* fuzz_index.c - the index reader (index.c: cbi_index_open, cbi_index_get,
  * cbi_index_set_keys, cbi_index_check_digest) and what a scan reads of an
- * index file (chain.c: cbi_point_read).
+ * index file (chain.c: cbi_point_read), and the bad-range map of an index with header flag bit 3
+ * (badmap.c: cbi_badmap_read at open, then cbi_badmap_find and
+ * cbi_badmap_describe as restore, mount and verify use the map).
  *
  * Input: a control byte (fuzz.h), then the bytes of the file, written to a
  * file on tmpfs that the library opens as it opens any index file. */
 #include "fuzz.h"
 
 #include "chain.h"
+#include "badmap.h"
 #include "index.h"
 
 #define MAX_ENTRIES 300 /* entries read per input: a prefix, and the last */
 
 static fz_buf file;
+
+/* What restore, the point reader and verify ask of a map that opened. */
+static void bad_map(const cbi_index *x)
+{
+	const cbi_badmap *m = &x->bad;
+	cbi_badrange r;
+	char d[256];
+	cbi_badmap_describe(m, 4, d, sizeof d);
+	uint64_t end = x->hdr.source_size;
+	for (uint64_t off = 0, step = end / 7 + 1; off < end; off += step)
+		(void)cbi_badmap_find(m, off, step, &r);
+	for (size_t i = 0; i < m->n && i < 64; i++) {
+		if (!cbi_badmap_find(m, m->r[i].off, 1, &r) || r.off != m->r[i].off)
+			abort(); /* a decoded map is sorted and separated */
+		if (i && m->r[i].off <= m->r[i - 1].off + m->r[i - 1].len)
+			abort();
+	}
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -51,6 +72,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FZ_TRY(cbi_index_get(x, nb, &e)); /* out of range */
 		if (ctl & FZ_DIGEST)
 			FZ_TRY(cbi_index_check_digest(x));
+		bad_map(x);
 		cbi_point p;
 		memset(&p, 0, sizeof p);
 		cbi_point_from_index(&p, x);

@@ -12,6 +12,7 @@
  * file (ids and times are fixed, but the key file's salt is random). */
 #include "fuzz.h"
 
+#include <glob.h>
 #include <zstd.h>
 
 #include "catalog.h"
@@ -310,6 +311,27 @@ static void vector_seeds(const char *vec)
 		}
 }
 
+/* valid/rescue (revision 2.5): its index files, which carry bad-range maps;
+ * their names hold the time they were made, so they are found by glob. */
+static void rescue_seeds(const char *vec)
+{
+	char pat[4096];
+	glob_t g;
+	snprintf(pat, sizeof pat, "%s/valid/rescue/*.cbx", vec);
+	if (glob(pat, 0, NULL, &g))
+		return;
+	for (size_t i = 0; i < g.gl_pathc; i++) {
+		size_t n;
+		uint8_t *f = slurp(g.gl_pathv[i], &n);
+		char name[64];
+		snprintf(name, sizeof name, "rescue%zu-cbx", i);
+		header_seed(name, f, n);
+		seed("index", name, FZ_DIGEST, f, n, NULL, 0);
+		free(f);
+	}
+	globfree(&g);
+}
+
 static void gen_points(const char *tmp)
 {
 	static const struct {
@@ -395,6 +417,7 @@ int main(int argc, char **argv)
 	if (!mkdtemp(tmp))
 		die("mkdtemp");
 	vector_seeds(argv[2]);
+	rescue_seeds(argv[2]);
 	gen_points(tmp);
 	/* the DEST of the vectors' short chain, as a backup leaves it */
 	char p[4096];

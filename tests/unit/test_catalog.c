@@ -830,7 +830,7 @@ static void test_many_points(void **state)
 	sqlite3_stmt *ip = NULL, *ii = NULL;
 	assert_int_equal(sqlite3_prepare_v2(db,
 		"INSERT INTO points VALUES(?1, ?2, ?3, ?4, ?5, zeroblob(16), zeroblob(32), ?6, ?7, ?8,"
-		" 4096, 1048576, 256, ?9, ?10, ?11, ?12, '/dev/x', 256, 0, 256, 1048576, 6784, 0, 0, 1, 0)",
+		" 4096, 1048576, 256, ?9, ?10, ?11, ?12, '/dev/x', 256, 0, 256, 1048576, 6784, 0, 0, 1, 0, 0, 0, 0)",
 		-1, &ip, NULL), SQLITE_OK);
 	assert_int_equal(sqlite3_prepare_v2(db,
 		"INSERT INTO images VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 256, 256, ?12, NULL)",
@@ -945,7 +945,7 @@ static void test_schema_upgrade(void **state)
 				      " (SELECT count(*) FROM points WHERE used_only = 0)", -1, &st, NULL),
 			 SQLITE_OK);
 	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-	assert_int_equal(sqlite3_column_int(st, 0), 5);
+	assert_int_equal(sqlite3_column_int(st, 0), 6);
 	assert_int_equal(sqlite3_column_int(st, 1), 2);
 	sqlite3_finalize(st);
 	sqlite3_close(db);

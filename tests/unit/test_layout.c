@@ -7,11 +7,12 @@
 #include "testutil.h"
 
 #include "format.h"
+#include "badmap.h"
 #include "keyfile.h"
 #include "util.h"
 
 static const cbi_layout *const layouts[] = {
-	&cbi_hdr_layout, &cbi_img_trailer_layout, &cbi_idx_trailer_layout, &cbi_kf_layout,
+	&cbi_hdr_layout, &cbi_img_trailer_layout, &cbi_idx_trailer_layout, &cbi_kf_layout, &cbi_badmap_tail_layout,
 };
 #define N_LAYOUTS (sizeof layouts / sizeof layouts[0])
 

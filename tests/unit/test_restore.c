@@ -627,7 +627,15 @@ static void test_vectors_restore(void **state)
 				unlink(t);
 				cbi_restore_opts o = ropts(pts[i].index_file, t);
 				cbi_restore_result r;
+				if (!strcmp(de->d_name, "rescue")) {
+					/* bad ranges (rev. 2.5): refused, nothing written, unless allowed */
+					assert_int_equal(cbi_restore(&o, &r, &e), -CBI_EBADRANGES);
+					assert_false(tu_exists(t));
+					o.allow_bad = 1;
+				}
 				int rc = cbi_restore(&o, &r, &e);
+				if (o.allow_bad)
+					assert_true(r.bad_bytes > 0 && r.bad_ranges > 0);
 				if (rc)
 					fail_msg("%s seq %u: restore = %d: %s", de->d_name, seq, rc, e.msg);
 				char got[65];
