@@ -142,6 +142,8 @@ typedef struct cbi_point {
 	int broken;               /* cbi_list(), cbi_list_filtered(): a parent of this point
 	                           * (or of one of its ancestors) is not in DEST, so the point
 	                           * cannot be restored */
+	int parent_elsewhere;     /* cbi_list_mark_elsewhere(): broken, but the local state
+	                           * vouches that the missing points are elsewhere (an outbox) */
 } cbi_point;
 
 /* Block hash algorithms (format/SPEC.md). */
@@ -387,6 +389,19 @@ const char *cbi_run_result_name(int result);
  * runs. *out is owned by the caller: free() it. */
 int cbi_log(const char *dest, const cbi_list_filter *f, cbi_run **out, size_t *n,
 	    cbi_error *err) CBI_WUR;
+
+/* Mark the points of a listing of dest (pts from cbi_list_filtered()) that
+ * continue a chain whose earlier points are elsewhere, as in an outbox
+ * (cbimg-list(1), "Parent elsewhere"): parent_elsewhere = 1 on a broken
+ * point when the local state of its job (state_dir; NULL: /var/lib/cbimg)
+ * holds an intact index of its chain from which the parent links lead,
+ * through dest's points, down to it, and the first point missing below is
+ * not one that dest's run log records a backup making into dest (a full
+ * moved away from a backup disk stays damage). Such points are still not
+ * restorable from dest alone. 0, or an error of the run log or -ENOMEM; a
+ * missing, unreadable or damaged state vouches for nothing (no error). */
+int cbi_list_mark_elsewhere(const char *dest, const char *state_dir, cbi_point *pts, size_t n,
+			    cbi_error *err) CBI_WUR;
 
 /* Rebuild the points of DEST's catalog from the files (every index and image
  * file is read again), creating the catalog if needed. The run history is
