@@ -621,6 +621,12 @@ typedef struct cbi_prune_opts {
 	void *pass_ud;
 	const char *state_dir;    /* key file copies; NULL: /var/lib/cbimg */
 	int no_state;
+	cbi_progress_fn progress; /* NULL, or called as the merged images are written: done and
+	                           * total in bytes of blocks (uncompressed) copied into them,
+	                           * total known from the indexes before the first write, and a
+	                           * last call with done == total; nonzero from it stops the
+	                           * prune (-ECANCELED) with every point restorable */
+	void *progress_ud;
 } cbi_prune_opts;
 
 enum cbi_prune_action {

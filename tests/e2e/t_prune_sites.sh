@@ -7,7 +7,9 @@
 #     forward there, and the next outbox incremental still applies;
 #   - two hosts on one DEST: prune of one while a backup of the other runs;
 #   - prune of a --hash sha256 chain (the --used-only chain is in t_prune.sh,
-#     on an ext4 loop device).
+#     on an ext4 loop device);
+#   - --json-progress, and SIGTERM during the merge: exit 1, every point
+#     restores, no temporary left, the next prune finishes.
 . "$(dirname "$0")/lib.sh"
 need_jq
 export TZ=UTC
@@ -164,4 +166,43 @@ sum "$(jq -r .point.id "$T/bk.json")" "$T/s.img"
 check_eq "the next backup is an incremental" "$(jq -r .point.type "$T/bk.json")" incremental
 expect_exit 0 "$CBIMG" prune --keep-last 1 "$D3"
 check_all "$D3"
+
+echo "== --json-progress; SIGTERM during a merge"
+D4=$T/prog
+mkdir -p "$D4"
+head -c 64M /dev/urandom >"$T/p.img"
+for ((k = 0; k < 3; k++)); do
+	change "$T/p.img" 4
+	"$CBIMG" backup -q --json --job p --block-size 64K "$T/p.img" "$D4" >"$T/bk.json" || die "backup p $k"
+	sum "$(jq -r .point.id "$T/bk.json")" "$T/p.img"
+done
+cp -a "$D4" "$T/prog.orig"
+is_jsonl() { jq -e . "$1" >/dev/null 2>&1 && ! grep -qv '^{.*}$' "$1"; }
+"$CBIMG" prune --json-progress --keep-last 1 "$D4" >"$T/jp.out" 2>"$T/jp.err" &
+ppid=$!
+BGPIDS+=("$ppid")
+k=0
+while [ ! -s "$T/jp.out" ] && [ "$k" -lt 500 ]; do sleep 0.01; k=$((k + 1)); done
+kill -TERM "$ppid" 2>/dev/null
+wait "$ppid"
+rc=$?
+if [ "$rc" = 0 ]; then
+	echo "  (the prune ended before SIGTERM reached it: nothing to check of an interruption)"
+else
+	check_eq "SIGTERM during the merge: exit 1" "$rc" 1
+	OUT=$(cat "$T/jp.err")
+	check_grep "it says: interrupted" interrupted
+	check "stdout stays JSON Lines" is_jsonl "$T/jp.out"
+	check_eq "no temporary left" "$(ls -A "$D4" | grep '^\.cbimg-' | grep -vc '\.lock$')" 0
+	check_all "$D4"
+fi
+rm -rf --one-file-system "$D4" && cp -a "$T/prog.orig" "$D4"
+expect_exit 0 "$CBIMG" prune --json --json-progress --keep-last 1 "$D4"
+check "prune --json --json-progress: JSON Lines" is_jsonl "$T/stdout"
+check_eq "progress lines of prune, then the result" \
+	"$(jq -r 'if .message_type == "progress" then .command else "result" end' "$T/stdout" | uniq | xargs)" "prune result"
+check_eq "the last progress line is final, all bytes done" \
+	"$(jq -r 'select(.message_type == "progress") | "\(.final) \(.bytes_done == .bytes_total) \(.bytes_total > 60000000)"' "$T/stdout" | tail -1)" "true true true"
+check_eq "the result: one synthetic full" "$(tail -1 "$T/stdout" | jq -r '[.points[] | select(.action == "synthetic-full")] | length')" 1
+check_all "$D4"
 finish
