@@ -155,6 +155,8 @@ typedef struct cbi_point {
 	int broken;               /* cbi_list(), cbi_list_filtered(): a parent of this point
 	                           * (or of one of its ancestors) is not in DEST, so the point
 	                           * cannot be restored */
+	int parent_elsewhere;     /* cbi_list_mark_elsewhere(): broken, but the local state
+	                           * vouches that the missing points are elsewhere (an outbox) */
 } cbi_point;
 
 /* Block hash algorithms (format/SPEC.md). */
@@ -414,6 +416,19 @@ const char *cbi_run_result_name(int result);
 int cbi_log(const char *dest, const cbi_list_filter *f, cbi_run **out, size_t *n,
 	    cbi_error *err) CBI_WUR;
 
+/* Mark the points of a listing of dest (pts from cbi_list_filtered()) that
+ * continue a chain whose earlier points are elsewhere, as in an outbox
+ * (cbimg-list(1), "Parent elsewhere"): parent_elsewhere = 1 on a broken
+ * point when the local state of its job (state_dir; NULL: /var/lib/cbimg)
+ * holds an intact index of its chain from which the parent links lead,
+ * through dest's points, down to it, and the first point missing below is
+ * not one that dest's run log records a backup making into dest (a full
+ * moved away from a backup disk stays damage). Such points are still not
+ * restorable from dest alone. 0, or an error of the run log or -ENOMEM; a
+ * missing, unreadable or damaged state vouches for nothing (no error). */
+int cbi_list_mark_elsewhere(const char *dest, const char *state_dir, cbi_point *pts, size_t n,
+			    cbi_error *err) CBI_WUR;
+
 /* Rebuild the points of DEST's catalog from the files (every index and image
  * file is read again), creating the catalog if needed. The run history is
  * kept: no file holds it. */
@@ -647,6 +662,12 @@ typedef struct cbi_prune_opts {
 	void *pass_ud;
 	const char *state_dir;    /* key file copies; NULL: /var/lib/cbimg */
 	int no_state;
+	cbi_progress_fn progress; /* NULL, or called as the merged images are written: done and
+	                           * total in bytes of blocks (uncompressed) copied into them,
+	                           * total known from the indexes before the first write, and a
+	                           * last call with done == total; nonzero from it stops the
+	                           * prune (-ECANCELED) with every point restorable */
+	void *progress_ud;
 } cbi_prune_opts;
 
 enum cbi_prune_action {

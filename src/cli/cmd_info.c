@@ -13,7 +13,7 @@
 #include <string.h>
 #include <time.h>
 
-enum { OPT_JSON = 256, OPT_HOST, OPT_SOURCE, OPT_JOB };
+enum { OPT_JSON = 256, OPT_HOST, OPT_SOURCE, OPT_JOB, OPT_STATE_DIR, OPT_NO_STATE };
 
 /* ---------------------------------------------------------- presentation */
 
@@ -143,8 +143,10 @@ static void json_point(struct json *j, const char *key, const cbi_point *p, int 
 	json_bool(j, "has_image", p->has_image);
 	json_bool(j, "merged", p->merged);
 	json_u64(j, "first_seq", p->type == CBI_FULL ? 0 : p->merged ? p->first_seq : p->seq);
-	if (listed)
+	if (listed) {
 		json_bool(j, "restorable", !p->broken);
+		json_bool(j, "parent_elsewhere", p->parent_elsewhere);
+	}
 	json_end_object(j);
 }
 
@@ -300,6 +302,8 @@ static const struct cli_option list_options[] = {
 	{ OPT_SOURCE, "source", "S", "only the points of source S (its id or its path)" },
 	{ OPT_JOB, "job", "J", "only the points of job J" },
 	{ OPT_JSON, "json", NULL, "print one JSON array with an object per point" },
+	{ OPT_STATE_DIR, "state-dir", "DIR", "local state that knows parents elsewhere (default /var/lib/cbimg)" },
+	{ OPT_NO_STATE, "no-state", NULL, "do not use the local state: every missing parent is damage" },
 	CLI_OPTS_SELECT_TIME,
 	CLI_OPT_HELP,
 	CLI_OPT_END
@@ -337,7 +341,7 @@ static void fill_row(struct row *r, const cbi_point *p)
 	r->cell[COL_FILE] = display_file(p);
 	r->cell[COL_HOST] = printable(p->host, r->host, sizeof r->host);
 	r->cell[COL_CHAIN] = r->chain;
-	r->cell[COL_TYPE] = p->broken ? "no parent!" : type_name(p);
+	r->cell[COL_TYPE] = p->parent_elsewhere ? "parent elsewhere" : p->broken ? "no parent!" : type_name(p);
 	r->cell[COL_JOB] = printable(p->job, r->job, sizeof r->job);
 	r->cell[COL_SEQ] = r->seq;
 	r->cell[COL_CREATED] = cli_iso_time(p->created_ns, r->created);
@@ -393,7 +397,8 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 	cbi_error err = { 0 };
 	cbi_list_filter filter = { 0 };
 	struct cli_select sel = { 0 };
-	int json = 0, c, rc;
+	const char *state_dir = NULL;
+	int json = 0, no_state = 0, c, rc;
 
 	while ((c = cli_getopt(cmd, argc, argv)) != -1) {
 		if ((rc = cli_select_option(cmd, &sel, c, optarg)) < 0)
@@ -402,6 +407,8 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 			continue;
 		switch (c) {
 		case OPT_JSON: json = 1; break;
+		case OPT_STATE_DIR: state_dir = optarg; break;
+		case OPT_NO_STATE: no_state = 1; break;
 		case OPT_HOST: filter.host = optarg; break;
 		case OPT_SOURCE: filter.source = optarg; break;
 		case OPT_JOB: filter.job = optarg; break;
@@ -427,6 +434,12 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 		rc = cbi_list_filtered(argv[optind], &filter, &pts, &n, &err);
 		if (rc < 0)
 			return cli_fail(rc, &err);
+		if (!state_dir && getenv("CBIMG_STATE_DIR") && *getenv("CBIMG_STATE_DIR"))
+			state_dir = getenv("CBIMG_STATE_DIR");
+		if (!no_state && (rc = cbi_list_mark_elsewhere(argv[optind], state_dir, pts, n, &err)) < 0) {
+			free(pts);
+			return cli_fail(rc, &err);
+		}
 	}
 	if (json) {
 		struct json j;
@@ -442,10 +455,18 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 	} else {
 		print_table(pts, n);
 	}
-	size_t broken = 0;
-	for (size_t i = 0; i < n; i++)
-		broken += pts[i].broken != 0;
+	size_t broken = 0, elsewhere = 0;
+	for (size_t i = 0; i < n; i++) {
+		broken += pts[i].broken && !pts[i].parent_elsewhere;
+		elsewhere += pts[i].parent_elsewhere != 0;
+	}
 	free(pts);
+	if (elsewhere && !json)
+		/* an outbox: the chain's earlier points are at the remote site */
+		fprintf(stderr,
+			"cbimg: %zu point%s continue%s a chain whose earlier points are elsewhere (the local state "
+			"says so; shown as 'parent elsewhere'): restorable where the whole chain is\n",
+			elsewhere, cli_plural(elsewhere), elsewhere == 1 ? "s" : "");
 	if (broken) {
 		/* a chain whose parent was moved or deleted: nothing says so otherwise */
 		fprintf(stderr,
@@ -459,7 +480,7 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 
 const struct cli_command cli_list = {
 	.name = "list",
-	.operands = "[--host H] [--source S] [--job J] [--latest | --at TIME] [--json] DEST",
+	.operands = "[--host H] [--source S] [--job J] [--latest | --at TIME] [--json] [--state-dir DIR | --no-state] DEST",
 	.summary = "list the points (full and incremental images) in directory DEST",
 	.description = "Points are grouped by host, job and source, and sorted by creation time\n"
 		       "within each group: the newest point of a group is its last, whatever\n"
@@ -470,7 +491,11 @@ const struct cli_command cli_list = {
 		       "'latest' after DEST) shows only the newest point, --at TIME the newest\n"
 		       "created at or before TIME; several matching jobs are refused (exit 2).\n"
 		       "The listing comes from\n"
-		       "the catalog DEST/cbimg-catalog.sqlite, checked against the files first.",
+		       "the catalog DEST/cbimg-catalog.sqlite, checked against the files first.\n"
+		       "A point whose parent is missing is 'no parent!' (exit 3), unless the\n"
+		       "local state of its job (--state-dir) holds its chain at or after it and\n"
+		       "DEST's run log never recorded the missing point being made there (an\n"
+		       "outbox): then 'parent elsewhere' (exit 0).",
 	.options = list_options,
 	.run = cmd_list,
 };

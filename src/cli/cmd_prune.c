@@ -10,6 +10,7 @@
 enum {
 	OPT_HOST = 256, OPT_SOURCE, OPT_JOB, OPT_LAST, OPT_HOURLY, OPT_DAILY, OPT_WEEKLY, OPT_MONTHLY, OPT_YEARLY,
 	OPT_WITHIN, OPT_CHAINS, OPT_DRY_RUN, OPT_JSON, OPT_PASSWORD_FILE, OPT_STATE_DIR, OPT_NO_STATE,
+	OPT_JSON_PROGRESS,
 };
 
 static const struct cli_option prune_options[] = {
@@ -26,6 +27,7 @@ static const struct cli_option prune_options[] = {
 	{ OPT_CHAINS, "keep-chains", "N", "keep every point of the N newest chains" },
 	{ OPT_DRY_RUN, "dry-run", NULL, "show what would be kept, merged and removed; change nothing" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
+	{ OPT_JSON_PROGRESS, "json-progress", NULL, "print progress as JSON Lines on stdout" },
 	{ OPT_PASSWORD_FILE, "password-file", "FILE", "passphrase of an encrypted chain from FILE (default: $CBIMG_PASSWORD, or ask)" },
 	{ OPT_STATE_DIR, "state-dir", "DIR", "where to look for key file copies too (default /var/lib/cbimg)" },
 	{ OPT_NO_STATE, "no-state", NULL, "do not use the local state" },
@@ -98,7 +100,8 @@ static int cmd_prune(const struct cli_command *cmd, int argc, char **argv)
 	cbi_prune_result r;
 	cbi_error err = { 0 };
 	struct cli_pass pass;
-	int json = 0, c, rc;
+	struct cli_progress prog;
+	int json = 0, json_progress = 0, c, rc;
 	uint64_t v;
 
 	cli_pass_init(&pass, "CBIMG_PASSWORD");
@@ -122,6 +125,7 @@ static int cmd_prune(const struct cli_command *cmd, int argc, char **argv)
 			break;
 		case OPT_DRY_RUN: o.dry_run = 1; break;
 		case OPT_JSON: json = 1; cli_json_mode = 1; break;
+		case OPT_JSON_PROGRESS: json_progress = 1; break;
 		case OPT_PASSWORD_FILE: pass.file = optarg; break;
 		case OPT_STATE_DIR: o.state_dir = optarg; break;
 		case OPT_NO_STATE: o.no_state = 1; break;
@@ -136,10 +140,20 @@ static int cmd_prune(const struct cli_command *cmd, int argc, char **argv)
 	if ((rc = cli_check_operands(cmd, argc, argv, 1)))
 		return rc;
 	o.dest = argv[optind];
+	if (!o.state_dir && getenv("CBIMG_STATE_DIR") && *getenv("CBIMG_STATE_DIR"))
+		o.state_dir = getenv("CBIMG_STATE_DIR");
 	o.pass = cli_pass_cb;
 	o.pass_ud = &pass;
+	/* progress of the merged images' writes: a line on a terminal, or JSON
+	 * Lines with --json-progress (the final --json document follows them) */
+	cli_progress_init(&prog, json);
+	if (json_progress)
+		cli_progress_json(&prog, "prune");
+	o.progress = cli_progress_cb;
+	o.progress_ud = &prog;
 	rc = cbi_prune(&o, &r, &err);
 	cli_pass_wipe(&pass);
+	cli_progress_end(&prog);
 	if (rc < 0) {
 		cbi_prune_result_free(&r);
 		return cli_fail(rc, &err);
@@ -179,6 +193,10 @@ static int cmd_prune(const struct cli_command *cmd, int argc, char **argv)
 		json_end_array(&j);
 		json_end_object(&j);
 		json_finish(&j);
+	} else if (json_progress) {
+		/* stdout holds JSON Lines only: the notes go to stderr */
+		for (unsigned k = 0; k < r.n_notes; k++)
+			fprintf(stderr, "cbimg: note: %s\n", r.notes[k]);
 	} else {
 		for (unsigned k = 0; k < r.n_notes; k++)
 			printf("note: %s\n", r.notes[k]);
@@ -216,7 +234,9 @@ const struct cli_command cli_prune = {
 		       "and the newest point always is. A removed point that a kept point builds\n"
 		       "on is folded into the next kept point, which gets a new image file (its\n"
 		       "index file, id and digest stay); when the full goes, the oldest kept\n"
-		       "point becomes a synthetic full. Without a rule nothing is removed.",
+		       "point becomes a synthetic full. Without a rule nothing is removed.\n"
+		       "--json-progress prints JSON Lines progress objects on stdout (bytes of\n"
+		       "blocks copied into merged images), the --json document last if asked.",
 	.options = prune_options,
 	.run = cmd_prune,
 };

@@ -162,6 +162,7 @@ typedef struct pctx {
 	uint64_t key;           /* the job key */
 	const char *job;        /* its name, for notes (NULL: the group's) */
 	char tag[64];
+	uint64_t done, total;   /* progress: block bytes copied into merged images */
 } pctx;
 
 static void add_note(cbi_prune_result *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -413,6 +414,53 @@ static int copy_record(cbi_image *m, uint64_t i, const cbi_idx_ent *e, cbi_cx *c
 	return (int)rh->stored_len;
 }
 
+/* Select merge job mj's kept point in ch and check the chain up to it;
+ * *x: its index. */
+static int select_kept(pctx *c, cbi_chain *ch, const merge_job *mj, cbi_index **x)
+{
+	const cbi_point *K = &c->pts[mj->k];
+	long ki = cbi_chain_find(ch, K);
+	int rc;
+	if (ki < 0)
+		return cbi_err(c->err, -CBI_ENOPARENT, "'%s' vanished during the prune", K->index_file);
+	if ((rc = cbi_chain_select(ch, (size_t)ki, c->err)) || (rc = cbi_chain_check(ch, c->err)))
+		return rc;
+	*x = cbi_chain_tip_index(ch);
+	return 0;
+}
+
+/* The first seq whose blocks merge job mj's image holds. */
+static uint32_t first_seq_of(const pctx *c, const merge_job *mj)
+{
+	return mj->base >= 0 ? c->pts[mj->base].seq + 1 : 0;
+}
+
+/* Add the bytes of the blocks that merge job mj copies (its index alone)
+ * to c->total. */
+static int count_job(pctx *c, cbi_chain *ch, const merge_job *mj)
+{
+	cbi_index *x;
+	int rc = select_kept(c, ch, mj, &x);
+	uint32_t first = first_seq_of(c, mj);
+	for (uint64_t i = 0; !rc && i < x->hdr.n_blocks; i++) {
+		cbi_idx_ent e;
+		if ((rc = cbi_index_get(x, i, &e)))
+			return cbi_err(c->err, rc, "unable to read '%s': %s", c->pts[mj->k].index_file, cbi_strerror(rc));
+		if (!(e.flags & CBI_IDX_ZERO) && e.owner >= first)
+			c->total += cbi_block_len(x->hdr.source_size, x->hdr.block_size, i);
+	}
+	return rc;
+}
+
+/* Report progress; the caller's nonzero answer stops the prune. */
+static int tick(pctx *c)
+{
+	const cbi_prune_opts *o = c->o;
+	if (o->progress && o->progress(o->progress_ud, c->done, c->total))
+		return cbi_err(c->err, -ECANCELED, "interrupted: the points left restore (the next prune goes on)");
+	return 0;
+}
+
 /* Write the merged image of job m's kept point, rename it in, sync. */
 static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpath, size_t npsz)
 {
@@ -421,13 +469,10 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 	cbi_image_writer *w = NULL;
 	cbi_cx *cx = NULL;
 	uint8_t *buf = NULL, kkey[CBI_KEY_LEN];
+	cbi_index *x;
 	int rc;
-	long ki = cbi_chain_find(ch, K);
-	if (ki < 0)
-		return cbi_err(err, -CBI_ENOPARENT, "'%s' vanished during the prune", K->index_file);
-	if ((rc = cbi_chain_select(ch, (size_t)ki, err)) || (rc = cbi_chain_check(ch, err)))
+	if ((rc = select_kept(c, ch, mj, &x)))
 		return rc;
-	cbi_index *x = cbi_chain_tip_index(ch);
 	cbi_hdr h = x->hdr;
 	const cbi_keys *keys = NULL;
 	if ((rc = cbi_chain_keys(ch, &x->hdr, &keys, err)))
@@ -449,7 +494,7 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 			seg = p->segment_size;
 	}
 	h.segment_mib = (uint32_t)(seg >> 20);
-	uint32_t first = A ? A->seq + 1 : 0;
+	uint32_t first = first_seq_of(c, mj);
 	char name[512], dir[4096];
 	cbi_point_filename(&x->hdr, "cbi", name, sizeof name);
 	name[strlen(name) - 4] = 0;
@@ -494,6 +539,9 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 			goto end;
 		}
 		nrec++;
+		c->done += rh.raw_len;
+		if ((rc = tick(c)))
+			goto end;
 	}
 	if ((rc = cbi_image_writer_seal(w, nrec, K->index_digest))) {
 		cbi_err(err, rc, "unable to write '%s': %s", newpath, cbi_strerror(rc));
@@ -619,6 +667,10 @@ static int execute(pctx *c)
 	if (c->njobs && (rc = cbi_chain_open_dir(o->dest, &co, &ch, c->err)))
 		return rc;
 	const cbi_dest *d = ch ? cbi_chain_dest(ch) : NULL;
+	for (size_t q = 0; o->progress && q < c->njobs && !rc; q++)
+		rc = count_job(c, ch, &c->jobs[q]);
+	if (rc || (rc = tick(c)))
+		goto end;
 	/* newest kept point first: an older merge reads only points older than
 	 * its kept point, which a newer one leaves alone */
 	for (size_t q = c->njobs; q-- > 0;) {
@@ -649,6 +701,9 @@ static int execute(pctx *c)
 		remove_point(c, d, &c->pts[c->plain_rm[t]]);
 	if (c->nplain && (rc = cbi_fsync_dir(o->dest)))
 		goto sync_fail;
+	c->done = c->total;
+	if (o->progress)
+		o->progress(o->progress_ud, c->done, c->total);
 	goto end;
 sync_fail:
 	cbi_err(c->err, rc, "unable to sync '%s': %s", o->dest, cbi_strerror(rc));

@@ -20,9 +20,12 @@
 #   KILL_SWEEP_FULL=1  every call of each kind, not a geometric selection
 #   KILL_SWEEP_TIMED=N timed moments per scenario (default 3)
 #   KILL_SWEEP_MIB=M   source size in MiB (default 1)
-# PRUNE: `cbimg prune` does not exist yet; when it does, add a scenario in
-# the shape of passwd_scenario below.
+# prune: a prune that rolls the full forward (prune_lib.sh has the scenario
+# and its invariants), killed before each fsync, directory fsync, rename and
+# pwrite of its own files (the catalog's SQLite files are not counted:
+# CBIMG_FAULT_IGNORE; the timed moments reach them) and at timed moments.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/prune_lib.sh"
 need_jq
 
 SHIM=${CBIMG_FAULT_SHIM:-$(dirname "$CBIMG")/tests/libcbifault.so}
@@ -260,8 +263,31 @@ passwd_scenario() {
 	report "$name" "$n" "$bad"
 }
 
+# ---------------------------------------------------------------- prune
+prune_scenario() {
+	local name=prune m n=0 bad=0
+	prune_base
+	export CBIMG_FAULT_IGNORE=cbimg-catalog
+	local cmd=("$CBIMG" prune "${PRUNE_RULE[@]}")
+	count_calls "${cmd[@]}" --state-dir "$T/w/state" "$T/w/dest"
+	for m in $(moments); do
+		fresh
+		killed_at "$m" "${cmd[@]}" --state-dir "$W/state" "$W/dest"
+		n=$((n + 1))
+		[ "$KILLED" = 1 ] || [ "$RC" = 0 ] || echo "$name $m: not killed, exit $RC: $(head -c 300 "$W/out")" >>"$W/problems"
+		prune_check "$name $m"
+		if [ -s "$W/problems" ]; then
+			fail "$(head -c 1500 "$W/problems")"
+			bad=$((bad + 1))
+		fi
+	done
+	unset CBIMG_FAULT_IGNORE
+	report "$name" "$n" "$bad"
+}
+
 backup_scenario plain-incr plain incr
 passwd_scenario
+prune_scenario
 if [ "${KILL_SWEEP_LONG:-0}" = 1 ]; then
 	backup_scenario enc-full enc full
 	backup_scenario plain-full plain full

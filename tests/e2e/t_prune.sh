@@ -8,6 +8,9 @@
 # tests/e2e/clock_shim.c (LD_PRELOAD: CLOCK_REALTIME = $CBIMG_TEST_TIME).
 # PRUNE_SEED (default 11) and PRUNE_BACKUPS (default 30) make longer runs:
 #     PRUNE_SEED=$RANDOM PRUNE_BACKUPS=200 bash tests/e2e/run.sh t_prune.sh
+# A second randomized sequence (root: a loop device) backs up an ext4 file
+# system with --used-only: mounted, written, unmounted, backed up, pruned,
+# restored, fsck -n (PRUNE_EXT4_BACKUPS, default 12).
 . "$(dirname "$0")/lib.sh"
 # The clock shim comes by LD_PRELOAD: in an ASan build the sanitizer's
 # runtime then is not first in the library list, which it checks by default.
@@ -99,6 +102,58 @@ for ((b = 1; b <= NB; b++)); do
 done
 [ "$merges" -gt 0 ] && pass "merges into a kept point: $merges" || fail "no merge happened (seed)"
 [ "$synth" -gt 0 ] && pass "synthetic fulls: $synth" || fail "no synthetic full happened (seed)"
+
+echo "== randomized sequence on an ext4 loop device (--used-only)"
+ext4_sequence() {
+	local NE=${PRUNE_EXT4_BACKUPS:-12} D5=$T/ext4dest M5=$T/mnt dev b k files rule newest fsckbad=0 nf=0 folded=0
+	local t0=$SECONDS
+	truncate -s 48M "$T/ext4.img"
+	new_loop "$T/ext4.img" || { fail "losetup"; return; }
+	dev=$LOOPDEV
+	mkfs.ext4 -q -F "$dev" >"$T/mkfs.out" 2>&1 || { fail "mkfs.ext4: $(cat "$T/mkfs.out")"; return; }
+	mkdir -p "$D5"
+	for ((b = 1; b <= NE; b++)); do
+		do_mount "$dev" "$M5" || { fail "mount $dev"; return; }
+		for ((k = 0; k < 1 + RANDOM % 3; k++)); do
+			head -c $((4096 * (1 + RANDOM % 400))) /dev/urandom >"$M5/f$nf"
+			nf=$((nf + 1))
+		done
+		files=("$M5"/f*)
+		[ $((RANDOM % 3)) = 0 ] && rm -f "${files[$((RANDOM % ${#files[@]}))]}"
+		do_umount "$M5"
+		SRC_NOW=/dev/null bk --job e4 --used-only "$dev" "$D5" || return
+		newest=$ID
+		# what this point restores, before any prune: a used-only point
+		# restores the unused blocks as zeros, so not the device's bytes
+		rm -f "$T/r4.img"
+		"$CBIMG" restore -q "$(jq -r .point.index_path "$T/bk.json")" "$T/r4.img" 2>"$T/re.err" ||
+			{ fail "restore after backup $b: $(cat "$T/re.err")"; return; }
+		sha256sum <"$T/r4.img" | cut -c1-64 >"$T/sums/$ID"
+		if [ $((b % 3)) = 0 ]; then
+			rule=${RULES[$((RANDOM % ${#RULES[@]}))]}
+			# shellcheck disable=SC2086
+			"$CBIMG" prune --json $rule "$D5" >"$T/pr.json" 2>"$T/pr.err" || { fail "ext4: prune $rule: $(cat "$T/pr.err")"; return; }
+			folded=$((folded + $(jq '[.points[] | select(.action == "merge" or .action == "synthetic-full")] | length' "$T/pr.json")))
+			check_all "$D5"
+			# the newest point restores to a file system that fsck finds clean
+			rm -f "$T/r4.img"
+			"$CBIMG" restore -q "$D5" latest "$T/r4.img" 2>"$T/re.err" || { fail "restore latest: $(cat "$T/re.err")"; return; }
+			fsck.ext4 -n -f "$T/r4.img" >"$T/fsck.out" 2>&1 || { fsckbad=$((fsckbad + 1)); echo "       | $(tail -3 "$T/fsck.out")"; }
+		fi
+	done
+	rm -f "$T/r4.img"
+	[ "$folded" -gt 0 ] && pass "ext4 used-only: merged images written: $folded" || fail "ext4: no merge happened (seed)"
+	check_eq "ext4 used-only: after each prune the newest point restores a clean file system (fsck -n)" "$fsckbad" 0
+	check_eq "ext4 used-only: every point is used-only" "$("$CBIMG" list --json "$D5" | jq '[.[] | select(.used_only | not)] | length')" 0
+	SRC_NOW=/dev/null bk --job e4 --used-only "$dev" "$D5" &&
+		check_eq "ext4: the next backup continues the newest point" "$(jq -r '.point.parent' "$T/bk.json")" "$newest"
+	echo "  (ext4 sequence: $((SECONDS - t0)) s)"
+}
+if ! is_root || ! command -v losetup >/dev/null || ! losetup -f >/dev/null 2>&1 || ! command -v mkfs.ext4 >/dev/null; then
+	skip_part "ext4 loop device sequence: needs root, losetup and mkfs.ext4"
+else
+	ext4_sequence
+fi
 
 echo "== log records prune runs; list is right at once"
 check_eq "every prune is a run in the log" "$("$CBIMG" log --json "$D" | jq '[.[] | select(.kind == "prune" and .result == "ok")] | length')" $((NB / 4))

@@ -8,6 +8,11 @@
 #
 # PRUNE_KILL_MOMENTS (default 10 per chain: 20 in make check) sets the
 # number of moments; tests/stress/prune-kill-sweep.sh runs >= 100 per chain.
+# PRUNE_KILL_MIB (default 3) sets the source size, and the changes between
+# backups grow with it: with 64 a prune writes tens of MiB (a synthetic full
+# of the whole source), so that most kills land while it runs. Each kill is
+# counted as landing before the prune changed a file of DEST, while it ran
+# (a temporary, a merged image or a removal had happened), or after its end.
 . "$(dirname "$0")/lib.sh"
 # The clock shim comes by LD_PRELOAD: in an ASan build the sanitizer's
 # runtime then is not first in the library list, which it checks by default.
@@ -15,6 +20,7 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
 need_jq
 
 M=${PRUNE_KILL_MOMENTS:-10}
+MIB=${PRUNE_KILL_MIB:-3}
 export TZ=UTC
 SHIM=$T/clock_shim.so
 cc -O2 -shared -fPIC -o "$SHIM" "$E2E_DIR/clock_shim.c" -ldl 2>"$T/cc.err" ||
@@ -28,7 +34,8 @@ make_chain() {
 	shift 2
 	mkdir -p "$d" "$T/sums"
 	for ((k = 0; k < 8; k++)); do
-		dd if=/dev/urandom of="$src" bs=4096 seek=$((k * 37 % 700)) count=$((20 + k)) conv=notrunc status=none
+		dd if=/dev/urandom of="$src" bs=4096 seek=$(((k * 37 % 700) * MIB / 3)) count=$(((20 + k) * MIB / 3)) \
+			conv=notrunc status=none
 		now=$((now + 43200))
 		CBIMG_TEST_TIME=$now LD_PRELOAD=$SHIM "$CBIMG" backup -q --json --no-state --block-size 4K "$@" "$src" "$d" \
 			>"$T/bk.json" 2>"$T/bk.err" || die "backup: $(cat "$T/bk.err")"
@@ -37,11 +44,18 @@ make_chain() {
 	done
 }
 
+# files DIR: DEST's files with their sizes, but the catalog and the lock
+# file (which a prune touches first thing): what a kill may have changed.
+files() {
+	(cd "$1" && find . -maxdepth 1 -type f ! -name 'cbimg-catalog*' ! -name '*.lock' -printf '%f %s\n' | sort)
+}
+
 # sweep NAME DIR SRC ARGS...: kill prune at M moments of its run on copies of DIR.
 sweep() {
-	local name=$1 d=$2 src=$3 m t0 t1 dur bad=0 pid id idx finished=0 killed=0
+	local name=$1 d=$2 src=$3 m t0 t1 dur bad=0 pid id idx finished=0 killed=0 before=0 during=0
 	shift 3
 	cp -a "$d" "$T/orig"
+	files "$T/orig" >"$T/orig.files"
 	# the length of an uninterrupted prune, for the spread of the moments
 	t0=$(date +%s%N)
 	"$CBIMG" prune "$@" "${RULE[@]}" "$d" >/dev/null 2>"$T/pr.err" || die "prune $name: $(cat "$T/pr.err")"
@@ -55,7 +69,15 @@ sweep() {
 		pid=$!
 		# moment m of M over 1.2 times the run (some kills land after the end)
 		sleep "$(printf '0.%06d' $((dur * 12 * m / (10 * M))))"
-		kill -9 "$pid" 2>/dev/null && killed=$((killed + 1))
+		if kill -9 "$pid" 2>/dev/null; then
+			killed=$((killed + 1))
+			wait "$pid" 2>/dev/null
+			if [ "$(files "$d")" = "$(cat "$T/orig.files")" ]; then
+				before=$((before + 1))
+			else
+				during=$((during + 1))
+			fi
+		fi
 		wait "$pid" 2>/dev/null
 		while read -r id idx; do
 			rm -f "$T/out"
@@ -82,18 +104,20 @@ sweep() {
 		"$CBIMG" verify -q --no-state "$@" "$d" >"$T/v.out" 2>&1 ||
 			{ bad=$((bad + 1)); echo "       | moment $m: verify: $(head -3 "$T/v.out")"; }
 	done
+	echo "  $name: $M kills: $during while the prune was changing DEST, $before before its first change," \
+		"$((M - killed)) after its end; $finished finished by the next run"
 	check_eq "$name: kill -9 at $M moments ($killed while running, $finished finished by the next run): invariants hold" "$bad" 0
 	rm -rf --one-file-system "$T/orig"
 }
 
 echo "== plain chain"
-head -c 3M /dev/urandom >"$T/src1"
+head -c ${MIB}M /dev/urandom >"$T/src1"
 make_chain "$T/plain" "$T/src1"
 sweep plain "$T/plain" "$T/src1"
 
 echo "== encrypted, split chain"
 export CBIMG_PASSWORD=sweep
-head -c 3M /dev/urandom >"$T/src2"
+head -c ${MIB}M /dev/urandom >"$T/src2"
 make_chain "$T/enc" "$T/src2" --encrypt --scrypt 12:8:1 --split 1M
 sweep encrypted-split "$T/enc" "$T/src2"
 finish

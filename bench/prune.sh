@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# bench/prune.sh [--size MIB] [--percent P] [--repeat N] [--work DIR]
+# What a prune costs against cp of the bytes involved (issue 11, "Speed"):
+#   fold  - 5 incrementals folded into the next kept point (a full, i1..i6;
+#           --keep-monthly 2 keeps the full and i6, made in two months with
+#           the clock shim): its merged image against cp of as many bytes;
+#   roll  - the full rolled forward (--keep-last 6 removes the full; i1
+#           becomes a synthetic full): against cp of the new full's bytes.
+# The target of both is a ratio of at most 1.5. Each is timed with a cold
+# page cache (dropped before every timed command: root) and a warm one (the
+# files read once before), prune and cp alternately, so that a loaded
+# machine disturbs both sides alike; medians of --repeat runs, ratios of
+# the medians. cp is `cp A B && sync B` (cbimg syncs what it writes; cp
+# without a sync would only fill the page cache). The source disk is moved
+# away before the prunes: they never read it.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+CBIMG=${CBIMG:-$here/../build/cbimg}
+size=4096 percent=3 repeat=3 work=/tmp/cbimg-prune-bench
+while [ $# -gt 0 ]; do
+	case $1 in
+	--size) size=$2; shift 2 ;;
+	--percent) percent=$2; shift 2 ;;
+	--repeat) repeat=$2; shift 2 ;;
+	--work) work=$2; shift 2 ;;
+	*) echo "usage: $0 [--size MIB] [--percent P] [--repeat N] [--work DIR]" >&2; exit 2 ;;
+	esac
+done
+. "$here/lib.sh"
+bench_start prune.sh
+export TZ=UTC
+
+cc -O2 -shared -fPIC -o "$work/clock.so" "$here/../tests/e2e/clock_shim.c" -ldl
+disk=$work/disk.img
+bash "$here/mkdisk.sh" "$disk" "$size" >/dev/null
+mkdir -p "$work/orig"
+now=1793000000 # 2026-10-25: the full in October, the incrementals from November 12
+for k in 0 1 2 3 4 5 6; do
+	if [ "$k" -gt 0 ]; then
+		bash "$here/dayofchanges.sh" "$disk" "$percent" "$k" >/dev/null
+		now=$((k == 1 ? 1794500000 : now + 86400))
+	fi
+	CBIMG_TEST_TIME=$now LD_PRELOAD=$work/clock.so \
+		"$CBIMG" backup -q --no-state --job bench --threads 2 "$disk" "$work/orig"
+done
+mv "$disk" "$work/disk.away" # prune never reads the source
+du -sh "$work/orig" | sed 's/^/chain: /'
+
+# one RULE CACHE: a timed prune and a timed cp of as many bytes, appended
+# to $work/times as "NAME CACHE prune|cp SECONDS"
+one() {
+	local name=$1 rule=$2 cache=$3 f t0 t1
+	rm -rf "$work/d" "$work/copy"
+	cp -a "$work/orig" "$work/d"
+	sync
+	[ "$cache" = cold ] && drop || cat "$work/d"/* >/dev/null
+	t0=$(date +%s.%N)
+	# shellcheck disable=SC2086
+	"$CBIMG" prune --json $rule "$work/d" >"$work/pr.json"
+	t1=$(date +%s.%N)
+	echo "$name $cache prune $(echo "$t1 - $t0" | bc)" >>"$work/times"
+	jq -r .bytes_written "$work/pr.json" >"$work/bytes.$name"
+	# the merged image: the bytes the prune wrote, copied by cp
+	f=$(ls "$work/d"/*-m0*.cbi*)
+	[ "$cache" = cold ] && drop || cat "$f" >/dev/null
+	t0=$(date +%s.%N)
+	cp "$f" "$work/copy" && sync "$work/copy"
+	t1=$(date +%s.%N)
+	echo "$name $cache cp $(echo "$t1 - $t0" | bc)" >>"$work/times"
+	rm -f "$work/copy"
+}
+
+: >"$work/times"
+for i in $(seq "$repeat"); do
+	for cache in cold warm; do
+		one fold "--keep-monthly 2" "$cache"
+		one roll "--keep-last 6" "$cache"
+	done
+done
+
+median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+echo
+echo "cbimg prune against cp of the bytes it writes; $size MiB disk, $percent% a day, medians of $repeat"
+[ "$can_drop" = 1 ] || echo "(not root: the page cache was not dropped; 'cold' is warm too)"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
+printf '%-6s %-5s %10s %9s %9s %7s %s\n' case cache "MiB" "prune s" "cp s" ratio target
+for name in fold roll; do
+	for cache in cold warm; do
+		p=$(awk -v n="$name" -v c="$cache" '$1 == n && $2 == c && $3 == "prune" { print $4 }' "$work/times" | median)
+		c=$(awk -v n="$name" -v c="$cache" '$1 == n && $2 == c && $3 == "cp" { print $4 }' "$work/times" | median)
+		r=$(echo "scale=2; $p / $c" | bc)
+		printf '%-6s %-5s %10.1f %9.3f %9.3f %7.2f %s\n' "$name" "$cache" \
+			"$(echo "$(cat "$work/bytes.$name") / 1048576" | bc -l)" "$p" "$c" "$r" \
+			"$(echo "$r <= 1.5" | bc | sed 's/1/PASS (<= 1.5)/; s/^0$/FAIL (> 1.5)/')"
+	done
+done
