@@ -27,6 +27,8 @@ CFLAGS_ALL := -std=gnu11 $(OPT) $(WARN) -fPIC -D_FILE_OFFSET_BITS=64 -Iinclude $
 LDLIBS_ALL := $(PKG_LIBS) -lpthread $(EXTRA_LDFLAGS) $(LDFLAGS)
 
 LIB_SRC := $(sort $(wildcard src/lib/*.c))
+# wtrace_none.c stands in for the write tracer (wtrace.h) until wtrace.c is in the tree
+LIB_SRC := $(if $(wildcard src/lib/wtrace.c),$(filter-out src/lib/wtrace_none.c,$(LIB_SRC)),$(LIB_SRC))
 CLI_SRC := $(sort $(wildcard src/cli/*.c))
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -61,7 +63,7 @@ $(BUILD)/src/cli/%.o: src/cli/%.c $(wildcard include/*.h src/cli/*.h)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
 $(BUILD)/libcbimg.a: $(LIB_OBJ)
-	ar rcs $@ $^
+	rm -f $@ && ar rcs $@ $^
 
 # The CLI alone uses libbsd (readpassphrase(3)), through <bsd/...> headers:
 # no pkg-config overlay cflags.

@@ -236,6 +236,18 @@ int cbi_parse_time(const char *s, int64_t *ns, cbi_error *err) CBI_WUR;
  * bound of a run allows (cbimg-backup(1), --threads). */
 #define CBI_MAX_LEVEL 19
 
+/* How a backup gets a consistent image of a source in use (cbimg-backup(1),
+ * "SNAPSHOTS"). */
+enum {
+	CBI_SNAP_AUTO = 0, /* trace where usable, else freeze, else reflink (files), else refuse;
+	                    * none for a source that is not mounted read-write */
+	CBI_SNAP_NONE,     /* read as it is */
+	CBI_SNAP_TRACE,    /* record writes during the read, freeze, re-read what changed */
+	CBI_SNAP_FREEZE,   /* freeze the file system for the whole read */
+	CBI_SNAP_REFLINK,  /* an image file: read a clone (FICLONE) of it */
+	CBI_SNAP_EXEC,     /* read what snapshot_cmd prints */
+};
+
 typedef struct cbi_backup_opts {
 	const char *source;       /* block device or raw image file */
 	const char *dest;         /* directory */
@@ -283,6 +295,16 @@ typedef struct cbi_backup_opts {
 	                           * (compared without regard to case). NULL: DEST is checked
 	                           * against fstab, the usual mount places and the file system
 	                           * the job wrote to last time (cbimg-backup(1), --dest-uuid) */
+	/* Consistency of a live source (issue 13, cbimg-backup(1), "SNAPSHOTS"): */
+	int snapshot;             /* CBI_SNAP_AUTO (0), _NONE, _TRACE, _FREEZE, _REFLINK, _EXEC */
+	int allow_inconsistent;   /* _NONE on a source mounted read-write: read it anyway, then
+	                           * re-read it and count the blocks that changed meanwhile
+	                           * (a warning: the CLI exits 5) */
+	uint32_t freeze_timeout_ms; /* longest freeze (0: 60 s); past it the guardian thaws and
+	                           * the backup fails */
+	const char *snapshot_cmd; /* _EXEC: prints the device or file to read */
+	const char *snapshot_cleanup; /* _EXEC: removes it (every exit path), may be NULL */
+	uint32_t trace_buf_kib;   /* _TRACE: per-CPU trace buffer in KiB (0: the tracer's default) */
 	cbi_progress_fn progress;
 	void *progress_ud;
 } cbi_backup_opts;
@@ -327,6 +349,13 @@ typedef struct cbi_backup_result {
 	int from_state;           /* the parent index came from the local state */
 	char key_file[4096];      /* encrypted chain: its key file in DEST, "" otherwise */
 	int key_file_new;         /* key_file was written by this run */
+	char snapshot[16];        /* the snapshot mode used: "none", "trace", "freeze", "reflink", "exec" */
+	double freeze_ms;         /* how long the source's file system was frozen (0: never) */
+	uint64_t blocks_reread;   /* trace: blocks re-read under the freeze (written during the read,
+	                           * or all of them after a lost trace event) */
+	int trace_incomplete;     /* trace: an event was lost; every block was re-read frozen */
+	int64_t blocks_changed_during_read; /* allow_inconsistent: blocks whose second read differed
+	                           * from the first (-1: not checked) */
 } cbi_backup_result;
 
 /* Write one point of o->source into o->dest: an incremental of the job's

@@ -15,6 +15,7 @@ typedef struct cbi_mount {
 	char type[64];      /* "ext4", "fuse.fusefat", "fuseblk", ... */
 	char source[256];   /* "/dev/sdb1", "fusefat", ... ("" when none) */
 	int rw;             /* this mount is read-write (per-mount options) */
+	dev_t fsdev;        /* st_dev of its files (mountinfo; btrfs: an anonymous number) */
 } cbi_mount;
 
 #define CBI_MOUNT_PARTS 1 /* also a mount of a partition of dev (dev is a whole disk) */
@@ -24,6 +25,13 @@ typedef struct cbi_mount {
  * (flags: CBI_MOUNT_PARTS, CBI_MOUNT_RW), into *m when m is non-NULL.
  * Returns 1 when found, 0 when not or when the table cannot be read. */
 int cbi_mount_find(dev_t dev, int flags, cbi_mount *m);
+
+/* Every mount, in mountinfo order, of block device dev (its partitions too
+ * with CBI_MOUNT_PARTS; CBI_MOUNT_RW: read-write ones only), into m[0..max):
+ * the number found (it may exceed max), 0 when the table cannot be read. A
+ * mount matches by its device number or, where that is not the device's
+ * (btrfs), by the block device it names as its source. */
+size_t cbi_mount_list(dev_t dev, int flags, cbi_mount *m, size_t max);
 
 /* The whole disk that block device dev is a partition of (dev itself for a
  * whole disk), per sysfs. 0, or -ENODEV when dev is no known block device. */
