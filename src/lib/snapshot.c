@@ -583,6 +583,21 @@ int cbi_snap_begin(const cbi_snap_cfg *c, cbi_snap **out, cbi_error *err)
 	return 0;
 }
 
+cbi_snap *cbi_snap_fixed(int mode, const char *path)
+{
+	cbi_snap *s = calloc(1, sizeof *s);
+	if (!s)
+		return NULL;
+	s->mode = mode;
+	s->guard_fd = -1;
+	for (size_t i = 0; i < MAX_FROZEN; i++)
+		s->fd[i] = -1;
+	s->c.source = NULL;
+	cbi_strlcpy(s->read_path, path, sizeof s->read_path);
+	cbi_strlcpy(s->trace_dev, path, sizeof s->trace_dev);
+	return s;
+}
+
 int cbi_snap_mode(const cbi_snap *s) { return s ? s->mode : CBI_SNAP_NONE; }
 
 int cbi_snap_live(const cbi_snap *s) { return s && s->live; }

@@ -73,6 +73,12 @@ typedef struct cbi_snap cbi_snap;
  * -errno or -CBI_EREAD for a command or clone that failed. */
 int cbi_snap_begin(const cbi_snap_cfg *c, cbi_snap **out, cbi_error *err) CBI_WUR;
 
+/* A context of mode `mode` for source path, with nothing to freeze and no
+ * command: trace then traces path (a block device). For tests, and for
+ * callers that manage the source's consistency themselves. NULL without
+ * memory. */
+cbi_snap *cbi_snap_fixed(int mode, const char *path);
+
 /* The mode chosen (never AUTO). */
 int cbi_snap_mode(const cbi_snap *s);
 
