@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -34,7 +35,7 @@ struct cbi_snap {
 	int fd[MAX_FROZEN];       /* their mount points, open while frozen */
 	int frozen;
 	pid_t guard;              /* the guardian, while frozen */
-	int guard_fd;             /* our end of its pipe */
+	int guard_fd;             /* our end of its socket pair */
 	double t_freeze, window_ms;
 	cbi_wtrace *trace;
 	char clone[4096];         /* reflink: the clone's name until the source is open */
@@ -210,7 +211,7 @@ static int look_loop(cbi_snap *s, const struct stat *st, cbi_loop_use *u, char *
 
 /* --------------------------------------------------------------- freezing */
 
-/* The guardian: waits on its pipe; thaws every mount when cbimg's end of
+/* The guardian: waits on its socket; thaws every mount when cbimg's end of
  * it closes without a word (cbimg died) or when the timeout passes; exits
  * quietly on 'q' (cbimg thawed). Only async-signal-safe calls: it is a
  * child of a threaded process. */
@@ -245,8 +246,10 @@ static void guardian(int rfd, const int *fds, size_t n, uint32_t timeout_ms)
 
 static int start_guardian(cbi_snap *s, cbi_error *err)
 {
+	/* a socket pair rather than a pipe: our 'q' to a guardian that already
+	 * exited (timeout) must fail with EPIPE, never raise SIGPIPE */
 	int p[2];
-	if (pipe2(p, O_CLOEXEC) < 0)
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p) < 0)
 		return cbi_err(err, -errno, "unable to start the freeze guardian: %s", strerror(errno));
 	uint32_t to = s->c.freeze_timeout_ms ? s->c.freeze_timeout_ms : DEFAULT_FREEZE_MS;
 	pid_t pid = fork();
@@ -271,7 +274,7 @@ static int stop_guardian(cbi_snap *s)
 		return 0;
 	ssize_t w;
 	do
-		w = write(s->guard_fd, "q", 1);
+		w = send(s->guard_fd, "q", 1, MSG_NOSIGNAL);
 	while (w < 0 && errno == EINTR);
 	close(s->guard_fd);
 	s->guard_fd = -1;

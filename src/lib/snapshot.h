@@ -15,7 +15,7 @@
  *
  * A frozen file system is never left frozen: cbi_snap_end() thaws on every
  * exit path, and a guardian process, forked before the first freeze, thaws
- * when cbimg dies (even by SIGKILL: it sees the end of a pipe whose only
+ * when cbimg dies (even by SIGKILL: it sees the end of a socket whose only
  * writer was cbimg) or when the freeze outlasts its timeout. */
 #ifndef CBI_SNAPSHOT_H
 #define CBI_SNAPSHOT_H
