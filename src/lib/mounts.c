@@ -8,6 +8,7 @@
 #include <libmount.h>
 #include <linux/loop.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -60,6 +61,7 @@ size_t cbi_mount_list(dev_t dev, int flags, cbi_mount *m, size_t max)
 			cbi_strlcpy(m[n].source, s ? s : "", sizeof m[n].source);
 			m[n].rw = rw;
 			m[n].fsdev = mnt_fs_get_devno(fs);
+			m[n].id = mnt_fs_get_id(fs);
 		}
 		n++;
 	}
@@ -67,6 +69,23 @@ end:
 	mnt_free_iter(it);
 	mnt_unref_table(tb);
 	return n;
+}
+
+int cbi_path_on_dev(const char *path, dev_t dev)
+{
+	char p[4096], real[4096];
+	cbi_strlcpy(p, path, sizeof p);
+	while (!realpath(p, real)) {
+		char *sl = strrchr(p, '/');
+		if (!sl || sl == p)
+			return 0;
+		*sl = 0;
+	}
+	struct libmnt_table *tb = mnt_new_table_from_file("/proc/self/mountinfo");
+	struct libmnt_fs *fs = tb ? mnt_table_find_mountpoint(tb, real, MNT_ITER_BACKWARD) : NULL;
+	int on = fs && mount_on(fs, dev, CBI_MOUNT_PARTS);
+	mnt_unref_table(tb);
+	return on;
 }
 
 int cbi_mount_find(dev_t dev, int flags, cbi_mount *m)

@@ -123,26 +123,6 @@ int cbi_snap_choose(const cbi_snap_facts *f, char *msg, size_t msgsz)
 
 /* ------------------------------------------------------------- the facts */
 
-/* st_dev of path, or of its nearest existing ancestor; 0 if none. */
-static dev_t fs_of(const char *path)
-{
-	char p[4096];
-	struct stat st;
-	cbi_strlcpy(p, path, sizeof p);
-	for (;;) {
-		if (stat(p, &st) == 0)
-			return st.st_dev;
-		char *sl = strrchr(p, '/');
-		if (!sl)
-			return stat(".", &st) == 0 ? st.st_dev : 0;
-		if (sl == p) {
-			p[1] = 0;
-			return stat(p, &st) == 0 ? st.st_dev : 0;
-		}
-		*sl = 0;
-	}
-}
-
 /* The mounts to freeze (read-write, one per file system) and whether they
  * can be: root, no FUSE, not holding DEST, the state or our temporary files
  * (a write to a frozen file system would wait for the thaw: a deadlock). */
@@ -166,22 +146,22 @@ static int look_freezable(cbi_snap *s, char *why, size_t whysz)
 		snprintf(why, whysz, "freezing a file system needs root");
 		return 0;
 	}
-	dev_t dd = fs_of(s->c.dest), sd = s->c.state_dir ? fs_of(s->c.state_dir) : 0;
 	for (size_t i = 0; i < s->nmnt; i++) {
 		const cbi_mount *m = &s->mnt[i];
 		if (!strncmp(m->type, "fuse", 4)) {
 			snprintf(why, whysz, "'%.200s' is a FUSE file system (%.40s)", m->target, m->type);
 			return 0;
 		}
-		if (m->fsdev == dd) {
-			snprintf(why, whysz, "it holds DEST '%.200s'", s->c.dest);
-			return 0;
-		}
-		if (sd && m->fsdev == sd) {
-			snprintf(why, whysz, "it holds the state directory '%.200s' (--state-dir or --no-state)",
-				 s->c.state_dir);
-			return 0;
-		}
+	}
+	/* by device: another subvolume or bind mount of the file system counts */
+	if (cbi_path_on_dev(s->c.dest, s->dev)) {
+		snprintf(why, whysz, "it holds DEST '%.200s'", s->c.dest);
+		return 0;
+	}
+	if (s->c.state_dir && cbi_path_on_dev(s->c.state_dir, s->dev)) {
+		snprintf(why, whysz, "it holds the state directory '%.200s' (--state-dir or --no-state)",
+			 s->c.state_dir);
+		return 0;
 	}
 	return 1;
 }
@@ -300,9 +280,11 @@ int cbi_snap_freeze(cbi_snap *s, cbi_error *err)
 	if (!s->nmnt || s->frozen)
 		return 0;
 	for (size_t i = 0; i < s->nmnt; i++) {
-		struct stat st;
+		/* the mount itself, not one stacked on its mount point since */
+		struct statx sx;
 		s->fd[i] = open(s->mnt[i].target, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (s->fd[i] < 0 || fstat(s->fd[i], &st) < 0 || st.st_dev != s->mnt[i].fsdev) {
+		if (s->fd[i] < 0 || (statx(s->fd[i], "", AT_EMPTY_PATH, STATX_MNT_ID, &sx) == 0 &&
+				      (sx.stx_mask & STATX_MNT_ID) && sx.stx_mnt_id != (uint64_t)s->mnt[i].id)) {
 			rc = cbi_err(err, s->fd[i] < 0 ? -errno : -ENOENT, "unable to freeze '%s': %s",
 				     s->mnt[i].target, s->fd[i] < 0 ? strerror(errno) : "another mount hides it");
 			close_fds(s);
