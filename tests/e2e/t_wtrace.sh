@@ -4,7 +4,8 @@
 # starts tracing a loop device, runs a command that writes known blocks,
 # collects and prints the marked blocks. Checks exact sets for O_DIRECT
 # writes, discards and write-zeroes; at least a file's blocks for buffered
-# writes through ext4 (also when they were dirty before tracing began);
+# writes through ext4 (also when they were dirty before tracing began); a
+# write in flight when tracing starts (a loop device with slow writes);
 # partitions (losetup -P) traced alone and as part of their disk; that a
 # tiny buffer flooded reports incomplete and a normal one does not; that a
 # killed tracer's instance is removed by the next one.
@@ -63,6 +64,36 @@ trace "$L" 0 dd if=/dev/zero of="$L" bs=512 count=20000 oflag=direct status=none
 		"complete=1 marked=2500 0 2499;"
 trace "$L" 8 dd if=/dev/zero of="$L" bs=512 count=20000 oflag=direct status=none &&
 	check_eq "20000 writes, 8 KiB buffer: reported incomplete" "${HEAD%% *}" "complete=0"
+
+# --- a write in flight when tracing starts: submitted before, completed
+# after (a loop device on an nbdfuse file whose writes take 2 s, through
+# nbdkit's delay filter): its completion event marks it
+if command -v nbdfuse >/dev/null 2>&1 && command -v nbdkit >/dev/null 2>&1; then
+	F=$T/fuse
+	mkdir -p "$F"
+	nbdfuse "$F/slow" --command nbdkit -s --filter=delay memory 64M wdelay=2 >"$T/nbdfuse.log" 2>&1 &
+	BGPIDS+=($!)
+	MOUNTS+=("$F")
+	for i in $(seq 50); do
+		[ -f "$F/slow" ] && break
+		sleep 0.1
+	done
+	if [ -f "$F/slow" ] && S=$(losetup -f --show "$F/slow"); then
+		LOOPS+=("$S")
+		dd if=/dev/urandom of="$S" bs=$BS seek=7 count=1 oflag=direct status=none &
+		dp=$!
+		sleep 0.5
+		trace "$S" 0 sh -c "while kill -0 $dp 2>/dev/null; do sleep 0.1; done" &&
+			check_eq "a write in flight when tracing started is marked" "$HEAD $(runs)" "complete=1 marked=1 7 7;"
+		wait "$dp"
+		losetup -d "$S"
+	else
+		skip_part "nbdfuse did not come up ($(head -c 300 "$T/nbdfuse.log")): in-flight write not checked"
+	fi
+	umount "$F" 2>/dev/null
+else
+	skip_part "no nbdfuse/nbdkit: the write in flight at start not checked"
+fi
 
 # --- buffered writes through a mounted ext4: at least the file's blocks
 mkfs.ext4 -q -F -b $BS "$L" >"$T/mkfs.out" 2>&1 || die "mkfs.ext4: $(cat "$T/mkfs.out")"
