@@ -12,52 +12,64 @@
  * pass read it; we show that it holds every block that a write request
  * changed, or may have changed, after cbi_wtrace_start() returned.
  *
- * 1. The events. Two tracepoints are enabled, each filtered in the kernel
- *    on the device (below):
- *    - block_bio_queue fires in submit_bio_noacct_nocheck() for every bio
- *      that enters the block layer, before the bio can reach the driver,
- *      with its sector range as submitted. Every write submitted after
- *      start is recorded here, whatever happens to it later (merges,
- *      splits, requeues, errors).
- *    - block_rq_complete fires in blk_update_request() and
- *      blk_complete_request(), the two places where a request of a blk-mq
- *      device is completed, with the range completed. A write submitted
- *      before start but not finished by then (in a plug list, in the I/O
- *      scheduler, dispatched to the driver) finishes after start, so its
- *      completion is recorded, with the range. A write that finished
- *      before start was on the device before the main pass began, so the
- *      main pass read it. This is why no drain of the queue is needed; a
- *      flush (fsync, BLKFLSBUF, REQ_PREFLUSH) would not have been one: it
- *      makes completed writes durable and does not wait for writes in
- *      flight.
- *    A write whose completion event races with start: the tracepoint fires
- *    after the data reached the device, and enabling an event is done when
- *    the write(2) to its "enable" file returns (the static key is patched
- *    on all CPUs), so either the event is recorded or the data was in place
- *    before start returned.
- *    block_rq_complete's range is exact only for request-based (blk-mq)
- *    devices: loop, SCSI/SATA, NVMe, virtio, nbd. Bio-based drivers
- *    (device-mapper, md, pmem, zram, brd) complete bios whose range the
- *    driver may already have advanced, so a write in flight at start could
- *    go unseen: cbi_wtrace_usable() refuses them (no "mq" directory in
- *    sysfs), and the caller uses another snapshot mode. Writes that reach
- *    a device without a bio are not seen either: SCSI pass-through
- *    (SG_IO) writes, and DAX mappings; for a loop device, writes to its
- *    backing file that do not go through the loop device (the loop
+ * 1. The event. One tracepoint is enabled, filtered in the kernel on the
+ *    device (below): block_rq_complete. It fires in blk_update_request()
+ *    and blk_complete_request(), the two functions through which every
+ *    request of a blk-mq device completes (blk_mq_end_request(), the
+ *    drivers' partial completions, blk_mq_end_request_batch()), with the
+ *    range completed: for a partial completion, the part done. Every write
+ *    to such a device is carried by requests (bios are merged into
+ *    requests or split into several; the block layer has no other way to
+ *    the driver), and a request completes only after its data reached the
+ *    device. So:
+ *    - a write that completed before start was on the device before the
+ *      main pass began: the main pass read it;
+ *    - a write that completes after start, whenever it was submitted
+ *      (before start: in a plug list, in the I/O scheduler, at the
+ *      driver), is recorded with its range when it completes;
+ *    - a write racing with start: the tracepoint fires after the data
+ *      reached the device, and enabling an event is done when the write(2)
+ *      to its "enable" file returns (the static key is patched on every
+ *      CPU), so either the event is recorded or the data was in place
+ *      before start returned;
+ *    - at collect, called after the freeze returned, every write of the
+ *      file system has completed (freezing waits for it), so its event is
+ *      in the buffer (a tracepoint commits its event before it returns)
+ *      and collect, which drains synchronously, sees it.
+ *    Hence no drain of the queue at start is needed. A flush would not have
+ *    been one anyway: fsync, BLKFLSBUF and REQ_PREFLUSH make completed
+ *    writes durable and do not wait for writes in flight.
+ *    Submissions (block_bio_queue) add nothing to this argument, and cost:
+ *    the block layer merges bios into requests, and a buffered 1 GiB write
+ *    to a loop device gave 262144 block_bio_queue events (4 KiB bios) and
+ *    2048 block_rq_complete events (512 KiB requests), measured here; with
+ *    both, a writer under load overran the default buffer. A submission
+ *    event would only add writes submitted but not completed at collect,
+ *    which under the freeze are not the file system's.
+ *    The completion's range is exact only for request-based (blk-mq)
+ *    devices: loop, SCSI/SATA, NVMe, virtio, nbd, request-based
+ *    multipath. Bio-based drivers (device-mapper, md, pmem, zram, brd)
+ *    have no requests, and a bio's range at completion may already be
+ *    advanced: cbi_wtrace_usable() refuses them (no "mq" directory in
+ *    sysfs) and the caller uses another snapshot mode. Writes that reach a
+ *    device without a request are not seen: DAX mappings; SCSI
+ *    pass-through (SG_IO) writes carry no range; for a loop device, writes
+ *    to its backing file that do not go through the loop device (the loop
  *    driver's own writes to that file are events of the backing file's
- *    disk, not of loopN, and are correctly not counted twice). The
- *    backup's freeze stops none of these either.
+ *    disk, not of loopN). Nor does the backup's freeze stop any of these,
+ *    nor raw writes to the device by other processes while it re-reads.
  *
  *    Measured on Linux 6.18 (tests/e2e/t_wtrace.sh checks each): an
- *    O_DIRECT write to loopN gives block_bio_queue "WS" and
- *    block_rq_complete "WS" with the same range; buffered writes through a
- *    mounted ext4 give "W" from the flusher and "WSM"/"FWFSM" from jbd2 at
- *    sync; blkdiscard gives "DS", blkdiscard -z (write-zeroes) "NS";
- *    an fsync's flush gives "FF" with sector (u64)-1 and no sectors. A
- *    write to partition loopNp2 (device 259:1) appears on loopN (7:N)
+ *    O_DIRECT write to loopN completes as "WS" with its range; buffered
+ *    writes through a mounted ext4 as "W" (writeback) and "WSM"/"FWFSM"
+ *    (jbd2) at sync; blkdiscard as "DS", blkdiscard -z (write-zeroes) as
+ *    "NS"; an fsync's flush as "FF" with sector (u64)-1 and no sectors. A
+ *    write to partition loopNp2 (device 259:1) completes on loopN (7:N)
  *    with the partition's start (/sys/class/block/loopNp2/start, in
- *    512-byte sectors) added: the block layer remaps partitions before
- *    block_bio_queue, and requests are always on the whole disk.
+ *    512-byte sectors) added: the block layer remaps a partition's bios to
+ *    the whole disk before it makes requests. A write submitted 0.5 s
+ *    before start to a loop device whose writes take 2 s (an nbdfuse file
+ *    through nbdkit's delay filter) is recorded.
  *
  * 2. Which requests change data. Every event that is not a read counts,
  *    over its whole range: writes ('W'), discards and secure erases ('D',
@@ -72,12 +84,12 @@
  *    and it must be written so: the filter compares a fixed-size char
  *    array over its whole size, and the bytes after the string's NUL are
  *    whatever the buffer held before, so a glob such as "*R*" matches
- *    discards at random (seen here: blkdiscard's "DS" bio was dropped). A
+ *    discards at random (seen here: blkdiscard's "DS" was dropped). A
  *    front match ("R*") compares only the first byte and is exact. The
  *    filter keeps the backup's own reads, the whole disk's worth, out of
- *    the buffer. The events are parsed again here (up to the NUL) and
- *    the device checked again, so a kernel that took a filter less exactly
- *    than written could only add blocks.
+ *    the buffer. The events are parsed again here and the device checked
+ *    again, so a kernel that took a filter less exactly than written could
+ *    only add blocks.
  *
  * 3. Nothing lost, or say so. The instance's buffers do not overwrite
  *    (option overwrite off): when one is full, new events are dropped and
@@ -90,12 +102,6 @@
  *    freeze. A background thread drains the buffers every WT_DRAIN_MS
  *    into a list of ranges in memory (merged as it grows), so the buffer
  *    size bounds the burst between two drains, not the whole backup.
- *
- * 4. Completeness at collect. The caller collects after the freeze
- *    returned: every write the file system had was then submitted and
- *    completed, so its events were committed to the buffer (a tracepoint
- *    commits its event before it returns). collect drains synchronously,
- *    so it sees them.
  *
  * tracefs. The tracing directory is /sys/kernel/tracing (or the debugfs
  * tracing directory); when no tracefs is mounted, libtracefs mounts it at
@@ -134,8 +140,9 @@
 #define WT_DRAIN_MS 100
 #define WT_PREFIX "cbimg-wtrace-"
 
-enum { WT_QUEUE, WT_COMPLETE, WT_NEV };
-static const char *const wt_events[WT_NEV] = {"block_bio_queue", "block_rq_complete"};
+/* The tracepoints recorded (see the top: completions suffice). */
+#define WT_NEV 1
+static const char *const wt_events[WT_NEV] = {"block_rq_complete"};
 
 /* A range of sectors of devpath (not of the whole disk): [s, e). */
 typedef struct wt_range {
@@ -337,8 +344,10 @@ static int wt_on_event(struct tep_event *ev, struct tep_record *rec, int cpu, vo
 	(void)cpu;
 	if (rec->missed_events)
 		t->lost = 1;
-	int k = ev->id == t->id[WT_QUEUE] ? WT_QUEUE : ev->id == t->id[WT_COMPLETE] ? WT_COMPLETE : -1;
-	if (k < 0)
+	int k = 0;
+	while (k < WT_NEV && ev->id != t->id[k])
+		k++;
+	if (k == WT_NEV)
 		return 0;
 	t->n_events++;
 	unsigned long long dev, sec, nr;
