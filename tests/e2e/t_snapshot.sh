@@ -118,7 +118,8 @@ mkdir -p "$T/dto"
 	>"$T/fifo" 2>"$T/to.err" &
 pid=$!
 BGPIDS+=("$pid")
-for _ in $(seq 100); do pgrep -P "$pid" >/dev/null && break; sleep 0.05; done # the guardian: frozen now
+for _ in $(seq 100); do pgrep -P "$pid" >/dev/null && break; sleep 0.05; done # the guardian
+sleep 0.2 # the freeze follows it at once; the guardian thaws 1 s after its start
 t0=$(date +%s%N)
 (echo y >"$M/probe2" && date +%s%N >"$T/probe2.done") &
 probe=$!
