@@ -318,9 +318,10 @@ typedef struct cbi_backup_opts {
 #define CBI_MIN_BLOCK_SIZE (4u * 1024u)
 #define CBI_MAX_BLOCK_SIZE (4u * 1024u * 1024u)
 
-/* Warnings a backup keeps in its result's list. One run gives at most six
- * (source mounted read-write, catalog unusable at the start and at the end,
- * --block-size and --hash ignored, local state not updated). */
+/* Warnings a backup keeps in its result's list. One run gives at most seven
+ * (a live source read without a snapshot, or a trace that lost events; a
+ * snapshot cleanup that failed; catalog unusable at the start and at the
+ * end; --block-size and --hash ignored; local state not updated). */
 #define CBI_MAX_WARNINGS 8
 
 typedef struct cbi_backup_result {
