@@ -99,7 +99,7 @@ probe=$!
 sleep 0.7
 check "while cbimg is blocked, the file system is frozen (a write waits)" test ! -e "$T/probe.done"
 t0=$(date +%s%N)
-kill -9 "$pid"
+kill -9 "$pid" 2>/dev/null
 wait "$probe"
 t1=$(cat "$T/probe.done" 2>/dev/null || echo 0)
 ms=$(((t1 - t0) / 1000000))
@@ -125,8 +125,9 @@ t0=$(date +%s%N)
 probe=$!
 wait "$probe"
 ms=$((($(cat "$T/probe2.done") - t0) / 1000000))
-check "--freeze-timeout 1: thawed by the guardian while cbimg is stuck (a write waited ${ms} ms)" \
-	test "$ms" -gt 300 -a "$ms" -lt 2500
+check "--freeze-timeout 1: writable again within the timeout and a bit (a write waited ${ms} ms)" \
+	test "$ms" -lt 2500
+check "--freeze-timeout 1: ... thawed by the guardian while cbimg is still stuck" kill -0 "$pid"
 cat "$T/fifo" >/dev/null 7>&- &
 drain=$!
 wait "$pid"
