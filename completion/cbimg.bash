@@ -45,6 +45,7 @@ _cbimg() {
 		FILE) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
 		DIR) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -d -- "$cur")); return 0 ;;
 		ALG) COMPREPLY=($(compgen -W 'xxh3 sha256' -- "$cur")); return 0 ;;
+		MODE) COMPREPLY=($(compgen -W 'auto trace freeze reflink exec none' -- "$cur")); return 0 ;;
 		*) return 0 ;;  # a number, a size, a name: nothing to offer
 		esac
 	fi

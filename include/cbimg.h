@@ -251,6 +251,18 @@ int cbi_parse_time(const char *s, int64_t *ns, cbi_error *err) CBI_WUR;
  * bound of a run allows (cbimg-backup(1), --threads). */
 #define CBI_MAX_LEVEL 19
 
+/* How a backup gets a consistent image of a source in use (cbimg-backup(1),
+ * "SNAPSHOTS"). */
+enum {
+	CBI_SNAP_AUTO = 0, /* trace where usable, else freeze, else reflink (files), else refuse;
+	                    * none for a source that is not mounted read-write */
+	CBI_SNAP_NONE,     /* read as it is */
+	CBI_SNAP_TRACE,    /* record writes during the read, freeze, re-read what changed */
+	CBI_SNAP_FREEZE,   /* freeze the file system for the whole read */
+	CBI_SNAP_REFLINK,  /* an image file: read a clone (FICLONE) of it */
+	CBI_SNAP_EXEC,     /* read what snapshot_cmd prints */
+};
+
 typedef struct cbi_backup_opts {
 	const char *source;       /* block device or raw image file */
 	const char *dest;         /* directory */
@@ -298,6 +310,16 @@ typedef struct cbi_backup_opts {
 	                           * (compared without regard to case). NULL: DEST is checked
 	                           * against fstab, the usual mount places and the file system
 	                           * the job wrote to last time (cbimg-backup(1), --dest-uuid) */
+	/* Consistency of a live source (issue 13, cbimg-backup(1), "SNAPSHOTS"): */
+	int snapshot;             /* CBI_SNAP_AUTO (0), _NONE, _TRACE, _FREEZE, _REFLINK, _EXEC */
+	int allow_inconsistent;   /* _NONE on a source mounted read-write: read it anyway, then
+	                           * re-read it and count the blocks that changed meanwhile
+	                           * (a warning: the CLI exits 5) */
+	uint32_t freeze_timeout_ms; /* longest freeze (0: 60 s); past it the guardian thaws and
+	                           * the backup fails */
+	const char *snapshot_cmd; /* _EXEC: prints the device or file to read */
+	const char *snapshot_cleanup; /* _EXEC: removes it (every exit path), may be NULL */
+	uint32_t trace_buf_kib;   /* _TRACE: per-CPU trace buffer in KiB (0: the tracer's default) */
 	cbi_progress_fn progress;
 	void *progress_ud;
 	int rescue;               /* a source range that fails to read (a bad sector) is read
@@ -318,9 +340,11 @@ typedef struct cbi_backup_opts {
 #define CBI_MIN_BLOCK_SIZE (4u * 1024u)
 #define CBI_MAX_BLOCK_SIZE (4u * 1024u * 1024u)
 
-/* Warnings a backup keeps in its result's list. One run gives at most seven
- * (source mounted read-write, catalog unusable at the start and at the end,
- * --block-size and --hash ignored, local state not updated, bad ranges). */
+/* Warnings a backup keeps in its result's list. One run gives at most eight
+ * (a live source read without a snapshot, or a trace that lost events; a
+ * snapshot cleanup that failed; catalog unusable at the start and at the
+ * end; --block-size and --hash ignored; local state not updated; bad
+ * ranges). */
 #define CBI_MAX_WARNINGS 8
 
 typedef struct cbi_backup_result {
@@ -355,6 +379,13 @@ typedef struct cbi_backup_result {
 	uint64_t failed_reads;    /* reads that failed and were split or retried */
 	uint64_t retry_reads;     /* reads made after those failures (pieces and retries) */
 	uint64_t rescued_bytes;   /* bytes read by them, so not lost */
+	char snapshot[16];        /* the snapshot mode used: "none", "trace", "freeze", "reflink", "exec" */
+	double freeze_ms;         /* how long the source's file system was frozen (0: never) */
+	uint64_t blocks_reread;   /* trace: blocks re-read under the freeze (written during the read,
+	                           * or all of them after a lost trace event) */
+	int trace_incomplete;     /* trace: an event was lost; every block was re-read frozen */
+	int64_t blocks_changed_during_read; /* allow_inconsistent: blocks whose second read differed
+	                           * from the first (-1: not checked) */
 } cbi_backup_result;
 
 /* Write one point of o->source into o->dest: an incremental of the job's

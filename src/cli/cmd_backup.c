@@ -30,6 +30,12 @@ enum {
 	OPT_DEST_UUID,
 	OPT_RESCUE,
 	OPT_RETRIES,
+	OPT_SNAPSHOT,
+	OPT_FREEZE_TIMEOUT,
+	OPT_SNAPSHOT_CMD,
+	OPT_SNAPSHOT_CLEANUP,
+	OPT_ALLOW_INCONSISTENT,
+	OPT_TRACE_BUFFER,
 };
 
 static const struct cli_option backup_options[] = {
@@ -53,6 +59,12 @@ static const struct cli_option backup_options[] = {
 	{ OPT_DEST_UUID, "dest-uuid", "UUID", "refuse unless DEST is on the file system of this UUID" },
 	{ OPT_RESCUE, "rescue", NULL, "record unreadable source ranges as bad ranges instead of failing" },
 	{ OPT_RETRIES, "retries", "N", "--rescue: extra reads of each failing sector (default 1)" },
+	{ OPT_SNAPSHOT, "snapshot", "MODE", "a source in use: auto (default), trace, freeze, reflink, exec or none" },
+	{ OPT_FREEZE_TIMEOUT, "freeze-timeout", "SECONDS", "longest freeze of the source's file system (default 60)" },
+	{ OPT_SNAPSHOT_CMD, "snapshot-cmd", "CMD", "--snapshot exec: command that makes a snapshot and prints its path" },
+	{ OPT_SNAPSHOT_CLEANUP, "snapshot-cleanup", "CMD", "--snapshot exec: command that removes it ($CBIMG_SNAPSHOT)" },
+	{ OPT_ALLOW_INCONSISTENT, "allow-inconsistent", NULL, "--snapshot none on a source mounted read-write: read it anyway (exit 5)" },
+	{ OPT_TRACE_BUFFER, "trace-buffer", "SIZE", "--snapshot trace: trace buffer per CPU (default: the tracer's)" },
 	{ 'q', "quiet", NULL, "print neither progress nor summary" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
 	{ OPT_JSON_PROGRESS, "json-progress", NULL, "print progress as JSON Lines on stdout" },
@@ -94,6 +106,17 @@ static void print_summary(const cbi_backup_opts *o, const cbi_backup_result *r)
 	       cli_human_size(p->stored_bytes, h2));
 	printf("index %s)\n", cli_human_size(p->index_bytes, h1));
 	printf("time:     %.2f s, %.1f MB/s\n", r->seconds, cli_mb_per_s(r->bytes_read, r->seconds));
+	if (!strcmp(r->snapshot, "trace"))
+		printf("snapshot: trace, frozen %.1f ms, %" PRIu64 " block%s re-read%s\n", r->freeze_ms,
+		       r->blocks_reread, cli_plural(r->blocks_reread),
+		       r->trace_incomplete ? " (trace incomplete: all of them)" : "");
+	else if (r->freeze_ms > 0)
+		printf("snapshot: %s, frozen %.1f ms\n", r->snapshot, r->freeze_ms);
+	else if (r->blocks_changed_during_read >= 0)
+		printf("snapshot: none, %" PRId64 " block%s changed during the read\n",
+		       r->blocks_changed_during_read, cli_plural((uint64_t)r->blocks_changed_during_read));
+	else
+		printf("snapshot: %s\n", r->snapshot);
 	printf("image:    %s\n", p->file[0] ? p->file : p->index_file);
 	if (r->rescue)
 		print_rescue(r);
@@ -147,6 +170,12 @@ static void print_json(const cbi_backup_result *r)
 	} else {
 		json_null(&j, "rescue");
 	}
+	json_string(&j, "snapshot", r->snapshot);
+	json_double(&j, "freeze_ms", r->freeze_ms);
+	json_u64(&j, "blocks_reread", r->blocks_reread);
+	json_bool(&j, "trace_incomplete", r->trace_incomplete);
+	if (r->blocks_changed_during_read >= 0)
+		json_u64(&j, "blocks_changed_during_read", (uint64_t)r->blocks_changed_during_read);
 	cli_json_point(&j, "point", &r->point);
 	json_end_object(&j);
 	json_finish(&j);
@@ -249,6 +278,32 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 				return cli_usage_error(cmd, "invalid retry count '%s': expected 0 to 100", optarg);
 			retries = (int)v;
 			break;
+		case OPT_SNAPSHOT: {
+			static const char *const modes[] = { "auto", "none", "trace", "freeze", "reflink", "exec" };
+			int m = -1;
+			for (int i = 0; i < 6; i++)
+				if (!strcmp(optarg, modes[i]))
+					m = i;
+			if (m < 0)
+				return cli_usage_error(cmd, "invalid snapshot mode '%s': expected auto, trace, freeze, "
+						       "reflink, exec or none", optarg);
+			o.snapshot = m; /* the order of CBI_SNAP_* */
+			break;
+		}
+		case OPT_FREEZE_TIMEOUT:
+			if (cli_parse_uint(optarg, 1, 86400, &v) < 0)
+				return cli_usage_error(cmd, "invalid freeze timeout '%s': expected 1 to 86400 seconds",
+						       optarg);
+			o.freeze_timeout_ms = (uint32_t)v * 1000u;
+			break;
+		case OPT_SNAPSHOT_CMD: o.snapshot_cmd = optarg; break;
+		case OPT_SNAPSHOT_CLEANUP: o.snapshot_cleanup = optarg; break;
+		case OPT_ALLOW_INCONSISTENT: o.allow_inconsistent = 1; break;
+		case OPT_TRACE_BUFFER:
+			if (cli_parse_size(optarg, &v) < 0 || v < 1024 || v > (1ull << 30))
+				return cli_usage_error(cmd, "invalid trace buffer '%s': expected 1K to 1G", optarg);
+			o.trace_buf_kib = (uint32_t)(v / 1024);
+			break;
 		case 'q': quiet = 1; break;
 		case OPT_JSON: json = 1; break;
 		case OPT_JSON_PROGRESS: json_progress = 1; break;
@@ -318,8 +373,11 @@ const struct cli_command cli_backup = {
 		"--rescue goes on past unreadable source ranges (bad sectors): each failing\n"
 		"read is split down to the logical sector size, retried (--retries), and what\n"
 		"still fails is recorded in the point as a bad range (exit 5 and a summary).\n"
+		"A source mounted read-write is read consistently (--snapshot, default auto:\n"
+		"trace the writes during the read and re-read them frozen, else freeze the\n"
+		"file system for the whole read, else clone an image file), or refused.\n"
 		"Exit 5: the point was written, with a warning (a source mounted read-write\n"
-		"read without a snapshot, a catalog not updated, ...). --json-progress prints\n"
+		"read with --snapshot none --allow-inconsistent, a catalog not updated, ...). --json-progress prints\n"
 		"progress as JSON Lines on stdout.",
 	.options = backup_options,
 	.run = cmd_backup,

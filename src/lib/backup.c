@@ -32,8 +32,10 @@
 #include "image.h"
 #include "index.h"
 #include "keyfile.h"
+#include "liveread.h"
 #include "pipeline.h"
 #include "prune.h"
+#include "snapshot.h"
 #include "source.h"
 #include "state.h"
 #include "util.h"
@@ -454,6 +456,8 @@ typedef struct bk_run {
 	cbi_idx_trailer it;
 	int committed;            /* the index has its final name: the point exists */
 	cbi_rescue rescue;        /* rescue: what could not be read (badmap.h) */
+	cbi_snap *snap;           /* the snapshot mode and its means (snapshot.h) */
+	uint8_t *first;           /* allow_inconsistent: each block's hash and zero flag as first read */
 } bk_run;
 
 /* Phase 1: the options, DEST, the source, and the new point's identity. */
@@ -496,23 +500,21 @@ static int bk_validate(bk_run *b)
 				   err)))
 		return rc;
 
-	if ((rc = cbi_source_open(o->source, &b->src, err)))
+	/* A source in use (mounted read-write, or the file of a loop device
+	 * that is): the snapshot mode, and what to read (snapshot.h). */
+	cbi_snap_cfg sc = { .mode = o->snapshot, .allow_inconsistent = o->allow_inconsistent,
+			    .used_only = o->used_only, .source = o->source, .dest = o->dest,
+			    .state_dir = o->no_state ? NULL : b->state_dir,
+			    .freeze_timeout_ms = o->freeze_timeout_ms, .cmd = o->snapshot_cmd,
+			    .cleanup = o->snapshot_cleanup, .trace_buf_kib = o->trace_buf_kib };
+	if ((rc = cbi_snap_begin(&sc, &b->snap, err)))
+		return rc;
+	cbi_strlcpy(b->r->snapshot, cbi_snap_mode_name(cbi_snap_mode(b->snap)), sizeof b->r->snapshot);
+	if ((rc = cbi_source_open(cbi_snap_read_path(b->snap), &b->src, err)))
 		return rc;
 	const cbi_source *src = b->src;
-	int mounted_rw = cbi_source_mounted_rw(src); /* a device, or a file behind a loop device */
-	if (o->used_only && mounted_rw)
-		return cbi_err(err, -CBI_EMOUNTED,
-			       "--used-only: source '%s' is mounted read-write, so its block bitmaps change "
-			       "while it is read; unmount it or mount it read-only",
-			       o->source);
-	if (mounted_rw) {
-		char w[512];
-		snprintf(w, sizeof w,
-			 "source '%s' is mounted read-write: the image may be inconsistent; unmount it, "
-			 "mount it read-only or back up a snapshot",
-			 o->source);
-		append_warning(b->r, w);
-	}
+	if ((rc = cbi_snap_opened(b->snap, src->size, err)))
+		return rc;
 
 	cbi_hdr *h = &b->h;
 	h->hash_alg = o->hash_alg ? o->hash_alg : CBI_HASH_XXH3_128;
@@ -526,7 +528,12 @@ static int bk_validate(bk_run *b)
 	} else if (gethostname(h->host, sizeof h->host - 1) < 0) {
 		cbi_strlcpy(h->host, "localhost", sizeof h->host);
 	}
-	cbi_strlcpy(h->source_id, o->source_id ? o->source_id : src->id, sizeof h->source_id);
+	/* a snapshot is backed up as its origin: the origin's identity and chain */
+	char origin_id[sizeof h->source_id];
+	if (strcmp(src->path, o->source))
+		cbi_source_identity(o->source, origin_id, sizeof origin_id);
+	cbi_strlcpy(h->source_id, o->source_id ? o->source_id : strcmp(src->path, o->source) ? origin_id : src->id,
+		    sizeof h->source_id);
 	/* keep the tail of long paths: it is the part that names the device */
 	size_t pl = strlen(o->source);
 	cbi_strlcpy(h->source_path, pl > 63 ? o->source + pl - 63 : o->source, sizeof h->source_path);
@@ -798,7 +805,7 @@ static uint64_t bk_source_data(bk_run *b, int *known)
 		return b->fsmap->used_blocks * b->bs;
 	cbi_fsmap *m = NULL;
 	cbi_error e;
-	if (!cbi_fsmap_read(b->o->source, src->size, b->bs, &m, &e)) {
+	if (!cbi_fsmap_read(src->path, src->size, b->bs, &m, &e)) {
 		uint64_t used = m->used_blocks * b->bs;
 		cbi_fsmap_free(m);
 		return used;
@@ -833,6 +840,37 @@ static int bk_check_space(bk_run *b)
 		       (unsigned long long)need);
 }
 
+/* The read, as the snapshot mode wants it (liveread.h), and what it tells
+ * the user. */
+static int bk_read(bk_run *b, const cbi_pipe_cfg *pc)
+{
+	cbi_backup_result *r = b->r;
+	cbi_live_stats ls;
+	int check = cbi_snap_mode(b->snap) == CBI_SNAP_NONE && b->o->allow_inconsistent && cbi_snap_live(b->snap);
+	int rc = cbi_live_read(b->snap, pc, check, b->o->dest, &b->ps, &ls, b->err);
+	r->blocks_reread = ls.blocks_reread;
+	r->trace_incomplete = ls.trace_incomplete;
+	r->blocks_changed_during_read = ls.changed_during;
+	if (rc)
+		return rc;
+	char w[512];
+	if (ls.trace_incomplete) {
+		snprintf(w, sizeof w,
+			 "the write trace of '%s' lost events (its buffer overran): every block was read again "
+			 "under the freeze instead (a larger --trace-buffer avoids that)",
+			 b->o->source);
+		append_warning(r, w);
+	}
+	if (check) {
+		snprintf(w, sizeof w,
+			 "source '%s' was read without a snapshot while mounted read-write: %lld block%s changed "
+			 "during the read, so the image may be inconsistent",
+			 b->o->source, (long long)ls.changed_during, ls.changed_during == 1 ? "" : "s");
+		append_warning(r, w);
+	}
+	return 0;
+}
+
 /* Phase 4: read the source through the pipeline into a new image and
  * index under temporary names, seal and commit them. */
 static int bk_write_point(bk_run *b)
@@ -845,9 +883,12 @@ static int bk_write_point(bk_run *b)
 	h->block_size = b->bs;
 	h->n_blocks = cbi_nblocks(b->src->size, b->bs);
 	b->hs.alg = h->hash_alg;
+	/* frozen before the map is read: it must be the frozen file system's */
+	if (cbi_snap_mode(b->snap) == CBI_SNAP_FREEZE && (rc = cbi_snap_freeze(b->snap, err)))
+		return rc;
 	if (o->used_only) {
 		/* read before any block: the map is what "used" means for this point */
-		if ((rc = cbi_fsmap_read(o->source, b->src->size, b->bs, &b->fsmap, err)))
+		if ((rc = cbi_fsmap_read(b->src->path, b->src->size, b->bs, &b->fsmap, err)))
 			return rc;
 		cbi_source_set_map(b->src, b->fsmap->used, b->bs);
 		h->flags |= CBI_HDR_USED_ONLY;
@@ -880,7 +921,7 @@ static int bk_write_point(bk_run *b)
 		.hs = &b->hs, .rec_key = b->encrypted ? b->rec_key : NULL, .chain_id = h->chain_id,
 		.point_id = h->point_id, .progress = o->progress, .progress_ud = o->progress_ud,
 	};
-	if ((rc = cbi_pipe_run(&pc, &b->ps, err)))
+	if ((rc = bk_read(b, &pc)))
 		return rc;
 	if (o->rescue) {
 		cbi_badmap_normalize(&b->rescue.map);
@@ -971,6 +1012,13 @@ static void bk_finish(bk_run *b)
 static int bk_end(bk_run *b, int rc)
 {
 	cbi_backup_result *r = b->r;
+	/* thawed on every path; the snapshot command's cleanup */
+	char sw[512];
+	r->freeze_ms = cbi_snap_freeze_ms(b->snap);
+	if (cbi_snap_end(b->snap, sw, sizeof sw))
+		append_warning(r, sw);
+	b->snap = NULL;
+	free(b->first);
 	if (rc && !b->committed) { /* a failed or interrupted run: what it read and wrote before it stopped */
 		r->bytes_read = b->ps.bytes_read;
 		r->bytes_written = cbi_image_writer_written(b->st.img) + cbi_index_writer_written(b->st.idx);
@@ -1010,6 +1058,7 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 {
 	double t0 = cbi_now();
 	memset(r, 0, sizeof *r);
+	r->blocks_changed_during_read = -1;
 	bk_run *b = calloc(1, sizeof *b);
 	if (!b)
 		return cbi_err(err, -ENOMEM, "out of memory");

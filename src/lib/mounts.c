@@ -8,6 +8,7 @@
 #include <libmount.h>
 #include <linux/loop.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -24,36 +25,72 @@ int cbi_dev_whole_disk(dev_t dev, dev_t *whole)
 	return 0;
 }
 
-int cbi_mount_find(dev_t dev, int flags, cbi_mount *m)
+/* Does mount fs stand on block device dev (or, with CBI_MOUNT_PARTS, on a
+ * partition of it)? By its device number, else (btrfs reports an anonymous
+ * one) by the block device its source names. */
+static int mount_on(struct libmnt_fs *fs, dev_t dev, int flags)
+{
+	dev_t d = mnt_fs_get_devno(fs), whole;
+	const char *src = mnt_fs_get_srcpath(fs);
+	struct stat st;
+	if (major(d) == 0 && src && src[0] == '/' && stat(src, &st) == 0 && S_ISBLK(st.st_mode))
+		d = st.st_rdev;
+	return d == dev || ((flags & CBI_MOUNT_PARTS) && major(d) != 0 && !cbi_dev_whole_disk(d, &whole) &&
+			    whole == dev);
+}
+
+size_t cbi_mount_list(dev_t dev, int flags, cbi_mount *m, size_t max)
 {
 	struct libmnt_table *tb = mnt_new_table_from_file("/proc/self/mountinfo");
 	struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
 	struct libmnt_fs *fs;
-	int found = 0;
+	size_t n = 0;
 	if (!tb || !it)
 		goto end;
-	while (!found && mnt_table_next_fs(tb, it, &fs) == 0) {
-		dev_t d = mnt_fs_get_devno(fs), whole;
-		if (d != dev && !((flags & CBI_MOUNT_PARTS) && major(d) != 0 && !cbi_dev_whole_disk(d, &whole) &&
-				  whole == dev))
+	while (mnt_table_next_fs(tb, it, &fs) == 0) {
+		if (!mount_on(fs, dev, flags))
 			continue;
 		const char *vo = mnt_fs_get_vfs_options(fs);
 		int rw = vo && mnt_optstr_get_option(vo, "rw", NULL, NULL) == 0;
 		if ((flags & CBI_MOUNT_RW) && !rw)
 			continue;
-		found = 1;
-		if (m) {
+		if (m && n < max) {
 			const char *t = mnt_fs_get_target(fs), *ty = mnt_fs_get_fstype(fs), *s = mnt_fs_get_source(fs);
-			cbi_strlcpy(m->target, t ? t : "", sizeof m->target);
-			cbi_strlcpy(m->type, ty ? ty : "", sizeof m->type);
-			cbi_strlcpy(m->source, s ? s : "", sizeof m->source);
-			m->rw = rw;
+			cbi_strlcpy(m[n].target, t ? t : "", sizeof m[n].target);
+			cbi_strlcpy(m[n].type, ty ? ty : "", sizeof m[n].type);
+			cbi_strlcpy(m[n].source, s ? s : "", sizeof m[n].source);
+			m[n].rw = rw;
+			m[n].fsdev = mnt_fs_get_devno(fs);
+			m[n].id = mnt_fs_get_id(fs);
 		}
+		n++;
 	}
 end:
 	mnt_free_iter(it);
 	mnt_unref_table(tb);
-	return found;
+	return n;
+}
+
+int cbi_path_on_dev(const char *path, dev_t dev)
+{
+	char p[4096], real[4096];
+	cbi_strlcpy(p, path, sizeof p);
+	while (!realpath(p, real)) {
+		char *sl = strrchr(p, '/');
+		if (!sl || sl == p)
+			return 0;
+		*sl = 0;
+	}
+	struct libmnt_table *tb = mnt_new_table_from_file("/proc/self/mountinfo");
+	struct libmnt_fs *fs = tb ? mnt_table_find_mountpoint(tb, real, MNT_ITER_BACKWARD) : NULL;
+	int on = fs && mount_on(fs, dev, CBI_MOUNT_PARTS);
+	mnt_unref_table(tb);
+	return on;
+}
+
+int cbi_mount_find(dev_t dev, int flags, cbi_mount *m)
+{
+	return cbi_mount_list(dev, flags, m, m ? 1 : 0) > 0;
 }
 
 int cbi_loop_backing(int fd, dev_t *dev, ino_t *ino)

@@ -15,6 +15,8 @@ typedef struct cbi_mount {
 	char type[64];      /* "ext4", "fuse.fusefat", "fuseblk", ... */
 	char source[256];   /* "/dev/sdb1", "fusefat", ... ("" when none) */
 	int rw;             /* this mount is read-write (per-mount options) */
+	dev_t fsdev;        /* the device number mountinfo gives (btrfs: an anonymous one) */
+	int id;             /* its mount id (mountinfo, statx's stx_mnt_id) */
 } cbi_mount;
 
 #define CBI_MOUNT_PARTS 1 /* also a mount of a partition of dev (dev is a whole disk) */
@@ -24,6 +26,19 @@ typedef struct cbi_mount {
  * (flags: CBI_MOUNT_PARTS, CBI_MOUNT_RW), into *m when m is non-NULL.
  * Returns 1 when found, 0 when not or when the table cannot be read. */
 int cbi_mount_find(dev_t dev, int flags, cbi_mount *m);
+
+/* Every mount, in mountinfo order, of block device dev (its partitions too
+ * with CBI_MOUNT_PARTS; CBI_MOUNT_RW: read-write ones only), into m[0..max):
+ * the number found (it may exceed max), 0 when the table cannot be read. A
+ * mount matches by its device number or, where that is not the device's
+ * (btrfs), by the block device it names as its source. */
+size_t cbi_mount_list(dev_t dev, int flags, cbi_mount *m, size_t max);
+
+/* Does the file system holding path (the mount that contains it, or its
+ * nearest existing ancestor) stand on block device dev or a partition of
+ * it? 1 yes, 0 no or unknown. Subvolumes and bind mounts of that file system
+ * count too: this is by device, not by st_dev. */
+int cbi_path_on_dev(const char *path, dev_t dev);
 
 /* The whole disk that block device dev is a partition of (dev itself for a
  * whole disk), per sysfs. 0, or -ENODEV when dev is no known block device. */

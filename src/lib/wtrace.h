@@ -31,12 +31,14 @@ int cbi_wtrace_usable(const char *devpath, cbi_error *err) CBI_WUR;
  * per-CPU trace buffer size in KiB (0: the module's default; a tiny value is
  * how tests force an overrun). On return, every write that can still reach
  * the device's media after this call is guaranteed to be recorded: the
- * module records issue and completion events and drains requests that were
- * in flight before tracing started (documented in wtrace.c). *out is the
- * caller's (cbi_wtrace_stop). Errors: -ENOTSUP, -errno. */
+ * module records every request's completion, so writes in flight before
+ * tracing started are recorded when they complete (the argument is at the
+ * top of wtrace.c). *out is the caller's (cbi_wtrace_stop). Errors:
+ * -ENOTSUP, -errno. */
 int cbi_wtrace_start(const char *devpath, uint32_t buf_kib, cbi_wtrace **out, cbi_error *err) CBI_WUR;
 
-/* Drain every event recorded so far and mark, in the bitmap `touched`
+/* Drain every event recorded so far (every write completed before this
+ * call: call it after the freeze) and mark, in the bitmap `touched`
  * (bit b: byte b / 8, bit b % 8, as cbi_fsmap), every block of bs bytes of
  * the device (numbered from the start of devpath, not of the whole disk)
  * that a recorded write overlaps. n_blocks bounds the bitmap; writes beyond

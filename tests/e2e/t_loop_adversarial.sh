@@ -42,8 +42,12 @@ check_eq "the backing file is unchanged (through a link)" "$(sha256 "$FS")" "$SU
 # a backup of the backing file is of a live disk
 DB=$T/dest-live
 mkdir -p "$DB"
-expect_exit 5 "$CBIMG" backup --no-state "$FS" "$DB"  # a warning: exit 5
-check_grep "the backup warns that the source is mounted read-write" "mounted read-write: the image may be inconsistent"
+expect_exit 1 "$CBIMG" backup --no-state --snapshot none "$FS" "$DB"
+check_grep "without a snapshot, a backup of it is refused" "source '$FS' is mounted read-write on '$M'.*--allow-inconsistent"
+expect_exit 5 "$CBIMG" backup --no-state --snapshot none --allow-inconsistent "$FS" "$DB"  # a warning: exit 5
+check_grep "... and with --allow-inconsistent, read with a warning" "read without a snapshot while mounted read-write"
+expect_exit 0 "$CBIMG" backup --json --no-state "$FS" "$DB"
+check_grep "by default, the loop device's file system is frozen (or traced)" '"snapshot": *"(freeze|trace)"'
 expect_exit 1 "$CBIMG" backup --no-state --full --used-only "$FS" "$DB"
 check_grep "--used-only refuses it" "used-only.*mounted read-write"
 do_umount "$M"
