@@ -537,6 +537,10 @@ typedef struct cbi_verify_result {
 	                           * disk, points that went to an outbox or another disk), each
 	                           * reported through the note callback */
 	uint64_t bytes_checked;   /* bytes read from the files: the progress callback's unit */
+	uint64_t duplicates;      /* second copies of a point's files (format/SPEC.md, "Finding
+	                           * the files", step 5): not damage, each a note; a warning */
+	uint64_t nokey;           /* encrypted chains without any key file (class NOKEY): not
+	                           * checked, each a note; -CBI_ENOKEY when nothing else is wrong */
 } cbi_verify_result;
 
 typedef struct cbi_verify_opts {
