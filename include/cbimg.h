@@ -619,6 +619,10 @@ typedef struct cbi_verify_result {
 	uint64_t bad_points;      /* points with bad ranges (backup --rescue): known-bad bytes, not
 	                           * damage, each reported through the note callback */
 	uint64_t bad_bytes;       /* their bad ranges' bytes, all points together */
+	uint64_t duplicates;      /* second copies of a point's files (format/SPEC.md, "Finding
+	                           * the files", step 5): not damage, each a note; a warning */
+	uint64_t nokey;           /* encrypted chains without any key file (class NOKEY): not
+	                           * checked, each a note; -CBI_ENOKEY when nothing else is wrong */
 } cbi_verify_result;
 
 typedef struct cbi_verify_opts {

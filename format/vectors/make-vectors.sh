@@ -353,11 +353,11 @@ mk24() {
 }
 
 # duplicate-image: a byte-identical second copy of seq 1's image under
-# another name: a duplicate (a note), not an orphan; verify exits 0.
+# another name: a duplicate (a note, a warning), not an orphan; verify exits 5.
 c=$(mk24 duplicate-image)
 f=$(point "$c" incr 1 cbi)
 cp "$f" "$c/zz-copy-of-$(basename "$f")"
-echo 0 >"$c/exit"
+echo 5 >"$c/exit"
 printf '%s\n' "a duplicate of '" "(a second copy of point seq 1's image file; not used)" >"$c/expect"
 
 # image-header-chain: seq 1's image says seq 3 (header checksum and file

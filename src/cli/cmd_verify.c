@@ -266,7 +266,7 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 	status = rc == 0 && problems == 0 ? CLI_OK : CLI_DAMAGE;
 	/* A chain behind the local state (a seed disk, an outbox's origin) is not
 	 * damage but is worth a monitor's attention: "succeeded with warnings". */
-	if (status == CLI_OK && r.behind)
+	if (status == CLI_OK && (r.behind || r.duplicates)) /* behind the state; duplicate files */
 		status = CLI_WARN;
 	if (s.json) {
 		print_json(path, &s, &r, status, error);

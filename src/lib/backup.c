@@ -365,7 +365,7 @@ static int new_chain_key(const cbi_backup_opts *o, cbi_hdr *h, cbi_keys *keys, c
 	*pwlen = len;
 	rc = cbi_keyfile_wrap(&kf, keys, pw, (size_t)len, &o->kdf);
 	if (rc == -CBI_EUSAGE) {
-		rc = cbi_err(err, rc, "scrypt cost out of range: log2 N from 10 to 24, r and p from 1 to 64");
+		rc = cbi_err(err, rc, "scrypt cost out of range: log2 N from 12 to 24, r from 8 to 64, p from 1 to 64");
 		goto end;
 	}
 	if (rc) {

@@ -25,6 +25,9 @@ typedef struct vctx {
 	uint64_t total;       /* progress: bytes the run reads, planned */
 	uint64_t base;        /* ... read before the current file */
 	cbi_error keyerr;     /* the unlock failure that stopped the run */
+	cbi_error nokeyerr;   /* the first chain without any key file */
+	uint8_t nokey_ids[64][16]; /* chains without key files noted */
+	size_t nnokey;
 	ZSTD_DCtx *dctx;
 	cbi_cx *cx;
 	uint8_t *scratch, *blk;
@@ -112,6 +115,8 @@ static const char *reason(const cbi_error *e, const char *file)
 	return e->msg;
 }
 
+static void note(vctx *c, const char *file, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Check one point of the chosen chain: its index against its parent's, its
  * image's records against its index. */
 static void note(vctx *c, const char *file, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -154,11 +159,25 @@ static int verify_point(vctx *c, uint32_t seq)
 	}
 	if ((rc = cbi_chain_keys(c->ch, &x->hdr, &k, &e))) {
 		/* only damaged key files: damage, reported for this chain; no key
-		 * file at all (as a wrong or missing passphrase) stops the run:
-		 * the chain cannot be checked, which is no finding about its files
-		 * (format/SPEC.md, "Validation rules", class NOKEY) */
+		 * file at all: the chain cannot be checked, which is no finding
+		 * about its files (format/SPEC.md, "Validation rules", class
+		 * NOKEY): a note, and exit 1 unless something else is wrong */
 		if (cbi_is_damage(rc)) {
 			problem(c, p->index_file, -1, "%s", e.msg); /* this chain's own reason */
+			rc = 0;
+			goto end;
+		}
+		if (rc == -CBI_ENOKEY) {
+			int seen = 0; /* once per chain */
+			for (size_t j = 0; j < c->nnokey && !seen; j++)
+				seen = !memcmp(c->nokey_ids[j], x->hdr.chain_id, 16);
+			if (!seen) {
+				if (!c->r->nokey++)
+					c->nokeyerr = e;
+				if (c->nnokey < sizeof c->nokey_ids / sizeof c->nokey_ids[0])
+					memcpy(c->nokey_ids[c->nnokey++], x->hdr.chain_id, 16);
+				note(c, p->index_file, "%s", e.msg);
+			}
 			rc = 0;
 			goto end;
 		}
@@ -310,8 +329,6 @@ static int index_arrived(const char *dir, const char *path)
 	return found;
 }
 
-static void note(vctx *c, const char *file, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
 /* Do the logical files a and b (segments joined) hold the same bytes? 1,
  * 0, or a negative code when one cannot be read. */
 static int same_content(const char *a, const char *b)
@@ -348,11 +365,14 @@ static void check_duplicate(vctx *c, const char *path, const cbi_point *ip, cons
 	const char *used = image ? p->file : p->index_file;
 	const char *what = image ? "image" : "index";
 	if (image && (ip->merged != p->merged || ip->first_seq != p->first_seq)) {
+		c->r->duplicates++;
 		note(c, path, "'%s': an image of point seq %u that '%s' made redundant (a prune left it; the "
 			      "next prune or backup of the job removes it)", path, p->seq, used);
 		return;
 	}
 	int same = same_content(path, used);
+	if (same == 1)
+		c->r->duplicates++;
 	if (same == 1)
 		note(c, path, "'%s': a duplicate of '%s' (a second copy of point seq %u's %s file; not used)",
 		     path, used, p->seq, what);
@@ -551,6 +571,8 @@ end:
 		cbi_err(err, rc, "out of memory");
 	if (!rc && r->problems)
 		rc = cbi_err(err, -CBI_EDAMAGED, "%llu problems found", (unsigned long long)r->problems);
+	else if (!rc && r->nokey)
+		rc = cbi_err(err, -CBI_ENOKEY, "%s", c.nokeyerr.msg);
 	cbi_chain_close(c.ch);
 	free(c.state);
 	free(c.scratch);

@@ -63,8 +63,9 @@ verdict() {
 	if [ "$saw4" = 1 ]; then [ "$vrc" = 4 ]; return; fi
 	if [ "$saw3" = 1 ]; then [ "$vrc" = 3 ]; return; fi
 	if [ "$saw1" = 1 ]; then [ "$vrc" = 3 ] || [ "$vrc" = 1 ]; return; fi
-	[ "$vrc" = 5 ] && vrc=0
-	[ "$vrc" = 0 ] || [ "$vrc" = 3 ] # verify may find more than restore needs (a stray file, a record nobody reads)
+	# verify may find more than restore needs (a stray file, a record
+	# nobody reads: 3), or warn (a duplicate, known-bad ranges: 5)
+	[ "$vrc" = 0 ] || [ "$vrc" = 3 ] || [ "$vrc" = 5 ]
 }
 
 # one CASE DIR [options]: a verdict, counted.
