@@ -478,6 +478,32 @@ void cbi_wtrace_stop(cbi_wtrace *t)
 	free(t);
 }
 
+/* A parser of the ring buffer's pages and of our events only. Not
+ * tracefs_local_events_system(): it also loads /proc/kallsyms (megabytes,
+ * in a buffer grown by realloc: seconds, a minute under ASan), which no
+ * block event needs. NULL when a format cannot be read or parsed. */
+static struct tep_handle *wt_tep(void)
+{
+	struct tep_handle *tep = tep_alloc();
+	int sz = 0;
+	char *buf = tep ? tracefs_instance_file_read(NULL, "events/header_page", &sz) : NULL;
+	int ok = buf && tep_parse_header_page(tep, buf, (unsigned long)sz, (int)sizeof(long)) == 0;
+	free(buf);
+	for (int k = 0; ok && k < WT_NEV; k++) {
+		buf = tracefs_event_file_read(NULL, "block", wt_events[k], "format", &sz);
+		ok = buf && tep_parse_event(tep, buf, (unsigned long)sz, "block") == TEP_ERRNO__SUCCESS;
+		free(buf);
+	}
+	if (ok) {
+		tep_set_long_size(tep, (int)sizeof(long));
+		tep_set_page_size(tep, (int)sysconf(_SC_PAGESIZE));
+		return tep;
+	}
+	if (tep)
+		tep_free(tep);
+	return NULL;
+}
+
 /* The kernel filter of one event; a simpler one (the device only) when the
  * kernel does not take it. */
 static int wt_filter(cbi_wtrace *t, const char *ev)
@@ -526,8 +552,7 @@ int cbi_wtrace_start(const char *devpath, uint32_t buf_kib, cbi_wtrace **out, cb
 		rc = cbi_err(err, -EIO, "'%s': cannot set up the tracing instance '%s'", devpath, name);
 		goto fail;
 	}
-	const char *systems[] = {"block", NULL};
-	t->tep = tracefs_local_events_system(NULL, systems);
+	t->tep = wt_tep();
 	for (int k = 0; k < WT_NEV; k++) {
 		struct tep_event *ev = t->tep ? tep_find_event_by_name(t->tep, "block", wt_events[k]) : NULL;
 		if (ev) {
