@@ -234,8 +234,8 @@ static int wt_dev_info(const char *devpath, wt_dev *d, cbi_error *err)
  * tracepoints are there and that we may make instances. */
 static int wt_tracefs(const char *devpath, cbi_error *err)
 {
-	const char *dir = NULL;
-	if (tracefs_tracing_dir_is_mounted(true, &dir) < 0 || !dir)
+	const char *dir = tracefs_tracing_dir(); /* mounts tracefs when absent */
+	if (!dir)
 		return cbi_err(err, -ENOTSUP, "'%s': no tracefs mounted, and mounting one at /sys/kernel/tracing failed%s",
 			       devpath, geteuid() ? " (not root)" : "");
 	char p[512];
@@ -262,21 +262,27 @@ int cbi_wtrace_usable(const char *devpath, cbi_error *err)
 /* Remove the instances that dead processes left (see the top of the file). */
 static void wt_remove_stale(void)
 {
-	char **names = tracefs_instances("^" WT_PREFIX); /* a basic regex: no '+' */
-	for (int i = 0; names && names[i]; i++) {
+	/* not tracefs_instances(): libtracefs 1.6 leaks its regex */
+	const char *dir = tracefs_tracing_dir();
+	char p[512];
+	snprintf(p, sizeof p, "%.400s/instances", dir ? dir : "");
+	DIR *dp = dir ? opendir(p) : NULL;
+	struct dirent *de;
+	while (dp && (de = readdir(dp))) {
 		long pid = 0;
 		unsigned seq;
 		int end = 0;
-		if (sscanf(names[i], WT_PREFIX "%ld-%u%n", &pid, &seq, &end) != 2 || names[i][end] || pid <= 0 ||
+		if (sscanf(de->d_name, WT_PREFIX "%ld-%u%n", &pid, &seq, &end) != 2 || de->d_name[end] || pid <= 0 ||
 		    pid == (long)getpid() || !(kill((pid_t)pid, 0) < 0 && errno == ESRCH))
 			continue;
-		struct tracefs_instance *in = tracefs_instance_alloc(NULL, names[i]);
+		struct tracefs_instance *in = tracefs_instance_alloc(NULL, de->d_name);
 		if (in) {
 			(void)tracefs_instance_destroy(in); /* EBUSY when still in use */
 			tracefs_instance_free(in);
 		}
 	}
-	tracefs_list_free(names);
+	if (dp)
+		closedir(dp);
 }
 
 /* ------------------------------------------------------------- ranges */
@@ -366,16 +372,6 @@ static int wt_on_event(struct tep_event *ev, struct tep_record *rec, int cpu, vo
 		return 0; /* a read (see the top: 'R' is only ever first) */
 	if (nr)
 		wt_add(t, sec, nr);
-	return 0;
-}
-
-static int wt_on_missed(struct tep_event *ev, struct tep_record *rec, int cpu, void *ctx)
-{
-	cbi_wtrace *t = ctx;
-	(void)ev;
-	(void)rec;
-	(void)cpu;
-	t->lost = 1;
 	return 0;
 }
 
@@ -482,6 +478,32 @@ void cbi_wtrace_stop(cbi_wtrace *t)
 	free(t);
 }
 
+/* A parser of the ring buffer's pages and of our events only. Not
+ * tracefs_local_events_system(): it also loads /proc/kallsyms (megabytes,
+ * in a buffer grown by realloc: seconds, a minute under ASan), which no
+ * block event needs. NULL when a format cannot be read or parsed. */
+static struct tep_handle *wt_tep(void)
+{
+	struct tep_handle *tep = tep_alloc();
+	int sz = 0;
+	char *buf = tep ? tracefs_instance_file_read(NULL, "events/header_page", &sz) : NULL;
+	int ok = buf && tep_parse_header_page(tep, buf, (unsigned long)sz, (int)sizeof(long)) == 0;
+	free(buf);
+	for (int k = 0; ok && k < WT_NEV; k++) {
+		buf = tracefs_event_file_read(NULL, "block", wt_events[k], "format", &sz);
+		ok = buf && tep_parse_event(tep, buf, (unsigned long)sz, "block") == TEP_ERRNO__SUCCESS;
+		free(buf);
+	}
+	if (ok) {
+		tep_set_long_size(tep, (int)sizeof(long));
+		tep_set_page_size(tep, (int)sysconf(_SC_PAGESIZE));
+		return tep;
+	}
+	if (tep)
+		tep_free(tep);
+	return NULL;
+}
+
 /* The kernel filter of one event; a simpler one (the device only) when the
  * kernel does not take it. */
 static int wt_filter(cbi_wtrace *t, const char *ev)
@@ -530,8 +552,7 @@ int cbi_wtrace_start(const char *devpath, uint32_t buf_kib, cbi_wtrace **out, cb
 		rc = cbi_err(err, -EIO, "'%s': cannot set up the tracing instance '%s'", devpath, name);
 		goto fail;
 	}
-	const char *systems[] = {"block", NULL};
-	t->tep = tracefs_local_events_system(NULL, systems);
+	t->tep = wt_tep();
 	for (int k = 0; k < WT_NEV; k++) {
 		struct tep_event *ev = t->tep ? tep_find_event_by_name(t->tep, "block", wt_events[k]) : NULL;
 		if (ev) {
@@ -552,7 +573,6 @@ int cbi_wtrace_start(const char *devpath, uint32_t buf_kib, cbi_wtrace **out, cb
 			goto fail;
 		}
 	}
-	(void)tracefs_follow_missed_events(t->inst, wt_on_missed, t);
 	if (tracefs_trace_on(t->inst) < 0) {
 		rc = cbi_err(err, -EIO, "'%s': cannot turn tracing on in '%s'", devpath, name);
 		goto fail;
@@ -564,7 +584,14 @@ int cbi_wtrace_start(const char *devpath, uint32_t buf_kib, cbi_wtrace **out, cb
 			goto fail;
 		}
 	}
-	if ((rc = -pthread_create(&t->thr, NULL, wt_thread, t))) {
+	/* The reader takes no signal: the caller's handlers (thaw, cleanup)
+	 * run in the caller's threads. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = -pthread_create(&t->thr, NULL, wt_thread, t);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc) {
 		rc = cbi_err(err, rc, "'%s': cannot start the trace reader: %s", devpath, strerror(-rc));
 		goto fail;
 	}
