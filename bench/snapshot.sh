@@ -14,8 +14,12 @@
 # 1 GiB file at a random place --rate times a second (default 20) with
 # fdatasync: about 1% of the 256 KiB blocks written during one read of the
 # default disk. Reports, as medians: each mode's freeze window (freeze_ms of
-# --json), run time (seconds) and blocks re-read (trace), and the ratios
-# trace/freeze of both. Needs root and a free loop device.
+# --json) and blocks re-read (trace), and the ratio trace/freeze of the
+# windows. Then the cost of tracing on the run's time: --repeat more pairs
+# with the writer stopped (with it, freeze stops the writer for the whole
+# read and trace does not, so the two runs would not do the same work),
+# and the ratio trace/freeze of their times. Needs root and a free loop
+# device.
 set -euo pipefail
 export LC_ALL=C
 CBIMG=${CBIMG:?set CBIMG to the built cbimg}
@@ -53,13 +57,14 @@ sync
 
 # the writer: $rate fdatasync'd 4 KiB writes a second at random places
 cat >"$W/writer.sh" <<'EOF'
-f=$1 rate=$2 stop=$3
+f=$1 pause=$2 stop=$3
 while [ ! -e "$stop" ]; do
 	dd if=/dev/urandom of="$f" bs=4k count=1 seek=$((RANDOM * 8 % 262144)) conv=notrunc,fdatasync status=none
-	sleep "$(awk -v r="$rate" 'BEGIN { printf "%.4f", 1 / r }')"
+	sleep "$pause"
 done
 EOF
-bash "$W/writer.sh" "$W/m/hot" "$rate" "$W/stop" &
+bash "$W/writer.sh" "$W/m/hot" "$(awk -v r="$rate" 'BEGIN { printf "%.4f", 1 / r }')" "$W/stop" &
+writer=$!
 
 run() { # MODE: one incremental, its --json into $W/out.json
 	"$CBIMG" backup --json --no-state --snapshot "$1" "$L" "$W/d" >"$W/out.json"
@@ -72,21 +77,32 @@ for ((r = 0; r < repeat; r++)); do
 	run freeze >>"$W/freeze.tsv"
 	run trace >>"$W/trace.tsv"
 done
+touch "$W/stop"
+wait "$writer"
+: >"$W/freeze-quiet.tsv"
+: >"$W/trace-quiet.tsv"
+for ((r = 0; r < repeat; r++)); do
+	run freeze >>"$W/freeze-quiet.tsv"
+	run trace >>"$W/trace-quiet.tsv"
+done
 fz_ms=$(cut -f1 "$W/freeze.tsv" | median)
-fz_s=$(cut -f2 "$W/freeze.tsv" | median)
+fz_s=$(cut -f2 "$W/freeze-quiet.tsv" | median)
 tr_ms=$(cut -f1 "$W/trace.tsv" | median)
-tr_s=$(cut -f2 "$W/trace.tsv" | median)
+tr_s=$(cut -f2 "$W/trace-quiet.tsv" | median)
 tr_re=$(cut -f3 "$W/trace.tsv" | median)
 total=$(head -1 "$W/trace.tsv" | cut -f4)
 echo "cbimg snapshot bench, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, ${size} GiB ext4 on a loop device," \
 	"${data} MiB of data, writer ${rate} x 4 KiB/s; medians of $repeat incremental runs each"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-8s %12s %10s %14s\n' mode freeze_ms seconds blocks_reread
+echo "(freeze_ms and blocks_reread with the writer; seconds without it)"
 printf '%-8s %12.1f %10.2f %14s\n' freeze "$fz_ms" "$fz_s" -
 printf '%-8s %12.1f %10.2f %14s\n' trace "$tr_ms" "$tr_s" "$tr_re of $total"
 awk -v a="$tr_ms" -v b="$fz_ms" -v c="$tr_s" -v d="$fz_s" 'BEGIN {
 	printf "freeze window, trace / freeze: %.4f (target <= 0.05)\n", a / b
 	printf "run time, trace / freeze:      %.3f (target <= 1.05)\n", c / d }'
 echo "raw runs (freeze_ms seconds blocks_reread blocks_total):"
-sed 's/^/  freeze /' "$W/freeze.tsv"
-sed 's/^/  trace  /' "$W/trace.tsv"
+sed 's/^/  freeze, writer /' "$W/freeze.tsv"
+sed 's/^/  trace, writer  /' "$W/trace.tsv"
+sed 's/^/  freeze, quiet  /' "$W/freeze-quiet.tsv"
+sed 's/^/  trace, quiet   /' "$W/trace-quiet.tsv"

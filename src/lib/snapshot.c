@@ -539,8 +539,8 @@ int cbi_snap_begin(const cbi_snap_cfg *c, cbi_snap **out, cbi_error *err)
 			cbi_strlcpy(mnt, m.target, sizeof mnt);
 			f.freezable = look_freezable(s, why_f, sizeof why_f);
 			cbi_error te;
-			if (!s->trace_dev[0]) {
-				; /* why_t says why */
+			if (!s->trace_dev[0] || (c->mode != CBI_SNAP_AUTO && c->mode != CBI_SNAP_TRACE)) {
+				; /* why_t says why; or not asked for */
 			} else if (cbi_wtrace_usable(s->trace_dev, &te)) {
 				snprintf(why_t, sizeof why_t, "%.500s", te.msg);
 			} else {
