@@ -10,7 +10,8 @@
 # page cache (dropped before every timed command: root) and a warm one (the
 # files read once before), prune and cp alternately, so that a loaded
 # machine disturbs both sides alike; medians of --repeat runs, ratios of
-# the medians. cp is `cp A B && sync B` (cbimg syncs what it writes; cp
+# the medians. CPU seconds (user + system) are reported beside the wall
+# times: a loaded machine stretches them less. cp is `cp A B && sync B` (cbimg syncs what it writes; cp
 # without a sync would only fill the page cache). The source disk is moved
 # away before the prunes: they never read it.
 set -euo pipefail
@@ -49,24 +50,18 @@ du -sh "$work/orig" | sed 's/^/chain: /'
 # one RULE CACHE: a timed prune and a timed cp of as many bytes, appended
 # to $work/times as "NAME CACHE prune|cp SECONDS"
 one() {
-	local name=$1 rule=$2 cache=$3 f t0 t1
+	local name=$1 rule=$2 cache=$3 f
 	rm -rf "$work/d" "$work/copy"
 	cp -a "$work/orig" "$work/d"
 	sync
 	[ "$cache" = cold ] && drop || cat "$work/d"/* >/dev/null
-	t0=$(date +%s.%N)
 	# shellcheck disable=SC2086
-	"$CBIMG" prune --json $rule "$work/d" >"$work/pr.json"
-	t1=$(date +%s.%N)
-	echo "$name $cache prune $(echo "$t1 - $t0" | bc)" >>"$work/times"
+	/usr/bin/time -f "$name $cache prune %e %U %S" -a -o "$work/times" "$CBIMG" prune --json $rule "$work/d" >"$work/pr.json"
 	jq -r .bytes_written "$work/pr.json" >"$work/bytes.$name"
 	# the merged image: the bytes the prune wrote, copied by cp
 	f=$(ls "$work/d"/*-m0*.cbi*)
 	[ "$cache" = cold ] && drop || cat "$f" >/dev/null
-	t0=$(date +%s.%N)
-	cp "$f" "$work/copy" && sync "$work/copy"
-	t1=$(date +%s.%N)
-	echo "$name $cache cp $(echo "$t1 - $t0" | bc)" >>"$work/times"
+	/usr/bin/time -f "$name $cache cp %e %U %S" -a -o "$work/times" sh -c 'cp "$1" "$2" && sync "$2"' sh "$f" "$work/copy"
 	rm -f "$work/copy"
 }
 
@@ -83,14 +78,18 @@ echo
 echo "cbimg prune against cp of the bytes it writes; $size MiB disk, $percent% a day, medians of $repeat"
 [ "$can_drop" = 1 ] || echo "(not root: the page cache was not dropped; 'cold' is warm too)"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
-printf '%-6s %-5s %10s %9s %9s %7s %s\n' case cache "MiB" "prune s" "cp s" ratio target
+printf '%-6s %-5s %8s %8s %8s %6s %-14s %9s %9s %6s\n' case cache MiB "prune s" "cp s" ratio target \
+	"prune cpu" "cp cpu" ratio
 for name in fold roll; do
 	for cache in cold warm; do
 		p=$(awk -v n="$name" -v c="$cache" '$1 == n && $2 == c && $3 == "prune" { print $4 }' "$work/times" | median)
 		c=$(awk -v n="$name" -v c="$cache" '$1 == n && $2 == c && $3 == "cp" { print $4 }' "$work/times" | median)
+		pc=$(awk -v n="$name" -v c="$cache" '$1 == n && $2 == c && $3 == "prune" { print $5 + $6 }' "$work/times" | median)
+		cc=$(awk -v n="$name" -v c="$cache" '$1 == n && $2 == c && $3 == "cp" { print $5 + $6 }' "$work/times" | median)
 		r=$(echo "scale=2; $p / $c" | bc)
-		printf '%-6s %-5s %10.1f %9.3f %9.3f %7.2f %s\n' "$name" "$cache" \
+		printf '%-6s %-5s %8.1f %8.3f %8.3f %6.2f %-14s %9.3f %9.3f %6.2f\n' "$name" "$cache" \
 			"$(echo "$(cat "$work/bytes.$name") / 1048576" | bc -l)" "$p" "$c" "$r" \
-			"$(echo "$r <= 1.5" | bc | sed 's/1/PASS (<= 1.5)/; s/^0$/FAIL (> 1.5)/')"
+			"$(echo "$r <= 1.5" | bc | sed 's/^1$/PASS (<= 1.5)/; s/^0$/FAIL (> 1.5)/')" "$pc" "$cc" \
+			"$(echo "scale=2; $pc / ($cc + 0.001)" | bc)"
 	done
 done
