@@ -25,6 +25,11 @@ OPT ?= -O2 -g
 # -fPIC: the nbdkit plugin (a shared object) links the same library objects.
 CFLAGS_ALL := -std=gnu11 $(OPT) $(WARN) -fPIC -D_FILE_OFFSET_BITS=64 -Iinclude $(PKG_CFLAGS) $(EXTRA_CFLAGS) $(CFLAGS)
 LDLIBS_ALL := $(PKG_LIBS) -lpthread $(EXTRA_LDFLAGS) $(LDFLAGS)
+# libcurl (S3 destinations, src/lib/s3.c) when installed (make deps: libcurl4-openssl-dev); without
+# it, cbimg builds and an s3:// DEST is refused with a message.
+CURL_OK := $(shell pkg-config --exists libcurl 2>/dev/null && echo 1)
+CFLAGS_ALL += $(if $(CURL_OK),-DCBI_HAVE_CURL $(shell pkg-config --cflags libcurl))
+LDLIBS_ALL += $(if $(CURL_OK),$(shell pkg-config --libs libcurl))
 
 LIB_SRC := $(sort $(wildcard src/lib/*.c))
 CLI_SRC := $(sort $(wildcard src/cli/*.c))
