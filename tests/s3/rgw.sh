@@ -29,13 +29,16 @@ rgw_have_ceph()
 		command -v radosgw >/dev/null && command -v radosgw-admin >/dev/null
 }
 
-# The PIDs of processes whose command line names DIR's config, nothing else.
+# The PIDs of the Ceph daemons whose command line names DIR's config
+# ("ceph-mon -c DIR/ceph.conf ...", ceph-osd, radosgw), nothing else.
 rgw_pids()
 {
-	local conf="$1/ceph.conf" p cmd
-	for p in /proc/[0-9]*; do
-		cmd=$( { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null) || continue
-		case "$cmd" in *"-c $conf "* | *"--conf $conf "* | *"-c $conf") echo "${p#/proc/}" ;; esac
+	local conf="$1/ceph.conf" f cmd
+	for f in $(grep -lsF -- "$conf" /proc/[0-9]*/cmdline); do
+		cmd=$( { tr '\0' ' ' <"$f"; } 2>/dev/null) || continue
+		case "$cmd" in
+		"ceph-mon -c $conf "* | "ceph-osd -c $conf "* | "radosgw -c $conf "*) f=${f#/proc/} && echo "${f%/cmdline}" ;;
+		esac
 	done
 }
 
@@ -100,14 +103,15 @@ rgw_start_rgw()
 	return 1
 }
 
+# stop-rgw: radosgw is killed (SIGKILL: a crash, in the middle of whatever
+# it serves), found by its pid file and checked to name our config.
 rgw_stop_rgw()
 {
-	local dir=$1 p pids
-	pids=$(for p in $(rgw_pids "$dir"); do { tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | grep -q '^radosgw ' && echo "$p"; done)
-	[ -n "$pids" ] && kill $pids 2>/dev/null
-	for p in $pids; do
-		while kill -0 "$p" 2>/dev/null; do sleep 0.1; done
-	done
+	local dir=$1 p
+	p=$(cat "$dir/run/client.rgw.a.pid" 2>/dev/null) || return 0
+	{ tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | grep -q "^radosgw -c $dir/ceph.conf " || return 0
+	kill -9 "$p" 2>/dev/null
+	while kill -0 "$p" 2>/dev/null; do sleep 0.05; done
 	return 0
 }
 
