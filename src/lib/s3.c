@@ -370,7 +370,7 @@ int cbi_s3_cfg_load(cbi_s3_cfg *c, const char *endpoint_opt, cbi_error *err)
 	const char *prof = getenv("AWS_PROFILE");
 	char path[4096];
 	const char *home = getenv("HOME");
-	if (ak && *ak && sk && *sk && !(prof && *prof)) {
+	if (ak && *ak && sk && *sk) { /* as the AWS tools: the environment before a profile */
 		cbi_strlcpy(c->access_key, ak, sizeof c->access_key);
 		cbi_strlcpy(c->secret_key, sk, sizeof c->secret_key);
 		const char *tok = getenv("AWS_SESSION_TOKEN");
