@@ -30,6 +30,7 @@
 
 #include "cbimg.h"
 #include "job.h"
+#include "objstore.h"
 #include "s3.h"
 #include "source.h"
 #include "util.h"
@@ -324,6 +325,38 @@ static void state_restore(const char *bak, const char *sdir)
 
 /* ---------------------------------------------------------------- backup */
 
+/* Every "from" in s (of size sz) replaced by "to", cut to fit: messages
+ * name the bucket, not the staging directory. */
+static void subst(char *s, size_t sz, const char *from, const char *to)
+{
+	char out[4096];
+	size_t o = 0, fl = strlen(from), tl = strlen(to);
+	if (!fl || sz > sizeof out)
+		return;
+	for (const char *p = s; *p && o + 1 < sz;) {
+		if (!strncmp(p, from, fl)) {
+			size_t n = tl < sz - 1 - o ? tl : sz - 1 - o;
+			memcpy(out + o, to, n);
+			o += n;
+			p += fl;
+		} else {
+			out[o++] = *p++;
+		}
+	}
+	out[o] = 0;
+	memcpy(s, out, o + 1);
+}
+
+static void name_bucket(cbi_backup_result *r, cbi_error *err, const char *stage, const char *url)
+{
+	subst(r->notice, sizeof r->notice, stage, url);
+	subst(r->warning, sizeof r->warning, stage, url);
+	for (unsigned i = 0; i < r->n_warnings && i < CBI_MAX_WARNINGS; i++)
+		subst(r->warnings[i], sizeof r->warnings[i], stage, url);
+	if (err)
+		subst(err->msg, sizeof err->msg, stage, url);
+}
+
 typedef struct job_want {
 	const char *jp; /* "HOST_SRC_JOB_" */
 	char tip[1024];
@@ -340,10 +373,7 @@ static int want_job(const char *name, void *ud)
 	return !strcmp(name, w->tip);
 }
 
-/* "HOST_SRC_JOB_YYYYmmddTHHMMSSZ_(full|incr)SEQ_ID8.cbx": the timestamp
- * and seq as one sortable string (*jpl: the length of "HOST_SRC_JOB_"),
- * or "" when the name is not a point name. */
-static void point_sort_key(const char *name, char *out, size_t sz, size_t *jpl)
+void cbi_objstore_name_order(const char *name, char *out, size_t sz, size_t *jpl)
 {
 	out[0] = 0;
 	size_t l = strlen(name);
@@ -362,8 +392,11 @@ static void point_sort_key(const char *name, char *out, size_t sz, size_t *jpl)
 	if (strncmp(type, "full", 4) && strncmp(type, "incr", 4))
 		return;
 	const char *ts = type - 1 - 16;
-	if (type[-1] != '_' || ts == name || ts[-1] != '_' || ts[8] != 'T' || ts[15] != 'Z')
+	if (type[-1] != '_' || ts - name < 6 || ts[-1] != '_' || ts[8] != 'T' || ts[15] != 'Z')
 		return;
+	for (int i = 0; i < 15; i++)
+		if (i != 8 && (ts[i] < '0' || ts[i] > '9'))
+			return;
 	snprintf(out, sz, "%.16s %010llu", ts, strtoull(p, NULL, 10));
 	if (jpl)
 		*jpl = (size_t)(ts - name);
@@ -440,7 +473,7 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 		char sk[64];
 		if (!n || strncmp(n, jp, strlen(jp)) || !cbi_has_ext(n, ".cbx"))
 			continue;
-		point_sort_key(n, sk, sizeof sk, NULL);
+		cbi_objstore_name_order(n, sk, sizeof sk, NULL);
 		if (sk[0] && strcmp(sk, best) > 0) {
 			cbi_strlcpy(best, sk, sizeof best);
 			cbi_strlcpy(w.tip, n, sizeof w.tip);
@@ -468,7 +501,9 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 	lo.outbox = 0;
 	lo.host = host;
 	lo.source_id = sid;
-	if ((rc = cbi_backup(&lo, r, err))) {
+	rc = cbi_backup(&lo, r, err);
+	name_bucket(r, err, stage, c.url);
+	if (rc) {
 		rm_files(bak, 1);
 		goto end;
 	}
@@ -616,7 +651,7 @@ int cbi_objstore_view(const char *url, const char *endpoint, const char *state_d
 		if (cbi_has_ext(tmp, ".cbi"))
 			memcpy(tmp + strlen(tmp) - 4, ".cbx", 4);
 		size_t jpl = 0;
-		point_sort_key(tmp, sk, sizeof sk, &jpl);
+		cbi_objstore_name_order(tmp, sk, sizeof sk, &jpl);
 		if (sk[0] && jpl < sizeof only) {
 			memcpy(only, tmp, jpl);
 			only[jpl] = 0;

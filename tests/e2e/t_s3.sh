@@ -3,7 +3,7 @@
 # (tests/s3/rgw.sh; one cluster for the whole test, a bucket per scenario;
 # skipped visibly without Ceph). CBIMG_S3_RGW_DIR=DIR reuses a cluster
 # already started with `tests/s3/rgw.sh start DIR`.
-#   - the client against the server (test_s3's server part, when built)
+#   - the client and the lock rules against the server (test_s3's and test_objstore's server parts)
 #   - full, incremental, list, info, restore bit for bit, verify
 #   - three hosts backing up to one bucket at the same time, twice; every point restores
 #   - backup killed mid-upload: no half point listed; the next run aborts the
@@ -64,18 +64,20 @@ wait_upload() {
 }
 
 # ----------------------------------------------------- the client itself
-UNIT=$(dirname "$CBIMG")/tests/test_s3
-if [ -x "$UNIT" ]; then
-	bucket unit
-	if CBIMG_S3_TEST_BUCKET=$B "$UNIT" >"$T/unit.out" 2>&1; then
-		pass "test_s3 against RGW: $(grep -c '\[       OK \]' "$T/unit.out") tests ok"
+for u in test_s3 test_objstore; do
+	UNIT=$(dirname "$CBIMG")/tests/$u
+	if [ -x "$UNIT" ]; then
+		bucket unit
+		if CBIMG_S3_TEST_BUCKET=$B "$UNIT" >"$T/unit.out" 2>&1; then
+			pass "$u against RGW: $(grep -c '\[       OK \]' "$T/unit.out") tests ok"
+		else
+			fail "$u against RGW"
+			tail -20 "$T/unit.out"
+		fi
 	else
-		fail "test_s3 against RGW"
-		tail -20 "$T/unit.out"
+		skip_part "$u not built ($UNIT): its server tests not run"
 	fi
-else
-	skip_part "test_s3 not built ($UNIT): the client's server tests not run"
-fi
+done
 
 # ------------------------------------------------ a chain, read back
 bucket basic
