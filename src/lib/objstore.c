@@ -6,8 +6,9 @@
  * with parallel ranged GETs). README.md and format/SPEC.md ("Object
  * storage") say why, and what the layout and the lock are.
  *
- *     STATE/s3/<where>/cache/       indexes and key files as in the bucket, and the
- *                                   catalog cache (cbimg-catalog.sqlite) of list/info
+ *     STATE/s3/<where>/cache/       indexes and key files as in the bucket, stand-ins
+ *                                   for images (sparse: only their first and last
+ *                                   64 KiB), and the catalog cache of list and info
  *     STATE/s3/<where>/job-<key>/   a job's staging directory: its parent's index, key
  *                                   files, the point being written; state-backup/ while
  *                                   a point is between the local and the S3 commit
@@ -28,6 +29,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "catalog.h"
 #include "cbimg.h"
 #include "job.h"
 #include "objstore.h"
@@ -153,7 +155,40 @@ static int is_point_file(const char *name)
 /* Make dir hold exactly the bucket's files among its .cbx/.cbk/.cbi that
  * exist in the listing (others removed), and fetch those the filter wants
  * that are missing. */
-typedef int (*want_fn)(const char *name, void *ud);
+typedef int (*want_fn)(const char *name, void *ud); /* 0: no, 1: the object, 2: its ends */
+
+#define ENDS_BYTES (64 * 1024)
+
+/* A stand-in for a large object: a sparse file of its size holding only
+ * its first and last ENDS_BYTES (header, trailer and the end of the block
+ * table of an image: what list and info read), by two ranged GETs. */
+static int fetch_ends(os_ctx *c, const char *key, const char *path, uint64_t size, cbi_error *err)
+{
+	char tmp[4600];
+	snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+	int fd = cbi_create_tmp(tmp, 0600);
+	if (fd < 0)
+		return cbi_err(err, fd, "unable to create '%s': %s", tmp, cbi_strerror(fd));
+	char *buf = malloc(ENDS_BYTES);
+	int rc = buf ? 0 : cbi_err(err, -ENOMEM, "out of memory");
+	if (!rc && ftruncate(fd, (off_t)size) < 0)
+		rc = cbi_err(err, -errno, "unable to size '%s': %s", tmp, strerror(errno));
+	uint64_t offs[2] = { 0, size > ENDS_BYTES ? size - ENDS_BYTES : 0 };
+	for (int i = 0; i < 2 && !rc && size; i++) {
+		size_t got = 0, want = size - offs[i] < ENDS_BYTES ? (size_t)(size - offs[i]) : ENDS_BYTES;
+		if (!(rc = cbi_s3_get(c->s3, key, offs[i], want, buf, ENDS_BYTES, &got, err)) && got != want)
+			rc = cbi_err(err, -EIO, "s3://%s/%s: short ranged read", c->bucket, key);
+		if (!rc && cbi_pwrite_full(fd, buf, got, offs[i]))
+			rc = cbi_err(err, -EIO, "unable to write '%s'", tmp);
+	}
+	free(buf);
+	close(fd);
+	if (!rc && rename(tmp, path) < 0)
+		rc = cbi_err(err, -errno, "unable to rename '%s': %s", tmp, strerror(errno));
+	if (rc)
+		unlink(tmp);
+	return rc;
+}
 
 static int os_sync(os_ctx *c, const char *dir, want_fn want, void *ud, cbi_error *err)
 {
@@ -171,14 +206,16 @@ static int os_sync(os_ctx *c, const char *dir, want_fn want, void *ud, cbi_error
 	closedir(d);
 	for (size_t i = 0; i < c->nobjs; i++) {
 		const char *n = os_name(c, c->objs[i].key);
-		if (!n || !is_point_file(n) || !want(n, ud))
+		int w = n && is_point_file(n) ? want(n, ud) : 0;
+		if (!w)
 			continue;
 		snprintf(path, sizeof path, "%s/%s", dir, n);
 		struct stat st;
 		if (lstat(path, &st) == 0 && (uint64_t)st.st_size == c->objs[i].size)
 			continue;
 		os_key(c, n, key, sizeof key);
-		int rc = cbi_s3_get_file(c->s3, key, path, err);
+		int rc = w == 2 && c->objs[i].size > 2 * ENDS_BYTES ? fetch_ends(c, key, path, c->objs[i].size, err)
+								    : cbi_s3_get_file(c->s3, key, path, err);
 		if (rc)
 			return rc;
 	}
@@ -580,9 +617,10 @@ end0:
 
 /* ----------------------------------------------------------- read views */
 
+/* list and info: indexes and key files, and the ends of images */
 static int want_indexes(const char *name, void *ud)
 {
-	return !cbi_has_ext(name, ".cbi");
+	return cbi_has_ext(name, ".cbi") ? 2 : 1;
 }
 
 typedef struct img_want {
@@ -612,6 +650,10 @@ int cbi_objstore_view(const char *url, const char *endpoint, const char *state_d
 	}
 	if ((rc = os_list(&c, err)) || (rc = os_sync(&c, cache, want_indexes, NULL, err)))
 		goto end;
+	/* the catalog cache, brought in step with the listing (a cache: its failure is no error) */
+	cbi_error ce;
+	if (cbi_catalog_sync(cache, 0, NULL, &ce))
+		ce.msg[0] = 0;
 	if (!images) {
 		snprintf(dir, dirsz, "%s", cache);
 		goto end;
@@ -628,7 +670,7 @@ int cbi_objstore_view(const char *url, const char *endpoint, const char *state_d
 	struct dirent *e;
 	char a[4500], b[4500];
 	while (d && (e = readdir(d))) {
-		if (!is_point_file(e->d_name))
+		if (!is_point_file(e->d_name) || cbi_has_ext(e->d_name, ".cbi")) /* images: stand-ins there */
 			continue;
 		snprintf(a, sizeof a, "%s/%s", cache, e->d_name);
 		snprintf(b, sizeof b, "%s/%s", run, e->d_name);

@@ -95,6 +95,11 @@ check_eq "the incremental uploads little (sent < 2 MiB)" "$([ "$(jout .bytes_sen
 cp "$SRC" "$T/v1.img"
 expect_exit 0 "$CBIMG" list --json s3://$B/pc1
 check_eq "list shows 2 points" "$(jout length)" 2
+expect_exit 0 "$CBIMG" list s3://$B/pc1
+check_eq "list knows the images' sizes (ranged GETs of their ends, no 'missing')" "$(grep -c missing "$T/stdout")" 0
+check "the catalog cache lives in the state directory" test -f "$(echo "$CBIMG_STATE_DIR"/s3/*/cache)/cbimg-catalog.sqlite"
+check_eq "the cache holds no whole image (sparse stand-ins of 128 KiB)" \
+	"$(du -sk "$(echo "$CBIMG_STATE_DIR"/s3/*/cache)" | cut -f1 | awk '{ print ($1 < 1024) ? "small" : $1 }')" small
 expect_exit 0 "$CBIMG" restore s3://$B/pc1 latest "$T/r1.img"
 check "latest restores bit for bit" cmp -s "$T/r1.img" "$T/v1.img"
 FULL=$(keys $B | grep 'full0000.*\.cbx$')
@@ -103,7 +108,7 @@ check "the full, named by its index object, restores bit for bit" cmp -s "$T/r0.
 expect_exit 0 "$CBIMG" verify s3://$B/pc1
 expect_exit 0 "$CBIMG" info "s3://$B/$FULL"
 check_eq "no run directory left in the state" "$(ls -d "$CBIMG_STATE_DIR"/s3/*/run-* 2>/dev/null | wc -l)" 0
-check_eq "no image staged locally after the upload" "$(find "$CBIMG_STATE_DIR" -name '*.cbi' | wc -l)" 0
+check_eq "no image staged locally after the upload" "$(find "$CBIMG_STATE_DIR"/s3/*/job-* -name '*.cbi' | wc -l)" 0
 
 # ----------------------------------------- three hosts, one bucket, at once
 bucket office
