@@ -717,4 +717,10 @@ int cbi_objstore_view(const char *url, const char *endpoint, const char *state_d
 		      const char *point_name, char *dir, size_t dirsz, cbi_error *err);
 void cbi_objstore_view_end(const char *dir);
 
+/* How many multipart uploads are unfinished under url's prefix (a backup
+ * running, or one killed: the job's next run aborts its own), for verify
+ * to report. */
+int cbi_objstore_uploads(const char *url, const char *endpoint, const char *state_dir, size_t *n,
+			 cbi_error *err);
+
 #endif

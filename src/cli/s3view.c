@@ -89,6 +89,12 @@ int cli_s3_prepare(const struct cli_command *cmd, int *argc, char **argv)
 		if (rc)
 			return cli_fail(rc, &err);
 		view_made = images;
+		size_t nup = 0;
+		if (!strcmp(name, "verify") && !cbi_objstore_uploads(url, cli_s3_endpoint, sd, &nup, &err) && nup)
+			fprintf(stderr,
+				"cbimg: note: %zu unfinished multipart upload%s under '%s': a backup running, or "
+				"a killed one (its job's next run aborts it)\n",
+				nup, nup == 1 ? "" : "s", url);
 		if (pt)
 			snprintf(operand, sizeof operand, "%s/%s", view, pt);
 		else

@@ -10,8 +10,9 @@
  *                                   for images (sparse: only their first and last
  *                                   64 KiB), and the catalog cache of list and info
  *     STATE/s3/<where>/job-<key>/   a job's staging directory: its parent's index, key
- *                                   files, the point being written; state-backup/ while
- *                                   a point is between the local and the S3 commit
+ *                                   files, the point being written; state/ the shadow
+ *                                   of the job's local state the run updates, installed
+ *                                   in STATE/<key>/ only after the S3 commit
  *     STATE/s3/<where>/run-<pid>/   restore's and verify's view (links and images),
  *                                   removed at the end of the run
  *
@@ -215,7 +216,7 @@ static int os_sync(os_ctx *c, const char *dir, want_fn want, void *ud, cbi_error
 			continue;
 		os_key(c, n, key, sizeof key);
 		int rc = w == 2 && c->objs[i].size > 2 * ENDS_BYTES ? fetch_ends(c, key, path, c->objs[i].size, err)
-								    : cbi_s3_get_file(c->s3, key, path, err);
+								    : cbi_s3_get_file(c->s3, key, path, !cbi_has_ext(n, ".cbi"), err);
 		if (rc)
 			return rc;
 	}
@@ -352,12 +353,34 @@ static void rm_files(const char *dir, int and_dir)
 		rmdir(dir);
 }
 
-/* The state directory of the job as it was before the run: put back, and
- * files the run added removed. */
-static void state_restore(const char *bak, const char *sdir)
+/* The job's local state follows a point only once the bucket holds it:
+ * the backup saves its state into a shadow copy, installed here after the
+ * commit. The new files first (each through a temporary name), then the
+ * files the shadow no longer has, so that a crash in between leaves a
+ * state that names the new point or the old one. */
+static int state_install(const char *shadow, const char *sdir)
 {
-	rm_files(sdir, 0);
-	copy_dir_files(bak, sdir);
+	int rc = copy_dir_files(shadow, sdir);
+	if (rc)
+		return rc;
+	if ((rc = cbi_fsync_dir(sdir)))
+		return rc;
+	DIR *d = opendir(sdir);
+	if (!d)
+		return -errno;
+	struct dirent *e;
+	char a[4500], b[4500];
+	struct stat st;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(a, sizeof a, "%.4200s/%.255s", shadow, e->d_name);
+		snprintf(b, sizeof b, "%.4200s/%.255s", sdir, e->d_name);
+		if (lstat(a, &st) < 0 && errno == ENOENT)
+			unlink(b);
+	}
+	closedir(d);
+	return cbi_fsync_dir(sdir);
 }
 
 /* ---------------------------------------------------------------- backup */
@@ -496,9 +519,9 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 		goto end;
 
 	/* the staging directory: the job's newest index and its key files */
-	char stage[4200], bak[4300], sdir[4096];
+	char stage[4200], shadow[4300], shdir[4400], sdir[4096];
 	snprintf(stage, sizeof stage, "%s/job-%016llx", c.base, (unsigned long long)jk);
-	snprintf(bak, sizeof bak, "%s/state-backup", stage);
+	snprintf(shadow, sizeof shadow, "%s/state", stage);
 	if ((rc = mkdirs(stage))) {
 		rc = cbi_err(err, rc, "unable to create '%s': %s", stage, cbi_strerror(rc));
 		goto end;
@@ -518,17 +541,16 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 	}
 	if ((rc = os_sync(&c, stage, want_job, &w, err)))
 		goto end;
-	/* the local state as it was before a point that never reached the bucket */
+	/* the run works on a shadow of the job's local state (state_install) */
 	const char *state_dir = o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR;
-	int use_state = !o->no_state && !cbi_job_state_dir(state_dir, jk, sdir, sizeof sdir);
-	struct stat bst;
-	if (use_state && stat(bak, &bst) == 0) {
-		state_restore(bak, sdir);
-		rm_files(bak, 1);
-	}
-	if (use_state && (rc = copy_dir_files(sdir, bak))) {
-		rc = cbi_err(err, rc, "unable to copy the local state '%s': %s", sdir, cbi_strerror(rc));
-		goto end;
+	int use_state = !o->no_state && !cbi_job_state_dir(state_dir, jk, sdir, sizeof sdir) &&
+			!cbi_job_state_dir(shadow, jk, shdir, sizeof shdir);
+	if (use_state) {
+		rm_files(shdir, 1); /* a killed run's */
+		if ((rc = copy_dir_files(sdir, shdir))) {
+			rc = cbi_err(err, rc, "unable to copy the local state '%s': %s", sdir, cbi_strerror(rc));
+			goto end;
+		}
 	}
 
 	cbi_backup_opts lo = *o;
@@ -538,12 +560,12 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 	lo.outbox = 0;
 	lo.host = host;
 	lo.source_id = sid;
+	if (use_state)
+		lo.state_dir = shadow;
 	rc = cbi_backup(&lo, r, err);
 	name_bucket(r, err, stage, c.url);
-	if (rc) {
-		rm_files(bak, 1);
+	if (rc)
 		goto end;
-	}
 	/* the upload: key file, image, then the index, created only if absent */
 	char key[1700];
 	const char *img = r->point.file[0] ? strrchr(r->point.file, '/') + 1 : NULL;
@@ -583,14 +605,17 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 			unlink(r->point.file);
 		if (r->key_file_new)
 			unlink(r->key_file);
-		if (use_state) {
-			state_restore(bak, sdir);
-			rm_files(bak, 1);
-		}
 		cbi_err_prefix(err, rc, "the point was not stored in '%s'", c.url);
 		goto end;
 	}
-	rm_files(bak, 1);
+	if (use_state && (rc = state_install(shdir, sdir))) {
+		char wm[600];
+		snprintf(wm, sizeof wm, "the point is stored, but the local state '%.400s' was not updated: %s", sdir,
+			 cbi_strerror(rc));
+		if (r->n_warnings < CBI_MAX_WARNINGS)
+			cbi_strlcpy(r->warnings[r->n_warnings++], wm, sizeof r->warnings[0]);
+		rc = 0;
+	}
 	if (img)
 		unlink(r->point.file); /* staged: only the index stays, as the next parent */
 	char name[1024];
@@ -716,4 +741,17 @@ void cbi_objstore_view_end(const char *dir)
 	const char *b = strrchr(dir, '/');
 	if (b && !strncmp(b + 1, "run-", 4))
 		rm_files(dir, 1);
+}
+
+int cbi_objstore_uploads(const char *url, const char *endpoint, const char *state_dir, size_t *n, cbi_error *err)
+{
+	os_ctx c;
+	cbi_s3_obj *up = NULL;
+	*n = 0;
+	int rc = os_open(&c, url, endpoint, state_dir, err);
+	if (!rc)
+		rc = cbi_s3_list_uploads(c.s3, c.kp, &up, n, err);
+	free(up);
+	os_close(&c);
+	return rc;
 }

@@ -1122,7 +1122,7 @@ static void *pg_worker(void *ud)
 	}
 }
 
-int cbi_s3_get_file(cbi_s3 *s, const char *key, const char *path, cbi_error *err)
+int cbi_s3_get_file(cbi_s3 *s, const char *key, const char *path, int durable, cbi_error *err)
 {
 	uint64_t size = 0;
 	int rc = cbi_s3_head(s, key, &size, err);
@@ -1149,7 +1149,7 @@ int cbi_s3_get_file(cbi_s3 *s, const char *key, const char *path, cbi_error *err
 	rc = g.rc;
 	if (rc && err)
 		*err = g.err;
-	if (!rc && fsync(fd) < 0)
+	if (!rc && durable && fsync(fd) < 0)
 		rc = cbi_err(err, -errno, "unable to write '%s': %s", tmp, strerror(errno));
 	close(fd);
 	if (!rc && rename(tmp, path) < 0)
@@ -1181,7 +1181,7 @@ int cbi_s3_get(cbi_s3 *s, const char *k, uint64_t o, uint64_t l, void *b, size_t
 {
 	return no_curl(err);
 }
-int cbi_s3_get_file(cbi_s3 *s, const char *k, const char *p, cbi_error *err) { return no_curl(err); }
+int cbi_s3_get_file(cbi_s3 *s, const char *k, const char *p, int d, cbi_error *err) { return no_curl(err); }
 int cbi_s3_head(cbi_s3 *s, const char *k, uint64_t *sz, cbi_error *err) { return no_curl(err); }
 int cbi_s3_delete(cbi_s3 *s, const char *k, cbi_error *err) { return no_curl(err); }
 int cbi_s3_list(cbi_s3 *s, const char *p, cbi_s3_obj **o, size_t *n, cbi_error *err) { return no_curl(err); }

@@ -97,8 +97,9 @@ int cbi_s3_get(cbi_s3 *s, const char *key, uint64_t off, uint64_t len, void *buf
 	       cbi_error *err);
 
 /* GET a whole object into a new file path (through path.tmp and rename),
- * in parallel ranged GETs. */
-int cbi_s3_get_file(cbi_s3 *s, const char *key, const char *path, cbi_error *err);
+ * in parallel ranged GETs; durable: fsync before the rename (not for a
+ * temporary copy, which nothing keeps past the run). */
+int cbi_s3_get_file(cbi_s3 *s, const char *key, const char *path, int durable, cbi_error *err);
 
 /* HEAD: 0 and the size, -ENOENT when absent. */
 int cbi_s3_head(cbi_s3 *s, const char *key, uint64_t *size, cbi_error *err);

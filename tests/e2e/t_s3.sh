@@ -156,6 +156,8 @@ wait "$KP" 2>/dev/null
 if [ "$seen" = 1 ]; then
 	pass "backup killed while its multipart upload was open"
 	check_eq "an unfinished upload is left" "$([ "$(uploads $B)" -gt 0 ] && echo y)" y
+	expect_exit 0 "$CBIMG" verify s3://$B/k
+	check_grep "verify reports the unfinished upload" "note: 1 unfinished multipart upload under 's3://$B/k'"
 	expect_exit 0 "$CBIMG" list --json s3://$B/k
 	check_eq "no half point listed" "$(jout length)" 1
 	expect_exit 0 "$CBIMG" backup --level 1 "$KS" s3://$B/k

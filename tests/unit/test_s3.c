@@ -237,7 +237,7 @@ static void test_server(void **state)
 	assert_int_equal(fwrite(d, 1, big, f), big);
 	fclose(f);
 	assert_int_equal(cbi_s3_put_file(s5, "u/big", path, 1, &e), 0);
-	assert_int_equal(cbi_s3_get_file(s5, "u/big", back, &e), 0);
+	assert_int_equal(cbi_s3_get_file(s5, "u/big", back, 1, &e), 0);
 	f = fopen(back, "r");
 	assert_int_equal(fread(d2, 1, big, f), big);
 	fclose(f);
