@@ -25,6 +25,11 @@ OPT ?= -O2 -g
 # -fPIC: the nbdkit plugin (a shared object) links the same library objects.
 CFLAGS_ALL := -std=gnu11 $(OPT) $(WARN) -fPIC -D_FILE_OFFSET_BITS=64 -Iinclude $(PKG_CFLAGS) $(EXTRA_CFLAGS) $(CFLAGS)
 LDLIBS_ALL := $(PKG_LIBS) -lpthread $(EXTRA_LDFLAGS) $(LDFLAGS)
+# libcurl (S3 destinations, src/lib/s3.c) when installed (make deps: libcurl4-openssl-dev); without
+# it, cbimg builds and an s3:// DEST is refused with a message.
+CURL_OK := $(shell pkg-config --exists libcurl 2>/dev/null && echo 1)
+CFLAGS_ALL += $(if $(CURL_OK),-DCBI_HAVE_CURL $(shell pkg-config --cflags libcurl))
+LDLIBS_ALL += $(if $(CURL_OK),$(shell pkg-config --libs libcurl))
 
 LIB_SRC := $(sort $(wildcard src/lib/*.c))
 # wtrace_none.c stands in for the write tracer (wtrace.h) until wtrace.c is in the tree
@@ -42,7 +47,11 @@ FAULT_CFLAGS := -std=gnu11 -O2 -g $(WARN) -fPIC -shared $(if $(findstring saniti
 DEB_PKGS := build-essential pkg-config libzstd-dev libxxhash-dev libssl-dev libsqlite3-dev libcmocka-dev libbsd-dev \
 	libmount-dev libblkid-dev libext2fs-dev comerr-dev e2fsprogs util-linux valgrind zstd xxhash jq dosfstools fusefat exfatprogs exfat-fuse groff-base zsh \
 	clang libclang-rt-14-dev libfuse3-dev fuse3 nbdkit nbdkit-plugin-dev libnbd-bin xfsprogs btrfs-progs gdisk \
-	libtracefs-dev libtraceevent-dev
+	libtracefs-dev libtraceevent-dev libcurl4-openssl-dev
+# The S3 tests' server (tests/s3/rgw.sh: Ceph's RADOS Gateway). Installed by `make deps` without
+# recommends (with them apt pulls in the whole of Ceph); about a minute. CBIMG_NO_S3=1 skips them,
+# and the S3 tests then skip visibly.
+DEB_PKGS_S3 := ceph-mon ceph-osd radosgw ceph-common
 
 # The nbdkit plugin (nbdkit cbimg point=FILE), when nbdkit-plugin-dev is installed; not in sanitized
 # builds (nbdkit itself is not sanitized: the runtime would not load first). Installed where
@@ -167,6 +176,10 @@ deps:
 	 if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	 else echo "all build dependencies present"; fi
+	@[ -n "$(CBIMG_NO_S3)" ] && exit 0; missing=""; for p in $(DEB_PKGS_S3); do \
+	   dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	 if [ -n "$$missing" ]; then echo "installing (S3 tests):$$missing"; \
+	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
 
 demo: $(BUILD)/cbimg
 	CBIMG=$(CURDIR)/$(BUILD)/cbimg bash examples/demo.sh

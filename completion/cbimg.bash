@@ -49,6 +49,9 @@ _cbimg() {
 		*) return 0 ;;  # a number, a size, a name: nothing to offer
 		esac
 	fi
+	# --s3-endpoint URL: taken by every command with an s3:// DEST, outside the commands' tables
+	[ "$prev" = --s3-endpoint ] && return 0
+	case $cmd in backup | list | info | restore | verify) help="$help --s3-endpoint" ;; esac
 	if [[ $cur == -* ]]; then
 		COMPREPLY=($(compgen -W "$(printf '%s\n' "$help" | grep -oE -- '--[a-z0-9][a-z0-9-]*' | sort -u)" -- "$cur"))
 		return 0

@@ -386,6 +386,8 @@ typedef struct cbi_backup_result {
 	int trace_incomplete;     /* trace: an event was lost; every block was re-read frozen */
 	int64_t blocks_changed_during_read; /* allow_inconsistent: blocks whose second read differed
 	                           * from the first (-1: not checked) */
+	uint64_t bytes_sent;      /* S3 DEST: request bytes sent (uploads), 0 otherwise */
+	uint64_t bytes_received;  /* S3 DEST: response bytes received */
 } cbi_backup_result;
 
 /* Write one point of o->source into o->dest: an incremental of the job's
@@ -780,4 +782,42 @@ int cbi_passwd(const cbi_passwd_opts *o, cbi_passwd_result *r, cbi_error *err) C
 #ifdef __cplusplus
 }
 #endif
+/* --------------------------------------------------------- object storage */
+
+/* DEST on S3-compatible object storage, "s3://BUCKET[/PREFIX]" (README.md,
+ * "Object storage"; format/SPEC.md, "Object storage"). The endpoint is
+ * endpoint (NULL: $S3_ENDPOINT, else $AWS_ENDPOINT_URL, else AWS), the
+ * credentials $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY or the profile
+ * $AWS_PROFILE of ~/.aws/credentials. Errors: -EACCES (no or bad
+ * credentials), -ENOENT (no such bucket), -EHOSTUNREACH (endpoint
+ * unreachable), -CBI_ELOCKED (the job's lock object is held), -EIO. */
+
+/* Is dest an s3:// URL? */
+int cbi_objstore_is_url(const char *dest);
+
+/* cbi_backup() into o->dest = "s3://...": the point is written in a
+ * staging directory under the state directory, then uploaded (key file,
+ * image as a multipart upload, and last the index, created only if
+ * absent: the commit). Under the job's lock object; first aborts the
+ * multipart uploads a killed run of the job left. On failure nothing of the
+ * point stays, in the bucket or locally, and the local state is as before.
+ * r->point.file and index_file are s3:// URLs. */
+int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_backup_result *r, cbi_error *err);
+
+/* A local directory (in dir) that holds the bucket's indexes and key files
+ * (a cache under STATE_DIR/s3/, with its catalog), for list and info; with
+ * images, a directory of this run that also holds the images (those of
+ * point_name's job when a point file name is given, else all), fetched
+ * with parallel ranged GETs, for restore and verify: remove it with
+ * cbi_objstore_view_end(). */
+int cbi_objstore_view(const char *url, const char *endpoint, const char *state_dir, int images,
+		      const char *point_name, char *dir, size_t dirsz, cbi_error *err);
+void cbi_objstore_view_end(const char *dir);
+
+/* How many multipart uploads are unfinished under url's prefix (a backup
+ * running, or one killed: the job's next run aborts its own), for verify
+ * to report. */
+int cbi_objstore_uploads(const char *url, const char *endpoint, const char *state_dir, size_t *n,
+			 cbi_error *err);
+
 #endif

@@ -85,6 +85,13 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* --json was given: main() prints, for a run that fails without having
  * printed a JSON document, one error object on stdout (cli_json_error()). */
+/* s3view.c: --s3-endpoint (taken from argv by cli_s3_prepare), and the
+ * local view of an s3:// operand of list, info, restore and verify, removed
+ * by cli_s3_finish(). cli_s3_prepare returns CLI_OK or an exit status. */
+extern const char *cli_s3_endpoint;
+int cli_s3_prepare(const struct cli_command *cmd, int *argc, char **argv);
+void cli_s3_finish(void);
+
 extern int cli_json_mode;
 
 /* {"schema": 1, "error": msg, "exit": status} on stdout. */

@@ -146,6 +146,10 @@ static void print_json(const cbi_backup_result *r)
 	json_u64(&j, "blocks_unused", r->blocks_unused);
 	json_u64(&j, "bytes_read", r->bytes_read);
 	json_u64(&j, "bytes_written", r->bytes_written);
+	if (cbi_objstore_is_url(r->point.index_file)) { /* an S3 DEST: what went over the wire */
+		json_u64(&j, "bytes_sent", r->bytes_sent);
+		json_u64(&j, "bytes_received", r->bytes_received);
+	}
 	json_double(&j, "seconds", r->seconds);
 	/* "warning": the warnings joined with "; " (kept for older readers);
 	 * "warnings": one string each */
@@ -327,7 +331,8 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 	o.progress_ud = &prog;
 	o.pass = cli_pass_cb;
 	o.pass_ud = &pass;
-	rc = cbi_backup(&o, &r, &err);
+	rc = cbi_objstore_is_url(o.dest) ? cbi_objstore_backup(&o, cli_s3_endpoint, &r, &err)
+					 : cbi_backup(&o, &r, &err);
 	cli_pass_wipe(&pass);
 	cli_progress_end(&prog);
 	if (rc < 0)

@@ -421,5 +421,9 @@ int main(int argc, char **argv)
 		return finish(CLI_USAGE);
 	}
 	cli_signals_install();
-	return finish(cmd->run(cmd, argc - 1, argv + 1));
+	int st = cli_s3_prepare(cmd, &argc, argv); /* s3:// operands (s3view.c) */
+	if (st == CLI_OK)
+		st = cmd->run(cmd, argc - 1, argv + 1);
+	cli_s3_finish();
+	return finish(st);
 }

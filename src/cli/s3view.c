@@ -1,0 +1,113 @@
+/* s3view.c - DEST and points on object storage (s3://BUCKET/PREFIX) for
+ * every command: --s3-endpoint URL is taken from anywhere among the
+ * options; backup hands an s3:// DEST to cbi_objstore_backup(); the read
+ * commands (list, info, restore, verify) get a local view of the bucket
+ * (cbi_objstore_view) in place of the s3:// operand. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *cli_s3_endpoint;
+
+static char view[4096];
+static char operand[8192];
+static int view_made;
+
+/* The value of --state-dir among the options, else $CBIMG_STATE_DIR. */
+static const char *state_dir(int argc, char **argv)
+{
+	for (int i = 1; i < argc && strcmp(argv[i], "--"); i++) {
+		if (!strcmp(argv[i], "--state-dir") && i + 1 < argc)
+			return argv[i + 1];
+		if (!strncmp(argv[i], "--state-dir=", 12))
+			return argv[i] + 12;
+	}
+	const char *e = getenv("CBIMG_STATE_DIR");
+	return e && *e ? e : NULL;
+}
+
+int cli_s3_prepare(const struct cli_command *cmd, int *argc, char **argv)
+{
+	const char *name = cmd->name;
+	/* --s3-endpoint URL / --s3-endpoint=URL: taken out of argv */
+	for (int i = 1; i < *argc && strcmp(argv[i], "--"); i++) {
+		int n = 0;
+		if (!strcmp(argv[i], "--s3-endpoint")) {
+			if (i + 1 >= *argc) {
+				cli_error("option '--s3-endpoint' needs a URL");
+				return CLI_USAGE;
+			}
+			cli_s3_endpoint = argv[i + 1];
+			n = 2;
+		} else if (!strncmp(argv[i], "--s3-endpoint=", 14)) {
+			cli_s3_endpoint = argv[i] + 14;
+			n = 1;
+		}
+		if (n) {
+			memmove(argv + i, argv + i + n, (size_t)(*argc - i - n + 1) * sizeof *argv);
+			*argc -= n;
+			i--;
+		}
+	}
+	int images = !strcmp(name, "restore") || !strcmp(name, "verify");
+	if (!images && strcmp(name, "list") && strcmp(name, "info"))
+		return CLI_OK; /* backup takes its DEST itself; others refuse s3:// as a path */
+	const char *sd = state_dir(*argc, argv);
+	int has_sd = 0;
+	for (const struct cli_option *o = cmd->options; o && o->id; o++)
+		has_sd |= o->name && !strcmp(o->name, "state-dir");
+	for (int i = 2; !has_sd && i < *argc && strcmp(argv[i], "--"); i++) {
+		/* --state-dir for a command without one: the view's only */
+		int n = !strcmp(argv[i], "--state-dir") && i + 1 < *argc ? 2 : !strncmp(argv[i], "--state-dir=", 12);
+		if (n) {
+			memmove(argv + i, argv + i + n, (size_t)(*argc - i - n + 1) * sizeof *argv);
+			*argc -= n;
+			i--;
+		}
+	}
+	for (int i = 2; i < *argc; i++) {
+		if (!cbi_objstore_is_url(argv[i]) || (argv[i - 1][0] == '-' && !strchr(argv[i - 1], '=') &&
+						      !strcmp(argv[i - 1], "--state-dir")))
+			continue;
+		/* s3://b/p/NAME.cbx: the view of s3://b/p, then NAME in it */
+		char url[4096];
+		const char *pt = NULL;
+		snprintf(url, sizeof url, "%s", argv[i]);
+		size_t l = strlen(url);
+		if (l > 4 && (!strcmp(url + l - 4, ".cbx") || !strcmp(url + l - 4, ".cbi"))) {
+			char *sl = strrchr(url, '/');
+			if (sl && sl > url + 5) {
+				*sl = 0;
+				pt = argv[i] + (sl - url) + 1;
+			}
+		}
+		cbi_error err = { 0 };
+		int rc = cbi_objstore_view(url, cli_s3_endpoint, sd, images, pt, view,
+					   sizeof view, &err);
+		if (rc)
+			return cli_fail(rc, &err);
+		view_made = images;
+		size_t nup = 0;
+		if (!strcmp(name, "verify") && !cbi_objstore_uploads(url, cli_s3_endpoint, sd, &nup, &err) && nup)
+			fprintf(stderr,
+				"cbimg: note: %zu unfinished multipart upload%s under '%s': a backup running, or "
+				"a killed one (its job's next run aborts it)\n",
+				nup, nup == 1 ? "" : "s", url);
+		if (pt)
+			snprintf(operand, sizeof operand, "%s/%s", view, pt);
+		else
+			snprintf(operand, sizeof operand, "%s", view);
+		argv[i] = operand;
+		break; /* one s3:// operand */
+	}
+	return CLI_OK;
+}
+
+void cli_s3_finish(void)
+{
+	if (view_made)
+		cbi_objstore_view_end(view);
+	view_made = 0;
+}

@@ -1,0 +1,757 @@
+/* objstore.c - DEST on object storage (s3://BUCKET/PREFIX): backup writes
+ * the point into a local staging directory with the ordinary writer, then
+ * uploads it (key file, image, and last the index: the commit); the read
+ * commands run on a local directory that mirrors the bucket's indexes and
+ * key files (and, for restore and verify, the images they need, fetched
+ * with parallel ranged GETs). README.md and format/SPEC.md ("Object
+ * storage") say why, and what the layout and the lock are.
+ *
+ *     STATE/s3/<where>/cache/       indexes and key files as in the bucket, stand-ins
+ *                                   for images (sparse: only their first and last
+ *                                   64 KiB), and the catalog cache of list and info
+ *     STATE/s3/<where>/job-<key>/   a job's staging directory: its parent's index, key
+ *                                   files, the point being written; state/ the shadow
+ *                                   of the job's local state the run updates, installed
+ *                                   in STATE/<key>/ only after the S3 commit
+ *     STATE/s3/<where>/run-<pid>/   restore's and verify's view (links and images),
+ *                                   removed at the end of the run
+ *
+ * where <where> is 16 hex digits of XXH3-64 of "endpoint NUL bucket NUL
+ * prefix", and a file "origin" beside them names them. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "catalog.h"
+#include "cbimg.h"
+#include "job.h"
+#include "objstore.h"
+#include "s3.h"
+#include "source.h"
+#include "util.h"
+
+#define LOCK_LEASE_S_DEFAULT (12 * 3600)
+
+typedef struct os_ctx {
+	char url[700];
+	char bucket[64];
+	char prefix[600];   /* "" or "a/b" */
+	char kp[620];       /* key prefix: "" or "a/b/" */
+	cbi_s3_cfg cfg;
+	cbi_s3 *s3;
+	char base[4096];    /* STATE/s3/<where> */
+	cbi_s3_obj *objs;   /* the LIST of the prefix */
+	size_t nobjs;
+} os_ctx;
+
+int cbi_objstore_is_url(const char *dest)
+{
+	return dest && !strncmp(dest, "s3://", 5);
+}
+
+static int mkdirs(const char *path)
+{
+	char p[4096];
+	cbi_strlcpy(p, path, sizeof p);
+	for (char *s = p + 1; *s; s++) {
+		if (*s != '/')
+			continue;
+		*s = 0;
+		if (mkdir(p, 0700) < 0 && errno != EEXIST)
+			return -errno;
+		*s = '/';
+	}
+	if (mkdir(p, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static void os_close(os_ctx *c)
+{
+	cbi_s3_close(c->s3);
+	free(c->objs);
+	c->s3 = NULL;
+	c->objs = NULL;
+}
+
+static int os_open(os_ctx *c, const char *url, const char *endpoint, const char *state_dir, cbi_error *err)
+{
+	memset(c, 0, sizeof *c);
+	int rc = cbi_s3_url_parse(url, c->bucket, sizeof c->bucket, c->prefix, sizeof c->prefix, err);
+	if (rc < 0)
+		return rc;
+	if (rc == 0)
+		return cbi_err(err, -CBI_EUSAGE, "'%s' is not an s3:// URL", url);
+	cbi_strlcpy(c->url, url, sizeof c->url);
+	snprintf(c->kp, sizeof c->kp, "%s%s", c->prefix, c->prefix[0] ? "/" : "");
+	if ((rc = cbi_s3_cfg_load(&c->cfg, endpoint, err)))
+		return rc;
+	char id[1300];
+	int n = snprintf(id, sizeof id, "%s%c%s%c%s", c->cfg.endpoint, 0, c->bucket, 0, c->prefix);
+	uint64_t h = XXH3_64bits(id, (size_t)n);
+	const char *sd = state_dir && *state_dir ? state_dir : CBI_DEFAULT_STATE_DIR;
+	snprintf(c->base, sizeof c->base, "%.3000s/s3/%016llx", sd, (unsigned long long)h);
+	if ((rc = mkdirs(c->base)))
+		return cbi_err(err, rc, "unable to create '%s': %s", c->base, cbi_strerror(rc));
+	char op[4200];
+	snprintf(op, sizeof op, "%s/origin", c->base);
+	if (access(op, F_OK) < 0) {
+		FILE *f = fopen(op, "w");
+		if (f) {
+			fprintf(f, "endpoint %s\nbucket %s\nprefix %s\n", c->cfg.endpoint[0] ? c->cfg.endpoint : "AWS",
+				c->bucket, c->prefix);
+			fclose(f);
+		}
+	}
+	return cbi_s3_open(&c->cfg, c->bucket, &c->s3, err);
+}
+
+static int os_list(os_ctx *c, cbi_error *err)
+{
+	free(c->objs);
+	c->objs = NULL;
+	c->nobjs = 0;
+	return cbi_s3_list(c->s3, c->kp, &c->objs, &c->nobjs, err);
+}
+
+/* The object's name below the prefix, or NULL when it is deeper (a
+ * "directory") or another prefix's. */
+static const char *os_name(const os_ctx *c, const char *key)
+{
+	size_t l = strlen(c->kp);
+	if (strncmp(key, c->kp, l) || strchr(key + l, '/') || !key[l])
+		return NULL;
+	return key + l;
+}
+
+static int os_has(const os_ctx *c, const char *name)
+{
+	for (size_t i = 0; i < c->nobjs; i++) {
+		const char *n = os_name(c, c->objs[i].key);
+		if (n && !strcmp(n, name))
+			return 1;
+	}
+	return 0;
+}
+
+static void os_key(const os_ctx *c, const char *name, char *out, size_t sz)
+{
+	snprintf(out, sz, "%s%s", c->kp, name);
+}
+
+static int is_point_file(const char *name)
+{
+	return name[0] != '.' && (cbi_has_ext(name, ".cbx") || cbi_has_ext(name, ".cbi") ||
+				  cbi_has_ext(name, ".cbk"));
+}
+
+/* Make dir hold exactly the bucket's files among its .cbx/.cbk/.cbi that
+ * exist in the listing (others removed), and fetch those the filter wants
+ * that are missing. */
+typedef int (*want_fn)(const char *name, void *ud); /* 0: no, 1: the object, 2: its ends */
+
+#define ENDS_BYTES (64 * 1024)
+
+/* A stand-in for a large object: a sparse file of its size holding only
+ * its first and last ENDS_BYTES (header, trailer and the end of the block
+ * table of an image: what list and info read), by two ranged GETs. */
+static int fetch_ends(os_ctx *c, const char *key, const char *path, uint64_t size, cbi_error *err)
+{
+	char tmp[4600];
+	snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+	int fd = cbi_create_tmp(tmp, 0600);
+	if (fd < 0)
+		return cbi_err(err, fd, "unable to create '%s': %s", tmp, cbi_strerror(fd));
+	char *buf = malloc(ENDS_BYTES);
+	int rc = buf ? 0 : cbi_err(err, -ENOMEM, "out of memory");
+	if (!rc && ftruncate(fd, (off_t)size) < 0)
+		rc = cbi_err(err, -errno, "unable to size '%s': %s", tmp, strerror(errno));
+	uint64_t offs[2] = { 0, size > ENDS_BYTES ? size - ENDS_BYTES : 0 };
+	for (int i = 0; i < 2 && !rc && size; i++) {
+		size_t got = 0, want = size - offs[i] < ENDS_BYTES ? (size_t)(size - offs[i]) : ENDS_BYTES;
+		if (!(rc = cbi_s3_get(c->s3, key, offs[i], want, buf, ENDS_BYTES, &got, err)) && got != want)
+			rc = cbi_err(err, -EIO, "s3://%s/%s: short ranged read", c->bucket, key);
+		if (!rc && cbi_pwrite_full(fd, buf, got, offs[i]))
+			rc = cbi_err(err, -EIO, "unable to write '%s'", tmp);
+	}
+	free(buf);
+	close(fd);
+	if (!rc && rename(tmp, path) < 0)
+		rc = cbi_err(err, -errno, "unable to rename '%s': %s", tmp, strerror(errno));
+	if (rc)
+		unlink(tmp);
+	return rc;
+}
+
+static int os_sync(os_ctx *c, const char *dir, want_fn want, void *ud, cbi_error *err)
+{
+	DIR *d = opendir(dir);
+	if (!d)
+		return cbi_err(err, -errno, "unable to read '%s': %s", dir, strerror(errno));
+	struct dirent *e;
+	char path[4500], key[1700];
+	while ((e = readdir(d))) {
+		if (!is_point_file(e->d_name) || os_has(c, e->d_name))
+			continue;
+		snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+		unlink(path); /* gone from the bucket (pruned, or never committed) */
+	}
+	closedir(d);
+	for (size_t i = 0; i < c->nobjs; i++) {
+		const char *n = os_name(c, c->objs[i].key);
+		int w = n && is_point_file(n) ? want(n, ud) : 0;
+		if (!w)
+			continue;
+		snprintf(path, sizeof path, "%s/%s", dir, n);
+		struct stat st;
+		if (lstat(path, &st) == 0 && (uint64_t)st.st_size == c->objs[i].size)
+			continue;
+		os_key(c, n, key, sizeof key);
+		int rc = w == 2 && c->objs[i].size > 2 * ENDS_BYTES ? fetch_ends(c, key, path, c->objs[i].size, err)
+								    : cbi_s3_get_file(c->s3, key, path, !cbi_has_ext(n, ".cbi"), err);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ lock */
+
+static int os_lock_key(const os_ctx *c, uint64_t jk, char *out, size_t sz)
+{
+	return snprintf(out, sz, "%s.cbimg-lock-%016llx", c->kp, (unsigned long long)jk);
+}
+
+/* The lock object of a job: created only if absent (If-None-Match), its
+ * body "cbimg-lock 1 / host / pid / expires_ns". A lock is taken over when
+ * its lease has expired, or when it names this host and a pid that is not
+ * running (a killed run of this machine). */
+static int os_lock(os_ctx *c, uint64_t jk, const char *host, const char *what, char *note, size_t nsz,
+		   cbi_error *err)
+{
+	char key[700], body[512], got[512];
+	os_lock_key(c, jk, key, sizeof key);
+	long lease = 0;
+	const char *lv = getenv("CBIMG_S3_LEASE");
+	lease = lv && *lv ? strtol(lv, NULL, 10) : LOCK_LEASE_S_DEFAULT;
+	if (lease < 1)
+		lease = LOCK_LEASE_S_DEFAULT;
+	int64_t now = cbi_wallclock_ns();
+	int n = snprintf(body, sizeof body, "cbimg-lock 1\nhost %s\npid %ld\nexpires_ns %lld\n", host,
+			 (long)getpid(), (long long)(now + (int64_t)lease * 1000000000LL));
+	for (int attempt = 0; attempt < 2; attempt++) {
+		int rc = cbi_s3_put(c->s3, key, body, (size_t)n, 1, err);
+		if (rc != -EEXIST)
+			return rc;
+		size_t gl = 0;
+		rc = cbi_s3_get(c->s3, key, 0, 0, got, sizeof got - 1, &gl, err);
+		if (rc == -ENOENT)
+			continue; /* released meanwhile */
+		if (rc)
+			return rc;
+		got[gl] = 0;
+		char lh[128] = "";
+		long lpid = 0;
+		long long lexp = 0;
+		const char *p;
+		if ((p = strstr(got, "\nhost ")))
+			sscanf(p + 6, "%127s", lh);
+		if ((p = strstr(got, "\npid ")))
+			lpid = strtol(p + 5, NULL, 10);
+		if ((p = strstr(got, "\nexpires_ns ")))
+			lexp = strtoll(p + 12, NULL, 10);
+		int dead_here = !strcmp(lh, host) && lpid > 0 && kill((pid_t)lpid, 0) < 0 && errno == ESRCH;
+		if (dead_here || lexp < now) {
+			snprintf(note, nsz, "took over the lock of job '%.63s' in '%.300s' left by %.63s pid %ld (%s)", what,
+				 c->url, lh, lpid, dead_here ? "not running" : "lease expired");
+			cbi_s3_delete(c->s3, key, err);
+			continue;
+		}
+		return cbi_err(err, -CBI_ELOCKED,
+			       "another cbimg (host %s, pid %ld) is backing up job '%s' to '%s' (lock "
+			       "object '%s', lease until %lld s after the epoch)",
+			       lh, lpid, what, c->url, key, lexp / 1000000000LL);
+	}
+	return cbi_err(err, -CBI_ELOCKED, "unable to take the lock of job '%s' in '%s'", what, c->url);
+}
+
+static void os_unlock(os_ctx *c, uint64_t jk)
+{
+	char key[700];
+	cbi_error e;
+	os_lock_key(c, jk, key, sizeof key);
+	cbi_s3_delete(c->s3, key, &e);
+}
+
+/* ----------------------------------------------------------------- state */
+
+/* Copy every regular file of from into to (created), or back. */
+static int copy_dir_files(const char *from, const char *to)
+{
+	DIR *d = opendir(from);
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	int rc = mkdirs(to);
+	struct dirent *e;
+	char a[4500], b[4500];
+	while (!rc && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(a, sizeof a, "%s/%s", from, e->d_name);
+		snprintf(b, sizeof b, "%s/.%s.tmp", to, e->d_name);
+		int in = open(a, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (in < 0)
+			continue;
+		int out = open(b, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (out < 0) {
+			rc = -errno;
+			close(in);
+			break;
+		}
+		char buf[65536];
+		ssize_t r;
+		while ((r = read(in, buf, sizeof buf)) > 0)
+			if (write(out, buf, (size_t)r) != r) {
+				rc = -EIO;
+				break;
+			}
+		if (!rc && fsync(out) < 0)
+			rc = -errno;
+		close(in);
+		close(out);
+		snprintf(a, sizeof a, "%s/%s", to, e->d_name);
+		if (!rc && rename(b, a) < 0)
+			rc = -errno;
+	}
+	closedir(d);
+	return rc;
+}
+
+static void rm_files(const char *dir, int and_dir)
+{
+	DIR *d = opendir(dir);
+	if (!d)
+		return;
+	struct dirent *e;
+	char p[4500];
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+		unlink(p);
+	}
+	closedir(d);
+	if (and_dir)
+		rmdir(dir);
+}
+
+/* The job's local state follows a point only once the bucket holds it:
+ * the backup saves its state into a shadow copy, installed here after the
+ * commit. The new files first (each through a temporary name), then the
+ * files the shadow no longer has, so that a crash in between leaves a
+ * state that names the new point or the old one. */
+static int state_install(const char *shadow, const char *sdir)
+{
+	int rc = copy_dir_files(shadow, sdir);
+	if (rc)
+		return rc;
+	if ((rc = cbi_fsync_dir(sdir)))
+		return rc;
+	DIR *d = opendir(sdir);
+	if (!d)
+		return -errno;
+	struct dirent *e;
+	char a[4500], b[4500];
+	struct stat st;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(a, sizeof a, "%.4200s/%.255s", shadow, e->d_name);
+		snprintf(b, sizeof b, "%.4200s/%.255s", sdir, e->d_name);
+		if (lstat(a, &st) < 0 && errno == ENOENT)
+			unlink(b);
+	}
+	closedir(d);
+	return cbi_fsync_dir(sdir);
+}
+
+/* ---------------------------------------------------------------- backup */
+
+/* Every "from" in s (of size sz) replaced by "to", cut to fit: messages
+ * name the bucket, not the staging directory. */
+static void subst(char *s, size_t sz, const char *from, const char *to)
+{
+	char out[4096];
+	size_t o = 0, fl = strlen(from), tl = strlen(to);
+	if (!fl || sz > sizeof out)
+		return;
+	for (const char *p = s; *p && o + 1 < sz;) {
+		if (!strncmp(p, from, fl)) {
+			size_t n = tl < sz - 1 - o ? tl : sz - 1 - o;
+			memcpy(out + o, to, n);
+			o += n;
+			p += fl;
+		} else {
+			out[o++] = *p++;
+		}
+	}
+	out[o] = 0;
+	memcpy(s, out, o + 1);
+}
+
+static void name_bucket(cbi_backup_result *r, cbi_error *err, const char *stage, const char *url)
+{
+	subst(r->notice, sizeof r->notice, stage, url);
+	subst(r->warning, sizeof r->warning, stage, url);
+	for (unsigned i = 0; i < r->n_warnings && i < CBI_MAX_WARNINGS; i++)
+		subst(r->warnings[i], sizeof r->warnings[i], stage, url);
+	if (err)
+		subst(err->msg, sizeof err->msg, stage, url);
+}
+
+typedef struct job_want {
+	const char *jp; /* "HOST_SRC_JOB_" */
+	char tip[1024];
+} job_want;
+
+static int want_job(const char *name, void *ud)
+{
+	job_want *w = ud;
+	size_t l = strlen(w->jp);
+	if (strncmp(name, w->jp, l))
+		return 0;
+	if (cbi_has_ext(name, ".cbk"))
+		return 1;
+	return !strcmp(name, w->tip);
+}
+
+void cbi_objstore_name_order(const char *name, char *out, size_t sz, size_t *jpl)
+{
+	out[0] = 0;
+	size_t l = strlen(name);
+	if (l < 4 + 8 + 1 + 5 + 1 + 16 + 1)
+		return;
+	const char *id = name + l - 4 - 8, *p = id - 1;
+	if (*p != '_')
+		return;
+	const char *de = p;
+	while (p > name && p[-1] >= '0' && p[-1] <= '9')
+		p--;
+	size_t nd = (size_t)(de - p);
+	if (nd < 4 || nd > 10 || p - name < 4 + 1 + 16)
+		return;
+	const char *type = p - 4;
+	if (strncmp(type, "full", 4) && strncmp(type, "incr", 4))
+		return;
+	const char *ts = type - 1 - 16;
+	if (type[-1] != '_' || ts - name < 6 || ts[-1] != '_' || ts[8] != 'T' || ts[15] != 'Z')
+		return;
+	for (int i = 0; i < 15; i++)
+		if (i != 8 && (ts[i] < '0' || ts[i] > '9'))
+			return;
+	snprintf(out, sz, "%.16s %010llu", ts, strtoull(p, NULL, 10));
+	if (jpl)
+		*jpl = (size_t)(ts - name);
+}
+
+int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_backup_result *r, cbi_error *err)
+{
+	os_ctx c;
+	char note[600] = "";
+	memset(r, 0, sizeof *r);
+	int rc = os_open(&c, o->dest, endpoint, o->state_dir, err);
+	if (rc)
+		goto end0;
+	if (o->outbox)
+		return os_close(&c), cbi_err(err, -CBI_EUSAGE, "--outbox has no meaning for an S3 destination");
+	/* the job's identity, as backup will make it */
+	char host[64] = "", sid[128] = "";
+	if (o->host && *o->host)
+		cbi_strlcpy(host, o->host, sizeof host);
+	else if (gethostname(host, sizeof host - 1) < 0)
+		cbi_strlcpy(host, "localhost", sizeof host);
+	if (o->source_id && *o->source_id) {
+		cbi_strlcpy(sid, o->source_id, sizeof sid);
+	} else {
+		cbi_source *src;
+		if ((rc = cbi_source_open(o->source, &src, err)))
+			goto end0;
+		cbi_strlcpy(sid, src->id, sizeof sid);
+		cbi_source_close(src);
+	}
+	const char *job = o->job && *o->job ? o->job : "default";
+	uint64_t jk = cbi_state_key(host, sid, job);
+	char sh[33], ss[33], sj[33], jp[128];
+	size_t pl = strlen(o->source);
+	const char *sp = pl > 63 ? o->source + pl - 63 : o->source, *bn = strrchr(sp, '/');
+	cbi_sanitize_name(host, sh, sizeof sh);
+	cbi_sanitize_name(bn ? bn + 1 : sp, ss, sizeof ss);
+	cbi_sanitize_name(job, sj, sizeof sj);
+	snprintf(jp, sizeof jp, "%s_%s_%s_", sh, ss, sj);
+
+	if ((rc = os_lock(&c, jk, host, job, note, sizeof note, err)))
+		goto end0;
+	/* what a killed run of the job left: its multipart uploads */
+	cbi_s3_obj *up = NULL;
+	size_t nup = 0;
+	char upfx[800];
+	snprintf(upfx, sizeof upfx, "%s%s", c.kp, jp);
+	if ((rc = cbi_s3_list_uploads(c.s3, upfx, &up, &nup, err)))
+		goto end;
+	for (size_t i = 0; i < nup; i++)
+		if ((rc = cbi_s3_abort_upload(c.s3, up[i].key, up[i].upload_id, err))) {
+			free(up);
+			goto end;
+		}
+	free(up);
+	if (nup && !note[0])
+		snprintf(note, sizeof note, "aborted %zu unfinished upload%s of job '%.63s' left in '%.300s'", nup,
+			 nup == 1 ? "" : "s", job, c.url);
+	if ((rc = os_list(&c, err)))
+		goto end;
+
+	/* the staging directory: the job's newest index and its key files */
+	char stage[4200], shadow[4300], shdir[4400], sdir[4096];
+	snprintf(stage, sizeof stage, "%s/job-%016llx", c.base, (unsigned long long)jk);
+	snprintf(shadow, sizeof shadow, "%s/state", stage);
+	if ((rc = mkdirs(stage))) {
+		rc = cbi_err(err, rc, "unable to create '%s': %s", stage, cbi_strerror(rc));
+		goto end;
+	}
+	job_want w = { .jp = jp };
+	char best[64] = "";
+	for (size_t i = 0; !o->force_full && i < c.nobjs; i++) {
+		const char *n = os_name(&c, c.objs[i].key);
+		char sk[64];
+		if (!n || strncmp(n, jp, strlen(jp)) || !cbi_has_ext(n, ".cbx"))
+			continue;
+		cbi_objstore_name_order(n, sk, sizeof sk, NULL);
+		if (sk[0] && strcmp(sk, best) > 0) {
+			cbi_strlcpy(best, sk, sizeof best);
+			cbi_strlcpy(w.tip, n, sizeof w.tip);
+		}
+	}
+	if ((rc = os_sync(&c, stage, want_job, &w, err)))
+		goto end;
+	/* the run works on a shadow of the job's local state (state_install) */
+	const char *state_dir = o->state_dir && *o->state_dir ? o->state_dir : CBI_DEFAULT_STATE_DIR;
+	int use_state = !o->no_state && !cbi_job_state_dir(state_dir, jk, sdir, sizeof sdir) &&
+			!cbi_job_state_dir(shadow, jk, shdir, sizeof shdir);
+	if (use_state) {
+		rm_files(shdir, 1); /* a killed run's */
+		if ((rc = copy_dir_files(sdir, shdir))) {
+			rc = cbi_err(err, rc, "unable to copy the local state '%s': %s", sdir, cbi_strerror(rc));
+			goto end;
+		}
+	}
+
+	cbi_backup_opts lo = *o;
+	lo.dest = stage;
+	lo.split = CBI_SPLIT_NONE; /* one object per file: multipart uploads have no size limit */
+	lo.dest_uuid = NULL;
+	lo.outbox = 0;
+	lo.host = host;
+	lo.source_id = sid;
+	if (use_state)
+		lo.state_dir = shadow;
+	rc = cbi_backup(&lo, r, err);
+	name_bucket(r, err, stage, c.url);
+	if (rc)
+		goto end;
+	/* the upload: key file, image, then the index, created only if absent */
+	char key[1700];
+	const char *img = r->point.file[0] ? strrchr(r->point.file, '/') + 1 : NULL;
+	const char *idx = strrchr(r->point.index_file, '/') + 1;
+	const char *kfn = r->key_file[0] ? strrchr(r->key_file, '/') + 1 : NULL;
+	int key_put = 0, img_put = 0;
+	if (kfn && !os_has(&c, kfn)) {
+		os_key(&c, kfn, key, sizeof key);
+		rc = cbi_s3_put_file(c.s3, key, r->key_file, 1, err);
+		if (rc == -EEXIST)
+			rc = 0;
+		else if (!rc)
+			key_put = r->key_file_new;
+	}
+	if (!rc && img) {
+		os_key(&c, img, key, sizeof key);
+		if (!(rc = cbi_s3_put_file(c.s3, key, r->point.file, 1, err)))
+			img_put = 1;
+	}
+	if (!rc) {
+		os_key(&c, idx, key, sizeof key);
+		rc = cbi_s3_put_file(c.s3, key, r->point.index_file, 1, err); /* the commit */
+	}
+	if (rc) {
+		/* not committed: no point, in the bucket or here */
+		cbi_error e2;
+		if (img_put) {
+			os_key(&c, img, key, sizeof key);
+			cbi_s3_delete(c.s3, key, &e2);
+		}
+		if (key_put) {
+			os_key(&c, kfn, key, sizeof key);
+			cbi_s3_delete(c.s3, key, &e2);
+		}
+		unlink(r->point.index_file);
+		if (img)
+			unlink(r->point.file);
+		if (r->key_file_new)
+			unlink(r->key_file);
+		cbi_err_prefix(err, rc, "the point was not stored in '%s'", c.url);
+		goto end;
+	}
+	if (use_state && (rc = state_install(shdir, sdir))) {
+		char wm[600];
+		snprintf(wm, sizeof wm, "the point is stored, but the local state '%.400s' was not updated: %s", sdir,
+			 cbi_strerror(rc));
+		if (r->n_warnings < CBI_MAX_WARNINGS)
+			cbi_strlcpy(r->warnings[r->n_warnings++], wm, sizeof r->warnings[0]);
+		rc = 0;
+	}
+	if (img)
+		unlink(r->point.file); /* staged: only the index stays, as the next parent */
+	char name[1024];
+	if (img) {
+		cbi_strlcpy(name, img, sizeof name);
+		snprintf(r->point.file, sizeof r->point.file, "s3://%s/%s%s", c.bucket, c.kp, name);
+	}
+	cbi_strlcpy(name, idx, sizeof name);
+	snprintf(r->point.index_file, sizeof r->point.index_file, "s3://%s/%s%s", c.bucket, c.kp, name);
+	if (kfn) {
+		cbi_strlcpy(name, kfn, sizeof name);
+		snprintf(r->key_file, sizeof r->key_file, "s3://%s/%s%s", c.bucket, c.kp, name);
+	}
+	cbi_s3_counters(c.s3, &r->bytes_sent, &r->bytes_received);
+end:
+	os_unlock(&c, jk);
+end0:
+	if (note[0] && r->n_warnings < CBI_MAX_WARNINGS && !rc)
+		cbi_strlcpy(r->notice[0] ? r->warnings[r->n_warnings++] : r->notice, note,
+			    r->notice[0] ? sizeof r->warnings[0] : sizeof r->notice);
+	os_close(&c);
+	return rc;
+}
+
+/* ----------------------------------------------------------- read views */
+
+/* list and info: indexes and key files, and the ends of images */
+static int want_indexes(const char *name, void *ud)
+{
+	return cbi_has_ext(name, ".cbi") ? 2 : 1;
+}
+
+typedef struct img_want {
+	const char *only; /* "HOST_SRC_JOB_" or NULL: every image */
+} img_want;
+
+static int want_images(const char *name, void *ud)
+{
+	img_want *w = ud;
+	if (!cbi_has_ext(name, ".cbi"))
+		return 0;
+	return !w->only || !strncmp(name, w->only, strlen(w->only));
+}
+
+int cbi_objstore_view(const char *url, const char *endpoint, const char *state_dir, int images,
+		      const char *point_name, char *dir, size_t dirsz, cbi_error *err)
+{
+	os_ctx c;
+	int rc = os_open(&c, url, endpoint, state_dir, err);
+	if (rc)
+		goto end;
+	char cache[4200];
+	snprintf(cache, sizeof cache, "%s/cache", c.base);
+	if ((rc = mkdirs(cache))) {
+		rc = cbi_err(err, rc, "unable to create '%s': %s", cache, cbi_strerror(rc));
+		goto end;
+	}
+	if ((rc = os_list(&c, err)) || (rc = os_sync(&c, cache, want_indexes, NULL, err)))
+		goto end;
+	/* the catalog cache, brought in step with the listing (a cache: its failure is no error) */
+	cbi_error ce;
+	if (cbi_catalog_sync(cache, 0, NULL, &ce))
+		ce.msg[0] = 0;
+	if (!images) {
+		snprintf(dir, dirsz, "%s", cache);
+		goto end;
+	}
+	/* a directory of this run: links to the cached indexes, and images */
+	char run[4200];
+	snprintf(run, sizeof run, "%s/run-%ld", c.base, (long)getpid());
+	rm_files(run, 1);
+	if ((rc = mkdirs(run))) {
+		rc = cbi_err(err, rc, "unable to create '%s': %s", run, cbi_strerror(rc));
+		goto end;
+	}
+	DIR *d = opendir(cache);
+	struct dirent *e;
+	char a[4500], b[4500];
+	while (d && (e = readdir(d))) {
+		if (!is_point_file(e->d_name) || cbi_has_ext(e->d_name, ".cbi")) /* images: stand-ins there */
+			continue;
+		snprintf(a, sizeof a, "%s/%s", cache, e->d_name);
+		snprintf(b, sizeof b, "%s/%s", run, e->d_name);
+		if (link(a, b) < 0 && symlink(a, b) < 0) {
+			rc = cbi_err(err, -errno, "unable to link '%s': %s", b, strerror(errno));
+			break;
+		}
+	}
+	if (d)
+		closedir(d);
+	/* the images of the point's job only, when a point is named */
+	char only[256] = "";
+	if (point_name && *point_name) {
+		const char *pn = strrchr(point_name, '/');
+		pn = pn ? pn + 1 : point_name;
+		/* HOST_SRC_JOB_ before the timestamp */
+		char sk[64];
+		char tmp[1024];
+		cbi_strlcpy(tmp, pn, sizeof tmp);
+		if (cbi_has_ext(tmp, ".cbi"))
+			memcpy(tmp + strlen(tmp) - 4, ".cbx", 4);
+		size_t jpl = 0;
+		cbi_objstore_name_order(tmp, sk, sizeof sk, &jpl);
+		if (sk[0] && jpl < sizeof only) {
+			memcpy(only, tmp, jpl);
+			only[jpl] = 0;
+		}
+	}
+	img_want iw = { .only = only[0] ? only : NULL };
+	if (!rc)
+		rc = os_sync(&c, run, want_images, &iw, err);
+	if (rc)
+		rm_files(run, 1);
+	else
+		snprintf(dir, dirsz, "%s", run);
+end:
+	os_close(&c);
+	return rc;
+}
+
+void cbi_objstore_view_end(const char *dir)
+{
+	const char *b = strrchr(dir, '/');
+	if (b && !strncmp(b + 1, "run-", 4))
+		rm_files(dir, 1);
+}
+
+int cbi_objstore_uploads(const char *url, const char *endpoint, const char *state_dir, size_t *n, cbi_error *err)
+{
+	os_ctx c;
+	cbi_s3_obj *up = NULL;
+	*n = 0;
+	int rc = os_open(&c, url, endpoint, state_dir, err);
+	if (!rc)
+		rc = cbi_s3_list_uploads(c.s3, c.kp, &up, n, err);
+	free(up);
+	os_close(&c);
+	return rc;
+}
