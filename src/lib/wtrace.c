@@ -142,7 +142,7 @@
 
 /* The tracepoints recorded (see the top: completions suffice). */
 #define WT_NEV 1
-static const char *const wt_events[WT_NEV] = {"block_rq_complete"};
+static const char *const wt_events[WT_NEV] = { "block_rq_complete" };
 
 /* A range of sectors of devpath (not of the whole disk): [s, e). */
 typedef struct wt_range {
@@ -209,7 +209,8 @@ static int wt_dev_info(const char *devpath, wt_dev *d, cbi_error *err)
 	if (whole != st.st_rdev) {
 		snprintf(p, sizeof p, "/sys/dev/block/%u:%u/start", major(st.st_rdev), minor(st.st_rdev));
 		if (sysfs_u64(p, &d->start))
-			return cbi_err(err, -ENOTSUP, "'%s': cannot read the partition's start ('%s')", devpath, p);
+			return cbi_err(err, -ENOTSUP, "'%s': cannot read the partition's start ('%s')",
+				       devpath, p);
 	}
 	snprintf(p, sizeof p, "/sys/dev/block/%u:%u/size", major(st.st_rdev), minor(st.st_rdev));
 	if (sysfs_u64(p, &d->len))
@@ -236,19 +237,21 @@ static int wt_tracefs(const char *devpath, cbi_error *err)
 {
 	const char *dir = tracefs_tracing_dir(); /* mounts tracefs when absent */
 	if (!dir)
-		return cbi_err(err, -ENOTSUP, "'%s': no tracefs mounted, and mounting one at /sys/kernel/tracing failed%s",
+		return cbi_err(err, -ENOTSUP,
+			       "'%s': no tracefs mounted, and mounting one at /sys/kernel/tracing failed%s",
 			       devpath, geteuid() ? " (not root)" : "");
 	char p[512];
 	for (int k = 0; k < WT_NEV; k++) {
 		snprintf(p, sizeof p, "%.400s/events/block/%s/filter", dir, wt_events[k]);
 		if (access(p, F_OK) < 0)
-			return cbi_err(err, -ENOTSUP, "'%s': the kernel has no block tracepoint %s (in '%.400s')",
-				       devpath, wt_events[k], dir);
+			return cbi_err(err, -ENOTSUP,
+				       "'%s': the kernel has no block tracepoint %s (in '%.400s')", devpath,
+				       wt_events[k], dir);
 	}
 	snprintf(p, sizeof p, "%.400s/instances", dir);
 	if (access(p, W_OK) < 0)
-		return cbi_err(err, -ENOTSUP, "'%s': no permission to make a tracing instance in '%s'%s", devpath, p,
-			       geteuid() ? " (not root)" : "");
+		return cbi_err(err, -ENOTSUP, "'%s': no permission to make a tracing instance in '%s'%s",
+			       devpath, p, geteuid() ? " (not root)" : "");
 	return 0;
 }
 
@@ -272,8 +275,8 @@ static void wt_remove_stale(void)
 		long pid = 0;
 		unsigned seq;
 		int end = 0;
-		if (sscanf(de->d_name, WT_PREFIX "%ld-%u%n", &pid, &seq, &end) != 2 || de->d_name[end] || pid <= 0 ||
-		    pid == (long)getpid() || !(kill((pid_t)pid, 0) < 0 && errno == ESRCH))
+		if (sscanf(de->d_name, WT_PREFIX "%ld-%u%n", &pid, &seq, &end) != 2 || de->d_name[end] ||
+		    pid <= 0 || pid == (long)getpid() || !(kill((pid_t)pid, 0) < 0 && errno == ESRCH))
 			continue;
 		struct tracefs_instance *in = tracefs_instance_alloc(NULL, de->d_name);
 		if (in) {
@@ -339,7 +342,7 @@ static void wt_add(cbi_wtrace *t, uint64_t s, uint64_t nr)
 			t->cap = nc;
 		}
 	}
-	t->r[t->n++] = (wt_range){s, e};
+	t->r[t->n++] = (wt_range){ s, e };
 }
 
 /* ------------------------------------------------------------- draining */
@@ -394,7 +397,8 @@ static void wt_check_stats(cbi_wtrace *t)
 			char *nl = strchr(l, '\n');
 			if (nl)
 				*nl = 0;
-			static const char *const keys[] = {"overrun: ", "commit overrun: ", "dropped events: "};
+			static const char *const keys[] = { "overrun: ", "commit overrun: ",
+							    "dropped events: " };
 			for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
 				size_t kl = strlen(keys[i]);
 				if (strncmp(l, keys[i], kl) == 0) {
@@ -537,7 +541,8 @@ int cbi_wtrace_start(const char *devpath, uint32_t buf_kib, cbi_wtrace **out, cb
 	wt_remove_stale();
 
 	char name[64];
-	snprintf(name, sizeof name, WT_PREFIX "%ld-%u", (long)getpid(), __atomic_fetch_add(&wt_seq, 1, __ATOMIC_RELAXED));
+	snprintf(name, sizeof name, WT_PREFIX "%ld-%u", (long)getpid(),
+		 __atomic_fetch_add(&wt_seq, 1, __ATOMIC_RELAXED));
 	t->inst = tracefs_instance_create(name);
 	if (!t->inst || !tracefs_instance_is_new(t->inst)) {
 		rc = cbi_err(err, -EEXIST, "'%s': cannot make the tracing instance '%s'", devpath, name);
@@ -563,13 +568,15 @@ int cbi_wtrace_start(const char *devpath, uint32_t buf_kib, cbi_wtrace **out, cb
 			t->f_rwbs[k] = tep_find_field(ev, "rwbs");
 		}
 		if (!ev || !t->f_dev[k] || !t->f_sector[k] || !t->f_nr[k] || !t->f_rwbs[k]) {
-			rc = cbi_err(err, -ENOTSUP, "'%s': the tracepoint block/%s has not the fields dev, sector, "
-						    "nr_sector and rwbs",
+			rc = cbi_err(err, -ENOTSUP,
+				     "'%s': the tracepoint block/%s has not the fields dev, sector, "
+				     "nr_sector and rwbs",
 				     devpath, wt_events[k]);
 			goto fail;
 		}
 		if (wt_filter(t, wt_events[k]) < 0) {
-			rc = cbi_err(err, -EIO, "'%s': cannot set the filter of block/%s", devpath, wt_events[k]);
+			rc = cbi_err(err, -EIO, "'%s': cannot set the filter of block/%s", devpath,
+				     wt_events[k]);
 			goto fail;
 		}
 	}
@@ -580,7 +587,8 @@ int cbi_wtrace_start(const char *devpath, uint32_t buf_kib, cbi_wtrace **out, cb
 	for (int k = WT_NEV - 1; k >= 0; k--) {
 		if (tracefs_event_enable(t->inst, "block", wt_events[k]) < 0 ||
 		    tracefs_event_is_enabled(t->inst, "block", wt_events[k]) != TRACEFS_ALL_ENABLED) {
-			rc = cbi_err(err, -EIO, "'%s': cannot enable the tracepoint block/%s", devpath, wt_events[k]);
+			rc = cbi_err(err, -EIO, "'%s': cannot enable the tracepoint block/%s", devpath,
+				     wt_events[k]);
 			goto fail;
 		}
 	}
@@ -611,7 +619,8 @@ int cbi_wtrace_collect(cbi_wtrace *t, uint32_t bs, uint64_t n_blocks, uint8_t *t
 	*n_marked = 0;
 	*complete = 0;
 	if (!bs || bs % WT_SECTOR)
-		return cbi_err(err, -EINVAL, "write trace: block size %" PRIu32 " is not a multiple of 512", bs);
+		return cbi_err(err, -EINVAL, "write trace: block size %" PRIu32 " is not a multiple of 512",
+			       bs);
 	pthread_mutex_lock(&t->mu);
 	int rc = wt_drain(t);
 	if (rc) {
