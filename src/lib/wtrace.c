@@ -48,10 +48,14 @@
  *    which under the freeze are not the file system's.
  *    The completion's range is exact only for request-based (blk-mq)
  *    devices: loop, SCSI/SATA, NVMe, virtio, nbd, request-based
- *    multipath. Bio-based drivers (device-mapper, md, pmem, zram, brd)
- *    have no requests, and a bio's range at completion may already be
+ *    multipath. Bio-based drivers (device-mapper, md, pmem, zram, brd,
+ *    and the head device nvmeXnY of a namespace under NVMe native
+ *    multipath) have no requests, and a bio's range at completion may be
  *    advanced: cbi_wtrace_usable() refuses them (no "mq" directory in
- *    sysfs) and the caller uses another snapshot mode. Writes that reach a
+ *    sysfs) and the caller uses another snapshot mode. So are zoned
+ *    devices (a zone append lands at the zone's write pointer, not at the
+ *    request's sector) and DAX devices (queue/dax: writes through memory
+ *    mappings never become requests). Writes that reach a
  *    device without a request are not seen: DAX mappings; SCSI
  *    pass-through (SG_IO) writes carry no range; for a loop device, writes
  *    to its backing file that do not go through the loop device (the loop
@@ -194,6 +198,20 @@ static int sysfs_u64(const char *path, uint64_t *v)
 	return 0;
 }
 
+/* The first line of a sysfs file, without its newline: 0 or -1. */
+static int sysfs_line(const char *path, char *buf, size_t sz)
+{
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -1;
+	int ok = fgets(buf, (int)sz, f) != NULL;
+	fclose(f);
+	if (!ok)
+		return -1;
+	buf[strcspn(buf, "\n")] = 0;
+	return 0;
+}
+
 static int wt_dev_info(const char *devpath, wt_dev *d, cbi_error *err)
 {
 	struct stat st;
@@ -222,6 +240,19 @@ static int wt_dev_info(const char *devpath, wt_dev *d, cbi_error *err)
 		return cbi_err(err, -ENOTSUP,
 			       "'%s': not a blk-mq device (a bio-based driver such as device-mapper or md): "
 			       "writes in flight when tracing starts could go unseen",
+			       devpath);
+	/* zone append writes where the zone's write pointer is, not at the
+	 * request's sector; DAX maps the media into memory, past the block layer */
+	char v[32];
+	snprintf(p, sizeof p, "/sys/dev/block/%u:%u/queue/zoned", major(whole), minor(whole));
+	if (sysfs_line(p, v, sizeof v) == 0 && strcmp(v, "none") != 0)
+		return cbi_err(err, -ENOTSUP,
+			       "'%s': a zoned device (%s): its writes cannot be traced by sector", devpath,
+			       v);
+	snprintf(p, sizeof p, "/sys/dev/block/%u:%u/queue/dax", major(whole), minor(whole));
+	if (sysfs_line(p, v, sizeof v) == 0 && strcmp(v, "0") != 0)
+		return cbi_err(err, -ENOTSUP,
+			       "'%s': a DAX device: writes through memory mappings bypass the block layer",
 			       devpath);
 	if (major(whole) >= (1u << 12) || minor(whole) >= (1u << 20))
 		return cbi_err(err, -ENOTSUP, "'%s': device number out of range", devpath);
