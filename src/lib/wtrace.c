@@ -72,7 +72,7 @@
  *    with the partition's start (/sys/class/block/loopNp2/start, in
  *    512-byte sectors) added: the block layer remaps a partition's bios to
  *    the whole disk before it makes requests. A write submitted 0.5 s
- *    before start to a loop device whose writes take 2 s (an nbdfuse file
+ *    before start to a loop device whose writes take 4 s (an nbdfuse file
  *    through nbdkit's delay filter) is recorded.
  *
  * 2. Which requests change data. Every event that is not a read counts,
@@ -116,8 +116,9 @@
  * leaves its instance behind, events enabled; the next start removes the
  * instances of this name whose PID is no longer a live process. A live
  * tracer keeps its instance's tracing_on file open, which makes the
- * kernel refuse to remove the instance (EBUSY), so a tracer of another pid
- * namespace, whose PID looks dead from here, is not removed by mistake. */
+ * kernel refuse to remove the instance (EBUSY, checked by t_wtrace.sh), so
+ * a tracer of another pid namespace, whose PID looks dead from here, is not
+ * removed by mistake. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>

@@ -182,6 +182,8 @@ for i in $(seq 50); do
 	sleep 0.1
 done
 check "a running tracer has its instance" sh -c "ls '$TR/instances' | grep -q '^cbimg-wtrace-$hp-'"
+check "a running tracer's instance cannot be removed (EBUSY)" \
+	sh -c "! rmdir '$TR'/instances/cbimg-wtrace-$hp-* 2>/dev/null"
 {
 	kill -9 "$hp"
 	wait "$hp"
