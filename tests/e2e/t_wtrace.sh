@@ -182,8 +182,12 @@ for i in $(seq 50); do
 	sleep 0.1
 done
 check "a running tracer has its instance" sh -c "ls '$TR/instances' | grep -q '^cbimg-wtrace-$hp-'"
-kill -9 "$hp"
-wait "$hp" 2>/dev/null
+check "a running tracer's instance cannot be removed (EBUSY)" \
+	sh -c "! rmdir '$TR'/instances/cbimg-wtrace-$hp-* 2>/dev/null"
+{
+	kill -9 "$hp"
+	wait "$hp"
+} 2>/dev/null # (bash's "Killed" too)
 check "kill -9 leaves it behind" sh -c "ls '$TR/instances' | grep -q '^cbimg-wtrace-$hp-'"
 trace "$L" 0 true &&
 	check "the next start removed the dead tracer's instance" \
