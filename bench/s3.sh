@@ -30,8 +30,8 @@ if [ -n "${CBIMG_S3_RGW_DIR:-}" ]; then
 	rdir=$CBIMG_S3_RGW_DIR
 else
 	rdir=$work/rgw
-	bash "$RGW" start "$rdir" || exit 1
 	trap 'bash "$RGW" stop "$rdir"; rm -rf --one-file-system "$work"' EXIT
+	bash "$RGW" start "$rdir" || exit 1
 fi
 . "$rdir/env"
 jobs=${CBIMG_S3_JOBS:-4}

@@ -52,8 +52,17 @@ int cli_s3_prepare(const struct cli_command *cmd, int *argc, char **argv)
 		}
 	}
 	int images = !strcmp(name, "restore") || !strcmp(name, "verify");
-	if (!images && strcmp(name, "list") && strcmp(name, "info"))
-		return CLI_OK; /* backup takes its DEST itself; others refuse s3:// as a path */
+	if (!strcmp(name, "backup"))
+		return CLI_OK; /* backup takes its DEST itself */
+	if (!images && strcmp(name, "list") && strcmp(name, "info")) {
+		for (int i = 2; i < *argc && strcmp(argv[i], "--"); i++)
+			if (cbi_objstore_is_url(argv[i])) {
+				cli_error("'%s': %s does not work on S3 yet (backup, list, info, restore and verify "
+					  "do)", argv[i], name);
+				return CLI_USAGE;
+			}
+		return CLI_OK;
+	}
 	const char *sd = state_dir(*argc, argv);
 	int has_sd = 0;
 	for (const struct cli_option *o = cmd->options; o && o->id; o++)

@@ -213,6 +213,8 @@ expect_exit 1 env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY HOME=$T AWS_PROF
 check_grep "no credentials: one line" "^cbimg: no S3 credentials"
 expect_exit 2 "$CBIMG" list s3://Bad_Bucket/x
 check_eq "a bad bucket name is a usage error" "$RC" 2
+expect_exit 2 "$CBIMG" prune --keep-last 1 s3://$BASIC/pc1
+check_grep "prune says it does not work on S3 yet" "prune does not work on S3 yet"
 
 # ------------------------------------------------- an encrypted chain
 bucket secret

@@ -17,6 +17,10 @@
 # 300 s unless "ms mon client mode = crc" and "ms client mode = crc"; the
 # beast frontend needs tcp_nodelay=1 or every GET/LIST stalls ~40 ms; one
 # OSD needs pool size 1, "mon allow pool size one" and chooseleaf type 0.
+# The OSD is a sparse 16 GiB file: a full OSD (4 GiB filled after several
+# test runs and a benchmark on one cluster, measured) blocks every write, and
+# radosgw then answers nothing ("Timeout was reached"). A cluster per run
+# stores well under 1 GiB.
 # Sourced by tests (tests/e2e/t_s3*.sh) or run directly.
 set -u
 
@@ -65,6 +69,8 @@ osd pool default pgp num = 8
 mon allow pool size one = true
 mon allow pool delete = true
 mon warn on pool no redundancy = false
+mon data avail warn = 5
+mon data avail crit = 1
 osd crush chooseleaf type = 0
 osd crush update on start = false
 osd class update on start = false
@@ -76,7 +82,7 @@ mon data = $dir/mon/\$name
 osd data = $dir/osd/\$name
 osd objectstore = bluestore
 bluestore block create = true
-bluestore block size = 4294967296
+bluestore block size = 17179869184
 bluestore fsck on mount = false
 osd memory target = 536870912
 bluestore cache autotune = false
