@@ -27,8 +27,9 @@ extern "C" {
 #define CBIMG_VERSION_STRING "0.1.0"
 /* Newest on-disk format version this library reads and writes
  * (format/SPEC.md). Files that use no version-2 feature (encryption, SHA-256
- * block hashes) are still written as version 1. */
-#define CBI_FORMAT_VERSION 2
+ * block hashes) are still written as version 1; version 3 is an index of
+ * runs (revision 2.6), written only for sources of 65536 blocks or more. */
+#define CBI_FORMAT_VERSION 3
 
 /* Library error codes, beyond the errno range. */
 enum {
