@@ -18,6 +18,11 @@
 #                      median (default 3 from --size 2048 up, else 1)
 #   --wait-quiet SEC   before each timed command, wait up to SEC seconds for the
 #                      other processes to use less than 0.15 CPU cores (default 0)
+#   --warm             keep the page cache warm (never drop it): the CPU cost per byte
+#   --peers LIST       run only these peers (e.g. "zstd blocksync-fast"; default: all)
+#
+# blocksync-fast is not packaged in Debian: it runs when BLOCKSYNC_FAST names
+# a binary of it (or one is on PATH), else it is skipped with a note.
 #
 # See bench/README.md for what is measured and how; bench/RESULTS.md for a run.
 set -euo pipefail
@@ -25,7 +30,7 @@ export LC_ALL=C
 export PATH=$PATH:/usr/sbin:/sbin
 here=$(cd "$(dirname "$0")" && pwd)
 
-size=4096 fill= pct=3 scale= W=/tmp/cbimg-bench results= keep=0 install=1 quiet_wait=0 repeat=
+size=4096 fill= pct=3 scale= W=/tmp/cbimg-bench results= keep=0 install=1 quiet_wait=0 repeat= warm=0 peers=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--size) size=$2; shift 2 ;;
@@ -38,6 +43,8 @@ while [ $# -gt 0 ]; do
 	--no-install) install=0; shift ;;
 	--wait-quiet) quiet_wait=$2; shift 2 ;;
 	--repeat) repeat=$2; shift 2 ;;
+	--warm) warm=1; shift ;;
+	--peers) peers=$2; shift 2 ;;
 	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	*) echo "bench: unknown option '$1' (see --help)" >&2; exit 2 ;;
 	esac
@@ -75,11 +82,21 @@ for t in /usr/bin/time mkfs.ext4 debugfs openssl; do
 done
 skipped=()
 for t in zstd restic borg casync rdiff partclone.ext4 qemu-img; do
-	if ! have "$t"; then
+	if [ -n "$peers" ] && [[ " $peers " != *" $t "* ]]; then
+		skipped+=("$t")
+	elif ! have "$t"; then
 		echo "SKIP: $t: not installed (package ${pkg_of[$t]}) - its rows are left out" >&2
 		skipped+=("$t")
 	fi
 done
+
+BSF=${BLOCKSYNC_FAST:-$(command -v blocksync-fast || true)}
+if [ -n "$peers" ] && [[ " $peers " != *" blocksync-fast "* ]]; then
+	skipped+=(blocksync-fast)
+elif [ -z "$BSF" ] || [ ! -x "$BSF" ]; then
+	echo "SKIP: blocksync-fast: not packaged in Debian and not found; set BLOCKSYNC_FAST to a binary built from its source (bench/README.md) - its rows are left out" >&2
+	skipped+=(blocksync-fast)
+fi
 
 # --- scratch directory, ours only
 if [ -e "$W" ]; then
@@ -104,7 +121,8 @@ export BORG_PASSPHRASE= BORG_BASE_DIR=$W/borg-base BORG_UNKNOWN_UNENCRYPTED_REPO
 export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 
 can_drop=0
-if [ "$root" = 1 ] && [ -w /proc/sys/vm/drop_caches ]; then can_drop=1
+if [ "$warm" = 1 ]; then echo "NOTE: --warm: the page cache is kept warm (never dropped)" >&2
+elif [ "$root" = 1 ] && [ -w /proc/sys/vm/drop_caches ]; then can_drop=1
 else echo "NOTE: not root: the page cache is NOT dropped before each command; reads may be cached" >&2; fi
 drop_caches() { sync; [ "$can_drop" = 1 ] && echo 3 >/proc/sys/vm/drop_caches || true; }
 digest() { if have xxhsum; then xxhsum -H2 <"$1" | cut -d' ' -f1; else sha256sum <"$1" | cut -d' ' -f1; fi; }
@@ -247,6 +265,13 @@ if ok rdiff; then
 		RDIFF_SIG_S=$SEC RDIFF_SIG_RSS=$RSS_KB
 	else failrow rdiff incremental rdiff-sig; fi
 fi
+if ok blocksync-fast; then
+	# its state for the incremental: a digest of A (4 KiB blocks, XXH3LOW), no data
+	if rep bsf-digest "rm -f '$W/bsf.digest'" "'$BSF' --make-digest -s '$DISK' -f '$W/bsf.digest'" "$W/bsf.digest"; then
+		row "blocksync-fast" full "$SEC" "$RSS_KB" "$(bytes "$W/bsf.digest")" "--make-digest of A only (no data is kept)$REPNOTE"
+		cp "$W/bsf.digest" "$W/bsf.digest.A"
+	else failrow blocksync-fast full bsf-digest; fi
+fi
 if ok partclone.ext4; then
 	if timed partclone "partclone.ext4 -c -q -s '$DISK' -o '$W/partclone.img' -L '$W/partclone.log'" "$W/partclone.img"; then
 		row "partclone.ext4 -c" full "$SEC" "$RSS_KB" "$(bytes "$W/partclone.img")" "used blocks, uncompressed"
@@ -309,6 +334,13 @@ if ok borg; then
 		"cd '$W' && borg create --read-special '$W/borg::b' disk.img" "$W/borg"; then
 		row "borg" incremental "$SEC" "$RSS_KB" "$(( $(bytes "$W/borg") - before ))" "2nd run$REPNOTE"
 	else failrow borg incremental borg-2; fi
+fi
+if ok blocksync-fast && [ -f "$W/bsf.digest.A" ]; then
+	if rep bsf-incr "rm -f '$W/bsf.delta'; cp '$W/bsf.digest.A' '$W/bsf.digest'" \
+		"'$BSF' --make-delta -s '$DISK' -f '$W/bsf.digest' -D '$W/bsf.delta'" "$W/bsf.delta" "$W/bsf.digest"; then
+		row "blocksync-fast" incremental "$SEC" "$RSS_KB" "$(bytes "$W/bsf.delta")" \
+			"--make-delta against A's digest: changed 4 KiB blocks, uncompressed$REPNOTE"
+	else failrow blocksync-fast incremental bsf-incr; fi
 fi
 if ok casync; then
 	before=$(bytes "$W/casync")
@@ -373,8 +405,10 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 	echo "load average at the start: $LOAD_START, at the end: $LOAD_END (other work on the machine skews times)"
 	[ "$repeat" -gt 1 ] && echo "cat, cbimg (main chain, restores), zstd, zstd -d and the restic and borg 2nd runs: median of $repeat runs"
 	[ "$quiet_wait" -gt 0 ] && echo "waited up to ${quiet_wait} s before each command for a quiet machine (${WAITED} s in all)"
-	[ "$can_drop" = 1 ] && echo "page cache dropped before every timed command" ||
-		echo "page cache NOT dropped (not root): reads may come from the cache"
+	if [ "$can_drop" = 1 ]; then echo "page cache dropped before every timed command (cold)"
+	elif [ "$warm" = 1 ]; then echo "page cache kept warm (--warm): sources read from memory"
+	else echo "page cache NOT dropped (not root): reads may come from the cache"; fi
+	echo "CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1); storage of $W: $(df --output=source "$W" | tail -n 1)"
 	echo
 	awk -F'\t' '
 	function ref(ph) { return ph == "scale full" ? "full" : ph == "scale incremental" ? "incremental" : ph }
@@ -405,6 +439,11 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 		c = "cbimg|incremental"; k = "cat|incremental"
 		if (has(c) && has(k)) line(S[c] <= 2 * S[k], sprintf("incremental <= 2x cat: %.3f s vs cat %.3f s = %.2fx (limit 2x)", S[c], S[k], S[c] / S[k]))
 		else na("incremental <= 2x cat")
+		p = "blocksync-fast|incremental"
+		if (has(c) && has(p)) {
+			line(S[p] >= S[c], sprintf("incremental no slower than blocksync-fast: %.3f s vs %.3f s = %.2fx its speed (limit 1x)", S[c], S[p], S[p] / S[c]))
+			line(B[c] < B[p], sprintf("incremental writes fewer bytes than blocksync-fast: %d vs %d bytes = %.3fx (limit < 1x)", B[c], B[p], B[c] / B[p]))
+		} else na("incremental vs blocksync-fast (not run)")
 		split("restic borg", peers, " ")
 		for (j = 1; j <= 2; j++) {
 			p = peers[j] "|incremental"
@@ -440,6 +479,6 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 		scale full	${SCALE_FULL_IDX:-}
 		scale incremental	${SCALE_INCR_IDX:-}
 	EOF
-	if [ ${#skipped[@]} -gt 0 ]; then echo; echo "skipped (not installed): ${skipped[*]}"; fi
+	if [ ${#skipped[@]} -gt 0 ]; then echo; echo "skipped (not installed, or left out by --peers): ${skipped[*]}"; fi
 } | tee "$results"
 say "results written to $results"
