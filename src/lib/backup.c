@@ -843,6 +843,10 @@ static int bk_write_point(bk_run *b)
 	h->block_size = b->bs;
 	h->n_blocks = cbi_nblocks(b->src->size, b->bs);
 	b->hs.alg = h->hash_alg;
+	/* an incremental's records at level 1 unless asked: as small, less CPU
+	 * (bench/README.md, "Compression level of incrementals") */
+	if (!o->level && h->type == CBI_INCREMENTAL)
+		b->level = CBI_INCR_LEVEL, h->level = CBI_INCR_LEVEL;
 	if (o->used_only) {
 		/* read before any block: the map is what "used" means for this point */
 		if ((rc = cbi_fsmap_read(o->source, b->src->size, b->bs, &b->fsmap, err)))
