@@ -456,7 +456,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 			else na("incremental >= 10x faster than " peers[j] " 2nd run (not run)")
 		}
 		u = "cbimg|unchanged incremental"
-		if (has(u)) printf "  info  unchanged-disk scan rate: %.2f GB/s (%d bytes in %.3f s; the issue asks >= 4 GB/s warm)\n", size_b / S[u] / 1e9, size_b, S[u]
+		if (has(u)) printf "  info  unchanged-disk scan rate: %.2f GB/s (%.0f bytes in %.3f s; the issue asks >= 4 GB/s warm)\n", size_b / S[u] / 1e9, size_b, S[u]
 		c = "cbimg|full"; z = "zstd -T2 -3|full"
 		if (has(c) && has(z)) {
 			line(S[c] <= 0.6 * S[z], sprintf("full <= 0.6x zstd -T2 -3 time: %.3f s vs %.3f s = %.2fx (limit 0.6x)", S[c], S[z], S[c] / S[z]))
