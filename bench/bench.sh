@@ -18,6 +18,11 @@
 #                      median (default 3 from --size 2048 up, else 1)
 #   --wait-quiet SEC   before each timed command, wait up to SEC seconds for the
 #                      other processes to use less than 0.15 CPU cores (default 0)
+#   --warm             keep the page cache warm (never drop it): the CPU cost per byte
+#   --peers LIST       run only these peers (e.g. "zstd blocksync-fast"; default: all)
+#
+# blocksync-fast is not packaged in Debian: it runs when BLOCKSYNC_FAST names
+# a binary of it (or one is on PATH), else it is skipped with a note.
 #
 # See bench/README.md for what is measured and how; bench/RESULTS.md for a run.
 set -euo pipefail
@@ -25,7 +30,7 @@ export LC_ALL=C
 export PATH=$PATH:/usr/sbin:/sbin
 here=$(cd "$(dirname "$0")" && pwd)
 
-size=4096 fill= pct=3 scale= W=/tmp/cbimg-bench results= keep=0 install=1 quiet_wait=0 repeat=
+size=4096 fill= pct=3 scale= W=/tmp/cbimg-bench results= keep=0 install=1 quiet_wait=0 repeat= warm=0 peers=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--size) size=$2; shift 2 ;;
@@ -38,6 +43,8 @@ while [ $# -gt 0 ]; do
 	--no-install) install=0; shift ;;
 	--wait-quiet) quiet_wait=$2; shift 2 ;;
 	--repeat) repeat=$2; shift 2 ;;
+	--warm) warm=1; shift ;;
+	--peers) peers=$2; shift 2 ;;
 	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	*) echo "bench: unknown option '$1' (see --help)" >&2; exit 2 ;;
 	esac
@@ -75,11 +82,21 @@ for t in /usr/bin/time mkfs.ext4 debugfs openssl; do
 done
 skipped=()
 for t in zstd restic borg casync rdiff partclone.ext4 qemu-img; do
-	if ! have "$t"; then
+	if [ -n "$peers" ] && [[ " $peers " != *" $t "* ]]; then
+		skipped+=("$t")
+	elif ! have "$t"; then
 		echo "SKIP: $t: not installed (package ${pkg_of[$t]}) - its rows are left out" >&2
 		skipped+=("$t")
 	fi
 done
+
+BSF=${BLOCKSYNC_FAST:-$(command -v blocksync-fast || true)}
+if [ -n "$peers" ] && [[ " $peers " != *" blocksync-fast "* ]]; then
+	skipped+=(blocksync-fast)
+elif [ -z "$BSF" ] || [ ! -x "$BSF" ]; then
+	echo "SKIP: blocksync-fast: not packaged in Debian and not found; set BLOCKSYNC_FAST to a binary built from its source (bench/README.md) - its rows are left out" >&2
+	skipped+=(blocksync-fast)
+fi
 
 # --- scratch directory, ours only
 if [ -e "$W" ]; then
@@ -104,7 +121,8 @@ export BORG_PASSPHRASE= BORG_BASE_DIR=$W/borg-base BORG_UNKNOWN_UNENCRYPTED_REPO
 export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 
 can_drop=0
-if [ "$root" = 1 ] && [ -w /proc/sys/vm/drop_caches ]; then can_drop=1
+if [ "$warm" = 1 ]; then echo "NOTE: --warm: the page cache is kept warm (never dropped)" >&2
+elif [ "$root" = 1 ] && [ -w /proc/sys/vm/drop_caches ]; then can_drop=1
 else echo "NOTE: not root: the page cache is NOT dropped before each command; reads may be cached" >&2; fi
 drop_caches() { sync; [ "$can_drop" = 1 ] && echo 3 >/proc/sys/vm/drop_caches || true; }
 digest() { if have xxhsum; then xxhsum -H2 <"$1" | cut -d' ' -f1; else sha256sum <"$1" | cut -d' ' -f1; fi; }
@@ -247,6 +265,13 @@ if ok rdiff; then
 		RDIFF_SIG_S=$SEC RDIFF_SIG_RSS=$RSS_KB
 	else failrow rdiff incremental rdiff-sig; fi
 fi
+if ok blocksync-fast; then
+	# its state for the incremental: a digest of A (4 KiB blocks, XXH3LOW), no data
+	if rep bsf-digest "rm -f '$W/bsf.digest'" "'$BSF' --make-digest -s '$DISK' -f '$W/bsf.digest'" "$W/bsf.digest"; then
+		row "blocksync-fast" full "$SEC" "$RSS_KB" "$(bytes "$W/bsf.digest")" "--make-digest of A only (no data is kept)$REPNOTE"
+		cp "$W/bsf.digest" "$W/bsf.digest.A"
+	else failrow blocksync-fast full bsf-digest; fi
+fi
 if ok partclone.ext4; then
 	if timed partclone "partclone.ext4 -c -q -s '$DISK' -o '$W/partclone.img' -L '$W/partclone.log'" "$W/partclone.img"; then
 		row "partclone.ext4 -c" full "$SEC" "$RSS_KB" "$(bytes "$W/partclone.img")" "used blocks, uncompressed"
@@ -260,7 +285,7 @@ fi
 # scale: the same data at the start of a sparse file of $scale apparent size
 BIG=$W/big.img
 cp --sparse=always "$DISK" "$BIG" && truncate -s "$scale" "$BIG"
-if timed cbimg-scale-full "'$CB' backup --json '$BIG' '$W/cbscale'" "$W/cbscale"; then
+if timed cbimg-scale-full "'$CB' backup --json --no-space-check '$BIG' '$W/cbscale'" "$W/cbscale"; then
 	SCALE_FULL_IDX=$(jstr index_path "$W/cbimg-scale-full.out")
 	row cbimg "scale full" "$SEC" "$RSS_KB" "$(jnum bytes_written "$W/cbimg-scale-full.out")" \
 		"$scale sparse; index $(bytes "$SCALE_FULL_IDX") B"
@@ -292,6 +317,11 @@ cbincr() { # TOOL DEST EXTRA_OPTS REPEAT(0/1)
 cbincr cbimg "$W/cb" "" 1
 CB_INCR_POINT=$(jstr path "$W/cbimg-incr.out")
 CB_INCR_IDX=$(jstr index_path "$W/cbimg-incr.out")
+# the floor of every incremental: the same disk again, nothing changed (seq 2 of the main chain)
+if timed cbimg-unchanged "CBIMG_STATE_DIR='$W/cb.state' '$CB' backup --json '$DISK' '$W/cb'" "$W/cb"; then
+	row cbimg "unchanged incremental" "$SEC" "$RSS_KB" "$(jnum bytes_written "$W/cbimg-unchanged.out")" \
+		"$(jnum blocks_changed "$W/cbimg-unchanged.out") blocks changed; scan rate $(awk -v b="$(stat -c %s "$DISK")" -v s="$SEC" 'BEGIN {printf "%.2f", b / s / 1e9}') GB/s"
+else failrow cbimg "unchanged incremental" cbimg-unchanged; fi
 cbincr "cbimg --block-size 64K" "$W/cb64k" "--job bs64k" 0
 cbincr "cbimg --block-size 1M" "$W/cb1m" "--job bs1m" 0
 if ok restic; then
@@ -310,6 +340,13 @@ if ok borg; then
 		row "borg" incremental "$SEC" "$RSS_KB" "$(( $(bytes "$W/borg") - before ))" "2nd run$REPNOTE"
 	else failrow borg incremental borg-2; fi
 fi
+if ok blocksync-fast && [ -f "$W/bsf.digest.A" ]; then
+	if rep bsf-incr "rm -f '$W/bsf.delta'; cp '$W/bsf.digest.A' '$W/bsf.digest'" \
+		"'$BSF' --make-delta -s '$DISK' -f '$W/bsf.digest' -D '$W/bsf.delta'" "$W/bsf.delta" "$W/bsf.digest"; then
+		row "blocksync-fast" incremental "$SEC" "$RSS_KB" "$(bytes "$W/bsf.delta")" \
+			"--make-delta against A's digest: changed 4 KiB blocks, uncompressed$REPNOTE"
+	else failrow blocksync-fast incremental bsf-incr; fi
+fi
 if ok casync; then
 	before=$(bytes "$W/casync")
 	if timed casync-2 "casync make --store='$W/casync/store' '$W/casync/b.caibx' '$DISK'" "$W/casync"; then
@@ -325,7 +362,7 @@ if ok rdiff && [ -n "$RDIFF_SIG_S" ]; then
 	else failrow rdiff incremental rdiff-delta; fi
 fi
 cp --sparse=always "$DISK" "$BIG" && truncate -s "$scale" "$BIG"
-if timed cbimg-scale-incr "'$CB' backup --json '$BIG' '$W/cbscale'" "$W/cbscale"; then
+if timed cbimg-scale-incr "'$CB' backup --json --no-space-check '$BIG' '$W/cbscale'" "$W/cbscale"; then
 	SCALE_INCR_IDX=$(jstr index_path "$W/cbimg-scale-incr.out")
 	row cbimg "scale incremental" "$SEC" "$RSS_KB" "$(jnum bytes_written "$W/cbimg-scale-incr.out")" \
 		"$scale sparse; $(jnum blocks_changed "$W/cbimg-scale-incr.out") blocks changed; index $(bytes "$SCALE_INCR_IDX") B"
@@ -373,11 +410,13 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 	echo "load average at the start: $LOAD_START, at the end: $LOAD_END (other work on the machine skews times)"
 	[ "$repeat" -gt 1 ] && echo "cat, cbimg (main chain, restores), zstd, zstd -d and the restic and borg 2nd runs: median of $repeat runs"
 	[ "$quiet_wait" -gt 0 ] && echo "waited up to ${quiet_wait} s before each command for a quiet machine (${WAITED} s in all)"
-	[ "$can_drop" = 1 ] && echo "page cache dropped before every timed command" ||
-		echo "page cache NOT dropped (not root): reads may come from the cache"
+	if [ "$can_drop" = 1 ]; then echo "page cache dropped before every timed command (cold)"
+	elif [ "$warm" = 1 ]; then echo "page cache kept warm (--warm): sources read from memory"
+	else echo "page cache NOT dropped (not root): reads may come from the cache"; fi
+	echo "CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1); storage of $W: $(df --output=source "$W" | tail -n 1)"
 	echo
 	awk -F'\t' '
-	function ref(ph) { return ph == "scale full" ? "full" : ph == "scale incremental" ? "incremental" : ph }
+	function ref(ph) { return ph == "scale full" ? "full" : ph ~ /incremental$/ ? "incremental" : ph }
 	{ tool[NR] = $1; ph[NR] = $2; s[NR] = $3; rss[NR] = $4; by[NR] = $5; nt[NR] = $6; oc[NR] = $7
 	  if ($1 == "cbimg" && $2 !~ /^scale/ && $3 != "-") cb[$2] = $3 }
 	END {
@@ -395,7 +434,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 	echo "other = CPU cores that other processes kept busy during the command (0.00: the machine was quiet)"
 	echo
 	echo "targets:"
-	awk -F'\t' -v lim_rss=64 '
+	awk -F'\t' -v lim_rss=64 -v size_b="$(stat -c %s "$DISK")" '
 	{ key = $1 "|" $2; S[key] = $3; B[key] = $5; R[key] = $4 }
 	function has(k) { return (k in S) && S[k] != "-" }
 	function verdict(ok) { return ok ? "PASS" : "FAIL" }
@@ -405,12 +444,19 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 		c = "cbimg|incremental"; k = "cat|incremental"
 		if (has(c) && has(k)) line(S[c] <= 2 * S[k], sprintf("incremental <= 2x cat: %.3f s vs cat %.3f s = %.2fx (limit 2x)", S[c], S[k], S[c] / S[k]))
 		else na("incremental <= 2x cat")
+		p = "blocksync-fast|incremental"
+		if (has(c) && has(p)) {
+			line(S[p] >= S[c], sprintf("incremental no slower than blocksync-fast: %.3f s vs %.3f s = %.2fx its speed (limit 1x)", S[c], S[p], S[p] / S[c]))
+			line(B[c] < B[p], sprintf("incremental writes fewer bytes than blocksync-fast: %d vs %d bytes = %.3fx (limit < 1x)", B[c], B[p], B[c] / B[p]))
+		} else na("incremental vs blocksync-fast (not run)")
 		split("restic borg", peers, " ")
 		for (j = 1; j <= 2; j++) {
 			p = peers[j] "|incremental"
 			if (has(c) && has(p)) line(S[p] >= 10 * S[c], sprintf("incremental >= 10x faster than %s 2nd run: %.3f s vs %.3f s = %.1fx faster (limit 10x)", peers[j], S[c], S[p], S[p] / S[c]))
 			else na("incremental >= 10x faster than " peers[j] " 2nd run (not run)")
 		}
+		u = "cbimg|unchanged incremental"
+		if (has(u)) printf "  info  unchanged-disk scan rate: %.2f GB/s (%.0f bytes in %.3f s; the issue asks >= 4 GB/s warm)\n", size_b / S[u] / 1e9, size_b, S[u]
 		c = "cbimg|full"; z = "zstd -T2 -3|full"
 		if (has(c) && has(z)) {
 			line(S[c] <= 0.6 * S[z], sprintf("full <= 0.6x zstd -T2 -3 time: %.3f s vs %.3f s = %.2fx (limit 0.6x)", S[c], S[z], S[c] / S[z]))
@@ -440,6 +486,6 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 		scale full	${SCALE_FULL_IDX:-}
 		scale incremental	${SCALE_INCR_IDX:-}
 	EOF
-	if [ ${#skipped[@]} -gt 0 ]; then echo; echo "skipped (not installed): ${skipped[*]}"; fi
+	if [ ${#skipped[@]} -gt 0 ]; then echo; echo "skipped (not installed, or left out by --peers): ${skipped[*]}"; fi
 } | tee "$results"
 say "results written to $results"

@@ -38,7 +38,7 @@ timed() {
 }
 catsec() { timed cat cat "$1" >/dev/null; CAT=$SEC; }
 backup() { # NAME SRC DEST
-	timed "$1" "$CBIMG" backup --json --no-state --job g "$2" "$3"
+	timed "$1" "$CBIMG" backup --json --no-state --no-space-check --job g "$2" "$3"
 	READ=$(jq -r .bytes_read "$work/$1.out")
 	WRITTEN=$(jq -r .bytes_written "$work/$1.out")
 	CHANGED=$(jq -r .blocks_changed "$work/$1.out")

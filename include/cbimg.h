@@ -27,8 +27,9 @@ extern "C" {
 #define CBIMG_VERSION_STRING "0.1.0"
 /* Newest on-disk format version this library reads and writes
  * (format/SPEC.md). Files that use no version-2 feature (encryption, SHA-256
- * block hashes) are still written as version 1. */
-#define CBI_FORMAT_VERSION 2
+ * block hashes) are still written as version 1; version 3 is an index of
+ * runs (revision 2.6), written only for sources of 65536 blocks or more. */
+#define CBI_FORMAT_VERSION 3
 
 /* Library error codes, beyond the errno range. */
 enum {
@@ -271,7 +272,7 @@ typedef struct cbi_backup_opts {
 	const char *source_id;    /* NULL -> derived from the device */
 	int force_full;           /* start a new chain */
 	uint32_t block_size;      /* 0 -> CBI_DEFAULT_BLOCK_SIZE; new chains only */
-	int level;                /* zstd level 1 to CBI_MAX_LEVEL; 0 -> 3 */
+	int level;                /* zstd level 1 to CBI_MAX_LEVEL; 0 -> 3, CBI_INCR_LEVEL for an incremental */
 	int threads;              /* worker threads; 0 -> number of CPUs; at most 16, and fewer
 	                           * for large blocks, so that memory stays bounded */
 	const char *state_dir;    /* NULL -> /var/lib/cbimg: a copy of each job's newest index */
@@ -337,6 +338,8 @@ typedef struct cbi_backup_opts {
 #define CBI_SPLIT_NONE UINT64_MAX
 
 #define CBI_DEFAULT_BLOCK_SIZE (256u * 1024u)
+/* zstd level of an incremental's records when none is asked for. */
+#define CBI_INCR_LEVEL 1
 #define CBI_MIN_BLOCK_SIZE (4u * 1024u)
 #define CBI_MAX_BLOCK_SIZE (4u * 1024u * 1024u)
 

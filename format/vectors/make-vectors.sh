@@ -106,8 +106,9 @@ case ${1:-} in
 --merged) CHECK_ONLY=2 ;;
 --spec24) CHECK_ONLY=3 ;;
 --rescue) CHECK_ONLY=4 ;;
+--runs) CHECK_ONLY=5 ;;
 "") ;;
-*) die "usage: CBIMG=... make-vectors.sh [--check | --merged | --spec24 | --rescue]" ;;
+*) die "usage: CBIMG=... make-vectors.sh [--check | --merged | --spec24 | --rescue | --runs]" ;;
 esac
 
 generate() {
@@ -115,6 +116,7 @@ generate_base
 generate_merged
 generate_spec24
 generate_rescue
+generate_runs
 }
 
 generate_base() {
@@ -251,10 +253,10 @@ c=$(mkcase orphan-image)
 rm -f "$(point "$c" incr 2 cbx)"
 printf '%s\n' "image file without a matching index file" >"$c/expect"
 
-# future-version: both files of seq 2 claim format version 3 (a version this reader does not know).
+# future-version: both files of seq 2 claim format version 5 (a version this reader does not know).
 c=$(mkcase future-version)
-flip "$(point "$c" incr 2 cbi)" 8 0x02
-flip "$(point "$c" incr 2 cbx)" 8 0x02
+flip "$(point "$c" incr 2 cbi)" 8 0x04
+flip "$(point "$c" incr 2 cbx)" 8 0x04
 printf '%s\n' "not a cbimg file or unsupported version" >"$c/expect"
 
 }   # generate_base
@@ -440,11 +442,46 @@ printf '\001' | dd of="$f" bs=1 seek=$((512 + 24 * 256 + 5)) conv=notrunc status
 printf '%s\n' "bad-range map: ranges unsorted, overlapping, empty or outside the source" >"$D/badmap-range/expect"
 }   # generate_rescue
 
+# ================================================== runs (rev. 2.6)
+# valid/runs: a 256 MiB sparse source, 65536 blocks of 4 KiB, so that the
+# writer stores its indexes as runs (version 3): seq 0 full, seq 1 an
+# incremental. damaged/runs-count: a copy whose seq-1 index has one run's
+# count changed (its digest still the old one): verify reports damage.
+generate_runs() {
+local R=$V/runs c x
+rm -rf "$R" "$D/runs-count"
+mkdir -p "$R"
+: >"$R/expected.sha256"
+rm -f "$W/disk.img"
+truncate -s 256M "$W/disk.img"  # 65536 blocks: runs from here on
+text 0 16 r0
+noise 100 4 09
+text 30000 8 r0
+zero 40000 100                # written zeros: a run like the holes
+text 65535 1 r0               # the last block
+backup "$R"                   # seq 0: items: data, runs of holes
+text 3 1 r1
+zero 5 1                      # a lone zero block: an entry, not a run
+text 50000 2 r1               # splits a run in three
+backup "$R"                   # seq 1
+rm -f "$R"/.cbimg*.lock "$R"/cbimg-catalog*
+c=$D/runs-count
+mkdir -p "$c"
+cp "$R"/*.cbi "$R"/*.cbx "$c/"
+x=$(point "$c" incr 1 cbx)
+# the item after the first 16 data blocks... is the run of blocks 16..99:
+# its count (offset 512 + 24 * 16 + 8) gets bit 0 flipped
+[ "$(u64 "$x" $((512 + 24 * 16)))" = 16 ] || die "runs-count: item 16 is not the run at block 16"
+flip "$x" $((512 + 24 * 16 + 8)) 0x01
+printf '%s\n' "SHA-256 digest mismatch" "block 0: unable to read the index entry" >"$c/expect"
+}   # generate_runs
+
 case $CHECK_ONLY in
 0) generate ;;
 2) generate_merged ;;
 3) generate_spec24 ;;
 4) generate_rescue ;;
+5) generate_runs ;;
 esac
 
 # ================================================================== checks

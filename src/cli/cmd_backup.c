@@ -42,7 +42,7 @@ static const struct cli_option backup_options[] = {
 	{ OPT_JOB, "job", "NAME", "job name (default \"default\")" },
 	{ OPT_FULL, "full", NULL, "start a new chain with a full image" },
 	{ OPT_BLOCK_SIZE, "block-size", "SIZE", "block size of a new chain (default 256K)" },
-	{ OPT_LEVEL, "level", "N", "zstd compression level, 1 to 19 (default 3)" },
+	{ OPT_LEVEL, "level", "N", "zstd compression level, 1 to 19 (default 3, incrementals 1)" },
 	{ OPT_THREADS, "threads", "N", "worker threads (default: one per CPU)" },
 	{ OPT_SOURCE_ID, "source-id", "ID", "source identity (default: from the device)" },
 	{ OPT_HOST, "host", "NAME", "host name to record (default: this host)" },

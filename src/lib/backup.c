@@ -886,6 +886,10 @@ static int bk_write_point(bk_run *b)
 	/* frozen before the map is read: it must be the frozen file system's */
 	if (cbi_snap_mode(b->snap) == CBI_SNAP_FREEZE && (rc = cbi_snap_freeze(b->snap, err)))
 		return rc;
+	/* an incremental's records at level 1 unless asked: as small, less CPU
+	 * (bench/README.md, "Compression level of incrementals") */
+	if (!o->level && h->type == CBI_INCREMENTAL)
+		b->level = CBI_INCR_LEVEL, h->level = CBI_INCR_LEVEL;
 	if (o->used_only) {
 		/* read before any block: the map is what "used" means for this point */
 		if ((rc = cbi_fsmap_read(b->src->path, b->src->size, b->bs, &b->fsmap, err)))

@@ -39,6 +39,8 @@ static int all_zero(const uint8_t *p, size_t n)
 
 uint32_t cbi_hdr_version_for(const cbi_hdr *h)
 {
+	if (h->runs)
+		return 3u;
 	return h->flags || h->hash_alg != CBI_HASH_XXH3_128 ? 2u : 1u;
 }
 
@@ -209,6 +211,9 @@ int cbi_hdr_decode(const uint8_t *b, cbi_hdr *h)
 	h->version = ld32(b + cbi_layout_field(&cbi_hdr_layout, "version")->off);
 	if (h->version < 1 || h->version > CBI_FORMAT_VERSION)
 		return -CBI_EFORMAT;
+	if (h->version == 3 && h->kind != CBI_KIND_INDEX)
+		return -CBI_EFORMAT; /* version 3 is the run-length index: no image has it */
+	h->runs = h->version == 3;
 	int rc = cbi_layout_decode(&cbi_hdr_layout, b, h); /* checksum, header_size, fields */
 	if (rc)
 		return rc;

@@ -41,6 +41,8 @@ enum cbi_kind { CBI_KIND_IMAGE = 1, CBI_KIND_INDEX = 2 };
 
 /* Index entry flags. */
 #define CBI_IDX_ZERO 0x1u
+#define CBI_IDX_RUN 0x2u      /* version 3 (revision 2.6): with ZERO, one item for a run of zero
+                               * blocks (format/SPEC.md, "Run-length index") */
 
 /* ---------------------------------------------------------------- layouts
  * A fixed-size on-disk structure is described once, as a table of its
@@ -123,11 +125,13 @@ typedef struct cbi_hdr {
 	char source_path[64];
 	uint8_t key_id[16];    /* encrypted: names the chain's data key; else zero */
 	uint8_t hdr_mac[16];   /* encrypted: HMAC-SHA256 of bytes 0..487, truncated */
+	int runs;              /* an index only: its entries may be runs (version 3), not stored
+	                        * as a flag: the version says it */
 } cbi_hdr;
 
 /* The version a file with these features is written as: 1 unless it uses
  * what version 2 added (encryption, SHA-256 hashes), so that plain chains
- * stay readable by version-1 readers. */
+ * stay readable by version-1 readers; 3 for an index with runs. */
 uint32_t cbi_hdr_version_for(const cbi_hdr *h);
 #define CBI_HDR_MAC_OFF 488u
 

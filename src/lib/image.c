@@ -26,6 +26,7 @@ int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_h
 		return cbi_err(err, -ENOMEM, "out of memory");
 	w->hdr = *h;
 	w->hdr.kind = CBI_KIND_IMAGE;
+	w->hdr.runs = 0; /* runs are an index's (version 3) */
 	int rc = cbi_sfw_create_split(final_path, tag, (uint64_t)h->segment_mib * CBI_SEG_UNIT, &w->f, err);
 	if (rc) {
 		free(w);

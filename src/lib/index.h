@@ -7,10 +7,17 @@
 #include "format.h"
 #include "sfile.h"
 
+/* An index of at least this many blocks is written as runs (version 3,
+ * format/SPEC.md "Run-length index"): below it the fixed entries cost at
+ * most 1.5 MiB, and any older reader reads them. */
+#define CBI_IDX_RUNS_MIN_BLOCKS 65536u
+
 /* ---- writer: entries are appended in block order ---- */
 typedef struct cbi_index_writer cbi_index_writer;
 
 /* tag: see cbi_sfw_create_tagged(); NULL for the default temporary name.
+ * Zero entries are written as runs when h->runs is set or h->n_blocks is at
+ * least CBI_IDX_RUNS_MIN_BLOCKS.
  * The file is stored as segments of h->segment_mib MiB (0: one file).
  * keys: the chain's keys when h is encrypted, else NULL. */
 int cbi_index_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, const cbi_keys *keys,
@@ -29,13 +36,30 @@ void cbi_index_writer_set_badmap(cbi_index_writer *w, const cbi_badmap *m);
 uint64_t cbi_index_writer_written(const cbi_index_writer *w);
 
 /* ---- reader ---- */
+
+/* A run of zero blocks of a version-3 index: blocks [first, first + count)
+ * are item number `item`. */
+typedef struct cbi_idx_run {
+	uint64_t first, count, item;
+} cbi_idx_run;
+
+/* A window of items for sequential access; one per thread that reads
+ * (cbi_index_get uses the index's own). Zeroed to start. */
+typedef struct cbi_index_win {
+	uint8_t *buf;
+	uint64_t first, n;      /* items [first, first + n) are in buf */
+	size_t k;               /* cursor: runs before the block found last */
+} cbi_index_win;
+
 typedef struct cbi_index {
 	cbi_sfr *f;
 	cbi_hdr hdr;
 	cbi_idx_trailer trl;
-	/* window cache of entries for sequential access */
-	uint8_t *win;
-	uint64_t win_first, win_n;
+	cbi_index_win w;                /* cbi_index_get's */
+	uint64_t n_items;               /* items stored: n_blocks unless hdr.runs */
+	cbi_idx_run *runs;              /* the runs, in block order (version 3) */
+	size_t n_runs;
+	int runs_state;                 /* 0 not read yet, 1 read, < 0 the error */
 	int keyed;                      /* encrypted and cbi_index_set_keys() done */
 	uint8_t mac_key[CBI_KEY_LEN];
 	cbi_hashspec hs;                /* how its entries' hashes are made */
@@ -49,8 +73,18 @@ int cbi_index_open(const char *path, cbi_index **out, cbi_error *err) CBI_WUR;
 /* Same for a sealed file already open (a scan's): f is the index's from then
  * on, closed on failure too. */
 int cbi_index_open_sfr(cbi_sfr *f, cbi_index **out, cbi_error *err) CBI_WUR;
-/* Entry of block i (0 <= i < n_blocks). Cheap for sequential access. */
+/* Entry of block i (0 <= i < n_blocks). Cheap for sequential access. A
+ * block in a run reads as a zero entry. The first call on a version-3
+ * index reads its items once to find the runs (-CBI_EDAMAGED if they do
+ * not cover the blocks exactly). */
 int cbi_index_get(cbi_index *x, uint64_t i, cbi_idx_ent *e) CBI_WUR;
+/* The same through the caller's window w: threads that share x each use
+ * their own, after one cbi_index_load_runs(x). */
+int cbi_index_get_w(cbi_index *x, cbi_index_win *w, uint64_t i, cbi_idx_ent *e) CBI_WUR;
+void cbi_index_win_free(cbi_index_win *w);
+/* Find the runs of a version-3 index now (no-op after the first time, and
+ * on older indexes). 0, -CBI_EDAMAGED, or a read error. */
+int cbi_index_load_runs(cbi_index *x) CBI_WUR;
 /* Recompute the file's digest (SHA-256, or HMAC-SHA256 for an encrypted
  * index, which needs cbi_index_set_keys() first: -CBI_ENOKEY otherwise).
  * 0 or -CBI_EDAMAGED. */

@@ -55,8 +55,7 @@ typedef struct pctx {
 	cbi_image *wimg;        /* image of the table window */
 	uint64_t wfirst, wn;
 	uint8_t twin[WIN * CBI_TAB_ENT_SIZE];
-	uint64_t xfirst, xn;    /* index window */
-	uint8_t xwin[WIN * CBI_IDX_ENT_SIZE];
+	cbi_index_win xw;       /* index window */
 	struct pctx *next;
 } pctx;
 
@@ -87,6 +86,7 @@ static void ctx_free(pctx *x)
 {
 	if (x) {
 		ZSTD_freeDCtx(x->dctx);
+		cbi_index_win_free(&x->xw);
 		cbi_cx_free(x->cx);
 		free(x->scratch);
 		free(x);
@@ -126,18 +126,9 @@ static void ctx_put(cbi_pointrd *r, pctx *x)
 /* Index entry of block i, through x's window. */
 static int index_entry(cbi_pointrd *r, pctx *x, uint64_t i, cbi_idx_ent *e, cbi_error *err)
 {
-	if (i < x->xfirst || i >= x->xfirst + x->xn) {
-		uint64_t n = CBI_MIN((uint64_t)WIN, r->n_blocks - i);
-		int rc = cbi_sfr_pread(r->x->f, x->xwin, (size_t)(n * CBI_IDX_ENT_SIZE),
-				       CBI_HDR_SIZE + i * CBI_IDX_ENT_SIZE);
-		if (rc) {
-			x->xn = 0;
-			return cbi_err(err, rc, "unable to read index '%s': %s", r->x->f->path, cbi_strerror(rc));
-		}
-		x->xfirst = i;
-		x->xn = n;
-	}
-	cbi_idx_ent_decode(x->xwin + (i - x->xfirst) * CBI_IDX_ENT_SIZE, e);
+	int rc = cbi_index_get_w(r->x, &x->xw, i, e);
+	if (rc)
+		return cbi_err(err, rc, "unable to read index '%s': %s", r->x->f->path, cbi_strerror(rc));
 	return 0;
 }
 
@@ -501,6 +492,11 @@ int cbi_pointrd_open(const cbi_pointrd_opts *o, cbi_pointrd **out, cbi_error *er
 	r->bs = r->x->hdr.block_size;
 	r->size = r->x->hdr.source_size;
 	r->n_blocks = r->x->hdr.n_blocks;
+	/* the runs once, before threads share the index (cbi_index_get_w) */
+	if ((rc = cbi_index_load_runs(r->x))) {
+		rc = cbi_err(err, rc, "unable to read index '%s': %s", r->x->f->path, cbi_strerror(rc));
+		goto fail;
+	}
 	if (o->lock) {
 		char dir[4096];
 		cbi_dirname(r->x->f->path, dir, sizeof dir);

@@ -1,6 +1,8 @@
 /* fuzz_index.c - the index reader (index.c: cbi_index_open, cbi_index_get,
- * cbi_index_set_keys, cbi_index_check_digest) and what a scan reads of an
- * index file (chain.c: cbi_point_read), and the bad-range map of an index with header flag bit 3
+ * cbi_index_set_keys, cbi_index_check_digest; for a run-length index of
+ * version 3, cbi_index_load_runs and cbi_index_get_w at blocks taken from
+ * the input) and what a scan reads of an index file (chain.c:
+ * cbi_point_read), and the bad-range map of an index with header flag bit 3
  * (badmap.c: cbi_badmap_read at open, then cbi_badmap_find and
  * cbi_badmap_describe as restore, mount and verify use the map).
  *
@@ -70,6 +72,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			FZ_TRY(cbi_index_get(x, nb / 2, &e));
 		}
 		FZ_TRY(cbi_index_get(x, nb, &e)); /* out of range */
+		if (x->hdr.runs && cbi_index_load_runs(x) == 0) {
+			/* runs: blocks named by the input's bytes, through a second window */
+			cbi_index_win w;
+			memset(&w, 0, sizeof w);
+			for (size_t k = 1; k + 8 <= n && k < 8 * 64; k += 8) {
+				uint64_t i = 0;
+				for (int j = 0; j < 8; j++)
+					i |= (uint64_t)data[k + j] << (8 * j);
+				FZ_TRY(cbi_index_get_w(x, &w, i % nb, &e));
+				if ((i >> 63) && i % nb)
+					FZ_TRY(cbi_index_get_w(x, &w, i % nb - 1, &e));
+			}
+			cbi_index_win_free(&w);
+		}
 		if (ctl & FZ_DIGEST)
 			FZ_TRY(cbi_index_check_digest(x));
 		bad_map(x);

@@ -62,12 +62,13 @@ static void seed(const char *target, const char *name, uint8_t ctl, const void *
 
 /* ------------------------------------------------------------- points */
 
-enum { P_ENC = 1, P_SHA = 2, P_USED = 4, P_SPLIT = 8 };
+enum { P_ENC = 1, P_SHA = 2, P_USED = 4, P_SPLIT = 8, P_RUNS = 16 };
 
 /* Write a full point (image p.cbi and index p.cbx of dir/stem) of a source
  * of size bytes with 4 KiB blocks; every third block zero. P_SPLIT: 1 MiB
  * segments and 1 MiB blocks, every block stored raw as zeros (a large,
- * sparse file of few records). */
+ * sparse file of few records). P_RUNS: a run-length index (version 3),
+ * blocks 3 to 7 of every 8 zero. */
 static void mk_point(const char *dir, const char *stem, unsigned how, uint64_t size, uint8_t pid)
 {
 	cbi_hdr h;
@@ -86,7 +87,8 @@ static void mk_point(const char *dir, const char *stem, unsigned how, uint64_t s
 	h.created_ns = 1767225600000000000LL + pid;
 	h.level = 3;
 	h.segment_mib = how & P_SPLIT ? 1 : 0;
-	h.version = cbi_hdr_version_for(&h);
+	h.version = cbi_hdr_version_for(&h); /* the image's: runs are the index's alone */
+	h.runs = !!(how & P_RUNS);
 	cbi_strlcpy(h.job, "j", sizeof h.job);
 	cbi_strlcpy(h.host, "h", sizeof h.host);
 	cbi_strlcpy(h.source_id, "fuzz:d", sizeof h.source_id);
@@ -120,7 +122,7 @@ static void mk_point(const char *dir, const char *stem, unsigned how, uint64_t s
 	uint64_t zero = 0, stored = 0;
 	for (uint64_t i = 0; i < h.n_blocks; i++) {
 		uint32_t len = cbi_block_len(size, h.block_size, i);
-		int z = (how & P_SPLIT) || i % 3 == 2;
+		int z = (how & P_SPLIT) || (how & P_RUNS ? i % 8 >= 3 : i % 3 == 2);
 		for (uint32_t j = 0; j < len; j++)
 			data[j] = z ? 0 : (uint8_t)('a' + (j * 7 + i) % 26);
 		cbi_idx_ent e = { .owner = 0, .flags = 0 };
@@ -337,12 +339,13 @@ static void gen_points(const char *tmp)
 	static const struct {
 		const char *name;
 		unsigned how;
-	} kinds[] = { { "enc", P_ENC }, { "sha", P_SHA }, { "used", P_USED }, { "encsha", P_ENC | P_SHA } };
+	} kinds[] = { { "enc", P_ENC },	  { "sha", P_SHA },	  { "used", P_USED },
+		      { "encsha", P_ENC | P_SHA }, { "runs", P_RUNS }, { "encruns", P_ENC | P_RUNS } };
 	char dir[2048], p[4096];
 	for (unsigned i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
 		snprintf(dir, sizeof dir, "%s/%s", tmp, kinds[i].name);
 		mkdir(dir, 0700);
-		mk_point(dir, "p", kinds[i].how, 5 * 4096 + 1000, (uint8_t)(0x10 * i));
+		mk_point(dir, "p", kinds[i].how, (kinds[i].how & P_RUNS ? 40 : 5) * 4096 + 1000, (uint8_t)(0x10 * i));
 		uint8_t ctl = kinds[i].how & P_ENC ? FZ_KEYED | FZ_DIGEST : FZ_DIGEST;
 		for (int img = 0; img < 2; img++) {
 			snprintf(p, sizeof p, "%s/p.%s", dir, img ? "cbi" : "cbx");

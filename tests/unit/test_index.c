@@ -76,14 +76,20 @@ static void write_index(const char *path, uint64_t n, cbi_idx_trailer *t_out)
 		*t_out = t;
 }
 
-static void check_entry(cbi_index *x, uint64_t i)
+/* Entry i read through w (NULL: the index's own window) must be want. */
+static void expect_entry(cbi_index *x, cbi_index_win *w, uint64_t i, cbi_idx_ent want)
 {
-	cbi_idx_ent got, want = ent_for(i);
-	int rc = cbi_index_get(x, i, &got);
+	cbi_idx_ent got;
+	int rc = w ? cbi_index_get_w(x, w, i, &got) : cbi_index_get(x, i, &got);
 	if (rc)
 		fail_msg("cbi_index_get(%llu) = %d", (unsigned long long)i, rc);
 	if (memcmp(got.hash, want.hash, 16) || got.owner != want.owner || got.flags != want.flags)
 		fail_msg("entry %llu differs", (unsigned long long)i);
+}
+
+static void check_entry(cbi_index *x, uint64_t i)
+{
+	expect_entry(x, NULL, i, ent_for(i));
 }
 
 static void test_round_trip_big(void **state)
@@ -309,11 +315,220 @@ static void test_writer_create_error(void **state)
 	assert_null(w);
 }
 
+/* ---- run-length index (version 3, revision 2.6) ---- */
+
+#define N_RUNS 30000u
+
+/* Block i of the runs tests: zero runs of 1, 2, 3 and 9000 blocks (across
+ * windows), at the start and at the end, between data blocks. */
+static int runs_zero(uint64_t i)
+{
+	return i < 5 || (i >= 100 && i < 101) || (i >= 200 && i < 202) || (i >= 300 && i < 303) ||
+	       (i >= 8000 && i < 17000) || i >= N_RUNS - 40 || (i % 997 == 13);
+}
+
+static cbi_idx_ent runs_ent(uint64_t i)
+{
+	cbi_idx_ent e = ent_for(i);
+	if (runs_zero(i)) {
+		memset(&e, 0, sizeof e);
+		e.flags = CBI_IDX_ZERO;
+	} else if (e.flags) {
+		e = ent_for(i + 1); /* not zero */
+		e.flags = 0;
+	}
+	return e;
+}
+
+/* Items the writer must write for blocks [0, n): one per data block or
+ * lone zero block, one per run of two or more zero blocks. */
+static uint64_t runs_items(uint64_t n)
+{
+	uint64_t items = 0;
+	for (uint64_t i = 0; i < n; i++)
+		if (!runs_zero(i) || i == 0 || !runs_zero(i - 1))
+			items++;
+	return items;
+}
+
+static void write_runs(const char *path, uint64_t n, int runs)
+{
+	cbi_hdr h = mk_hdr(n);
+	h.runs = runs;
+	cbi_index_writer *w = NULL;
+	assert_int_equal(cbi_index_writer_create(path, NULL, &h, NULL, &w, NULL), 0);
+	for (uint64_t i = 0; i < n; i++) {
+		cbi_idx_ent en = runs_ent(i);
+		assert_int_equal(cbi_index_writer_add(w, &en), 0);
+	}
+	cbi_idx_trailer t;
+	memset(&t, 0, sizeof t);
+	assert_int_equal(cbi_index_writer_seal(w, &t), 0);
+	assert_int_equal(cbi_index_writer_commit(w, NULL), 0);
+}
+
+static void check_runs_entry(cbi_index *x, cbi_index_win *w, uint64_t i)
+{
+	expect_entry(x, w, i, runs_ent(i));
+}
+
+static void test_runs_round_trip(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "runs.cbx");
+	write_runs(p, N_RUNS, 1);
+	uint64_t items = runs_items(N_RUNS);
+	assert_true(items < N_RUNS - 9000);
+	assert_int_equal(tu_file_size(p), (int64_t)(CBI_HDR_SIZE + items * CBI_IDX_ENT_SIZE + CBI_TRL_SIZE));
+	size_t n;
+	uint8_t *b = tu_read_file(p, &n);
+	assert_int_equal(ld32(b + 8), 3); /* version 3 */
+	/* the first item: the run of blocks 0..4 */
+	cbi_idx_ent e0;
+	cbi_idx_ent_decode(b + CBI_HDR_SIZE, &e0);
+	assert_int_equal(e0.flags, CBI_IDX_ZERO | CBI_IDX_RUN);
+	assert_true(ld64(e0.hash) == 0 && ld64(e0.hash + 8) == 5 && e0.owner == 0);
+	free(b);
+
+	cbi_index *x = NULL;
+	assert_int_equal(cbi_index_open(p, &x, NULL), 0);
+	assert_int_equal(x->hdr.version, 3);
+	assert_true(x->hdr.runs && x->n_items == items);
+	assert_int_equal(cbi_index_check_digest(x), 0);
+	for (uint64_t i = 0; i < N_RUNS; i++) /* forwards */
+		check_runs_entry(x, NULL, i);
+	for (uint64_t i = N_RUNS; i-- > 0;) /* backwards */
+		check_runs_entry(x, NULL, i);
+	cbi_index_win w1, w2;
+	memset(&w1, 0, sizeof w1);
+	memset(&w2, 0, sizeof w2);
+	uint64_t s = 7;
+	for (int k = 0; k < 20000; k++) { /* random, two windows */
+		check_runs_entry(x, &w1, tu_rng(&s) % N_RUNS);
+		check_runs_entry(x, &w2, tu_rng(&s) % N_RUNS);
+	}
+	cbi_idx_ent en;
+	assert_int_equal(cbi_index_get(x, N_RUNS, &en), -EINVAL);
+	cbi_index_win_free(&w1);
+	cbi_index_win_free(&w2);
+	cbi_index_close(x);
+}
+
+/* The writer's choice: runs from CBI_IDX_RUNS_MIN_BLOCKS blocks on; below,
+ * the fixed entries that every older reader reads (version 1 here). */
+static void test_runs_auto(void **state)
+{
+	tu_fix *f = *state;
+	const uint64_t ns[] = { CBI_IDX_RUNS_MIN_BLOCKS - 1, CBI_IDX_RUNS_MIN_BLOCKS };
+	for (int k = 0; k < 2; k++) {
+		const char *p = tu_path(f->dir, k ? "auto1.cbx" : "auto0.cbx");
+		write_runs(p, ns[k], 0);
+		cbi_index *x = NULL;
+		assert_int_equal(cbi_index_open(p, &x, NULL), 0);
+		assert_int_equal(x->hdr.version, k ? 3 : 1);
+		assert_true(x->n_items == (k ? runs_items(ns[k]) : ns[k]));
+		for (uint64_t i = 0; i < ns[k]; i += 1 + i % 5)
+			check_runs_entry(x, NULL, i);
+		check_runs_entry(x, NULL, ns[k] - 1);
+		assert_int_equal(cbi_index_check_digest(x), 0);
+		cbi_index_close(x);
+	}
+}
+
+/* Damaged runs: the index opens (its size and trailer agree), the first
+ * entry read fails with -CBI_EDAMAGED, and so does every later one. */
+static void test_runs_damaged(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "rd.cbx");
+	write_runs(p, N_RUNS, 1);
+	/* item 0 is the run {first 0, count 5}; its byte offsets: */
+	const uint64_t it0 = CBI_HDR_SIZE;
+	struct {
+		uint64_t off;
+		uint8_t mask;
+	} cases[] = {
+		{ it0 + 0, 0x01 },  /* first 1: not where the items before end */
+		{ it0 + 8, 0x07 },  /* count 2: the blocks no longer add up */
+		{ it0 + 8, 0x05 },  /* count 0 */
+		{ it0 + 15, 0x80 }, /* count beyond n_blocks */
+		{ it0 + 20, 0x01 }, /* RUN without ZERO */
+		{ it0 + 20, 0x04 }, /* an unknown flag bit on a run */
+		{ it0 + 16, 0x01 }, /* owner 1 */
+		{ it0 + 20, 0x02 }, /* not a run: 4 blocks too few */
+	};
+	for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+		tu_flip_byte(p, cases[k].off, cases[k].mask);
+		cbi_index *x = NULL;
+		assert_int_equal(cbi_index_open(p, &x, NULL), 0);
+		cbi_idx_ent en;
+		if (cbi_index_get(x, 1000, &en) != -CBI_EDAMAGED)
+			fail_msg("case %zu: damaged runs were read", k);
+		assert_int_equal(cbi_index_get(x, 0, &en), -CBI_EDAMAGED);
+		assert_int_equal(cbi_index_load_runs(x), -CBI_EDAMAGED);
+		assert_int_equal(cbi_index_check_digest(x), -CBI_EDAMAGED);
+		cbi_index_close(x);
+		tu_flip_byte(p, cases[k].off, cases[k].mask);
+	}
+	/* a size that is not header + items + trailer */
+	size_t n;
+	uint8_t *b = tu_read_file(p, &n);
+	const char *q = tu_path(f->dir, "rd2.cbx");
+	tu_write_file(q, b, n - 1);
+	cbi_index *x = NULL;
+	assert_int_not_equal(cbi_index_open(q, &x, NULL), 0);
+	free(b);
+	/* an image file cannot be version 3 */
+	cbi_hdr h = mk_hdr(10);
+	h.runs = 1;
+	uint8_t hb[CBI_HDR_SIZE];
+	h.kind = CBI_KIND_IMAGE;
+	cbi_hdr_encode(&h, hb);
+	memcpy(hb, CBI_MAGIC_IMAGE, 8);
+	cbi_hdr d;
+	assert_int_equal(cbi_hdr_decode(hb, &d), -CBI_EFORMAT);
+	/* nor can a version-3 index be read by a version-2 reader's rules: a
+	 * future version 4 is refused as unsupported */
+	h.kind = CBI_KIND_INDEX;
+	cbi_hdr_encode(&h, hb);
+	assert_int_equal(cbi_hdr_decode(hb, &d), 0);
+	assert_true(d.runs && d.version == 3);
+	st32(hb + 8, 4);
+	assert_int_equal(cbi_hdr_decode(hb, &d), -CBI_EFORMAT);
+}
+
+/* Files of the older versions stay readable: a fixed-entry index (version
+ * 1) written without runs reads back unchanged, through both windows. */
+static void test_runs_old_format_readable(void **state)
+{
+	tu_fix *f = *state;
+	const char *p = tu_path(f->dir, "old.cbx");
+	write_index(p, N_BIG, NULL);
+	cbi_index *x = NULL;
+	assert_int_equal(cbi_index_open(p, &x, NULL), 0);
+	assert_int_equal(x->hdr.version, 1);
+	assert_false(x->hdr.runs);
+	assert_int_equal(cbi_index_load_runs(x), 0);
+	assert_true(x->n_runs == 0 && x->n_items == N_BIG);
+	cbi_index_win w;
+	memset(&w, 0, sizeof w);
+	for (uint64_t i = 0; i < N_BIG; i += 3) {
+		check_entry(x, i);
+		expect_entry(x, &w, N_BIG - 1 - i, ent_for(N_BIG - 1 - i));
+	}
+	cbi_index_win_free(&w);
+	cbi_index_close(x);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, tu_setup_dir, tu_teardown_dir)
 	const struct CMUnitTest tests[] = {
 		T(test_round_trip_big),
+		T(test_runs_round_trip),
+		T(test_runs_auto),
+		T(test_runs_damaged),
+		T(test_runs_old_format_readable),
 		T(test_single_entry),
 		T(test_truncated_copy),
 		T(test_damaged_bytes),

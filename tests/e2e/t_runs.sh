@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The run-length index (format version 3, SPEC revision 2.6) through the CLI:
+# a 512 MiB sparse file of 4 KiB blocks (131072 blocks) holding 3 MiB of data
+# in three places, a full and an incremental; both indexes are version 3 and
+# a few KiB (not 3 MiB); verify,
+# restore of each point (byte for byte), --changed-only, info; a source of
+# fewer than 65536 blocks still gets a fixed index (version 1) that the
+# committed vectors' older files sit beside; the older vectors (version 1,
+# valid/chain1) still verify and restore with this build.
+. "$(dirname "$0")/lib.sh"
+
+SRC=$T/big.img
+D=$T/dest
+mkdir -p "$D"
+truncate -s 512M "$SRC"
+MiB=1048576
+put() { head -c "$2" /dev/urandom | dd of="$SRC" bs=1M seek="$1" conv=notrunc status=none; }
+put 0 $MiB
+put 100 $MiB
+dd if=/dev/zero of="$SRC" bs=1M seek=200 count=8 conv=notrunc status=none # written zeros
+put 400 $MiB
+truncate -s 512M "$SRC"
+cp --sparse=always "$SRC" "$T/state0.img"
+SHA0=$(sha256 "$SRC")
+
+expect_exit 0 "$CBIMG" backup -q --block-size 4K --job r "$SRC" "$D" || die "full backup failed"
+X0=$(ls "$D"/*_full0000_*.cbx)
+check_eq "full: index version 3" "$(od -An -t u4 -j 8 -N 4 "$X0" | tr -d ' ')" 3
+check "full: index of a 512 MiB sparse source under 64 KiB ($(filesize "$X0") bytes)" [ "$(filesize "$X0")" -lt 65536 ]
+
+put 100 4096          # a changed block
+put 300 $MiB          # data where a hole was: splits a run
+dd if=/dev/zero of="$SRC" bs=1M seek=0 count=1 conv=notrunc status=none # data became zeros
+truncate -s 512M "$SRC"
+SHA1=$(sha256 "$SRC")
+expect_exit 0 "$CBIMG" backup -q --job r "$SRC" "$D" || die "incremental failed"
+X1=$(ls "$D"/*_incr0001_*.cbx)
+check_eq "incremental: index version 3" "$(od -An -t u4 -j 8 -N 4 "$X1" | tr -d ' ')" 3
+check "incremental: index under 64 KiB ($(filesize "$X1") bytes)" [ "$(filesize "$X1")" -lt 65536 ]
+
+expect_exit 0 "$CBIMG" verify -q --no-state "$D"
+expect_exit 0 "$CBIMG" restore -q "$X0" "$T/r0.img"
+check_eq "restore of the full" "$(sha256 "$T/r0.img")" "$SHA0"
+expect_exit 0 "$CBIMG" restore -q "$X1" "$T/r1.img"
+check_eq "restore of the incremental" "$(sha256 "$T/r1.img")" "$SHA1"
+check "the restored file is sparse" [ "$(du -k "$T/r1.img" | cut -f1)" -lt 65536 ]
+expect_exit 0 "$CBIMG" restore -q --force --changed-only "$X0" "$T/r1.img"
+check_eq "changed-only restore of the full onto the incremental's state" "$(sha256 "$T/r1.img")" "$SHA0"
+rm -f "$T/r0.img" "$T/r1.img"
+expect_exit 0 "$CBIMG" info "$X1"
+check_grep "info: zero blocks counted as blocks, not items" "zero_blocks: *130304"
+
+# a damaged run: verify reports it (exit 3)
+cp -a "$D" "$T/bad"
+XB=$(ls "$T/bad"/*_incr0001_*.cbx)
+# item 0 is the run of blocks 0..25599 (zeros, then holes): its count changed
+flip_byte "$XB" $((512 + 8)) 1
+expect_exit 3 "$CBIMG" verify -q --no-state "$T/bad"
+check_grep "verify names the damaged index" "unable to read the index entry"
+
+# below 65536 blocks: fixed entries, version 1, as older readers read them
+truncate -s 64M "$T/small.img"
+head -c $MiB /dev/urandom | dd of="$T/small.img" conv=notrunc status=none
+mkdir -p "$T/ds"
+expect_exit 0 "$CBIMG" backup -q --job s "$T/small.img" "$T/ds"
+XS=$(ls "$T/ds"/*_full0000_*.cbx)
+check_eq "small source: index version 1" "$(od -An -t u4 -j 8 -N 4 "$XS" | tr -d ' ')" 1
+check_eq "small source: 640 + 24 x 256 bytes" "$(filesize "$XS")" $((640 + 24 * 256))
+
+# older files stay readable: the committed version-1 vectors
+V=$(dirname "$0")/../../format/vectors/valid/chain1
+if [ -d "$V" ]; then
+	expect_exit 0 "$CBIMG" verify -q --no-state "$V"
+	while read -r seq want; do
+		x=$(ls "$V"/*_"$([ "$seq" = 0 ] && echo full || echo incr)$(printf %04d "$seq")"_*.cbx)
+		check_eq "version-1 vector seq $seq: index version 1" "$(od -An -t u4 -j 8 -N 4 "$x" | tr -d ' ')" 1
+		expect_exit 0 "$CBIMG" restore -q "$x" "$T/v.img"
+		check_eq "version-1 vector seq $seq restores" "$(sha256sum <"$T/v.img" | cut -d' ' -f1)" "$want"
+		rm -f "$T/v.img"
+	done <"$V/expected.sha256"
+else
+	skip_part "format/vectors/valid/chain1 not found"
+fi
+finish
