@@ -256,10 +256,12 @@ int cbi_hdr_decode(const uint8_t *b, cbi_hdr *h)
 const char *cbi_hdr_pair_problem(const cbi_hdr *img, const cbi_hdr *idx)
 {
 	/* A merged image carries its own link, segment size and MERGED bit
-	 * (so its version may be 2 where the index's is 1). */
+	 * (so its version may be 2 where the index's is 1). An index of runs
+	 * is version 3 while its image keeps the version its features need
+	 * (1 or 2, H8a checks it). */
 	int merged = (img->flags & CBI_HDR_MERGED) != 0;
 #define DIFF(f) (memcmp(&img->f, &idx->f, sizeof img->f) != 0)
-	if (!merged && img->version != idx->version)
+	if (!merged && !idx->runs && img->version != idx->version)
 		return "version";
 	if ((img->flags & ~CBI_HDR_MERGED) != idx->flags || (!merged && img->flags != idx->flags))
 		return "flags";
