@@ -48,10 +48,14 @@
  *    which under the freeze are not the file system's.
  *    The completion's range is exact only for request-based (blk-mq)
  *    devices: loop, SCSI/SATA, NVMe, virtio, nbd, request-based
- *    multipath. Bio-based drivers (device-mapper, md, pmem, zram, brd)
- *    have no requests, and a bio's range at completion may already be
+ *    multipath. Bio-based drivers (device-mapper, md, pmem, zram, brd,
+ *    and the head device nvmeXnY of a namespace under NVMe native
+ *    multipath) have no requests, and a bio's range at completion may be
  *    advanced: cbi_wtrace_usable() refuses them (no "mq" directory in
- *    sysfs) and the caller uses another snapshot mode. Writes that reach a
+ *    sysfs) and the caller uses another snapshot mode. So are zoned
+ *    devices (a zone append lands at the zone's write pointer, not at the
+ *    request's sector) and DAX devices (queue/dax: writes through memory
+ *    mappings never become requests). Writes that reach a
  *    device without a request are not seen: DAX mappings; SCSI
  *    pass-through (SG_IO) writes carry no range; for a loop device, writes
  *    to its backing file that do not go through the loop device (the loop
@@ -68,7 +72,7 @@
  *    with the partition's start (/sys/class/block/loopNp2/start, in
  *    512-byte sectors) added: the block layer remaps a partition's bios to
  *    the whole disk before it makes requests. A write submitted 0.5 s
- *    before start to a loop device whose writes take 2 s (an nbdfuse file
+ *    before start to a loop device whose writes take 4 s (an nbdfuse file
  *    through nbdkit's delay filter) is recorded.
  *
  * 2. Which requests change data. Every event that is not a read counts,
@@ -112,8 +116,9 @@
  * leaves its instance behind, events enabled; the next start removes the
  * instances of this name whose PID is no longer a live process. A live
  * tracer keeps its instance's tracing_on file open, which makes the
- * kernel refuse to remove the instance (EBUSY), so a tracer of another pid
- * namespace, whose PID looks dead from here, is not removed by mistake. */
+ * kernel refuse to remove the instance (EBUSY, checked by t_wtrace.sh), so
+ * a tracer of another pid namespace, whose PID looks dead from here, is not
+ * removed by mistake. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -142,7 +147,7 @@
 
 /* The tracepoints recorded (see the top: completions suffice). */
 #define WT_NEV 1
-static const char *const wt_events[WT_NEV] = {"block_rq_complete"};
+static const char *const wt_events[WT_NEV] = { "block_rq_complete" };
 
 /* A range of sectors of devpath (not of the whole disk): [s, e). */
 typedef struct wt_range {
@@ -194,6 +199,20 @@ static int sysfs_u64(const char *path, uint64_t *v)
 	return 0;
 }
 
+/* The first line of a sysfs file, without its newline: 0 or -1. */
+static int sysfs_line(const char *path, char *buf, size_t sz)
+{
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -1;
+	int ok = fgets(buf, (int)sz, f) != NULL;
+	fclose(f);
+	if (!ok)
+		return -1;
+	buf[strcspn(buf, "\n")] = 0;
+	return 0;
+}
+
 static int wt_dev_info(const char *devpath, wt_dev *d, cbi_error *err)
 {
 	struct stat st;
@@ -209,7 +228,8 @@ static int wt_dev_info(const char *devpath, wt_dev *d, cbi_error *err)
 	if (whole != st.st_rdev) {
 		snprintf(p, sizeof p, "/sys/dev/block/%u:%u/start", major(st.st_rdev), minor(st.st_rdev));
 		if (sysfs_u64(p, &d->start))
-			return cbi_err(err, -ENOTSUP, "'%s': cannot read the partition's start ('%s')", devpath, p);
+			return cbi_err(err, -ENOTSUP, "'%s': cannot read the partition's start ('%s')",
+				       devpath, p);
 	}
 	snprintf(p, sizeof p, "/sys/dev/block/%u:%u/size", major(st.st_rdev), minor(st.st_rdev));
 	if (sysfs_u64(p, &d->len))
@@ -221,6 +241,19 @@ static int wt_dev_info(const char *devpath, wt_dev *d, cbi_error *err)
 		return cbi_err(err, -ENOTSUP,
 			       "'%s': not a blk-mq device (a bio-based driver such as device-mapper or md): "
 			       "writes in flight when tracing starts could go unseen",
+			       devpath);
+	/* zone append writes where the zone's write pointer is, not at the
+	 * request's sector; DAX maps the media into memory, past the block layer */
+	char v[32];
+	snprintf(p, sizeof p, "/sys/dev/block/%u:%u/queue/zoned", major(whole), minor(whole));
+	if (sysfs_line(p, v, sizeof v) == 0 && strcmp(v, "none") != 0)
+		return cbi_err(err, -ENOTSUP,
+			       "'%s': a zoned device (%s): its writes cannot be traced by sector", devpath,
+			       v);
+	snprintf(p, sizeof p, "/sys/dev/block/%u:%u/queue/dax", major(whole), minor(whole));
+	if (sysfs_line(p, v, sizeof v) == 0 && strcmp(v, "0") != 0)
+		return cbi_err(err, -ENOTSUP,
+			       "'%s': a DAX device: writes through memory mappings bypass the block layer",
 			       devpath);
 	if (major(whole) >= (1u << 12) || minor(whole) >= (1u << 20))
 		return cbi_err(err, -ENOTSUP, "'%s': device number out of range", devpath);
@@ -234,21 +267,23 @@ static int wt_dev_info(const char *devpath, wt_dev *d, cbi_error *err)
  * tracepoints are there and that we may make instances. */
 static int wt_tracefs(const char *devpath, cbi_error *err)
 {
-	const char *dir = NULL;
-	if (tracefs_tracing_dir_is_mounted(true, &dir) < 0 || !dir)
-		return cbi_err(err, -ENOTSUP, "'%s': no tracefs mounted, and mounting one at /sys/kernel/tracing failed%s",
+	const char *dir = tracefs_tracing_dir(); /* mounts tracefs when absent */
+	if (!dir)
+		return cbi_err(err, -ENOTSUP,
+			       "'%s': no tracefs mounted, and mounting one at /sys/kernel/tracing failed%s",
 			       devpath, geteuid() ? " (not root)" : "");
 	char p[512];
 	for (int k = 0; k < WT_NEV; k++) {
 		snprintf(p, sizeof p, "%.400s/events/block/%s/filter", dir, wt_events[k]);
 		if (access(p, F_OK) < 0)
-			return cbi_err(err, -ENOTSUP, "'%s': the kernel has no block tracepoint %s (in '%.400s')",
-				       devpath, wt_events[k], dir);
+			return cbi_err(err, -ENOTSUP,
+				       "'%s': the kernel has no block tracepoint %s (in '%.400s')", devpath,
+				       wt_events[k], dir);
 	}
 	snprintf(p, sizeof p, "%.400s/instances", dir);
 	if (access(p, W_OK) < 0)
-		return cbi_err(err, -ENOTSUP, "'%s': no permission to make a tracing instance in '%s'%s", devpath, p,
-			       geteuid() ? " (not root)" : "");
+		return cbi_err(err, -ENOTSUP, "'%s': no permission to make a tracing instance in '%s'%s",
+			       devpath, p, geteuid() ? " (not root)" : "");
 	return 0;
 }
 
@@ -262,21 +297,27 @@ int cbi_wtrace_usable(const char *devpath, cbi_error *err)
 /* Remove the instances that dead processes left (see the top of the file). */
 static void wt_remove_stale(void)
 {
-	char **names = tracefs_instances("^" WT_PREFIX); /* a basic regex: no '+' */
-	for (int i = 0; names && names[i]; i++) {
+	/* not tracefs_instances(): libtracefs 1.6 leaks its regex */
+	const char *dir = tracefs_tracing_dir();
+	char p[512];
+	snprintf(p, sizeof p, "%.400s/instances", dir ? dir : "");
+	DIR *dp = dir ? opendir(p) : NULL;
+	struct dirent *de;
+	while (dp && (de = readdir(dp))) {
 		long pid = 0;
 		unsigned seq;
 		int end = 0;
-		if (sscanf(names[i], WT_PREFIX "%ld-%u%n", &pid, &seq, &end) != 2 || names[i][end] || pid <= 0 ||
-		    pid == (long)getpid() || !(kill((pid_t)pid, 0) < 0 && errno == ESRCH))
+		if (sscanf(de->d_name, WT_PREFIX "%ld-%u%n", &pid, &seq, &end) != 2 || de->d_name[end] ||
+		    pid <= 0 || pid == (long)getpid() || !(kill((pid_t)pid, 0) < 0 && errno == ESRCH))
 			continue;
-		struct tracefs_instance *in = tracefs_instance_alloc(NULL, names[i]);
+		struct tracefs_instance *in = tracefs_instance_alloc(NULL, de->d_name);
 		if (in) {
 			(void)tracefs_instance_destroy(in); /* EBUSY when still in use */
 			tracefs_instance_free(in);
 		}
 	}
-	tracefs_list_free(names);
+	if (dp)
+		closedir(dp);
 }
 
 /* ------------------------------------------------------------- ranges */
@@ -333,7 +374,7 @@ static void wt_add(cbi_wtrace *t, uint64_t s, uint64_t nr)
 			t->cap = nc;
 		}
 	}
-	t->r[t->n++] = (wt_range){s, e};
+	t->r[t->n++] = (wt_range){ s, e };
 }
 
 /* ------------------------------------------------------------- draining */
@@ -369,16 +410,6 @@ static int wt_on_event(struct tep_event *ev, struct tep_record *rec, int cpu, vo
 	return 0;
 }
 
-static int wt_on_missed(struct tep_event *ev, struct tep_record *rec, int cpu, void *ctx)
-{
-	cbi_wtrace *t = ctx;
-	(void)ev;
-	(void)rec;
-	(void)cpu;
-	t->lost = 1;
-	return 0;
-}
-
 /* Check every CPU's loss counters; sets t->lost when any is not zero or
  * cannot be read. */
 static void wt_check_stats(cbi_wtrace *t)
@@ -398,7 +429,8 @@ static void wt_check_stats(cbi_wtrace *t)
 			char *nl = strchr(l, '\n');
 			if (nl)
 				*nl = 0;
-			static const char *const keys[] = {"overrun: ", "commit overrun: ", "dropped events: "};
+			static const char *const keys[] = { "overrun: ", "commit overrun: ",
+							    "dropped events: " };
 			for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
 				size_t kl = strlen(keys[i]);
 				if (strncmp(l, keys[i], kl) == 0) {
@@ -482,6 +514,32 @@ void cbi_wtrace_stop(cbi_wtrace *t)
 	free(t);
 }
 
+/* A parser of the ring buffer's pages and of our events only. Not
+ * tracefs_local_events_system(): it also loads /proc/kallsyms (megabytes,
+ * in a buffer grown by realloc: seconds, a minute under ASan), which no
+ * block event needs. NULL when a format cannot be read or parsed. */
+static struct tep_handle *wt_tep(void)
+{
+	struct tep_handle *tep = tep_alloc();
+	int sz = 0;
+	char *buf = tep ? tracefs_instance_file_read(NULL, "events/header_page", &sz) : NULL;
+	int ok = buf && tep_parse_header_page(tep, buf, (unsigned long)sz, (int)sizeof(long)) == 0;
+	free(buf);
+	for (int k = 0; ok && k < WT_NEV; k++) {
+		buf = tracefs_event_file_read(NULL, "block", wt_events[k], "format", &sz);
+		ok = buf && tep_parse_event(tep, buf, (unsigned long)sz, "block") == TEP_ERRNO__SUCCESS;
+		free(buf);
+	}
+	if (ok) {
+		tep_set_long_size(tep, (int)sizeof(long));
+		tep_set_page_size(tep, (int)sysconf(_SC_PAGESIZE));
+		return tep;
+	}
+	if (tep)
+		tep_free(tep);
+	return NULL;
+}
+
 /* The kernel filter of one event; a simpler one (the device only) when the
  * kernel does not take it. */
 static int wt_filter(cbi_wtrace *t, const char *ev)
@@ -515,7 +573,8 @@ int cbi_wtrace_start(const char *devpath, uint32_t buf_kib, cbi_wtrace **out, cb
 	wt_remove_stale();
 
 	char name[64];
-	snprintf(name, sizeof name, WT_PREFIX "%ld-%u", (long)getpid(), __atomic_fetch_add(&wt_seq, 1, __ATOMIC_RELAXED));
+	snprintf(name, sizeof name, WT_PREFIX "%ld-%u", (long)getpid(),
+		 __atomic_fetch_add(&wt_seq, 1, __ATOMIC_RELAXED));
 	t->inst = tracefs_instance_create(name);
 	if (!t->inst || !tracefs_instance_is_new(t->inst)) {
 		rc = cbi_err(err, -EEXIST, "'%s': cannot make the tracing instance '%s'", devpath, name);
@@ -530,8 +589,7 @@ int cbi_wtrace_start(const char *devpath, uint32_t buf_kib, cbi_wtrace **out, cb
 		rc = cbi_err(err, -EIO, "'%s': cannot set up the tracing instance '%s'", devpath, name);
 		goto fail;
 	}
-	const char *systems[] = {"block", NULL};
-	t->tep = tracefs_local_events_system(NULL, systems);
+	t->tep = wt_tep();
 	for (int k = 0; k < WT_NEV; k++) {
 		struct tep_event *ev = t->tep ? tep_find_event_by_name(t->tep, "block", wt_events[k]) : NULL;
 		if (ev) {
@@ -542,17 +600,18 @@ int cbi_wtrace_start(const char *devpath, uint32_t buf_kib, cbi_wtrace **out, cb
 			t->f_rwbs[k] = tep_find_field(ev, "rwbs");
 		}
 		if (!ev || !t->f_dev[k] || !t->f_sector[k] || !t->f_nr[k] || !t->f_rwbs[k]) {
-			rc = cbi_err(err, -ENOTSUP, "'%s': the tracepoint block/%s has not the fields dev, sector, "
-						    "nr_sector and rwbs",
+			rc = cbi_err(err, -ENOTSUP,
+				     "'%s': the tracepoint block/%s has not the fields dev, sector, "
+				     "nr_sector and rwbs",
 				     devpath, wt_events[k]);
 			goto fail;
 		}
 		if (wt_filter(t, wt_events[k]) < 0) {
-			rc = cbi_err(err, -EIO, "'%s': cannot set the filter of block/%s", devpath, wt_events[k]);
+			rc = cbi_err(err, -EIO, "'%s': cannot set the filter of block/%s", devpath,
+				     wt_events[k]);
 			goto fail;
 		}
 	}
-	(void)tracefs_follow_missed_events(t->inst, wt_on_missed, t);
 	if (tracefs_trace_on(t->inst) < 0) {
 		rc = cbi_err(err, -EIO, "'%s': cannot turn tracing on in '%s'", devpath, name);
 		goto fail;
@@ -560,11 +619,19 @@ int cbi_wtrace_start(const char *devpath, uint32_t buf_kib, cbi_wtrace **out, cb
 	for (int k = WT_NEV - 1; k >= 0; k--) {
 		if (tracefs_event_enable(t->inst, "block", wt_events[k]) < 0 ||
 		    tracefs_event_is_enabled(t->inst, "block", wt_events[k]) != TRACEFS_ALL_ENABLED) {
-			rc = cbi_err(err, -EIO, "'%s': cannot enable the tracepoint block/%s", devpath, wt_events[k]);
+			rc = cbi_err(err, -EIO, "'%s': cannot enable the tracepoint block/%s", devpath,
+				     wt_events[k]);
 			goto fail;
 		}
 	}
-	if ((rc = -pthread_create(&t->thr, NULL, wt_thread, t))) {
+	/* The reader takes no signal: the caller's handlers (thaw, cleanup)
+	 * run in the caller's threads. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = -pthread_create(&t->thr, NULL, wt_thread, t);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc) {
 		rc = cbi_err(err, rc, "'%s': cannot start the trace reader: %s", devpath, strerror(-rc));
 		goto fail;
 	}
@@ -584,7 +651,8 @@ int cbi_wtrace_collect(cbi_wtrace *t, uint32_t bs, uint64_t n_blocks, uint8_t *t
 	*n_marked = 0;
 	*complete = 0;
 	if (!bs || bs % WT_SECTOR)
-		return cbi_err(err, -EINVAL, "write trace: block size %" PRIu32 " is not a multiple of 512", bs);
+		return cbi_err(err, -EINVAL, "write trace: block size %" PRIu32 " is not a multiple of 512",
+			       bs);
 	pthread_mutex_lock(&t->mu);
 	int rc = wt_drain(t);
 	if (rc) {

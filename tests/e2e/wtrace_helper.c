@@ -42,7 +42,7 @@ static int run(char **argv)
 
 int main(int argc, char **argv)
 {
-	cbi_error err = {0};
+	cbi_error err = { 0 };
 	if (argc == 3 && !strcmp(argv[1], "usable")) {
 		if (cbi_wtrace_usable(argv[2], &err)) {
 			printf("%s\n", err.msg);
@@ -86,7 +86,9 @@ int main(int argc, char **argv)
 	}
 	cbi_wtrace_stop(t);
 	if (again || complete2 != complete) {
-		fprintf(stderr, "wtrace_helper: a second collect marked %" PRIu64 " more blocks, complete %d then %d\n",
+		fprintf(stderr,
+			"wtrace_helper: a second collect marked %" PRIu64
+			" more blocks, complete %d then %d\n",
 			again, complete, complete2);
 		return 1;
 	}

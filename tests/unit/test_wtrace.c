@@ -23,7 +23,7 @@ static void test_not_block_device(void **state)
 	assert_non_null(fp);
 	fputs("x", fp);
 	fclose(fp);
-	cbi_error err = {0};
+	cbi_error err = { 0 };
 	assert_int_equal(cbi_wtrace_usable(f, &err), -ENOTSUP);
 	assert_non_null(strstr(err.msg, "not a block device"));
 	assert_non_null(strstr(err.msg, f));
@@ -62,8 +62,8 @@ static int loop_setup(void **state)
 	}
 	tu_mkdtemp(lf->dir, sizeof lf->dir);
 	char cmd[256];
-	snprintf(cmd, sizeof cmd, "truncate -s 64M %s/disk.img && losetup -f --show %s/disk.img 2>/dev/null", lf->dir,
-		 lf->dir);
+	snprintf(cmd, sizeof cmd, "truncate -s 64M %s/disk.img && losetup -f --show %s/disk.img 2>/dev/null",
+		 lf->dir, lf->dir);
 	FILE *p = popen(cmd, "r");
 	if (p) {
 		if (!fgets(lf->dev, sizeof lf->dev, p))
@@ -75,7 +75,7 @@ static int loop_setup(void **state)
 		printf("SKIP: wtrace: no loop device (losetup -f failed)\n");
 		return 0;
 	}
-	cbi_error err = {0};
+	cbi_error err = { 0 };
 	if (cbi_wtrace_usable(lf->dev, &err)) {
 		printf("SKIP: wtrace: %s\n", err.msg);
 		char c2[128];
@@ -117,7 +117,7 @@ static void dio_write(const char *dev, uint64_t off, size_t len, int n)
 /* How many instances of this process exist in tracefs. */
 static int own_instances(void)
 {
-	const char *dirs[] = {"/sys/kernel/tracing/instances", "/sys/kernel/debug/tracing/instances"};
+	const char *dirs[] = { "/sys/kernel/tracing/instances", "/sys/kernel/debug/tracing/instances" };
 	char prefix[64];
 	snprintf(prefix, sizeof prefix, "cbimg-wtrace-%ld-", (long)getpid());
 	int n = 0;
@@ -132,17 +132,14 @@ static int own_instances(void)
 	return n;
 }
 
-static int bit(const uint8_t *m, uint64_t b)
-{
-	return m[b / 8] >> (b % 8) & 1;
-}
+static int bit(const uint8_t *m, uint64_t b) { return m[b / 8] >> (b % 8) & 1; }
 
 static void test_direct_writes(void **state)
 {
 	loopfix *lf = *state;
 	if (!lf->dev[0])
 		skip();
-	cbi_error err = {0};
+	cbi_error err = { 0 };
 	cbi_wtrace *t = NULL;
 	assert_int_equal(cbi_wtrace_start(lf->dev, 0, &t, &err), 0);
 	assert_non_null(t);
@@ -152,7 +149,7 @@ static void test_direct_writes(void **state)
 	dio_write(lf->dev, 64 * 1024 * 1024 - 512, 512, 1);  /* the last sector: block 16383 */
 
 	const uint64_t nb = 16384;
-	uint8_t map[16384 / 8] = {0};
+	uint8_t map[16384 / 8] = { 0 };
 	uint64_t n = 0;
 	int complete = -1;
 	assert_int_equal(cbi_wtrace_collect(t, 4096, nb, map, &n, &complete, &err), 0);
@@ -170,12 +167,12 @@ static void test_direct_writes(void **state)
 	assert_true(bit(map, 100));
 
 	/* larger blocks: a write marks every block it overlaps */
-	uint8_t big[128] = {0};
+	uint8_t big[128] = { 0 };
 	assert_int_equal(cbi_wtrace_collect(t, 65536, 1024, big, &n, &complete, &err), 0);
 	assert_int_equal(n, 4); /* 64 KiB blocks 0 (3), 16 (265, 266), 6 (100), 1023 */
 	assert_true(bit(big, 0) && bit(big, 16) && bit(big, 6) && bit(big, 1023));
 	/* n_blocks bounds the bitmap */
-	uint8_t small[1] = {0};
+	uint8_t small[1] = { 0 };
 	assert_int_equal(cbi_wtrace_collect(t, 4096, 5, small, &n, &complete, &err), 0);
 	assert_int_equal(n, 1);
 	assert_int_equal(small[0], 1 << 3);
@@ -192,11 +189,11 @@ static void test_overrun(void **state)
 	loopfix *lf = *state;
 	if (!lf->dev[0])
 		skip();
-	cbi_error err = {0};
+	cbi_error err = { 0 };
 	cbi_wtrace *t = NULL;
 	assert_int_equal(cbi_wtrace_start(lf->dev, 8, &t, &err), 0);
 	dio_write(lf->dev, 0, 512, 20000);
-	uint8_t map[16384 / 8] = {0};
+	uint8_t map[16384 / 8] = { 0 };
 	uint64_t n = 0;
 	int complete = -1;
 	assert_int_equal(cbi_wtrace_collect(t, 4096, 16384, map, &n, &complete, &err), 0);
@@ -213,14 +210,14 @@ static void test_two_tracers(void **state)
 	loopfix *lf = *state;
 	if (!lf->dev[0])
 		skip();
-	cbi_error err = {0};
+	cbi_error err = { 0 };
 	cbi_wtrace *a = NULL, *b = NULL;
 	assert_int_equal(cbi_wtrace_start(lf->dev, 0, &a, &err), 0);
 	dio_write(lf->dev, 7 * 4096, 4096, 1);
 	assert_int_equal(cbi_wtrace_start(lf->dev, 0, &b, &err), 0);
 	assert_int_equal(own_instances(), 2);
 	dio_write(lf->dev, 8 * 4096, 4096, 1);
-	uint8_t ma[16384 / 8] = {0}, mb[16384 / 8] = {0};
+	uint8_t ma[16384 / 8] = { 0 }, mb[16384 / 8] = { 0 };
 	uint64_t n = 0;
 	int complete = -1;
 	assert_int_equal(cbi_wtrace_collect(a, 4096, 16384, ma, &n, &complete, &err), 0);
