@@ -457,7 +457,6 @@ typedef struct bk_run {
 	int committed;            /* the index has its final name: the point exists */
 	cbi_rescue rescue;        /* rescue: what could not be read (badmap.h) */
 	cbi_snap *snap;           /* the snapshot mode and its means (snapshot.h) */
-	uint8_t *first;           /* allow_inconsistent: each block's hash and zero flag as first read */
 } bk_run;
 
 /* Phase 1: the options, DEST, the source, and the new point's identity. */
@@ -1022,7 +1021,6 @@ static int bk_end(bk_run *b, int rc)
 	if (cbi_snap_end(b->snap, sw, sizeof sw))
 		append_warning(r, sw);
 	b->snap = NULL;
-	free(b->first);
 	if (rc && !b->committed) { /* a failed or interrupted run: what it read and wrote before it stopped */
 		r->bytes_read = b->ps.bytes_read;
 		r->bytes_written = cbi_image_writer_written(b->st.img) + cbi_index_writer_written(b->st.idx);

@@ -291,6 +291,10 @@ int cbi_snap_freeze(cbi_snap *s, cbi_error *err)
 			return rc;
 		}
 	}
+	/* write out what is dirty while writers still run: the freeze then
+	 * has less to flush, and writers wait less */
+	for (size_t i = 0; i < s->nmnt; i++)
+		syncfs(s->fd[i]);
 	if ((rc = start_guardian(s, err))) {
 		close_fds(s);
 		return rc;
