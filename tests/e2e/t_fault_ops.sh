@@ -111,8 +111,8 @@ fresh() {
 	: >"$W/problems"
 }
 
-# plans: "KIND:STEP" with STEP 1 (every call) or geo (every call to the
-# 4th, then each next one half as far again). The catalog's many SQLite
+# plans: "KIND:STEP" with STEP 1 (every call), geo (every call to the
+# 4th, then each next one half as far again) or geo2 (then twice as far). The catalog's many SQLite
 # writes are stepped through geometrically unless FAULT_FULL=1.
 # A third field names files whose calls are not counted (IGN, the shim's
 # CBIMG_FAULT_IGNORE). PLANS, when set, replaces the list.
@@ -128,7 +128,9 @@ plans() {
 }
 
 next_n() {
-	if [ "$2" = geo ] && [ "$1" -ge 4 ]; then echo $(($1 + 1 + $1 / 2)); else echo $(($1 + 1)); fi
+	if [ "$2" = geo ] && [ "$1" -ge 4 ]; then echo $(($1 + 1 + $1 / 2));
+	elif [ "$2" = geo2 ] && [ "$1" -ge 4 ]; then echo $(($1 * 2 + 1));
+	else echo $(($1 + 1)); fi
 }
 
 # loop NAME BODY: for every plan and N until a run no longer reaches
@@ -150,7 +152,7 @@ loop() {
 			n=$(next_n "$n" "$step")
 		done
 		INJECTED=$((INJECTED + injected))
-		[ "$bad" = 0 ] && pass "$name: $injected $kind failures ($([ "$step" = geo ] &&
+		[ "$bad" = 0 ] && pass "$name: $injected $kind failures ($([ "${step#geo}" != "$step" ] &&
 			echo "stepped up to call $n" || echo "every call to $n")${IGN:+; calls on $IGN files not counted}), invariant held"
 		IGN=
 	done
@@ -287,9 +289,12 @@ MALLOC=$MALLOC_SAVED
 
 # ------------------------------------------------------------------ prune
 # A prune that rolls the full forward, failed at each call; the scenario and
-# its invariants are in prune_lib.sh (shared with t_kill_sweep.sh). pwrite is
-# stepped through every call with the catalog's files not counted (the
-# merged image's writes), then geometrically over all files.
+# its invariants are in prune_lib.sh (shared with t_kill_sweep.sh). fsync and
+# pwrite are stepped through every call with the catalog's files not counted
+# (the merged image's; a failure in the catalog is a note, and the sections
+# above fail its writes), directory fsyncs and renames through every call,
+# allocations at calls 1-4 and then twice as far each time: kept short, as
+# this whole script runs in make check.
 . "$(dirname "$0")/prune_lib.sh"
 prune_body() {
 	local kind=$1 n=$2
@@ -300,8 +305,8 @@ prune_body() {
 }
 
 prune_base
-PLANS="fsync:1 dirfsync:1 rename:1 pwrite:1:cbimg-catalog pwrite:geo"
-[ "$MALLOC" = 1 ] && PLANS="$PLANS malloc:geo"
+PLANS="fsync:1:cbimg-catalog dirfsync:1 rename:1 pwrite:1:cbimg-catalog"
+[ "$MALLOC" = 1 ] && PLANS="$PLANS malloc:geo2"
 loop prune prune_body
 PLANS=
 
