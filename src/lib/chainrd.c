@@ -497,11 +497,13 @@ static int open_image(cbi_chain *c, uint32_t seq, cbi_image **out, cbi_error *er
 	/* the chain's keys (unlocked by cbi_chain_check()), whatever the image's
 	 * header claims: a header of another chain or key fails the check */
 	rc = cbi_chain_auth_image(c, c->index, m, err);
+	/* I8 first, so that the message names the field; then against the tip
+	 * (implied by I8 and C2, kept as a second line of defence) */
+	if (!rc)
+		rc = cbi_chain_image_fits(p, m, seq + 1 == c->len ? c->index : NULL, err);
 	if (!rc && (memcmp(m->hdr.chain_id, th->chain_id, 16) || m->hdr.seq != seq ||
 		    m->hdr.block_size != th->block_size || m->hdr.source_size != th->source_size))
 		rc = cbi_err(err, -CBI_EDAMAGED, "'%s': header does not match the chain", p->file);
-	if (!rc)
-		rc = cbi_chain_image_fits(p, m, seq + 1 == c->len ? c->index : NULL, err);
 	if (rc) {
 		cbi_image_close(m);
 		return rc;
