@@ -784,7 +784,12 @@ static int bk_commit(bk_run *b)
 uint64_t cbi_backup_space_need(int full, uint64_t n_blocks, uint32_t block_size, uint64_t data_bytes,
 			       int data_known)
 {
-	uint64_t need = n_blocks * CBI_IDX_ENT_SIZE + 4 * (CBI_HDR_SIZE + CBI_TRL_SIZE);
+	uint64_t items = n_blocks;
+	/* a full's index of runs (revision 2.6): at most one item per block
+	 * holding data and one run between two of them */
+	if (full && data_known && block_size && n_blocks >= CBI_IDX_RUNS_MIN_BLOCKS)
+		items = CBI_MIN(n_blocks, 2 * (data_bytes / block_size + 1) + 1);
+	uint64_t need = items * CBI_IDX_ENT_SIZE + 4 * (CBI_HDR_SIZE + CBI_TRL_SIZE);
 	if (!full || !block_size)
 		return need;
 	uint64_t data = data_bytes / (data_known ? CBI_SPACE_RATIO_KNOWN : CBI_SPACE_RATIO_UNKNOWN);
@@ -800,18 +805,24 @@ static uint64_t bk_source_data(bk_run *b, int *known)
 {
 	const cbi_source *src = b->src;
 	*known = 1;
+	/* an image file holds at most its allocated bytes: a sparse file whose
+	 * file system is smaller than the file (everything past the file
+	 * system's end counts as used) is not estimated at its apparent size */
+	struct stat st;
+	uint64_t alloc = UINT64_MAX;
+	if (!src->is_dev && fstat(src->fd, &st) == 0 && S_ISREG(st.st_mode))
+		alloc = CBI_MIN((uint64_t)st.st_blocks * 512, src->size);
 	if (b->fsmap)
-		return b->fsmap->used_blocks * b->bs;
+		return CBI_MIN(b->fsmap->used_blocks * b->bs, alloc);
 	cbi_fsmap *m = NULL;
 	cbi_error e;
 	if (!cbi_fsmap_read(src->path, src->size, b->bs, &m, &e)) {
 		uint64_t used = m->used_blocks * b->bs;
 		cbi_fsmap_free(m);
-		return used;
+		return CBI_MIN(used, alloc);
 	}
-	struct stat st;
-	if (!src->is_dev && fstat(src->fd, &st) == 0 && S_ISREG(st.st_mode))
-		return (uint64_t)st.st_blocks * 512 < src->size ? (uint64_t)st.st_blocks * 512 : src->size;
+	if (alloc != UINT64_MAX)
+		return alloc;
 	*known = 0;
 	return src->size;
 }

@@ -96,8 +96,10 @@ void cbi_backup_choose_parent(const cbi_parent_in *in, cbi_parent_choice *out);
  * allocated bytes) compressed CBI_SPACE_RATIO_KNOWN to 1 when data_known,
  * else the source's size compressed CBI_SPACE_RATIO_UNKNOWN to 1 (zeros cost
  * nothing, and how much of it is zeros is not known), plus each stored
- * block's record header and table entry. Incrementals: the index only (what
- * changed is known once read). */
+ * block's record header and table entry. The index: 24 bytes per block,
+ * but for a full whose data is known and whose index will be of runs
+ * (n_blocks >= CBI_IDX_RUNS_MIN_BLOCKS), 24 bytes per data block and run.
+ * Incrementals: the index only (what changed is known once read). */
 #define CBI_SPACE_RATIO_KNOWN 4
 #define CBI_SPACE_RATIO_UNKNOWN 16
 uint64_t cbi_backup_space_need(int full, uint64_t n_blocks, uint32_t block_size, uint64_t data_bytes,

@@ -475,6 +475,12 @@ static void test_space_need(void **state)
 				 (nb / 16) * (CBI_REC_HDR_SIZE + CBI_TAB_ENT_SIZE));
 	/* an empty file system: the index only, and never below it */
 	assert_int_equal(cbi_backup_space_need(1, nb, (uint32_t)bs, 0, 1), base + nb * CBI_IDX_ENT_SIZE);
+	/* a sparse 1 TiB source of 4 KiB blocks holding 4 GiB: an index of runs,
+	 * so 24 bytes per data block and run, not per block */
+	uint64_t tnb = (1ull << 40) / 4096, data = 4ull << 30;
+	assert_int_equal(cbi_backup_space_need(1, tnb, 4096, data, 1),
+			 base + (2 * (data / 4096 + 1) + 1) * CBI_IDX_ENT_SIZE + data / 4 +
+				 (data / 4096) * (CBI_REC_HDR_SIZE + CBI_TAB_ENT_SIZE));
 	/* a huge source does not overflow */
 	assert_true(cbi_backup_space_need(1, 1ull << 40, 4096, 1ull << 52, 1) > (1ull << 50));
 }
