@@ -26,6 +26,7 @@ static const struct cli_option prune_options[] = {
 	{ OPT_WITHIN, "keep-within", "DURATION", "keep the points made within DURATION (30d, 2w, 12h, 1y2m) of the newest" },
 	{ OPT_CHAINS, "keep-chains", "N", "keep every point of the N newest chains" },
 	{ OPT_DRY_RUN, "dry-run", NULL, "show what would be kept, merged and removed; change nothing" },
+	{ 'q', "quiet", NULL, "print neither progress nor the table (notes still go to stderr)" },
 	{ OPT_JSON, "json", NULL, "print the result as one JSON object" },
 	{ OPT_JSON_PROGRESS, "json-progress", NULL, "print progress as JSON Lines on stdout" },
 	{ OPT_PASSWORD_FILE, "password-file", "FILE", "passphrase of an encrypted chain from FILE (default: $CBIMG_PASSWORD, or ask)" },
@@ -101,7 +102,7 @@ static int cmd_prune(const struct cli_command *cmd, int argc, char **argv)
 	cbi_error err = { 0 };
 	struct cli_pass pass;
 	struct cli_progress prog;
-	int json = 0, json_progress = 0, c, rc;
+	int json = 0, json_progress = 0, quiet = 0, c, rc;
 	uint64_t v;
 
 	cli_pass_init(&pass, "CBIMG_PASSWORD");
@@ -124,6 +125,7 @@ static int cmd_prune(const struct cli_command *cmd, int argc, char **argv)
 						       optarg);
 			break;
 		case OPT_DRY_RUN: o.dry_run = 1; break;
+		case 'q': quiet = 1; break;
 		case OPT_JSON: json = 1; cli_json_mode = 1; break;
 		case OPT_JSON_PROGRESS: json_progress = 1; break;
 		case OPT_PASSWORD_FILE: pass.file = optarg; break;
@@ -146,7 +148,7 @@ static int cmd_prune(const struct cli_command *cmd, int argc, char **argv)
 	o.pass_ud = &pass;
 	/* progress of the merged images' writes: a line on a terminal, or JSON
 	 * Lines with --json-progress (the final --json document follows them) */
-	cli_progress_init(&prog, json);
+	cli_progress_init(&prog, json || quiet);
 	if (json_progress)
 		cli_progress_json(&prog, "prune");
 	o.progress = cli_progress_cb;
@@ -193,8 +195,9 @@ static int cmd_prune(const struct cli_command *cmd, int argc, char **argv)
 		json_end_array(&j);
 		json_end_object(&j);
 		json_finish(&j);
-	} else if (json_progress) {
-		/* stdout holds JSON Lines only: the notes go to stderr */
+	} else if (json_progress || quiet) {
+		/* stdout holds JSON Lines only (or nothing, with -q): the notes go
+		 * to stderr */
 		for (unsigned k = 0; k < r.n_notes; k++)
 			fprintf(stderr, "cbimg: note: %s\n", r.notes[k]);
 	} else {

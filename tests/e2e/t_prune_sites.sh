@@ -205,4 +205,8 @@ check_eq "the last progress line is final, all bytes done" \
 	"$(jq -r 'select(.message_type == "progress") | "\(.final) \(.bytes_done == .bytes_total) \(.bytes_total > 60000000)"' "$T/stdout" | tail -1)" "true true true"
 check_eq "the result: one synthetic full" "$(tail -1 "$T/stdout" | jq -r '[.points[] | select(.action == "synthetic-full")] | length')" 1
 check_all "$D4"
+rm -rf --one-file-system "$D4" && cp -a "$T/prog.orig" "$D4"
+expect_exit 0 "$CBIMG" prune -q --keep-last 1 "$D4"
+check_eq "prune -q: nothing on stdout" "$(wc -c <"$T/stdout")" 0
+check_all "$D4"
 finish
