@@ -22,7 +22,7 @@ else
 	t0=$(date +%s)
 	bash "$RGW" start "$RDIR"
 	rc=$?
-	[ "$rc" = 77 ] && skip "no Ceph (radosgw): S3 tests not run"
+	[ "$rc" = 77 ] && skip "no Ceph (radosgw) or no curl: S3 tests not run"
 	if [ "$rc" != 0 ]; then
 		bash "$RGW" stop "$RDIR"
 		tail -20 "$RDIR"/log/*.log 2>/dev/null | tail -40

@@ -1,8 +1,8 @@
 #!/bin/bash
 # tests/s3/rgw.sh - a throw-away Ceph cluster (one monitor, one bluestore
 # OSD on a sparse file, no manager) with radosgw serving S3 on 127.0.0.1,
-# from Debian 12's packages (make deps-s3:
-#   apt-get install -y --no-install-recommends ceph-mon ceph-osd radosgw ceph-common).
+# from Debian 12's packages (`make deps` installs them, DEB_PKGS_S3:
+#   apt-get install -y --no-install-recommends ceph-mon ceph-osd radosgw ceph-common curl).
 #
 #   rgw.sh start DIR [PORT]  start a cluster in DIR (private config DIR/ceph.conf),
 #                            write DIR/env (S3_ENDPOINT, AWS_* test keys); exit 77
@@ -125,7 +125,11 @@ rgw_start()
 {
 	local dir=$1 port=${2:-0} t0=$(date +%s.%N)
 	if ! rgw_have_ceph; then
-		echo "SKIP: Ceph is not installed (apt-get install -y --no-install-recommends ceph-mon ceph-osd radosgw ceph-common; make deps-s3)"
+		echo "SKIP: Ceph is not installed (apt-get install -y --no-install-recommends ceph-mon ceph-osd radosgw ceph-common curl; make deps installs them)"
+		return 77
+	fi
+	if ! command -v curl >/dev/null 2>&1; then
+		echo "SKIP: curl is not installed (the S3 tests' own client: apt-get install -y curl; make deps installs it)"
 		return 77
 	fi
 	mkdir -p "$dir"/{run,log,mon/mon.a,osd/osd.0,rgw}
