@@ -225,7 +225,7 @@ for i in $(seq 1 2000); do printf 'CBIMG-PLAINTEXT-MARKER-%06d-' "$i"; done >"$T
 for i in $(seq 1 200); do cat "$T/marker"; done >>"$PT"
 truncate -s 16M "$PT"
 echo "s3 test pass" >"$T/pass"
-expect_exit 0 "$CBIMG" backup -q --encrypt --scrypt 10:1:1 --password-file "$T/pass" "$PT" s3://$B/e
+expect_exit 0 "$CBIMG" backup -q --encrypt --scrypt 12:8:1 --password-file "$T/pass" "$PT" s3://$B/e
 printf 'CBIMG-PLAINTEXT-MARKER-CHANGED' | dd of="$PT" bs=1 seek=5000000 conv=notrunc 2>/dev/null
 expect_exit 0 "$CBIMG" backup -q --password-file "$T/pass" "$PT" s3://$B/e
 n=0 leak=0

@@ -173,7 +173,7 @@ EOF
 		rgw_bucket "$dir" cbimg-probe 2>/dev/null && break
 		sleep 0.2
 	done
-	echo "rgw.sh: S3 on http://127.0.0.1:$port in $(echo "$(date +%s.%N) - $t0" | bc) s" >&2
+	echo "rgw.sh: S3 on http://127.0.0.1:$port in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s" >&2
 }
 
 rgw_stop()
