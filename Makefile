@@ -32,8 +32,6 @@ CFLAGS_ALL += $(if $(CURL_OK),-DCBI_HAVE_CURL $(shell pkg-config --cflags libcur
 LDLIBS_ALL += $(if $(CURL_OK),$(shell pkg-config --libs libcurl))
 
 LIB_SRC := $(sort $(wildcard src/lib/*.c))
-# wtrace_none.c stands in for the write tracer (wtrace.h) until wtrace.c is in the tree
-LIB_SRC := $(if $(wildcard src/lib/wtrace.c),$(filter-out src/lib/wtrace_none.c,$(LIB_SRC)),$(LIB_SRC))
 CLI_SRC := $(sort $(wildcard src/cli/*.c))
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
