@@ -7,6 +7,7 @@
 #include <linux/fs.h>
 #include <linux/loop.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,8 @@ struct cbi_snap {
 	int guard_fd;             /* our end of its socket pair */
 	double t_freeze, window_ms;
 	cbi_wtrace *trace;
+	pthread_t stopper;        /* tears the tracer down after the thaw */
+	int stopping;
 	char clone[4096];         /* reflink: the clone's name until the source is open */
 	int clone_named;
 	uint64_t origin_size;     /* exec, reflink: the origin's size (0: unknown) */
@@ -203,14 +206,38 @@ static void guardian(int rfd, const int *fds, size_t n, uint32_t timeout_ms)
 	sa.sa_handler = SIG_IGN;
 	for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
 		sigaction(sigs[i], &sa, NULL);
-	/* nothing else of cbimg's: no lock or temporary file held open by us */
-	for (int fd = 3; fd < 1024; fd++) {
-		int keep = fd == rfd;
-		for (size_t i = 0; i < n && !keep; i++)
-			keep = fds[i] == fd;
-		if (!keep)
-			close(fd);
+	/* nothing else of cbimg's: no lock or temporary file held open by us.
+	 * close_range() over the gaps between the kept descriptors (every
+	 * descriptor, whatever the limit, in a few calls); one close() each
+	 * below 1024 on a kernel without it. */
+	int keep[MAX_FROZEN + 1];
+	size_t nk = 0;
+	keep[nk++] = rfd;
+	for (size_t i = 0; i < n && nk < MAX_FROZEN + 1; i++)
+		keep[nk++] = fds[i];
+	for (size_t i = 1; i < nk; i++) /* insertion sort: async-signal-safe */
+		for (size_t j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+			int t = keep[j];
+			keep[j] = keep[j - 1];
+			keep[j - 1] = t;
+		}
+	unsigned lo = 3;
+	int ok = 1;
+	for (size_t i = 0; i < nk && ok; i++) {
+		if (keep[i] < 0 || (unsigned)keep[i] < lo)
+			continue;
+		if ((unsigned)keep[i] > lo && close_range(lo, (unsigned)keep[i] - 1, 0) < 0)
+			ok = 0;
+		lo = (unsigned)keep[i] + 1;
 	}
+	if (!ok || close_range(lo, ~0u, 0) < 0)
+		for (int fd = 3; fd < 1024; fd++) {
+			int k = 0;
+			for (size_t i = 0; i < nk && !k; i++)
+				k = keep[i] == fd;
+			if (!k)
+				close(fd);
+		}
 	struct pollfd p = { .fd = rfd, .events = POLLIN };
 	int r;
 	do
@@ -325,6 +352,32 @@ int cbi_snap_expired(const cbi_snap *s)
 	return (cbi_now() - s->t_freeze) * 1000.0 >= to;
 }
 
+static void *trace_stopper(void *arg)
+{
+	cbi_wtrace_stop(arg);
+	return NULL;
+}
+
+/* Once thawed, the write trace has served (the blocks it named were read
+ * frozen). Its teardown (the instance's rmdir waits for the kernel to free
+ * the ring buffers: some 20 ms) runs beside the rest of the backup;
+ * cbi_snap_end() waits for it. Synchronously when no thread can start. */
+static void release_trace(cbi_snap *s)
+{
+	if (!s->trace || s->stopping)
+		return;
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int rc = pthread_create(&s->stopper, NULL, trace_stopper, s->trace);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc)
+		cbi_wtrace_stop(s->trace);
+	else
+		s->stopping = 1;
+	s->trace = NULL;
+}
+
 int cbi_snap_thaw(cbi_snap *s, cbi_error *err)
 {
 	int rc = 0;
@@ -337,6 +390,7 @@ int cbi_snap_thaw(cbi_snap *s, cbi_error *err)
 	s->frozen = 0;
 	int late = stop_guardian(s);
 	close_fds(s);
+	release_trace(s);
 	if (!rc && late)
 		rc = cbi_err(err, -ETIMEDOUT,
 			     "the freeze of '%s' lasted longer than --freeze-timeout (%u ms): it was thawed before the "
@@ -611,6 +665,8 @@ int cbi_snap_end(cbi_snap *s, char *warn, size_t warnsz)
 		return 0;
 	int trc = s->frozen ? cbi_snap_thaw(s, NULL) : 0;
 	(void)trc; /* best effort on a failed run: the guardian thaws too */
+	if (s->stopping)
+		pthread_join(s->stopper, NULL);
 	cbi_wtrace_stop(s->trace);
 	if (s->clone_named)
 		unlink(s->clone);

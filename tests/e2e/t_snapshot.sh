@@ -88,12 +88,20 @@ check "the file system is writable after the refusals" timeout 5 touch "$M/after
 mkfifo "$T/fifo"
 exec 7<>"$T/fifo"
 dd if=/dev/zero of="$T/fifo" bs=4096 count=64 oflag=nonblock status=none 2>/dev/null
-"$CBIMG" backup --no-state --json-progress --snapshot freeze "$L" "$T/dk" >"$T/fifo" 2>"$T/kill.err" &
+# (fd 1500: a descriptor above 1024 that the guardian must not keep)
+"$CBIMG" backup --no-state --json-progress --snapshot freeze "$L" "$T/dk" >"$T/fifo" 2>"$T/kill.err" \
+	1500>"$T/high-fd" &
 pid=$!
 BGPIDS+=("$pid")
 mkdir -p "$T/dk"
 for _ in $(seq 50); do pgrep -P "$pid" >/dev/null && break; sleep 0.1; done
 sleep 0.5
+g=$(pgrep -P "$pid" | head -1)
+check "the guardian runs while frozen" test -n "$g"
+check "the guardian holds no descriptor of cbimg's above 1024 (fd 1500 closed)" \
+	test ! -e "/proc/${g:-0}/fd/1500"
+check "... nor DEST's files: only stdio, its socket and the mount point" \
+	test "$(ls "/proc/${g:-0}/fd" 2>/dev/null | wc -l)" -le 5
 (echo x >"$M/probe" && date +%s%N >"$T/probe.done") &
 probe=$!
 sleep 0.7
