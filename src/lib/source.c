@@ -467,16 +467,6 @@ int cbi_dev_mounted(dev_t dev, char *mnt, size_t mntsz)
 
 int cbi_dev_mounted_rw(dev_t dev) { return cbi_mount_find(dev, CBI_MOUNT_PARTS | CBI_MOUNT_RW, NULL); }
 
-int cbi_source_mounted_rw(const cbi_source *s)
-{
-	if (s->is_dev)
-		return cbi_dev_mounted_rw(s->rdev);
-	/* a file that a loop device reads and writes: as live as the device */
-	struct stat st;
-	cbi_loop_use u;
-	return fstat(s->fd, &st) == 0 && S_ISREG(st.st_mode) && cbi_loop_in_use(st.st_dev, st.st_ino, 1, &u);
-}
-
 uint32_t cbi_source_sector(const cbi_source *s)
 {
 	int ss = 0;

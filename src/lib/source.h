@@ -92,8 +92,5 @@ int cbi_dev_mounted(dev_t dev, char *mnt, size_t mntsz);
 /* Is the source mounted read-write (an inconsistent image is possible)? */
 int cbi_dev_mounted_rw(dev_t dev);
 
-/* Is source s mounted read-write: a block device (or a partition of it), or
- * a file that backs a loop device mounted read-write (mounts.h)? 1 yes, 0 no. */
-int cbi_source_mounted_rw(const cbi_source *s);
 
 #endif
