@@ -69,6 +69,18 @@ static int sink(void *ud, uint64_t block, const cbi_pipe_block *b, cbi_error *er
 	return 0;
 }
 
+static int sink_zeros(void *ud, uint64_t first, uint64_t n, cbi_error *err)
+{
+	bk_state *st = ud;
+	(void)first;
+	st->zero += n;
+	int rc = cbi_index_writer_add_zeros(st->idx, n);
+	if (rc)
+		return cbi_err(err, rc, "unable to write the index in '%s': %s", st->img_path,
+			       cbi_strerror(rc));
+	return 0;
+}
+
 /* The job's key (job.h): it names the job's lock file in DEST, its
  * temporary files and its local state, so that two runs of the same job
  * never fork a chain, while different sources run concurrently. */
@@ -931,7 +943,7 @@ static int bk_write_point(bk_run *b)
 
 	cbi_pipe_cfg pc = {
 		.src = b->src, .parent = b->parent, .block_size = b->bs, .seq = h->seq, .level = b->level,
-		.threads = o->threads, .sink = sink, .sink_ud = &b->st,
+		.threads = o->threads, .sink = sink, .sink_zeros = sink_zeros, .sink_ud = &b->st,
 		.hs = &b->hs, .rec_key = b->encrypted ? b->rec_key : NULL, .chain_id = h->chain_id,
 		.point_id = h->point_id, .progress = o->progress, .progress_ud = o->progress_ud,
 	};

@@ -84,6 +84,22 @@ int cbi_index_writer_add(cbi_index_writer *w, const cbi_idx_ent *e)
 	return cbi_sfw_write(w->f, b, sizeof b);
 }
 
+int cbi_index_writer_add_zeros(cbi_index_writer *w, uint64_t n)
+{
+	if (w->hdr.runs) { /* the same items as n calls of cbi_index_writer_add() */
+		if (n && !w->zn)
+			w->zfirst = w->added;
+		w->zn += n;
+		w->added += n;
+		return 0;
+	}
+	const cbi_idx_ent z = { .flags = CBI_IDX_ZERO };
+	int rc = 0;
+	for (uint64_t i = 0; i < n && !rc; i++)
+		rc = cbi_index_writer_add(w, &z);
+	return rc;
+}
+
 void cbi_index_writer_set_badmap(cbi_index_writer *w, const cbi_badmap *m)
 {
 	w->bad = m;
@@ -325,6 +341,26 @@ int cbi_index_get_w(cbi_index *x, cbi_index_win *w, uint64_t i, cbi_idx_ent *e)
 		w->n = n;
 	}
 	cbi_idx_ent_decode(w->buf + (it - w->first) * CBI_IDX_ENT_SIZE, e);
+	return 0;
+}
+
+int cbi_index_zero_span(cbi_index *x, cbi_index_win *w, uint64_t i, uint64_t *span, uint64_t *next)
+{
+	*span = 0;
+	*next = x->hdr.n_blocks;
+	if (i >= x->hdr.n_blocks)
+		return -EINVAL;
+	int rc = cbi_index_load_runs(x);
+	if (rc || !x->n_runs)
+		return rc;
+	uint64_t it;
+	if (locate(x, w, i, &it)) {
+		const cbi_idx_run *u = &x->runs[w->k - 1];
+		*span = u->first + u->count - i;
+		*next = i;
+	} else if (w->k < x->n_runs) {
+		*next = x->runs[w->k].first;
+	}
 	return 0;
 }
 

@@ -23,6 +23,9 @@ typedef struct cbi_index_writer cbi_index_writer;
 int cbi_index_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, const cbi_keys *keys,
 			    cbi_index_writer **out, cbi_error *err) CBI_WUR;
 int cbi_index_writer_add(cbi_index_writer *w, const cbi_idx_ent *e) CBI_WUR;
+/* n zero entries: the same file as n cbi_index_writer_add() of a zero
+ * entry, in O(1) when the index is of runs. */
+int cbi_index_writer_add_zeros(cbi_index_writer *w, uint64_t n) CBI_WUR;
 /* Write the trailer (n_blocks and point_id are taken from the header) and
  * fsync. t->file_size and t->digest are filled in. */
 int cbi_index_writer_seal(cbi_index_writer *w, cbi_idx_trailer *t) CBI_WUR;
@@ -81,6 +84,11 @@ int cbi_index_get(cbi_index *x, uint64_t i, cbi_idx_ent *e) CBI_WUR;
 /* The same through the caller's window w: threads that share x each use
  * their own, after one cbi_index_load_runs(x). */
 int cbi_index_get_w(cbi_index *x, cbi_index_win *w, uint64_t i, cbi_idx_ent *e) CBI_WUR;
+/* Through w's cursor: *span blocks from block i on lie in one run of zero
+ * blocks (0: block i is not in a run); *next is the first block at or after
+ * i that is in a run (n_blocks: none). An index without runs: 0 and
+ * n_blocks. */
+int cbi_index_zero_span(cbi_index *x, cbi_index_win *w, uint64_t i, uint64_t *span, uint64_t *next) CBI_WUR;
 void cbi_index_win_free(cbi_index_win *w);
 /* Find the runs of a version-3 index now (no-op after the first time, and
  * on older indexes). 0, -CBI_EDAMAGED, or a read error. */

@@ -201,6 +201,7 @@ static int read_trace(cbi_snap *s, const cbi_pipe_cfg *pc, const char *spool_dir
 	/* 2. the main run, into the spool */
 	cbi_pipe_cfg c = *pc;
 	c.sink = spool_sink;
+	c.sink_zeros = NULL;
 	c.sink_ud = &main;
 	if ((rc = cbi_pipe_run(&c, ps, err)))
 		goto end;
@@ -231,6 +232,7 @@ static int read_trace(cbi_snap *s, const cbi_pipe_cfg *pc, const char *spool_dir
 		cbi_source_set_map(pc->src, touched, pc->block_size);
 		c = *pc;
 		c.sink = spool_sink;
+		c.sink_zeros = NULL;
 		c.sink_ud = &re;
 		rc = run_frozen(s, c, &ps2, err);
 		cbi_source_set_map(pc->src, old_map, old_bs);
@@ -283,11 +285,13 @@ static int read_checked(const cbi_pipe_cfg *pc, cbi_pipe_stats *ps, cbi_live_sta
 		return cbi_err(err, -ENOMEM, "out of memory");
 	cbi_pipe_cfg c = *pc;
 	c.sink = record_sink;
+	c.sink_zeros = NULL;
 	c.sink_ud = &f;
 	int rc = cbi_pipe_run(&c, ps, err);
 	if (!rc) {
 		cbi_pipe_stats ps2 = { 0 };
 		c.sink = compare_sink;
+		c.sink_zeros = NULL;
 		rc = cbi_pipe_run(&c, &ps2, err);
 		ls->changed_during = f.changed;
 	}

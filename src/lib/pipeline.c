@@ -226,25 +226,63 @@ static int sink_one(pipe_s *p, uint64_t blk, const cbi_pipe_block *o, cbi_error 
 	return r;
 }
 
+/* The zero stretch of a hole item that starts at blk: how many blocks
+ * (0: none) can go to the sink in one call, and where per-block handling
+ * must stop (the parent's next run). */
+static int zero_span(pipe_s *p, uint64_t blk, uint64_t left, uint64_t *span, uint64_t *next, cbi_error *e)
+{
+	const cbi_pipe_cfg *c = p->cfg;
+	*span = c->sink_zeros && !c->parent ? left : 0;
+	*next = blk + left;
+	if (!c->sink_zeros || !c->parent)
+		return 0;
+	cbi_index *x = c->parent;
+	pthread_mutex_lock(&p->pmu);
+	int rc = cbi_index_zero_span(x, &x->w, blk, span, next);
+	pthread_mutex_unlock(&p->pmu);
+	if (rc)
+		return cbi_err(e, rc, "unable to read the parent index '%s': %s", x->f->path, cbi_strerror(rc));
+	*span = CBI_MIN(*span, left);
+	return 0;
+}
+
 /* The consumer's part of a hole item: its zero entries, in steps, with the
  * parent's entries for an incremental (a hole is a zero block: changed
- * only where the parent's entry is not zero). */
+ * only where the parent's entry is not zero). Stretches that are zero in
+ * the parent's runs too (or every block, for a full) go to the sink in one
+ * call when it takes them (sink_zeros): a 1 TiB sparse source is 4 million
+ * blocks, and one call each cost 0.3 s. */
 static int emit_hole(pipe_s *p, const batch *s, cbi_error *e)
 {
 	const cbi_pipe_cfg *c = p->cfg;
-	for (uint64_t i = 0; i < s->nblk; i += HOLE_CHUNK) {
-		uint64_t n = CBI_MIN((uint64_t)HOLE_CHUNK, s->nblk - i);
-		int rc = c->parent ? parent_get(p, s->first + i, n, p->hpar, e) : 0;
+	uint64_t end = s->first + s->nblk;
+	for (uint64_t blk = s->first; blk < end;) {
+		uint64_t span, next;
+		int rc = zero_span(p, blk, end - blk, &span, &next, e);
 		if (rc)
 			return rc;
-		for (uint64_t j = 0; j < n; j++) {
-			uint64_t blk = s->first + i + j;
-			cbi_pipe_block o;
-			zero_block(&o, cbi_block_len(c->src->size, c->block_size, blk), c->parent ? &p->hpar[j] : NULL);
-			if ((rc = sink_one(p, blk, &o, e)))
+		if (span) {
+			uint64_t stop = CBI_MIN((blk + span) * (uint64_t)c->block_size, c->src->size);
+			if ((rc = c->sink_zeros(c->sink_ud, blk, span, e)))
 				return rc;
+			p->done_bytes += stop - blk * (uint64_t)c->block_size;
+			blk += span;
+		} else {
+			uint64_t n = CBI_MIN((uint64_t)HOLE_CHUNK, CBI_MIN(next, end) - blk);
+			if (!n)
+				n = 1;
+			if (c->parent && (rc = parent_get(p, blk, n, p->hpar, e)))
+				return rc;
+			for (uint64_t j = 0; j < n; j++) {
+				cbi_pipe_block o;
+				zero_block(&o, cbi_block_len(c->src->size, c->block_size, blk + j),
+					   c->parent ? &p->hpar[j] : NULL);
+				if ((rc = sink_one(p, blk + j, &o, e)))
+					return rc;
+			}
+			blk += n;
 		}
-		if (i + n < s->nblk && (rc = report(p, 0, e)))
+		if (blk < end && (rc = report(p, 0, e)))
 			return rc;
 	}
 	return 0;

@@ -26,6 +26,11 @@ typedef struct cbi_pipe_block {
 
 /* Called in block order from the calling thread. Return 0 to go on. */
 typedef int (*cbi_pipe_sink)(void *ud, uint64_t block, const cbi_pipe_block *b, cbi_error *err);
+/* Optional, with the same ud: blocks [first, first + n) are zero blocks
+ * that are unchanged (no parent, or zero in the parent: a hole of the
+ * source over a run of the parent's index). The same as n calls of the sink
+ * with zero blocks, changed 0, store 0, in one call. */
+typedef int (*cbi_pipe_sink_zeros)(void *ud, uint64_t first, uint64_t n, cbi_error *err);
 
 typedef struct cbi_pipe_cfg {
 	cbi_source *src;
@@ -38,6 +43,9 @@ typedef struct cbi_pipe_cfg {
 	const uint8_t *rec_key; /* encrypted point: records are sealed (image.h); else NULL */
 	const uint8_t *chain_id, *point_id; /* bound into sealed records */
 	cbi_pipe_sink sink;
+	cbi_pipe_sink_zeros sink_zeros; /* NULL: the sink gets every block; a copy of a
+	                                 * cfg that changes sink or sink_ud must change
+	                                 * or clear it too */
 	void *sink_ud;
 	cbi_progress_fn progress;
 	void *progress_ud;

@@ -414,6 +414,86 @@ static void test_runs_round_trip(void **state)
 	cbi_index_close(x);
 }
 
+/* cbi_index_writer_add_zeros() writes the same file as one add per zero
+ * block (runs or not), and cbi_index_zero_span() names every run's extent
+ * and the next run's start from anywhere. */
+static void test_runs_add_zeros_and_span(void **state)
+{
+	tu_fix *f = *state;
+	for (int runs = 0; runs < 2; runs++) {
+		const char *p1 = tu_path(f->dir, "one.cbx"), *p2 = tu_path(f->dir, "many.cbx");
+		write_runs(p1, N_RUNS, runs);
+		cbi_hdr h = mk_hdr(N_RUNS);
+		h.runs = runs;
+		cbi_index_writer *w = NULL;
+		assert_int_equal(cbi_index_writer_create(p2, NULL, &h, NULL, &w, NULL), 0);
+		for (uint64_t i = 0; i < N_RUNS;) {
+			uint64_t n = 0;
+			while (i + n < N_RUNS && runs_zero(i + n))
+				n++;
+			if (n) { /* a stretch of zeros in pieces of 1, 2, 3, ... */
+				for (uint64_t k = 1, done = 0; done < n; k++) {
+					uint64_t m = k < n - done ? k : n - done;
+					assert_int_equal(cbi_index_writer_add_zeros(w, m), 0);
+					done += m;
+				}
+				i += n;
+			} else {
+				cbi_idx_ent en = runs_ent(i++);
+				assert_int_equal(cbi_index_writer_add(w, &en), 0);
+			}
+		}
+		assert_int_equal(cbi_index_writer_add_zeros(w, 0), 0);
+		cbi_idx_trailer t;
+		memset(&t, 0, sizeof t);
+		assert_int_equal(cbi_index_writer_seal(w, &t), 0);
+		assert_int_equal(cbi_index_writer_commit(w, NULL), 0);
+		size_t n1, n2;
+		uint8_t *b1 = tu_read_file(p1, &n1), *b2 = tu_read_file(p2, &n2);
+		assert_int_equal(n1, n2);
+		assert_memory_equal(b1, b2, n1);
+		free(b1);
+		free(b2);
+
+		cbi_index *x = NULL;
+		assert_int_equal(cbi_index_open(p1, &x, NULL), 0);
+		cbi_index_win wz;
+		memset(&wz, 0, sizeof wz);
+		uint64_t s = 11;
+		for (int k = 0; k < 4000; k++) {
+			uint64_t i = k < 2000 ? (uint64_t)k * 15 : tu_rng(&s) % N_RUNS, span, next;
+			assert_int_equal(cbi_index_zero_span(x, &wz, i, &span, &next), 0);
+			if (!runs) { /* fixed entries: no runs */
+				assert_true(span == 0 && next == N_RUNS);
+				continue;
+			}
+			/* the truth: i is in a run when it and a neighbour are zero */
+			uint64_t a = i, b = i;
+			while (a > 0 && runs_zero(a - 1) && runs_zero(i))
+				a--;
+			while (b < N_RUNS && runs_zero(b))
+				b++;
+			int in = runs_zero(i) && b - a >= 2;
+			assert_int_equal(span, in ? b - i : 0);
+			if (in) {
+				assert_int_equal(next, i);
+			} else {
+				uint64_t j = i + 1;
+				while (j < N_RUNS && !(runs_zero(j) && ((j + 1 < N_RUNS && runs_zero(j + 1)) ||
+									   runs_zero(j - 1))))
+					j++;
+				assert_int_equal(next, j);
+			}
+		}
+		uint64_t span, next;
+		assert_int_equal(cbi_index_zero_span(x, &wz, N_RUNS, &span, &next), -EINVAL);
+		cbi_index_win_free(&wz);
+		cbi_index_close(x);
+		unlink(p1);
+		unlink(p2);
+	}
+}
+
 /* The writer's choice: runs from CBI_IDX_RUNS_MIN_BLOCKS blocks on; below,
  * the fixed entries that every older reader reads (version 1 here). */
 static void test_runs_auto(void **state)
@@ -527,6 +607,7 @@ int main(void)
 		T(test_round_trip_big),
 		T(test_runs_round_trip),
 		T(test_runs_auto),
+		T(test_runs_add_zeros_and_span),
 		T(test_runs_damaged),
 		T(test_runs_old_format_readable),
 		T(test_single_entry),
