@@ -433,8 +433,8 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 	echo "ratio = seconds / cbimg's seconds in the same phase (scale rows: / cbimg's on the ${size} MiB file)"
 	echo "other = CPU cores that other processes kept busy during the command (0.00: the machine was quiet)"
 	echo
-	echo "targets:"
-	awk -F'\t' -v lim_rss=64 -v size_b="$(stat -c %s "$DISK")" '
+	echo "targets (issue 16; the cat limit and the scan rate depend on the page cache: this run is $([ "$warm" = 1 ] && echo warm || echo cold)):"
+	awk -F'\t' -v warm="$warm" -v size_b="$(stat -c %s "$DISK")" '
 	{ key = $1 "|" $2; S[key] = $3; B[key] = $5; R[key] = $4 }
 	function has(k) { return (k in S) && S[k] != "-" }
 	function verdict(ok) { return ok ? "PASS" : "FAIL" }
@@ -442,32 +442,39 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 	function na(text) { printf "  n/a   %s\n", text }
 	END {
 		c = "cbimg|incremental"; k = "cat|incremental"
-		if (has(c) && has(k)) line(S[c] <= 2 * S[k], sprintf("incremental <= 2x cat: %.3f s vs cat %.3f s = %.2fx (limit 2x)", S[c], S[k], S[c] / S[k]))
-		else na("incremental <= 2x cat")
+		lim = warm ? 2 : 1.1
+		if (has(c) && has(k)) line(S[c] <= lim * S[k], sprintf("1. incremental <= %gx cat (%s): %.3f s vs cat %.3f s = %.2fx", lim, warm ? "warm" : "cold", S[c], S[k], S[c] / S[k]))
+		else na("1. incremental vs cat")
 		p = "blocksync-fast|incremental"
 		if (has(c) && has(p)) {
-			line(S[p] >= S[c], sprintf("incremental no slower than blocksync-fast: %.3f s vs %.3f s = %.2fx its speed (limit 1x)", S[c], S[p], S[p] / S[c]))
-			line(B[c] < B[p], sprintf("incremental writes fewer bytes than blocksync-fast: %d vs %d bytes = %.3fx (limit < 1x)", B[c], B[p], B[c] / B[p]))
-		} else na("incremental vs blocksync-fast (not run)")
+			line(S[p] >= S[c], sprintf("1. blocksync-fast time / cbimg time >= 1: %.3f s / %.3f s = %.2f", S[p], S[c], S[p] / S[c]))
+			line(B[c] < B[p], sprintf("1. incremental writes fewer bytes than blocksync-fast: %d vs %d bytes = %.3fx (limit < 1x)", B[c], B[p], B[c] / B[p]))
+		} else na("1. incremental vs blocksync-fast (not run)")
+		u = "cbimg|unchanged incremental"
+		if (has(u) && warm) line(size_b / S[u] / 1e9 >= 4, sprintf("2. unchanged-disk scan rate >= 4 GB/s warm: %.2f GB/s (%.0f bytes in %.3f s)", size_b / S[u] / 1e9, size_b, S[u]))
+		else if (has(u)) printf "  info  2. unchanged-disk scan rate: %.2f GB/s cold (%.0f bytes in %.3f s; the target is for a warm cache)\n", size_b / S[u] / 1e9, size_b, S[u]
+		x = "cbimg|scale incremental"
+		if (has(x) && has(c)) line(S[x] <= 1.1 * S[c], sprintf("3. sparse-source incremental <= 1.1x the dense one: %.3f s vs %.3f s = %.2fx", S[x], S[c], S[x] / S[c]))
+		else na("3. sparse-source incremental (not run)")
+		c = "cbimg|full"; z = "zstd -T2 -3|full"
+		if (has(c) && has(z)) {
+			line(S[c] <= 0.8 * S[z], sprintf("4. full <= 0.8x zstd -T2 -3 time: %.3f s vs %.3f s = %.2fx", S[c], S[z], S[c] / S[z]))
+			line(B[c] <= 1.03 * B[z], sprintf("4. full <= 1.03x zstd -T2 -3 size: %d vs %d bytes = %.3fx", B[c], B[z], B[c] / B[z]))
+		} else na("4. full vs zstd -T2 -3 (not run)")
+		c = "cbimg|restore"; z = "zstd -d|restore"
+		if (has(c) && has(z)) line(S[c] <= 0.5 * S[z], sprintf("6. restore <= 0.5x zstd -d time: %.3f s vs %.3f s = %.2fx", S[c], S[z], S[c] / S[z]))
+		else na("6. restore vs zstd -d (not run)")
+		# the earlier issues targets, still watched
+		c = "cbimg|incremental"
 		split("restic borg", peers, " ")
 		for (j = 1; j <= 2; j++) {
 			p = peers[j] "|incremental"
-			if (has(c) && has(p)) line(S[p] >= 10 * S[c], sprintf("incremental >= 10x faster than %s 2nd run: %.3f s vs %.3f s = %.1fx faster (limit 10x)", peers[j], S[c], S[p], S[p] / S[c]))
-			else na("incremental >= 10x faster than " peers[j] " 2nd run (not run)")
+			if (has(c) && has(p)) line(S[p] >= 10 * S[c], sprintf("(earlier) incremental >= 10x faster than %s 2nd run: %.3f s vs %.3f s = %.1fx faster", peers[j], S[c], S[p], S[p] / S[c]))
+			else na("(earlier) incremental >= 10x faster than " peers[j] " 2nd run (not run)")
 		}
-		u = "cbimg|unchanged incremental"
-		if (has(u)) printf "  info  unchanged-disk scan rate: %.2f GB/s (%.0f bytes in %.3f s; the issue asks >= 4 GB/s warm)\n", size_b / S[u] / 1e9, size_b, S[u]
-		c = "cbimg|full"; z = "zstd -T2 -3|full"
-		if (has(c) && has(z)) {
-			line(S[c] <= 0.6 * S[z], sprintf("full <= 0.6x zstd -T2 -3 time: %.3f s vs %.3f s = %.2fx (limit 0.6x)", S[c], S[z], S[c] / S[z]))
-			line(B[c] <= B[z], sprintf("full output no larger than zstd -T2 -3: %d vs %d bytes = %.3fx (limit 1x)", B[c], B[z], B[c] / B[z]))
-		} else na("full vs zstd -T2 -3 (not run)")
-		c = "cbimg|restore"; z = "zstd -d|restore"
-		if (has(c) && has(z)) line(S[c] <= S[z], sprintf("restore <= zstd -d time: %.3f s vs %.3f s = %.2fx (limit 1x)", S[c], S[z], S[c] / S[z]))
-		else na("restore <= zstd -d time (not run)")
 		c = "cbimg|changed-only restore"; k = "cat|changed-only restore"
-		if (has(c) && has(k)) line(S[c] <= 2 * S[k], sprintf("changed-only restore <= 2x cat: %.3f s vs cat %.3f s = %.2fx (limit 2x)", S[c], S[k], S[c] / S[k]))
-		else na("changed-only restore <= 2x cat")
+		if (has(c) && has(k)) line(S[c] <= 2 * S[k], sprintf("(earlier) changed-only restore <= 2x cat: %.3f s vs cat %.3f s = %.2fx", S[c], S[k], S[c] / S[k]))
+		else na("(earlier) changed-only restore <= 2x cat")
 	}' "$rows"
 	# peak RSS <= 64 MiB + the size of the index of the point written or restored
 	while IFS=$'\t' read -r ph idx; do
