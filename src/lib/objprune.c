@@ -74,10 +74,14 @@ static void name_bucket(op_ctx *c, const char *dir, cbi_prune_result *r, cbi_err
 		cbi_os_subst(p->file, sizeof p->file, from, c->url);
 		cbi_os_subst(p->index_file, sizeof p->index_file, from, c->url);
 	}
-	for (unsigned k = 0; r && k < r->n_notes; k++)
+	for (unsigned k = 0; r && k < r->n_notes; k++) {
 		cbi_os_subst(r->notes[k], sizeof r->notes[k], from, c->url);
-	if (err)
+		cbi_os_subst(r->notes[k], sizeof r->notes[k], dir, c->o->dest);
+	}
+	if (err) {
 		cbi_os_subst(err->msg, sizeof err->msg, from, c->url);
+		cbi_os_subst(err->msg, sizeof err->msg, dir, c->o->dest); /* the DEST itself */
+	}
 }
 
 /* ---------------------------------------------------------- work dir */
@@ -436,7 +440,7 @@ int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_
 	lo.dry_run = 1;
 	lo.progress = NULL;
 	rc = cbi_prune(&lo, r, err);
-	name_bucket(&c, c.cache, r, err);
+	name_bucket(&c, c.cache, r, rc ? err : NULL);
 	if (rc || o->dry_run)
 		goto end;
 	const cbi_point *g = &r->items[0].point;
@@ -481,7 +485,7 @@ int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_
 	rc = carry_over(&c, pre);
 end:
 	if (c.work[0])
-		name_bucket(&c, c.work, r, err);
+		name_bucket(&c, c.work, r, rc ? err : NULL);
 	if (locked) {
 		cbi_os_subst(note3, sizeof note3, c.work, c.url);
 		add_note(r, note);
