@@ -11,6 +11,9 @@
 #   - radosgw stopped during a backup: a clean failure; restarted: the next run succeeds
 #   - wrong credentials, a missing bucket, an unreachable endpoint: one line, exit 1
 #   - an encrypted chain: no object holds the source's plaintext
+#   - prune (s3prune): keep rules, selectors, dry run, other hosts untouched,
+#     only the needed records fetched, an encrypted chain, kill -9 before each
+#     request of its upload and deletes (tests/e2e/reqkill_shim.c)
 . "$(dirname "$0")/lib.sh"
 need_jq
 RGW=$E2E_DIR/../s3/rgw.sh
@@ -245,7 +248,7 @@ check "the encrypted chain restores bit for bit" cmp -s "$T/pt.back" "$PT"
 # restores bit for bit; list shows no removed point and their objects are
 # gone; only the records still needed were fetched; pc2 is untouched; the
 # chain continues. Then an encrypted chain, and kill -9 of prune at several
-# moments (S3_PRUNE_KILL_MOMENTS, default 6).
+# moments (before each request of its upload and deletes).
 bucket prune
 export CBIMG_STATE_DIR=$T/state-prune
 mkdir -p "$T/psums"
@@ -352,13 +355,22 @@ for k in $(keys "$B" | grep '^e/'); do
 done
 check_eq "key file, index, merged image left; none holds plaintext" "$(keys "$B" | grep -c '^e/') $leak" "3 0"
 
-# kill -9 of prune at moments spread over its run, on copies of one chain
+# kill -9 of prune before each of its last requests (its upload and its
+# deletes) and at S3_PRUNE_KILL_MOMENTS (default 4) moments spread over the
+# earlier ones, each on a fresh copy of one chain (tests/e2e/reqkill_shim.c:
+# SIGKILL just before the Nth HTTP request; one transfer at a time, so the
+# order of the requests is fixed)
 bucket prunekill
-M=${S3_PRUNE_KILL_MOMENTS:-6}
+# the shim comes by LD_PRELOAD: in an ASan build the sanitizer's runtime is
+# then not first in the library list, which it checks by default
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+RK=$T/reqkill.so
+cc -O2 -shared -fPIC -o "$RK" "$E2E_DIR/reqkill_shim.c" -ldl 2>"$T/cc.err" ||
+	die "cannot build tests/e2e/reqkill_shim.c: $(head -3 "$T/cc.err")"
 KS2=$T/pk.img
-head -c $((24 << 20)) /dev/urandom >"$KS2"
+head -c $((12 << 20)) /dev/urandom >"$KS2"
 for k in 0 1 2 3; do
-	[ $k = 0 ] || fill_random "$KS2" $((k * 4096)) 4096
+	[ $k = 0 ] || fill_random "$KS2" $((k * 2048)) 2048
 	pback pk "$KS2" orig
 done
 mkdir -p "$T/korig"
@@ -373,43 +385,42 @@ copy_chain() {
 			die "copy of $n to $1"
 	done <"$T/korig.names"
 }
-# objs PREFIX: the object names under PREFIX (without it), sorted
+# objs PREFIX: the object names under PREFIX (without it), sorted; pobjs: but the lock object
 objs() { keys "$B" | grep "^$1/" | sed "s|^$1/||" | sort; }
+pobjs() { objs "$1" | grep -v '^\.cbimg-lock-'; }
 copy_chain k0
-t0=$(date +%s%N)
-expect_exit 0 "$CBIMG" prune -q --keep-last 1 s3://$B/k0
-dur=$((($(date +%s%N) - t0) / 1000))
+expect_exit 0 env LD_PRELOAD="$RK" CBIMG_REQUEST_LOG="$T/nreq" CBIMG_S3_JOBS=1 "$CBIMG" prune -q --keep-last 1 s3://$B/k0
+R=$(cat "$T/nreq")
 objs k0 >"$T/k.final"
-echo "  (an uninterrupted prune takes ${dur} us; killing it at $M moments)"
-bad=0 during=0 before=0 after=0 took=0
-for ((m = 1; m <= M; m++)); do
-	copy_chain k$m
-	"$CBIMG" prune -q --keep-last 1 s3://$B/k$m >/dev/null 2>&1 &
-	pid=$!
-	BGPIDS+=("$pid")
-	sleep "$(awk -v d="$dur" -v m="$m" -v n="$M" 'BEGIN { printf "%.3f", d * 1.1 * m / (n + 1) / 1e6 }')"
-	if kill -9 "$pid" 2>/dev/null; then
-		wait "$pid" 2>/dev/null
-		if [ "$(objs k$m)" = "$(sort "$T/korig.names")" ]; then
-			before=$((before + 1))
-		else
-			during=$((during + 1))
-		fi
+LAST=$(grep -c . "$T/korig.names") # at least one request per object it stores or deletes
+M=${S3_PRUNE_KILL_MOMENTS:-4}
+moments=$( (seq $((R > LAST + 1 ? R - LAST - 1 : 1)) "$R"
+	for ((m = 1; m <= M; m++)); do echo $(((R - LAST - 1) * m / (M + 1) + 1)); done) | sort -n | uniq)
+echo "  (an uninterrupted prune makes $R requests; killing it before each of $(echo $moments | wc -w) of them)"
+bad=0 n=0 before=0 during=0 done_=0 took=0
+for N in $moments; do
+	n=$((n + 1))
+	copy_chain k$N
+	(CBIMG_KILL_REQUEST=$N CBIMG_S3_JOBS=1 LD_PRELOAD="$RK" "$CBIMG" prune -q --keep-last 1 s3://$B/k$N) >/dev/null 2>&1
+	if [ "$(pobjs k$N)" = "$(sort "$T/korig.names")" ]; then
+		before=$((before + 1)) # it had stored nothing yet
+	elif [ "$(pobjs k$N)" = "$(cat "$T/k.final")" ]; then
+		done_=$((done_ + 1)) # every delete done, the lock not yet released
 	else
-		wait "$pid" 2>/dev/null
-		after=$((after + 1))
+		during=$((during + 1)) # the merged image stored, deletes under way
 	fi
-	restores pk k$m || { bad=$((bad + 1)); echo "       | moment $m: a listed point does not restore"; }
-	"$CBIMG" prune --keep-last 1 s3://$B/k$m >"$T/again.out" 2>&1 ||
-		{ bad=$((bad + 1)); echo "       | moment $m: the next prune fails: $(cat "$T/again.out")"; }
+	restores pk k$N || { bad=$((bad + 1)); echo "       | request $N: a listed point does not restore"; }
+	"$CBIMG" prune --keep-last 1 s3://$B/k$N >"$T/again.out" 2>&1 ||
+		{ bad=$((bad + 1)); echo "       | request $N: the next prune fails: $(cat "$T/again.out")"; }
 	grep -q "took over the lock" "$T/again.out" && took=$((took + 1))
-	[ "$(objs k$m)" = "$(cat "$T/k.final")" ] ||
-		{ bad=$((bad + 1)); echo "       | moment $m: other objects than an uninterrupted prune leaves:"; objs k$m | sed 's/^/       | /'; }
-	restores pk k$m || { bad=$((bad + 1)); echo "       | moment $m: after the next prune, a point does not restore"; }
+	[ "$(objs k$N)" = "$(cat "$T/k.final")" ] ||
+		{ bad=$((bad + 1)); echo "       | request $N: other objects than an uninterrupted prune leaves:"; objs k$N | sed 's/^/       | /'; }
+	restores pk k$N || { bad=$((bad + 1)); echo "       | request $N: after the next prune, a point does not restore"; }
 done
-echo "  $M kills: $during while the prune changed the bucket or its lock, $before before, $after after its end;" \
-	"$took locks taken over by the next prune"
-check_eq "kill -9 of prune at $M moments: every listed point restores, the next prune finishes" "$bad" 0
+echo "  $n kills: $before before the prune stored an object, $during after it stored the merged image and" \
+	"before its last delete, $done_ after its deletes; $took locks taken over by the next prune"
+check_eq "kill -9 before $n requests of prune: every listed point restores, the next prune finishes" "$bad" 0
+check "some kills landed between the merged image's store and the last delete" test "$during" -gt 0
 check_eq "no unfinished upload left by the killed prunes" "$(uploads "$B")" 0
 
 finish
