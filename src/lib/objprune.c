@@ -400,20 +400,29 @@ static void add_note(cbi_prune_result *r, const char *note)
 }
 
 /* The job's unfinished multipart uploads (a killed backup's or prune's):
- * aborted. jp: the job's name prefix. */
-static int abort_uploads(op_ctx *c, const char *jp, char *note, size_t nsz)
+ * aborted (note); those of other jobs under the prefix are only counted
+ * (note2: a backup running, or a killed one that its job's next run
+ * aborts). jp: the job's name prefix. */
+static int abort_uploads(op_ctx *c, const char *jp, char *note, size_t nsz, char *note2, size_t n2sz)
 {
 	cbi_s3_obj *up = NULL;
-	size_t nup = 0;
+	size_t nup = 0, mine = 0;
 	char pfx[1700];
 	obj_key(c, jp, pfx, sizeof pfx);
-	int rc = cbi_s3_list_uploads(c->s3, pfx, &up, &nup, c->err);
+	int rc = cbi_s3_list_uploads(c->s3, cbi_os_key_prefix(c->os), &up, &nup, c->err);
 	for (size_t i = 0; !rc && i < nup; i++)
-		rc = cbi_s3_abort_upload(c->s3, up[i].key, up[i].upload_id, c->err);
+		if (!strncmp(up[i].key, pfx, strlen(pfx))) {
+			rc = cbi_s3_abort_upload(c->s3, up[i].key, up[i].upload_id, c->err);
+			mine++;
+		}
 	free(up);
-	if (!rc && nup)
-		snprintf(note, nsz, "aborted %zu unfinished upload%s of the job left in '%.600s'", nup,
-			 nup == 1 ? "" : "s", c->o->dest);
+	if (!rc && mine)
+		snprintf(note, nsz, "aborted %zu unfinished upload%s of the job left in '%.600s'", mine,
+			 mine == 1 ? "" : "s", c->o->dest);
+	if (!rc && nup > mine)
+		snprintf(note2, n2sz, "%zu unfinished multipart upload%s of other jobs under '%.600s': a backup "
+			 "running, or a killed one (its job's next run aborts it)", nup - mine, nup - mine == 1 ? "" : "s",
+			 c->o->dest);
 	return rc;
 }
 
@@ -424,7 +433,7 @@ int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_
 	cbi_prune_opts lo = *o;
 	cbi_prune_result *plan = NULL;
 	cbi_dest *pre = NULL;
-	char host[64] = "", note[700] = "", note2[700] = "", note3[600] = "", jp[256] = "";
+	char host[64] = "", note[700] = "", note2[700] = "", note3[600] = "", note4[800] = "", jp[256] = "";
 	uint64_t jk = 0;
 	int locked = 0, rc;
 	memset(r, 0, sizeof *r);
@@ -458,7 +467,7 @@ int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_
 	if ((rc = cbi_os_lock(c.os, jk, host, job, note, sizeof note, err)))
 		goto end;
 	locked = 1;
-	if (jp[0] && (rc = abort_uploads(&c, jp, note2, sizeof note2)))
+	if (jp[0] && (rc = abort_uploads(&c, jp, note2, sizeof note2, note4, sizeof note4)))
 		goto end;
 	/* under the lock: the bucket as it is now, in a work directory */
 	if ((rc = cbi_objstore_view(o->dest, endpoint, o->state_dir, 0, NULL, c.cache, sizeof c.cache, err)))
@@ -491,6 +500,7 @@ end:
 		add_note(r, note);
 		add_note(r, note2);
 		add_note(r, note3);
+		add_note(r, note4);
 		cbi_os_unlock(c.os, jk);
 	}
 	if (c.work[0])

@@ -397,11 +397,11 @@ M=${S3_PRUNE_KILL_MOMENTS:-4}
 moments=$( (seq $((R > LAST + 1 ? R - LAST - 1 : 1)) "$R"
 	for ((m = 1; m <= M; m++)); do echo $(((R - LAST - 1) * m / (M + 1) + 1)); done) | sort -n | uniq)
 echo "  (an uninterrupted prune makes $R requests; killing it before each of $(echo $moments | wc -w) of them)"
-bad=0 n=0 before=0 during=0 done_=0 took=0
+bad=0 n=0 before=0 during=0 done_=0 took=0 aborted=0
 for N in $moments; do
 	n=$((n + 1))
 	copy_chain k$N
-	(CBIMG_KILL_REQUEST=$N CBIMG_S3_JOBS=1 LD_PRELOAD="$RK" "$CBIMG" prune -q --keep-last 1 s3://$B/k$N) >/dev/null 2>&1
+	{ CBIMG_KILL_REQUEST=$N CBIMG_S3_JOBS=1 LD_PRELOAD="$RK" "$CBIMG" prune -q --keep-last 1 s3://$B/k$N >/dev/null 2>&1; } 2>/dev/null
 	if [ "$(pobjs k$N)" = "$(sort "$T/korig.names")" ]; then
 		before=$((before + 1)) # it had stored nothing yet
 	elif [ "$(pobjs k$N)" = "$(cat "$T/k.final")" ]; then
@@ -413,12 +413,14 @@ for N in $moments; do
 	"$CBIMG" prune --keep-last 1 s3://$B/k$N >"$T/again.out" 2>&1 ||
 		{ bad=$((bad + 1)); echo "       | request $N: the next prune fails: $(cat "$T/again.out")"; }
 	grep -q "took over the lock" "$T/again.out" && took=$((took + 1))
+	grep -q "aborted 1 unfinished upload of the job" "$T/again.out" && aborted=$((aborted + 1))
 	[ "$(objs k$N)" = "$(cat "$T/k.final")" ] ||
 		{ bad=$((bad + 1)); echo "       | request $N: other objects than an uninterrupted prune leaves:"; objs k$N | sed 's/^/       | /'; }
 	restores pk k$N || { bad=$((bad + 1)); echo "       | request $N: after the next prune, a point does not restore"; }
 done
 echo "  $n kills: $before before the prune stored an object, $during after it stored the merged image and" \
-	"before its last delete, $done_ after its deletes; $took locks taken over by the next prune"
+	"before its last delete, $done_ after its deletes; the next prune took over $took locks and aborted" \
+	"$aborted multipart uploads"
 check_eq "kill -9 before $n requests of prune: every listed point restores, the next prune finishes" "$bad" 0
 check "some kills landed between the merged image's store and the last delete" test "$during" -gt 0
 check_eq "no unfinished upload left by the killed prunes" "$(uploads "$B")" 0
