@@ -251,6 +251,9 @@ check "the encrypted chain restores bit for bit" cmp -s "$T/pt.back" "$PT"
 # moments (before each request of its upload and deletes).
 bucket prune
 export CBIMG_STATE_DIR=$T/state-prune
+# shims come by LD_PRELOAD below: in an ASan build the sanitizer's runtime
+# is then not first in the library list, which it checks by default
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
 mkdir -p "$T/psums"
 PS=$T/prune.img PS2=$T/prune2.img
 head -c $((8 << 20)) /dev/urandom >"$PS"
@@ -355,15 +358,34 @@ for k in $(keys "$B" | grep '^e/'); do
 done
 check_eq "key file, index, merged image left; none holds plaintext" "$(keys "$B" | grep -c '^e/') $leak" "3 0"
 
+# two merges in one run: --keep-daily 2 over six points made on two days
+# (tests/e2e/clock_shim.c) keeps seq 2, a synthetic full of seq 0 to 2, and
+# seq 5, into which seq 3 and 4 are folded
+CLK=$T/clock.so
+cc -O2 -shared -fPIC -o "$CLK" "$E2E_DIR/clock_shim.c" -ldl 2>"$T/cc.err" ||
+	die "cannot build tests/e2e/clock_shim.c: $(head -3 "$T/cc.err")"
+PD=$T/pd.img
+head -c $((6 << 20)) /dev/urandom >"$PD"
+d0=$(($(date +%s) / 86400 * 86400 - 2 * 86400 + 3600)) # 01:00 UTC two days ago
+for k in 0 1 2 3 4 5; do
+	[ $k = 0 ] || fill_random "$PD" $((k * 512)) 1024
+	CBIMG_TEST_TIME=$((d0 + (k / 3) * 86400 + k * 600)) LD_PRELOAD=$CLK pback pd "$PD" d
+done
+expect_exit 0 env TZ=UTC "$CBIMG" prune --json --keep-daily 2 s3://$B/d
+check_eq "two days: seq 2 a synthetic full, seq 5 merged, the others removed" \
+	"$(jout '[.points[] | .action] | join(",")')" "remove,remove,synthetic-full,remove,remove,merge"
+check "both points left restore bit for bit" restores pd d
+check_eq "... two of them" "$NPTS" 2
+check_eq "left: two indexes and their two merged images" \
+	"$(keys "$B" | grep '^d/' | grep -c '\.cbx$') $(keys "$B" | grep '^d/' | grep -c -- '-m[0-9]*\.cbi$') $(keys "$B" | grep -c '^d/')" \
+	"2 2 4"
+
 # kill -9 of prune before each of its last requests (its upload and its
 # deletes) and at S3_PRUNE_KILL_MOMENTS (default 4) moments spread over the
 # earlier ones, each on a fresh copy of one chain (tests/e2e/reqkill_shim.c:
 # SIGKILL just before the Nth HTTP request; one transfer at a time, so the
 # order of the requests is fixed)
 bucket prunekill
-# the shim comes by LD_PRELOAD: in an ASan build the sanitizer's runtime is
-# then not first in the library list, which it checks by default
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
 RK=$T/reqkill.so
 cc -O2 -shared -fPIC -o "$RK" "$E2E_DIR/reqkill_shim.c" -ldl 2>"$T/cc.err" ||
 	die "cannot build tests/e2e/reqkill_shim.c: $(head -3 "$T/cc.err")"
