@@ -733,6 +733,8 @@ typedef struct cbi_prune_result {
 	uint64_t bytes_removed;   /* sizes of the files removed (index, images) */
 	uint64_t bytes_written;   /* sizes of the merged images written */
 	uint64_t bytes_read;      /* records read from the chain's images for the merges */
+	uint64_t bytes_sent;      /* an s3:// DEST (cbi_objstore_prune): request bodies sent */
+	uint64_t bytes_received;  /* ... and response bodies received */
 	char notes[CBI_PRUNE_MAX_NOTES][512]; /* an interrupted prune finished, points left alone */
 	unsigned n_notes;
 	double seconds;
@@ -822,5 +824,17 @@ void cbi_objstore_view_end(const char *dir);
  * to report. */
 int cbi_objstore_uploads(const char *url, const char *endpoint, const char *state_dir, size_t *n,
 			 cbi_error *err);
+
+/* cbi_prune() on o->dest = "s3://...": the same keep rules, selectors,
+ * plan and guarantees (README.md, "Object storage"; format/SPEC.md,
+ * "Pruning on object storage"). Under the job's lock object; first
+ * aborts the multipart uploads a killed run of the job left. Objects are
+ * only created (merged images, each under a name of its own) before any
+ * is deleted; a prune killed at any moment leaves every point that list
+ * shows restorable, and the next prune of the job finishes what it left.
+ * Of the images a merge reads only the records it needs are fetched
+ * (ranged GETs). r as cbi_prune()'s, with s3:// URLs for the points'
+ * files, and bytes_sent and bytes_received. */
+int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_result *r, cbi_error *err);
 
 #endif

@@ -153,7 +153,8 @@ static int cmd_prune(const struct cli_command *cmd, int argc, char **argv)
 		cli_progress_json(&prog, "prune");
 	o.progress = cli_progress_cb;
 	o.progress_ud = &prog;
-	rc = cbi_prune(&o, &r, &err);
+	/* an s3:// DEST: the same prune, carried over to the bucket (objprune.c) */
+	rc = cbi_objstore_is_url(o.dest) ? cbi_objstore_prune(&o, cli_s3_endpoint, &r, &err) : cbi_prune(&o, &r, &err);
 	cli_pass_wipe(&pass);
 	cli_progress_end(&prog);
 	if (rc < 0) {
@@ -172,6 +173,10 @@ static int cmd_prune(const struct cli_command *cmd, int argc, char **argv)
 		json_u64(&j, "merged", r.merged);
 		json_u64(&j, "bytes_removed", r.bytes_removed);
 		json_u64(&j, "bytes_written", r.bytes_written);
+		if (cbi_objstore_is_url(o.dest)) {
+			json_u64(&j, "bytes_sent", r.bytes_sent);
+			json_u64(&j, "bytes_received", r.bytes_received);
+		}
 		json_begin_array(&j, "points");
 		for (size_t i = 0; i < r.n; i++) {
 			const cbi_point *p = &r.items[i].point;

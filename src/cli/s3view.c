@@ -52,12 +52,12 @@ int cli_s3_prepare(const struct cli_command *cmd, int *argc, char **argv)
 		}
 	}
 	int images = !strcmp(name, "restore") || !strcmp(name, "verify");
-	if (!strcmp(name, "backup"))
-		return CLI_OK; /* backup takes its DEST itself */
+	if (!strcmp(name, "backup") || !strcmp(name, "prune"))
+		return CLI_OK; /* backup and prune take their DEST themselves */
 	if (!images && strcmp(name, "list") && strcmp(name, "info")) {
 		for (int i = 2; i < *argc && strcmp(argv[i], "--"); i++)
 			if (cbi_objstore_is_url(argv[i])) {
-				cli_error("'%s': %s does not work on S3 yet (backup, list, info, restore and verify "
+				cli_error("'%s': %s does not work on S3 yet (backup, list, info, restore, verify and prune "
 					  "do)", argv[i], name);
 				return CLI_USAGE;
 			}

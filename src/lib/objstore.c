@@ -755,3 +755,72 @@ int cbi_objstore_uploads(const char *url, const char *endpoint, const char *stat
 	os_close(&c);
 	return rc;
 }
+
+/* ------------------------------------------------- for objprune.c (prune) */
+
+struct cbi_os {
+	os_ctx c;
+};
+
+int cbi_os_open(const char *url, const char *endpoint, const char *state_dir, cbi_os **out, cbi_error *err)
+{
+	cbi_os *o = calloc(1, sizeof *o);
+	if (!o)
+		return cbi_err(err, -ENOMEM, "out of memory");
+	int rc = os_open(&o->c, url, endpoint, state_dir, err);
+	if (rc) {
+		cbi_os_close(o);
+		return rc;
+	}
+	*out = o;
+	return 0;
+}
+
+void cbi_os_close(cbi_os *o)
+{
+	if (!o)
+		return;
+	os_close(&o->c);
+	free(o);
+}
+
+cbi_s3 *cbi_os_s3(cbi_os *o)
+{
+	return o->c.s3;
+}
+
+const char *cbi_os_bucket(const cbi_os *o)
+{
+	return o->c.bucket;
+}
+
+const char *cbi_os_key_prefix(const cbi_os *o)
+{
+	return o->c.kp;
+}
+
+const char *cbi_os_base(const cbi_os *o)
+{
+	return o->c.base;
+}
+
+int cbi_os_lock(cbi_os *o, uint64_t jk, const char *host, const char *what, char *note, size_t nsz,
+		cbi_error *err)
+{
+	return os_lock(&o->c, jk, host, what, note, nsz, err);
+}
+
+void cbi_os_unlock(cbi_os *o, uint64_t jk)
+{
+	os_unlock(&o->c, jk);
+}
+
+void cbi_os_subst(char *s, size_t sz, const char *from, const char *to)
+{
+	subst(s, sz, from, to);
+}
+
+void cbi_os_rm_files(const char *dir, int and_dir)
+{
+	rm_files(dir, and_dir);
+}

@@ -11,4 +11,36 @@
  * length of "HOST_SRC_JOB_"; out is "" when name is not such a name. */
 void cbi_objstore_name_order(const char *name, char *out, size_t sz, size_t *jpl);
 
+/* ------------------------------------------- for objprune.c (prune on S3)
+ * An open s3:// DEST: its client, key prefix and local base directory
+ * STATE/s3/<where>/, and the job's lock object, with the rules backup
+ * follows (format/SPEC.md, "Lock object"). */
+#include <stdint.h>
+
+#include "s3.h"
+
+typedef struct cbi_os cbi_os;
+
+/* Open url (endpoint and state_dir as cbi_objstore_backup() takes them):
+ * the client and the base directory (created). *out: cbi_os_close(). */
+int cbi_os_open(const char *url, const char *endpoint, const char *state_dir, cbi_os **out, cbi_error *err);
+void cbi_os_close(cbi_os *o);
+cbi_s3 *cbi_os_s3(cbi_os *o);
+const char *cbi_os_bucket(const cbi_os *o);
+const char *cbi_os_key_prefix(const cbi_os *o); /* "" or "a/b/" */
+const char *cbi_os_base(const cbi_os *o);       /* STATE/s3/<where> */
+
+/* Take job key jk's lock object for host (this machine) and job name
+ * what (-CBI_ELOCKED: held; note: a takeover, one line); release it. */
+int cbi_os_lock(cbi_os *o, uint64_t jk, const char *host, const char *what, char *note, size_t nsz,
+		cbi_error *err);
+void cbi_os_unlock(cbi_os *o, uint64_t jk);
+
+/* Every "from" in s (of size sz) replaced by "to": messages name the
+ * bucket, not a local directory. */
+void cbi_os_subst(char *s, size_t sz, const char *from, const char *to);
+
+/* Remove every file of dir, and dir itself with and_dir. */
+void cbi_os_rm_files(const char *dir, int and_dir);
+
 #endif

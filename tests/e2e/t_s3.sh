@@ -11,6 +11,9 @@
 #   - radosgw stopped during a backup: a clean failure; restarted: the next run succeeds
 #   - wrong credentials, a missing bucket, an unreachable endpoint: one line, exit 1
 #   - an encrypted chain: no object holds the source's plaintext
+#   - prune (s3prune): keep rules, selectors, dry run, other hosts untouched,
+#     only the needed records fetched, an encrypted chain, kill -9 before each
+#     request of its upload and deletes (tests/e2e/reqkill_shim.c)
 . "$(dirname "$0")/lib.sh"
 need_jq
 RGW=$E2E_DIR/../s3/rgw.sh
@@ -213,8 +216,6 @@ expect_exit 1 env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY HOME=$T AWS_PROF
 check_grep "no credentials: one line" "^cbimg: no S3 credentials"
 expect_exit 2 "$CBIMG" list s3://Bad_Bucket/x
 check_eq "a bad bucket name is a usage error" "$RC" 2
-expect_exit 2 "$CBIMG" prune --keep-last 1 s3://$BASIC/pc1
-check_grep "prune says it does not work on S3 yet" "prune does not work on S3 yet"
 
 # ------------------------------------------------- an encrypted chain
 bucket secret
@@ -238,5 +239,212 @@ check_eq "key file, 2 images, 2 indexes in the bucket" "$n" 5
 check_eq "no object holds the plaintext" "$leak" 0
 expect_exit 0 "$CBIMG" restore --password-file "$T/pass" s3://$B/e latest "$T/pt.back"
 check "the encrypted chain restores bit for bit" cmp -s "$T/pt.back" "$PT"
+
+
+# ------------------------------------------------- prune on S3 (s3prune)
+# A chain of four points of host pc1 and two of host pc2 under one prefix;
+# prune --keep-last 2 of pc1 makes seq 2 a synthetic full (folding seq 0 and
+# 1 into it). Checked: the dry run changes nothing; every point left
+# restores bit for bit; list shows no removed point and their objects are
+# gone; only the records still needed were fetched; pc2 is untouched; the
+# chain continues. Then an encrypted chain, and kill -9 of prune at several
+# moments (before each request of its upload and deletes).
+bucket prune
+export CBIMG_STATE_DIR=$T/state-prune
+# shims come by LD_PRELOAD below: in an ASan build the sanitizer's runtime
+# is then not first in the library list, which it checks by default
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+mkdir -p "$T/psums"
+PS=$T/prune.img PS2=$T/prune2.img
+head -c $((8 << 20)) /dev/urandom >"$PS"
+head -c $((3 << 20)) /dev/urandom >"$PS2"
+# pback HOST FILE PREFIX ARGS...: a backup of FILE as HOST (job sys) into
+# s3://$B/PREFIX; the SHA-256 of FILE under the point's id in $T/psums
+pback() {
+	local h=$1 f=$2 pf=$3
+	shift 3
+	"$CBIMG" backup -q --json --host "$h" --job sys --level 1 "$@" "$f" "s3://$B/$pf" >"$T/pb.json" 2>"$T/pb.err" ||
+		die "backup to s3://$B/$pf: $(cat "$T/pb.err")"
+	sha256 "$f" >"$T/psums/$(jq -r .point.id "$T/pb.json")"
+}
+# restores HOST PREFIX ARGS...: every point list shows of HOST restores bit for
+# bit (ARGS: restore's, e.g. a password file); 0 when all do, $NPTS: how many
+restores() {
+	local h=$1 pf=$2 bad=0 id name
+	shift 2
+	NPTS=0
+	"$CBIMG" list --json --host "$h" "s3://$B/$pf" >"$T/pl.json" 2>"$T/pl.err" ||
+		{ echo "       | list fails: $(cat "$T/pl.err")"; return 1; }
+	while read -r id name; do
+		NPTS=$((NPTS + 1))
+		rm -f "$T/pr.out"
+		if ! "$CBIMG" restore -q "$@" "s3://$B/$pf/$name" "$T/pr.out" 2>"$T/pr.err" ||
+			[ "$(sha256 "$T/pr.out")" != "$(cat "$T/psums/$id" 2>/dev/null)" ]; then
+			bad=$((bad + 1))
+			echo "       | $name does not restore: $(head -2 "$T/pr.err")"
+		fi
+	done < <(jq -r '.[] | "\(.id) \(.index_file)"' "$T/pl.json")
+	return $bad
+}
+pback pc1 "$PS" p
+fill_random "$PS" 0 2048
+pback pc1 "$PS" p
+fill_random "$PS" 0 2048 # the same blocks again: seq 1's records are needed by no point
+pback pc1 "$PS" p
+fill_random "$PS" 5120 64
+pback pc1 "$PS" p
+pback pc2 "$PS2" p
+fill_random "$PS2" 100 100
+pback pc2 "$PS2" p
+keys "$B" | sort >"$T/pkeys.0"
+expect_exit 0 "$CBIMG" list --json --host pc1 s3://$B/p
+IMG_BYTES=$(jout '[.[] | select(.seq <= 2) | .stored_bytes] | add')
+IMG1=$(jout '.[] | select(.seq == 1) | .stored_bytes')
+expect_exit 0 "$CBIMG" prune --dry-run --json --host pc1 --keep-last 2 s3://$B/p
+check_eq "dry run: seq 0 and 1 removed, seq 2 a synthetic full, seq 3 kept" \
+	"$(jout '[.points[] | .action] | join(",")')" "remove,remove,synthetic-full,keep"
+check_eq "dry run: the points are named by s3:// URLs" "$(jout '.points[0].index_file' | cut -c1-5)" "s3://"
+check_eq "dry run: no object changed" "$(keys "$B" | sort)" "$(cat "$T/pkeys.0")"
+jout '.points[] | select(.action == "remove") | .index_file' | xargs -n1 basename | sed 's/\.cbx$//' >"$T/removed"
+expect_exit 0 "$CBIMG" prune --json --host pc1 --keep-last 2 s3://$B/p
+check_eq "prune: 2 removed, 1 merged image written" "$(jout '"\(.removed) \(.merged)"')" "2 1"
+RECV=$(jout .bytes_received)
+echo "  (prune received $RECV bytes; the three images it merges are $IMG_BYTES bytes, seq 1's $IMG1)"
+check "prune fetched only the records still needed (less than the images less seq 1's image)" \
+	test "$RECV" -lt $((IMG_BYTES - IMG1))
+expect_exit 0 "$CBIMG" list --json --host pc1 s3://$B/p
+check_eq "list shows seq 2 and 3 of pc1 only" "$(jout '[.[] | .seq] | join(",")')" "2,3"
+check "every point left restores bit for bit" restores pc1 p
+left=0
+while read -r n; do left=$((left + $(keys "$B" | grep -c -- "$n"))); done <"$T/removed"
+check_eq "no object of a removed point is left" "$left" 0
+check_eq "seq 2's merged image is an object of its own (-m0000)" "$(keys "$B" | grep -c -- '-m0000\.cbi$')" 1
+check_eq "pc2's objects are untouched" "$(keys "$B" | grep '^p/pc2_' | sort)" "$(grep '^p/pc2_' "$T/pkeys.0")"
+check "pc2's points restore bit for bit" restores pc2 p
+check_eq "... both of them" "$NPTS" 2
+check_eq "no lock object and no unfinished upload left" "$(keys "$B" | grep -c cbimg-lock) $(uploads "$B")" "0 0"
+check_eq "nothing left in the state's work directories" "$(ls -d "$CBIMG_STATE_DIR"/s3/*/prune-* 2>/dev/null | wc -l)" 0
+expect_exit 0 "$CBIMG" verify s3://$B/p
+fill_random "$PS" 3000 64
+pback pc1 "$PS" p
+check_eq "the next backup continues the chain (an incremental)" "$(jq -r .point.type "$T/pb.json")" incremental
+check "... and every point restores" restores pc1 p
+check_eq "... three of them" "$NPTS" 3
+expect_exit 0 "$CBIMG" prune --json --host pc1 --keep-last 5 s3://$B/p
+check_eq "a prune with nothing to remove changes nothing" "$(jout '"\(.removed) \(.merged)"')" "0 0"
+expect_exit 2 "$CBIMG" prune --json --keep-last 1 s3://$B/p
+check_grep "selectors matching two hosts: refused, naming the bucket" "several jobs in 's3://$B/p'"
+expect_exit 1 "$CBIMG" prune --json --host nobody --keep-last 1 s3://$B/p
+check_grep "no point matches: one line naming the bucket" "no points in 's3://$B/p"
+
+# an encrypted chain: the merged records re-sealed, no plaintext sent
+echo "encrypted prune on s3" >"$T/ppass"
+cp "$PT" "$T/pt2.img"
+pback pc3 "$T/pt2.img" e --encrypt --scrypt 12:8:1 --password-file "$T/ppass"
+printf 'CBIMG-PLAINTEXT-MARKER-CHANGED-1' | dd of="$T/pt2.img" bs=1 seek=3000000 conv=notrunc 2>/dev/null
+pback pc3 "$T/pt2.img" e --password-file "$T/ppass"
+printf 'CBIMG-PLAINTEXT-MARKER-CHANGED-2' | dd of="$T/pt2.img" bs=1 seek=9000000 conv=notrunc 2>/dev/null
+pback pc3 "$T/pt2.img" e --password-file "$T/ppass"
+expect_exit 4 env -u CBIMG_PASSWORD "$CBIMG" prune --keep-last 1 s3://$B/e
+check_eq "without the passphrase: exit 4, nothing changed" "$(keys "$B" | grep -c '^e/')" 7
+expect_exit 0 "$CBIMG" prune --json --keep-last 1 --password-file "$T/ppass" s3://$B/e
+check_eq "encrypted: seq 2 becomes a synthetic full" "$(jout '[.points[] | .action] | join(",")')" \
+	"remove,remove,synthetic-full"
+check "the encrypted point left restores bit for bit" restores pc3 e --password-file "$T/ppass"
+leak=0
+for k in $(keys "$B" | grep '^e/'); do
+	s3curl GET "$B/$k" >"$T/obj"
+	grep -q 'CBIMG-PLAINTEXT-MARKER' "$T/obj" && leak=$((leak + 1))
+done
+check_eq "key file, index, merged image left; none holds plaintext" "$(keys "$B" | grep -c '^e/') $leak" "3 0"
+
+# two merges in one run: --keep-daily 2 over six points made on two days
+# (tests/e2e/clock_shim.c) keeps seq 2, a synthetic full of seq 0 to 2, and
+# seq 5, into which seq 3 and 4 are folded
+CLK=$T/clock.so
+cc -O2 -shared -fPIC -o "$CLK" "$E2E_DIR/clock_shim.c" -ldl 2>"$T/cc.err" ||
+	die "cannot build tests/e2e/clock_shim.c: $(head -3 "$T/cc.err")"
+PD=$T/pd.img
+head -c $((6 << 20)) /dev/urandom >"$PD"
+d0=$(($(date +%s) / 86400 * 86400 - 2 * 86400 + 3600)) # 01:00 UTC two days ago
+for k in 0 1 2 3 4 5; do
+	[ $k = 0 ] || fill_random "$PD" $((k * 512)) 1024
+	CBIMG_TEST_TIME=$((d0 + (k / 3) * 86400 + k * 600)) LD_PRELOAD=$CLK pback pd "$PD" d
+done
+expect_exit 0 env TZ=UTC "$CBIMG" prune --json --keep-daily 2 s3://$B/d
+check_eq "two days: seq 2 a synthetic full, seq 5 merged, the others removed" \
+	"$(jout '[.points[] | .action] | join(",")')" "remove,remove,synthetic-full,remove,remove,merge"
+check "both points left restore bit for bit" restores pd d
+check_eq "... two of them" "$NPTS" 2
+check_eq "left: two indexes and their two merged images" \
+	"$(keys "$B" | grep '^d/' | grep -c '\.cbx$') $(keys "$B" | grep '^d/' | grep -c -- '-m[0-9]*\.cbi$') $(keys "$B" | grep -c '^d/')" \
+	"2 2 4"
+
+# kill -9 of prune before each of its last requests (its upload and its
+# deletes) and at S3_PRUNE_KILL_MOMENTS (default 4) moments spread over the
+# earlier ones, each on a fresh copy of one chain (tests/e2e/reqkill_shim.c:
+# SIGKILL just before the Nth HTTP request; one transfer at a time, so the
+# order of the requests is fixed)
+bucket prunekill
+RK=$T/reqkill.so
+cc -O2 -shared -fPIC -o "$RK" "$E2E_DIR/reqkill_shim.c" -ldl 2>"$T/cc.err" ||
+	die "cannot build tests/e2e/reqkill_shim.c: $(head -3 "$T/cc.err")"
+KS2=$T/pk.img
+head -c $((12 << 20)) /dev/urandom >"$KS2"
+for k in 0 1 2 3; do
+	[ $k = 0 ] || fill_random "$KS2" $((k * 2048)) 2048
+	pback pk "$KS2" orig
+done
+mkdir -p "$T/korig"
+keys "$B" | grep '^orig/' | sed 's|^orig/||' >"$T/korig.names"
+while read -r n; do s3curl GET "$B/orig/$n" >"$T/korig/$n"; done <"$T/korig.names"
+# copy_chain PREFIX: the original chain's objects under PREFIX
+copy_chain() {
+	local n
+	while read -r n; do
+		curl -s -f --aws-sigv4 "aws:amz:default:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+			-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T "$T/korig/$n" "$S3_ENDPOINT/$B/$1/$n" >/dev/null ||
+			die "copy of $n to $1"
+	done <"$T/korig.names"
+}
+# objs PREFIX: the object names under PREFIX (without it), sorted; pobjs: but the lock object
+objs() { keys "$B" | grep "^$1/" | sed "s|^$1/||" | sort; }
+pobjs() { objs "$1" | grep -v '^\.cbimg-lock-'; }
+copy_chain k0
+expect_exit 0 env LD_PRELOAD="$RK" CBIMG_REQUEST_LOG="$T/nreq" CBIMG_S3_JOBS=1 "$CBIMG" prune -q --keep-last 1 s3://$B/k0
+R=$(cat "$T/nreq")
+objs k0 >"$T/k.final"
+LAST=$(grep -c . "$T/korig.names") # at least one request per object it stores or deletes
+M=${S3_PRUNE_KILL_MOMENTS:-4}
+moments=$( (seq $((R > LAST + 1 ? R - LAST - 1 : 1)) "$R"
+	for ((m = 1; m <= M; m++)); do echo $(((R - LAST - 1) * m / (M + 1) + 1)); done) | sort -n | uniq)
+echo "  (an uninterrupted prune makes $R requests; killing it before each of $(echo $moments | wc -w) of them)"
+bad=0 n=0 before=0 during=0 done_=0 took=0 aborted=0
+for N in $moments; do
+	n=$((n + 1))
+	copy_chain k$N
+	{ CBIMG_KILL_REQUEST=$N CBIMG_S3_JOBS=1 LD_PRELOAD="$RK" "$CBIMG" prune -q --keep-last 1 s3://$B/k$N >/dev/null 2>&1; } 2>/dev/null
+	if [ "$(pobjs k$N)" = "$(sort "$T/korig.names")" ]; then
+		before=$((before + 1)) # it had stored nothing yet
+	elif [ "$(pobjs k$N)" = "$(cat "$T/k.final")" ]; then
+		done_=$((done_ + 1)) # every delete done, the lock not yet released
+	else
+		during=$((during + 1)) # the merged image stored, deletes under way
+	fi
+	restores pk k$N || { bad=$((bad + 1)); echo "       | request $N: a listed point does not restore"; }
+	"$CBIMG" prune --keep-last 1 s3://$B/k$N >"$T/again.out" 2>&1 ||
+		{ bad=$((bad + 1)); echo "       | request $N: the next prune fails: $(cat "$T/again.out")"; }
+	grep -q "took over the lock" "$T/again.out" && took=$((took + 1))
+	grep -q "aborted 1 unfinished upload of the job" "$T/again.out" && aborted=$((aborted + 1))
+	[ "$(objs k$N)" = "$(cat "$T/k.final")" ] ||
+		{ bad=$((bad + 1)); echo "       | request $N: other objects than an uninterrupted prune leaves:"; objs k$N | sed 's/^/       | /'; }
+	restores pk k$N || { bad=$((bad + 1)); echo "       | request $N: after the next prune, a point does not restore"; }
+done
+echo "  $n kills: $before before the prune stored an object, $during after it stored the merged image and" \
+	"before its last delete, $done_ after its deletes; the next prune took over $took locks and aborted" \
+	"$aborted multipart uploads"
+check_eq "kill -9 before $n requests of prune: every listed point restores, the next prune finishes" "$bad" 0
+check "some kills landed between the merged image's store and the last delete" test "$during" -gt 0
+check_eq "no unfinished upload left by the killed prunes" "$(uploads "$B")" 0
 
 finish

@@ -1,0 +1,80 @@
+/* reqkill_shim.c - an LD_PRELOAD library for tests/e2e/t_s3.sh: counts the
+ * HTTP requests the process starts (a send() whose data begins with a
+ * request line, "GET /", "PUT /", ...) and kills the process with SIGKILL
+ * just before it sends the Nth: a crash at an exact moment of a run against
+ * an S3 server, between any two requests.
+ *     CBIMG_KILL_REQUEST=N   kill before the Nth request (counted from 1)
+ *     CBIMG_REQUEST_LOG=FILE write the number of requests at a normal exit
+ * libcurl sends a request's head with one send() (plain HTTP); run the
+ * process with CBIMG_S3_JOBS=1 so that the order of requests is fixed. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static atomic_long count;
+static long kill_at;
+
+static void seen(const void *buf, size_t len)
+{
+	static const char *const m[] = { "GET /", "PUT /", "POST /", "DELETE /", "HEAD /" };
+	for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
+		size_t l = strlen(m[i]);
+		if (len >= l && !memcmp(buf, m[i], l)) {
+			long n = atomic_fetch_add(&count, 1) + 1;
+			if (kill_at && n == kill_at)
+				kill(getpid(), SIGKILL);
+			return;
+		}
+	}
+}
+
+ssize_t send(int fd, const void *buf, size_t len, int flags)
+{
+	static ssize_t (*real)(int, const void *, size_t, int);
+	if (!real)
+		real = (ssize_t(*)(int, const void *, size_t, int))dlsym(RTLD_NEXT, "send");
+	seen(buf, len);
+	return real(fd, buf, len, flags);
+}
+
+ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *a, socklen_t al)
+{
+	static ssize_t (*real)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+	if (!real)
+		real = (ssize_t(*)(int, const void *, size_t, int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT,
+													   "sendto");
+	seen(buf, len);
+	return real(fd, buf, len, flags, a, al);
+}
+
+ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+	static ssize_t (*real)(int, const struct msghdr *, int);
+	if (!real)
+		real = (ssize_t(*)(int, const struct msghdr *, int))dlsym(RTLD_NEXT, "sendmsg");
+	if (msg->msg_iovlen)
+		seen(msg->msg_iov[0].iov_base, msg->msg_iov[0].iov_len);
+	return real(fd, msg, flags);
+}
+
+__attribute__((constructor)) static void init(void)
+{
+	const char *k = getenv("CBIMG_KILL_REQUEST");
+	kill_at = k ? atol(k) : 0;
+}
+
+__attribute__((destructor)) static void fini(void)
+{
+	const char *l = getenv("CBIMG_REQUEST_LOG");
+	FILE *f = l && *l ? fopen(l, "w") : NULL;
+	if (f) {
+		fprintf(f, "%ld\n", (long)atomic_load(&count));
+		fclose(f);
+	}
+}
