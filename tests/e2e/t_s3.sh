@@ -186,16 +186,23 @@ BIG=$T/big.img
 head -c $((96 << 20)) /dev/urandom >"$BIG"
 (
 	ulimit -f $((16 << 10)) # KiB: no file above 16 MiB
-	CBIMG_S3_JOBS=2 exec /usr/bin/time -f 'maxrss_kib %M' -o "$T/big.time" \
-		"$CBIMG" backup --json --level 1 "$BIG" s3://$B/s
+	TIMECMD=()
+	[ -x /usr/bin/time ] && TIMECMD=(/usr/bin/time -f 'maxrss_kib %M' -o "$T/big.time")
+	CBIMG_S3_JOBS=2 exec "${TIMECMD[@]}" "$CBIMG" backup --json --level 1 "$BIG" s3://$B/s
 ) >"$T/stdout" 2>"$T/stderr"
 RC=$?
 OUT=$(cat "$T/stdout" "$T/stderr")
 check_eq "a 96 MiB incompressible full under a 16 MiB file-size limit: exit 0" "$RC" 0
-RSS=$(awk '/maxrss_kib/ { print $2 }' "$T/big.time")
+RSS=$(awk '/maxrss_kib/ { print $2 }' "$T/big.time" 2>/dev/null)
 echo "  (peak RSS of the backup: ${RSS:-?} KiB; its image $(($(jout .point.stored_bytes) >> 20)) MiB)"
-check_eq "its peak RSS stays below 80 MiB (streamed in 5 MiB parts, not held whole)" \
-	"$([ -n "$RSS" ] && [ "$RSS" -lt $((80 << 10)) ] && echo y)" y
+if [ ! -x /usr/bin/time ]; then
+	skip_part "no /usr/bin/time (Debian package time; make deps installs it): peak RSS not measured"
+elif grep -q __asan_init "$CBIMG" 2>/dev/null; then
+	skip_part "peak RSS not bounded under AddressSanitizer (its shadow memory and quarantine)"
+else
+	check_eq "its peak RSS stays below 80 MiB (streamed in 5 MiB parts, not held whole)" \
+		"$([ -n "$RSS" ] && [ "$RSS" -lt $((80 << 10)) ] && echo y)" y
+fi
 check_eq "the image went up in parts (sent >= 96 MiB)" "$([ "$(jout .bytes_sent)" -ge $((96 << 20)) ] && echo y)" y
 check_eq "no image file in the state directory" "$(find "$CBIMG_STATE_DIR" -name '*.cbi*' | wc -l)" 0
 check_eq "no unfinished upload after it" "$(uploads $B)" 0
@@ -218,13 +225,16 @@ rm -f "$T/big.back"
 # second run of the job meanwhile is refused, not let in by an expired lease.
 bucket lease
 export CBIMG_STATE_DIR=$T/state-lease
+LS=$T/lease.img
+head -c $((24 << 20)) "$BIG" >"$LS"
 t0=$(date +%s.%N)
-CBIMG_S3_LEASE=2 CBIMG_S3_JOBS=1 "$CBIMG" backup -q --threads 1 --level 1 "$BIG" s3://$B/l >"$T/l1.out" 2>&1 &
+# (level 19 on incompressible data: several seconds, whatever the machine)
+CBIMG_S3_LEASE=2 CBIMG_S3_JOBS=1 "$CBIMG" backup -q --threads 1 --level 19 "$LS" s3://$B/l >"$T/l1.out" 2>&1 &
 LP=$!
 BGPIDS+=("$LP")
 sleep 2.5
 if kill -0 "$LP" 2>/dev/null; then
-	expect_exit 1 env CBIMG_S3_LEASE=2 "$CBIMG" backup -q --level 1 "$BIG" s3://$B/l
+	expect_exit 1 env CBIMG_S3_LEASE=2 "$CBIMG" backup -q --level 1 "$LS" s3://$B/l
 	check_grep "a second run after the first one's initial lease ran out is refused (renewed)" "another cbimg .* is backing up"
 	wait "$LP"
 	RC=$?
@@ -237,8 +247,7 @@ else
 fi
 # the renewals stall (radosgw paused for longer than the lease): the run stops
 # before its commit, cleanly, and says why
-fill_random "$BIG" 0 $((40 << 10))
-CBIMG_S3_LEASE=3 CBIMG_S3_JOBS=1 "$CBIMG" backup --threads 1 --level 1 "$BIG" s3://$B/l >"$T/l2.out" 2>&1 &
+CBIMG_S3_LEASE=3 CBIMG_S3_JOBS=1 "$CBIMG" backup --threads 1 --level 1 "$BIG" s3://$B/p >"$T/l2.out" 2>&1 &
 LP=$!
 BGPIDS+=("$LP")
 wait_upload "$LP"
@@ -253,13 +262,13 @@ if [ "$seen" = 1 ] && bash "$RGW" pause-rgw "$RDIR"; then
 	else
 		check_eq "lease lost while radosgw stalled: exit 1" "$RC" 1
 		check_grep "one line: the lock was not renewed, stopped before the commit" \
-			"^cbimg: .*stopped before its commit.*lock of job 'default' in 's3://$B/l'"
+			"^cbimg: .*stopped before its commit.*lock of job 'default' in 's3://$B/p'"
 		check_eq "... on one line" "$(wc -l <"$T/l2.out")" 1
-		expect_exit 0 "$CBIMG" list --json s3://$B/l
-		check_eq "no half point listed" "$(jout length)" 1
+		expect_exit 0 "$CBIMG" list --json s3://$B/p
+		check_eq "no half point listed" "$(jout length)" 0
 		check_eq "its upload aborted" "$(uploads $B)" 0
-		expect_exit 0 "$CBIMG" backup -q --level 1 "$BIG" s3://$B/l
-		expect_exit 0 "$CBIMG" restore s3://$B/l latest "$T/big.back"
+		expect_exit 0 "$CBIMG" backup -q --level 1 "$BIG" s3://$B/p
+		expect_exit 0 "$CBIMG" restore s3://$B/p latest "$T/big.back"
 		check "the next run's point restores bit for bit" cmp -s "$T/big.back" "$BIG"
 		rm -f "$T/big.back"
 	fi
