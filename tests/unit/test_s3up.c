@@ -5,6 +5,8 @@
  * objects streamed in several parts, in one PUT, and stopped half-way. */
 #include "testutil.h"
 
+#include "backup.h"
+#include "crypto.h"
 #include "format.h"
 #include "image.h"
 #include "s3.h"
@@ -136,6 +138,9 @@ static void test_image_sink(void **state)
 	uint8_t *f = tu_read_file(file, &n);
 	assert_int_equal(m.n, n);
 	assert_memory_equal(m.p, f, n);
+	/* the bound a backup gives the upload holds an image of raw records */
+	assert_true(cbi_backup_image_bound(nb, bs) >= n);
+	assert_true(cbi_backup_image_bound(nb, bs) - n <= nb * (CBI_TAG_LEN + 64));
 	assert_true(m.calls >= 3 && m.largest <= MiB);
 	struct stat st;
 	assert_int_equal(lstat(sinkp, &st), -1);
