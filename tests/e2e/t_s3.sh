@@ -238,7 +238,7 @@ expect_exit 0 "$CBIMG" verify s3://$B/s
 rm -f "$T/big.back"
 
 # ------------------------------------------------- the lock's lease
-# A lease of 2 s is renewed every 2/3 s; a run counts its lock held for 5/6 of
+# A lease of 3 s is renewed every second; a run counts its lock held for 5/6 of
 # the lease after the last renewal and stops itself (before its commit) past
 # that. So a backup that outlasts its lease and succeeds was renewed, and a
 # second run of the job meanwhile is refused, not let in by an expired lease.
@@ -248,21 +248,21 @@ LS=$T/lease.img
 head -c $((24 << 20)) "$BIG" >"$LS"
 t0=$(date +%s.%N)
 # (level 19 on incompressible data: several seconds, whatever the machine)
-CBIMG_S3_LEASE=2 CBIMG_S3_JOBS=1 "$CBIMG" backup -q --threads 1 --level 19 "$LS" s3://$B/l >"$T/l1.out" 2>&1 &
+CBIMG_S3_LEASE=3 CBIMG_S3_JOBS=1 "$CBIMG" backup -q --threads 1 --level 19 "$LS" s3://$B/l >"$T/l1.out" 2>&1 &
 LP=$!
 BGPIDS+=("$LP")
-sleep 2.5
+sleep 3.5
 if kill -0 "$LP" 2>/dev/null; then
-	expect_exit 1 env CBIMG_S3_LEASE=2 "$CBIMG" backup -q --level 1 "$LS" s3://$B/l
+	expect_exit 1 env CBIMG_S3_LEASE=3 "$CBIMG" backup -q --level 1 "$LS" s3://$B/l
 	check_grep "a second run after the first one's initial lease ran out is refused (renewed)" "another cbimg .* is backing up"
 	wait "$LP"
 	RC=$?
-	check_eq "the run that outlasted its 2 s lease ($(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s) succeeds" "$RC" 0
+	check_eq "the run that outlasted its 3 s lease ($(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s) succeeds" "$RC" 0
 	expect_exit 0 "$CBIMG" list --json s3://$B/l
 	check_eq "one point" "$(jout length)" 1
 else
 	wait "$LP"
-	skip_part "the backup ended within 2.5 s: its lease renewal was not tested"
+	skip_part "the backup ended within 3.5 s: its lease renewal was not tested"
 fi
 # the renewals stall (radosgw paused for longer than the lease): the run stops
 # before its commit, cleanly, and says why
