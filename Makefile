@@ -49,7 +49,7 @@ DEB_PKGS := build-essential pkg-config libzstd-dev libxxhash-dev libssl-dev libs
 # The S3 tests' server (tests/s3/rgw.sh: Ceph's RADOS Gateway). Installed by `make deps` without
 # recommends (with them apt pulls in the whole of Ceph); about a minute. CBIMG_NO_S3=1 skips them,
 # and the S3 tests then skip visibly.
-DEB_PKGS_S3 := ceph-mon ceph-osd radosgw ceph-common curl
+DEB_PKGS_S3 := ceph-mon ceph-osd radosgw ceph-common curl time
 
 # The nbdkit plugin (nbdkit cbimg point=FILE), when nbdkit-plugin-dev is installed; not in sanitized
 # builds (nbdkit itself is not sanitized: the runtime would not load first). Installed where

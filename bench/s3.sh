@@ -111,3 +111,6 @@ echo "restore from S3 / GET of image:  $(ratio "$rs" "$get")  (target 1.3)"
 echo "restore from S3 / from dir:      $(ratio "$rs" "$rd")"
 echo "incremental to S3 / to dir:      $(ratio "$is" "$id")"
 echo "incremental: sent $sent bytes for $stored stored (image + index): $(ratio "$sent" "$stored")"
+# the pairs behind the full's median (a loaded machine shows in their spread)
+echo "full backup per run (dir, S3, S3/dir):"
+paste "$work/t.full.dir" "$work/t.full.s3" | awk '{ printf "  %.2f %.2f %.2f\n", $1, $2, $2 / $1 }'

@@ -469,6 +469,7 @@ typedef struct bk_run {
 	int committed;            /* the index has its final name: the point exists */
 	cbi_rescue rescue;        /* rescue: what could not be read (badmap.h) */
 	cbi_snap *snap;           /* the snapshot mode and its means (snapshot.h) */
+	const cbi_backup_hooks *hk; /* a caller's changes (backup.h), or NULL */
 } bk_run;
 
 /* Phase 1: the options, DEST, the source, and the new point's identity. */
@@ -850,7 +851,8 @@ static int bk_check_space(bk_run *b)
 	if (o->no_space_check || statvfs(o->dest, &vs) < 0 || !vs.f_blocks || !vs.f_frsize)
 		return 0;
 	uint64_t avail = (uint64_t)vs.f_bavail * vs.f_frsize;
-	int full = b->h.type == CBI_FULL, known = 1;
+	/* with an image sink (backup.h), only the index is in DEST */
+	int full = b->h.type == CBI_FULL && !(b->hk && b->hk->image_write), known = 1;
 	uint64_t data = full ? bk_source_data(b, &known) : 0;
 	uint64_t need = cbi_backup_space_need(full, b->h.n_blocks, b->bs, data, known);
 	if (avail >= need)
@@ -936,8 +938,17 @@ static int bk_write_point(bk_run *b)
 	char tag[64];
 	cbi_job_tmp_tag(job_key(h), (long)getpid(), tag, sizeof tag);
 	const cbi_keys *keys = b->encrypted ? &b->keys : NULL;
-	if ((rc = cbi_image_writer_create(b->img_path, tag, h, keys, &b->st.img, err)))
+	const cbi_backup_hooks *hk = b->hk;
+	if (hk && hk->image_write) {
+		if ((rc = hk->image_begin ? hk->image_begin(hk->ud, b->img_path,
+							    cbi_backup_image_bound(h->n_blocks, b->bs), err)
+					  : 0) ||
+		    (rc = cbi_image_writer_create_sink(b->img_path, h, keys, hk->image_write, hk->ud, &b->st.img,
+						       err)))
+			return rc;
+	} else if ((rc = cbi_image_writer_create(b->img_path, tag, h, keys, &b->st.img, err))) {
 		return rc;
+	}
 	if ((rc = cbi_index_writer_create(b->idx_path, tag, h, keys, &b->st.idx, err)))
 		return rc;
 
@@ -1079,7 +1090,19 @@ static int bk_end(bk_run *b, int rc)
 	return rc;
 }
 
+uint64_t cbi_backup_image_bound(uint64_t n_blocks, uint32_t block_size)
+{
+	return CBI_HDR_SIZE + CBI_TRL_SIZE +
+	       n_blocks * ((uint64_t)block_size + CBI_TAG_LEN + CBI_REC_HDR_SIZE + CBI_TAB_ENT_SIZE);
+}
+
 int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
+{
+	return cbi_backup_hooked(o, NULL, r, err);
+}
+
+int cbi_backup_hooked(const cbi_backup_opts *o, const cbi_backup_hooks *hk, cbi_backup_result *r,
+		      cbi_error *err)
 {
 	double t0 = cbi_now();
 	memset(r, 0, sizeof *r);
@@ -1089,6 +1112,7 @@ int cbi_backup(const cbi_backup_opts *o, cbi_backup_result *r, cbi_error *err)
 		return cbi_err(err, -ENOMEM, "out of memory");
 	b->o = o;
 	b->r = r;
+	b->hk = hk;
 	b->err = err;
 	b->lock.fd = -1;
 	int rc = bk_validate(b);

@@ -105,4 +105,29 @@ void cbi_backup_choose_parent(const cbi_parent_in *in, cbi_parent_choice *out);
 uint64_t cbi_backup_space_need(int full, uint64_t n_blocks, uint32_t block_size, uint64_t data_bytes,
 			       int data_known);
 
+/* What a caller on top of backup (objstore.c, an s3:// DEST) changes in a
+ * run; NULL fields change nothing. */
+typedef struct cbi_backup_hooks {
+	/* The image goes to image_write (sfile.h, cbi_sfw_sink_fn) instead of a
+	 * file in DEST: image_begin is called once with the image's path in
+	 * DEST (its name) and an upper bound of its size, before the first
+	 * byte; then image_write gets every byte of it in order. Neither sees
+	 * the commit: once cbi_backup_hooked() returns 0, the image's bytes are
+	 * all handed over and its index committed in DEST; making the image
+	 * durable, or abandoning it on failure, is the caller's. The free-space
+	 * check of DEST then counts the index only. */
+	int (*image_begin)(void *ud, const char *path, uint64_t max_size, cbi_error *err);
+	int (*image_write)(void *ud, const void *buf, size_t len);
+	void *ud;
+} cbi_backup_hooks;
+
+/* cbi_backup() with hooks (hk NULL: the same). */
+int cbi_backup_hooked(const cbi_backup_opts *o, const cbi_backup_hooks *hk, cbi_backup_result *r,
+		      cbi_error *err);
+
+/* The largest an image of n_blocks blocks of block_size bytes can be: each
+ * block stored (raw when incompressible, with a GCM tag when encrypted),
+ * with its record header and table entry, plus header and trailer. */
+uint64_t cbi_backup_image_bound(uint64_t n_blocks, uint32_t block_size);
+
 #endif

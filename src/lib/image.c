@@ -18,16 +18,21 @@ struct cbi_image_writer {
 	uint64_t last_block;
 };
 
-int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, const cbi_keys *keys,
-			    cbi_image_writer **out, cbi_error *err)
+/* The writer of h's image, on a sealed-file writer: a file (sink NULL), or
+ * sink (then h has no segments). */
+static int iw_create(const char *final_path, const char *tag, const cbi_hdr *h, const cbi_keys *keys,
+		     cbi_sfw_sink_fn sink, void *sink_ud, cbi_image_writer **out, cbi_error *err)
 {
+	if (sink && h->segment_mib)
+		return cbi_err(err, -EINVAL, "'%s': an image written to a sink has no segments", final_path);
 	cbi_image_writer *w = calloc(1, sizeof *w);
 	if (!w)
 		return cbi_err(err, -ENOMEM, "out of memory");
 	w->hdr = *h;
 	w->hdr.kind = CBI_KIND_IMAGE;
 	w->hdr.runs = 0; /* runs are an index's (version 3) */
-	int rc = cbi_sfw_create_split(final_path, tag, (uint64_t)h->segment_mib * CBI_SEG_UNIT, &w->f, err);
+	int rc = sink ? cbi_sfw_create_sink(final_path, sink, sink_ud, &w->f, err)
+		      : cbi_sfw_create_split(final_path, tag, (uint64_t)h->segment_mib * CBI_SEG_UNIT, &w->f, err);
 	if (rc) {
 		free(w);
 		return rc;
@@ -43,6 +48,18 @@ int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_h
 	}
 	*out = w;
 	return 0;
+}
+
+int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, const cbi_keys *keys,
+			    cbi_image_writer **out, cbi_error *err)
+{
+	return iw_create(final_path, tag, h, keys, NULL, NULL, out, err);
+}
+
+int cbi_image_writer_create_sink(const char *final_path, const cbi_hdr *h, const cbi_keys *keys,
+				 cbi_sfw_sink_fn sink, void *sink_ud, cbi_image_writer **out, cbi_error *err)
+{
+	return iw_create(final_path, NULL, h, keys, sink, sink_ud, out, err);
 }
 
 int cbi_image_writer_add(cbi_image_writer *w, uint64_t block, uint32_t flags, uint32_t raw_len,

@@ -18,6 +18,12 @@ typedef struct cbi_image_writer cbi_image_writer;
  * else NULL. */
 int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, const cbi_keys *keys,
 			    cbi_image_writer **out, cbi_error *err) CBI_WUR;
+/* Same, with every byte of the file handed to sink instead of a file
+ * (cbi_sfw_create_sink(): an S3 upload, s3up.h); h has no segments. The
+ * image is only ever appended to (the block table and the trailer come
+ * last, nothing is written back), so a stream takes it as it is made. */
+int cbi_image_writer_create_sink(const char *final_path, const cbi_hdr *h, const cbi_keys *keys,
+				 cbi_sfw_sink_fn sink, void *sink_ud, cbi_image_writer **out, cbi_error *err) CBI_WUR;
 /* Append one record. payload is stored_len bytes (zstd frame if flags has
  * CBI_REC_ZSTD, else raw; with CBI_REC_AEAD, that sealed: ciphertext ||
  * tag, as cbi_image_seal_record() makes it). */

@@ -1,6 +1,9 @@
-/* objstore.c - DEST on object storage (s3://BUCKET/PREFIX): backup writes
- * the point into a local staging directory with the ordinary writer, then
- * uploads it (key file, image, and last the index: the commit); the read
+/* objstore.c - DEST on object storage (s3://BUCKET/PREFIX): backup runs the
+ * ordinary writer on a local staging directory, but its image is streamed
+ * to its object while it is made (backup.h's hooks, s3up.h: a multipart
+ * upload in bounded memory, no local copy); then the key file, the image
+ * completed, and last the index: the commit, only while the job's lock
+ * object is held (its lease renewed meanwhile, s3lease.h); the read
  * commands run on a local directory that mirrors the bucket's indexes and
  * key files (and, for restore and verify, the images they need, fetched
  * with parallel ranged GETs). README.md and format/SPEC.md ("Object
@@ -10,7 +13,7 @@
  *                                   for images (sparse: only their first and last
  *                                   64 KiB), and the catalog cache of list and info
  *     STATE/s3/<where>/job-<key>/   a job's staging directory: its parent's index, key
- *                                   files, the point being written; state/ the shadow
+ *                                   files, the index being written; state/ the shadow
  *                                   of the job's local state the run updates, installed
  *                                   in STATE/<key>/ only after the S3 commit
  *     STATE/s3/<where>/run-<pid>/   restore's and verify's view (links and images),
@@ -30,11 +33,14 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "backup.h"
 #include "catalog.h"
 #include "cbimg.h"
 #include "job.h"
 #include "objstore.h"
 #include "s3.h"
+#include "s3lease.h"
+#include "s3up.h"
 #include "source.h"
 #include "util.h"
 
@@ -231,11 +237,13 @@ static int os_lock_key(const os_ctx *c, uint64_t jk, char *out, size_t sz)
 }
 
 /* The lock object of a job: created only if absent (If-None-Match), its
- * body "cbimg-lock 1 / host / pid / expires_ns". A lock is taken over when
- * its lease has expired, or when it names this host and a pid that is not
- * running (a killed run of this machine). */
+ * body s3lease.h's (host, pid, the run's random token, expires_ns). A
+ * lock is taken over when its lease has expired, or when it names this
+ * host and a pid that is not running (a killed run of this machine). On
+ * success *mine is the body written, *lease_ns the lease, *sent when its
+ * request was sent (CLOCK_MONOTONIC): what the renewal (s3lease.h) needs. */
 static int os_lock(os_ctx *c, uint64_t jk, const char *host, const char *what, char *note, size_t nsz,
-		   cbi_error *err)
+		   cbi_s3lock *mine, int64_t *lease_ns, int64_t *sent, cbi_error *err)
 {
 	char key[700], body[512], got[512];
 	os_lock_key(c, jk, key, sizeof key);
@@ -244,10 +252,22 @@ static int os_lock(os_ctx *c, uint64_t jk, const char *host, const char *what, c
 	lease = lv && *lv ? strtol(lv, NULL, 10) : LOCK_LEASE_S_DEFAULT;
 	if (lease < 1)
 		lease = LOCK_LEASE_S_DEFAULT;
-	int64_t now = cbi_wallclock_ns();
-	int n = snprintf(body, sizeof body, "cbimg-lock 1\nhost %s\npid %ld\nexpires_ns %lld\n", host,
-			 (long)getpid(), (long long)(now + (int64_t)lease * 1000000000LL));
+	*lease_ns = (int64_t)lease * 1000000000LL;
+	uint8_t tok[8];
+	if (cbi_random(tok, sizeof tok))
+		return cbi_err(err, -EIO, "no random bytes for the lock of job '%s'", what);
+	memset(mine, 0, sizeof *mine);
+	cbi_strlcpy(mine->host, host, sizeof mine->host);
+	mine->pid = (long)getpid();
+	for (size_t i = 0; i < sizeof tok; i++)
+		snprintf(mine->run + 2 * i, 3, "%02x", tok[i]);
 	for (int attempt = 0; attempt < 2; attempt++) {
+		*sent = cbi_s3lease_mono_ns();
+		int64_t now = cbi_wallclock_ns();
+		mine->expires_ns = now + *lease_ns;
+		int n = cbi_s3lock_body(body, sizeof body, mine);
+		if (n < 0)
+			return cbi_err(err, n, "host name too long for the lock of job '%s'", what);
 		int rc = cbi_s3_put(c->s3, key, body, (size_t)n, 1, err);
 		if (rc != -EEXIST)
 			return rc;
@@ -258,36 +278,37 @@ static int os_lock(os_ctx *c, uint64_t jk, const char *host, const char *what, c
 		if (rc)
 			return rc;
 		got[gl] = 0;
-		char lh[128] = "";
-		long lpid = 0;
-		long long lexp = 0;
-		const char *p;
-		if ((p = strstr(got, "\nhost ")))
-			sscanf(p + 6, "%127s", lh);
-		if ((p = strstr(got, "\npid ")))
-			lpid = strtol(p + 5, NULL, 10);
-		if ((p = strstr(got, "\nexpires_ns ")))
-			lexp = strtoll(p + 12, NULL, 10);
-		int dead_here = !strcmp(lh, host) && lpid > 0 && kill((pid_t)lpid, 0) < 0 && errno == ESRCH;
-		if (dead_here || lexp < now) {
+		cbi_s3lock l;
+		cbi_s3lock_parse(got, &l); /* an unreadable body: expired (0), taken over */
+		int dead_here = !strcmp(l.host, host) && l.pid > 0 && kill((pid_t)l.pid, 0) < 0 && errno == ESRCH;
+		if (dead_here || l.expires_ns < now) {
 			snprintf(note, nsz, "took over the lock of job '%.63s' in '%.300s' left by %.63s pid %ld (%s)", what,
-				 c->url, lh, lpid, dead_here ? "not running" : "lease expired");
+				 c->url, l.host, l.pid, dead_here ? "not running" : "lease expired");
 			cbi_s3_delete(c->s3, key, err);
 			continue;
 		}
 		return cbi_err(err, -CBI_ELOCKED,
 			       "another cbimg (host %s, pid %ld) is backing up job '%s' to '%s' (lock "
 			       "object '%s', lease until %lld s after the epoch)",
-			       lh, lpid, what, c->url, key, lexp / 1000000000LL);
+			       l.host, l.pid, what, c->url, key, l.expires_ns / 1000000000LL);
 	}
 	return cbi_err(err, -CBI_ELOCKED, "unable to take the lock of job '%s' in '%s'", what, c->url);
 }
 
-static void os_unlock(os_ctx *c, uint64_t jk)
+/* Delete the job's lock object, unless it is no longer this run's (taken
+ * over after the lease was lost: s3lease.h). */
+static void os_unlock(os_ctx *c, uint64_t jk, const cbi_s3lock *mine)
 {
-	char key[700];
+	char key[700], got[512];
 	cbi_error e;
+	size_t gl = 0;
+	cbi_s3lock l;
 	os_lock_key(c, jk, key, sizeof key);
+	if (mine && !cbi_s3_get(c->s3, key, 0, 0, got, sizeof got - 1, &gl, &e)) {
+		got[gl] = 0;
+		if (cbi_s3lock_parse(got, &l) || strcmp(l.run, mine->run))
+			return;
+	}
 	cbi_s3_delete(c->s3, key, &e);
 }
 
@@ -462,10 +483,61 @@ void cbi_objstore_name_order(const char *name, char *out, size_t sz, size_t *jpl
 		*jpl = (size_t)(ts - name);
 }
 
+/* A backup run's streaming of its image (s3up.h) and its lease (s3lease.h):
+ * the hooks of cbi_backup_hooked() and its progress callback. */
+typedef struct os_run {
+	os_ctx *c;
+	cbi_s3up *up;
+	cbi_s3lease *lease;
+	char img_key[1700];
+	cbi_progress_fn progress; /* the caller's */
+	void *progress_ud;
+} os_run;
+
+static int os_img_begin(void *ud, const char *path, uint64_t max_size, cbi_error *err)
+{
+	os_run *w = ud;
+	const char *b = strrchr(path, '/');
+	os_key(w->c, b ? b + 1 : path, w->img_key, sizeof w->img_key);
+	return cbi_s3up_begin(w->up, w->img_key, max_size, err);
+}
+
+static int os_img_write(void *ud, const void *buf, size_t len)
+{
+	return cbi_s3up_write(((os_run *)ud)->up, buf, len);
+}
+
+/* The lease lost (the renewal's thread): the upload fails from now on. */
+static void os_lost(void *ud, int code, const char *why)
+{
+	cbi_s3up_stop(((os_run *)ud)->up, code, why);
+}
+
+/* Stops the read as soon as the lock is not held (a renewal stuck in a
+ * stalled request cannot tell), else the caller's progress. */
+static int os_progress(void *ud, uint64_t done, uint64_t total)
+{
+	os_run *w = ud;
+	if (cbi_s3lease_held(w->lease, NULL))
+		return 1;
+	return w->progress ? w->progress(w->progress_ud, done, total) : 0;
+}
+
+/* The backup: the job's lock object (renewed while the run lasts), its
+ * leftovers aborted, the staging directory with the parent's index and key
+ * files; then cbi_backup_hooked() writes the point there, but streams the
+ * image to its object as it is made (s3up.h: a multipart upload, parts
+ * sent while the read goes on, a few part buffers of memory, no local
+ * copy); last the key file, the image object completed, and the index
+ * object: the commit, made only while the lock is held. */
 int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_backup_result *r, cbi_error *err)
 {
 	os_ctx c;
 	char note[600] = "";
+	cbi_s3lock mine;
+	int64_t lease_ns = 0, lock_sent = 0;
+	int locked = 0;
+	os_run run = { .c = &c, .progress = o->progress, .progress_ud = o->progress_ud };
 	memset(r, 0, sizeof *r);
 	int rc = os_open(&c, o->dest, endpoint, o->state_dir, err);
 	if (rc)
@@ -497,8 +569,16 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 	cbi_sanitize_name(job, sj, sizeof sj);
 	snprintf(jp, sizeof jp, "%s_%s_%s_", sh, ss, sj);
 
-	if ((rc = os_lock(&c, jk, host, job, note, sizeof note, err)))
+	if ((rc = os_lock(&c, jk, host, job, note, sizeof note, &mine, &lease_ns, &lock_sent, err)))
 		goto end0;
+	locked = 1;
+	if ((rc = cbi_s3up_new(c.s3, &run.up, err)))
+		goto end;
+	char lkey[700], what[800];
+	os_lock_key(&c, jk, lkey, sizeof lkey);
+	snprintf(what, sizeof what, "job '%.63s' in '%.600s'", job, c.url);
+	if ((rc = cbi_s3lease_start(c.s3, lkey, &mine, lease_ns, lock_sent, what, os_lost, &run, &run.lease, err)))
+		goto end;
 	/* what a killed run of the job left: its multipart uploads */
 	cbi_s3_obj *up = NULL;
 	size_t nup = 0;
@@ -560,19 +640,39 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 	lo.outbox = 0;
 	lo.host = host;
 	lo.source_id = sid;
+	lo.progress = os_progress;
+	lo.progress_ud = &run;
 	if (use_state)
 		lo.state_dir = shadow;
-	rc = cbi_backup(&lo, r, err);
+	cbi_backup_hooks hk = { .image_begin = os_img_begin, .image_write = os_img_write, .ud = &run };
+	rc = cbi_backup_hooked(&lo, &hk, r, err);
+	if (rc) {
+		/* the upload's own failure (the endpoint, the lease) says more than
+		 * "unable to write" or "interrupted" */
+		cbi_error ue;
+		int urc = cbi_s3up_error(run.up, &ue);
+		if (cbi_s3lease_held(run.lease, &ue))
+			urc = -CBI_ELOCKED;
+		if (urc && urc != -ECANCELED && (rc != -ECANCELED || urc == -CBI_ELOCKED)) {
+			rc = urc;
+			if (err)
+				*err = ue;
+		}
+	}
 	name_bucket(r, err, stage, c.url);
-	if (rc)
+	if (rc) {
+		if (err && rc == -CBI_ELOCKED)
+			cbi_err_prefix(err, rc, "the backup stopped before its commit, nothing was stored");
 		goto end;
-	/* the upload: key file, image, then the index, created only if absent */
+	}
+	/* the key file, the image completed, then the index, created only if
+	 * absent; each only while the lock is held */
 	char key[1700];
 	const char *img = r->point.file[0] ? strrchr(r->point.file, '/') + 1 : NULL;
 	const char *idx = strrchr(r->point.index_file, '/') + 1;
 	const char *kfn = r->key_file[0] ? strrchr(r->key_file, '/') + 1 : NULL;
 	int key_put = 0, img_put = 0;
-	if (kfn && !os_has(&c, kfn)) {
+	if (kfn && !os_has(&c, kfn) && !(rc = cbi_s3lease_held(run.lease, err))) {
 		os_key(&c, kfn, key, sizeof key);
 		rc = cbi_s3_put_file(c.s3, key, r->key_file, 1, err);
 		if (rc == -EEXIST)
@@ -580,29 +680,22 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 		else if (!rc)
 			key_put = r->key_file_new;
 	}
-	if (!rc && img) {
-		os_key(&c, img, key, sizeof key);
-		if (!(rc = cbi_s3_put_file(c.s3, key, r->point.file, 1, err)))
-			img_put = 1;
-	}
-	if (!rc) {
+	if (!rc && img && !(rc = cbi_s3lease_held(run.lease, err)) && !(rc = cbi_s3up_finish(run.up, err)))
+		img_put = 1;
+	if (!rc && !(rc = cbi_s3lease_held(run.lease, err))) {
 		os_key(&c, idx, key, sizeof key);
 		rc = cbi_s3_put_file(c.s3, key, r->point.index_file, 1, err); /* the commit */
 	}
 	if (rc) {
 		/* not committed: no point, in the bucket or here */
 		cbi_error e2;
-		if (img_put) {
-			os_key(&c, img, key, sizeof key);
-			cbi_s3_delete(c.s3, key, &e2);
-		}
+		if (img_put)
+			cbi_s3_delete(c.s3, run.img_key, &e2);
 		if (key_put) {
 			os_key(&c, kfn, key, sizeof key);
 			cbi_s3_delete(c.s3, key, &e2);
 		}
 		unlink(r->point.index_file);
-		if (img)
-			unlink(r->point.file);
 		if (r->key_file_new)
 			unlink(r->key_file);
 		cbi_err_prefix(err, rc, "the point was not stored in '%s'", c.url);
@@ -616,8 +709,6 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 			cbi_strlcpy(r->warnings[r->n_warnings++], wm, sizeof r->warnings[0]);
 		rc = 0;
 	}
-	if (img)
-		unlink(r->point.file); /* staged: only the index stays, as the next parent */
 	char name[1024];
 	if (img) {
 		cbi_strlcpy(name, img, sizeof name);
@@ -631,7 +722,10 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 	}
 	cbi_s3_counters(c.s3, &r->bytes_sent, &r->bytes_received);
 end:
-	os_unlock(&c, jk);
+	cbi_s3lease_stop(run.lease);
+	cbi_s3up_free(run.up); /* aborts an unfinished upload */
+	if (locked)
+		os_unlock(&c, jk, &mine);
 end0:
 	if (note[0] && r->n_warnings < CBI_MAX_WARNINGS && !rc)
 		cbi_strlcpy(r->notice[0] ? r->warnings[r->n_warnings++] : r->notice, note,
@@ -760,6 +854,9 @@ int cbi_objstore_uploads(const char *url, const char *endpoint, const char *stat
 
 struct cbi_os {
 	os_ctx c;
+	cbi_s3lock mine;          /* the lock this handle holds (cbi_os_lock) */
+	int64_t lease_ns, sent;
+	int locked;
 };
 
 int cbi_os_open(const char *url, const char *endpoint, const char *state_dir, cbi_os **out, cbi_error *err)
@@ -807,12 +904,15 @@ const char *cbi_os_base(const cbi_os *o)
 int cbi_os_lock(cbi_os *o, uint64_t jk, const char *host, const char *what, char *note, size_t nsz,
 		cbi_error *err)
 {
-	return os_lock(&o->c, jk, host, what, note, nsz, err);
+	int rc = os_lock(&o->c, jk, host, what, note, nsz, &o->mine, &o->lease_ns, &o->sent, err);
+	o->locked = !rc;
+	return rc;
 }
 
 void cbi_os_unlock(cbi_os *o, uint64_t jk)
 {
-	os_unlock(&o->c, jk);
+	os_unlock(&o->c, jk, o->locked ? &o->mine : NULL);
+	o->locked = 0;
 }
 
 void cbi_os_subst(char *s, size_t sz, const char *from, const char *to)

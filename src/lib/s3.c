@@ -444,6 +444,12 @@ const char *cbi_s3_bucket(const cbi_s3 *s)
 	return s->bucket;
 }
 
+void cbi_s3_tuning(const cbi_s3 *s, int *jobs, uint64_t *part)
+{
+	*jobs = s->jobs;
+	*part = s->part;
+}
+
 void cbi_s3_counters(const cbi_s3 *s, uint64_t *sent, uint64_t *received)
 {
 	pthread_mutex_lock((pthread_mutex_t *)&s->mu);
@@ -548,7 +554,7 @@ typedef struct req {
 	uint64_t out_off;
 	/* results */
 	long status;
-	char etag[128];
+	char etag[CBI_S3_ETAG_MAX];
 	uint64_t clen;
 	int have_clen;
 	/* state of one attempt */
@@ -924,6 +930,77 @@ int cbi_s3_abort_upload(cbi_s3 *s, const char *key, const char *upload_id, cbi_e
 
 /* ----------------------------------------------------- multipart uploads */
 
+int cbi_s3_mpu_begin(cbi_s3 *s, const char *key, char *uid, size_t uidsz, cbi_error *err)
+{
+	buf b = { .max = 1 << 20 };
+	req r = { .method = "POST", .key = key, .query = "uploads=", .body = "", .fd = -1, .resp = &b,
+		  .out_fd = -1 };
+	int rc = do_req(s, &r, err);
+	const char *vs, *ve;
+	if (!rc && (!xml_tag(b.p ? b.p : "", b.p ? b.p + b.n : "", "UploadId", &vs, &ve) ||
+		    xml_text(vs, ve, uid, uidsz) || !uid[0]))
+		rc = cbi_err(err, -EIO, "s3://%s/%s: no upload id in the answer", s->bucket, key);
+	free(b.p);
+	return rc;
+}
+
+/* Part num (from 1) of an upload: len bytes of data, or of fd at foff. */
+static int mpu_part(cbi_s3 *s, const char *key, const char *uid, uint32_t num, const void *data, int fd,
+		    uint64_t foff, size_t len, char etag[CBI_S3_ETAG_MAX], cbi_error *err)
+{
+	char q[600], n[16];
+	snprintf(n, sizeof n, "%u", num);
+	const char *kv[] = { "partNumber", n, "uploadId", uid };
+	if (cbi_s3_query(kv, 2, q, sizeof q) < 0)
+		return cbi_err(err, -ENAMETOOLONG, "upload id too long");
+	buf eb = { .max = 1 << 16 };
+	req r = { .method = "PUT", .key = key, .query = q, .body = data, .fd = fd, .foff = foff, .body_len = len,
+		  .resp = &eb, .out_fd = -1 };
+	int rc = do_req(s, &r, err);
+	free(eb.p);
+	if (!rc && !r.etag[0])
+		rc = cbi_err(err, -EIO, "s3://%s/%s: part %u: no ETag in the answer", s->bucket, key, num);
+	if (!rc)
+		memcpy(etag, r.etag, CBI_S3_ETAG_MAX);
+	return rc;
+}
+
+int cbi_s3_mpu_part(cbi_s3 *s, const char *key, const char *uid, uint32_t num, const void *data, size_t len,
+		    char etag[CBI_S3_ETAG_MAX], cbi_error *err)
+{
+	return mpu_part(s, key, uid, num, data ? data : "", -1, 0, len, etag, err);
+}
+
+int cbi_s3_mpu_complete(cbi_s3 *s, const char *key, const char *uid, const char (*etags)[CBI_S3_ETAG_MAX],
+			uint32_t n, cbi_error *err)
+{
+	char q[600];
+	const char *kv[] = { "uploadId", uid };
+	if (cbi_s3_query(kv, 1, q, sizeof q) < 0)
+		return cbi_err(err, -ENAMETOOLONG, "upload id too long");
+	size_t cap = 128 + (size_t)n * (64 + CBI_S3_ETAG_MAX), o = 0;
+	char *x = malloc(cap);
+	if (!x)
+		return cbi_err(err, -ENOMEM, "out of memory");
+	o += (size_t)snprintf(x + o, cap - o, "<CompleteMultipartUpload>");
+	for (uint32_t i = 0; i < n; i++)
+		o += (size_t)snprintf(x + o, cap - o, "<Part><PartNumber>%u</PartNumber><ETag>%s</ETag></Part>", i + 1,
+				      etags[i]);
+	o += (size_t)snprintf(x + o, cap - o, "</CompleteMultipartUpload>");
+	buf b = { .max = 1 << 20 };
+	req c = { .method = "POST", .key = key, .query = q, .body = x, .body_len = o, .fd = -1, .resp = &b,
+		  .out_fd = -1 };
+	int rc = do_req(s, &c, err);
+	free(x);
+	/* a 200 may still carry an <Error> (S3 documents it) */
+	if (!rc && b.p && memmem(b.p, b.n, "<Error>", 7)) {
+		c.status = 500;
+		rc = status_error(s, &c, err);
+	}
+	free(b.p);
+	return rc;
+}
+
 typedef struct mp {
 	cbi_s3 *s;
 	const char *key;
@@ -931,7 +1008,7 @@ typedef struct mp {
 	int fd;
 	uint64_t size, part;
 	uint32_t nparts;
-	char (*etags)[128];
+	char (*etags)[CBI_S3_ETAG_MAX];
 	pthread_mutex_t mu;
 	uint32_t next;
 	int rc;
@@ -947,27 +1024,17 @@ static void *mp_worker(void *ud)
 		pthread_mutex_unlock(&m->mu);
 		if (i >= m->nparts)
 			return NULL;
-		char q[600], num[16];
-		snprintf(num, sizeof num, "%u", i + 1);
-		const char *kv[] = { "partNumber", num, "uploadId", m->upload_id };
-		cbi_s3_query(kv, 2, q, sizeof q);
 		uint64_t off = (uint64_t)i * m->part;
 		uint64_t len = m->size - off < m->part ? m->size - off : m->part;
-		buf eb = { .max = 1 << 16 };
-		req r = { .method = "PUT", .key = m->key, .query = q, .fd = m->fd, .foff = off,
-			  .body_len = (size_t)len, .resp = &eb, .out_fd = -1 };
+		char etag[CBI_S3_ETAG_MAX];
 		cbi_error e;
-		int rc = do_req(m->s, &r, &e);
-		free(eb.p);
-		if (!rc && !r.etag[0])
-			rc = cbi_err(&e, -EIO, "s3://%s/%s: part %u: no ETag in the answer", m->s->bucket, m->key,
-				     i + 1);
+		int rc = mpu_part(m->s, m->key, m->upload_id, i + 1, NULL, m->fd, off, (size_t)len, etag, &e);
 		pthread_mutex_lock(&m->mu);
 		if (rc && !m->rc) {
 			m->rc = rc;
 			m->err = e;
 		} else if (!rc) {
-			memcpy(m->etags[i], r.etag, sizeof r.etag);
+			memcpy(m->etags[i], etag, sizeof etag);
 		}
 		pthread_mutex_unlock(&m->mu);
 	}
@@ -975,23 +1042,14 @@ static void *mp_worker(void *ud)
 
 static int put_multipart(cbi_s3 *s, const char *key, int fd, uint64_t size, cbi_error *err)
 {
-	char uid[256] = "", q[600];
-	buf b = { .max = 1 << 20 };
+	char uid[256] = "";
 	int rc;
 	/* 10000 parts at most: a larger part for a huge image */
 	uint64_t part = s->part;
 	while ((size + part - 1) / part > 10000)
 		part *= 2;
-	req r = { .method = "POST", .key = key, .query = "uploads=", .body = "", .fd = -1, .resp = &b,
-		  .out_fd = -1 };
-	if ((rc = do_req(s, &r, err)))
-		goto end;
-	const char *vs, *ve;
-	if (!xml_tag(b.p ? b.p : "", b.p ? b.p + b.n : "", "UploadId", &vs, &ve) ||
-	    xml_text(vs, ve, uid, sizeof uid) || !uid[0]) {
-		rc = cbi_err(err, -EIO, "s3://%s/%s: no upload id in the answer", s->bucket, key);
-		goto end;
-	}
+	if ((rc = cbi_s3_mpu_begin(s, key, uid, sizeof uid, err)))
+		return rc;
 	mp m = { .s = s, .key = key, .upload_id = uid, .fd = fd, .size = size, .part = part,
 		 .nparts = (uint32_t)((size + part - 1) / part) };
 	if (!(m.etags = calloc(m.nparts, sizeof *m.etags))) {
@@ -1013,41 +1071,15 @@ static int put_multipart(cbi_s3 *s, const char *key, int fd, uint64_t size, cbi_
 		rc = m.rc;
 		if (err)
 			*err = m.err;
-		free(m.etags);
-		goto abort;
+	} else {
+		rc = cbi_s3_mpu_complete(s, key, uid, (const char (*)[CBI_S3_ETAG_MAX])m.etags, m.nparts, err);
 	}
-	/* CompleteMultipartUpload */
-	size_t cap = 128 + (size_t)m.nparts * 200, o = 0;
-	char *x = malloc(cap);
-	if (!x) {
-		free(m.etags);
-		rc = cbi_err(err, -ENOMEM, "out of memory");
-		goto abort;
-	}
-	o += (size_t)snprintf(x + o, cap - o, "<CompleteMultipartUpload>");
-	for (uint32_t i = 0; i < m.nparts; i++)
-		o += (size_t)snprintf(x + o, cap - o, "<Part><PartNumber>%u</PartNumber><ETag>%s</ETag></Part>", i + 1,
-				      m.etags[i]);
-	o += (size_t)snprintf(x + o, cap - o, "</CompleteMultipartUpload>");
 	free(m.etags);
-	const char *kv[] = { "uploadId", uid };
-	cbi_s3_query(kv, 1, q, sizeof q);
-	req c = { .method = "POST", .key = key, .query = q, .body = x, .body_len = o, .fd = -1, .resp = &b,
-		  .out_fd = -1 };
-	rc = do_req(s, &c, err);
-	free(x);
-	/* a 200 may still carry an <Error> (S3 documents it) */
-	if (!rc && b.p && memmem(b.p, b.n, "<Error>", 7)) {
-		c.status = 500;
-		rc = status_error(s, &c, err);
-	}
 	if (!rc)
-		goto end;
+		return 0;
 abort:;
 	cbi_error ae;
 	cbi_s3_abort_upload(s, key, uid, &ae); /* best effort: the next run of the job aborts leftovers */
-end:
-	free(b.p);
 	return rc;
 }
 
@@ -1190,5 +1222,21 @@ int cbi_s3_list_uploads(cbi_s3 *s, const char *p, cbi_s3_obj **o, size_t *n, cbi
 	return no_curl(err);
 }
 int cbi_s3_abort_upload(cbi_s3 *s, const char *k, const char *u, cbi_error *err) { return no_curl(err); }
+void cbi_s3_tuning(const cbi_s3 *s, int *jobs, uint64_t *part)
+{
+	*jobs = 1;
+	*part = 16 << 20;
+}
+int cbi_s3_mpu_begin(cbi_s3 *s, const char *k, char *u, size_t usz, cbi_error *err) { return no_curl(err); }
+int cbi_s3_mpu_part(cbi_s3 *s, const char *k, const char *u, uint32_t n, const void *d, size_t l,
+		    char etag[CBI_S3_ETAG_MAX], cbi_error *err)
+{
+	return no_curl(err);
+}
+int cbi_s3_mpu_complete(cbi_s3 *s, const char *k, const char *u, const char (*e)[CBI_S3_ETAG_MAX], uint32_t n,
+			cbi_error *err)
+{
+	return no_curl(err);
+}
 
 #endif

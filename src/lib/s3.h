@@ -114,6 +114,24 @@ int cbi_s3_list(cbi_s3 *s, const char *prefix, cbi_s3_obj **out, size_t *n, cbi_
 int cbi_s3_list_uploads(cbi_s3 *s, const char *prefix, cbi_s3_obj **out, size_t *n, cbi_error *err);
 int cbi_s3_abort_upload(cbi_s3 *s, const char *key, const char *upload_id, cbi_error *err);
 
+/* The parts of a multipart upload, one by one (s3up.h streams an image
+ * through them). mpu_begin: CreateMultipartUpload, the upload id into
+ * uid. mpu_part: part num (1 to 10000; every part but the last at least
+ * 5 MiB) from len bytes of data, its ETag into etag; safe from several
+ * threads at once. mpu_complete: CompleteMultipartUpload of parts 1 .. n
+ * with their ETags (an <Error> in a 200 answer is an error). None aborts
+ * the upload on failure: cbi_s3_abort_upload() does. */
+#define CBI_S3_ETAG_MAX 128
+int cbi_s3_mpu_begin(cbi_s3 *s, const char *key, char *uid, size_t uidsz, cbi_error *err);
+int cbi_s3_mpu_part(cbi_s3 *s, const char *key, const char *uid, uint32_t num, const void *data, size_t len,
+		    char etag[CBI_S3_ETAG_MAX], cbi_error *err);
+int cbi_s3_mpu_complete(cbi_s3 *s, const char *key, const char *uid, const char (*etags)[CBI_S3_ETAG_MAX],
+			uint32_t n, cbi_error *err);
+
+/* The client's tuning: parallel transfers (CBIMG_S3_JOBS) and part size
+ * in bytes (CBIMG_S3_PART_MIB). */
+void cbi_s3_tuning(const cbi_s3 *s, int *jobs, uint64_t *part);
+
 /* "s3://bucket/key" for messages. */
 const char *cbi_s3_bucket(const cbi_s3 *s);
 

@@ -32,6 +32,8 @@ struct cbi_sfw {
 	char tmp[4096];     /* temporary name of segment 0 */
 	char final[4096];
 	struct cbi_sfw *live_next; /* list of this process's live writers */
+	cbi_sfw_sink_fn sink;   /* the bytes go here instead of a file (cbi_sfw_create_sink) */
+	void *sink_ud;
 };
 
 /* This process's writers between create and commit or abort: a temporary
@@ -89,8 +91,8 @@ int cbi_sfw_create_tagged(const char *final_path, const char *tag, cbi_sfw **out
 	return cbi_sfw_create_split(final_path, tag, 0, out, err);
 }
 
-int cbi_sfw_create_split(const char *final_path, const char *tag, uint64_t seg_size, cbi_sfw **out,
-			 cbi_error *err)
+static int sfw_create(const char *final_path, const char *tag, uint64_t seg_size, cbi_sfw_sink_fn sink,
+		      void *sink_ud, cbi_sfw **out, cbi_error *err)
 {
 	if (seg_size % CBI_SEG_UNIT || seg_size / CBI_SEG_UNIT > UINT32_MAX)
 		return cbi_err(err, -EINVAL, "invalid segment size %llu: not a whole number of MiB",
@@ -119,6 +121,12 @@ int cbi_sfw_create_split(const char *final_path, const char *tag, uint64_t seg_s
 		cbi_sfw_abort(w);
 		return cbi_err(err, -ENOMEM, "out of memory");
 	}
+	if (sink) { /* no file, so no temporary name to own */
+		w->sink = sink;
+		w->sink_ud = sink_ud;
+		*out = w;
+		return 0;
+	}
 	/* The name is ours: it holds our pid, or the tag of a caller that holds
 	 * the job's lock and puts its pid in the tag. So whatever lies there is
 	 * a leftover of a dead process (or a link planted at the name), which
@@ -146,6 +154,19 @@ int cbi_sfw_create_split(const char *final_path, const char *tag, uint64_t seg_s
 	w->nseg = 1;
 	*out = w;
 	return 0;
+}
+
+int cbi_sfw_create_split(const char *final_path, const char *tag, uint64_t seg_size, cbi_sfw **out,
+			 cbi_error *err)
+{
+	return sfw_create(final_path, tag, seg_size, NULL, NULL, out, err);
+}
+
+int cbi_sfw_create_sink(const char *final_path, cbi_sfw_sink_fn fn, void *ud, cbi_sfw **out, cbi_error *err)
+{
+	if (!fn)
+		return cbi_err(err, -EINVAL, "no sink for '%s'", final_path);
+	return sfw_create(final_path, NULL, 0, fn, ud, out, err);
 }
 
 /* Take w off the list of live writers (if it is on it). */
@@ -196,6 +217,14 @@ static int sfw_flush(cbi_sfw *w)
 	if (w->used > w->hashed && cbi_dg_update(w->dg, w->buf + w->hashed, w->used - w->hashed))
 		return -EIO;
 	w->hashed = w->used;
+	if (w->sink) {
+		int rc = w->used ? w->sink(w->sink_ud, w->buf, w->used) : 0;
+		if (rc)
+			return rc;
+		w->used = 0;
+		w->hashed = 0;
+		return 0;
+	}
 	const uint8_t *p = w->buf;
 	size_t left = w->used;
 	uint64_t pos = w->off - w->used;
@@ -280,13 +309,15 @@ int cbi_sfw_seal(cbi_sfw *w, const uint8_t *trailer96, uint8_t digest[32])
 	if ((rc = sfw_flush(w)))
 		return rc;
 	/* Earlier segments were synced when they were closed. */
-	if (fsync(w->fd) < 0)
+	if (!w->sink && fsync(w->fd) < 0)
 		return -errno;
 	return 0;
 }
 
 int cbi_sfw_commit(cbi_sfw *w, cbi_error *err)
 {
+	if (w->sink)
+		goto done;
 	if (w->fd >= 0) {
 		int fd = w->fd;
 		w->fd = -1;
@@ -314,6 +345,7 @@ int cbi_sfw_commit(cbi_sfw *w, cbi_error *err)
 	if (rename(w->tmp, w->final) < 0)
 		return cbi_err(err, -errno, "unable to rename '%s' to '%s': %s", w->tmp, w->final,
 			       strerror(errno));
+done:
 	sfw_unlist(w);
 	cbi_dg_free(w->dg);
 	free(w->buf);

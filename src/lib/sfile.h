@@ -43,6 +43,20 @@ int cbi_sfw_create_tagged(const char *final_path, const char *tag, cbi_sfw **out
 int cbi_sfw_create_split(const char *final_path, const char *tag, uint64_t seg_size, cbi_sfw **out,
 			 cbi_error *err) CBI_WUR;
 
+/* Where a sealed file's bytes go instead of a file (an S3 upload,
+ * s3up.h): called with every byte of the file exactly once, in order, in
+ * pieces of up to 1 MiB (the digest included, last). 0, or a negative
+ * code that fails the write (the writer can then only be aborted). */
+typedef int (*cbi_sfw_sink_fn)(void *ud, const void *buf, size_t len);
+
+/* A writer whose bytes go to fn instead of a file: nothing is created in
+ * final_path's directory (final_path only names the file). No segments;
+ * seal() hands the last bytes to fn (there is nothing to fsync), commit()
+ * and abort() only free the writer: completing or abandoning what fn
+ * received is the caller's. */
+int cbi_sfw_create_sink(const char *final_path, cbi_sfw_sink_fn fn, void *ud, cbi_sfw **out,
+			cbi_error *err) CBI_WUR;
+
 /* Make the file's digest HMAC-SHA256 under key (32 bytes) instead of
  * SHA-256: for the files of an encrypted chain. Only before the first
  * write; 0, -EINVAL after it, or -EIO. */

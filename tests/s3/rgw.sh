@@ -12,6 +12,7 @@
 #   rgw.sh bucket DIR NAME   create a bucket (one per test)
 #   rgw.sh restart-rgw DIR   stop and start radosgw only
 #   rgw.sh stop-rgw DIR / start-rgw DIR
+#   rgw.sh pause-rgw DIR / resume-rgw DIR   SIGSTOP / SIGCONT radosgw (a stalled server)
 #
 # Traps measured on this machine (issue 18): with auth none, radosgw hangs
 # 300 s unless "ms mon client mode = crc" and "ms client mode = crc"; the
@@ -121,6 +122,16 @@ rgw_stop_rgw()
 	return 0
 }
 
+# pause-rgw / resume-rgw: SIGSTOP / SIGCONT to radosgw (a server that stalls:
+# connections stay open, nothing is answered), found as stop-rgw finds it.
+rgw_signal_rgw()
+{
+	local dir=$1 sig=$2 p
+	p=$(cat "$dir/run/client.rgw.a.pid" 2>/dev/null) || return 1
+	{ tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | grep -q "^radosgw -c $dir/ceph.conf " || return 1
+	kill -"$sig" "$p"
+}
+
 rgw_start()
 {
 	local dir=$1 port=${2:-0} t0=$(date +%s.%N)
@@ -214,8 +225,10 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
 	bucket) rgw_bucket "$@" ;;
 	stop-rgw) rgw_stop_rgw "$(cd "$1" && pwd)" ;;
 	start-rgw) rgw_start_rgw "$(cd "$1" && pwd)" ;;
+	pause-rgw) rgw_signal_rgw "$(cd "$1" && pwd)" STOP ;;
+	resume-rgw) rgw_signal_rgw "$(cd "$1" && pwd)" CONT ;;
 	restart-rgw) d=$(cd "$1" && pwd) && rgw_stop_rgw "$d" && rgw_start_rgw "$d" ;;
-	*) echo "usage: rgw.sh start DIR [PORT] | stop DIR | bucket DIR NAME | stop-rgw DIR | start-rgw DIR | restart-rgw DIR" >&2
+	*) echo "usage: rgw.sh start DIR [PORT] | stop DIR | bucket DIR NAME | stop-rgw DIR | start-rgw DIR | restart-rgw DIR | pause-rgw DIR | resume-rgw DIR" >&2
 	   exit 2 ;;
 	esac
 fi
