@@ -139,6 +139,9 @@ static void plan_block(rloop *p, rbatch *s, uint32_t j)
 	/* An image that failed to open fails again at once: the chain reader
 	 * remembers the failure (cbi_chain_image()). */
 	s->prc[j] = locate_block(p->v, i, x, &s->img[j], &s->te[j], &e);
+	/* an image on S3 fetches the records named ahead, coalesced (s3rd.h); a no-op for a file */
+	if (!s->prc[j] && s->img[j] && !p->o->changed_only)
+		cbi_sfr_will_need(s->img[j]->f, s->te[j].offset, CBI_REC_HDR_SIZE + (uint64_t)s->te[j].stored_len);
 }
 
 static int plan(void *ud, unsigned slot, cbi_error *err)
