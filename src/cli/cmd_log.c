@@ -284,8 +284,8 @@ static int cmd_catalog(const struct cli_command *cmd, int argc, char **argv)
 		return cli_usage_error(cmd, "unknown action '%s' (only 'rebuild')", argv[optind]);
 
 	const char *dest = argv[optind + 1];
-	/* an s3:// DEST: its view, rebuilt from a LIST by cli_s3_prepare; rebuilt again here (cheap: local) */
-	rc = cbi_catalog_rebuild(dest, &err);
+	/* an s3:// DEST: its view was made anew and its catalog rebuilt from a LIST by cli_s3_prepare */
+	rc = cli_s3_shown(dest) != dest ? 0 : cbi_catalog_rebuild(dest, &err);
 	if (rc < 0)
 		return cli_fail(rc, &err);
 	if (!quiet || json) {

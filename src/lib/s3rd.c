@@ -83,6 +83,48 @@ struct cbi_s3rd {
 
 static const cbi_sfr_ops rd_ops;
 
+/* fork(): every reader's mutex is taken around it, so that the child's
+ * copy is never one a parent thread held (the child has only the forking
+ * thread). */
+static pthread_mutex_t all_mu = PTHREAD_MUTEX_INITIALIZER;
+static cbi_s3rd *all[8];
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&all_mu);
+	for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+		if (all[i])
+			pthread_mutex_lock(&all[i]->mu);
+}
+
+static void fork_done(void)
+{
+	for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+		if (all[i])
+			pthread_mutex_unlock(&all[i]->mu);
+	pthread_mutex_unlock(&all_mu);
+}
+
+static void atfork_init(void)
+{
+	pthread_atfork(fork_prepare, fork_done, fork_done);
+}
+
+/* d joins (on = 1) or leaves the readers locked around fork() (beyond 8
+ * at once, a reader is left out: a fork then risks its lock). */
+static void fork_track(cbi_s3rd *d, int on)
+{
+	pthread_once(&atfork_once, atfork_init);
+	pthread_mutex_lock(&all_mu);
+	for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+		if (on ? !all[i] : all[i] == d) {
+			all[i] = on ? d : NULL;
+			break;
+		}
+	pthread_mutex_unlock(&all_mu);
+}
+
 int cbi_s3rd_new(const cbi_s3rd_cfg *c, cbi_s3rd_fetch_fn fetch, void *ud, cbi_s3rd **out, cbi_error *err)
 {
 	cbi_s3rd *d = calloc(1, sizeof *d);
@@ -112,6 +154,7 @@ int cbi_s3rd_new(const cbi_s3rd_cfg *c, cbi_s3rd_fetch_fn fetch, void *ud, cbi_s
 	pthread_mutex_init(&d->mu, NULL);
 	pthread_cond_init(&d->cv, NULL);
 	pthread_cond_init(&d->qcv, NULL);
+	fork_track(d, 1);
 	*out = d;
 	return 0;
 }
@@ -177,18 +220,29 @@ static void rng_free(rng *r)
 	free(r);
 }
 
-/* Free fetched, unpinned ranges, least recently used first (ranges that
- * no hint waits for before hinted ones; hinted ones only if allowed),
- * until want more bytes fit. */
-static void evict(cbi_s3rd *d, uint64_t want, int hinted_too)
+/* How much a fetched range is still wanted: 0 read to its end, or failed;
+ * 1 read ahead or fetched for a read, not all read yet; 2 hinted, and not
+ * every hinted byte read. */
+static int wanted(const rng *r)
 {
-	for (int pass = 0; pass < (hinted_too ? 2 : 1); pass++)
+	if (r->state == R_FAIL)
+		return 0;
+	if (r->need)
+		return r->used >= r->need ? 0 : 2;
+	return r->used >= r->len ? 0 : 1;
+}
+
+/* Free fetched, unpinned ranges, the least wanted first (up to wanted()
+ * level most), then the least recently used, until want more bytes fit. */
+static void evict(cbi_s3rd *d, uint64_t want, int most)
+{
+	for (int pass = 0; pass <= most; pass++)
 		while (d->mem + want > d->c.cache) {
 			rng *v = NULL;
 			for (rfile *f = d->files; f; f = f->next)
 				for (rng *r = f->ranges; r; r = r->next)
 					if ((r->state == R_DONE || r->state == R_FAIL) && !r->pins &&
-					    (pass || !r->need || r->used >= r->need) && (!v || r->tick < v->tick))
+					    wanted(r) <= pass && (!v || r->tick < v->tick))
 						v = r;
 			if (!v)
 				break;
@@ -201,8 +255,8 @@ static void evict(cbi_s3rd *d, uint64_t want, int hinted_too)
 static rng *rng_new(rfile *f, uint64_t off, uint64_t len, uint64_t need, int ra, int force)
 {
 	cbi_s3rd *d = f->d;
-	if (d->mem + len > d->c.cache)
-		evict(d, len, force);
+	if (d->mem + len > d->c.cache) /* a read ahead or a hint makes room only from what was read */
+		evict(d, len, force ? 2 : 0);
 	if (d->mem + len > d->c.cache && !force)
 		return NULL;
 	rng *r = calloc(1, sizeof *r);
@@ -573,6 +627,7 @@ void cbi_s3rd_free(cbi_s3rd *d)
 {
 	if (!d)
 		return;
+	fork_track(d, 0);
 	pthread_mutex_lock(&d->mu);
 	check_fork(d);
 	d->stop = 1;

@@ -7,6 +7,7 @@
 #include "testutil.h"
 
 #include <pthread.h>
+#include <sys/wait.h>
 
 #include "s3rd.h"
 #include "sfile.h"
@@ -213,6 +214,32 @@ static void test_failure(void **state)
 	done(&s);
 }
 
+/* After a fork (mount's serving process) the child reads with threads of
+ * its own: the parent's, with reads ahead queued, are not in the child. */
+static void test_fork(void **state)
+{
+	tu_fix *fx = *state;
+	setup s;
+	make(&s, fx->dir, NULL, -1);
+	uint8_t *b = malloc(1u << 20);
+	cbi_sfr_whole(s.r, 1);
+	assert_int_equal(cbi_sfr_pread(s.r, b, 1u << 20, 0), 0); /* reads ahead queued */
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int bad = 0;
+		for (uint64_t off = 1u << 20; off < (12u << 20); off += 1u << 20)
+			bad += cbi_sfr_pread(s.r, b, 1u << 20, off) || memcmp(b, s.fk.obj + off, 1u << 20);
+		_exit(bad ? 1 : 0);
+	}
+	int ws = 0;
+	assert_int_equal(waitpid(pid, &ws, 0), pid);
+	assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	cbi_sfr_whole(s.r, 0);
+	free(b);
+	done(&s);
+}
+
 /* A file that is no stand-in is an ordinary local file. */
 static void test_local(void **state)
 {
@@ -238,7 +265,7 @@ static void test_local(void **state)
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, tu_setup_dir, tu_teardown_dir)
-	const struct CMUnitTest tests[] = { T(test_reads), T(test_hints), T(test_whole), T(test_failure),
+	const struct CMUnitTest tests[] = { T(test_reads), T(test_hints), T(test_whole), T(test_failure), T(test_fork),
 					    T(test_local) };
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
