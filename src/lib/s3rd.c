@@ -520,7 +520,11 @@ static int rd_pread(void *h, void *buf, size_t len, uint64_t off)
 		r->pins--;
 		r->used += n;
 		d->s.served += n;
-		if (r->ra || f->whole) {
+		int ahead = r->ra || f->whole;
+		if (r->need && r->used >= r->need && !r->pins)
+			rng_free(r);
+		r = NULL; /* read_ahead() may evict it */
+		if (ahead) {
 			int seq;
 			stream *s = stream_for(f, off, &seq);
 			if (seq)
@@ -528,8 +532,6 @@ static int rd_pread(void *h, void *buf, size_t len, uint64_t off)
 			if (s->end < off + n)
 				s->end = off + n;
 		}
-		if (r->need && r->used >= r->need && !r->pins)
-			rng_free(r);
 		p += n;
 		off += n;
 		len -= n;
