@@ -664,9 +664,11 @@ int cbi_objstore_view(const char *url, const char *endpoint, const char *state_d
 	}
 	if ((rc = os_list(&c, err)) || (rc = os_sync(&c, cache, want_indexes, NULL, err)))
 		goto end;
-	/* the catalog cache, brought in step with the listing (a cache: its failure is no error) */
+	/* the catalog cache, brought in step with the listing (a cache: its
+	 * failure is no error); restore, verify and mount read the run's
+	 * directory, not the catalog */
 	cbi_error ce;
-	if (cbi_catalog_sync(cache, 0, NULL, &ce))
+	if (!images && cbi_catalog_sync(cache, 0, NULL, &ce))
 		ce.msg[0] = 0;
 	if (!images) {
 		snprintf(dir, dirsz, "%s", cache);
