@@ -811,10 +811,11 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 
 /* A local directory (in dir) that holds the bucket's indexes and key files
  * (a cache under STATE_DIR/s3/, with its catalog), for list and info; with
- * images, a directory of this run that also holds the images (those of
- * point_name's job when a point file name is given, else all), fetched
- * with parallel ranged GETs, for restore and verify: remove it with
- * cbi_objstore_view_end(). */
+ * images, a directory of this run that also holds stand-ins for every
+ * image, whose reads (in this process) become parallel ranged GETs of
+ * only what is read (objview.h), for restore, verify and mount: end it
+ * with cbi_objstore_view_end() once every reader is closed (point_name is
+ * unused). */
 int cbi_objstore_view(const char *url, const char *endpoint, const char *state_dir, int images,
 		      const char *point_name, char *dir, size_t dirsz, cbi_error *err);
 void cbi_objstore_view_end(const char *dir);
@@ -836,5 +837,24 @@ int cbi_objstore_uploads(const char *url, const char *endpoint, const char *stat
  * (ranged GETs). r as cbi_prune()'s, with s3:// URLs for the points'
  * files, and bytes_sent and bytes_received. */
 int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_result *r, cbi_error *err);
+/* The runs of backups into url recorded on this machine: the run logs of
+ * the staging directories of the jobs that backed up there with this state
+ * directory (STATE_DIR/s3/HASH/job-KEY/, README.md "Object storage"),
+ * merged, oldest first; with f->limit, the newest f->limit. The bucket
+ * holds no run log: runs made on other machines are in their own state
+ * directories (their points are in cbi_objstore_view()'s listing). No
+ * request is made. *out is the caller's: free() it. */
+int cbi_objstore_log(const char *url, const char *endpoint, const char *state_dir, const cbi_list_filter *f,
+		     cbi_run **out, size_t *n, cbi_error *err) CBI_WUR;
+
+/* cbi_objstore_view() without images, made anew: the cache emptied, every
+ * index, key file and image end fetched again after a LIST, and the
+ * catalog of the cache (dir) rebuilt. */
+int cbi_objstore_rebuild(const char *url, const char *endpoint, const char *state_dir, char *dir, size_t dirsz,
+			 cbi_error *err) CBI_WUR;
+
+/* The ranged GETs the current view (restore, verify, mount) has made so far
+ * and the bytes they fetched (zeros without a view). */
+void cbi_objstore_read_stats(uint64_t *gets, uint64_t *bytes);
 
 #endif

@@ -91,6 +91,14 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern const char *cli_s3_endpoint;
 int cli_s3_prepare(const struct cli_command *cmd, int *argc, char **argv);
 void cli_s3_finish(void);
+/* The state directory given for an s3:// operand (--state-dir, else
+ * $CBIMG_STATE_DIR; NULL: the default); the s3:// operand a view directory
+ * stands for (operand itself otherwise), for messages; and, in a process
+ * that leaves the view to another (mount's parent after the fork), the view
+ * kept at exit. */
+extern const char *cli_s3_state_dir;
+const char *cli_s3_shown(const char *operand);
+void cli_s3_detach(void);
 
 extern int cli_json_mode;
 

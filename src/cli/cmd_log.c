@@ -217,7 +217,9 @@ static int cmd_log(const struct cli_command *cmd, int argc, char **argv)
 	if ((rc = cli_check_operands(cmd, argc, argv, 1)))
 		return rc;
 
-	rc = cbi_log(argv[optind], &filter, &runs, &n, &err);
+	rc = cbi_objstore_is_url(argv[optind]) /* the runs recorded on this machine (cbimg-log(1)) */
+		     ? cbi_objstore_log(argv[optind], cli_s3_endpoint, cli_s3_state_dir, &filter, &runs, &n, &err)
+		     : cbi_log(argv[optind], &filter, &runs, &n, &err);
 	if (rc < 0)
 		return cli_fail(rc, &err);
 	if (json) {
@@ -282,7 +284,8 @@ static int cmd_catalog(const struct cli_command *cmd, int argc, char **argv)
 		return cli_usage_error(cmd, "unknown action '%s' (only 'rebuild')", argv[optind]);
 
 	const char *dest = argv[optind + 1];
-	rc = cbi_catalog_rebuild(dest, &err);
+	/* an s3:// DEST: its view was made anew and its catalog rebuilt from a LIST by cli_s3_prepare */
+	rc = cli_s3_shown(dest) != dest ? 0 : cbi_catalog_rebuild(dest, &err);
 	if (rc < 0)
 		return cli_fail(rc, &err);
 	if (!quiet || json) {
@@ -297,12 +300,12 @@ static int cmd_catalog(const struct cli_command *cmd, int argc, char **argv)
 		json_begin_object(&j, NULL);
 		json_u64(&j, "schema", CLI_JSON_SCHEMA);
 		json_string(&j, "action", "rebuild");
-		json_string(&j, "dest", dest);
+		json_string(&j, "dest", cli_s3_shown(dest));
 		json_u64(&j, "points", n);
 		json_end_object(&j);
 		json_finish(&j);
 	} else if (!quiet) {
-		printf("catalog of '%s' rebuilt: %zu point%s\n", dest, n, cli_plural(n));
+		printf("catalog of '%s' rebuilt: %zu point%s\n", cli_s3_shown(dest), n, cli_plural(n));
 	}
 	return CLI_OK;
 }

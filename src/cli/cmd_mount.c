@@ -765,6 +765,7 @@ static int cmd_mount(const struct cli_command *cmd, int argc, char **argv)
 
 			close(p[1]);
 			cbi_pointrd_close(M.pr); /* the child holds the chain's lock too (same descriptor) */
+			cli_s3_detach(); /* an s3:// point: the child serves from the view and removes it */
 			while ((n = read(p[0], b + got, sizeof b - 1 - (size_t)got)) > 0 ||
 			       (n < 0 && errno == EINTR))
 				got += n > 0 ? n : 0;

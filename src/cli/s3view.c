@@ -1,8 +1,10 @@
 /* s3view.c - DEST and points on object storage (s3://BUCKET/PREFIX) for
  * every command: --s3-endpoint URL is taken from anywhere among the
  * options; backup hands an s3:// DEST to cbi_objstore_backup(); the read
- * commands (list, info, restore, verify) get a local view of the bucket
- * (cbi_objstore_view) in place of the s3:// operand. */
+ * commands (list, info, restore, verify, mount) get a local view of the
+ * bucket (cbi_objstore_view) in place of the s3:// operand, catalog rebuild
+ * one made anew (cbi_objstore_rebuild); log keeps its operand
+ * (cbi_objstore_log). */
 #include "cli.h"
 
 #include <stdio.h>
@@ -10,10 +12,12 @@
 #include <string.h>
 
 const char *cli_s3_endpoint;
+const char *cli_s3_state_dir;
 
 static char view[4096];
 static char operand[8192];
 static int view_made;
+static char shown[4096]; /* the s3:// operand the view stands for */
 
 /* The value of --state-dir among the options, else $CBIMG_STATE_DIR. */
 static const char *state_dir(int argc, char **argv)
@@ -51,19 +55,21 @@ int cli_s3_prepare(const struct cli_command *cmd, int *argc, char **argv)
 			i--;
 		}
 	}
-	int images = !strcmp(name, "restore") || !strcmp(name, "verify");
+	int images = !strcmp(name, "restore") || !strcmp(name, "verify") || !strcmp(name, "mount");
+	int rebuild = !strcmp(name, "catalog"), log = !strcmp(name, "log");
 	if (!strcmp(name, "backup") || !strcmp(name, "prune"))
 		return CLI_OK; /* backup and prune take their DEST themselves */
-	if (!images && strcmp(name, "list") && strcmp(name, "info")) {
+	if (!images && !rebuild && !log && strcmp(name, "list") && strcmp(name, "info")) {
 		for (int i = 2; i < *argc && strcmp(argv[i], "--"); i++)
 			if (cbi_objstore_is_url(argv[i])) {
-				cli_error("'%s': %s does not work on S3 yet (backup, list, info, restore, verify and prune "
-					  "do)", argv[i], name);
+				cli_error("'%s': %s does not work on S3 (backup, list, info, restore, verify, "
+					  "prune, mount, log and catalog do)", argv[i], name);
 				return CLI_USAGE;
 			}
 		return CLI_OK;
 	}
 	const char *sd = state_dir(*argc, argv);
+	cli_s3_state_dir = sd;
 	int has_sd = 0;
 	for (const struct cli_option *o = cmd->options; o && o->id; o++)
 		has_sd |= o->name && !strcmp(o->name, "state-dir");
@@ -80,6 +86,8 @@ int cli_s3_prepare(const struct cli_command *cmd, int *argc, char **argv)
 		if (!cbi_objstore_is_url(argv[i]) || (argv[i - 1][0] == '-' && !strchr(argv[i - 1], '=') &&
 						      !strcmp(argv[i - 1], "--state-dir")))
 			continue;
+		if (log) /* the runs recorded here: cmd_log asks the library (cbi_objstore_log) */
+			break;
 		/* s3://b/p/NAME.cbx: the view of s3://b/p, then NAME in it */
 		char url[4096];
 		const char *pt = NULL;
@@ -93,8 +101,9 @@ int cli_s3_prepare(const struct cli_command *cmd, int *argc, char **argv)
 			}
 		}
 		cbi_error err = { 0 };
-		int rc = cbi_objstore_view(url, cli_s3_endpoint, sd, images, pt, view,
-					   sizeof view, &err);
+		int rc = rebuild ? cbi_objstore_rebuild(url, cli_s3_endpoint, sd, view, sizeof view, &err)
+				 : cbi_objstore_view(url, cli_s3_endpoint, sd, images, pt, view, sizeof view, &err);
+		snprintf(shown, sizeof shown, "%s", argv[i]);
 		if (rc)
 			return cli_fail(rc, &err);
 		view_made = images;
@@ -112,6 +121,16 @@ int cli_s3_prepare(const struct cli_command *cmd, int *argc, char **argv)
 		break; /* one s3:// operand */
 	}
 	return CLI_OK;
+}
+
+const char *cli_s3_shown(const char *arg)
+{
+	return shown[0] && !strcmp(arg, view) ? shown : arg;
+}
+
+void cli_s3_detach(void)
+{
+	view_made = 0;
 }
 
 void cli_s3_finish(void)

@@ -5,8 +5,8 @@
  * completed, and last the index: the commit, only while the job's lock
  * object is held (its lease renewed meanwhile, s3lease.h); the read
  * commands run on a local directory that mirrors the bucket's indexes and
- * key files (and, for restore and verify, the images they need, fetched
- * with parallel ranged GETs). README.md and format/SPEC.md ("Object
+ * key files (and, for restore, verify and mount, stand-ins for the images,
+ * whose reads become ranged GETs: objview.h). README.md and format/SPEC.md ("Object
  * storage") say why, and what the layout and the lock are.
  *
  *     STATE/s3/<where>/cache/       indexes and key files as in the bucket, stand-ins
@@ -16,7 +16,7 @@
  *                                   files, the index being written; state/ the shadow
  *                                   of the job's local state the run updates, installed
  *                                   in STATE/<key>/ only after the S3 commit
- *     STATE/s3/<where>/run-<pid>/   restore's and verify's view (links and images),
+ *     STATE/s3/<where>/run-<pid>/   restore's, verify's and mount's view (links to the cache),
  *                                   removed at the end of the run
  *
  * where <where> is 16 hex digits of XXH3-64 of "endpoint NUL bucket NUL
@@ -38,6 +38,7 @@
 #include "cbimg.h"
 #include "job.h"
 #include "objstore.h"
+#include "objview.h"
 #include "s3.h"
 #include "s3lease.h"
 #include "s3up.h"
@@ -742,18 +743,6 @@ static int want_indexes(const char *name, void *ud)
 	return cbi_has_ext(name, ".cbi") ? 2 : 1;
 }
 
-typedef struct img_want {
-	const char *only; /* "HOST_SRC_JOB_" or NULL: every image */
-} img_want;
-
-static int want_images(const char *name, void *ud)
-{
-	img_want *w = ud;
-	if (!cbi_has_ext(name, ".cbi"))
-		return 0;
-	return !w->only || !strncmp(name, w->only, strlen(w->only));
-}
-
 int cbi_objstore_view(const char *url, const char *endpoint, const char *state_dir, int images,
 		      const char *point_name, char *dir, size_t dirsz, cbi_error *err)
 {
@@ -769,9 +758,11 @@ int cbi_objstore_view(const char *url, const char *endpoint, const char *state_d
 	}
 	if ((rc = os_list(&c, err)) || (rc = os_sync(&c, cache, want_indexes, NULL, err)))
 		goto end;
-	/* the catalog cache, brought in step with the listing (a cache: its failure is no error) */
+	/* the catalog cache, brought in step with the listing (a cache: its
+	 * failure is no error); restore, verify and mount read the run's
+	 * directory, not the catalog */
 	cbi_error ce;
-	if (cbi_catalog_sync(cache, 0, NULL, &ce))
+	if (!images && cbi_catalog_sync(cache, 0, NULL, &ce))
 		ce.msg[0] = 0;
 	if (!images) {
 		snprintf(dir, dirsz, "%s", cache);
@@ -789,7 +780,7 @@ int cbi_objstore_view(const char *url, const char *endpoint, const char *state_d
 	struct dirent *e;
 	char a[4500], b[4500];
 	while (d && (e = readdir(d))) {
-		if (!is_point_file(e->d_name) || cbi_has_ext(e->d_name, ".cbi")) /* images: stand-ins there */
+		if (!is_point_file(e->d_name)) /* images: their stand-ins, read by ranged GETs (objview.h) */
 			continue;
 		snprintf(a, sizeof a, "%s/%s", cache, e->d_name);
 		snprintf(b, sizeof b, "%s/%s", run, e->d_name);
@@ -800,27 +791,9 @@ int cbi_objstore_view(const char *url, const char *endpoint, const char *state_d
 	}
 	if (d)
 		closedir(d);
-	/* the images of the point's job only, when a point is named */
-	char only[256] = "";
-	if (point_name && *point_name) {
-		const char *pn = strrchr(point_name, '/');
-		pn = pn ? pn + 1 : point_name;
-		/* HOST_SRC_JOB_ before the timestamp */
-		char sk[64];
-		char tmp[1024];
-		cbi_strlcpy(tmp, pn, sizeof tmp);
-		if (cbi_has_ext(tmp, ".cbi"))
-			memcpy(tmp + strlen(tmp) - 4, ".cbx", 4);
-		size_t jpl = 0;
-		cbi_objstore_name_order(tmp, sk, sizeof sk, &jpl);
-		if (sk[0] && jpl < sizeof only) {
-			memcpy(only, tmp, jpl);
-			only[jpl] = 0;
-		}
-	}
-	img_want iw = { .only = only[0] ? only : NULL };
+	(void)point_name; /* every image: nothing is downloaded, a read fetches what it needs */
 	if (!rc)
-		rc = os_sync(&c, run, want_images, &iw, err);
+		rc = cbi_objview_start(&c.cfg, c.bucket, c.kp, c.objs, c.nobjs, run, ENDS_BYTES, err);
 	if (rc)
 		rm_files(run, 1);
 	else
@@ -832,6 +805,7 @@ end:
 
 void cbi_objstore_view_end(const char *dir)
 {
+	cbi_objview_end();
 	const char *b = strrchr(dir, '/');
 	if (b && !strncmp(b + 1, "run-", 4))
 		rm_files(dir, 1);
@@ -923,4 +897,96 @@ void cbi_os_subst(char *s, size_t sz, const char *from, const char *to)
 void cbi_os_rm_files(const char *dir, int and_dir)
 {
 	rm_files(dir, and_dir);
+}
+
+/* ----------------------------------------------------- log and rebuild */
+
+static int run_cmp(const void *a, const void *b)
+{
+	const cbi_run *x = a, *y = b;
+	if (x->started_ns != y->started_ns)
+		return x->started_ns < y->started_ns ? -1 : 1;
+	int c = strcmp(x->host, y->host);
+	return c ? c : strcmp(x->job, y->job);
+}
+
+int cbi_objstore_log(const char *url, const char *endpoint, const char *state_dir, const cbi_list_filter *f,
+		     cbi_run **out, size_t *n, cbi_error *err)
+{
+	os_ctx c;
+	*out = NULL;
+	*n = 0;
+	int rc = os_open(&c, url, endpoint, state_dir, err);
+	os_close(&c); /* no request: the runs are local */
+	if (rc)
+		return rc;
+	cbi_list_filter all = { 0 };
+	if (f)
+		all = *f;
+	all.limit = 0;
+	DIR *d = opendir(c.base);
+	if (!d)
+		return 0; /* nothing ever backed up there from here */
+	struct dirent *e;
+	cbi_run *v = NULL;
+	size_t nv = 0;
+	while (!rc && (e = readdir(d))) {
+		if (strncmp(e->d_name, "job-", 4))
+			continue;
+		char dir[4400];
+		snprintf(dir, sizeof dir, "%s/%s", c.base, e->d_name);
+		cbi_run *r = NULL;
+		size_t nr = 0;
+		if ((rc = cbi_log(dir, &all, &r, &nr, err)))
+			break;
+		cbi_run *t = nr ? realloc(v, (nv + nr) * sizeof *v) : v;
+		if (!t) {
+			free(r);
+			rc = cbi_err(err, -ENOMEM, "out of memory");
+			break;
+		}
+		v = t;
+		if (nr)
+			memcpy(v + nv, r, nr * sizeof *r);
+		nv += nr;
+		free(r);
+	}
+	closedir(d);
+	if (rc) {
+		free(v);
+		return rc;
+	}
+	if (nv)
+		qsort(v, nv, sizeof *v, run_cmp);
+	if (f && f->limit && nv > f->limit) {
+		memmove(v, v + nv - f->limit, f->limit * sizeof *v);
+		nv = f->limit;
+	}
+	*out = v;
+	*n = nv;
+	return 0;
+}
+
+int cbi_objstore_rebuild(const char *url, const char *endpoint, const char *state_dir, char *dir, size_t dirsz,
+			 cbi_error *err)
+{
+	os_ctx c;
+	int rc = os_open(&c, url, endpoint, state_dir, err);
+	os_close(&c);
+	if (rc)
+		return rc;
+	char cache[4200];
+	snprintf(cache, sizeof cache, "%s/cache", c.base);
+	rm_files(cache, 0); /* every file fetched again, the catalog made anew */
+	if ((rc = cbi_objstore_view(url, endpoint, state_dir, 0, NULL, dir, dirsz, err)))
+		return rc;
+	return cbi_catalog_rebuild(dir, err);
+}
+
+void cbi_objstore_read_stats(uint64_t *gets, uint64_t *bytes)
+{
+	cbi_s3rd_stats st;
+	cbi_objview_stats(&st);
+	*gets = st.gets;
+	*bytes = st.bytes;
 }

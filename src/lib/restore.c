@@ -20,6 +20,7 @@
 #include "util.h"
 
 #define BATCH_BYTES (4u << 20)   /* blocks a worker takes at a time */
+#define HINT_AHEAD_BYTES (32u << 20) /* records named ahead of the planner on S3 */
 
 /* A resolved point: its chain (the chain reader, chainrd.h, which opens,
  * unlocks and checks it, and opens its images) and the point's index. */
@@ -118,6 +119,9 @@ typedef struct rloop {
 	uint64_t size, n_blocks;
 	uint32_t per_batch;
 	uint64_t next;          /* first block of the next batch */
+	int remote;             /* the images are on S3: name records ahead (hint_ahead) */
+	uint64_t hc;            /* the first block whose record is not named yet */
+	uint64_t hinted, planned; /* bytes of records named, and planned */
 	double last;            /* last progress report */
 } rloop;
 
@@ -139,6 +143,36 @@ static void plan_block(rloop *p, rbatch *s, uint32_t j)
 	/* An image that failed to open fails again at once: the chain reader
 	 * remembers the failure (cbi_chain_image()). */
 	s->prc[j] = locate_block(p->v, i, x, &s->img[j], &s->te[j], &e);
+	if (p->remote && !s->prc[j] && s->img[j]) {
+		uint64_t len = CBI_REC_HDR_SIZE + (uint64_t)s->te[j].stored_len;
+		if (i >= p->hc) { /* not named ahead yet */
+			cbi_sfr_will_need(s->img[j]->f, s->te[j].offset, len);
+			p->hc = i + 1;
+			p->hinted += len;
+		}
+		p->planned += len;
+	}
+}
+
+/* Images on S3 (s3rd.h) fetch the records named ahead, coalesced, in
+ * parallel: name those of the blocks after the planned ones until
+ * HINT_AHEAD_BYTES of records are named beyond them, whatever the
+ * compression ratio (the pool's batches hold only a few MiB of records: too
+ * few GETs under way). Calling thread only, as plan. */
+static void hint_ahead(rloop *p)
+{
+	while (p->hc < p->n_blocks && p->hinted < p->planned + HINT_AHEAD_BYTES) {
+		uint64_t i = p->hc++;
+		cbi_idx_ent x;
+		cbi_image *m = NULL;
+		cbi_tab_ent te;
+		cbi_error e;
+		if (read_entry(p->v, i, &x, &e) || locate_block(p->v, i, &x, &m, &te, &e) || !m)
+			continue; /* a zero block, or a failure that planning reports */
+		uint64_t len = CBI_REC_HDR_SIZE + (uint64_t)te.stored_len;
+		cbi_sfr_will_need(m->f, te.offset, len);
+		p->hinted += len;
+	}
 }
 
 static int plan(void *ud, unsigned slot, cbi_error *err)
@@ -153,6 +187,8 @@ static int plan(void *ud, unsigned slot, cbi_error *err)
 	p->next += s->nblk;
 	for (uint32_t j = 0; j < s->nblk; j++)
 		plan_block(p, s, j);
+	if (p->remote)
+		hint_ahead(p);
 	return 0;
 }
 
@@ -348,6 +384,8 @@ static int restore_blocks(cbi_resolved *v, const cbi_restore_opts *o, cbi_target
 	cbi_pool_dims d;
 	cbi_pool_size(o->threads, p.bs, BATCH_BYTES / p.bs, 2, 2, p.n_blocks, &d);
 	p.per_batch = d.per_item;
+	cbi_image *tipm = NULL; /* an image on S3 (not for changed-only: it reads what differs) */
+	p.remote = !o->changed_only && !get_image(v, h->seq, &tipm, NULL) && tipm->f->ops;
 	p.slots = slots_new(d.nslots, p.per_batch, p.bs);
 	int rc;
 	if (!p.slots) {

@@ -383,6 +383,27 @@ void cbi_sfile_remove(const char *path)
 
 /* ---------------------------------------------------------------- reader */
 
+static cbi_sfr_opener sfr_opener;
+static void *sfr_opener_ud;
+
+void cbi_sfr_set_opener(cbi_sfr_opener fn, void *ud)
+{
+	sfr_opener = fn;
+	sfr_opener_ud = ud;
+}
+
+void cbi_sfr_will_need(const cbi_sfr *r, uint64_t off, uint64_t len)
+{
+	if (r->ops && r->ops->will_need && off <= r->size && len <= r->size - off)
+		r->ops->will_need(r->rh, off, len);
+}
+
+void cbi_sfr_whole(const cbi_sfr *r, int on)
+{
+	if (r->ops && r->ops->whole)
+		r->ops->whole(r->rh, on);
+}
+
 /* At most this many segment files of one reader are open at a time (besides
  * the first): a chain of large split images must not run out of file
  * descriptors, and reads are mostly sequential. */
@@ -511,6 +532,7 @@ static int sfr_open_segments(cbi_sfr *r, int kind, cbi_error *err)
 
 int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err)
 {
+	int rc;
 	cbi_sfr *r = calloc(1, sizeof *r);
 	if (!r)
 		return cbi_err(err, -ENOMEM, "out of memory");
@@ -541,6 +563,10 @@ int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err)
 		cbi_sfr_close(r);
 		return cbi_err(err, e, "unable to open '%s': %s", path, strerror(-e));
 	}
+	if (sfr_opener && (rc = sfr_opener(sfr_opener_ud, r->fd, &st, &r->ops, &r->rh, err)) < 0) {
+		cbi_sfr_close(r);
+		return rc;
+	}
 	r->size = (uint64_t)st.st_size;
 	if (r->size < CBI_HDR_SIZE + CBI_TRL_SIZE) {
 		cbi_err(err, -CBI_ETRUNCATED, "'%s' is truncated (%llu bytes)", path,
@@ -552,13 +578,13 @@ int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err)
 	 * else is read as one file and left to the caller's checks. */
 	uint8_t b[CBI_HDR_SIZE];
 	cbi_hdr h;
-	int rc = cbi_pread_full(r->fd, b, sizeof b, 0);
+	rc = r->ops ? r->ops->pread(r->rh, b, sizeof b, 0) : cbi_pread_full(r->fd, b, sizeof b, 0);
 	if (rc) {
 		cbi_err(err, rc, "unable to read '%s': %s", path, cbi_strerror(rc));
 		cbi_sfr_close(r);
 		return rc;
 	}
-	if (cbi_hdr_decode(b, &h) == 0 && h.segment_mib) {
+	if (!r->ops && cbi_hdr_decode(b, &h) == 0 && h.segment_mib) { /* an object is one file */
 		r->seg_size = (uint64_t)h.segment_mib * CBI_SEG_UNIT;
 		/* A first segment larger than a segment is a joined copy. */
 		if (r->size <= r->seg_size && (rc = sfr_open_segments(r, h.kind, err))) {
@@ -616,6 +642,8 @@ int cbi_sfr_pread(const cbi_sfr *r, void *buf, size_t len, uint64_t off)
 {
 	if (off > r->size || len > r->size - off)
 		return -CBI_ETRUNCATED;
+	if (r->ops)
+		return r->ops->pread(r->rh, buf, len, off);
 	if (!r->segs)
 		return cbi_pread_full(r->fd, buf, len, off);
 	struct sfr_segs *g = r->segs;
@@ -654,6 +682,7 @@ int cbi_sfr_check_digest_mac(const cbi_sfr *r, const uint8_t *mac_key, cbi_progr
 		goto end;
 	}
 	posix_fadvise(r->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+	cbi_sfr_whole(r, 1);
 	uint64_t end = r->size - 32, off = 0;
 	while (off < end) {
 		size_t n = (size_t)CBI_MIN((uint64_t)bsz, end - off);
@@ -671,6 +700,7 @@ int cbi_sfr_check_digest_mac(const cbi_sfr *r, const uint8_t *mac_key, cbi_progr
 	if (cbi_ct_memcmp(want, got, 32))
 		rc = -CBI_EDAMAGED;
 end:
+	cbi_sfr_whole(r, 0);
 	cbi_dg_free(dg);
 	free(buf);
 	return rc;
@@ -680,6 +710,8 @@ void cbi_sfr_close(cbi_sfr *r)
 {
 	if (!r)
 		return;
+	if (r->ops && r->ops->close)
+		r->ops->close(r->rh);
 	if (r->fd >= 0)
 		close(r->fd);
 	struct sfr_segs *g = r->segs;

@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 #include "cbimg.h"
 
@@ -103,6 +104,38 @@ int cbi_sfile_segment_parse(const char *name, size_t *base_len, uint64_t *k);
  * (up to the first one that does not exist). */
 void cbi_sfile_remove(const char *path);
 
+struct cbi_sfr;
+
+/* ---- read back-ends: a file whose bytes are elsewhere ----
+ * A sealed file may be a local stand-in for an object on S3 (objstore.c,
+ * s3rd.h): a regular file of the object's size whose bytes the reader takes
+ * from the object by ranged reads. One opener per process is asked, at each
+ * cbi_sfr_open(), whether the regular file it opened (by device and inode)
+ * is such a stand-in. Local files never see it beyond that question. */
+typedef struct cbi_sfr_ops {
+	/* len bytes at off (within the size) into buf: 0 or a negative code */
+	int (*pread)(void *h, void *buf, size_t len, uint64_t off);
+	/* [off, off+len) will be read soon (a hint: may be ignored) */
+	void (*will_need)(void *h, uint64_t off, uint64_t len);
+	/* a pass over every byte in order starts (on = 1) or ends (0) */
+	void (*whole)(void *h, int on);
+	void (*close)(void *h);
+} cbi_sfr_ops;
+
+/* Called with the opened file's descriptor and stat: 1 with *ops and *h
+ * when it is a stand-in, 0 when it is an ordinary file, or a negative code
+ * (err filled). */
+typedef int (*cbi_sfr_opener)(void *ud, int fd, const struct stat *st, const cbi_sfr_ops **ops, void **h,
+			      cbi_error *err);
+
+/* Install the process's opener (NULL: none); not while readers are open. */
+void cbi_sfr_set_opener(cbi_sfr_opener fn, void *ud);
+
+/* Hints for a reader whose file is a stand-in (no-ops for a local file):
+ * the bytes [off, off+len) will be read soon; a whole pass starts/ends. */
+void cbi_sfr_will_need(const struct cbi_sfr *r, uint64_t off, uint64_t len);
+void cbi_sfr_whole(const struct cbi_sfr *r, int on);
+
 /* ---- reader ---- */
 struct sfr_segs;
 
@@ -113,6 +146,8 @@ typedef struct cbi_sfr {
 	uint32_t nseg;        /* segments found: 1 for an unsplit file */
 	uint64_t seg_size;    /* from the header; 0: one file (or a joined copy) */
 	struct sfr_segs *segs; /* NULL when nseg = 1 */
+	const struct cbi_sfr_ops *ops; /* a stand-in's back-end (NULL: a local file) */
+	void *rh;             /* its handle */
 } cbi_sfr;
 
 /* Open path read-only; fails with -CBI_ETRUNCATED if it is too short to

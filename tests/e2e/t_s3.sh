@@ -15,6 +15,12 @@
 #   - radosgw stopped during a backup: a clean failure; restarted: the next run succeeds
 #   - wrong credentials, a missing bucket, an unreachable endpoint: one line, exit 1
 #   - an encrypted chain: no object holds the source's plaintext
+#   - reads by ranged GET: every point of a 3-point chain restores bit for bit,
+#     the newest reading only the records it needs; verify streams each image;
+#     a byte changed in the bucket: verify and restore exit 3
+#   - log (this machine's runs) and catalog rebuild (from LIST) on S3
+#   - mount of an S3 point (FUSE): disk.img is the source, a file copied out
+#     of its ext4 (loop-mounted) is the original
 #   - prune (s3prune): keep rules, selectors, dry run, other hosts untouched,
 #     only the needed records fetched, an encrypted chain, kill -9 before each
 #     request of its upload and deletes (tests/e2e/reqkill_shim.c)
@@ -365,6 +371,128 @@ check_eq "no object holds the plaintext" "$leak" 0
 expect_exit 0 "$CBIMG" restore --password-file "$T/pass" s3://$B/e latest "$T/pt.back"
 check "the encrypted chain restores bit for bit" cmp -s "$T/pt.back" "$PT"
 
+# ------------------------------------- reads by ranged GET (restore, verify)
+# Three points; the incrementals replace the first 8 MiB of 20: a restore of
+# the newest reads only the records it needs from the full (a trace of every
+# GET: CBIMG_S3_TRACE), nothing is downloaded whole; verify streams every
+# image for its digest; a byte changed in the bucket behind cbimg's back is
+# damage (exit 3) for verify and for a restore that needs it.
+bucket ranged
+RB=$B
+export CBIMG_STATE_DIR=$T/state-ranged
+RS=$T/ranged.img
+head -c $((20 << 20)) /dev/urandom >"$RS"
+truncate -s 32M "$RS"
+expect_exit 0 "$CBIMG" backup -q --job rg "$RS" s3://$RB/p
+cp "$RS" "$T/rg0.img"
+fill_random "$RS" 0 4096
+expect_exit 0 "$CBIMG" backup -q --job rg "$RS" s3://$RB/p
+cp "$RS" "$T/rg1.img"
+fill_random "$RS" 4096 4096
+expect_exit 0 "$CBIMG" backup -q --job rg "$RS" s3://$RB/p
+cp "$RS" "$T/rg2.img"
+# gets_of KEY: bytes the traced GETs fetched of object KEY
+gets_of() { awk -v k="$1" '$1 == "GET" && $2 == k && $5 != "failed" { s += $4 } END { print s + 0 }' "$T/trace"; }
+objsize() { s3curl GET "$RB?list-type=2&prefix=$(printf %s "$1" | sed "s,/,%2F,g")" | grep -o '<Size>[0-9]*</Size>' | head -1 | tr -dc 0-9; }
+for seq in 0 1 2; do
+	IDX=$(keys $RB | grep "_[a-z]*000${seq}_.*\.cbx$")
+	rm -f "$T/trace" "$T/rr.img"
+	expect_exit 0 env CBIMG_S3_TRACE=$T/trace "$CBIMG" restore "s3://$RB/$IDX" "$T/rr.img"
+	check "point seq $seq restores bit for bit through ranged GETs" cmp -s "$T/rr.img" "$T/rg$seq.img"
+done
+FULLI=$(keys $RB | grep 'full0000.*\.cbi$')
+FSIZE=$(objsize "$FULLI")
+got=$(gets_of "$FULLI")
+check_eq "the newest point's restore fetched only the full's records it needs ($got of $FSIZE bytes, < 3/4)" \
+	"$([ "$got" -gt 0 ] && [ $((got * 4)) -lt $((FSIZE * 3)) ] && echo y)" y
+check_eq "... by ranged GETs of at most 4 MiB (none of the whole image)" \
+	"$(awk '$1 == "GET" && $4 > 4194304' "$T/trace" | wc -l)" 0
+check_eq "... with nothing downloaded to the state directory (no file holds over 1 MiB)" \
+	"$(find "$CBIMG_STATE_DIR" -type f -printf '%b\n' | awk '$1 * 512 > 1048576' | wc -l)" 0
+rm -f "$T/trace"
+expect_exit 0 env CBIMG_S3_TRACE=$T/trace "$CBIMG" verify s3://$RB/p
+short=0
+for k in $(keys $RB | grep '\.cbi$'); do
+	[ "$(gets_of "$k")" -ge "$(objsize "$k")" ] || short=$((short + 1))
+done
+check_eq "verify streamed every image whole from the bucket (its digest covers every byte)" "$short" 0
+# a byte in the middle of the full's image (a record the newest point needs), changed in the bucket
+s3curl GET "$RB/$FULLI" >"$T/full.cbi"
+flip_byte "$T/full.cbi" $((FSIZE * 3 / 4))
+curl -s -f --aws-sigv4 "aws:amz:default:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+	-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T "$T/full.cbi" "$S3_ENDPOINT/$RB/$FULLI" -o /dev/null ||
+	die "PUT of the damaged image"
+expect_exit 3 "$CBIMG" verify s3://$RB/p
+check_grep "verify names the damaged image's digest" "DAMAGED .*$(basename "$FULLI").*(digest|SHA-256)"
+check_grep "... and its damaged block" "DAMAGED .*$(basename "$FULLI"): block [0-9]+"
+expect_exit 3 "$CBIMG" restore s3://$RB/p latest "$T/rr2.img"
+check_eq "restore of a point that needs the damaged record: exit 3" "$RC" 3
+check_eq "no run directory left in the state" "$(ls -d "$CBIMG_STATE_DIR"/s3/*/run-* 2>/dev/null | wc -l)" 0
+
+# ------------------------------------------------- log and catalog rebuild
+expect_exit 0 "$CBIMG" log --json s3://$RB/p
+check_eq "log shows this machine's three runs into the prefix" "$(jout '[.[] | .result] | join(",")')" "ok,ok,ok"
+expect_exit 0 "$CBIMG" log --limit 1 --json s3://$RB/p
+check_eq "log --limit 1: the newest run" "$(jout '.[0].file')" "$(basename "$(keys $RB | grep '_incr0002_.*\.cbi$')")"
+expect_exit 0 "$CBIMG" log s3://$RB/p
+check_grep "the table names the run's image" "incr0002_.*\.cbi"
+expect_exit 0 env CBIMG_STATE_DIR=$T/state-other "$CBIMG" log s3://$RB/p
+check_grep "another state directory has no runs there" "no runs recorded in 's3://$RB/p'"
+nkeys=$(keys $RB | wc -l)
+CACHE=$(echo "$CBIMG_STATE_DIR"/s3/*/cache)
+rm -f "$CACHE"/*.cbx
+echo garbage >"$CACHE/cbimg-catalog.sqlite"
+expect_exit 0 "$CBIMG" catalog rebuild --json s3://$RB/p
+check_eq "catalog rebuild from LIST: 3 points" "$(jout .points)" 3
+check_eq "... named by the bucket" "$(jout .dest)" "s3://$RB/p"
+check_eq "... nothing written to the bucket" "$(keys $RB | wc -l)" "$nkeys"
+check "... the cache's catalog is a database again" sh -c "head -c 15 '$CACHE/cbimg-catalog.sqlite' | grep -q 'SQLite format'"
+expect_exit 0 "$CBIMG" list --json s3://$RB/p
+check_eq "list after the rebuild: 3 points" "$(jout length)" 3
+
+# --------------------------------------------------------- mount on S3
+if ! is_root || [ ! -c /dev/fuse ]; then
+	skip_part "not root or no /dev/fuse: mount on S3 not tested"
+elif ! command -v mkfs.ext4 >/dev/null 2>&1; then
+	skip_part "mkfs.ext4 missing: mount on S3 not tested"
+else
+	bucket mnt
+	export CBIMG_STATE_DIR=$T/state-mnt
+	mkdir -p "$T/tree/docs"
+	head -c $((3 << 20)) /dev/urandom >"$T/tree/docs/report.bin"
+	echo "hello from S3" >"$T/tree/hello.txt"
+	mkfs.ext4 -q -F -d "$T/tree" "$T/ext.img" 32M >"$T/mkfs.out" 2>&1 || die "mkfs.ext4: $(cat "$T/mkfs.out")"
+	expect_exit 0 "$CBIMG" backup -q --job m "$T/ext.img" s3://$B/m
+	MI=$(keys $B | grep '\.cbx$')
+	MNT=$T/s3mnt
+	mkdir -p "$MNT" "$T/lm"
+	s3read_umount() {
+		mountpoint -q "$T/lm" 2>/dev/null && umount "$T/lm"
+		grep -q " $MNT fuse.cbimg " /proc/self/mounts 2>/dev/null &&
+			{ "$CBIMG" umount "$MNT" >/dev/null 2>&1 || umount -l "$MNT"; }
+	}
+	if declare -f s3_cleanup >/dev/null; then
+		trap 's3read_umount; s3_cleanup' EXIT
+	else
+		trap 's3read_umount; cleanup' EXIT
+	fi
+	rm -f "$T/trace"
+	expect_exit 0 env CBIMG_S3_TRACE=$T/trace "$CBIMG" mount "s3://$B/$MI" "$MNT"
+	check_eq "mount of an S3 point: disk.img is the source, byte for byte" "$(sha256 "$MNT/disk.img")" \
+		"$(sha256 "$T/ext.img")"
+	if losetup -f >/dev/null 2>&1 && mount -o ro,loop "$MNT/disk.img" "$T/lm" 2>"$T/mount.err"; then
+		check "a file copied out of the mounted ext4 is the original" cmp -s "$T/lm/docs/report.bin" \
+			"$T/tree/docs/report.bin"
+		check_eq "... and a small one" "$(cat "$T/lm/hello.txt")" "hello from S3"
+		umount "$T/lm"
+	else
+		skip_part "no loop device: the mounted ext4 is not loop-mounted ($(cat "$T/mount.err" 2>/dev/null))"
+	fi
+	expect_exit 0 "$CBIMG" umount "$MNT"
+	check_eq "the mount read by ranged GETs of at most 4 MiB" \
+		"$([ "$(grep -c '^GET ' "$T/trace")" -gt 0 ] && awk '$1 == "GET" && $4 > 4194304' "$T/trace" | wc -l)" 0
+	check_eq "no run directory left after umount" "$(ls -d "$CBIMG_STATE_DIR"/s3/*/run-* 2>/dev/null | wc -l)" 0
+fi
 
 # ------------------------------------------------- prune on S3 (s3prune)
 # A chain of four points of host pc1 and two of host pc2 under one prefix;
