@@ -83,6 +83,10 @@ expect_exit 1 "$CBIMG" backup -q --state-dir "$M/state" --snapshot freeze "$L" "
 check_grep "the state directory on it: refused" "it holds the state directory"
 check "the file system is writable after the refusals" timeout 5 touch "$M/after-refusal"
 
+# kids PID: its child processes (the guardian), without procps (a fresh
+# machine has no pgrep); under load cbimg may take seconds to get there
+kids() { cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -v '^$'; }
+
 # --- kill -9 while frozen: the guardian thaws within a second. cbimg is
 # held frozen by a full pipe on its stdout (--json-progress blocks).
 mkfifo "$T/fifo"
@@ -94,9 +98,9 @@ dd if=/dev/zero of="$T/fifo" bs=4096 count=64 oflag=nonblock status=none 2>/dev/
 pid=$!
 BGPIDS+=("$pid")
 mkdir -p "$T/dk"
-for _ in $(seq 50); do pgrep -P "$pid" >/dev/null && break; sleep 0.1; done
-sleep 0.5
-g=$(pgrep -P "$pid" | head -1)
+for _ in $(seq 300); do [ -n "$(kids "$pid")" ] && break; sleep 0.1; done
+sleep 1 # the freeze follows the guardian's start
+g=$(kids "$pid" | head -1)
 check "the guardian runs while frozen" test -n "$g"
 check "the guardian holds no descriptor of cbimg's above 1024 (fd 1500 closed)" \
 	test ! -e "/proc/${g:-0}/fd/1500"
@@ -126,7 +130,7 @@ mkdir -p "$T/dto"
 	>"$T/fifo" 2>"$T/to.err" &
 pid=$!
 BGPIDS+=("$pid")
-for _ in $(seq 100); do pgrep -P "$pid" >/dev/null && break; sleep 0.05; done # the guardian
+for _ in $(seq 600); do [ -n "$(kids "$pid")" ] && break; sleep 0.05; done # the guardian
 sleep 0.2 # the freeze follows it at once; the guardian thaws 1 s after its start
 t0=$(date +%s%N)
 (echo y >"$M/probe2" && date +%s%N >"$T/probe2.done") &
