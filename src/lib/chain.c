@@ -48,6 +48,7 @@ void cbi_point_from_index(cbi_point *p, const cbi_index *x)
 	p->stored_blocks = x->trl.stored_blocks;
 	p->stored_bytes = x->trl.image_size;
 	p->index_bytes = x->trl.file_size;
+	p->index_version = x->hdr.version;
 	p->bad_bytes = x->bad.bytes;
 	p->bad_ranges = x->bad.n;
 	cbi_strlcpy(p->index_file, x->f->path, sizeof p->index_file);
