@@ -141,6 +141,30 @@ static void plan_block(rloop *p, rbatch *s, uint32_t j)
 	s->prc[j] = locate_block(p->v, i, x, &s->img[j], &s->te[j], &e);
 }
 
+/* Ask the kernel for the batch's records now, one range per run of
+ * records that lie end to end in one image: a worker's preads then find
+ * them read, and the reads of a point deep in its chain, spread over many
+ * images, reach the device together instead of one at a time (bench/README.md,
+ * "Read-ahead of a batch's records"). */
+static void willneed(const rbatch *s)
+{
+	const cbi_image *m = NULL;
+	uint64_t lo = 0, hi = 0;
+	for (uint32_t j = 0; j <= s->nblk; j++) {
+		const cbi_image *mj = j < s->nblk && !s->prc[j] && s->act[j] == A_DATA ? s->img[j] : NULL;
+		uint64_t o = mj ? s->te[j].offset : 0, e = mj ? o + CBI_REC_HDR_SIZE + s->te[j].stored_len : 0;
+		if (mj && mj == m && o == hi) {
+			hi = e;
+			continue;
+		}
+		if (m)
+			cbi_sfr_willneed(m->f, lo, hi - lo);
+		m = mj;
+		lo = o;
+		hi = e;
+	}
+}
+
 static int plan(void *ud, unsigned slot, cbi_error *err)
 {
 	rloop *p = ud;
@@ -153,6 +177,7 @@ static int plan(void *ud, unsigned slot, cbi_error *err)
 	p->next += s->nblk;
 	for (uint32_t j = 0; j < s->nblk; j++)
 		plan_block(p, s, j);
+	willneed(s);
 	return 0;
 }
 

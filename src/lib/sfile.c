@@ -580,6 +580,12 @@ static int sfr_seg_fd(const cbi_sfr *r, uint32_t k, int *fd)
 	return 0;
 }
 
+void cbi_sfr_willneed(const cbi_sfr *r, uint64_t off, uint64_t len)
+{
+	if (!r->segs && off <= r->size && len <= r->size - off)
+		(void)posix_fadvise(r->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
+}
+
 int cbi_sfr_pread(const cbi_sfr *r, void *buf, size_t len, uint64_t off)
 {
 	if (off > r->size || len > r->size - off)

@@ -115,6 +115,11 @@ int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err) CBI_WUR;
  * beyond the end, or -errno. */
 int cbi_sfr_pread(const cbi_sfr *r, void *buf, size_t len, uint64_t off) CBI_WUR;
 
+/* A hint that [off, off + len) will be read soon (posix_fadvise WILLNEED:
+ * the kernel starts reading it now). A file of one segment only; nothing
+ * is returned or promised. */
+void cbi_sfr_willneed(const cbi_sfr *r, uint64_t off, uint64_t len);
+
 /* Recompute the SHA-256 over the logical bytes [0, size-32) and compare
  * with the last 32. Returns 0, -CBI_EDAMAGED on mismatch (the digest cannot
  * tell where, nor in which segment), -ECANCELED when fn asked to stop, or
