@@ -93,9 +93,17 @@ done
 BSF=${BLOCKSYNC_FAST:-$(command -v blocksync-fast || true)}
 if [ -n "$peers" ] && [[ " $peers " != *" blocksync-fast "* ]]; then
 	skipped+=(blocksync-fast)
-elif [ -z "$BSF" ] || [ ! -x "$BSF" ]; then
+elif [ -z "$BSF" ]; then
 	echo "SKIP: blocksync-fast: not packaged in Debian and not found; set BLOCKSYNC_FAST to a binary built from its source (bench/README.md) - its rows are left out" >&2
 	skipped+=(blocksync-fast)
+elif [ ! -f "$BSF" ] || [ ! -x "$BSF" ]; then
+	echo "SKIP: blocksync-fast: BLOCKSYNC_FAST=$BSF is not an executable file - its rows are left out" >&2
+	skipped+=(blocksync-fast)
+elif ! "$BSF" --version >/dev/null 2>&1; then
+	echo "SKIP: blocksync-fast: $BSF --version fails ($("$BSF" --version 2>&1 | head -n 1 | cut -c1-80)) - its rows are left out" >&2
+	skipped+=(blocksync-fast)
+else
+	BSF_VERSION=$("$BSF" --version 2>&1 | head -n 1 | cut -d, -f1)
 fi
 
 # --- scratch directory, ours only
@@ -414,6 +422,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 	elif [ "$warm" = 1 ]; then echo "page cache kept warm (--warm): sources read from memory"
 	else echo "page cache NOT dropped (not root): reads may come from the cache"; fi
 	echo "CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1); storage of $W: $(df --output=source "$W" | tail -n 1)"
+	if ok blocksync-fast; then echo "blocksync-fast: $BSF ($BSF_VERSION)"; fi
 	echo
 	awk -F'\t' '
 	function ref(ph) { return ph == "scale full" ? "full" : ph ~ /incremental$/ ? "incremental" : ph }

@@ -132,6 +132,10 @@ typedef struct cbi_point {
 	uint64_t stored_blocks;   /* blocks whose data this point's image holds */
 	uint64_t stored_bytes;    /* size of the image file */
 	uint64_t index_bytes;     /* size of the index file */
+	uint32_t index_version;   /* format version of the index file: 3 when its entries
+	                           * are runs (format/SPEC.md "Run-length index"), else
+	                           * 1 or 2; filled by cbi_point_info() only (0 elsewhere,
+	                           * and when no index was found beside an image) */
 	uint64_t segment_size;    /* the files are stored as segments NAME, NAME.001, ...
 	                           * of this many bytes (format/SPEC.md, "Segments");
 	                           * 0: each file is one file. Sizes above are the

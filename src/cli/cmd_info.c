@@ -131,6 +131,11 @@ static void json_point(struct json *j, const char *key, const cbi_point *p, int 
 	json_u64(j, "stored_blocks", p->stored_blocks);
 	json_u64(j, "stored_bytes", p->stored_bytes);
 	json_u64(j, "index_bytes", p->index_bytes);
+	/* info only: the catalog that list reads has no such column */
+	if (schema && !listed && p->index_version) {
+		json_u64(j, "index_version", p->index_version);
+		json_bool(j, "index_runs", p->index_version == 3);
+	}
 	json_u64(j, "segment_size", p->segment_size);
 	json_bool(j, "encrypted", p->encrypted);
 	json_bool(j, "used_only", p->used_only);
@@ -218,6 +223,12 @@ static void print_point(const cbi_point *p)
 	kv("stored_blocks", "%" PRIu64, p->stored_blocks);
 	kv_size("stored_bytes", p->stored_bytes);
 	kv_size("index_bytes", p->index_bytes);
+	if (p->index_version == 3)
+		kv("index", "runs (version 3: a run of zero blocks is one entry)");
+	else if (p->index_version)
+		kv("index", "fixed (version %" PRIu32 ": one entry per block)", p->index_version);
+	else
+		kv("index", "- (no index file read)");
 	if (p->segment_size) {
 		/* exact MiB: 4095 MiB must not read as "4.0 GiB" */
 		uint64_t si = (p->stored_bytes + p->segment_size - 1) / p->segment_size;

@@ -70,6 +70,20 @@ static void header_only(const char *path, cbi_point *p, int *kind)
 	close(fd);
 }
 
+uint32_t cbi_point_index_version(const char *index_path)
+{
+	uint8_t b[CBI_HDR_SIZE];
+	cbi_hdr h;
+	uint32_t v = 0;
+	int fd = cbi_open_regular(index_path, 0, NULL);
+	if (fd < 0)
+		return 0;
+	if (!cbi_pread_full(fd, b, sizeof b, 0) && !cbi_hdr_decode(b, &h) && h.kind == CBI_KIND_INDEX)
+		v = h.version;
+	close(fd);
+	return v;
+}
+
 int cbi_point_read(const char *path, cbi_point *p, int *kind, uint32_t *nseg, cbi_error *err)
 {
 	uint8_t b[CBI_HDR_SIZE];

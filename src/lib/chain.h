@@ -20,6 +20,12 @@ int cbi_point_read_file(const char *path, cbi_point *p, int *kind, cbi_error *er
  * file it is. */
 int cbi_point_read(const char *path, cbi_point *p, int *kind, uint32_t *nseg, cbi_error *err) CBI_WUR;
 
+/* The format version in the header of the index file index_path (3: an
+ * index of runs), or 0 when it cannot be read or is not an index header.
+ * Not part of what a scan or the catalog gives (cbi_point.index_version
+ * stays 0 there): cbi_point_info() alone fills it. */
+uint32_t cbi_point_index_version(const char *index_path);
+
 /* What an open index says, into p (its index_file is the index's path). */
 void cbi_point_from_index(cbi_point *p, const cbi_index *x);
 

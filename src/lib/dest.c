@@ -268,5 +268,7 @@ int cbi_point_info(const char *file, cbi_point *out, cbi_error *err)
 		}
 	}
 	free(pts);
+	if (out->index_file[0])
+		out->index_version = cbi_point_index_version(out->index_file);
 	return 0;
 }

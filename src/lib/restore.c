@@ -175,6 +175,30 @@ static void hint_ahead(rloop *p)
 	}
 }
 
+/* Ask the kernel for the batch's records now, one range per run of
+ * records that lie end to end in one image: a worker's preads then find
+ * them read, and the reads of a point deep in its chain, spread over many
+ * images, reach the device together instead of one at a time (bench/README.md,
+ * "Read-ahead of a batch's records"). */
+static void willneed(const rbatch *s)
+{
+	const cbi_image *m = NULL;
+	uint64_t lo = 0, hi = 0;
+	for (uint32_t j = 0; j <= s->nblk; j++) {
+		const cbi_image *mj = j < s->nblk && !s->prc[j] && s->act[j] == A_DATA ? s->img[j] : NULL;
+		uint64_t o = mj ? s->te[j].offset : 0, e = mj ? o + CBI_REC_HDR_SIZE + s->te[j].stored_len : 0;
+		if (mj && mj == m && o == hi) {
+			hi = e;
+			continue;
+		}
+		if (m)
+			cbi_sfr_will_need(m->f, lo, hi - lo);
+		m = mj;
+		lo = o;
+		hi = e;
+	}
+}
+
 static int plan(void *ud, unsigned slot, cbi_error *err)
 {
 	rloop *p = ud;
@@ -188,7 +212,9 @@ static int plan(void *ud, unsigned slot, cbi_error *err)
 	for (uint32_t j = 0; j < s->nblk; j++)
 		plan_block(p, s, j);
 	if (p->remote)
-		hint_ahead(p);
+		hint_ahead(p); /* S3: ranged GETs named ahead, coalesced */
+	else
+		willneed(s);
 	return 0;
 }
 

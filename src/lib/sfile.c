@@ -394,8 +394,14 @@ void cbi_sfr_set_opener(cbi_sfr_opener fn, void *ud)
 
 void cbi_sfr_will_need(const cbi_sfr *r, uint64_t off, uint64_t len)
 {
-	if (r->ops && r->ops->will_need && off <= r->size && len <= r->size - off)
-		r->ops->will_need(r->rh, off, len);
+	if (off > r->size || len > r->size - off)
+		return;
+	if (r->ops) {
+		if (r->ops->will_need)
+			r->ops->will_need(r->rh, off, len);
+	} else if (!r->segs) {
+		(void)posix_fadvise(r->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
+	}
 }
 
 void cbi_sfr_whole(const cbi_sfr *r, int on)

@@ -131,8 +131,10 @@ typedef int (*cbi_sfr_opener)(void *ud, int fd, const struct stat *st, const cbi
 /* Install the process's opener (NULL: none); not while readers are open. */
 void cbi_sfr_set_opener(cbi_sfr_opener fn, void *ud);
 
-/* Hints for a reader whose file is a stand-in (no-ops for a local file):
- * the bytes [off, off+len) will be read soon; a whole pass starts/ends. */
+/* Hints: the bytes [off, off+len) will be read soon (a stand-in's back-end
+ * fetches them; a local file of one segment gets posix_fadvise WILLNEED:
+ * the kernel starts reading it now; nothing is returned or promised); a
+ * whole pass starts/ends (stand-ins only). */
 void cbi_sfr_will_need(const struct cbi_sfr *r, uint64_t off, uint64_t len);
 void cbi_sfr_whole(const struct cbi_sfr *r, int on);
 
@@ -163,6 +165,7 @@ int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err) CBI_WUR;
 /* Read len bytes at logical offset off, across segments. 0, -CBI_ETRUNCATED
  * beyond the end, or -errno. */
 int cbi_sfr_pread(const cbi_sfr *r, void *buf, size_t len, uint64_t off) CBI_WUR;
+
 
 /* Recompute the SHA-256 over the logical bytes [0, size-32) and compare
  * with the last 32. Returns 0, -CBI_EDAMAGED on mismatch (the digest cannot

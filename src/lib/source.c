@@ -12,12 +12,46 @@
 #include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "badmap.h"
 #include "mounts.h"
 #include "util.h"
+
+/* cachestat(2) (Linux 6.5; the same number on every architecture since
+ * 424): how much of a file the page cache holds. Declared here, as the C
+ * library and kernel headers of older systems lack it. */
+#define CBI_SYS_CACHESTAT 451
+struct cbi_cachestat_range {
+	uint64_t off, len;
+};
+struct cbi_cachestat {
+	uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+
+/* A raw image file of which the page cache holds less than half the data
+ * is read with O_DIRECT, as a device is: no copy through the page cache
+ * (most of a cold backup's CPU) and the live system's cache is left alone
+ * (measured: bench/README.md, "O_DIRECT for image files not in the page
+ * cache"). A file mostly in the cache (a VM image in use) stays buffered,
+ * as direct reads would go to the disk; so does any file when cachestat(2)
+ * or O_DIRECT is not available. A direct read the file system refuses
+ * (EINVAL: the unaligned tail) goes on buffered (drop_direct). */
+static void direct_if_cold(cbi_source *s, const struct stat *st)
+{
+	struct cbi_cachestat_range r = { 0, 0 }; /* len 0: to the end */
+	struct cbi_cachestat cs;
+	uint64_t data = (uint64_t)st->st_blocks * 512u;
+	long page = sysconf(_SC_PAGESIZE);
+	if (!data || page <= 0 || syscall(CBI_SYS_CACHESTAT, s->fd, &r, &cs, 0) != 0 ||
+	    cs.nr_cache * (uint64_t)page >= data / 2)
+		return;
+	int fl = fcntl(s->fd, F_GETFL);
+	if (fl >= 0 && fcntl(s->fd, F_SETFL, fl | O_DIRECT) == 0)
+		s->direct = 1;
+}
 
 int cbi_source_open(const char *path, cbi_source **out, cbi_error *err)
 {
@@ -83,6 +117,7 @@ int cbi_source_open(const char *path, cbi_source **out, cbi_error *err)
 		off_t d = lseek(s->fd, 0, SEEK_DATA);
 		s->holes = !(d < 0 && errno == EINVAL);
 		posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+		direct_if_cold(s, &fs);
 	}
 	if (s->size == 0) {
 		cbi_source_close(s);

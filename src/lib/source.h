@@ -1,6 +1,7 @@
 /* source.h - reading the disk to back up: block devices (O_DIRECT, so a
  * backup does not evict the live system's page cache) and raw image files
- * (holes found with SEEK_DATA/SEEK_HOLE are never read). */
+ * (holes found with SEEK_DATA/SEEK_HOLE are never read; O_DIRECT too when
+ * the page cache holds less than half of the file). */
 #ifndef CBI_SOURCE_H
 #define CBI_SOURCE_H
 
@@ -13,7 +14,7 @@
 typedef struct cbi_source {
 	int fd;
 	int is_dev;
-	int direct;           /* opened with O_DIRECT */
+	int direct;           /* read with O_DIRECT (a device, or a file not in the cache) */
 	int holes;            /* SEEK_DATA works on this file */
 	uint64_t size;
 	dev_t rdev;

@@ -3,7 +3,8 @@
 # a 512 MiB sparse file of 4 KiB blocks (131072 blocks) holding 3 MiB of data
 # in three places, a full and an incremental; both indexes are version 3 and
 # a few KiB (not 3 MiB); verify,
-# restore of each point (byte for byte), --changed-only, info; a source of
+# restore of each point (byte for byte), --changed-only, info (and whether
+# it says the index is one of runs, text and JSON); a source of
 # fewer than 65536 blocks still gets a fixed index (version 1) that the
 # committed vectors' older files sit beside; the older vectors (version 1,
 # valid/chain1) still verify and restore with this build.
@@ -49,6 +50,15 @@ check_eq "changed-only restore of the full onto the incremental's state" "$(sha2
 rm -f "$T/r0.img" "$T/r1.img"
 expect_exit 0 "$CBIMG" info "$X1"
 check_grep "info: zero blocks counted as blocks, not items" "zero_blocks: *130304"
+check_grep "info: the index is one of runs" "^index: +runs \\(version 3"
+expect_exit 0 "$CBIMG" info --json "$X1"
+check_eq "info --json: index_version 3" "$(jq -r .index_version "$T/stdout")" 3
+check_eq "info --json: index_runs true" "$(jq -r .index_runs "$T/stdout")" true
+I1=$(ls "$D"/*_incr0001_*.cbi)
+expect_exit 0 "$CBIMG" info "$I1"
+check_grep "info of the image: the index's kind, from the index beside it" "^index: +runs \\(version 3"
+expect_exit 0 "$CBIMG" list --json "$D"
+check_eq "list --json: no index_version (the catalog does not keep it)" "$(jq -r '.[0] | has("index_version")' "$T/stdout")" false
 
 # a damaged run: verify reports it (exit 3)
 cp -a "$D" "$T/bad"
@@ -66,6 +76,16 @@ expect_exit 0 "$CBIMG" backup -q --job s "$T/small.img" "$T/ds"
 XS=$(ls "$T/ds"/*_full0000_*.cbx)
 check_eq "small source: index version 1" "$(od -An -t u4 -j 8 -N 4 "$XS" | tr -d ' ')" 1
 check_eq "small source: 640 + 24 x 256 bytes" "$(filesize "$XS")" $((640 + 24 * 256))
+expect_exit 0 "$CBIMG" info "$XS"
+check_grep "info: a fixed index" "^index: +fixed \\(version 1: one entry per block\\)"
+expect_exit 0 "$CBIMG" info --json "$XS"
+check_eq "info --json: index_runs false" "$(jq -r '"\(.index_version) \(.index_runs)"' "$T/stdout")" "1 false"
+mv "$XS" "$T/xs.moved"
+expect_exit 0 "$CBIMG" info "$(ls "$T/ds"/*_full0000_*.cbi)"
+check_grep "info of an image without its index: the index's kind unknown" "^index: +- \\(no index file read\\)"
+expect_exit 0 "$CBIMG" info --json "$(ls "$T/ds"/*_full0000_*.cbi)"
+check_eq "info --json of that image: no index_version" "$(jq -r 'has("index_version")' "$T/stdout")" false
+mv "$T/xs.moved" "$XS"
 
 # older files stay readable: the committed version-1 vectors
 V=$(dirname "$0")/../../format/vectors/valid/chain1
