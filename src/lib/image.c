@@ -45,6 +45,11 @@ int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_h
 	return 0;
 }
 
+int cbi_image_writer_hash_async(cbi_image_writer *w)
+{
+	return cbi_sfw_hash_async(w->f);
+}
+
 int cbi_image_writer_add(cbi_image_writer *w, uint64_t block, uint32_t flags, uint32_t raw_len,
 			 const uint8_t hash[16], const void *payload, uint32_t stored_len)
 {

@@ -48,6 +48,14 @@ int cbi_sfw_create_split(const char *final_path, const char *tag, uint64_t seg_s
  * write; 0, -EINVAL after it, or -EIO. */
 int cbi_sfw_set_mac(cbi_sfw *w, const uint8_t key[32]) CBI_WUR;
 
+/* Compute the digest on a thread of its own (dgpipe.h) from now on: each
+ * buffer is hashed while this thread writes it out and fills the next; the
+ * file written is the same. Any time before cbi_sfw_seal(), once; after
+ * cbi_sfw_set_mac(). For a writer that copies more than it computes (a
+ * merged image). 0, or -ENOMEM or a thread's error (the writer then goes
+ * on hashing in the caller's thread: nothing is lost). */
+int cbi_sfw_hash_async(cbi_sfw *w) CBI_WUR;
+
 /* Append len bytes (buffered). 0 or -errno (-ENOSPC when full). */
 int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len) CBI_WUR;
 
