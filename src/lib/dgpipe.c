@@ -22,14 +22,14 @@ struct cbi_dgpipe {
 	cbi_dgpipe_fn fn;
 	void *ud;
 	size_t nbuf, bufsz;
-	uint8_t **bufs;         /* every buffer, for the check in put and for free */
-	uint8_t **freel;        /* free buffers: a stack */
+	uint8_t **bufs;  /* every buffer, for the check in put and for free */
+	uint8_t **freel; /* free buffers: a stack */
 	size_t nfree;
-	dg_job *q;              /* handed-over ranges: a ring of nbuf */
+	dg_job *q; /* handed-over ranges: a ring of nbuf */
 	size_t qhead, qlen;
-	int busy;               /* the thread is consuming a range */
+	int busy; /* the thread is consuming a range */
 	int stop;
-	int err;                /* the first error of fn, then nothing more is consumed */
+	int err; /* the first error of fn, then nothing more is consumed */
 };
 
 static void *dg_main(void *arg)

@@ -45,8 +45,9 @@ int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_h
 	return 0;
 }
 
-int cbi_image_writer_hash_async(cbi_image_writer *w)
+int cbi_image_writer_copy_mode(cbi_image_writer *w)
 {
+	cbi_sfw_write_behind(w->f);
 	return cbi_sfw_hash_async(w->f);
 }
 

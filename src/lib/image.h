@@ -18,10 +18,12 @@ typedef struct cbi_image_writer cbi_image_writer;
  * else NULL. */
 int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_hdr *h, const cbi_keys *keys,
 			    cbi_image_writer **out, cbi_error *err) CBI_WUR;
-/* Hash the file on a thread of its own (cbi_sfw_hash_async()): for a
- * writer that copies records rather than computing them. 0, or an error
- * after which the writer still works, hashing in the caller's thread. */
-int cbi_image_writer_hash_async(cbi_image_writer *w) CBI_WUR;
+/* For a writer that copies records rather than computing them (a merged
+ * image): the file's digest on a thread of its own (cbi_sfw_hash_async())
+ * and its write-out started as it goes (cbi_sfw_write_behind()). 0, or the
+ * error of the first, after which the writer still works, hashing in the
+ * caller's thread. */
+int cbi_image_writer_copy_mode(cbi_image_writer *w) CBI_WUR;
 /* Append one record. payload is stored_len bytes (zstd frame if flags has
  * CBI_REC_ZSTD, else raw; with CBI_REC_AEAD, that sealed: ciphertext ||
  * tag, as cbi_image_seal_record() makes it). */

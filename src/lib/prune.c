@@ -509,9 +509,10 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 	}
 	if ((rc = cbi_image_writer_create(newpath, c->tag, &h, keys, &w, err)))
 		goto end;
-	/* the records are copied, not computed: the file's digest is most of
-	 * the CPU, so it runs beside the copy (bench/RESULTS.md, prune) */
-	if (cbi_image_writer_hash_async(w)) {
+	/* the records are copied, not computed: the file's digest (most of the
+	 * CPU) runs beside the copy, and the write-out overlaps it instead of
+	 * following it in the last fsync (bench/RESULTS.md, prune) */
+	if (cbi_image_writer_copy_mode(w)) {
 		/* no thread: hashed in this one, as before */
 	}
 	uint64_t nrec = 0;

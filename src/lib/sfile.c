@@ -27,6 +27,7 @@ struct cbi_sfw {
 	uint8_t *buf;
 	cbi_dg *dg;         /* SHA-256, or HMAC-SHA256 in an encrypted chain */
 	cbi_dgpipe *pipe;   /* non-NULL: dg is fed on the pipe's thread, buf is one of its buffers */
+	int behind;         /* start writeback of each buffer once written (cbi_sfw_write_behind) */
 	uint64_t seg;       /* segment size; 0: one file */
 	uint32_t cur;       /* segment that fd belongs to */
 	uint32_t nseg;      /* segments created (0 until the first exists) */
@@ -223,6 +224,8 @@ static int sfw_pwrite(cbi_sfw *w, const uint8_t *p, size_t left, uint64_t pos)
 		int rc = cbi_pwrite_full(w->fd, p, n, at);
 		if (rc)
 			return rc;
+		if (w->behind) /* advisory: the fsync of seal reports what fails */
+			(void)sync_file_range(w->fd, (off_t)at, (off_t)n, SYNC_FILE_RANGE_WRITE);
 		p += n;
 		left -= n;
 		pos += n;
@@ -277,6 +280,11 @@ int cbi_sfw_hash_async(cbi_sfw *w)
 	free(w->buf);
 	w->buf = b;
 	return 0;
+}
+
+void cbi_sfw_write_behind(cbi_sfw *w)
+{
+	w->behind = 1;
 }
 
 int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len)

@@ -56,6 +56,12 @@ int cbi_sfw_set_mac(cbi_sfw *w, const uint8_t key[32]) CBI_WUR;
  * on hashing in the caller's thread: nothing is lost). */
 int cbi_sfw_hash_async(cbi_sfw *w) CBI_WUR;
 
+/* Start writing each buffer back to the disk as soon as it is written
+ * (sync_file_range(SYNC_FILE_RANGE_WRITE), advisory), so that the fsync of
+ * cbi_sfw_seal() finds little left to write: the write-out of a large file
+ * overlaps its making instead of following it (bench/RESULTS.md, prune). */
+void cbi_sfw_write_behind(cbi_sfw *w);
+
 /* Append len bytes (buffered). 0 or -errno (-ENOSPC when full). */
 int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len) CBI_WUR;
 
