@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/prune.sh [--size MIB] [--percent P] [--repeat N] [--work DIR]
+# bench/prune.sh [--size MIB] [--percent P] [--repeat N] [--work DIR] [--reuse]
 # What a prune costs against cp of the bytes involved (issue 11, "Speed"):
 #   fold  - 5 incrementals folded into the next kept point (a full, i1..i6;
 #           --keep-monthly 2 keeps the full and i6, made in two months with
@@ -13,23 +13,33 @@
 # the medians. CPU seconds (user + system) are reported beside the wall
 # times: a loaded machine stretches them less. cp is `cp A B && sync B` (cbimg syncs what it writes; cp
 # without a sync would only fill the page cache). The source disk is moved
-# away before the prunes: they never read it.
+# away before the prunes: they never read it. --reuse keeps DIR at the end
+# and, when it holds a chain made with the same --size and --percent, times
+# on it without making it again (to compare two builds on the same chain).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 CBIMG=${CBIMG:-$here/../build/cbimg}
-size=4096 percent=3 repeat=3 work=/tmp/cbimg-prune-bench
+size=4096 percent=3 repeat=3 work=/tmp/cbimg-prune-bench reuse=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	--size) size=$2; shift 2 ;;
 	--percent) percent=$2; shift 2 ;;
 	--repeat) repeat=$2; shift 2 ;;
 	--work) work=$2; shift 2 ;;
-	*) echo "usage: $0 [--size MIB] [--percent P] [--repeat N] [--work DIR]" >&2; exit 2 ;;
+	--reuse) reuse=1; shift ;;
+	*) echo "usage: $0 [--size MIB] [--percent P] [--repeat N] [--work DIR] [--reuse]" >&2; exit 2 ;;
 	esac
 done
 . "$here/lib.sh"
-bench_start prune.sh
 export TZ=UTC
+if [ "$reuse" = 1 ] && [ "$(cat "$work/chain.stamp" 2>/dev/null)" = "$size $percent" ]; then
+	[ -x "$CBIMG" ] || { echo "prune.sh: no cbimg at $CBIMG (run make)" >&2; exit 1; }
+	can_drop=0
+	if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/drop_caches ]; then can_drop=1; fi
+	echo "reusing the chain in $work"
+else
+bench_start prune.sh
+[ "$reuse" = 1 ] && trap - EXIT
 
 cc -O2 -shared -fPIC -o "$work/clock.so" "$here/../tests/e2e/clock_shim.c" -ldl
 disk=$work/disk.img
@@ -45,6 +55,8 @@ for k in 0 1 2 3 4 5 6; do
 		"$CBIMG" backup -q --no-state --job bench --threads 2 "$disk" "$work/orig"
 done
 mv "$disk" "$work/disk.away" # prune never reads the source
+echo "$size $percent" >"$work/chain.stamp"
+fi
 du -sh "$work/orig" | sed 's/^/chain: /'
 
 # one RULE CACHE: a timed prune and a timed cp of as many bytes, appended

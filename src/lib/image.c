@@ -62,6 +62,12 @@ int cbi_image_writer_create_sink(const char *final_path, const cbi_hdr *h, const
 	return iw_create(final_path, NULL, h, keys, sink, sink_ud, out, err);
 }
 
+int cbi_image_writer_copy_mode(cbi_image_writer *w)
+{
+	cbi_sfw_write_behind(w->f);
+	return cbi_sfw_hash_async(w->f);
+}
+
 int cbi_image_writer_add(cbi_image_writer *w, uint64_t block, uint32_t flags, uint32_t raw_len,
 			 const uint8_t hash[16], const void *payload, uint32_t stored_len)
 {

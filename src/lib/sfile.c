@@ -10,10 +10,14 @@
 #include <unistd.h>
 
 #include "crypto.h"
+#include "dgpipe.h"
 #include "format.h"
 #include "util.h"
 
 #define SFW_BUF (1u << 20)
+/* Buffers of a writer whose digest runs on a thread of its own: one being
+ * filled, the others being hashed (cbi_sfw_hash_async) */
+#define SFW_PIPE_BUFS 4
 
 struct cbi_sfw {
 	int fd;             /* the segment being written (cur) */
@@ -22,6 +26,8 @@ struct cbi_sfw {
 	size_t hashed;       /* bytes at the start of buf already in the digest */
 	uint8_t *buf;
 	cbi_dg *dg;         /* SHA-256, or HMAC-SHA256 in an encrypted chain */
+	cbi_dgpipe *pipe;   /* non-NULL: dg is fed on the pipe's thread, buf is one of its buffers */
+	int behind;         /* start writeback of each buffer once written (cbi_sfw_write_behind) */
 	uint64_t seg;       /* segment size; 0: one file */
 	uint32_t cur;       /* segment that fd belongs to */
 	uint32_t nseg;      /* segments created (0 until the first exists) */
@@ -169,6 +175,19 @@ int cbi_sfw_create_sink(const char *final_path, cbi_sfw_sink_fn fn, void *ud, cb
 	return sfw_create(final_path, NULL, 0, fn, ud, out, err);
 }
 
+/* The pipe (joined first: its thread feeds dg), the buffer, the digest. */
+static void sfw_free_bufs(cbi_sfw *w)
+{
+	if (w->pipe)
+		cbi_dgpipe_free(w->pipe); /* buf is one of its buffers */
+	else
+		free(w->buf);
+	w->pipe = NULL;
+	w->buf = NULL;
+	cbi_dg_free(w->dg);
+	w->dg = NULL;
+}
+
 /* Take w off the list of live writers (if it is on it). */
 static void sfw_unlist(cbi_sfw *w)
 {
@@ -208,26 +227,12 @@ static int sfw_next_segment(cbi_sfw *w, uint32_t k)
 	return 0;
 }
 
-/* Write the buffer at its logical offset, opening segments as needed.
- * After an error the writer can only be aborted. */
-static int sfw_flush(cbi_sfw *w)
+/* Write the n bytes at p at logical offset pos, opening segments as
+ * needed. */
+static int sfw_pwrite(cbi_sfw *w, const uint8_t *p, size_t left, uint64_t pos)
 {
-	/* Hash whole buffers, not each small append: an index of millions of
-	 * 24-byte entries would otherwise cost millions of digest calls. */
-	if (w->used > w->hashed && cbi_dg_update(w->dg, w->buf + w->hashed, w->used - w->hashed))
-		return -EIO;
-	w->hashed = w->used;
-	if (w->sink) {
-		int rc = w->used ? w->sink(w->sink_ud, w->buf, w->used) : 0;
-		if (rc)
-			return rc;
-		w->used = 0;
-		w->hashed = 0;
-		return 0;
-	}
-	const uint8_t *p = w->buf;
-	size_t left = w->used;
-	uint64_t pos = w->off - w->used;
+	if (w->sink) /* a stream (an S3 upload): the bytes in order, no offsets */
+		return left ? w->sink(w->sink_ud, p, left) : 0;
 	while (left) {
 		size_t n = left;
 		uint64_t at = pos;
@@ -242,13 +247,67 @@ static int sfw_flush(cbi_sfw *w)
 		int rc = cbi_pwrite_full(w->fd, p, n, at);
 		if (rc)
 			return rc;
+		if (w->behind) /* advisory: the fsync of seal reports what fails */
+			(void)sync_file_range(w->fd, (off_t)at, (off_t)n, SYNC_FILE_RANGE_WRITE);
 		p += n;
 		left -= n;
 		pos += n;
 	}
+	return 0;
+}
+
+/* Write the buffer at its logical offset, opening segments as needed.
+ * After an error the writer can only be aborted. */
+static int sfw_flush(cbi_sfw *w)
+{
+	/* Hash whole buffers, not each small append: an index of millions of
+	 * 24-byte entries would otherwise cost millions of digest calls. With a
+	 * pipe, its thread hashes the buffer while this one writes it out, and
+	 * the next is filled meanwhile. */
+	int rc = 0;
+	if (w->pipe && w->used > w->hashed) {
+		uint8_t *b = w->buf;
+		rc = cbi_dgpipe_put(w->pipe, b, w->hashed, w->used - w->hashed);
+		if (!rc)
+			rc = sfw_pwrite(w, b, w->used, w->off - w->used);
+		/* b is the pipe's again (after an error too) */
+		w->buf = cbi_dgpipe_get(w->pipe);
+	} else {
+		if (w->used > w->hashed && cbi_dg_update(w->dg, w->buf + w->hashed, w->used - w->hashed))
+			return -EIO;
+		rc = sfw_pwrite(w, w->buf, w->used, w->off - w->used);
+	}
+	if (rc)
+		return rc;
 	w->used = 0;
 	w->hashed = 0;
 	return 0;
+}
+
+static int sfw_pipe_update(void *ud, const void *data, size_t len)
+{
+	return cbi_dg_update(ud, data, len) ? -EIO : 0;
+}
+
+int cbi_sfw_hash_async(cbi_sfw *w)
+{
+	if (w->pipe)
+		return 0;
+	if (w->hashed)
+		return -EINVAL;
+	int rc = cbi_dgpipe_new(SFW_PIPE_BUFS, SFW_BUF, sfw_pipe_update, w->dg, &w->pipe);
+	if (rc)
+		return rc;
+	uint8_t *b = cbi_dgpipe_get(w->pipe);
+	memcpy(b, w->buf, w->used);
+	free(w->buf);
+	w->buf = b;
+	return 0;
+}
+
+void cbi_sfw_write_behind(cbi_sfw *w)
+{
+	w->behind = 1;
 }
 
 int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len)
@@ -272,7 +331,7 @@ int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len)
 
 int cbi_sfw_set_mac(cbi_sfw *w, const uint8_t key[32])
 {
-	if (w->off)
+	if (w->off || w->pipe)
 		return -EINVAL;
 	cbi_dg *d = NULL;
 	int rc = cbi_dg_new(key, &d);
@@ -294,7 +353,11 @@ int cbi_sfw_seal(cbi_sfw *w, const uint8_t *trailer96, uint8_t digest[32])
 	int rc = cbi_sfw_write(w, trailer96, 96);
 	if (rc)
 		return rc;
-	if (w->used > w->hashed && cbi_dg_update(w->dg, w->buf + w->hashed, w->used - w->hashed))
+	if (w->pipe) {
+		/* everything to the pipe and out, then the digest alone */
+		if ((rc = sfw_flush(w)) || (rc = cbi_dgpipe_drain(w->pipe)))
+			return rc;
+	} else if (w->used > w->hashed && cbi_dg_update(w->dg, w->buf + w->hashed, w->used - w->hashed))
 		return -EIO;
 	w->hashed = w->used;
 	if (cbi_dg_final(w->dg, digest))
@@ -347,8 +410,7 @@ int cbi_sfw_commit(cbi_sfw *w, cbi_error *err)
 			       strerror(errno));
 done:
 	sfw_unlist(w);
-	cbi_dg_free(w->dg);
-	free(w->buf);
+	sfw_free_bufs(w);
 	free(w);
 	return 0;
 }
@@ -367,8 +429,7 @@ void cbi_sfw_abort(cbi_sfw *w)
 		if (!rc)
 			unlink(name);
 	}
-	cbi_dg_free(w->dg);
-	free(w->buf);
+	sfw_free_bufs(w);
 	free(w);
 }
 

@@ -63,6 +63,20 @@ int cbi_sfw_create_sink(const char *final_path, cbi_sfw_sink_fn fn, void *ud, cb
  * write; 0, -EINVAL after it, or -EIO. */
 int cbi_sfw_set_mac(cbi_sfw *w, const uint8_t key[32]) CBI_WUR;
 
+/* Compute the digest on a thread of its own (dgpipe.h) from now on: each
+ * buffer is hashed while this thread writes it out and fills the next; the
+ * file written is the same. Any time before cbi_sfw_seal(), once; after
+ * cbi_sfw_set_mac(). For a writer that copies more than it computes (a
+ * merged image). 0, or -ENOMEM or a thread's error (the writer then goes
+ * on hashing in the caller's thread: nothing is lost). */
+int cbi_sfw_hash_async(cbi_sfw *w) CBI_WUR;
+
+/* Start writing each buffer back to the disk as soon as it is written
+ * (sync_file_range(SYNC_FILE_RANGE_WRITE), advisory), so that the fsync of
+ * cbi_sfw_seal() finds little left to write: the write-out of a large file
+ * overlaps its making instead of following it (bench/RESULTS.md, prune). */
+void cbi_sfw_write_behind(cbi_sfw *w);
+
 /* Append len bytes (buffered). 0 or -errno (-ENOSPC when full). */
 int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len) CBI_WUR;
 
