@@ -11,3 +11,18 @@ bench_start() {
 	if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/drop_caches ]; then can_drop=1; fi
 }
 drop() { sync; [ "$can_drop" = 1 ] && echo 3 >/proc/sys/vm/drop_caches || true; }
+
+# rgw_up: the Ceph RGW of an S3 bench (needs $here, $work and $RGW, the
+# path of tests/s3/rgw.sh): the running cluster of $CBIMG_S3_RGW_DIR, or
+# one started in $work/rgw, stopped (and $work removed) at exit. Sets
+# $rdir and sources the cluster's environment (endpoint and keys).
+rgw_up() {
+	if [ -n "${CBIMG_S3_RGW_DIR:-}" ]; then
+		rdir=$CBIMG_S3_RGW_DIR
+	else
+		rdir=$work/rgw
+		trap 'bash "$RGW" stop "$rdir"; rm -rf --one-file-system "$work"' EXIT
+		bash "$RGW" start "$rdir" >&2 || exit 1
+	fi
+	. "$rdir/env"
+}

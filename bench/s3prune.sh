@@ -29,14 +29,7 @@ while [ $# -gt 0 ]; do
 done
 . "$here/lib.sh"
 bench_start s3prune.sh
-if [ -n "${CBIMG_S3_RGW_DIR:-}" ]; then
-	rdir=$CBIMG_S3_RGW_DIR
-else
-	rdir=$work/rgw
-	trap 'bash "$RGW" stop "$rdir"; rm -rf --one-file-system "$work"' EXIT
-	bash "$RGW" start "$rdir" >/dev/null || exit 1
-fi
-. "$rdir/env"
+rgw_up
 bkt=prune-bench-$(date +%s)
 bash "$RGW" bucket "$rdir" "$bkt"
 export CBIMG_STATE_DIR=$work/state

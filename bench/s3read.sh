@@ -27,14 +27,7 @@ while [ $# -gt 0 ]; do
 done
 . "$here/lib.sh"
 bench_start s3read.sh
-if [ -n "${CBIMG_S3_RGW_DIR:-}" ]; then
-	rdir=$CBIMG_S3_RGW_DIR
-else
-	rdir=$work/rgw
-	trap 'bash "$RGW" stop "$rdir"; rm -rf --one-file-system "$work"' EXIT
-	bash "$RGW" start "$rdir" || exit 1
-fi
-. "$rdir/env"
+rgw_up
 jobs=${CBIMG_S3_JOBS:-4}
 bkt=s3read-$(date +%s)
 bash "$RGW" bucket "$rdir" "$bkt"
