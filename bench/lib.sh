@@ -1,6 +1,7 @@
 # bench/lib.sh - what the small benchmarks (crypto.sh, growth.sh) share:
 # source it after option parsing, with $work set.
 #   bench_start NAME   checks $CBIMG, makes a fresh $work (removed at exit)
+#   rgw_up             the S3 benches' Ceph RGW (below)
 #   drop               syncs and drops the page cache (root only; see $can_drop)
 bench_start() {
 	[ -x "$CBIMG" ] || { echo "$1: no cbimg at $CBIMG (run make)" >&2; exit 1; }
