@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# e2e-timeout: 1800
+# (more than run.sh's 600 s: a Ceph cluster and ~190 checks; over 500 s under ASan on a loaded machine)
 # DEST on S3 (issue 18), against a real Ceph RADOS Gateway started here
 # (tests/s3/rgw.sh; one cluster for the whole test, a bucket per scenario;
 # skipped visibly without Ceph). CBIMG_S3_RGW_DIR=DIR reuses a cluster
