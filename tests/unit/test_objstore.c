@@ -51,11 +51,7 @@ static void put_lock(cbi_s3 *s, const char *prefix, uint64_t key, const char *ho
 
 static void test_server(void **state)
 {
-	const char *bucket = getenv("CBIMG_S3_TEST_BUCKET");
-	if (!bucket || !*bucket) {
-		printf("SKIP: no S3 server (CBIMG_S3_TEST_BUCKET unset; tests/e2e/t_s3.sh starts one)\n");
-		skip();
-	}
+	const char *bucket = tu_s3_bucket();
 	const char *dir = *state;
 	char src[4096], url[256], sd[4096];
 	snprintf(src, sizeof src, "%s/disk.img", dir);

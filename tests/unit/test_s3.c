@@ -197,11 +197,7 @@ static void test_parse_error(void **state)
 static void test_server(void **state)
 {
 	(void)state;
-	const char *bucket = getenv("CBIMG_S3_TEST_BUCKET");
-	if (!bucket || !*bucket) {
-		printf("SKIP: no S3 server (CBIMG_S3_TEST_BUCKET unset; tests/e2e/t_s3.sh starts one)\n");
-		skip();
-	}
+	const char *bucket = tu_s3_bucket();
 	cbi_s3_cfg c;
 	cbi_error e;
 	cbi_s3 *s;

@@ -93,11 +93,7 @@ static void put_lock(cbi_s3 *s, const char *key, const cbi_s3lock *l)
 static void test_server(void **state)
 {
 	(void)state;
-	const char *bucket = getenv("CBIMG_S3_TEST_BUCKET");
-	if (!bucket || !*bucket) {
-		printf("SKIP: no S3 server (CBIMG_S3_TEST_BUCKET unset; tests/e2e/t_s3.sh starts one)\n");
-		skip();
-	}
+	const char *bucket = tu_s3_bucket();
 	cbi_s3_cfg cfg;
 	cbi_s3 *s;
 	cbi_error e;

@@ -341,4 +341,16 @@ static inline void tu_restore_ok(const char *point, const char *target, cbi_rest
 	assert_int_equal(rc, 0);
 }
 
+/* The bucket of the S3 server that tests/e2e/t_s3.sh starts
+ * (CBIMG_S3_TEST_BUCKET); without one the test is skipped, visibly. */
+static inline const char *tu_s3_bucket(void)
+{
+	const char *bucket = getenv("CBIMG_S3_TEST_BUCKET");
+	if (!bucket || !*bucket) {
+		printf("SKIP: no S3 server (CBIMG_S3_TEST_BUCKET unset; tests/e2e/t_s3.sh starts one)\n");
+		skip();
+	}
+	return bucket;
+}
+
 #endif
