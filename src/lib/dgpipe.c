@@ -12,48 +12,84 @@
 typedef struct dg_job {
 	uint8_t *buf;
 	size_t off, len;
+	uint64_t pos; /* the writer's: where buf[0, len) goes */
 } dg_job;
+
+/* One consumer's thread and queue (a ring of nbuf ranges). */
+typedef struct dg_stage {
+	pthread_t t;
+	pthread_cond_t cv_job; /* a range was handed over, or stop (the thread waits) */
+	dg_job *q;
+	size_t qhead, qlen;
+	int busy; /* the thread is consuming a range */
+	int started;
+} dg_stage;
 
 struct cbi_dgpipe {
 	pthread_mutex_t mu;
-	pthread_cond_t cv_job;  /* a range was handed over, or stop (the thread waits) */
-	pthread_cond_t cv_back; /* a buffer came back (the caller waits) */
-	pthread_t t;
+	pthread_cond_t cv_back; /* a buffer came back or a range was consumed (the caller waits) */
 	cbi_dgpipe_fn fn;
 	void *ud;
+	cbi_dgpipe_wfn wfn; /* NULL: no writer stage */
+	void *wud;
 	size_t nbuf, bufsz;
 	uint8_t **bufs;  /* every buffer, for the check in put and for free */
+	uint8_t *refs;   /* per buffer: the stages still holding it */
 	uint8_t **freel; /* free buffers: a stack */
 	size_t nfree;
-	dg_job *q; /* handed-over ranges: a ring of nbuf */
-	size_t qhead, qlen;
-	int busy; /* the thread is consuming a range */
+	dg_stage st[2];  /* 0: the digest, 1: the writer */
 	int stop;
-	int err; /* the first error of fn, then nothing more is consumed */
+	int err; /* the first error of a stage, then nothing more is consumed */
 };
+
+static size_t dg_index(const cbi_dgpipe *p, const uint8_t *buf)
+{
+	size_t i = 0;
+	while (i < p->nbuf && p->bufs[i] != buf)
+		i++;
+	return i;
+}
+
+/* A stage let go of buf (the lock held): free once no stage holds it. */
+static void dg_unref(cbi_dgpipe *p, uint8_t *buf)
+{
+	size_t i = dg_index(p, buf);
+	if (i < p->nbuf && p->refs[i] && --p->refs[i] == 0)
+		p->freel[p->nfree++] = buf;
+}
+
+typedef struct dg_arg {
+	cbi_dgpipe *p;
+	int k;
+} dg_arg;
 
 static void *dg_main(void *arg)
 {
-	cbi_dgpipe *p = arg;
+	cbi_dgpipe *p = ((dg_arg *)arg)->p;
+	dg_stage *s = &p->st[((dg_arg *)arg)->k];
+	int writer = s == &p->st[1];
+	free(arg);
 	pthread_mutex_lock(&p->mu);
 	for (;;) {
-		while (!p->qlen && !p->stop)
-			pthread_cond_wait(&p->cv_job, &p->mu);
+		while (!s->qlen && !p->stop)
+			pthread_cond_wait(&s->cv_job, &p->mu);
 		if (p->stop)
 			break;
-		dg_job j = p->q[p->qhead];
-		p->qhead = (p->qhead + 1) % p->nbuf;
-		p->qlen--;
-		p->busy = 1;
+		dg_job j = s->q[s->qhead];
+		s->qhead = (s->qhead + 1) % p->nbuf;
+		s->qlen--;
+		s->busy = 1;
 		int skip = p->err != 0;
 		pthread_mutex_unlock(&p->mu);
-		int rc = skip ? 0 : p->fn(p->ud, j.buf + j.off, j.len);
+		int rc = skip	  ? 0
+			 : writer ? p->wfn(p->wud, j.buf, j.len, j.pos)
+				  : p->fn(p->ud, j.buf + j.off, j.len);
 		pthread_mutex_lock(&p->mu);
 		if (rc < 0 && !p->err)
 			p->err = rc;
-		p->freel[p->nfree++] = j.buf;
-		p->busy = 0;
-		pthread_cond_signal(&p->cv_back);
+		dg_unref(p, j.buf);
+		s->busy = 0;
+		pthread_cond_broadcast(&p->cv_back);
 	}
 	pthread_mutex_unlock(&p->mu);
 	return NULL;
@@ -64,51 +100,93 @@ static void dg_release(cbi_dgpipe *p)
 	for (size_t i = 0; p->bufs && i < p->nbuf; i++)
 		free(p->bufs[i]);
 	free(p->bufs);
+	free(p->refs);
 	free(p->freel);
-	free(p->q);
+	free(p->st[0].q);
+	free(p->st[1].q);
 	free(p);
+}
+
+/* Stop the stages' threads that run, join them, free everything. */
+static void dg_stop(cbi_dgpipe *p)
+{
+	pthread_mutex_lock(&p->mu);
+	p->stop = 1;
+	for (int k = 0; k < 2; k++)
+		pthread_cond_signal(&p->st[k].cv_job);
+	pthread_mutex_unlock(&p->mu);
+	for (int k = 0; k < 2; k++) {
+		if (p->st[k].started)
+			pthread_join(p->st[k].t, NULL);
+		pthread_cond_destroy(&p->st[k].cv_job);
+	}
+	pthread_cond_destroy(&p->cv_back);
+	pthread_mutex_destroy(&p->mu);
+	dg_release(p);
 }
 
 int cbi_dgpipe_new(size_t nbuf, size_t bufsz, cbi_dgpipe_fn fn, void *ud, cbi_dgpipe **out)
 {
-	if (nbuf < 2 || !bufsz || !fn)
+	return cbi_dgpipe_new_w(nbuf, bufsz, fn, ud, NULL, NULL, out);
+}
+
+int cbi_dgpipe_new_w(size_t nbuf, size_t bufsz, cbi_dgpipe_fn fn, void *ud, cbi_dgpipe_wfn wfn, void *wud,
+		     cbi_dgpipe **out)
+{
+	if (nbuf < 2 || nbuf > 255 || !bufsz || !fn)
 		return -EINVAL;
 	cbi_dgpipe *p = calloc(1, sizeof *p);
 	if (!p)
 		return -ENOMEM;
 	p->fn = fn;
 	p->ud = ud;
+	p->wfn = wfn;
+	p->wud = wud;
 	p->nbuf = nbuf;
 	p->bufsz = bufsz;
 	p->bufs = calloc(nbuf, sizeof *p->bufs);
+	p->refs = calloc(nbuf, 1);
 	p->freel = calloc(nbuf, sizeof *p->freel);
-	p->q = calloc(nbuf, sizeof *p->q);
-	if (!p->bufs || !p->freel || !p->q) {
+	p->st[0].q = calloc(nbuf, sizeof(dg_job));
+	p->st[1].q = calloc(nbuf, sizeof(dg_job));
+	if (!p->bufs || !p->refs || !p->freel || !p->st[0].q || !p->st[1].q) {
 		dg_release(p);
 		return -ENOMEM;
 	}
+	/* aligned for O_DIRECT writes (the writer stage of a sealed file) */
 	for (size_t i = 0; i < nbuf; i++) {
-		if (!(p->bufs[i] = malloc(bufsz))) {
+		if (posix_memalign((void **)&p->bufs[i], CBI_DGPIPE_ALIGN, bufsz)) {
+			p->bufs[i] = NULL;
 			dg_release(p);
 			return -ENOMEM;
 		}
 		p->freel[p->nfree++] = p->bufs[i];
 	}
 	pthread_mutex_init(&p->mu, NULL);
-	pthread_cond_init(&p->cv_job, NULL);
 	pthread_cond_init(&p->cv_back, NULL);
-	/* the thread starts with every signal blocked: a signal handler of the
+	for (int k = 0; k < 2; k++)
+		pthread_cond_init(&p->st[k].cv_job, NULL);
+	/* the threads start with every signal blocked: a signal handler of the
 	 * program keeps running in the threads it ran in before */
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int rc = pthread_create(&p->t, NULL, dg_main, p);
+	int rc = 0;
+	for (int k = 0; k < (wfn ? 2 : 1) && !rc; k++) {
+		dg_arg *a = malloc(sizeof *a);
+		if (!a) {
+			rc = ENOMEM;
+			break;
+		}
+		*a = (dg_arg){ p, k };
+		if ((rc = pthread_create(&p->st[k].t, NULL, dg_main, a)))
+			free(a);
+		else
+			p->st[k].started = 1;
+	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc) {
-		pthread_cond_destroy(&p->cv_back);
-		pthread_cond_destroy(&p->cv_job);
-		pthread_mutex_destroy(&p->mu);
-		dg_release(p);
+		dg_stop(p);
 		return -rc;
 	}
 	*out = p;
@@ -127,24 +205,39 @@ uint8_t *cbi_dgpipe_get(cbi_dgpipe *p)
 
 int cbi_dgpipe_put(cbi_dgpipe *p, uint8_t *buf, size_t off, size_t len)
 {
-	int mine = 0;
-	for (size_t i = 0; i < p->nbuf && !mine; i++)
-		mine = p->bufs[i] == buf;
-	if (!mine || off > p->bufsz || len > p->bufsz - off)
+	return cbi_dgpipe_put_w(p, buf, off, len, 0, 0);
+}
+
+static void dg_queue(cbi_dgpipe *p, int k, dg_job j)
+{
+	dg_stage *s = &p->st[k];
+	s->q[(s->qhead + s->qlen) % p->nbuf] = j;
+	s->qlen++;
+	p->refs[dg_index(p, j.buf)]++;
+	pthread_cond_signal(&s->cv_job);
+}
+
+int cbi_dgpipe_put_w(cbi_dgpipe *p, uint8_t *buf, size_t off, size_t len, size_t wlen, uint64_t wpos)
+{
+	size_t i = dg_index(p, buf);
+	if (i == p->nbuf || off > p->bufsz || len > p->bufsz - off || wlen > p->bufsz || (wlen && !p->wfn))
 		return -EINVAL;
 	pthread_mutex_lock(&p->mu);
-	if (p->nfree + p->qlen + (size_t)p->busy >= p->nbuf) { /* not the caller's: handed over twice */
+	int held = p->refs[i] != 0;
+	for (size_t f = 0; f < p->nfree && !held; f++)
+		held = p->freel[f] == buf;
+	if (held) { /* not the caller's: handed over twice */
 		pthread_mutex_unlock(&p->mu);
 		return -EINVAL;
 	}
 	int rc = p->err;
-	if (len && !rc) {
-		p->q[(p->qhead + p->qlen) % p->nbuf] = (dg_job){ buf, off, len };
-		p->qlen++;
-		pthread_cond_signal(&p->cv_job);
-	} else {
+	if (len && !rc)
+		dg_queue(p, 0, (dg_job){ buf, off, len, 0 });
+	if (wlen && !rc)
+		dg_queue(p, 1, (dg_job){ buf, 0, wlen, wpos });
+	if (!p->refs[i]) {
 		p->freel[p->nfree++] = buf;
-		pthread_cond_signal(&p->cv_back);
+		pthread_cond_broadcast(&p->cv_back);
 	}
 	pthread_mutex_unlock(&p->mu);
 	return rc;
@@ -153,7 +246,7 @@ int cbi_dgpipe_put(cbi_dgpipe *p, uint8_t *buf, size_t off, size_t len)
 int cbi_dgpipe_drain(cbi_dgpipe *p)
 {
 	pthread_mutex_lock(&p->mu);
-	while (p->qlen || p->busy)
+	while (p->st[0].qlen || p->st[0].busy || p->st[1].qlen || p->st[1].busy)
 		pthread_cond_wait(&p->cv_back, &p->mu);
 	int rc = p->err;
 	pthread_mutex_unlock(&p->mu);
@@ -162,15 +255,6 @@ int cbi_dgpipe_drain(cbi_dgpipe *p)
 
 void cbi_dgpipe_free(cbi_dgpipe *p)
 {
-	if (!p)
-		return;
-	pthread_mutex_lock(&p->mu);
-	p->stop = 1;
-	pthread_cond_signal(&p->cv_job);
-	pthread_mutex_unlock(&p->mu);
-	pthread_join(p->t, NULL);
-	pthread_cond_destroy(&p->cv_back);
-	pthread_cond_destroy(&p->cv_job);
-	pthread_mutex_destroy(&p->mu);
-	dg_release(p);
+	if (p)
+		dg_stop(p);
 }

@@ -64,8 +64,7 @@ int cbi_image_writer_create_sink(const char *final_path, const cbi_hdr *h, const
 
 int cbi_image_writer_copy_mode(cbi_image_writer *w)
 {
-	cbi_sfw_write_behind(w->f);
-	return cbi_sfw_hash_async(w->f);
+	return cbi_sfw_copy_mode(w->f);
 }
 
 int cbi_image_writer_add(cbi_image_writer *w, uint64_t block, uint32_t flags, uint32_t raw_len,

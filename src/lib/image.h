@@ -25,10 +25,10 @@ int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_h
 int cbi_image_writer_create_sink(const char *final_path, const cbi_hdr *h, const cbi_keys *keys,
 				 cbi_sfw_sink_fn sink, void *sink_ud, cbi_image_writer **out, cbi_error *err) CBI_WUR;
 /* For a writer that copies records rather than computing them (a merged
- * image): the file's digest on a thread of its own (cbi_sfw_hash_async())
- * and its write-out started as it goes (cbi_sfw_write_behind()). 0, or the
- * error of the first, after which the writer still works, hashing in the
- * caller's thread. */
+ * image): the file's digest and its write-out each on a thread of their
+ * own, O_DIRECT where the file system takes it (cbi_sfw_copy_mode()). 0, or
+ * its error, after which the writer still works as before, in the caller's
+ * thread. */
 int cbi_image_writer_copy_mode(cbi_image_writer *w) CBI_WUR;
 /* Append one record. payload is stored_len bytes (zstd frame if flags has
  * CBI_REC_ZSTD, else raw; with CBI_REC_AEAD, that sealed: ciphertext ||

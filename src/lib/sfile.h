@@ -77,6 +77,21 @@ int cbi_sfw_hash_async(cbi_sfw *w) CBI_WUR;
  * overlaps its making instead of following it (bench/RESULTS.md, prune). */
 void cbi_sfw_write_behind(cbi_sfw *w);
 
+/* For a writer that copies what it writes (a merged image): the digest and
+ * the write-out each on a thread of its own (dgpipe.h, a writer stage), so
+ * that this thread only reads and fills buffers; and the file is written
+ * with O_DIRECT where the file system takes it (whole aligned buffers; the
+ * tail, and everything on a file system that refuses, through the page
+ * cache with write-behind). A large file that nobody reads soon after is
+ * not copied into the page cache, and its fsync finds nothing left to
+ * write (bench/RESULTS.md, prune). CBIMG_NO_DIRECT_WRITE set: no O_DIRECT.
+ * The file written is the same byte for byte; a write error surfaces at
+ * the next cbi_sfw_write() that fills a buffer, or at seal. Once, before
+ * anything is hashed, after cbi_sfw_set_mac(); for a sink, as
+ * cbi_sfw_hash_async(). 0, -EINVAL, -ENOMEM or a thread's error (nothing
+ * changed then). */
+int cbi_sfw_copy_mode(cbi_sfw *w) CBI_WUR;
+
 /* Append len bytes (buffered). 0 or -errno (-ENOSPC when full). */
 int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len) CBI_WUR;
 
