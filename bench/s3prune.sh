@@ -35,10 +35,6 @@ bash "$RGW" bucket "$rdir" "$bkt"
 export CBIMG_STATE_DIR=$work/state
 now() { date +%s%N; }
 ms() { echo $((($(now) - $1) / 1000000)); }
-s3curl() {
-	curl -s -f --aws-sigv4 "aws:amz:default:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
-		-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$@"
-}
 
 disk=$work/disk.img
 bash "$here/mkdisk.sh" "$disk" "$size" >/dev/null

@@ -31,14 +31,6 @@ rgw_up
 jobs=${CBIMG_S3_JOBS:-4}
 bkt=s3read-$(date +%s)
 bash "$RGW" bucket "$rdir" "$bkt"
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f\n", b - a }'; }
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-s3curl() {
-	curl -s -f --aws-sigv4 "aws:amz:default:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
-		-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$@"
-}
 
 disk=$work/d.img
 bash "$here/mkdisk.sh" "$disk" "$size" >/dev/null
@@ -88,7 +80,6 @@ rm -f "$work/out.img"
 g=$(median <"$work/t.get") s=$(median <"$work/t.s3") d=$(median <"$work/t.dir")
 stored=$(du -cb "$work"/dir/*.cbi | tail -1 | cut -f1)
 fetched=$(awk '$1 == "GET" { s += $4; n++ } END { printf "%d %d", s, n }' "$work/trace")
-mib() { awk -v a="$1" 'BEGIN { printf "%.1f", a / 1048576 }'; }
 echo "S3 restore benchmark: ${size} MiB disk (mkdisk.sh), full image $(mib "$imgbytes") MiB, images $(mib "$stored") MiB,"
 echo "$repeat paired runs, medians (s); radosgw on 127.0.0.1 (Ceph $(ceph --version | awk '{print $3}')), $jobs streams"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
