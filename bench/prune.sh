@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/prune.sh [--size MIB] [--percent P] [--repeat N] [--work DIR] [--reuse]
+# bench/prune.sh [--size MIB] [--percent P] [--repeat N] [--work DIR] [--reuse] [--dest-fs ext4]
 # What a prune costs against cp of the bytes involved (issue 11, "Speed"):
 #   fold  - 5 incrementals folded into the next kept point (a full, i1..i6;
 #           --keep-monthly 2 keeps the full and i6, made in two months with
@@ -16,10 +16,17 @@
 # away before the prunes: they never read it. --reuse keeps DIR at the end
 # and, when it holds a chain made with the same --size and --percent, times
 # on it without making it again (to compare two builds on the same chain).
+# --dest-fs ext4 times on a file system of its own instead of DIR's: an
+# ext4 made with mkfs.ext4's defaults (a journal, no online discard, as on a
+# USB disk) on a loop device whose file lies in DIR, made afresh and
+# unmounted at the end (root). Without it, DIR's file system is what is
+# measured: bench/RESULTS.md shows why that matters (this VM's root file
+# system has no journal and is mounted with discard, so every unlink of a
+# prune waits for the discard of the blocks it frees).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 CBIMG=${CBIMG:-$here/../build/cbimg}
-size=4096 percent=3 repeat=3 work=/tmp/cbimg-prune-bench reuse=0
+size=4096 percent=3 repeat=3 work=/tmp/cbimg-prune-bench reuse=0 destfs=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--size) size=$2; shift 2 ;;
@@ -27,7 +34,8 @@ while [ $# -gt 0 ]; do
 	--repeat) repeat=$2; shift 2 ;;
 	--work) work=$2; shift 2 ;;
 	--reuse) reuse=1; shift ;;
-	*) echo "usage: $0 [--size MIB] [--percent P] [--repeat N] [--work DIR] [--reuse]" >&2; exit 2 ;;
+	--dest-fs) destfs=$2; shift 2 ;;
+	*) echo "usage: $0 [--size MIB] [--percent P] [--repeat N] [--work DIR] [--reuse] [--dest-fs ext4]" >&2; exit 2 ;;
 	esac
 done
 . "$here/lib.sh"
@@ -59,22 +67,48 @@ echo "$size $percent" >"$work/chain.stamp"
 fi
 du -sh "$work/orig" | sed 's/^/chain: /'
 
+# tw: where the timed prunes and copies run (DIR, or the ext4 of --dest-fs)
+tw=$work
+case $destfs in
+'') echo "file system: $(findmnt -no FSTYPE,OPTIONS -T "$work")" ;;
+ext4)
+	[ "$(id -u)" = 0 ] || { echo "prune.sh: --dest-fs needs root (a loop device)" >&2; exit 1; }
+	tw=$work/mnt
+	fsimg=$work/fs.img
+	cleanup_fs() {
+		if mountpoint -q "$tw"; then umount "$tw"; fi
+		rm -f "$fsimg"
+	}
+	if [ "$reuse" = 1 ]; then trap cleanup_fs EXIT; else trap 'cleanup_fs; rm -rf --one-file-system "$work"' EXIT; fi
+	cleanup_fs
+	# room for the chain twice (orig and its copy) and the merged image
+	truncate -s "$(du -sm "$work/orig" | awk '{ print int($1 * 3 + 1024) }')M" "$fsimg"
+	mkfs.ext4 -q -F "$fsimg"
+	mkdir -p "$tw"
+	mount -o loop "$fsimg" "$tw"
+	cp -a "$work/orig" "$tw/orig"
+	sync
+	echo "file system: ext4 (mkfs.ext4 defaults) on $(findmnt -no SOURCE "$tw"), $(findmnt -no OPTIONS "$tw")"
+	;;
+*) echo "prune.sh: --dest-fs takes ext4" >&2; exit 2 ;;
+esac
+
 # one RULE CACHE: a timed prune and a timed cp of as many bytes, appended
 # to $work/times as "NAME CACHE prune|cp SECONDS"
 one() {
 	local name=$1 rule=$2 cache=$3 f
-	rm -rf "$work/d" "$work/copy"
-	cp -a "$work/orig" "$work/d"
+	rm -rf "$tw/d" "$tw/copy"
+	cp -a "$tw/orig" "$tw/d"
 	sync
-	[ "$cache" = cold ] && drop || cat "$work/d"/* >/dev/null
+	[ "$cache" = cold ] && drop || cat "$tw/d"/* >/dev/null
 	# shellcheck disable=SC2086
-	/usr/bin/time -f "$name $cache prune %e %U %S" -a -o "$work/times" "$CBIMG" prune --json $rule "$work/d" >"$work/pr.json"
+	/usr/bin/time -f "$name $cache prune %e %U %S" -a -o "$work/times" "$CBIMG" prune --json $rule "$tw/d" >"$work/pr.json"
 	jq -r .bytes_written "$work/pr.json" >"$work/bytes.$name"
 	# the merged image: the bytes the prune wrote, copied by cp
-	f=$(ls "$work/d"/*-m0*.cbi*)
+	f=$(ls "$tw/d"/*-m0*.cbi*)
 	[ "$cache" = cold ] && drop || cat "$f" >/dev/null
-	/usr/bin/time -f "$name $cache cp %e %U %S" -a -o "$work/times" sh -c 'cp "$1" "$2" && sync "$2"' sh "$f" "$work/copy"
-	rm -f "$work/copy"
+	/usr/bin/time -f "$name $cache cp %e %U %S" -a -o "$work/times" sh -c 'cp "$1" "$2" && sync "$2"' sh "$f" "$tw/copy"
+	rm -f "$tw/copy"
 }
 
 : >"$work/times"
@@ -98,10 +132,10 @@ for name in fold roll; do
 		c=$(awk -v n="$name" -v c="$cache" '$1 == n && $2 == c && $3 == "cp" { print $4 }' "$work/times" | median)
 		pc=$(awk -v n="$name" -v c="$cache" '$1 == n && $2 == c && $3 == "prune" { print $5 + $6 }' "$work/times" | median)
 		cc=$(awk -v n="$name" -v c="$cache" '$1 == n && $2 == c && $3 == "cp" { print $5 + $6 }' "$work/times" | median)
-		r=$(echo "scale=2; $p / $c" | bc)
+		r=$(ratio "$p" "$c")
 		printf '%-6s %-5s %8.1f %8.3f %8.3f %6.2f %-14s %9.3f %9.3f %6.2f\n' "$name" "$cache" \
-			"$(echo "$(cat "$work/bytes.$name") / 1048576" | bc -l)" "$p" "$c" "$r" \
-			"$(echo "$r <= 1.5" | bc | sed 's/^1$/PASS (<= 1.5)/; s/^0$/FAIL (> 1.5)/')" "$pc" "$cc" \
-			"$(echo "scale=2; $pc / ($cc + 0.001)" | bc)"
+			"$(mib "$(cat "$work/bytes.$name")")" "$p" "$c" "$r" \
+			"$(awk -v r="$r" 'BEGIN { print (r <= 1.5 ? "PASS (<= 1.5)" : "FAIL (> 1.5)") }')" "$pc" "$cc" \
+			"$(ratio "$pc" "$(awk -v c="$cc" 'BEGIN { print c + 0.001 }')")"
 	done
 done
