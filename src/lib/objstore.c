@@ -9,7 +9,8 @@
  * whose reads become ranged GETs: objview.h). README.md and format/SPEC.md ("Object
  * storage") say why, and what the layout and the lock are.
  *
- *     STATE/s3/<where>/cache/       indexes and key files as in the bucket, stand-ins
+ *     STATE/s3/<where>/cache/       indexes and key files as in the bucket (each with
+ *                                   .NAME.etag, the version cached), stand-ins
  *                                   for images (sparse: only their first and last
  *                                   64 KiB), and the catalog cache of list and info
  *     STATE/s3/<where>/job-<key>/   a job's staging directory: its parent's index, key
@@ -198,6 +199,51 @@ static int fetch_ends(os_ctx *c, const char *key, const char *path, uint64_t siz
 	return rc;
 }
 
+/* The cache's record of which version of an object a cached file is: the
+ * object's ETag as LIST gave it, in ".NAME.etag" beside the file (a name
+ * the destination scanner never takes). A file whose object changed but
+ * kept its size (a damaged or replaced index) is fetched again, so that
+ * list, info and verify see the bucket, not an old copy. Written after the
+ * file: a missing or stale record only costs a fetch. */
+static int etag_path(const char *dir, const char *name, char *out, size_t sz)
+{
+	int n = snprintf(out, sz, "%s/.%s.etag", dir, name);
+	return n < 0 || (size_t)n >= sz ? -ENAMETOOLONG : 0;
+}
+
+static int etag_same(const char *dir, const char *name, const char *etag)
+{
+	char p[4600], have[CBI_S3_ETAG_MAX + 1];
+	if (!etag[0]) /* the server sent none: the size alone, as before */
+		return 1;
+	if (etag_path(dir, name, p, sizeof p))
+		return 0;
+	FILE *f = fopen(p, "re");
+	if (!f)
+		return 0;
+	size_t k = fread(have, 1, sizeof have - 1, f);
+	fclose(f);
+	have[k] = 0;
+	return !strcmp(have, etag);
+}
+
+static void etag_put(const char *dir, const char *name, const char *etag)
+{
+	char p[4600];
+	if (etag_path(dir, name, p, sizeof p))
+		return;
+	if (!etag[0]) {
+		unlink(p);
+		return;
+	}
+	FILE *f = fopen(p, "we");
+	if (!f)
+		return; /* the next run fetches the file again: nothing lost */
+	fputs(etag, f);
+	if (fclose(f))
+		unlink(p);
+}
+
 static int os_sync(os_ctx *c, const char *dir, want_fn want, void *ud, cbi_error *err)
 {
 	DIR *d = opendir(dir);
@@ -210,6 +256,8 @@ static int os_sync(os_ctx *c, const char *dir, want_fn want, void *ud, cbi_error
 			continue;
 		snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
 		unlink(path); /* gone from the bucket (pruned, or never committed) */
+		if (!etag_path(dir, e->d_name, path, sizeof path))
+			unlink(path);
 	}
 	closedir(d);
 	for (size_t i = 0; i < c->nobjs; i++) {
@@ -219,13 +267,15 @@ static int os_sync(os_ctx *c, const char *dir, want_fn want, void *ud, cbi_error
 			continue;
 		snprintf(path, sizeof path, "%s/%s", dir, n);
 		struct stat st;
-		if (lstat(path, &st) == 0 && (uint64_t)st.st_size == c->objs[i].size)
+		if (lstat(path, &st) == 0 && (uint64_t)st.st_size == c->objs[i].size &&
+		    etag_same(dir, n, c->objs[i].etag))
 			continue;
 		os_key(c, n, key, sizeof key);
 		int rc = w == 2 && c->objs[i].size > 2 * ENDS_BYTES ? fetch_ends(c, key, path, c->objs[i].size, err)
 								    : cbi_s3_get_file(c->s3, key, path, !cbi_has_ext(n, ".cbi"), err);
 		if (rc)
 			return rc;
+		etag_put(dir, n, c->objs[i].etag);
 	}
 	return 0;
 }

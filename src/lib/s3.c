@@ -318,6 +318,9 @@ int cbi_s3_parse_list(const char *xml, size_t len, int uploads, cbi_s3_obj **v, 
 			if (*ep || errno || buf[0] == '-' || !buf[0])
 				return -EIO;
 			o->size = sz;
+			/* optional; one too long for the field counts as none */
+			if (xml_tag(is, ie, "ETag", &vs, &ve) && xml_text(vs, ve, o->etag, sizeof o->etag))
+				o->etag[0] = 0;
 		}
 		(*n)++;
 	}

@@ -29,9 +29,12 @@ typedef struct cbi_s3_cfg {
 
 typedef struct cbi_s3 cbi_s3;
 
+#define CBI_S3_ETAG_MAX 128
+
 typedef struct cbi_s3_obj {
 	char key[1024];
 	uint64_t size;
+	char etag[CBI_S3_ETAG_MAX]; /* list only, as the server sent it ("" if none): changes when the object does */
 	char upload_id[256]; /* list_uploads only */
 } cbi_s3_obj;
 
@@ -121,7 +124,6 @@ int cbi_s3_abort_upload(cbi_s3 *s, const char *key, const char *upload_id, cbi_e
  * threads at once. mpu_complete: CompleteMultipartUpload of parts 1 .. n
  * with their ETags (an <Error> in a 200 answer is an error). None aborts
  * the upload on failure: cbi_s3_abort_upload() does. */
-#define CBI_S3_ETAG_MAX 128
 int cbi_s3_mpu_begin(cbi_s3 *s, const char *key, char *uid, size_t uidsz, cbi_error *err);
 int cbi_s3_mpu_part(cbi_s3 *s, const char *key, const char *uid, uint32_t num, const void *data, size_t len,
 		    char etag[CBI_S3_ETAG_MAX], cbi_error *err);

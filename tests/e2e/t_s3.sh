@@ -123,6 +123,22 @@ check "the full, named by its index object, restores bit for bit" cmp -s "$T/r0.
 expect_exit 0 "$CBIMG" verify s3://$B/pc1
 expect_exit 0 "$CBIMG" info "s3://$B/$FULL"
 check_eq "no run directory left in the state" "$(ls -d "$CBIMG_STATE_DIR"/s3/*/run-* 2>/dev/null | wc -l)" 0
+# the newest index replaced in the bucket by a damaged one of the same size,
+# after verify has cached it: the cache knows its copy by the object's ETag,
+# so verify (and list) read the bucket's version, not the old copy
+NEWX=$(keys $RB | grep '_incr0002_.*\.cbx$')
+s3curl GET "$RB/$NEWX" >"$T/newx.orig"
+cp "$T/newx.orig" "$T/newx.bad"
+flip_byte "$T/newx.bad" $(($(stat -c %s "$T/newx.bad") / 2))
+curl -s -f --aws-sigv4 "aws:amz:default:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+	-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T "$T/newx.bad" "$S3_ENDPOINT/$RB/$NEWX" -o /dev/null ||
+	die "PUT of the damaged index"
+expect_exit 3 "$CBIMG" verify s3://$RB/p
+check_grep "an index replaced in the bucket by a damaged one of the same size: verify sees it" \
+	"DAMAGED .*$(basename "$NEWX")"
+curl -s -f --aws-sigv4 "aws:amz:default:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+	-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T "$T/newx.orig" "$S3_ENDPOINT/$RB/$NEWX" -o /dev/null ||
+	die "PUT of the original index"
 check_eq "no image staged locally after the upload" "$(find "$CBIMG_STATE_DIR"/s3/*/job-* -name '*.cbi' | wc -l)" 0
 
 # ----------------------------------------- three hosts, one bucket, at once

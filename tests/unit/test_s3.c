@@ -141,7 +141,7 @@ static void test_parse_list(void **state)
 {
 	(void)state;
 	const char *x = "<?xml version=\"1.0\"?><ListBucketResult><Name>b</Name><IsTruncated>true</IsTruncated>"
-			"<Contents><Key>p/a&amp;b.cbx</Key><Size>10</Size></Contents>"
+			"<Contents><Key>p/a&amp;b.cbx</Key><ETag>&quot;9b2cf535f27731c974343645a3985328&quot;</ETag><Size>10</Size></Contents>"
 			"<Contents><Key>p/&#233;.cbi</Key><LastModified>x</LastModified><Size>18446744073709551615</Size>"
 			"</Contents><NextContinuationToken>tok/1=</NextContinuationToken></ListBucketResult>";
 	cbi_s3_obj *v = NULL;
@@ -152,6 +152,8 @@ static void test_parse_list(void **state)
 	assert_int_equal(n, 2);
 	assert_string_equal(v[0].key, "p/a&b.cbx");
 	assert_int_equal(v[0].size, 10);
+	assert_string_equal(v[0].etag, "\"9b2cf535f27731c974343645a3985328\"");
+	assert_string_equal(v[1].etag, ""); /* none sent */
 	assert_string_equal(v[1].key, "p/\xc3\xa9.cbi");
 	assert_true(v[1].size == UINT64_MAX);
 	assert_int_equal(tr, 1);
