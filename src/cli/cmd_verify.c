@@ -230,8 +230,12 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 		if ((rc = cli_select_point(cmd, &sel, path, &chosen)))
 			return rc;
 		path = cli_point_path(&chosen);
-		if (!quiet && !s.json && !json_progress)
-			fprintf(stderr, "cbimg: note: verifying '%s'\n", path);
+		if (!quiet && !s.json && !json_progress) {
+			char shown[4096];
+			snprintf(shown, sizeof shown, "%s", path);
+			cli_s3_name(shown, sizeof shown); /* on S3: the point's s3:// URL */
+			fprintf(stderr, "cbimg: note: verifying '%s'\n", shown);
+		}
 	}
 	/* a directory is verified whole; a file must be a point file */
 	if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && (rc = cli_check_point_file(path)))

@@ -122,6 +122,9 @@ expect_exit 0 "$CBIMG" restore "s3://$B/$FULL" "$T/r0.img"
 check "the full, named by its index object, restores bit for bit" cmp -s "$T/r0.img" "$T/v0.img"
 expect_exit 0 "$CBIMG" verify s3://$B/pc1
 expect_exit 0 "$CBIMG" info "s3://$B/$FULL"
+check_grep "info names the point's objects by their s3:// URLs" "^index_file: +s3://$B/$FULL\$"
+expect_exit 0 "$CBIMG" info --json "s3://$B/$FULL"
+check_eq "... in JSON too" "$(jout .index_path)" "s3://$B/$FULL"
 check_eq "no run directory left in the state" "$(ls -d "$CBIMG_STATE_DIR"/s3/*/run-* 2>/dev/null | wc -l)" 0
 check_eq "no image staged locally after the upload" "$(find "$CBIMG_STATE_DIR"/s3/*/job-* -name '*.cbi' | wc -l)" 0
 
