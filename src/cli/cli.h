@@ -98,6 +98,9 @@ void cli_s3_finish(void);
  * kept at exit. */
 extern const char *cli_s3_state_dir;
 const char *cli_s3_shown(const char *operand);
+/* Every mention of the local view in message s (of size sz) replaced by the
+ * s3://BUCKET/PREFIX it stands for: errors name the bucket's objects. */
+void cli_s3_name(char *s, size_t sz);
 void cli_s3_detach(void);
 
 extern int cli_json_mode;

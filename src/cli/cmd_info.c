@@ -93,15 +93,20 @@ static const char *display_file(const cbi_point *p)
  * element of one (list), which carries the schema version. */
 static void json_point(struct json *j, const char *key, const cbi_point *p, int schema, int listed)
 {
-	char hex[65], when[32];
+	char hex[65], when[32], path[4096], ipath[4096];
 
+	/* on S3: the objects' s3:// URLs, not the local view's files */
+	snprintf(path, sizeof path, "%s", p->file);
+	snprintf(ipath, sizeof ipath, "%s", p->index_file);
+	cli_s3_name(path, sizeof path);
+	cli_s3_name(ipath, sizeof ipath);
 	json_begin_object(j, key);
 	if (schema)
 		json_u64(j, "schema", CLI_JSON_SCHEMA);
 	json_string(j, "file", display_file(p));
 	json_string(j, "index_file", base_name(p->index_file));
-	json_string(j, "path", p->file[0] ? p->file : NULL);
-	json_string(j, "index_path", p->index_file);
+	json_string(j, "path", path[0] ? path : NULL);
+	json_string(j, "index_path", ipath);
 	cli_hex(p->point_id, 16, hex);
 	json_string(j, "id", hex);
 	if (is_full(p) || is_zero(p->parent_id, 16)) {
@@ -190,10 +195,15 @@ static void kv_size(const char *key, uint64_t bytes)
 
 static void print_point(const cbi_point *p)
 {
-	char hex[65], when[32], text[256];
+	char hex[65], when[32], text[256], path[4096], ipath[4096];
 
-	kv("file", "%s", p->file[0] ? p->file : "-");
-	kv("index_file", "%s", p->index_file);
+	/* on S3: the objects' s3:// URLs, not the local view's files */
+	snprintf(path, sizeof path, "%s", p->file[0] ? p->file : "-");
+	snprintf(ipath, sizeof ipath, "%s", p->index_file);
+	cli_s3_name(path, sizeof path);
+	cli_s3_name(ipath, sizeof ipath);
+	kv("file", "%s", path);
+	kv("index_file", "%s", ipath);
 	kv("type", "%s", type_name(p));
 	kv("job", "%s", printable(p->job, text, sizeof text));
 	kv("seq", "%" PRIu32, p->seq);

@@ -115,8 +115,12 @@ static int cmd_restore(const struct cli_command *cmd, int argc, char **argv)
 		if ((rc = cli_select_point(cmd, &sel, argv[optind], &chosen)))
 			return rc;
 		o.point = cli_point_path(&chosen);
-		if (!quiet && !json && !json_progress)
-			fprintf(stderr, "cbimg: note: restoring '%s'\n", o.point);
+		if (!quiet && !json && !json_progress) {
+			char shown[4096];
+			snprintf(shown, sizeof shown, "%s", o.point);
+			cli_s3_name(shown, sizeof shown); /* on S3: the image's s3:// URL */
+			fprintf(stderr, "cbimg: note: restoring '%s'\n", shown);
+		}
 	} else {
 		if ((rc = cli_select_file(cmd, argv[optind])))
 			return rc;

@@ -46,12 +46,15 @@ struct verify_state {
 static void on_problem(void *ud, const char *file, int64_t block, const char *what)
 {
 	struct verify_state *s = ud;
+	char fb[4096], wb[4096]; /* an S3 view's files named by their s3:// URLs */
 
 	s->seen++;
-	if (!file)
-		file = "";
-	if (!what)
-		what = "";
+	snprintf(fb, sizeof fb, "%s", file ? file : "");
+	snprintf(wb, sizeof wb, "%s", what ? what : "");
+	cli_s3_name(fb, sizeof fb);
+	cli_s3_name(wb, sizeof wb);
+	file = fb;
+	what = wb;
 	if (!s->json) {
 		cli_progress_end(s->prog);
 		if (block >= 0)
@@ -88,8 +91,15 @@ static void on_problem(void *ud, const char *file, int64_t block, const char *wh
 static void on_note(void *ud, const char *file, int64_t block, const char *what)
 {
 	struct verify_state *s = ud;
+	char fb[4096], wb[4096]; /* an S3 view's files named by their s3:// URLs */
 
 	(void)block;
+	snprintf(fb, sizeof fb, "%s", file ? file : "");
+	snprintf(wb, sizeof wb, "%s", what ? what : "");
+	cli_s3_name(fb, sizeof fb);
+	cli_s3_name(wb, sizeof wb);
+	file = fb;
+	what = wb;
 	if (!s->json) {
 		if (!s->quiet) {
 			cli_progress_end(s->prog);
@@ -127,7 +137,10 @@ static void print_json(const char *path, const struct verify_state *s, const cbi
 	json_init(&j, stdout);
 	json_begin_object(&j, NULL);
 	json_u64(&j, "schema", CLI_JSON_SCHEMA);
-	json_string(&j, "path", path);
+	char shown[4096];
+	snprintf(shown, sizeof shown, "%s", path);
+	cli_s3_name(shown, sizeof shown); /* on S3: the s3:// operand */
+	json_string(&j, "path", shown);
 	json_bool(&j, "ok", status == CLI_OK || status == CLI_WARN);
 	json_i64(&j, "exit", status);
 	json_u64(&j, "files_checked", r->files_checked);
@@ -217,8 +230,12 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 		if ((rc = cli_select_point(cmd, &sel, path, &chosen)))
 			return rc;
 		path = cli_point_path(&chosen);
-		if (!quiet && !s.json && !json_progress)
-			fprintf(stderr, "cbimg: note: verifying '%s'\n", path);
+		if (!quiet && !s.json && !json_progress) {
+			char shown[4096];
+			snprintf(shown, sizeof shown, "%s", path);
+			cli_s3_name(shown, sizeof shown); /* on S3: the point's s3:// URL */
+			fprintf(stderr, "cbimg: note: verifying '%s'\n", shown);
+		}
 	}
 	/* a directory is verified whole; a file must be a point file */
 	if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && (rc = cli_check_point_file(path)))
@@ -258,6 +275,7 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 	 * describe, is shown as an error line too. */
 	if (rc < 0 && (rc != -CBI_EDAMAGED || s.seen == 0)) {
 		cli_fail(rc, &err);
+		cli_s3_name(err.msg, sizeof err.msg);
 		error = err.msg[0] ? err.msg : cbi_strerror(rc);
 	}
 	problems = r.problems > s.seen ? r.problems : s.seen;

@@ -42,17 +42,17 @@ static void remember_error(const char *fmt, va_list ap)
 void cli_error(const char *fmt, ...)
 {
 	va_list ap;
+	char msg[4096];
 
 	cli_progress_clear(); /* never on the end of a progress line */
 	fflush(stdout);
-	fputs("cbimg: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	va_start(ap, fmt);
-	remember_error(fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
+	cli_s3_name(msg, sizeof msg); /* an S3 view's files named by their s3:// URLs */
+	fprintf(stderr, "cbimg: %s\n", msg);
+	if (!first_error[0])
+		snprintf(first_error, sizeof first_error, "%.1199s", msg);
 }
 
 void cli_json_error(const char *msg, int status)

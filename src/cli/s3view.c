@@ -18,6 +18,7 @@ static char view[4096];
 static char operand[8192];
 static int view_made;
 static char shown[4096]; /* the s3:// operand the view stands for */
+static char shown_dir[4096]; /* s3://BUCKET/PREFIX: what the view directory stands for */
 
 /* The value of --state-dir among the options, else $CBIMG_STATE_DIR. */
 static const char *state_dir(int argc, char **argv)
@@ -104,6 +105,7 @@ int cli_s3_prepare(const struct cli_command *cmd, int *argc, char **argv)
 		int rc = rebuild ? cbi_objstore_rebuild(url, cli_s3_endpoint, sd, view, sizeof view, &err)
 				 : cbi_objstore_view(url, cli_s3_endpoint, sd, images, pt, view, sizeof view, &err);
 		snprintf(shown, sizeof shown, "%s", argv[i]);
+		snprintf(shown_dir, sizeof shown_dir, "%s", url);
 		if (rc)
 			return cli_fail(rc, &err);
 		view_made = images;
@@ -126,6 +128,27 @@ int cli_s3_prepare(const struct cli_command *cmd, int *argc, char **argv)
 const char *cli_s3_shown(const char *arg)
 {
 	return shown[0] && !strcmp(arg, view) ? shown : arg;
+}
+
+void cli_s3_name(char *s, size_t sz)
+{
+	char out[8192];
+	size_t o = 0, vl = strlen(view), ul = strlen(shown_dir);
+	if (!shown_dir[0] || !vl || sz > sizeof out || !strstr(s, view))
+		return;
+	for (const char *p = s; *p && o + 1 < sz;) {
+		if (!strncmp(p, view, vl) && (p[vl] == '/' || p[vl] == '\'' || p[vl] == ':' || !p[vl] ||
+					      p[vl] == ' ')) {
+			size_t n = ul < sz - 1 - o ? ul : sz - 1 - o;
+			memcpy(out + o, shown_dir, n);
+			o += n;
+			p += vl;
+		} else {
+			out[o++] = *p++;
+		}
+	}
+	out[o] = 0;
+	memcpy(s, out, o + 1);
 }
 
 void cli_s3_detach(void)

@@ -1076,7 +1076,9 @@ static int bk_end(bk_run *b, int rc)
 	OPENSSL_cleanse(b->rec_key, sizeof b->rec_key);
 	OPENSSL_cleanse(&b->hs, sizeof b->hs);
 	cbi_error ce;
-	if (b->run_id && cbi_catalog_run_end(b->o->dest, b->run_id, rc,
+	if (b->hk && b->hk->run_id)
+		*b->hk->run_id = b->run_id; /* the caller records the run's end */
+	else if (b->run_id && cbi_catalog_run_end(b->o->dest, b->run_id, rc,
 					     rc ? (b->err && b->err->msg[0] ? b->err->msg : cbi_strerror(rc))
 						: r->warning,
 					     r, &ce))

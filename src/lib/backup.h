@@ -119,6 +119,11 @@ typedef struct cbi_backup_hooks {
 	int (*image_begin)(void *ud, const char *path, uint64_t max_size, cbi_error *err);
 	int (*image_write)(void *ud, const void *buf, size_t len);
 	void *ud;
+	/* Not NULL: the run's end is not recorded in DEST's run history; its id
+	 * (0: none) is stored here and the caller records the end with
+	 * cbi_catalog_run_end() once it knows the run's real outcome (an S3
+	 * backup: only after its index object is committed). */
+	int64_t *run_id;
 } cbi_backup_hooks;
 
 /* cbi_backup() with hooks (hk NULL: the same). */

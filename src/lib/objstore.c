@@ -574,6 +574,19 @@ static int os_progress(void *ud, uint64_t done, uint64_t total)
 	return w->progress ? w->progress(w->progress_ud, done, total) : 0;
 }
 
+/* The run's end in the staging directory's run history (cbimg log), put
+ * off by cbi_backup_hooked() (hooks' run_id) until the run's outcome is
+ * known: ok only once the index object is committed, else failed with its
+ * error (naming the bucket), and no point. */
+static void os_run_end(const char *stage, int64_t *run_id, int rc, const cbi_error *err, cbi_backup_result *r)
+{
+	cbi_error ce;
+	const char *msg = rc ? (err && err->msg[0] ? err->msg : cbi_strerror(rc)) : r->warning;
+	if (*run_id && cbi_catalog_run_end(stage, *run_id, rc, msg, r, &ce) && r->n_warnings < CBI_MAX_WARNINGS)
+		cbi_strlcpy(r->warnings[r->n_warnings++], ce.msg, sizeof r->warnings[0]);
+	*run_id = 0;
+}
+
 /* The backup: the job's lock object (renewed while the run lasts), its
  * leftovers aborted, the staging directory with the parent's index and key
  * files; then cbi_backup_hooked() writes the point there, but streams the
@@ -586,8 +599,9 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 	os_ctx c;
 	char note[600] = "";
 	cbi_s3lock mine;
-	int64_t lease_ns = 0, lock_sent = 0;
+	int64_t lease_ns = 0, lock_sent = 0, run_id = 0;
 	int locked = 0;
+	char stage[4200];
 	os_run run = { .c = &c, .progress = o->progress, .progress_ud = o->progress_ud };
 	memset(r, 0, sizeof *r);
 	int rc = os_open(&c, o->dest, endpoint, o->state_dir, err);
@@ -650,7 +664,7 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 		goto end;
 
 	/* the staging directory: the job's newest index and its key files */
-	char stage[4200], shadow[4300], shdir[4400], sdir[4096];
+	char shadow[4300], shdir[4400], sdir[4096];
 	snprintf(stage, sizeof stage, "%s/job-%016llx", c.base, (unsigned long long)jk);
 	snprintf(shadow, sizeof shadow, "%s/state", stage);
 	if ((rc = mkdirs(stage))) {
@@ -695,7 +709,8 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 	lo.progress_ud = &run;
 	if (use_state)
 		lo.state_dir = shadow;
-	cbi_backup_hooks hk = { .image_begin = os_img_begin, .image_write = os_img_write, .ud = &run };
+	cbi_backup_hooks hk = { .image_begin = os_img_begin, .image_write = os_img_write, .ud = &run,
+				.run_id = &run_id };
 	rc = cbi_backup_hooked(&lo, &hk, r, err);
 	if (rc) {
 		/* the upload's own failure (the endpoint, the lease) says more than
@@ -752,6 +767,7 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 		cbi_err_prefix(err, rc, "the point was not stored in '%s'", c.url);
 		goto end;
 	}
+	os_run_end(stage, &run_id, 0, err, r); /* stored: ok */
 	if (use_state && (rc = state_install(shdir, sdir))) {
 		char wm[600];
 		snprintf(wm, sizeof wm, "the point is stored, but the local state '%.400s' was not updated: %s", sdir,
@@ -773,6 +789,8 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 	}
 	cbi_s3_counters(c.s3, &r->bytes_sent, &r->bytes_received);
 end:
+	if (run_id) /* a failed run: failed in the run history too */
+		os_run_end(stage, &run_id, rc, err, r);
 	cbi_s3lease_stop(run.lease);
 	cbi_s3up_free(run.up); /* aborts an unfinished upload */
 	if (locked)

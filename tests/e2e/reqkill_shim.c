@@ -5,10 +5,14 @@
  * an S3 server, between any two requests.
  *     CBIMG_KILL_REQUEST=N   kill before the Nth request (counted from 1)
  *     CBIMG_REQUEST_LOG=FILE write the number of requests at a normal exit
+ *     CBIMG_REFUSE_PUT=SUFFIX every single PUT of a key ending in SUFFIX
+ *                            fails (the send() returns ECONNRESET): an
+ *                            upload that cannot succeed, however often retried
  * libcurl sends a request's head with one send() (plain HTTP); run the
  * process with CBIMG_S3_JOBS=1 so that the order of requests is fixed. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -19,6 +23,20 @@
 
 static atomic_long count;
 static long kill_at;
+static const char *refuse;
+
+/* Is buf (len bytes) the head of "PUT /...SUFFIX HTTP/"? */
+static int refused(const void *buf, size_t len)
+{
+	const char *b = buf, *e = memchr(b, '\n', len);
+	size_t sl = refuse ? strlen(refuse) : 0;
+	if (!sl || !e || len < 5 || memcmp(b, "PUT /", 5))
+		return 0;
+	for (const char *p = b; p + sl + 6 <= e; p++)
+		if (!memcmp(p, refuse, sl) && !memcmp(p + sl, " HTTP/", 6))
+			return 1;
+	return 0;
+}
 
 static void seen(const void *buf, size_t len)
 {
@@ -40,6 +58,8 @@ ssize_t send(int fd, const void *buf, size_t len, int flags)
 	if (!real)
 		real = (ssize_t(*)(int, const void *, size_t, int))dlsym(RTLD_NEXT, "send");
 	seen(buf, len);
+	if (refused(buf, len))
+		return errno = ECONNRESET, -1;
 	return real(fd, buf, len, flags);
 }
 
@@ -50,6 +70,8 @@ ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sock
 		real = (ssize_t(*)(int, const void *, size_t, int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT,
 													   "sendto");
 	seen(buf, len);
+	if (refused(buf, len))
+		return errno = ECONNRESET, -1;
 	return real(fd, buf, len, flags, a, al);
 }
 
@@ -58,8 +80,11 @@ ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	static ssize_t (*real)(int, const struct msghdr *, int);
 	if (!real)
 		real = (ssize_t(*)(int, const struct msghdr *, int))dlsym(RTLD_NEXT, "sendmsg");
-	if (msg->msg_iovlen)
+	if (msg->msg_iovlen) {
 		seen(msg->msg_iov[0].iov_base, msg->msg_iov[0].iov_len);
+		if (refused(msg->msg_iov[0].iov_base, msg->msg_iov[0].iov_len))
+			return errno = ECONNRESET, -1;
+	}
 	return real(fd, msg, flags);
 }
 
@@ -67,6 +92,7 @@ __attribute__((constructor)) static void init(void)
 {
 	const char *k = getenv("CBIMG_KILL_REQUEST");
 	kill_at = k ? atol(k) : 0;
+	refuse = getenv("CBIMG_REFUSE_PUT");
 }
 
 __attribute__((destructor)) static void fini(void)

@@ -122,6 +122,9 @@ expect_exit 0 "$CBIMG" restore "s3://$B/$FULL" "$T/r0.img"
 check "the full, named by its index object, restores bit for bit" cmp -s "$T/r0.img" "$T/v0.img"
 expect_exit 0 "$CBIMG" verify s3://$B/pc1
 expect_exit 0 "$CBIMG" info "s3://$B/$FULL"
+check_grep "info names the point's objects by their s3:// URLs" "^index_file: +s3://$B/$FULL\$"
+expect_exit 0 "$CBIMG" info --json "s3://$B/$FULL"
+check_eq "... in JSON too" "$(jout .index_path)" "s3://$B/$FULL"
 check_eq "no run directory left in the state" "$(ls -d "$CBIMG_STATE_DIR"/s3/*/run-* 2>/dev/null | wc -l)" 0
 # the newest index replaced in the bucket by a damaged one of the same size,
 # after verify has cached it: the cache knows its copy by the object's ETag,
@@ -343,6 +346,10 @@ if [ "$seen" = 1 ]; then
 	bash "$RGW" start-rgw "$RDIR" || die "radosgw did not restart"
 	expect_exit 0 "$CBIMG" list --json s3://$B/r
 	check_eq "no half point listed after the failure" "$(jout length)" 1
+	expect_exit 0 "$CBIMG" log --json s3://$B/r
+	check_eq "log: the run that failed mid-upload is recorded as failed" "$(jout '[.[] | .result] | join(",")')" "ok,failed"
+	check_eq "... with its error naming the endpoint, and no point" \
+		"$(jout '.[1] | (.message | test("S3 endpoint .http://127.0.0.1:[0-9]+")), .file' | tr '\n' ' ')" "true null "
 	expect_exit 0 "$CBIMG" backup --level 1 "$KS" s3://$B/r
 	check_eq "no unfinished upload after the next run" "$(uploads $B)" 0
 	expect_exit 0 "$CBIMG" restore s3://$B/r latest "$T/rs.back"
@@ -351,6 +358,61 @@ else
 	wait "$RP"
 	skip_part "the backup finished before its upload was seen: restart not tested"
 fi
+
+# ------------------------------------------------- a refused commit
+# Every single PUT of an index object fails (tests/e2e/reqkill_shim.c:
+# CBIMG_REFUSE_PUT): the image went up, the commit did not. The run exits 1
+# with one line naming the index object, and the run log (cbimg log) shows
+# it failed with that error and no point: never "ok" for a point that is not
+# in the bucket. Then a damaged image object: verify's and restore's
+# messages name it by its s3:// URL, not the local view in the state directory.
+bucket refused
+RF=$B
+export CBIMG_STATE_DIR=$T/state-refused
+RKS=$T/refuse.so
+cc -O2 -shared -fPIC -o "$RKS" "$E2E_DIR/reqkill_shim.c" -ldl 2>"$T/cc.err" ||
+	die "cannot build tests/e2e/reqkill_shim.c: $(head -3 "$T/cc.err")"
+RFS=$T/refuse.img
+head -c $((8 << 20)) /dev/urandom >"$RFS"
+expect_exit 0 "$CBIMG" backup -q "$RFS" s3://$RF/f
+fill_random "$RFS" 1024 512
+expect_exit 1 env CBIMG_S3_RETRIES=1 CBIMG_REFUSE_PUT=.cbx LD_PRELOAD="$RKS" \
+	ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0" "$CBIMG" backup -q "$RFS" s3://$RF/f
+check_grep "index PUT refused: the point was not stored, naming the index object" \
+	"^cbimg: the point was not stored in 's3://$RF/f': .*'s3://$RF/f/[^']*_incr0001_[^']*\.cbx'"
+check_eq "... on one line" "$(wc -l <"$T/stderr")" 1
+RFERR=$(cat "$T/stderr")
+expect_exit 0 "$CBIMG" log --json s3://$RF/f
+check_eq "log: the full ok, the refused run failed (not ok)" "$(jout '[.[] | .result] | join(",")')" "ok,failed"
+check_eq "... with the same one-line error" "cbimg: $(jout '.[1].message')" "$RFERR"
+check_eq "... and no point named" "$(jout '.[1] | [.point, .file, .index_file] | map(. // "none") | join(",")')" "none,none,none"
+expect_exit 0 "$CBIMG" log s3://$RF/f
+check_grep "log's table says failed" "failed"
+expect_exit 0 "$CBIMG" list --json s3://$RF/f
+check_eq "no point listed for it" "$(jout length)" 1
+check_eq "no object of it left in the bucket" "$(keys $RF | grep -c '_incr0001_')" 0
+expect_exit 0 "$CBIMG" backup -q "$RFS" s3://$RF/f
+expect_exit 0 "$CBIMG" log --json s3://$RF/f
+check_eq "the next run is ok, the failed one still failed" "$(jout '[.[] | .result] | join(",")')" "ok,failed,ok"
+# a damaged image object: one byte inverted in its records
+DI=$(keys $RF | grep '_incr0001_.*\.cbi$')
+s3curl GET "$RF/$DI" >"$T/dmg.cbi"
+DO=$(($(stat -c %s "$T/dmg.cbi") / 2))
+DB=$(od -An -tu1 -j "$DO" -N1 "$T/dmg.cbi" | tr -d ' ')
+printf "\\$(printf %o $((255 - DB)))" | dd of="$T/dmg.cbi" bs=1 seek="$DO" conv=notrunc status=none
+curl -s -f --aws-sigv4 "aws:amz:default:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+	-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T "$T/dmg.cbi" "$S3_ENDPOINT/$RF/$DI" >/dev/null || die "PUT of $DI"
+expect_exit 3 "$CBIMG" verify s3://$RF/f
+check_grep "verify names the damaged object by its s3:// URL" "^DAMAGED s3://$RF/$DI: "
+check_eq "... and never the local view" "$(grep -c "$CBIMG_STATE_DIR" "$T/stdout" "$T/stderr" | awk -F: '{ n += $2 } END { print n }')" 0
+expect_exit 3 "$CBIMG" verify --json s3://$RF/f
+check_eq "verify --json: path and problems name s3:// URLs" \
+	"$(jout '[.path] + [.problems[].path] | unique | join(" ")')" "s3://$RF/f s3://$RF/$DI"
+expect_exit 3 "$CBIMG" restore s3://$RF/f latest "$T/dmg.out"
+check_grep "restore's error names the damaged object by its s3:// URL, with the reason" \
+	"^cbimg: 's3://$RF/$DI': .*(mismatch|damaged)"
+check_eq "... and never the local view" "$(grep -c "$CBIMG_STATE_DIR" "$T/stderr")" 0
+rm -f "$T/dmg.out" "$T/dmg.cbi"
 
 # ------------------------------------------------- bad configurations
 export CBIMG_STATE_DIR=$T/state-bad
