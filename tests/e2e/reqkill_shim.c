@@ -5,6 +5,10 @@
  * an S3 server, between any two requests.
  *     CBIMG_KILL_REQUEST=N   kill before the Nth request (counted from 1)
  *     CBIMG_REQUEST_LOG=FILE write the number of requests at a normal exit
+ *     CBIMG_DELAY_REQUEST="METHOD MS"  sleep MS milliseconds before sending
+ *                            each request of METHOD (e.g. "DELETE 600"): a
+ *                            slow run, the other requests (a lease's GET and
+ *                            PUT) unhindered
  * libcurl sends a request's head with one send() (plain HTTP); run the
  * process with CBIMG_S3_JOBS=1 so that the order of requests is fixed. */
 #define _GNU_SOURCE
@@ -19,6 +23,8 @@
 
 static atomic_long count;
 static long kill_at;
+static char delay_m[16];
+static long delay_ms;
 
 static void seen(const void *buf, size_t len)
 {
@@ -29,6 +35,8 @@ static void seen(const void *buf, size_t len)
 			long n = atomic_fetch_add(&count, 1) + 1;
 			if (kill_at && n == kill_at)
 				kill(getpid(), SIGKILL);
+			if (delay_ms && !strncmp(m[i], delay_m, strlen(delay_m)) && m[i][strlen(delay_m)] == ' ')
+				usleep((useconds_t)(delay_ms * 1000));
 			return;
 		}
 	}
@@ -67,6 +75,9 @@ __attribute__((constructor)) static void init(void)
 {
 	const char *k = getenv("CBIMG_KILL_REQUEST");
 	kill_at = k ? atol(k) : 0;
+	const char *d = getenv("CBIMG_DELAY_REQUEST");
+	if (d && sscanf(d, "%15s %ld", delay_m, &delay_ms) != 2)
+		delay_ms = 0;
 }
 
 __attribute__((destructor)) static void fini(void)
