@@ -5,10 +5,10 @@
  * an S3 server, between any two requests.
  *     CBIMG_KILL_REQUEST=N   kill before the Nth request (counted from 1)
  *     CBIMG_REQUEST_LOG=FILE write the number of requests at a normal exit
- *     CBIMG_DELAY_REQUEST="METHOD MS"  sleep MS milliseconds before sending
- *                            each request of METHOD (e.g. "DELETE 600"): a
- *                            slow run, the other requests (a lease's GET and
- *                            PUT) unhindered
+ *     CBIMG_DELAY_REQUEST="WORD MS"  sleep MS milliseconds before sending
+ *                            each request whose request line holds WORD (e.g.
+ *                            "DELETE 600", or part of a key): a slow run, the
+ *                            other requests (a lease's GET and PUT) unhindered
  * libcurl sends a request's head with one send() (plain HTTP); run the
  * process with CBIMG_S3_JOBS=1 so that the order of requests is fixed. */
 #define _GNU_SOURCE
@@ -23,7 +23,7 @@
 
 static atomic_long count;
 static long kill_at;
-static char delay_m[16];
+static char delay_w[256];
 static long delay_ms;
 
 static void seen(const void *buf, size_t len)
@@ -35,7 +35,8 @@ static void seen(const void *buf, size_t len)
 			long n = atomic_fetch_add(&count, 1) + 1;
 			if (kill_at && n == kill_at)
 				kill(getpid(), SIGKILL);
-			if (delay_ms && !strncmp(m[i], delay_m, strlen(delay_m)) && m[i][strlen(delay_m)] == ' ')
+			const char *eol = memchr(buf, '\r', len);
+			if (delay_ms && memmem(buf, eol ? (size_t)(eol - (const char *)buf) : len, delay_w, strlen(delay_w)))
 				usleep((useconds_t)(delay_ms * 1000));
 			return;
 		}
@@ -76,7 +77,7 @@ __attribute__((constructor)) static void init(void)
 	const char *k = getenv("CBIMG_KILL_REQUEST");
 	kill_at = k ? atol(k) : 0;
 	const char *d = getenv("CBIMG_DELAY_REQUEST");
-	if (d && sscanf(d, "%15s %ld", delay_m, &delay_ms) != 2)
+	if (d && sscanf(d, "%255s %ld", delay_w, &delay_ms) != 2)
 		delay_ms = 0;
 }
 

@@ -707,13 +707,15 @@ check_eq "no unfinished upload left by the killed prunes" "$(uploads "$B")" 0
 
 # ------------------------------------------------- prune's lease
 # prune renews its lock's lease as a backup does (format/SPEC.md, "Lease
-# renewal"). Its deletes slowed (reqkill_shim.c's CBIMG_DELAY_REQUEST: each
-# DELETE sent 0.6 s late, the lease's GET and PUT not), a prune of six points
-# lasts well past a 3 s lease: it succeeds, and meanwhile a second prune and
-# a backup of the job (from another state directory: another machine) are
-# refused. Then radosgw is paused for 5 s just after a prune took its lock:
-# it stops before its next store or delete, says why on one line, exit 1;
-# every listed point restores and the next prune finishes.
+# renewal"). Its merged image's PUT slowed (reqkill_shim.c's
+# CBIMG_DELAY_REQUEST: sent 6 s late, the lease's GET and PUT not), a prune
+# lasts well past a 3 s lease: it succeeds, and meanwhile (before it changes
+# the bucket, so that the second one's read of it is whole) a second prune
+# and a backup of the job (from another state directory: another machine) are
+# refused. Then radosgw is paused for 5 s just after a prune (its deletes
+# slowed: each sent 0.6 s late) took its lock: it stops before its next store
+# or delete, says why on one line, exit 1; every listed point restores and
+# the next prune finishes.
 bucket prunelease
 export CBIMG_STATE_DIR=$T/state-plock
 PL=$T/pl.img
@@ -723,14 +725,16 @@ for k in 0 1 2 3 4 5; do
 	pback pl "$PL" a
 	pback pl "$PL" b
 done
+objs a | grep -v '^\.cbimg-lock-' >"$T/pl.a0"
 objs b >"$T/pl.b0"
 t0=$(date +%s.%N)
-CBIMG_S3_LEASE=3 CBIMG_S3_JOBS=1 CBIMG_DELAY_REQUEST="DELETE 600" LD_PRELOAD="$RK" \
+CBIMG_S3_LEASE=3 CBIMG_S3_JOBS=1 CBIMG_DELAY_REQUEST="-m0000.cbi 6000" LD_PRELOAD="$RK" \
 	"$CBIMG" prune -q --keep-last 1 s3://$B/a >"$T/pl1.out" 2>&1 &
 LP=$!
 BGPIDS+=("$LP")
 sleep 3.5
 if kill -0 "$LP" 2>/dev/null; then
+	check_eq "the bucket unchanged so far" "$(pobjs a)" "$(cat "$T/pl.a0")"
 	expect_exit 1 env CBIMG_S3_LEASE=3 CBIMG_STATE_DIR="$T/state-plock2" "$CBIMG" prune -q --keep-last 1 s3://$B/a
 	check_grep "a second prune after the first one's initial lease ran out is refused (renewed)" \
 		"^cbimg: another cbimg .* job 'sys'"
