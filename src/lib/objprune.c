@@ -21,7 +21,10 @@
  *      index before its images, then images no point names.
  * A kill at any moment leaves objects that readers pair and resolve exactly
  * as a directory after a kill at the same step of a local prune; the next
- * prune of the job finishes the deletes (step 1). */
+ * prune of the job finishes the deletes (step 1). Steps 1 to 5 run under
+ * the job's lock object, its lease renewed as a backup's (cbi_os_lock,
+ * s3lease.h); each store and delete is sent only while it is held, so a
+ * prune whose lock is lost stops between two steps, as after a kill. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -307,11 +310,14 @@ static int same_point(const cbi_dent *e, const cbi_point *p)
 	       !memcmp(e->pt->p.index_digest, p->index_digest, 32);
 }
 
+/* Each request that changes the bucket is sent only while the job's lock
+ * is held (its lease renewed meanwhile: objstore.h, cbi_os_held). */
 static int del_object(op_ctx *c, const char *name)
 {
 	char key[1700];
 	obj_key(c, name, key, sizeof key);
-	return cbi_s3_delete(c->s3, key, c->err);
+	int rc = cbi_os_held(c->os, c->err);
+	return rc ? rc : cbi_s3_delete(c->s3, key, c->err);
 }
 
 /* Upload what the prune wrote in the work directory (pre: its files
@@ -330,6 +336,8 @@ static int carry_over(op_ctx *c, const cbi_dest *pre)
 			continue;
 		snprintf(path, sizeof path, "%s/%s", c->work, e->name);
 		obj_key(c, e->name, key, sizeof key);
+		if ((rc = cbi_os_held(c->os, c->err)))
+			break;
 		rc = cbi_s3_put_file(c->s3, key, path, 1, c->err);
 		if (rc == -EEXIST) {
 			/* the name is the point's and its first seq: the same image */
@@ -412,7 +420,8 @@ static int abort_uploads(op_ctx *c, const char *jp, char *note, size_t nsz, char
 	int rc = cbi_s3_list_uploads(c->s3, cbi_os_key_prefix(c->os), &up, &nup, c->err);
 	for (size_t i = 0; !rc && i < nup; i++)
 		if (!strncmp(up[i].key, pfx, strlen(pfx))) {
-			rc = cbi_s3_abort_upload(c->s3, up[i].key, up[i].upload_id, c->err);
+			if (!(rc = cbi_os_held(c->os, c->err)))
+				rc = cbi_s3_abort_upload(c->s3, up[i].key, up[i].upload_id, c->err);
 			mine++;
 		}
 	free(up);
@@ -424,6 +433,16 @@ static int abort_uploads(op_ctx *c, const char *jp, char *note, size_t nsz, char
 			 "running, or a killed one (its job's next run aborts it)", nup - mine, nup - mine == 1 ? "" : "s",
 			 c->o->dest);
 	return rc;
+}
+
+/* Stops the merge as soon as the lock is not held, else the caller's
+ * progress. */
+static int op_progress(void *ud, uint64_t done, uint64_t total)
+{
+	op_ctx *c = ud;
+	if (cbi_os_held(c->os, NULL))
+		return 1;
+	return c->o->progress ? c->o->progress(c->o->progress_ud, done, total) : 0;
 }
 
 int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_result *r, cbi_error *err)
@@ -488,11 +507,23 @@ int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_
 	if ((rc = cbi_prune(&lo, plan, err)) || (rc = fetch_plan(&c, plan)))
 		goto end;
 	lo.dry_run = 0;
-	lo.progress = o->progress;
-	if ((rc = cbi_prune(&lo, r, err)))
-		goto end;
-	rc = carry_over(&c, pre);
+	lo.progress = op_progress;
+	lo.progress_ud = &c;
+	if (!(rc = cbi_os_held(c.os, err)) && !(rc = cbi_prune(&lo, r, err)))
+		rc = carry_over(&c, pre);
 end:
+	if (rc && locked) {
+		/* a lost lock says more than "interrupted" or a request that
+		 * failed while the server stalled */
+		cbi_error le;
+		if (cbi_os_held(c.os, &le)) {
+			rc = -CBI_ELOCKED;
+			if (err)
+				*err = le;
+			cbi_err_prefix(err, rc, "the prune stopped before its next store or delete (every listed point "
+				       "restores; the next prune of the job goes on)");
+		}
+	}
 	if (c.work[0])
 		name_bucket(&c, c.work, r, rc ? err : NULL);
 	if (locked) {

@@ -346,6 +346,19 @@ static int os_lock(os_ctx *c, uint64_t jk, const char *host, const char *what, c
 	return cbi_err(err, -CBI_ELOCKED, "unable to take the lock of job '%s' in '%s'", what, c->url);
 }
 
+/* The renewal of the lease of job jk's lock object (mine, from os_lock()),
+ * in a thread of its own until cbi_s3lease_stop() (s3lease.h): the same
+ * for a backup and a prune. on_lost as there (may be NULL). */
+static int os_lease(os_ctx *c, uint64_t jk, const char *job, const cbi_s3lock *mine, int64_t lease_ns,
+		    int64_t sent, void (*on_lost)(void *ud, int code, const char *why), void *ud, cbi_s3lease **out,
+		    cbi_error *err)
+{
+	char lkey[700], what[800];
+	os_lock_key(c, jk, lkey, sizeof lkey);
+	snprintf(what, sizeof what, "job '%.63s' in '%.600s'", job, c->url);
+	return cbi_s3lease_start(c->s3, lkey, mine, lease_ns, sent, what, on_lost, ud, out, err);
+}
+
 /* Delete the job's lock object, unless it is no longer this run's (taken
  * over after the lease was lost: s3lease.h). */
 static void os_unlock(os_ctx *c, uint64_t jk, const cbi_s3lock *mine)
@@ -639,10 +652,7 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 	locked = 1;
 	if ((rc = cbi_s3up_new(c.s3, &run.up, err)))
 		goto end;
-	char lkey[700], what[800];
-	os_lock_key(&c, jk, lkey, sizeof lkey);
-	snprintf(what, sizeof what, "job '%.63s' in '%.600s'", job, c.url);
-	if ((rc = cbi_s3lease_start(c.s3, lkey, &mine, lease_ns, lock_sent, what, os_lost, &run, &run.lease, err)))
+	if ((rc = os_lease(&c, jk, job, &mine, lease_ns, lock_sent, os_lost, &run, &run.lease, err)))
 		goto end;
 	/* what a killed run of the job left: its multipart uploads */
 	cbi_s3_obj *up = NULL;
@@ -899,6 +909,7 @@ struct cbi_os {
 	cbi_s3lock mine;          /* the lock this handle holds (cbi_os_lock) */
 	int64_t lease_ns, sent;
 	int locked;
+	cbi_s3lease *lease;       /* its renewal, while it is held */
 };
 
 int cbi_os_open(const char *url, const char *endpoint, const char *state_dir, cbi_os **out, cbi_error *err)
@@ -919,6 +930,7 @@ void cbi_os_close(cbi_os *o)
 {
 	if (!o)
 		return;
+	cbi_s3lease_stop(o->lease);
 	os_close(&o->c);
 	free(o);
 }
@@ -948,11 +960,20 @@ int cbi_os_lock(cbi_os *o, uint64_t jk, const char *host, const char *what, char
 {
 	int rc = os_lock(&o->c, jk, host, what, note, nsz, &o->mine, &o->lease_ns, &o->sent, err);
 	o->locked = !rc;
+	if (!rc && (rc = os_lease(&o->c, jk, what, &o->mine, o->lease_ns, o->sent, NULL, NULL, &o->lease, err)))
+		cbi_os_unlock(o, jk);
 	return rc;
+}
+
+int cbi_os_held(cbi_os *o, cbi_error *err)
+{
+	return cbi_s3lease_held(o->lease, err);
 }
 
 void cbi_os_unlock(cbi_os *o, uint64_t jk)
 {
+	cbi_s3lease_stop(o->lease);
+	o->lease = NULL;
 	os_unlock(&o->c, jk, o->locked ? &o->mine : NULL);
 	o->locked = 0;
 }

@@ -8,6 +8,10 @@
  *     CBIMG_REFUSE_PUT=SUFFIX every single PUT of a key ending in SUFFIX
  *                            fails (the send() returns ECONNRESET): an
  *                            upload that cannot succeed, however often retried
+ *     CBIMG_DELAY_REQUEST="WORD MS"  sleep MS milliseconds before sending
+ *                            each request whose request line holds WORD (e.g.
+ *                            "DELETE 600", or part of a key): a slow run, the
+ *                            other requests (a lease's GET and PUT) unhindered
  * libcurl sends a request's head with one send() (plain HTTP); run the
  * process with CBIMG_S3_JOBS=1 so that the order of requests is fixed. */
 #define _GNU_SOURCE
@@ -37,6 +41,8 @@ static int refused(const void *buf, size_t len)
 			return 1;
 	return 0;
 }
+static char delay_w[256];
+static long delay_ms;
 
 static void seen(const void *buf, size_t len)
 {
@@ -47,6 +53,9 @@ static void seen(const void *buf, size_t len)
 			long n = atomic_fetch_add(&count, 1) + 1;
 			if (kill_at && n == kill_at)
 				kill(getpid(), SIGKILL);
+			const char *eol = memchr(buf, '\r', len);
+			if (delay_ms && memmem(buf, eol ? (size_t)(eol - (const char *)buf) : len, delay_w, strlen(delay_w)))
+				usleep((useconds_t)(delay_ms * 1000));
 			return;
 		}
 	}
@@ -93,6 +102,9 @@ __attribute__((constructor)) static void init(void)
 	const char *k = getenv("CBIMG_KILL_REQUEST");
 	kill_at = k ? atol(k) : 0;
 	refuse = getenv("CBIMG_REFUSE_PUT");
+	const char *d = getenv("CBIMG_DELAY_REQUEST");
+	if (d && sscanf(d, "%255s %ld", delay_w, &delay_ms) != 2)
+		delay_ms = 0;
 }
 
 __attribute__((destructor)) static void fini(void)

@@ -26,6 +26,9 @@
 #   - prune (s3prune): keep rules, selectors, dry run, other hosts untouched,
 #     only the needed records fetched, an encrypted chain, kill -9 before each
 #     request of its upload and deletes (tests/e2e/reqkill_shim.c)
+#   - prune's lease renewed past its length (a second prune and a backup
+#     refused), and lost while radosgw stalls: it stops before its next store
+#     or delete, every listed point restores, the next prune finishes
 . "$(dirname "$0")/lib.sh"
 need_jq
 RGW=$E2E_DIR/../s3/rgw.sh
@@ -779,5 +782,92 @@ echo "  $n kills: $before before the prune stored an object, $during after it st
 check_eq "kill -9 before $n requests of prune: every listed point restores, the next prune finishes" "$bad" 0
 check "some kills landed between the merged image's store and the last delete" test "$during" -gt 0
 check_eq "no unfinished upload left by the killed prunes" "$(uploads "$B")" 0
+
+# ------------------------------------------------- prune's lease
+# prune renews its lock's lease as a backup does (format/SPEC.md, "Lease
+# renewal"). Its merged image's PUT slowed (reqkill_shim.c's
+# CBIMG_DELAY_REQUEST: sent 6 s late, the lease's GET and PUT not), a prune
+# lasts well past a 3 s lease: it succeeds, and meanwhile (before it changes
+# the bucket, so that the second one's read of it is whole) a second prune
+# and a backup of the job (from another state directory: another machine) are
+# refused. Then radosgw is paused for 5 s just after a prune (its deletes
+# slowed: each sent 0.6 s late) took its lock: it stops before its next store
+# or delete, says why on one line, exit 1; every listed point restores and
+# the next prune finishes.
+bucket prunelease
+export CBIMG_STATE_DIR=$T/state-plock
+PL=$T/pl.img
+head -c $((4 << 20)) /dev/urandom >"$PL"
+for k in 0 1 2 3 4 5; do
+	[ $k = 0 ] || fill_random "$PL" $((k * 512)) 256
+	pback pl "$PL" a
+	pback pl "$PL" b
+done
+objs a | grep -v '^\.cbimg-lock-' >"$T/pl.a0"
+objs b >"$T/pl.b0"
+t0=$(date +%s.%N)
+CBIMG_S3_LEASE=3 CBIMG_S3_JOBS=1 CBIMG_DELAY_REQUEST="-m0000.cbi 6000" LD_PRELOAD="$RK" \
+	"$CBIMG" prune -q --keep-last 1 s3://$B/a >"$T/pl1.out" 2>&1 &
+LP=$!
+BGPIDS+=("$LP")
+sleep 3.5
+if kill -0 "$LP" 2>/dev/null; then
+	check_eq "the bucket unchanged so far" "$(pobjs a)" "$(cat "$T/pl.a0")"
+	expect_exit 1 env CBIMG_S3_LEASE=3 CBIMG_STATE_DIR="$T/state-plock2" "$CBIMG" prune -q --keep-last 1 s3://$B/a
+	check_grep "a second prune after the first one's initial lease ran out is refused (renewed)" \
+		"^cbimg: another cbimg .* job 'sys'"
+	expect_exit 1 env CBIMG_S3_LEASE=3 CBIMG_STATE_DIR="$T/state-plock2" \
+		"$CBIMG" backup -q --host pl --job sys --level 1 "$PL" s3://$B/a
+	check_grep "... and so is a backup of the job" "^cbimg: another cbimg .* job 'sys'"
+	wait "$LP"
+	RC=$?
+	OUT=$(cat "$T/pl1.out")
+	check_eq "the prune that outlasted its 3 s lease ($(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s) succeeds" "$RC" 0
+	check "... every point left restores" restores pl a
+	check_eq "... one of them" "$NPTS" 1
+	check_eq "... its lock object deleted, no upload left" "$(keys "$B" | grep -c '^a/\.cbimg-lock') $(uploads "$B")" "0 0"
+else
+	wait "$LP"
+	skip_part "the prune ended within 3.5 s: its lease renewal was not tested"
+fi
+CBIMG_S3_LEASE=3 CBIMG_S3_JOBS=1 CBIMG_DELAY_REQUEST="DELETE 600" LD_PRELOAD="$RK" \
+	"$CBIMG" prune --keep-last 1 s3://$B/b >"$T/pl2.out" 2>&1 &
+LP=$!
+BGPIDS+=("$LP")
+seen=0
+for i in $(seq 1 500); do
+	if keys "$B" | grep -q '^b/\.cbimg-lock'; then seen=1; break; fi
+	kill -0 "$LP" 2>/dev/null || break
+	sleep 0.01
+done
+if [ "$seen" = 1 ] && bash "$RGW" pause-rgw "$RDIR"; then
+	sleep 5
+	bash "$RGW" resume-rgw "$RDIR"
+	wait "$LP"
+	RC=$?
+	OUT=$(cat "$T/pl2.out")
+	check_eq "prune's lease lost while radosgw stalled: exit 1" "$RC" 1
+	check_grep "one line: stopped before its next store or delete, naming the lock and why" \
+		"^cbimg: the prune stopped before its next store or delete.*lock of job 'sys' in 's3://$B/b/?'.*(renewed in time|lost)"
+	check_eq "... on one line" "$(wc -l <"$T/pl2.out")" 1
+	echo "  (prune said: $(cut -c1-300 "$T/pl2.out"))"
+	if [ "$(pobjs b)" = "$(grep -v '^\.cbimg-lock-' "$T/pl.b0")" ]; then
+		echo "  (the prune stopped before it stored the merged image)"
+	elif [ -z "$(comm -23 <(grep -v '^\.cbimg-lock-' "$T/pl.b0") <(pobjs b))" ]; then
+		echo "  (the prune stored the merged image and stopped before its first delete)"
+	else
+		echo "  (the prune stopped after $(comm -23 <(grep -v '^\.cbimg-lock-' "$T/pl.b0") <(pobjs b) | wc -l) deletes)"
+	fi
+	check "... every point list shows restores" restores pl b
+	check_eq "... its lock object deleted (it still named the run)" "$(keys "$B" | grep -c '^b/\.cbimg-lock')" 0
+	expect_exit 0 "$CBIMG" prune -q --keep-last 1 s3://$B/b
+	check "the next prune finishes: its point restores" restores pl b
+	check_eq "... one point, as the uninterrupted prune of a copy left ($(pobjs a | wc -l) objects)" \
+		"$NPTS $(pobjs b | wc -l)" "1 $(pobjs a | wc -l)"
+	check_eq "no unfinished upload left" "$(uploads "$B")" 0
+else
+	wait "$LP"
+	skip_part "the prune's lock not seen, or radosgw not paused: prune's lease loss not tested"
+fi
 
 finish

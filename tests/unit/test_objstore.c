@@ -2,7 +2,9 @@
  * when CBIMG_S3_TEST_BUCKET names a bucket on $S3_ENDPOINT
  * (tests/e2e/t_s3.sh sets one up), backups into it with the lock object's
  * rules: a live lock refuses, an expired one is taken over, a kill's
- * leftover upload is aborted. */
+ * leftover upload is aborted; and the lock of cbi_os_lock() (prune's):
+ * its lease renewed past its length, lost once another writer replaced
+ * it, whose object the release then leaves alone. */
 #include "testutil.h"
 
 #include "cbimg.h"
@@ -112,11 +114,46 @@ static void test_server(void **state)
 	cbi_s3_close(s);
 }
 
+static void test_os_lock(void **state)
+{
+	(void)state;
+	const char *bucket = tu_s3_bucket();
+	char url[256], sd[4096], prefix[64], k[256], note[600] = "";
+	snprintf(prefix, sizeof prefix, "unit-oslock-%ld", (long)getpid());
+	snprintf(url, sizeof url, "s3://%s/%s", bucket, prefix);
+	snprintf(sd, sizeof sd, "%s/state", (const char *)*state);
+	setenv("CBIMG_S3_LEASE", "2", 1);
+	cbi_os *o = NULL, *o2 = NULL;
+	cbi_error e;
+	uint64_t key = cbi_state_key("unithost", "unit-src", "p"), sz;
+	snprintf(k, sizeof k, "%s/.cbimg-lock-%016llx", prefix, (unsigned long long)key);
+	assert_int_equal(cbi_os_open(url, NULL, sd, &o, &e), 0);
+	assert_int_equal(cbi_os_held(o, &e), 0); /* no lock taken: nothing to lose */
+	assert_int_equal(cbi_os_lock(o, key, "unithost", "p", note, sizeof note, &e), 0);
+	usleep(2600 * 1000); /* past the lease: held, because renewed */
+	assert_int_equal(cbi_os_held(o, &e), 0);
+	assert_int_equal(cbi_os_open(url, NULL, sd, &o2, &e), 0);
+	assert_int_equal(cbi_os_lock(o2, key, "unithost", "p", note, sizeof note, &e), -CBI_ELOCKED);
+	cbi_os_close(o2);
+	/* another writer's object in its place: lost at the next renewal */
+	put_lock(cbi_os_s3(o), prefix, key, "otherhost", 1, (long long)cbi_wallclock_ns() + 3600LL * 1000000000LL);
+	for (int i = 0; i < 40 && !cbi_os_held(o, NULL); i++)
+		usleep(100 * 1000);
+	assert_int_equal(cbi_os_held(o, &e), -CBI_ELOCKED);
+	assert_true(strstr(e.msg, "took it over") || strstr(e.msg, "removed by another writer"));
+	cbi_os_unlock(o, key);
+	assert_int_equal(cbi_s3_head(cbi_os_s3(o), k, &sz, &e), 0); /* left to its owner */
+	cbi_s3_delete(cbi_os_s3(o), k, &e);
+	cbi_os_close(o);
+	unsetenv("CBIMG_S3_LEASE");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_name_order),
 		cmocka_unit_test_setup_teardown(test_server, tu_setup_dir, tu_teardown_dir),
+		cmocka_unit_test_setup_teardown(test_os_lock, tu_setup_dir, tu_teardown_dir),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
