@@ -129,22 +129,6 @@ check_grep "info names the point's objects by their s3:// URLs" "^index_file: +s
 expect_exit 0 "$CBIMG" info --json "s3://$B/$FULL"
 check_eq "... in JSON too" "$(jout .index_path)" "s3://$B/$FULL"
 check_eq "no run directory left in the state" "$(ls -d "$CBIMG_STATE_DIR"/s3/*/run-* 2>/dev/null | wc -l)" 0
-# the newest index replaced in the bucket by a damaged one of the same size,
-# after verify has cached it: the cache knows its copy by the object's ETag,
-# so verify (and list) read the bucket's version, not the old copy
-NEWX=$(keys $RB | grep '_incr0002_.*\.cbx$')
-s3curl GET "$RB/$NEWX" >"$T/newx.orig"
-cp "$T/newx.orig" "$T/newx.bad"
-flip_byte "$T/newx.bad" $(($(stat -c %s "$T/newx.bad") / 2))
-curl -s -f --aws-sigv4 "aws:amz:default:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
-	-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T "$T/newx.bad" "$S3_ENDPOINT/$RB/$NEWX" -o /dev/null ||
-	die "PUT of the damaged index"
-expect_exit 3 "$CBIMG" verify s3://$RB/p
-check_grep "an index replaced in the bucket by a damaged one of the same size: verify sees it" \
-	"DAMAGED .*$(basename "$NEWX")"
-curl -s -f --aws-sigv4 "aws:amz:default:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
-	-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T "$T/newx.orig" "$S3_ENDPOINT/$RB/$NEWX" -o /dev/null ||
-	die "PUT of the original index"
 check_eq "no image staged locally after the upload" "$(find "$CBIMG_STATE_DIR"/s3/*/job-* -name '*.cbi' | wc -l)" 0
 
 # ----------------------------------------- three hosts, one bucket, at once
@@ -511,6 +495,22 @@ check_grep "... and its damaged block" "DAMAGED .*$(basename "$FULLI"): block [0
 expect_exit 3 "$CBIMG" restore s3://$RB/p latest "$T/rr2.img"
 check_eq "restore of a point that needs the damaged record: exit 3" "$RC" 3
 check_eq "no run directory left in the state" "$(ls -d "$CBIMG_STATE_DIR"/s3/*/run-* 2>/dev/null | wc -l)" 0
+# the newest index replaced in the bucket by a damaged one of the same size,
+# after verify has cached it: the cache knows its copy by the object's ETag,
+# so verify (and list) read the bucket's version, not the old copy
+NEWX=$(keys $RB | grep '_incr0002_.*\.cbx$')
+s3curl GET "$RB/$NEWX" >"$T/newx.orig"
+cp "$T/newx.orig" "$T/newx.bad"
+flip_byte "$T/newx.bad" $(($(stat -c %s "$T/newx.bad") / 2))
+curl -s -f --aws-sigv4 "aws:amz:default:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+	-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T "$T/newx.bad" "$S3_ENDPOINT/$RB/$NEWX" -o /dev/null ||
+	die "PUT of the damaged index"
+expect_exit 3 "$CBIMG" verify s3://$RB/p
+check_grep "an index replaced in the bucket by a damaged one of the same size: verify sees it" \
+	"DAMAGED .*$(basename "$NEWX")"
+curl -s -f --aws-sigv4 "aws:amz:default:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+	-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T "$T/newx.orig" "$S3_ENDPOINT/$RB/$NEWX" -o /dev/null ||
+	die "PUT of the original index"
 
 # ------------------------------------------------- log and catalog rebuild
 expect_exit 0 "$CBIMG" log --json s3://$RB/p
