@@ -857,6 +857,11 @@ int cbi_objstore_log(const char *url, const char *endpoint, const char *state_di
 int cbi_objstore_rebuild(const char *url, const char *endpoint, const char *state_dir, char *dir, size_t dirsz,
 			 cbi_error *err) CBI_WUR;
 
+/* Every "from" in s (a string in a buffer of sz bytes, at most 4096)
+ * replaced by "to", cut to fit: messages name the bucket's objects, not the
+ * local directories that stand for them (a view, a staging directory). */
+void cbi_objstore_subst(char *s, size_t sz, const char *from, const char *to);
+
 /* The ranged GETs the current view (restore, verify, mount) has made so far
  * and the bytes they fetched (zeros without a view). */
 void cbi_objstore_read_stats(uint64_t *gets, uint64_t *bytes);

@@ -101,6 +101,8 @@ const char *cli_s3_shown(const char *operand);
 /* Every mention of the local view in message s (of size sz) replaced by the
  * s3://BUCKET/PREFIX it stands for: errors name the bucket's objects. */
 void cli_s3_name(char *s, size_t sz);
+/* s (NULL: "") copied into buf (sz bytes) and named so: returns buf. */
+const char *cli_s3_named(const char *s, char *buf, size_t sz);
 void cli_s3_detach(void);
 
 extern int cli_json_mode;

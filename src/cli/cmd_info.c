@@ -96,10 +96,8 @@ static void json_point(struct json *j, const char *key, const cbi_point *p, int 
 	char hex[65], when[32], path[4096], ipath[4096];
 
 	/* on S3: the objects' s3:// URLs, not the local view's files */
-	snprintf(path, sizeof path, "%s", p->file);
-	snprintf(ipath, sizeof ipath, "%s", p->index_file);
-	cli_s3_name(path, sizeof path);
-	cli_s3_name(ipath, sizeof ipath);
+	cli_s3_named(p->file, path, sizeof path);
+	cli_s3_named(p->index_file, ipath, sizeof ipath);
 	json_begin_object(j, key);
 	if (schema)
 		json_u64(j, "schema", CLI_JSON_SCHEMA);
@@ -198,12 +196,8 @@ static void print_point(const cbi_point *p)
 	char hex[65], when[32], text[256], path[4096], ipath[4096];
 
 	/* on S3: the objects' s3:// URLs, not the local view's files */
-	snprintf(path, sizeof path, "%s", p->file[0] ? p->file : "-");
-	snprintf(ipath, sizeof ipath, "%s", p->index_file);
-	cli_s3_name(path, sizeof path);
-	cli_s3_name(ipath, sizeof ipath);
-	kv("file", "%s", path);
-	kv("index_file", "%s", ipath);
+	kv("file", "%s", cli_s3_named(p->file[0] ? p->file : "-", path, sizeof path));
+	kv("index_file", "%s", cli_s3_named(p->index_file, ipath, sizeof ipath));
 	kv("type", "%s", type_name(p));
 	kv("job", "%s", printable(p->job, text, sizeof text));
 	kv("seq", "%" PRIu32, p->seq);

@@ -116,10 +116,8 @@ static int cmd_restore(const struct cli_command *cmd, int argc, char **argv)
 			return rc;
 		o.point = cli_point_path(&chosen);
 		if (!quiet && !json && !json_progress) {
-			char shown[4096];
-			snprintf(shown, sizeof shown, "%s", o.point);
-			cli_s3_name(shown, sizeof shown); /* on S3: the image's s3:// URL */
-			fprintf(stderr, "cbimg: note: restoring '%s'\n", shown);
+			char shown[4096]; /* on S3: the image's s3:// URL */
+			fprintf(stderr, "cbimg: note: restoring '%s'\n", cli_s3_named(o.point, shown, sizeof shown));
 		}
 	} else {
 		if ((rc = cli_select_file(cmd, argv[optind])))

@@ -49,12 +49,8 @@ static void on_problem(void *ud, const char *file, int64_t block, const char *wh
 	char fb[4096], wb[4096]; /* an S3 view's files named by their s3:// URLs */
 
 	s->seen++;
-	snprintf(fb, sizeof fb, "%s", file ? file : "");
-	snprintf(wb, sizeof wb, "%s", what ? what : "");
-	cli_s3_name(fb, sizeof fb);
-	cli_s3_name(wb, sizeof wb);
-	file = fb;
-	what = wb;
+	file = cli_s3_named(file, fb, sizeof fb);
+	what = cli_s3_named(what, wb, sizeof wb);
 	if (!s->json) {
 		cli_progress_end(s->prog);
 		if (block >= 0)
@@ -94,12 +90,8 @@ static void on_note(void *ud, const char *file, int64_t block, const char *what)
 	char fb[4096], wb[4096]; /* an S3 view's files named by their s3:// URLs */
 
 	(void)block;
-	snprintf(fb, sizeof fb, "%s", file ? file : "");
-	snprintf(wb, sizeof wb, "%s", what ? what : "");
-	cli_s3_name(fb, sizeof fb);
-	cli_s3_name(wb, sizeof wb);
-	file = fb;
-	what = wb;
+	file = cli_s3_named(file, fb, sizeof fb);
+	what = cli_s3_named(what, wb, sizeof wb);
 	if (!s->json) {
 		if (!s->quiet) {
 			cli_progress_end(s->prog);
@@ -138,9 +130,7 @@ static void print_json(const char *path, const struct verify_state *s, const cbi
 	json_begin_object(&j, NULL);
 	json_u64(&j, "schema", CLI_JSON_SCHEMA);
 	char shown[4096];
-	snprintf(shown, sizeof shown, "%s", path);
-	cli_s3_name(shown, sizeof shown); /* on S3: the s3:// operand */
-	json_string(&j, "path", shown);
+	json_string(&j, "path", cli_s3_named(path, shown, sizeof shown)); /* on S3: the s3:// operand */
 	json_bool(&j, "ok", status == CLI_OK || status == CLI_WARN);
 	json_i64(&j, "exit", status);
 	json_u64(&j, "files_checked", r->files_checked);
@@ -231,10 +221,8 @@ static int cmd_verify(const struct cli_command *cmd, int argc, char **argv)
 			return rc;
 		path = cli_point_path(&chosen);
 		if (!quiet && !s.json && !json_progress) {
-			char shown[4096];
-			snprintf(shown, sizeof shown, "%s", path);
-			cli_s3_name(shown, sizeof shown); /* on S3: the point's s3:// URL */
-			fprintf(stderr, "cbimg: note: verifying '%s'\n", shown);
+			char shown[4096]; /* on S3: the point's s3:// URL */
+			fprintf(stderr, "cbimg: note: verifying '%s'\n", cli_s3_named(path, shown, sizeof shown));
 		}
 	}
 	/* a directory is verified whole; a file must be a point file */

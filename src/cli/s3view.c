@@ -132,23 +132,15 @@ const char *cli_s3_shown(const char *arg)
 
 void cli_s3_name(char *s, size_t sz)
 {
-	char out[8192];
-	size_t o = 0, vl = strlen(view), ul = strlen(shown_dir);
-	if (!shown_dir[0] || !vl || sz > sizeof out || !strstr(s, view))
-		return;
-	for (const char *p = s; *p && o + 1 < sz;) {
-		if (!strncmp(p, view, vl) && (p[vl] == '/' || p[vl] == '\'' || p[vl] == ':' || !p[vl] ||
-					      p[vl] == ' ')) {
-			size_t n = ul < sz - 1 - o ? ul : sz - 1 - o;
-			memcpy(out + o, shown_dir, n);
-			o += n;
-			p += vl;
-		} else {
-			out[o++] = *p++;
-		}
-	}
-	out[o] = 0;
-	memcpy(s, out, o + 1);
+	if (shown_dir[0] && view[0])
+		cbi_objstore_subst(s, sz, view, shown_dir);
+}
+
+const char *cli_s3_named(const char *s, char *buf, size_t sz)
+{
+	snprintf(buf, sz, "%s", s ? s : "");
+	cli_s3_name(buf, sz);
+	return buf;
 }
 
 void cli_s3_detach(void)

@@ -6,8 +6,9 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
+
+#include "util.h"
 
 typedef struct dg_job {
 	uint8_t *buf;
@@ -17,6 +18,8 @@ typedef struct dg_job {
 
 /* One consumer's thread and queue (a ring of nbuf ranges). */
 typedef struct dg_stage {
+	struct cbi_dgpipe *p;  /* the pipe it belongs to (its thread's argument is the stage) */
+	int writer;            /* 1: the writer stage (wfn), 0: the digest (fn) */
 	pthread_t t;
 	pthread_cond_t cv_job; /* a range was handed over, or stop (the thread waits) */
 	dg_job *q;
@@ -58,17 +61,11 @@ static void dg_unref(cbi_dgpipe *p, uint8_t *buf)
 		p->freel[p->nfree++] = buf;
 }
 
-typedef struct dg_arg {
-	cbi_dgpipe *p;
-	int k;
-} dg_arg;
-
 static void *dg_main(void *arg)
 {
-	cbi_dgpipe *p = ((dg_arg *)arg)->p;
-	dg_stage *s = &p->st[((dg_arg *)arg)->k];
-	int writer = s == &p->st[1];
-	free(arg);
+	dg_stage *s = arg;
+	cbi_dgpipe *p = s->p;
+	int writer = s->writer;
 	pthread_mutex_lock(&p->mu);
 	for (;;) {
 		while (!s->qlen && !p->stop)
@@ -164,27 +161,17 @@ int cbi_dgpipe_new_w(size_t nbuf, size_t bufsz, cbi_dgpipe_fn fn, void *ud, cbi_
 	}
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->cv_back, NULL);
-	for (int k = 0; k < 2; k++)
+	for (int k = 0; k < 2; k++) {
+		p->st[k].p = p;
+		p->st[k].writer = k;
 		pthread_cond_init(&p->st[k].cv_job, NULL);
-	/* the threads start with every signal blocked: a signal handler of the
-	 * program keeps running in the threads it ran in before */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int rc = 0;
-	for (int k = 0; k < (wfn ? 2 : 1) && !rc; k++) {
-		dg_arg *a = malloc(sizeof *a);
-		if (!a) {
-			rc = ENOMEM;
-			break;
-		}
-		*a = (dg_arg){ p, k };
-		if ((rc = pthread_create(&p->st[k].t, NULL, dg_main, a)))
-			free(a);
-		else
-			p->st[k].started = 1;
 	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	/* every signal blocked in the threads: the program's handlers keep
+	 * running in the threads they ran in before */
+	int rc = 0;
+	for (int k = 0; k < (wfn ? 2 : 1) && !rc; k++)
+		if (!(rc = cbi_thread_start_quiet(&p->st[k].t, dg_main, &p->st[k])))
+			p->st[k].started = 1;
 	if (rc) {
 		dg_stop(p);
 		return -rc;

@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "cbimg.h"
+#include "util.h"
 
 typedef struct cbi_dgpipe cbi_dgpipe;
 
@@ -40,7 +41,7 @@ typedef int (*cbi_dgpipe_fn)(void *ud, const void *data, size_t len);
 typedef int (*cbi_dgpipe_wfn)(void *ud, const void *data, size_t len, uint64_t pos);
 
 /* Buffers are aligned to this many bytes (O_DIRECT writes). */
-#define CBI_DGPIPE_ALIGN 4096
+#define CBI_DGPIPE_ALIGN CBI_DIRECT_ALIGN
 
 /* Start the thread with nbuf (>= 2) buffers of bufsz bytes. The thread
  * blocks every signal (they go to the caller's threads, as before). 0, or

@@ -74,16 +74,16 @@ static void name_bucket(op_ctx *c, const char *dir, cbi_prune_result *r, cbi_err
 	snprintf(from, sizeof from, "%s/", dir);
 	for (size_t i = 0; r && i < r->n; i++) {
 		cbi_point *p = &r->items[i].point;
-		cbi_os_subst(p->file, sizeof p->file, from, c->url);
-		cbi_os_subst(p->index_file, sizeof p->index_file, from, c->url);
+		cbi_objstore_subst(p->file, sizeof p->file, from, c->url);
+		cbi_objstore_subst(p->index_file, sizeof p->index_file, from, c->url);
 	}
 	for (unsigned k = 0; r && k < r->n_notes; k++) {
-		cbi_os_subst(r->notes[k], sizeof r->notes[k], from, c->url);
-		cbi_os_subst(r->notes[k], sizeof r->notes[k], dir, c->o->dest);
+		cbi_objstore_subst(r->notes[k], sizeof r->notes[k], from, c->url);
+		cbi_objstore_subst(r->notes[k], sizeof r->notes[k], dir, c->o->dest);
 	}
 	if (err) {
-		cbi_os_subst(err->msg, sizeof err->msg, from, c->url);
-		cbi_os_subst(err->msg, sizeof err->msg, dir, c->o->dest); /* the DEST itself */
+		cbi_objstore_subst(err->msg, sizeof err->msg, from, c->url);
+		cbi_objstore_subst(err->msg, sizeof err->msg, dir, c->o->dest); /* the DEST itself */
 	}
 }
 
@@ -527,7 +527,7 @@ end:
 	if (c.work[0])
 		name_bucket(&c, c.work, r, rc ? err : NULL);
 	if (locked) {
-		cbi_os_subst(note3, sizeof note3, c.work, c.url);
+		cbi_objstore_subst(note3, sizeof note3, c.work, c.url);
 		add_note(r, note);
 		add_note(r, note2);
 		add_note(r, note3);

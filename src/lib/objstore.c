@@ -470,9 +470,7 @@ static int state_install(const char *shadow, const char *sdir)
 
 /* ---------------------------------------------------------------- backup */
 
-/* Every "from" in s (of size sz) replaced by "to", cut to fit: messages
- * name the bucket, not the staging directory. */
-static void subst(char *s, size_t sz, const char *from, const char *to)
+void cbi_objstore_subst(char *s, size_t sz, const char *from, const char *to)
 {
 	char out[4096];
 	size_t o = 0, fl = strlen(from), tl = strlen(to);
@@ -494,12 +492,12 @@ static void subst(char *s, size_t sz, const char *from, const char *to)
 
 static void name_bucket(cbi_backup_result *r, cbi_error *err, const char *stage, const char *url)
 {
-	subst(r->notice, sizeof r->notice, stage, url);
-	subst(r->warning, sizeof r->warning, stage, url);
+	cbi_objstore_subst(r->notice, sizeof r->notice, stage, url);
+	cbi_objstore_subst(r->warning, sizeof r->warning, stage, url);
 	for (unsigned i = 0; i < r->n_warnings && i < CBI_MAX_WARNINGS; i++)
-		subst(r->warnings[i], sizeof r->warnings[i], stage, url);
+		cbi_objstore_subst(r->warnings[i], sizeof r->warnings[i], stage, url);
 	if (err)
-		subst(err->msg, sizeof err->msg, stage, url);
+		cbi_objstore_subst(err->msg, sizeof err->msg, stage, url);
 }
 
 typedef struct job_want {
@@ -976,11 +974,6 @@ void cbi_os_unlock(cbi_os *o, uint64_t jk)
 	o->lease = NULL;
 	os_unlock(&o->c, jk, o->locked ? &o->mine : NULL);
 	o->locked = 0;
-}
-
-void cbi_os_subst(char *s, size_t sz, const char *from, const char *to)
-{
-	subst(s, sz, from, to);
 }
 
 void cbi_os_rm_files(const char *dir, int and_dir)

@@ -43,9 +43,6 @@ void cbi_os_unlock(cbi_os *o, uint64_t jk);
  * the lock and why. 0 when no lock was taken. */
 int cbi_os_held(cbi_os *o, cbi_error *err);
 
-/* Every "from" in s (of size sz) replaced by "to": messages name the
- * bucket, not a local directory. */
-void cbi_os_subst(char *s, size_t sz, const char *from, const char *to);
 
 /* Remove every file of dir, and dir itself with and_dir. */
 void cbi_os_rm_files(const char *dir, int and_dir);

@@ -510,11 +510,10 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 	if ((rc = cbi_image_writer_create(newpath, c->tag, &h, keys, &w, err)))
 		goto end;
 	/* the records are copied, not computed: the file's digest (most of the
-	 * CPU) runs beside the copy, and the write-out overlaps it instead of
-	 * following it in the last fsync (bench/RESULTS.md, prune) */
-	if (cbi_image_writer_copy_mode(w)) {
-		/* no thread: hashed in this one, as before */
-	}
+	 * CPU) and the write-out run on threads of their own beside the copy
+	 * (bench/RESULTS.md, prune); when they cannot start, this thread does
+	 * both, as before */
+	(void)!cbi_image_writer_copy_mode(w);
 	uint64_t nrec = 0;
 	for (uint64_t i = 0; i < h.n_blocks; i++) {
 		cbi_idx_ent e;

@@ -204,15 +204,6 @@ static void sfw_unlist(cbi_sfw *w)
 	pthread_mutex_unlock(&live_mu);
 }
 
-/* Switch O_DIRECT on fd on or off; w->direct says what holds. Off for
- * good once a write was unaligned or refused: the rest goes through the
- * page cache (with write-behind). */
-static void sfw_direct(cbi_sfw *w, int on)
-{
-	int fl = fcntl(w->fd, F_GETFL);
-	w->direct = fl >= 0 && fcntl(w->fd, F_SETFL, on ? fl | O_DIRECT : fl & ~O_DIRECT) == 0 ? on : 0;
-}
-
 /* The current segment is full: make it durable, close it and create the
  * next one. Segments are written in order, each exactly once. */
 static int sfw_next_segment(cbi_sfw *w, uint32_t k)
@@ -236,7 +227,7 @@ static int sfw_next_segment(cbi_sfw *w, uint32_t k)
 		return e;
 	}
 	if (w->direct)
-		sfw_direct(w, 1);
+		w->direct = cbi_fd_direct(w->fd, 1) == 0;
 	w->cur = k;
 	w->nseg = k + 1;
 	return 0;
@@ -259,15 +250,10 @@ static int sfw_pwrite(cbi_sfw *w, const uint8_t *p, size_t left, uint64_t pos)
 			at = pos - (uint64_t)k * w->seg;
 			n = (size_t)CBI_MIN((uint64_t)left, w->seg - at);
 		}
-		if (w->direct && ((at | n | (uintptr_t)p) & (CBI_DGPIPE_ALIGN - 1)))
-			sfw_direct(w, 0); /* the tail of the file */
-		int rc = cbi_pwrite_full(w->fd, p, n, at);
-		if (rc == -EINVAL && w->direct) {
-			/* the file system takes no direct write of this size: the
-			 * same bytes again through the page cache */
-			sfw_direct(w, 0);
-			rc = cbi_pwrite_full(w->fd, p, n, at);
-		}
+		/* O_DIRECT off for good from the tail of the file on, or from a
+		 * write the file system refused: the rest goes through the page
+		 * cache (with write-behind) */
+		int rc = cbi_pwrite_maybe_direct(w->fd, &w->direct, p, n, at);
 		if (rc)
 			return rc;
 		if (w->behind && !w->direct) /* advisory: the fsync of seal reports what fails */
@@ -317,7 +303,14 @@ static int sfw_pipe_update(void *ud, const void *data, size_t len)
 	return cbi_dg_update(ud, data, len) ? -EIO : 0;
 }
 
-static int sfw_pipe_write(void *ud, const void *data, size_t len, uint64_t pos);
+/* The writer stage (on the pipe's second thread; w's descriptor and
+ * segments are its own until the pipe is drained). Flushing every 64 MiB
+ * as the file grew was measured and dropped: no faster (bench/RESULTS.md,
+ * prune). */
+static int sfw_pipe_write(void *ud, const void *data, size_t len, uint64_t pos)
+{
+	return sfw_pwrite(ud, data, len, pos);
+}
 
 /* Start w's pipe of nbuf buffers (with a writer stage when write) and move
  * what is buffered into one of them. */
@@ -347,15 +340,6 @@ void cbi_sfw_write_behind(cbi_sfw *w)
 	w->behind = 1;
 }
 
-/* The writer stage (on the pipe's second thread; w's descriptor and
- * segments are its own until the pipe is drained). Flushing every 64 MiB
- * as the file grew was measured and dropped: no faster (bench/RESULTS.md,
- * prune). */
-static int sfw_pipe_write(void *ud, const void *data, size_t len, uint64_t pos)
-{
-	return sfw_pwrite(ud, data, len, pos);
-}
-
 int cbi_sfw_copy_mode(cbi_sfw *w)
 {
 	if (w->pipe || w->hashed)
@@ -368,7 +352,7 @@ int cbi_sfw_copy_mode(cbi_sfw *w)
 	w->async = 1;
 	w->behind = 1; /* where direct writes are not taken */
 	if (getenv("CBIMG_NO_DIRECT_WRITE") == NULL)
-		sfw_direct(w, 1);
+		w->direct = cbi_fd_direct(w->fd, 1) == 0;
 	return 0;
 }
 

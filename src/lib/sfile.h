@@ -195,7 +195,6 @@ int cbi_sfr_open(const char *path, cbi_sfr **out, cbi_error *err) CBI_WUR;
  * beyond the end, or -errno. */
 int cbi_sfr_pread(const cbi_sfr *r, void *buf, size_t len, uint64_t off) CBI_WUR;
 
-
 /* Recompute the SHA-256 over the logical bytes [0, size-32) and compare
  * with the last 32. Returns 0, -CBI_EDAMAGED on mismatch (the digest cannot
  * tell where, nor in which segment), -ECANCELED when fn asked to stop, or

@@ -366,12 +366,7 @@ static void release_trace(cbi_snap *s)
 {
 	if (!s->trace || s->stopping)
 		return;
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int rc = pthread_create(&s->stopper, NULL, trace_stopper, s->trace);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (rc)
+	if (cbi_thread_start_quiet(&s->stopper, trace_stopper, s->trace))
 		cbi_wtrace_stop(s->trace);
 	else
 		s->stopping = 1;

@@ -48,8 +48,7 @@ static void direct_if_cold(cbi_source *s, const struct stat *st)
 	if (!data || page <= 0 || syscall(CBI_SYS_CACHESTAT, s->fd, &r, &cs, 0) != 0 ||
 	    cs.nr_cache * (uint64_t)page >= data / 2)
 		return;
-	int fl = fcntl(s->fd, F_GETFL);
-	if (fl >= 0 && fcntl(s->fd, F_SETFL, fl | O_DIRECT) == 0)
+	if (cbi_fd_direct(s->fd, 1) == 0)
 		s->direct = 1;
 }
 
@@ -138,10 +137,10 @@ static int drop_direct(cbi_source *s, cbi_error *err)
 	if (__atomic_load_n(&s->direct, __ATOMIC_RELAXED)) {
 		/* The same open file, never a name looked up again: F_SETFL
 		 * clears O_DIRECT on the descriptor every thread reads through. */
-		int cur = fcntl(s->fd, F_GETFL);
-		if (cur < 0 || fcntl(s->fd, F_SETFL, cur & ~O_DIRECT) < 0)
+		int e = cbi_fd_direct(s->fd, 0);
+		if (e)
 			rc = cbi_err(err, -CBI_EREAD, "unable to read '%s' without direct I/O: %s", s->path,
-				     strerror(errno));
+				     strerror(-e));
 		else
 			__atomic_store_n(&s->direct, 0, __ATOMIC_RELAXED);
 	}

@@ -18,31 +18,16 @@
 
 #define WBUF (4u << 20) /* zeros written at a time */
 
-/* Direct I/O off, for a write it cannot do (not aligned: the short last
- * block, zeros from an unaligned buffer) or that the file system refused. */
-static void go_buffered(cbi_target *t)
-{
-	int fl = fcntl(t->fd, F_GETFL);
-	if (fl >= 0)
-		(void)fcntl(t->fd, F_SETFL, fl & ~O_DIRECT);
-	t->direct = 0;
-}
-
 void cbi_target_direct(cbi_target *t)
 {
-	int fl = fcntl(t->fd, F_GETFL);
-	t->direct = fl >= 0 && fcntl(t->fd, F_SETFL, fl | O_DIRECT) == 0;
+	t->direct = cbi_fd_direct(t->fd, 1) == 0;
 }
 
 static int pwrite_at(cbi_target *t, const uint8_t *d, size_t len, uint64_t off, cbi_error *err)
 {
-	if (t->direct && ((uintptr_t)d | len | off) % CBI_SOURCE_ALIGN)
-		go_buffered(t);
-	int rc = cbi_pwrite_full(t->fd, d, len, off);
-	if (rc == -EINVAL && t->direct) {
-		go_buffered(t);
-		rc = cbi_pwrite_full(t->fd, d, len, off);
-	}
+	/* direct I/O off for a write it cannot do (the short last block, zeros
+	 * from an unaligned buffer) or that the file system refused */
+	int rc = cbi_pwrite_maybe_direct(t->fd, &t->direct, d, len, off);
 	if (rc)
 		return cbi_err(err, rc, "unable to write '%s' at byte %llu: %s", t->path, (unsigned long long)off,
 			       cbi_strerror(rc));

@@ -3,6 +3,7 @@
 #include "util.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -276,4 +277,38 @@ void cbi_fids_free(cbi_fid *f, size_t n)
 	for (size_t i = 0; f && i < n; i++)
 		free(f[i].path);
 	free(f);
+}
+
+int cbi_fd_direct(int fd, int on)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, on ? fl | O_DIRECT : fl & ~O_DIRECT) < 0)
+		return -errno;
+	return 0;
+}
+
+int cbi_pwrite_maybe_direct(int fd, int *direct, const void *buf, size_t len, uint64_t off)
+{
+	if (*direct && ((uintptr_t)buf | len | off) % CBI_DIRECT_ALIGN) {
+		(void)cbi_fd_direct(fd, 0);
+		*direct = 0;
+	}
+	int rc = cbi_pwrite_full(fd, buf, len, off);
+	if (rc == -EINVAL && *direct) {
+		/* refused: the same bytes again through the page cache */
+		(void)cbi_fd_direct(fd, 0);
+		*direct = 0;
+		rc = cbi_pwrite_full(fd, buf, len, off);
+	}
+	return rc;
+}
+
+int cbi_thread_start_quiet(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int rc = pthread_create(t, NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return rc;
 }

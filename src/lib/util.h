@@ -3,6 +3,7 @@
 #define CBI_UTIL_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -71,6 +72,24 @@ int cbi_is_zero(const void *buf, size_t len);
  * a short read at end of file returns -CBI_ETRUNCATED. */
 int cbi_pread_full(int fd, void *buf, size_t len, uint64_t off);
 int cbi_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
+
+/* Direct I/O: buffers, lengths and offsets are multiples of this. */
+#define CBI_DIRECT_ALIGN 4096u
+
+/* O_DIRECT on the open file of fd switched on or off (F_SETFL): 0 or
+ * -errno. */
+int cbi_fd_direct(int fd, int on);
+
+/* cbi_pwrite_full() on a descriptor that may be O_DIRECT (*direct): a write
+ * it cannot do that way (buffer, length or offset not a multiple of
+ * CBI_DIRECT_ALIGN) or that the file system refuses (EINVAL) goes through
+ * the page cache, and O_DIRECT stays off from then on (*direct = 0). */
+int cbi_pwrite_maybe_direct(int fd, int *direct, const void *buf, size_t len, uint64_t off);
+
+/* pthread_create() with every signal blocked in the new thread: the
+ * program's handlers keep running in the threads they ran in. 0 or
+ * pthread_create()'s (positive) code. */
+int cbi_thread_start_quiet(pthread_t *t, void *(*fn)(void *), void *arg);
 
 /* fsync the directory that contains path (or path itself if a directory). */
 int cbi_fsync_dir(const char *dirpath);

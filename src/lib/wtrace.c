@@ -640,11 +640,7 @@ int cbi_wtrace_start(const char *devpath, uint32_t buf_kib, cbi_wtrace **out, cb
 	}
 	/* The reader takes no signal: the caller's handlers (thaw, cleanup)
 	 * run in the caller's threads. */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	rc = -pthread_create(&t->thr, NULL, wt_thread, t);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	rc = -cbi_thread_start_quiet(&t->thr, wt_thread, t);
 	if (rc) {
 		rc = cbi_err(err, rc, "'%s': cannot start the trace reader: %s", devpath, strerror(-rc));
 		goto fail;
