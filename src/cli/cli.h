@@ -78,6 +78,9 @@ int cli_check_operands(const struct cli_command *cmd, int argc, char **argv, int
 
 /* "cbimg: <message>" on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "cbimg: KIND: message" (KIND NULL: "cbimg: message") on stderr, an S3
+ * view's files named by their s3:// URLs (notes and warnings). */
+void cli_say(const char *kind, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Version of every JSON document the tool prints (its member "schema");
  * raised when a member changes meaning or goes away, not when one is added. */

@@ -343,12 +343,11 @@ static int cmd_backup(const struct cli_command *cmd, int argc, char **argv)
 	else if (!quiet && !json_progress)
 		print_summary(&o, &r);
 	if (r.notice[0] && !quiet) {
-		fflush(stdout);
-		fprintf(stderr, "cbimg: note: %s\n", r.notice);
+		cli_say("note", "%s", r.notice);
 	}
 	fflush(stdout);
 	for (unsigned i = 0; i < r.n_warnings && i < CBI_MAX_WARNINGS; i++)
-		fprintf(stderr, "cbimg: warning: %s\n", r.warnings[i]);
+		cli_say("warning", "%s", r.warnings[i]);
 	/* a point was written, but something needs a look (exit status 5) */
 	return r.n_warnings > 0 || r.warning[0] ? CLI_WARN : CLI_OK;
 }

@@ -465,8 +465,8 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 		json_end_array(&j);
 		json_finish(&j);
 	} else if (n == 0) {
-		fprintf(stderr, "cbimg: no %spoints in '%s'\n",
-			filter.host || filter.source || filter.job ? "matching " : "", argv[optind]);
+		cli_say(NULL, "no %spoints in '%s'", filter.host || filter.source || filter.job ? "matching " : "",
+			argv[optind]);
 	} else {
 		print_table(pts, n);
 	}
@@ -484,9 +484,9 @@ static int cmd_list(const struct cli_command *cmd, int argc, char **argv)
 			elsewhere, cli_plural(elsewhere), elsewhere == 1 ? "s" : "");
 	if (broken) {
 		/* a chain whose parent was moved or deleted: nothing says so otherwise */
-		fprintf(stderr,
-			"cbimg: %zu point%s cannot be restored: a parent point is missing from '%s' (shown as "
-			"'no parent!'); run 'cbimg verify'\n",
+		cli_say(NULL,
+			"%zu point%s cannot be restored: a parent point is missing from '%s' (shown as "
+			"'no parent!'); run 'cbimg verify'",
 			broken, cli_plural(broken), argv[optind]);
 		return CLI_DAMAGE;
 	}

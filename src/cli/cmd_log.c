@@ -231,8 +231,8 @@ static int cmd_log(const struct cli_command *cmd, int argc, char **argv)
 		json_end_array(&j);
 		json_finish(&j);
 	} else if (n == 0) {
-		fprintf(stderr, "cbimg: no %sruns recorded in '%s'\n",
-			filter.host || filter.source || filter.job ? "matching " : "", argv[optind]);
+		cli_say(NULL, "no %sruns recorded in '%s'", filter.host || filter.source || filter.job ? "matching " : "",
+			argv[optind]);
 	} else {
 		print_log_table(runs, n);
 	}

@@ -192,7 +192,7 @@ static void mount_log(void *ud, const char *msg)
 	if (M.daemon)
 		syslog(LOG_ERR, "%s", msg);
 	else
-		fprintf(stderr, "cbimg: %s\n", msg);
+		cli_say(NULL, "%s", msg);
 }
 
 static const struct mfile *find_file(const char *path)
@@ -445,8 +445,7 @@ static int mount_one(const struct mfile *f)
 		rc = -errno;
 	close(lfd); /* the mount holds the loop device now; without it, autoclear detaches it */
 	if (rc == -ENODEV) {
-		fprintf(stderr, "cbimg: note: %s: no %s driver in this kernel: left unmounted\n", f->name,
-			f->fstype);
+		cli_say("note", "%s: no %s driver in this kernel: left unmounted", f->name, f->fstype);
 		return 1;
 	}
 	if (rc < 0)
@@ -665,7 +664,7 @@ static int build_view(int want_fs)
 	f->size = cbi_pointrd_size(M.pr);
 	M.nfiles = 1;
 	if (cbi_pointrd_map(M.pr, m, &err) < 0)
-		fprintf(stderr, "cbimg: warning: unable to read the partition table: %s\n", err.msg);
+		cli_say("warning", "unable to read the partition table: %s", err.msg);
 	for (size_t i = 0; i < m->nparts && M.nfiles < CBI_MAX_PARTS + 1; i++) {
 		f = &M.files[M.nfiles++];
 		snprintf(f->name, sizeof f->name, "part%u", m->parts[i].number);

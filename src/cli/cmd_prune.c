@@ -195,8 +195,10 @@ static int cmd_prune(const struct cli_command *cmd, int argc, char **argv)
 		}
 		json_end_array(&j);
 		json_begin_array(&j, "notes");
-		for (unsigned k = 0; k < r.n_notes; k++)
-			json_string(&j, NULL, r.notes[k]);
+		for (unsigned k = 0; k < r.n_notes; k++) {
+			char nb[1400];
+			json_string(&j, NULL, cli_s3_named(r.notes[k], nb, sizeof nb));
+		}
 		json_end_array(&j);
 		json_end_object(&j);
 		json_finish(&j);
@@ -204,10 +206,11 @@ static int cmd_prune(const struct cli_command *cmd, int argc, char **argv)
 		/* stdout holds JSON Lines only (or nothing, with -q): the notes go
 		 * to stderr */
 		for (unsigned k = 0; k < r.n_notes; k++)
-			fprintf(stderr, "cbimg: note: %s\n", r.notes[k]);
+			cli_say("note", "%s", r.notes[k]);
 	} else {
+		char nb[1400];
 		for (unsigned k = 0; k < r.n_notes; k++)
-			printf("note: %s\n", r.notes[k]);
+			printf("note: %s\n", cli_s3_named(r.notes[k], nb, sizeof nb));
 		for (size_t i = 0; i < r.n; i++) {
 			const cbi_point *p = &r.items[i].point;
 			char when[32], chain[33], why[96];

@@ -33,12 +33,6 @@ int cli_json_mode;
 /* The first error message of the run, for the JSON error object. */
 static char first_error[1200];
 
-static void remember_error(const char *fmt, va_list ap)
-{
-	if (!first_error[0])
-		vsnprintf(first_error, sizeof first_error, fmt, ap);
-}
-
 void cli_error(const char *fmt, ...)
 {
 	va_list ap;
@@ -53,6 +47,20 @@ void cli_error(const char *fmt, ...)
 	fprintf(stderr, "cbimg: %s\n", msg);
 	if (!first_error[0])
 		snprintf(first_error, sizeof first_error, "%.1199s", msg);
+}
+
+void cli_say(const char *kind, const char *fmt, ...)
+{
+	va_list ap;
+	char msg[4096];
+
+	cli_progress_clear();
+	fflush(stdout);
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	cli_s3_name(msg, sizeof msg);
+	fprintf(stderr, "cbimg: %s%s%s\n", kind ? kind : "", kind ? ": " : "", msg);
 }
 
 void cli_json_error(const char *msg, int status)
@@ -176,15 +184,16 @@ int cli_usage_error(const struct cli_command *cmd, const char *fmt, ...)
 {
 	va_list ap;
 
+	char msg[4096];
+
 	fflush(stdout);
-	fprintf(stderr, "cbimg %s: ", cmd->name);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	va_start(ap, fmt);
-	remember_error(fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
+	cli_s3_name(msg, sizeof msg); /* an operand on S3: its s3:// URL, not the local view */
+	fprintf(stderr, "cbimg %s: %s\n", cmd->name, msg);
+	if (!first_error[0])
+		snprintf(first_error, sizeof first_error, "%.1199s", msg);
 	usage_hint(cmd);
 	return CLI_USAGE;
 }

@@ -1021,15 +1021,18 @@ int cbi_objstore_log(const char *url, const char *endpoint, const char *state_di
 		size_t nr = 0;
 		if ((rc = cbi_log(dir, &all, &r, &nr, err)))
 			break;
-		cbi_run *t = nr ? realloc(v, (nv + nr) * sizeof *v) : v;
+		if (!nr) { /* none of this job's runs matches (v may still be NULL) */
+			free(r);
+			continue;
+		}
+		cbi_run *t = realloc(v, (nv + nr) * sizeof *v);
 		if (!t) {
 			free(r);
 			rc = cbi_err(err, -ENOMEM, "out of memory");
 			break;
 		}
 		v = t;
-		if (nr)
-			memcpy(v + nv, r, nr * sizeof *r);
+		memcpy(v + nv, r, nr * sizeof *r);
 		nv += nr;
 		free(r);
 	}

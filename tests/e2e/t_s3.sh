@@ -128,6 +128,18 @@ expect_exit 0 "$CBIMG" info "s3://$B/$FULL"
 check_grep "info names the point's objects by their s3:// URLs" "^index_file: +s3://$B/$FULL\$"
 expect_exit 0 "$CBIMG" info --json "s3://$B/$FULL"
 check_eq "... in JSON too" "$(jout .index_path)" "s3://$B/$FULL"
+# usage errors, notes and "no points" lines name the s3:// operand, never
+# the local view in the state directory
+expect_exit 2 "$CBIMG" restore s3://$B/pc1 "$T/rx.img"
+check_grep "a prefix without a point: the usage error names it by its s3:// URL" \
+	"^cbimg restore: 's3://$B/pc1' is a directory: name a point file in it"
+check_eq "... and never the local view" "$(grep -c "$CBIMG_STATE_DIR" "$T/stderr")" 0
+expect_exit 2 "$CBIMG" restore --json s3://$B/pc1 "$T/rx.img"
+check_eq "... in JSON too" "$(jout .error | cut -d"'" -f2)" "s3://$B/pc1"
+expect_exit 0 "$CBIMG" list --host nosuchhost s3://$B/pc1
+check_grep "list: no matching points, naming the s3:// operand" "^cbimg: no matching points in 's3://$B/pc1'\$"
+expect_exit 0 "$CBIMG" log --host nosuchhost s3://$B/pc1
+check_grep "log: no matching runs, naming the s3:// operand" "^cbimg: no matching runs recorded in 's3://$B/pc1'\$"
 check_eq "no run directory left in the state" "$(ls -d "$CBIMG_STATE_DIR"/s3/*/run-* 2>/dev/null | wc -l)" 0
 check_eq "no image staged locally after the upload" "$(find "$CBIMG_STATE_DIR"/s3/*/job-* -name '*.cbi' | wc -l)" 0
 
