@@ -1158,8 +1158,10 @@ void cbi_list_sort(cbi_point *pts, size_t n)
  * keeps its own, which a copied catalog would replace (issue 14, item 17). */
 static int outbox_shaped(const cbi_point *pts, size_t n)
 {
+	/* a chain's base here: a full, or a synthetic full (a prune rolled
+	 * the full forward: its seq is not 0) */
 	for (size_t i = 0; i < n; i++)
-		if (pts[i].seq == 0)
+		if (!cbi_point_has_parent(&pts[i]))
 			return 0;
 	return n > 0;
 }
@@ -1471,8 +1473,8 @@ end:
 	return rc;
 }
 
-int cbi_catalog_run_end(const char *dest, int64_t run_id, int result_code, const char *message,
-			const cbi_backup_result *r, cbi_error *err)
+static int run_end(const char *dest, int64_t run_id, int result_code, const char *message,
+		   const cbi_backup_result *r, int may_forget, cbi_error *err)
 {
 	if (!run_id)
 		return 0;
@@ -1484,7 +1486,7 @@ int cbi_catalog_run_end(const char *dest, int64_t run_id, int result_code, const
 	 * that holds points, or into which this run continued a chain from the
 	 * local state. A DEST holding a full (this run's, or any) is none. */
 	int forget = 0;
-	if (!(a.result == CBI_RUN_OK && r->point.type == CBI_FULL)) {
+	if (may_forget && !(a.result == CBI_RUN_OK && r->point.type == CBI_FULL)) {
 		cbi_point *pts = NULL;
 		size_t n = 0;
 		if (!cbi_chain_scan(dest, &pts, &n, NULL))
@@ -1500,6 +1502,18 @@ int cbi_catalog_run_end(const char *dest, int64_t run_id, int result_code, const
 		rc = cat_run(dest, catalog_exists(dest) || is_backup_dest(dest), NULL, forget ? op_forget : op_end,
 			     &a, err);
 	return rc ? not_recorded(rc, err) : 0;
+}
+
+int cbi_catalog_run_end(const char *dest, int64_t run_id, int result_code, const char *message,
+			const cbi_backup_result *r, cbi_error *err)
+{
+	return run_end(dest, run_id, result_code, message, r, 1, err);
+}
+
+int cbi_catalog_run_end_kept(const char *dest, int64_t run_id, int result_code, const char *message,
+			     const cbi_backup_result *r, cbi_error *err)
+{
+	return run_end(dest, run_id, result_code, message, r, 0, err);
 }
 
 int cbi_catalog_prune_end(const char *dest, int64_t run_id, int result_code, const char *message,

@@ -32,6 +32,12 @@ int cbi_catalog_run_begin(const char *dest, const char *host, const char *source
 int cbi_catalog_run_end(const char *dest, int64_t run_id, int result_code, const char *message,
 			const cbi_backup_result *r, cbi_error *err) CBI_WUR;
 
+/* cbi_catalog_run_end() for a directory that is never an outbox (an S3
+ * job's staging directory, which holds copies of the parent's index files
+ * only): the run is always kept in its history. */
+int cbi_catalog_run_end_kept(const char *dest, int64_t run_id, int result_code, const char *message,
+			     const cbi_backup_result *r, cbi_error *err);
+
 /* A prune run of (host, source_id, job) (cbi_prune(), which holds the job's
  * lock): recorded as cbi_catalog_run_begin() does, with kind "prune". */
 int cbi_catalog_prune_begin(const char *dest, const char *host, const char *source_id,

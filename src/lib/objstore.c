@@ -593,7 +593,9 @@ static void os_run_end(const char *stage, int64_t *run_id, int rc, const cbi_err
 {
 	cbi_error ce;
 	const char *msg = rc ? (err && err->msg[0] ? err->msg : cbi_strerror(rc)) : r->warning;
-	if (*run_id && cbi_catalog_run_end(stage, *run_id, rc, msg, r, &ce) && r->n_warnings < CBI_MAX_WARNINGS)
+	/* the staging directory is no outbox, whatever its indexes look like
+	 * (after a prune rolled the full forward, incrementals only) */
+	if (*run_id && cbi_catalog_run_end_kept(stage, *run_id, rc, msg, r, &ce) && r->n_warnings < CBI_MAX_WARNINGS)
 		cbi_strlcpy(r->warnings[r->n_warnings++], ce.msg, sizeof r->warnings[0]);
 	*run_id = 0;
 }

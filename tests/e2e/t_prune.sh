@@ -197,6 +197,13 @@ check_all "$D3"
 expect_exit 0 "$CBIMG" prune --keep-last 1 "$D3"
 check_eq "one point left: a synthetic full" "$("$CBIMG" list --json "$D3" | jq -r '.[0].type')" "synthetic full"
 check_all "$D3"
+# the DEST holds no seq 0 now, yet it is no outbox: the next run is
+# recorded (it once was forgotten, and the catalog with it)
+change "$T/src3"
+SRC_NOW=$T/src3 bk --job e --encrypt --split 1M --scrypt 12:8:1 "$T/src3" "$D3"
+check_eq "the backup after the roll forward is in the log, ok" \
+	"$("$CBIMG" log --json --job e "$D3" | jq -r '.[-1] | "\(.kind) \(.result) \(.point.id)"')" "backup ok $ID"
+check_all "$D3"
 unset CBIMG_PASSWORD
 
 echo "== kill -9 at random moments"

@@ -676,6 +676,12 @@ expect_exit 0 "$CBIMG" verify s3://$B/p
 fill_random "$PS" 3000 64
 pback pc1 "$PS" p
 check_eq "the next backup continues the chain (an incremental)" "$(jq -r .point.type "$T/pb.json")" incremental
+# the staging directory now holds incrementals' indexes only (the full was
+# rolled forward): its run is still recorded (it once was forgotten as an
+# outbox's)
+expect_exit 0 "$CBIMG" log --json --host pc1 s3://$B/p
+check_eq "log records the backup after the roll forward, ok, naming its point" \
+	"$(jout '.[-1] | "\(.result) \(.point.id)"')" "ok $(jq -r .point.id "$T/pb.json")"
 check "... and every point restores" restores pc1 p
 check_eq "... three of them" "$NPTS" 3
 expect_exit 0 "$CBIMG" prune --json --host pc1 --keep-last 5 s3://$B/p
