@@ -34,6 +34,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "catalog.h"
 #include "cbimg.h"
 #include "dest.h"
 #include "format.h"
@@ -454,6 +455,8 @@ int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_
 	cbi_dest *pre = NULL;
 	char host[64] = "", note[700] = "", note2[700] = "", note3[600] = "", note4[800] = "", jp[256] = "";
 	uint64_t jk = 0;
+	int64_t run_id = 0;
+	char stage[4300] = "", g_host[64] = "", g_src[128] = "", g_path[64] = "";
 	int locked = 0, rc;
 	memset(r, 0, sizeof *r);
 	if ((rc = cbi_os_open(o->dest, endpoint, o->state_dir, &c.os, err)))
@@ -476,6 +479,9 @@ int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_
 	char job[64], order[64];
 	size_t jpl = 0;
 	cbi_strlcpy(job, g->job, sizeof job);
+	cbi_strlcpy(g_host, g->host, sizeof g_host);
+	cbi_strlcpy(g_src, g->source_id, sizeof g_src);
+	cbi_strlcpy(g_path, g->source_path, sizeof g_path);
 	cbi_objstore_name_order(base_name(g->index_file), order, sizeof order, &jpl);
 	if (jpl && jpl < sizeof jp)
 		memcpy(jp, base_name(g->index_file), jpl);
@@ -486,6 +492,13 @@ int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_
 	if ((rc = cbi_os_lock(c.os, jk, host, job, note, sizeof note, err)))
 		goto end;
 	locked = 1;
+	/* the run is recorded where this machine's backups of the job record
+	 * theirs, the job's staging directory (cbimg-log(1), "On S3"); the
+	 * catalog is a cache: a failure to record is not the prune's */
+	snprintf(stage, sizeof stage, "%s/job-%016llx", cbi_os_base(c.os), (unsigned long long)jk);
+	if ((mkdir(stage, 0700) < 0 && errno != EEXIST) ||
+	    cbi_catalog_prune_begin(stage, g_host, g_src, g_path, job, &run_id, NULL))
+		run_id = 0;
 	if (jp[0] && (rc = abort_uploads(&c, jp, note2, sizeof note2, note4, sizeof note4)))
 		goto end;
 	/* under the lock: the bucket as it is now, in a work directory */
@@ -526,6 +539,9 @@ end:
 	}
 	if (c.work[0])
 		name_bucket(&c, c.work, r, rc ? err : NULL);
+	if (run_id && cbi_catalog_prune_end(stage, run_id, rc, rc && err ? err->msg : NULL, r->bytes_read,
+					    r->bytes_written, (uint32_t)r->removed, NULL))
+		add_note(r, "prune run not recorded in this machine's catalog of the job");
 	if (locked) {
 		cbi_objstore_subst(note3, sizeof note3, c.work, c.url);
 		add_note(r, note);

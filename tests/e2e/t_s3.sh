@@ -660,6 +660,9 @@ RECV=$(jout .bytes_received)
 echo "  (prune received $RECV bytes; the three images it merges are $IMG_BYTES bytes, seq 1's $IMG1)"
 check "prune fetched only the records still needed (less than the images less seq 1's image)" \
 	test "$RECV" -lt $((IMG_BYTES - IMG1))
+expect_exit 0 "$CBIMG" log --json --host pc1 s3://$B/p
+check_eq "log records the prune on S3 (this machine's runs), ok, 2 points removed" \
+	"$(jout '.[-1] | "\(.kind) \(.result) \(.points_removed)"')" "prune ok 2"
 expect_exit 0 "$CBIMG" list --json --host pc1 s3://$B/p
 check_eq "list shows seq 2 and 3 of pc1 only" "$(jout '[.[] | .seq] | join(",")')" "2,3"
 check "every point left restores bit for bit" restores pc1 p
@@ -880,6 +883,10 @@ if [ "$seen" = 1 ] && bash "$RGW" pause-rgw "$RDIR"; then
 	check_eq "... its lock object deleted (it still named the run)" "$(keys "$B" | grep -c '^b/\.cbimg-lock')" 0
 	expect_exit 0 "$CBIMG" prune -q --keep-last 1 s3://$B/b
 	check "the next prune finishes: its point restores" restores pl b
+	expect_exit 0 "$CBIMG" log --json s3://$B/b
+	check_eq "log: the stopped prune failed, with its line, then the next prune ok" \
+		"$(jout '[.[] | select(.kind == "prune") | .result] | join(",")') $(jout '[.[] | select(.kind == "prune")][0].message | startswith("the prune stopped")')" \
+		"failed,ok true"
 	check_eq "... one point, as the uninterrupted prune of a copy left ($(pobjs a | wc -l) objects)" \
 		"$NPTS $(pobjs b | wc -l)" "1 $(pobjs a | wc -l)"
 	check_eq "no unfinished upload left" "$(uploads "$B")" 0
