@@ -96,9 +96,11 @@ static int read_entry(cbi_resolved *v, uint64_t i, cbi_idx_ent *e, cbi_error *er
  *
  * Changed-only with the images on S3 runs two passes instead of one. In
  * one pass a worker learns that a block differs only after the planner has
- * gone past it, too late to name its record ahead: every differing block
- * became an unhinted read, a GET of a 1 MiB window plus read-ahead windows
- * (measured: 73 MiB in 44 GETs for 13 MiB of records). So the first pass
+ * gone past it: the planner names either no record ahead (then each
+ * differing block is an unhinted read, a GET of a 1 MiB window plus
+ * read-ahead windows) or every one (willneed(): on S3 a GET of nearly every
+ * record, the same blocks' too; measured: 73 MiB in 44 GETs where the
+ * differing blocks' records were 7 MiB). So the first pass
  * (compare) reads the whole target on the pool, hashes each block against
  * the index and keeps a bit per block that differs (n_blocks / 8 bytes: 512
  * KiB for 1 TiB of 256 KiB blocks); the second is the restore loop with the
@@ -230,16 +232,25 @@ static void willneed(const rbatch *s)
 	}
 }
 
-static int plan(void *ud, unsigned slot, cbi_error *err)
+/* The next batch's blocks into slot, or NULL when there are no more. */
+static rbatch *next_batch(rloop *p, unsigned slot)
 {
-	rloop *p = ud;
 	rbatch *s = &p->slots[slot];
 	if (p->next == p->n_blocks)
-		return CBI_POOL_DONE;
+		return NULL;
 	s->first = p->next;
 	s->nblk = (uint32_t)CBI_MIN((uint64_t)p->per_batch, p->n_blocks - s->first);
 	s->replan = 0;
 	p->next += s->nblk;
+	return s;
+}
+
+static int plan(void *ud, unsigned slot, cbi_error *err)
+{
+	rloop *p = ud;
+	rbatch *s = next_batch(p, slot);
+	if (!s)
+		return CBI_POOL_DONE;
 	uint32_t same = 0;
 	for (uint32_t j = 0; j < s->nblk; j++) {
 		plan_block(p, s, j);
@@ -421,12 +432,9 @@ static int consume(void *ud, unsigned slot, cbi_error *err)
 static int cplan(void *ud, unsigned slot, cbi_error *err)
 {
 	rloop *p = ud;
-	rbatch *s = &p->slots[slot];
-	if (p->next == p->n_blocks)
+	rbatch *s = next_batch(p, slot);
+	if (!s)
 		return CBI_POOL_DONE;
-	s->first = p->next;
-	s->nblk = (uint32_t)CBI_MIN((uint64_t)p->per_batch, p->n_blocks - s->first);
-	p->next += s->nblk;
 	for (uint32_t j = 0; j < s->nblk; j++) {
 		cbi_error e;
 		s->act[j] = read_entry(p->v, s->first + j, &s->ent[j], &e) ? A_BAD : A_DATA;
