@@ -515,7 +515,7 @@ static int restore_blocks(cbi_resolved *v, const cbi_restore_opts *o, cbi_target
 	cbi_pool_dims d;
 	cbi_pool_size(o->threads, p.bs, BATCH_BYTES / p.bs, 2, 2, p.n_blocks, &d);
 	p.per_batch = d.per_item;
-	cbi_image *tipm = NULL; /* an image on S3 */
+	cbi_image *tipm = NULL; /* an image on S3 (changed-only: named ahead only with the first pass's bits) */
 	p.remote = !get_image(v, h->seq, &tipm, NULL) && tipm->f->ops;
 	p.slots = slots_new(d.nslots, p.per_batch, p.bs);
 	int rc = 0;
@@ -529,8 +529,6 @@ static int restore_blocks(cbi_resolved *v, const cbi_restore_opts *o, cbi_target
 		else
 			rc = cbi_pool_run(&pc, err);
 		p.next = 0;
-	} else {
-		p.remote = p.remote && !o->changed_only;
 	}
 	if (!rc) {
 		pc.plan = plan;
