@@ -92,7 +92,25 @@ static int read_entry(cbi_resolved *v, uint64_t i, cbi_idx_ent *e, cbi_error *er
  * check them (and for changed-only read and hash the target's blocks), and
  * consume (calling thread) writes the batches to the target in block order.
  * Memory: 2 * threads + 2 batches of about BATCH_BYTES plus one record
- * buffer per worker. */
+ * buffer per worker.
+ *
+ * Changed-only with the images on S3 runs two passes instead of one. In
+ * one pass a worker learns that a block differs only after the planner has
+ * gone past it: the planner names either no record ahead (then each
+ * differing block is an unhinted read, a GET of a 1 MiB window plus
+ * read-ahead windows) or every one (willneed(): on S3 a GET of nearly every
+ * record, the same blocks' too; measured: 73 MiB in 44 GETs where the
+ * differing blocks' records were 7 MiB). So the first pass
+ * (compare) reads the whole target on the pool, hashes each block against
+ * the index and keeps a bit per block that differs (n_blocks / 8 bytes: 512
+ * KiB for 1 TiB of 256 KiB blocks); the second is the restore loop with the
+ * bits: a block that is the same is A_SAME at planning (neither located nor
+ * named ahead, its batch not worked when all its blocks are), the records
+ * of the others are named ahead and fetched coalesced and in parallel, as
+ * for a whole restore, and the target is not read again. A local
+ * changed-only restore keeps the one pass (its reads cost no money and the
+ * kernel's read-ahead serves them). Progress on two passes is the bytes
+ * settled: a block found the same in the first, one written in the second. */
 
 enum { A_DATA, A_ZERO, A_SAME, A_BAD };
 
@@ -120,10 +138,18 @@ typedef struct rloop {
 	uint32_t per_batch;
 	uint64_t next;          /* first block of the next batch */
 	int remote;             /* the images are on S3: name records ahead (hint_ahead) */
+	uint64_t *diff;         /* changed-only on S3: a bit per block that differs on the
+	                         * target (compared in a first pass), else NULL */
+	uint64_t settled;       /* with diff: bytes compared the same, then written */
 	uint64_t hc;            /* the first block whose record is not named yet */
 	uint64_t hinted, planned; /* bytes of records named, and planned */
 	double last;            /* last progress report */
 } rloop;
+
+static int differs(const rloop *p, uint64_t i)
+{
+	return (int)(p->diff[i / 64] >> (i % 64) & 1);
+}
 
 /* Block j of batch s: its entry and where it is. A failure is kept for the
  * block (planning makes no message: consume makes it again if the block is
@@ -136,6 +162,11 @@ static void plan_block(rloop *p, rbatch *s, uint32_t j)
 	cbi_idx_ent *x = &s->ent[j];
 	s->act[j] = A_DATA;
 	s->img[j] = NULL;
+	s->prc[j] = 0;
+	if (p->diff && !differs(p, i)) { /* compared the same: nothing to find */
+		s->act[j] = A_SAME;
+		return;
+	}
 	if ((s->prc[j] = read_entry(p->v, i, x, &e))) {
 		s->act[j] = A_BAD; /* nothing to go by */
 		return;
@@ -163,6 +194,8 @@ static void hint_ahead(rloop *p)
 {
 	while (p->hc < p->n_blocks && p->hinted < p->planned + HINT_AHEAD_BYTES) {
 		uint64_t i = p->hc++;
+		if (p->diff && !differs(p, i))
+			continue; /* the same on the target: not read */
 		cbi_idx_ent x;
 		cbi_image *m = NULL;
 		cbi_tab_ent te;
@@ -199,23 +232,35 @@ static void willneed(const rbatch *s)
 	}
 }
 
-static int plan(void *ud, unsigned slot, cbi_error *err)
+/* The next batch's blocks into slot, or NULL when there are no more. */
+static rbatch *next_batch(rloop *p, unsigned slot)
 {
-	rloop *p = ud;
 	rbatch *s = &p->slots[slot];
 	if (p->next == p->n_blocks)
-		return CBI_POOL_DONE;
+		return NULL;
 	s->first = p->next;
 	s->nblk = (uint32_t)CBI_MIN((uint64_t)p->per_batch, p->n_blocks - s->first);
 	s->replan = 0;
 	p->next += s->nblk;
-	for (uint32_t j = 0; j < s->nblk; j++)
+	return s;
+}
+
+static int plan(void *ud, unsigned slot, cbi_error *err)
+{
+	rloop *p = ud;
+	rbatch *s = next_batch(p, slot);
+	if (!s)
+		return CBI_POOL_DONE;
+	uint32_t same = 0;
+	for (uint32_t j = 0; j < s->nblk; j++) {
 		plan_block(p, s, j);
+		same += s->act[j] == A_SAME;
+	}
 	if (p->remote)
 		hint_ahead(p); /* S3: ranged GETs named ahead, coalesced */
 	else
 		willneed(s);
-	return 0;
+	return same == s->nblk ? CBI_POOL_NOWORK : 0; /* compared the same: nothing to read */
 }
 
 /* Per-worker state. */
@@ -257,39 +302,48 @@ static int replan(rbatch *s, uint32_t j)
 	return 0;
 }
 
+/* Changed-only: the target's blocks of batch s into its data. */
+static int read_target(rloop *p, rbatch *s, cbi_error *err)
+{
+	uint64_t off0 = s->first * p->bs;
+	size_t n = (size_t)CBI_MIN((uint64_t)s->nblk * p->bs, p->size - off0);
+	int rc = cbi_pread_full(p->t->fd, s->data, n, off0);
+	return rc ? cbi_err(err, rc, "unable to read target '%s' at byte %llu: %s", p->o->target,
+			    (unsigned long long)off0, cbi_strerror(rc))
+		  : 0;
+}
+
+/* Changed-only: does the target's block d (len bytes) hold what index
+ * entry e says? */
+static int same_on_target(rloop *p, rws *w, const cbi_idx_ent *e, const uint8_t *d, uint32_t len)
+{
+	if (e->flags & CBI_IDX_ZERO)
+		return cbi_is_zero(d, len);
+	uint8_t hh[16];
+	return !cbi_hash_block_spec(&p->v->index->hs, w->cx, d, len, hh) && !memcmp(hh, e->hash, 16);
+}
+
 static int work(void *ud, void *ws, unsigned slot, cbi_error *err)
 {
 	rloop *p = ud;
 	rws *w = ws;
 	rbatch *s = &p->slots[slot];
-	uint64_t off0 = s->first * p->bs;
-	if (p->o->changed_only) {
-		size_t n = (size_t)CBI_MIN((uint64_t)s->nblk * p->bs, p->size - off0);
-		int rc = cbi_pread_full(p->t->fd, s->data, n, off0);
-		if (rc)
-			return cbi_err(err, rc, "unable to read target '%s' at byte %llu: %s", p->o->target,
-				       (unsigned long long)off0, cbi_strerror(rc));
-	}
+	int compare = p->o->changed_only && !p->diff; /* one pass: compare here */
+	int rc = compare ? read_target(p, s, err) : 0;
+	if (rc)
+		return rc;
 	for (uint32_t j = 0; j < s->nblk; j++) {
 		uint64_t i = s->first + j;
 		uint32_t len = cbi_block_len(p->size, p->bs, i);
 		uint8_t *d = s->data + (size_t)j * p->bs;
 		const cbi_idx_ent *e = &s->ent[j];
+		if (s->act[j] == A_SAME) /* compared the same in the first pass */
+			continue;
 		if (s->act[j] == A_BAD) /* its index entry could not be read */
 			return replan(s, j);
-		if (p->o->changed_only) {
-			int same;
-			if (e->flags & CBI_IDX_ZERO) {
-				same = cbi_is_zero(d, len);
-			} else {
-				uint8_t hh[16];
-				same = !cbi_hash_block_spec(&p->v->index->hs, w->cx, d, len, hh) &&
-				       !memcmp(hh, e->hash, 16);
-			}
-			if (same) {
-				s->act[j] = A_SAME;
-				continue;
-			}
+		if (compare && same_on_target(p, w, e, d, len)) {
+			s->act[j] = A_SAME;
+			continue;
 		}
 		if (e->flags & CBI_IDX_ZERO) {
 			s->act[j] = A_ZERO;
@@ -298,7 +352,7 @@ static int work(void *ud, void *ws, unsigned slot, cbi_error *err)
 		if (s->prc[j]) /* needed, but its image or record was not found */
 			return replan(s, j);
 		cbi_error why;
-		int rc = cbi_image_read_block(s->img[j], &s->te[j], w->dctx, w->cx, w->scratch, d, e->hash, &why);
+		rc = cbi_image_read_block(s->img[j], &s->te[j], w->dctx, w->cx, w->scratch, d, e->hash, &why);
 		if (rc < 0)
 			return cbi_err(err, rc, "'%s': block %llu: %s", s->img[j]->f->path, (unsigned long long)i,
 				       why.msg);
@@ -319,6 +373,18 @@ static int replan_error(rloop *p, rbatch *s, cbi_error *err)
 	if (!rc)
 		rc = locate_block(p->v, i, &e, &m, &te, err);
 	return rc ? rc : cbi_err(err, prc, "block %llu: %s", (unsigned long long)i, cbi_strerror(prc));
+}
+
+/* Progress, at most every 0.2 s; -ECANCELED when the caller asks to stop. */
+static int report(rloop *p, uint64_t done, cbi_error *err)
+{
+	if (!p->o->progress)
+		return 0;
+	double now = cbi_now();
+	if (now - p->last < 0.2)
+		return 0;
+	p->last = now;
+	return p->o->progress(p->o->progress_ud, done, p->size) ? cbi_err(err, -ECANCELED, "interrupted") : 0;
 }
 
 /* Write a finished batch, in block order; counts to p->r. */
@@ -350,18 +416,57 @@ static int consume(void *ud, unsigned slot, cbi_error *err)
 		}
 		if (rc)
 			return rc;
+		if (p->diff && s->act[j] != A_SAME)
+			p->settled += len;
 		j = k;
 	}
-	if (p->o->progress) {
-		double now = cbi_now();
-		if (now - p->last >= 0.2) {
-			p->last = now;
-			uint64_t done = CBI_MIN((s->first + s->nblk) * (uint64_t)p->bs, p->size);
-			if (p->o->progress(p->o->progress_ud, done, p->size))
-				return cbi_err(err, -ECANCELED, "interrupted");
-		}
+	uint64_t done = p->diff ? p->settled : CBI_MIN((s->first + s->nblk) * (uint64_t)p->bs, p->size);
+	return report(p, done, err);
+}
+
+/* ---- the first pass of changed-only on S3 (see above): plan reads the
+ * batch's index entries, workers read the target's blocks and compare them,
+ * consume keeps a bit per block that differs. A block whose entry cannot be
+ * read differs: the second pass makes its error. */
+
+static int cplan(void *ud, unsigned slot, cbi_error *err)
+{
+	rloop *p = ud;
+	rbatch *s = next_batch(p, slot);
+	if (!s)
+		return CBI_POOL_DONE;
+	for (uint32_t j = 0; j < s->nblk; j++) {
+		cbi_error e;
+		s->act[j] = read_entry(p->v, s->first + j, &s->ent[j], &e) ? A_BAD : A_DATA;
 	}
 	return 0;
+}
+
+static int cwork(void *ud, void *ws, unsigned slot, cbi_error *err)
+{
+	rloop *p = ud;
+	rbatch *s = &p->slots[slot];
+	int rc = read_target(p, s, err);
+	for (uint32_t j = 0; !rc && j < s->nblk; j++) {
+		uint32_t len = cbi_block_len(p->size, p->bs, s->first + j);
+		if (s->act[j] != A_BAD && same_on_target(p, ws, &s->ent[j], s->data + (size_t)j * p->bs, len))
+			s->act[j] = A_SAME;
+	}
+	return rc;
+}
+
+static int cconsume(void *ud, unsigned slot, cbi_error *err)
+{
+	rloop *p = ud;
+	rbatch *s = &p->slots[slot];
+	for (uint32_t j = 0; j < s->nblk; j++) {
+		uint64_t i = s->first + j;
+		if (s->act[j] == A_SAME)
+			p->settled += cbi_block_len(p->size, p->bs, i);
+		else
+			p->diff[i / 64] |= 1ull << (i % 64);
+	}
+	return report(p, p->settled, err);
 }
 
 static void slots_free(rbatch *slots, unsigned n)
@@ -410,17 +515,28 @@ static int restore_blocks(cbi_resolved *v, const cbi_restore_opts *o, cbi_target
 	cbi_pool_dims d;
 	cbi_pool_size(o->threads, p.bs, BATCH_BYTES / p.bs, 2, 2, p.n_blocks, &d);
 	p.per_batch = d.per_item;
-	cbi_image *tipm = NULL; /* an image on S3 (not for changed-only: it reads what differs) */
-	p.remote = !o->changed_only && !get_image(v, h->seq, &tipm, NULL) && tipm->f->ops;
+	cbi_image *tipm = NULL; /* an image on S3 (changed-only: named ahead only with the first pass's bits) */
+	p.remote = !get_image(v, h->seq, &tipm, NULL) && tipm->f->ops;
 	p.slots = slots_new(d.nslots, p.per_batch, p.bs);
-	int rc;
+	int rc = 0;
+	cbi_pool_cfg pc = { .threads = d.threads, .nslots = d.nslots, .ud = &p, .init = ws_new,
+			    .fini = ws_free, .plan = cplan, .work = cwork, .consume = cconsume };
 	if (!p.slots) {
 		rc = cbi_err(err, -ENOMEM, "out of memory");
-	} else {
-		cbi_pool_cfg pc = { .threads = d.threads, .nslots = d.nslots, .ud = &p, .init = ws_new,
-				    .fini = ws_free, .plan = plan, .work = work, .consume = consume };
+	} else if (o->changed_only && p.remote) { /* two passes (see above): compare first */
+		if (!(p.diff = calloc((p.n_blocks + 63) / 64, sizeof *p.diff)))
+			rc = cbi_err(err, -ENOMEM, "out of memory");
+		else
+			rc = cbi_pool_run(&pc, err);
+		p.next = 0;
+	}
+	if (!rc) {
+		pc.plan = plan;
+		pc.work = work;
+		pc.consume = consume;
 		rc = cbi_pool_run(&pc, err);
 	}
+	free(p.diff);
 	slots_free(p.slots, d.nslots);
 	return rc;
 }
