@@ -473,9 +473,10 @@ int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_
 		goto end;
 	const cbi_point *g = &r->items[0].point;
 	jk = cbi_state_key(g->host, g->source_id, g->job);
-	char job[64], order[64];
+	char job[64], order[64], source[64];
 	size_t jpl = 0;
 	cbi_strlcpy(job, g->job, sizeof job);
+	cbi_strlcpy(source, g->source_path, sizeof source);
 	cbi_objstore_name_order(base_name(g->index_file), order, sizeof order, &jpl);
 	if (jpl && jpl < sizeof jp)
 		memcpy(jp, base_name(g->index_file), jpl);
@@ -483,7 +484,7 @@ int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_
 	memset(r, 0, sizeof *r);
 	if (gethostname(host, sizeof host - 1) < 0)
 		cbi_strlcpy(host, "localhost", sizeof host);
-	if ((rc = cbi_os_lock(c.os, jk, host, job, note, sizeof note, err)))
+	if ((rc = cbi_os_lock(c.os, jk, host, job, source, CBI_JOB_OP_PRUNE, note, sizeof note, err)))
 		goto end;
 	locked = 1;
 	if (jp[0] && (rc = abort_uploads(&c, jp, note2, sizeof note2, note4, sizeof note4)))
