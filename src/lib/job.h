@@ -4,6 +4,7 @@
  *
  *     DEST/.cbimg.lock                    the lock file of every job (format/SPEC.md, "Lock file"):
  *                                         a job's backups lock its byte CBI_JOB_LOCK_OFFSET(key)
+ *                                         (and a holder byte naming the operation and pid, below)
  *     DEST/.cbimg-<key>.lock              the lock file of versions before 0.1.1 (removed once unused)
  *     DEST/.cbimg-<key>-<pid>.NAME.tmp    a backup's temporary files (tag "cbimg-<key>-<pid>")
  *     STATE_DIR/<key>/NAME.cbx            the local state: a copy of the newest index (state.h)
