@@ -130,11 +130,8 @@ static void remove_leftovers(const cbi_dest *d, const cbi_hdr *h, const cbi_poin
 
 static int take_lock(const char *dest, const cbi_hdr *h, cbi_joblock *lk, cbi_error *err)
 {
-	int rc = cbi_job_lock(dest, job_key(h), lk, err);
-	if (rc == -CBI_ELOCKED)
-		rc = cbi_err(err, rc, "another cbimg is backing up job '%s' of '%s' to '%s'", h->job,
-			     h->source_path, dest);
-	return rc;
+	/* refused: the message says what holds the job (a backup, a prune) */
+	return cbi_job_lock_op(dest, job_key(h), CBI_JOB_OP_BACKUP, h->job, h->source_path, lk, err);
 }
 
 /* A non-fatal note for the user: kept in the list, and in the joined string

@@ -3,6 +3,7 @@
 #include "job.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/file.h>
@@ -136,14 +137,18 @@ static int take_old(cbi_joblock *lk, const char *path)
 	return 1;
 }
 
-int cbi_job_lock(const char *dest, uint64_t key, cbi_joblock *lk, cbi_error *err)
+/* cbi_job_lock(); *by_old 1 when the job's old-style lock file is what
+ * another process holds. */
+static int job_lock(const char *dest, uint64_t key, cbi_joblock *lk, int *by_old, cbi_error *err)
 {
 	char path[4096];
+	*by_old = 0;
 	int rc = cbi_job_lock_at(dest, CBI_JOB_LOCK_OFFSET(key), 0, lk, err);
 	if (rc)
 		return rc;
 	if (cbi_job_lock_path(dest, key, path, sizeof path) == 0 && take_old(lk, path) == -CBI_ELOCKED) {
 		cbi_job_unlock(lk);
+		*by_old = 1;
 		return cbi_err(err, -CBI_ELOCKED, "'%s' is locked by another cbimg (an older version)", path);
 	}
 	/* The other jobs' old lock files: only those nobody holds. */
@@ -156,6 +161,134 @@ int cbi_job_lock(const char *dest, uint64_t key, cbi_joblock *lk, cbi_error *err
 	if (d)
 		closedir(d);
 	return 0;
+}
+
+int cbi_job_lock(const char *dest, uint64_t key, cbi_joblock *lk, cbi_error *err)
+{
+	int by_old;
+	return job_lock(dest, key, lk, &by_old, err);
+}
+
+/* ------------------------------------------- who holds a job (revision 2.11) */
+
+#define HOLDER_PIDS ((int64_t)1 << 22) /* a slot's bytes per op: pids 1 .. 2^22 - 1 */
+
+int64_t cbi_job_holder_offset(uint64_t key, int op, long pid)
+{
+	uint64_t slot = ((key >> 28) << 2) | ((uint64_t)op & 3);
+	return CBI_LOCK_OFFSET_HOLDERS + (int64_t)(slot << 22) + pid;
+}
+
+const char *cbi_job_op_name(int op)
+{
+	return op == CBI_JOB_OP_BACKUP ? "backup" : op == CBI_JOB_OP_PRUNE ? "prune" : NULL;
+}
+
+int cbi_job_op_parse(const char *name)
+{
+	return !strcmp(name, "backup") ? CBI_JOB_OP_BACKUP : !strcmp(name, "prune") ? CBI_JOB_OP_PRUNE : -1;
+}
+
+int cbi_job_lock_op(const char *dest, uint64_t key, int op, const char *job, const char *source, cbi_joblock *lk,
+		    cbi_error *err)
+{
+	int by_old;
+	int rc = job_lock(dest, key, lk, &by_old, err);
+	if (rc == -CBI_ELOCKED) {
+		int hop = -1;
+		long pid = 0;
+		char who[64] = "an older version", msg[sizeof err->msg];
+		if (!by_old) {
+			cbi_job_lock_holder(dest, key, &hop, &pid);
+			who[0] = 0;
+			if (pid)
+				snprintf(who, sizeof who, "pid %ld", pid);
+		}
+		cbi_lock_refusal(msg, sizeof msg, hop, who, job, source, dest);
+		return cbi_err(err, rc, "%s", msg);
+	}
+	long me = (long)getpid();
+	if (rc || !lk->locked || me <= 0 || me >= HOLDER_PIDS || !cbi_job_op_name(op))
+		return rc;
+	/* shared: nobody takes a holder byte exclusively, so this cannot fail
+	 * but for the file system's own reasons (then nobody learns who) */
+	struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = cbi_job_holder_offset(key, op, me),
+			    .l_len = 1 };
+	while (fcntl(lk->fd, F_OFD_SETLK, &fl) < 0 && errno == EINTR)
+		;
+	return 0;
+}
+
+/* A lock held by another open file description on [from, end) of fd: 1 and
+ * its first byte in *at, or 0 when none (or the query fails). */
+static int held_in(int fd, int64_t from, int64_t end, int64_t *at)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = from, .l_len = end - from };
+	if (from >= end || fcntl(fd, F_OFD_GETLK, &fl) < 0 || fl.l_type == F_UNLCK)
+		return 0;
+	*at = fl.l_start < from ? from : fl.l_start;
+	return 1;
+}
+
+/* Does process pid of this machine run cbimg (its command name)? */
+static int runs_cbimg(long pid)
+{
+	char p[64], comm[32] = "";
+	snprintf(p, sizeof p, "/proc/%ld/comm", pid);
+	FILE *f = fopen(p, "re");
+	if (!f)
+		return 0;
+	int ok = fgets(comm, sizeof comm, f) && !strncmp(comm, "cbimg", 5);
+	fclose(f);
+	return ok;
+}
+
+void cbi_job_lock_holder(const char *dest, uint64_t key, int *op, long *pid)
+{
+	char path[4096];
+	*op = -1;
+	*pid = 0;
+	if ((size_t)snprintf(path, sizeof path, "%s/" CBI_LOCK_NAME, dest) >= sizeof path)
+		return;
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	struct stat st;
+	int64_t at = 0, a, b;
+	int found = 0;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	    held_in(fd, CBI_JOB_LOCK_OFFSET(key), CBI_JOB_LOCK_OFFSET(key) + 1, &a)) {
+		for (int o = CBI_JOB_OP_BACKUP; o <= CBI_JOB_OP_PRUNE; o++) {
+			int64_t base = cbi_job_holder_offset(key, o, 0);
+			if (!held_in(fd, base, base + HOLDER_PIDS, &a))
+				continue;
+			if (found++ || held_in(fd, a + 1, base + HOLDER_PIDS, &b)) {
+				found = 2; /* two holders in the slot: which one is ours? */
+				break;
+			}
+			*op = o;
+			at = a - base;
+		}
+	}
+	close(fd);
+	if (found != 1) {
+		*op = -1;
+		return;
+	}
+	if (at > 0 && runs_cbimg((long)at))
+		*pid = (long)at;
+}
+
+void cbi_lock_refusal(char *out, size_t sz, int op, const char *who, const char *job, const char *source,
+		      const char *dest)
+{
+	char w[200] = "";
+	if (who && *who)
+		snprintf(w, sizeof w, " (%.190s)", who);
+	const char *verb = op == CBI_JOB_OP_BACKUP ? "is backing up" : op == CBI_JOB_OP_PRUNE ? "is pruning"
+											   : "holds the lock of";
+	snprintf(out, sz, "another cbimg%s %s job '%s' of '%s' %s '%s'", w, verb, job, source,
+		 op == CBI_JOB_OP_BACKUP ? "to" : "in", dest);
 }
 
 void cbi_job_unlock(cbi_joblock *lk)

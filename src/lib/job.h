@@ -4,6 +4,7 @@
  *
  *     DEST/.cbimg.lock                    the lock file of every job (format/SPEC.md, "Lock file"):
  *                                         a job's backups lock its byte CBI_JOB_LOCK_OFFSET(key)
+ *                                         (and a holder byte naming the operation and pid, below)
  *     DEST/.cbimg-<key>.lock              the lock file of versions before 0.1.1 (removed once unused)
  *     DEST/.cbimg-<key>-<pid>.NAME.tmp    a backup's temporary files (tag "cbimg-<key>-<pid>")
  *     STATE_DIR/<key>/NAME.cbx            the local state: a copy of the newest index (state.h)
@@ -91,6 +92,50 @@ int cbi_job_lock_shared_at(const char *dest, int64_t off, cbi_joblock *lk, cbi_e
 /* Release what cbi_job_lock() or cbi_job_lock_at() took (NULL-safe; a lock
  * whose taking failed holds nothing). */
 void cbi_job_unlock(cbi_joblock *lk);
+
+/* What the holder of a job's lock is doing (revision 2.11). While it holds
+ * the job's byte, a backup or a prune also holds a SHARED lock on one byte
+ * of its own in the same file, the holder byte
+ *     CBI_LOCK_OFFSET_HOLDERS + ((((key >> 28) << 2) | op) << 22) + pid
+ * (op a CBI_JOB_OP_*, pid its process id, below 2^22 as on every Linux),
+ * so that a run refused the lock can tell what holds it and, with a
+ * range query (F_OFD_GETLK), its pid. These bytes lie above every chain
+ * byte; the kernel drops them with the job's byte when the holder ends or
+ * is killed, so nothing is ever stale and nothing is written. */
+#define CBI_LOCK_OFFSET_HOLDERS ((int64_t)7 << 60)
+enum { CBI_JOB_OP_BACKUP = 0, CBI_JOB_OP_PRUNE = 1 };
+int64_t cbi_job_holder_offset(uint64_t key, int op, long pid);
+
+/* cbi_job_lock() for a backup or a prune (op), then the holder byte of
+ * (key, op, this process), taken with the job's byte's descriptor (nothing
+ * is marked on a file system without locks). When another process holds
+ * the job: -CBI_ELOCKED, err the refusal of cbi_lock_refusal() naming what
+ * it does (cbi_job_lock_holder()), job, source and dest. */
+int cbi_job_lock_op(const char *dest, uint64_t key, int op, const char *job, const char *source, cbi_joblock *lk,
+		    cbi_error *err) CBI_WUR;
+
+/* Who holds job key's lock in dest now, as the holder bytes tell: *op a
+ * CBI_JOB_OP_* or -1 when it cannot be told (no holder byte: a cbimg
+ * older than revision 2.11, a holder that has just ended, or two holders
+ * in the byte's slot); *pid its process id when a process of that id runs
+ * cbimg on this machine, else 0 (a holder on another host of a network
+ * file system, or in another pid namespace). Never takes a lock. */
+void cbi_job_lock_holder(const char *dest, uint64_t key, int *op, long *pid);
+
+/* The one-line refusal of a run that found a job's lock held (local and S3
+ * alike), into out:
+ *     another cbimg (WHO) is backing up job 'J' of 'S' to 'D'
+ *     another cbimg (WHO) is pruning job 'J' of 'S' in 'D'
+ *     another cbimg (WHO) holds the lock of job 'J' of 'S' in 'D'
+ * op -1 (unknown) gives the last form, never a guess; who (e.g. "host H,
+ * pid P", "pid P") NULL or "" leaves the parenthesis out. */
+void cbi_lock_refusal(char *out, size_t sz, int op, const char *who, const char *job, const char *source,
+		      const char *dest);
+
+/* "backup" or "prune" for a CBI_JOB_OP_*, NULL for another value; and back
+ * (-1 for a name it does not know). */
+const char *cbi_job_op_name(int op);
+int cbi_job_op_parse(const char *name);
 
 /* The tag of a backup's temporary files (cbi_sfw_create_tagged()):
  * "cbimg-<key>-<pid>"; their names start with "." and the tag. prefix

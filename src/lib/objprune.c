@@ -489,7 +489,7 @@ int cbi_objstore_prune(const cbi_prune_opts *o, const char *endpoint, cbi_prune_
 	memset(r, 0, sizeof *r);
 	if (gethostname(host, sizeof host - 1) < 0)
 		cbi_strlcpy(host, "localhost", sizeof host);
-	if ((rc = cbi_os_lock(c.os, jk, host, job, note, sizeof note, err)))
+	if ((rc = cbi_os_lock(c.os, jk, host, job, g_path, CBI_JOB_OP_PRUNE, note, sizeof note, err)))
 		goto end;
 	locked = 1;
 	/* the run is recorded where this machine's backups of the job record

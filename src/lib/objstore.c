@@ -293,8 +293,8 @@ static int os_lock_key(const os_ctx *c, uint64_t jk, char *out, size_t sz)
  * host and a pid that is not running (a killed run of this machine). On
  * success *mine is the body written, *lease_ns the lease, *sent when its
  * request was sent (CLOCK_MONOTONIC): what the renewal (s3lease.h) needs. */
-static int os_lock(os_ctx *c, uint64_t jk, const char *host, const char *what, char *note, size_t nsz,
-		   cbi_s3lock *mine, int64_t *lease_ns, int64_t *sent, cbi_error *err)
+static int os_lock(os_ctx *c, uint64_t jk, const char *host, const char *what, const char *source, int op,
+		   char *note, size_t nsz, cbi_s3lock *mine, int64_t *lease_ns, int64_t *sent, cbi_error *err)
 {
 	char key[700], body[512], got[512];
 	os_lock_key(c, jk, key, sizeof key);
@@ -310,6 +310,8 @@ static int os_lock(os_ctx *c, uint64_t jk, const char *host, const char *what, c
 	memset(mine, 0, sizeof *mine);
 	cbi_strlcpy(mine->host, host, sizeof mine->host);
 	mine->pid = (long)getpid();
+	if (cbi_job_op_name(op)) /* what it is doing, for a refused run's message (revision 2.11) */
+		cbi_strlcpy(mine->op, cbi_job_op_name(op), sizeof mine->op);
 	for (size_t i = 0; i < sizeof tok; i++)
 		snprintf(mine->run + 2 * i, 3, "%02x", tok[i]);
 	for (int attempt = 0; attempt < 2; attempt++) {
@@ -338,10 +340,12 @@ static int os_lock(os_ctx *c, uint64_t jk, const char *host, const char *what, c
 			cbi_s3_delete(c->s3, key, err);
 			continue;
 		}
-		return cbi_err(err, -CBI_ELOCKED,
-			       "another cbimg (host %s, pid %ld) is backing up job '%s' to '%s' (lock "
-			       "object '%s', lease until %lld s after the epoch)",
-			       l.host, l.pid, what, c->url, key, l.expires_ns / 1000000000LL);
+		/* what the holder is doing, when its body says (never a guess) */
+		char who[200], msg[sizeof err->msg];
+		snprintf(who, sizeof who, "host %.127s, pid %ld", l.host, l.pid);
+		cbi_lock_refusal(msg, sizeof msg, l.op[0] ? cbi_job_op_parse(l.op) : -1, who, what, source, c->url);
+		return cbi_err(err, -CBI_ELOCKED, "%s (lock object '%s', lease until %lld s after the epoch)", msg, key,
+			       l.expires_ns / 1000000000LL);
 	}
 	return cbi_err(err, -CBI_ELOCKED, "unable to take the lock of job '%s' in '%s'", what, c->url);
 }
@@ -647,7 +651,8 @@ int cbi_objstore_backup(const cbi_backup_opts *o, const char *endpoint, cbi_back
 	cbi_sanitize_name(job, sj, sizeof sj);
 	snprintf(jp, sizeof jp, "%s_%s_%s_", sh, ss, sj);
 
-	if ((rc = os_lock(&c, jk, host, job, note, sizeof note, &mine, &lease_ns, &lock_sent, err)))
+	if ((rc = os_lock(&c, jk, host, job, o->source, CBI_JOB_OP_BACKUP, note, sizeof note, &mine, &lease_ns,
+			  &lock_sent, err)))
 		goto end0;
 	locked = 1;
 	if ((rc = cbi_s3up_new(c.s3, &run.up, err)))
@@ -955,10 +960,10 @@ const char *cbi_os_base(const cbi_os *o)
 	return o->c.base;
 }
 
-int cbi_os_lock(cbi_os *o, uint64_t jk, const char *host, const char *what, char *note, size_t nsz,
-		cbi_error *err)
+int cbi_os_lock(cbi_os *o, uint64_t jk, const char *host, const char *what, const char *source, int op, char *note,
+		size_t nsz, cbi_error *err)
 {
-	int rc = os_lock(&o->c, jk, host, what, note, nsz, &o->mine, &o->lease_ns, &o->sent, err);
+	int rc = os_lock(&o->c, jk, host, what, source, op, note, nsz, &o->mine, &o->lease_ns, &o->sent, err);
 	o->locked = !rc;
 	if (!rc && (rc = os_lease(&o->c, jk, what, &o->mine, o->lease_ns, o->sent, NULL, NULL, &o->lease, err)))
 		cbi_os_unlock(o, jk);

@@ -30,12 +30,14 @@ const char *cbi_os_bucket(const cbi_os *o);
 const char *cbi_os_key_prefix(const cbi_os *o); /* "" or "a/b/" */
 const char *cbi_os_base(const cbi_os *o);       /* STATE/s3/<where> */
 
-/* Take job key jk's lock object for host (this machine) and job name
- * what (-CBI_ELOCKED: held; note: a takeover, one line), and renew its
- * lease while it is held, as a backup does (s3lease.h); release it (the
- * renewal ended, the object deleted only if it still names this run). */
-int cbi_os_lock(cbi_os *o, uint64_t jk, const char *host, const char *what, char *note, size_t nsz,
-		cbi_error *err);
+/* Take job key jk's lock object for host (this machine), job name what
+ * and source (named in messages), its body naming op (a CBI_JOB_OP_*,
+ * job.h) (-CBI_ELOCKED: held, the message saying what the holder does
+ * when its body tells; note: a takeover, one line), and renew its lease
+ * while it is held, as a backup does (s3lease.h); release it (the renewal
+ * ended, the object deleted only if it still names this run). */
+int cbi_os_lock(cbi_os *o, uint64_t jk, const char *host, const char *what, const char *source, int op, char *note,
+		size_t nsz, cbi_error *err);
 void cbi_os_unlock(cbi_os *o, uint64_t jk);
 
 /* 0 while the lock of cbi_os_lock() is held (s3lease.h's rules: call it

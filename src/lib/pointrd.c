@@ -500,8 +500,23 @@ int cbi_pointrd_open(const cbi_pointrd_opts *o, cbi_pointrd **out, cbi_error *er
 	if (o->lock) {
 		char dir[4096];
 		cbi_dirname(r->x->f->path, dir, sizeof dir);
-		if ((rc = cbi_job_lock_shared_at(dir, cbi_chain_lock_offset(r->x->hdr.chain_id), &r->lk, err)))
+		if ((rc = cbi_job_lock_shared_at(dir, cbi_chain_lock_offset(r->x->hdr.chain_id), &r->lk, err))) {
+			/* a prune holds the chain: say so, and who, when its holder
+			 * byte tells (job.h); else the message above stands */
+			const cbi_hdr *h = &r->x->hdr;
+			int op = -1;
+			long pid = 0;
+			if (rc == -CBI_ELOCKED)
+				cbi_job_lock_holder(dir, cbi_state_key(h->host, h->source_id, h->job), &op, &pid);
+			if (op == CBI_JOB_OP_PRUNE) {
+				char who[32] = "", msg[sizeof err->msg];
+				if (pid)
+					snprintf(who, sizeof who, "pid %ld", pid);
+				cbi_lock_refusal(msg, sizeof msg, op, who, h->job, h->source_path, dir);
+				rc = cbi_err(err, rc, "%s: its chain cannot be opened until it ends", msg);
+			}
 			goto fail;
+		}
 	}
 	uint64_t cache = o->cache_bytes ? o->cache_bytes : CBI_POINTRD_CACHE;
 	r->max_ent = (size_t)CBI_MAX(cache / r->bs, 4);

@@ -794,12 +794,9 @@ int cbi_prune(const cbi_prune_opts *o, cbi_prune_result *r, cbi_error *err)
 	c.key = cbi_state_key(c.pts[0].host, c.pts[0].source_id, c.pts[0].job);
 	cbi_job_tmp_tag(c.key, (long)getpid(), c.tag, sizeof c.tag);
 	if (!o->dry_run) {
-		if ((rc = cbi_job_lock(o->dest, c.key, &lk, err))) {
-			if (rc == -CBI_ELOCKED)
-				rc = cbi_err(err, rc, "another cbimg is using job '%s' of '%s' in '%s'", c.pts[0].job,
-					     c.pts[0].host, o->dest);
-			goto end;
-		}
+		if ((rc = cbi_job_lock_op(o->dest, c.key, CBI_JOB_OP_PRUNE, c.pts[0].job, c.pts[0].source_path, &lk,
+					  err)))
+			goto end; /* refused: the message says what holds the job */
 		/* the run is recorded (cbimg-log(1)); the catalog is a cache, so a
 		 * failure to record is not the prune's */
 		if (cbi_catalog_prune_begin(o->dest, c.pts[0].host, c.pts[0].source_id, c.pts[0].source_path,

@@ -12,8 +12,9 @@
 
 int cbi_s3lock_body(char *out, size_t sz, const cbi_s3lock *l)
 {
-	int n = snprintf(out, sz, "cbimg-lock 1\nhost %s\npid %ld\n%s%s%sexpires_ns %lld\n", l->host, l->pid,
-			 l->run[0] ? "run " : "", l->run, l->run[0] ? "\n" : "", l->expires_ns);
+	int n = snprintf(out, sz, "cbimg-lock 1\nhost %s\npid %ld\n%s%s%s%s%s%sexpires_ns %lld\n", l->host, l->pid,
+			 l->run[0] ? "run " : "", l->run, l->run[0] ? "\n" : "", l->op[0] ? "op " : "", l->op,
+			 l->op[0] ? "\n" : "", l->expires_ns);
 	return n < 0 || (size_t)n >= sz ? -ENAMETOOLONG : n;
 }
 
@@ -29,6 +30,9 @@ int cbi_s3lock_parse(const char *body, cbi_s3lock *l)
 		l->pid = strtol(p + 5, NULL, 10);
 	if ((p = strstr(body, "\nrun ")))
 		sscanf(p + 5, "%39s", l->run);
+	if ((p = strstr(body, "\nop "))) /* one word, on its own line (revision 2.11) */
+		for (size_t i = 0, n = strcspn(p + 4, " \t\r\n"); i < n && i + 1 < sizeof l->op; i++)
+			l->op[i] = p[4 + i];
 	if (!(p = strstr(body, "\nexpires_ns ")))
 		return -EINVAL;
 	char *e;

@@ -30,11 +30,13 @@ typedef struct cbi_s3lock {
 	char host[128];
 	long pid;
 	char run[40];        /* the run's random token (hex); "" in bodies of revision 2.7 */
+	char op[16];         /* what the holder does: "backup", "prune"; "" before revision 2.11 */
 	long long expires_ns;
 } cbi_s3lock;
 
-/* The body "cbimg-lock 1\nhost H\npid P\nrun R\nexpires_ns E\n" into out;
- * its length, or -ENAMETOOLONG. */
+/* The body "cbimg-lock 1\nhost H\npid P\nrun R\nop O\nexpires_ns E\n" into
+ * out (no run line when run is "", no op line when op is ""); its length,
+ * or -ENAMETOOLONG. */
 int cbi_s3lock_body(char *out, size_t sz, const cbi_s3lock *l);
 
 /* Parse a body (NUL-terminated): 0, or -EINVAL when it is not one

@@ -9,7 +9,11 @@
 #   - prune of a --hash sha256 chain (the --used-only chain is in t_prune.sh,
 #     on an ext4 loop device);
 #   - --json-progress, and SIGTERM during the merge: exit 1, every point
-#     restores, no temporary left, the next prune finishes.
+#     restores, no temporary left, the next prune finishes;
+#   - the job's lock: a backup or a second prune of a job that a prune holds
+#     (stopped with SIGSTOP in its merge) is refused with one line saying a
+#     prune (its pid) holds it, --json too; a prune of a job a backup holds
+#     says a backup does.
 . "$(dirname "$0")/lib.sh"
 need_jq
 export TZ=UTC
@@ -209,4 +213,59 @@ rm -rf --one-file-system "$D4" && cp -a "$T/prog.orig" "$D4"
 expect_exit 0 "$CBIMG" prune -q --keep-last 1 "$D4"
 check_eq "prune -q: nothing on stdout" "$(wc -c <"$T/stdout")" 0
 check_all "$D4"
+
+echo "== the job's lock names its holder: a prune, a backup"
+# stopped PID: stopped by SIGSTOP (state T), not ended (a zombie, Z)
+stopped() { [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" = T ]; }
+# hold_after_progress OUT CMD...: start CMD (--json-progress to OUT) in the
+# background, stop it once its first progress line is out (it holds the
+# job's lock by then); HOLDER is its pid
+hold_after_progress() {
+	local out=$1 k=0
+	shift
+	"$@" >"$out" 2>"$out.err" &
+	HOLDER=$!
+	BGPIDS+=("$HOLDER")
+	while [ ! -s "$out" ] && [ "$k" -lt 500 ]; do sleep 0.01; k=$((k + 1)); done
+	kill -STOP "$HOLDER" 2>/dev/null
+	stopped "$HOLDER"
+}
+rm -rf --one-file-system "$D4" && cp -a "$T/prog.orig" "$D4"
+if hold_after_progress "$T/hp.out" "$CBIMG" prune --json-progress --keep-last 1 "$D4"; then
+	msg="another cbimg (pid $HOLDER) is pruning job 'p' of '$T/p.img' in '$D4'"
+	expect_exit 1 "$CBIMG" backup -q --job p --block-size 64K "$T/p.img" "$D4"
+	check_eq "a backup while a prune of the job runs is refused: one line, a prune (its pid) holds the job" \
+		"$(cat "$T/stderr")" "cbimg: $msg"
+	expect_exit 1 "$CBIMG" backup -q --json --job p --block-size 64K "$T/p.img" "$D4"
+	check_eq "... --json: the same message" "$(jq -r '"\(.exit) \(.error)"' "$T/stdout")" "1 $msg"
+	expect_exit 1 "$CBIMG" prune --keep-last 1 "$D4"
+	check_eq "... and a second prune of the job is refused alike" "$(cat "$T/stderr")" "cbimg: $msg"
+	expect_exit 1 "$CBIMG" prune --json --keep-last 1 "$D4"
+	check_eq "... --json too" "$(jq -r .error "$T/stdout")" "$msg"
+	kill -CONT "$HOLDER"
+	wait "$HOLDER"
+	check_eq "the prune, continued, succeeds" "$?" 0
+	check_all "$D4"
+else
+	kill -CONT "$HOLDER" 2>/dev/null
+	wait "$HOLDER"
+	skip_part "the prune ended before it could be stopped: its lock was not tested"
+fi
+dd if=/dev/urandom of="$T/p.img" bs=1M seek=9 count=1 conv=notrunc status=none
+if hold_after_progress "$T/hb.out" "$CBIMG" backup --json-progress --job p --block-size 64K --full "$T/p.img" "$D4"
+then
+	msg="another cbimg (pid $HOLDER) is backing up job 'p' of '$T/p.img' to '$D4'"
+	expect_exit 1 "$CBIMG" prune --keep-last 1 "$D4"
+	check_eq "a prune while a backup of the job runs is refused: a backup (its pid) holds the job" \
+		"$(cat "$T/stderr")" "cbimg: $msg"
+	expect_exit 1 "$CBIMG" backup -q --job p --block-size 64K "$T/p.img" "$D4"
+	check_eq "... and so is a second backup" "$(cat "$T/stderr")" "cbimg: $msg"
+	kill -CONT "$HOLDER"
+	wait "$HOLDER"
+	check_eq "the backup, continued, succeeds" "$?" 0
+else
+	kill -CONT "$HOLDER" 2>/dev/null
+	wait "$HOLDER"
+	skip_part "the backup ended before it could be stopped: its lock was not tested"
+fi
 finish

@@ -28,8 +28,9 @@
 #     only the needed records fetched, an encrypted chain, kill -9 before each
 #     request of its upload and deletes (tests/e2e/reqkill_shim.c)
 #   - prune's lease renewed past its length (a second prune and a backup
-#     refused), and lost while radosgw stalls: it stops before its next store
-#     or delete, every listed point restores, the next prune finishes
+#     refused, saying a prune holds the job: the lock object's op line), and
+#     lost while radosgw stalls: it stops before its next store or delete,
+#     every listed point restores, the next prune finishes
 . "$(dirname "$0")/lib.sh"
 need_jq
 RGW=$E2E_DIR/../s3/rgw.sh
@@ -285,6 +286,8 @@ sleep 3.5
 if kill -0 "$LP" 2>/dev/null; then
 	expect_exit 1 env CBIMG_S3_LEASE=3 "$CBIMG" backup -q --level 1 "$LS" s3://$B/l
 	check_grep "a second run after the first one's initial lease ran out is refused (renewed)" "another cbimg .* is backing up"
+	check_grep "... one line naming the holder's host and pid, that it backs up, the job, the source, the DEST" \
+		"^cbimg: another cbimg \(host [^,]+, pid $LP\) is backing up job 'default' of '$LS' to 's3://$B/l/?' \(lock object"
 	wait "$LP"
 	RC=$?
 	check_eq "the run that outlasted its 3 s lease ($(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s) succeeds" "$RC" 0
@@ -858,12 +861,22 @@ BGPIDS+=("$LP")
 sleep 3.5
 if kill -0 "$LP" 2>/dev/null; then
 	check_eq "the bucket unchanged so far" "$(pobjs a)" "$(cat "$T/pl.a0")"
-	expect_exit 1 env CBIMG_S3_LEASE=3 CBIMG_STATE_DIR="$T/state-plock2" "$CBIMG" prune -q --keep-last 1 s3://$B/a
+	# the lock object's body says what holds it (revision 2.11), and so do the refusals
+	lk=$(keys "$B" | grep '^a/\.cbimg-lock-' | head -1)
+	check_eq "the prune's lock object names its operation: op prune" "$(s3curl GET "$B/$lk" | grep -x 'op .*')" "op prune"
+	held="another cbimg \(host [^,]+, pid $LP\) is pruning job 'sys' of '$PL' in 's3://$B/a/?' \(lock object '[^']+', lease until [0-9]+ s after the epoch\)"
+	expect_exit 1 env CBIMG_S3_LEASE=3 CBIMG_STATE_DIR="$T/state-plock2" "$CBIMG" prune --json --keep-last 1 s3://$B/a
 	check_grep "a second prune after the first one's initial lease ran out is refused (renewed)" \
 		"^cbimg: another cbimg .* job 'sys'"
+	check_grep "... one line saying a prune (its host and pid) holds the job" "^cbimg: $held\$"
+	check_eq "... on one line" "$(wc -l <"$T/stderr")" 1
+	jmsg=$(jq -r '"\(.exit) \(.error)"' "$T/stdout")
 	expect_exit 1 env CBIMG_S3_LEASE=3 CBIMG_STATE_DIR="$T/state-plock2" \
 		"$CBIMG" backup -q --host pl --job sys --level 1 "$PL" s3://$B/a
 	check_grep "... and so is a backup of the job" "^cbimg: another cbimg .* job 'sys'"
+	check_grep "... saying a prune holds the job, not a backup" "^cbimg: $held\$"
+	OUT=$jmsg
+	check_grep "the second prune's --json: the same message, exit 1" "^1 $held\$"
 	wait "$LP"
 	RC=$?
 	OUT=$(cat "$T/pl1.out")

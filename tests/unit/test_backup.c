@@ -551,6 +551,8 @@ static void test_lock_file(void **state)
 	assert_int_equal(cbi_backup(&o, &r, &e), -CBI_ELOCKED);
 	assert_int_equal(e.code, -CBI_ELOCKED);
 	assert_non_null(strstr(e.msg, "vec"));
+	/* a holder that marks nothing (a version before revision 2.11): no guess */
+	assert_non_null(strstr(e.msg, "another cbimg holds the lock of job 'vec' of '"));
 	assert_int_equal(count_point_files(b->dest), 2);
 	/* another job is not blocked */
 	cbi_backup_opts o2 = o;
@@ -570,6 +572,7 @@ static void test_lock_file(void **state)
 	memset(&e, 0, sizeof e);
 	assert_int_equal(cbi_backup(&o, &r, &e), -CBI_ELOCKED);
 	assert_true(tu_exists(old));
+	assert_non_null(strstr(e.msg, "another cbimg (an older version) holds the lock of job 'vec'"));
 	close(fd);
 	/* not held: removed (as is another job's that nobody holds) */
 	const char *old2 = tu_path(b->dest, ".cbimg-0123456789abcdef.lock");
@@ -578,6 +581,97 @@ static void test_lock_file(void **state)
 	assert_int_equal(r.point.seq, 2);
 	assert_false(tu_exists(old));
 	assert_false(tu_exists(old2));
+}
+
+/* Who holds a job (revision 2.11): a prune's lock marks its holder byte,
+ * and a backup refused meanwhile says a prune holds the job; bytes of
+ * another process in the slot are read as the format says; two holders in
+ * one slot, or none, give no guess. */
+static void test_lock_holder(void **state)
+{
+	bk_fix *b = *state;
+	const uint64_t key = 0x36501e7e15f85bbdull; /* vectorhost, vector-source, vec */
+	/* SPEC known answers */
+	assert_true(cbi_job_holder_offset(key, CBI_JOB_OP_BACKUP, 4242) == 0x736501e7e1001092ll);
+	assert_true(cbi_job_holder_offset(key, CBI_JOB_OP_PRUNE, 4242) == 0x736501e7e1401092ll);
+	assert_true(cbi_job_holder_offset(~0ull, CBI_JOB_OP_PRUNE, (1 << 22) - 1) < INT64_MAX);
+	assert_true(cbi_job_holder_offset(0, CBI_JOB_OP_BACKUP, 0) > cbi_chain_lock_offset((const uint8_t *)
+		"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"));
+	assert_string_equal(cbi_job_op_name(CBI_JOB_OP_PRUNE), "prune");
+	assert_int_equal(cbi_job_op_parse("backup"), CBI_JOB_OP_BACKUP);
+	assert_int_equal(cbi_job_op_parse("merge"), -1);
+
+	cbi_backup_opts o = tu_bopts(b->src, b->dest);
+	o.host = "vectorhost";
+	o.source_id = "vector-source";
+	o.job = "vec";
+	cbi_backup_result r;
+	tu_backup_ok(&o, &r);
+	int op;
+	long pid;
+	cbi_job_lock_holder(b->dest, key, &op, &pid);
+	assert_int_equal(op, -1); /* nobody holds it */
+
+	/* a prune holds the job (its own open file description) */
+	cbi_joblock lk;
+	cbi_error e;
+	assert_int_equal(cbi_job_lock_op(b->dest, key, CBI_JOB_OP_PRUNE, "vec", "src", &lk, &e), 0);
+	assert_true(lk.locked);
+	cbi_job_lock_holder(b->dest, key, &op, &pid);
+	assert_int_equal(op, CBI_JOB_OP_PRUNE);
+	assert_int_equal(pid, 0); /* this process is no cbimg: its pid is not shown */
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_backup(&o, &r, &e), -CBI_ELOCKED);
+	assert_non_null(strstr(e.msg, "another cbimg is pruning job 'vec' of '"));
+	assert_non_null(strstr(e.msg, b->dest));
+	/* and a second prune of the job */
+	cbi_joblock lk2;
+	assert_int_equal(cbi_job_lock_op(b->dest, key, CBI_JOB_OP_PRUNE, "vec", "src", &lk2, &e), -CBI_ELOCKED);
+	char want[4096 + 100];
+	snprintf(want, sizeof want, "another cbimg is pruning job 'vec' of 'src' in '%s'", b->dest);
+	assert_string_equal(e.msg, want);
+	/* a second holder byte in the same slot (another job's, another pid): no guess */
+	const char *lock = tu_path(b->dest, CBI_LOCK_NAME);
+	int fd = open(lock, O_RDWR);
+	assert_true(fd >= 0);
+	struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET,
+			    .l_start = cbi_job_holder_offset(key ^ 1, CBI_JOB_OP_BACKUP, 77), .l_len = 1 };
+	assert_int_equal(fcntl(fd, F_OFD_SETLK, &fl), 0);
+	cbi_job_lock_holder(b->dest, key, &op, &pid);
+	assert_int_equal(op, -1);
+	assert_int_equal(cbi_job_lock_op(b->dest, key, CBI_JOB_OP_BACKUP, "vec", "src", &lk2, &e), -CBI_ELOCKED);
+	assert_non_null(strstr(e.msg, "another cbimg holds the lock of job 'vec' of 'src' in '"));
+	close(fd);
+	cbi_job_unlock(&lk); /* the holder byte goes with the job's byte */
+	cbi_job_lock_holder(b->dest, key, &op, &pid);
+	assert_int_equal(op, -1);
+
+	/* a backup holds it, its pid read back from its holder byte's offset;
+	 * a process that runs no cbimg is never named */
+	fd = open(lock, O_RDWR);
+	assert_true(fd >= 0);
+	struct flock jl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = CBI_JOB_LOCK_OFFSET(key), .l_len = 1 };
+	assert_int_equal(fcntl(fd, F_OFD_SETLK, &jl), 0);
+	fl.l_start = cbi_job_holder_offset(key, CBI_JOB_OP_BACKUP, (long)getpid());
+	assert_int_equal(fcntl(fd, F_OFD_SETLK, &fl), 0);
+	cbi_job_lock_holder(b->dest, key, &op, &pid);
+	assert_int_equal(op, CBI_JOB_OP_BACKUP);
+	assert_int_equal(pid, 0);
+	memset(&e, 0, sizeof e);
+	assert_int_equal(cbi_backup(&o, &r, &e), -CBI_ELOCKED);
+	assert_non_null(strstr(e.msg, "another cbimg is backing up job 'vec' of '"));
+	close(fd);
+	tu_backup_ok(&o, &r);
+	assert_int_equal(tu_file_size(lock), 0); /* nothing written */
+
+	/* the message's forms */
+	char m[256];
+	cbi_lock_refusal(m, sizeof m, CBI_JOB_OP_PRUNE, "host h, pid 7", "j", "/dev/sda", "s3://b/p");
+	assert_string_equal(m, "another cbimg (host h, pid 7) is pruning job 'j' of '/dev/sda' in 's3://b/p'");
+	cbi_lock_refusal(m, sizeof m, CBI_JOB_OP_BACKUP, "pid 7", "j", "/dev/sda", "/mnt");
+	assert_string_equal(m, "another cbimg (pid 7) is backing up job 'j' of '/dev/sda' to '/mnt'");
+	cbi_lock_refusal(m, sizeof m, -1, NULL, "j", "/dev/sda", "/mnt");
+	assert_string_equal(m, "another cbimg holds the lock of job 'j' of '/dev/sda' in '/mnt'");
 }
 
 /* Something planted at the lock file's name (a symbolic link, a FIFO) is
@@ -727,6 +821,7 @@ int main(void)
 		T(test_threads_same_result),
 		T(test_progress_cancel_leaves_nothing),
 		T(test_lock_file),
+		T(test_lock_holder),
 		T(test_lock_file_not_followed),
 		T(test_warnings_list),
 		T(test_leftovers_of_killed_run),

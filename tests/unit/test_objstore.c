@@ -86,6 +86,8 @@ static void test_server(void **state)
 	put_lock(s, prefix, key, "otherhost", 1, far);
 	assert_int_equal(cbi_objstore_backup(&o, NULL, &r, &e), -CBI_ELOCKED);
 	assert_non_null(strstr(e.msg, "otherhost"));
+	/* a body without an op line (before revision 2.11): no guess at what it does */
+	assert_non_null(strstr(e.msg, "another cbimg (host otherhost, pid 1) holds the lock of job 'j' of '"));
 	/* a lock of this host's dead pid: taken over */
 	put_lock(s, prefix, key, "unithost", 999999999, far);
 	/* (the job's host is "unithost": the check compares the lock's host with it) */
@@ -129,11 +131,14 @@ static void test_os_lock(void **state)
 	snprintf(k, sizeof k, "%s/.cbimg-lock-%016llx", prefix, (unsigned long long)key);
 	assert_int_equal(cbi_os_open(url, NULL, sd, &o, &e), 0);
 	assert_int_equal(cbi_os_held(o, &e), 0); /* no lock taken: nothing to lose */
-	assert_int_equal(cbi_os_lock(o, key, "unithost", "p", note, sizeof note, &e), 0);
+	assert_int_equal(cbi_os_lock(o, key, "unithost", "p", "unit-src", CBI_JOB_OP_PRUNE, note, sizeof note, &e), 0);
 	usleep(2600 * 1000); /* past the lease: held, because renewed */
 	assert_int_equal(cbi_os_held(o, &e), 0);
 	assert_int_equal(cbi_os_open(url, NULL, sd, &o2, &e), 0);
-	assert_int_equal(cbi_os_lock(o2, key, "unithost", "p", note, sizeof note, &e), -CBI_ELOCKED);
+	assert_int_equal(cbi_os_lock(o2, key, "unithost", "p", "unit-src", CBI_JOB_OP_BACKUP, note, sizeof note, &e),
+			 -CBI_ELOCKED);
+	/* the holder's body says it prunes (revision 2.11), and the refusal says so */
+	assert_non_null(strstr(e.msg, ") is pruning job 'p' of 'unit-src' in 's3://"));
 	cbi_os_close(o2);
 	/* another writer's object in its place: lost at the next renewal */
 	put_lock(cbi_os_s3(o), prefix, key, "otherhost", 1, (long long)cbi_wallclock_ns() + 3600LL * 1000000000LL);

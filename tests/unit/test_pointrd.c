@@ -231,6 +231,16 @@ static void test_shared_lock(void **state)
 	/* a prune holding it: the reader is refused */
 	assert_int_equal(cbi_pointrd_open(&o, &r, &e), -CBI_ELOCKED);
 	assert_null(r);
+	assert_non_null(strstr(e.msg, "is locked by another cbimg")); /* its job's lock not held: who is unknown */
+	/* ... and when it holds its job's lock as prune does (its holder byte,
+	 * revision 2.11), the refusal says a prune holds the job */
+	cbi_joblock jl;
+	assert_int_equal(cbi_job_lock_op(f->dest, cbi_state_key("testhost", "test:disk0", "unit"), CBI_JOB_OP_PRUNE,
+					 "unit", "src", &jl, NULL), 0);
+	assert_int_equal(cbi_pointrd_open(&o, &r, &e), -CBI_ELOCKED);
+	assert_non_null(strstr(e.msg, "another cbimg is pruning job 'unit' of '"));
+	assert_non_null(strstr(e.msg, "its chain cannot be opened until it ends"));
+	cbi_job_unlock(&jl);
 	cbi_job_unlock(&lk);
 }
 

@@ -34,6 +34,34 @@ static void test_body(void **state)
 	a.run[0] = 0;
 	n = cbi_s3lock_body(b, sizeof b, &a);
 	assert_null(strstr(b, "run"));
+	/* revision 2.11: the op line, written by backup and prune, read back */
+	cbi_s3lock w = { .host = "pc1", .pid = 4242, .run = "0123456789abcdef", .op = "prune", .expires_ns = 9 };
+	n = cbi_s3lock_body(b, sizeof b, &w);
+	assert_true(n > 0);
+	assert_string_equal(b, "cbimg-lock 1\nhost pc1\npid 4242\nrun 0123456789abcdef\nop prune\nexpires_ns 9\n");
+	assert_int_equal(cbi_s3lock_parse(b, &p), 0);
+	assert_string_equal(p.op, "prune");
+	assert_string_equal(p.run, "0123456789abcdef");
+	assert_int_equal(p.pid, 4242);
+	assert_int_equal(p.expires_ns, 9);
+	strcpy(w.op, "backup");
+	assert_true(cbi_s3lock_body(b, sizeof b, &w) > 0);
+	assert_int_equal(cbi_s3lock_parse(b, &p), 0);
+	assert_string_equal(p.op, "backup");
+	/* bodies without it (older writers) stay valid, op "" */
+	assert_int_equal(cbi_s3lock_parse("cbimg-lock 1\nhost h\npid 7\nrun 00\nexpires_ns 5\n", &p), 0);
+	assert_string_equal(p.op, "");
+	assert_string_equal(p.run, "00");
+	/* an empty op line is empty (the next line is not taken for it); one
+	 * too long is cut, and names no operation a reader knows */
+	assert_int_equal(cbi_s3lock_parse("cbimg-lock 1\nhost h\nop \nexpires_ns 5\n", &p), 0);
+	assert_string_equal(p.op, "");
+	assert_int_equal(p.expires_ns, 5);
+	assert_int_equal(cbi_s3lock_parse("cbimg-lock 1\nop pruneeeeeeeeeeeeeeeeeee x\nexpires_ns 5\n", &p), 0);
+	assert_int_equal(strlen(p.op), sizeof p.op - 1);
+	/* unknown lines, and an op this version does not know, are ignored */
+	assert_int_equal(cbi_s3lock_parse("cbimg-lock 1\nhost h\nop merge\nzone z\nexpires_ns 5\n", &p), 0);
+	assert_string_equal(p.op, "merge");
 	/* not a lock, or no expiry */
 	assert_int_equal(cbi_s3lock_parse("hello\n", &p), -EINVAL);
 	assert_int_equal(cbi_s3lock_parse("cbimg-lock 1\nhost h\npid 7\n", &p), -EINVAL);
