@@ -273,13 +273,21 @@ rm -f "$T/big.back"
 # the lease after the last renewal and stops itself (before its commit) past
 # that. So a backup that outlasts its lease and succeeds was renewed, and a
 # second run of the job meanwhile is refused, not let in by an expired lease.
+# The first run's index PUT (its commit) is sent 6 s late (reqkill_shim.c's
+# CBIMG_DELAY_REQUEST; the lease's requests are not), so that it outlasts
+# the lease on any machine: it once ended within 3.5 s, or between the
+# check that it still ran and the second run's request for the lock.
 bucket lease
 export CBIMG_STATE_DIR=$T/state-lease
+RKL=$T/reqdelay.so
+cc -O2 -shared -fPIC -o "$RKL" "$E2E_DIR/reqkill_shim.c" -ldl 2>"$T/cc.err" ||
+	die "cannot build tests/e2e/reqkill_shim.c: $(head -3 "$T/cc.err")"
 LS=$T/lease.img
 head -c $((24 << 20)) "$BIG" >"$LS"
 t0=$(date +%s.%N)
-# (level 19 on incompressible data: several seconds, whatever the machine)
-CBIMG_S3_LEASE=3 CBIMG_S3_JOBS=1 "$CBIMG" backup -q --threads 1 --level 19 "$LS" s3://$B/l >"$T/l1.out" 2>&1 &
+CBIMG_S3_LEASE=3 CBIMG_S3_JOBS=1 CBIMG_DELAY_REQUEST=".cbx 6000" LD_PRELOAD="$RKL" \
+	ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0" \
+	"$CBIMG" backup -q --threads 1 --level 1 "$LS" s3://$B/l >"$T/l1.out" 2>&1 &
 LP=$!
 BGPIDS+=("$LP")
 sleep 3.5
