@@ -264,7 +264,10 @@ static int wt_dev_info(const char *devpath, wt_dev *d, cbi_error *err)
 /* ------------------------------------------------------------- tracefs */
 
 /* Find tracefs, mounting it when absent, and check that the block
- * tracepoints are there and that we may make instances. */
+ * tracepoints are there and that we may make instances. A tracefs that
+ * libtracefs mounted here stays mounted after the run, on purpose: another
+ * cbimg may be tracing through it at the same time, and systemd mounts the
+ * same one at boot (a chroot without it keeps it until it is unmounted). */
 static int wt_tracefs(const char *devpath, cbi_error *err)
 {
 	const char *dir = tracefs_tracing_dir(); /* mounts tracefs when absent */
