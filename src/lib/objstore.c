@@ -335,8 +335,10 @@ static int os_lock(os_ctx *c, uint64_t jk, const char *host, const char *what, c
 		cbi_s3lock_parse(got, &l); /* an unreadable body: expired (0), taken over */
 		int dead_here = !strcmp(l.host, host) && l.pid > 0 && kill((pid_t)l.pid, 0) < 0 && errno == ESRCH;
 		if (dead_here || l.expires_ns < now) {
-			snprintf(note, nsz, "took over the lock of job '%.63s' in '%.300s' left by %.63s pid %ld (%s)", what,
-				 c->url, l.host, l.pid, dead_here ? "not running" : "lease expired");
+			/* what the holder was doing, when its body says (revision 2.11) */
+			const char *by = !strcmp(l.op, "prune") ? "a prune on " : !strcmp(l.op, "backup") ? "a backup on " : "";
+			snprintf(note, nsz, "took over the lock of job '%.63s' in '%.300s' left by %s%.63s pid %ld (%s)", what,
+				 c->url, by, l.host, l.pid, dead_here ? "not running" : "lease expired");
 			cbi_s3_delete(c->s3, key, err);
 			continue;
 		}

@@ -196,7 +196,7 @@ if [ "$seen" = 1 ]; then
 	expect_exit 0 "$CBIMG" list --json s3://$B/k
 	check_eq "no half point listed" "$(jout length)" 1
 	expect_exit 0 "$CBIMG" backup --level 1 "$KS" s3://$B/k
-	check_grep "the next run takes over the dead run's lock or aborts its upload" "took over the lock|aborted 1 unfinished"
+	check_grep "the next run takes over the dead run's lock or aborts its upload" "took over the lock .* left by a backup on |aborted 1 unfinished"
 	check_eq "no unfinished upload after the next run" "$(uploads $B)" 0
 	expect_exit 0 "$CBIMG" list --json s3://$B/k
 	check_eq "the chain continues: 2 points" "$(jout '[.[] | .seq] | sort | join(",")')" "0,1"
@@ -827,6 +827,10 @@ for N in $moments; do
 	"$CBIMG" prune --keep-last 1 s3://$B/k$N >"$T/again.out" 2>&1 ||
 		{ bad=$((bad + 1)); echo "       | request $N: the next prune fails: $(cat "$T/again.out")"; }
 	grep -q "took over the lock" "$T/again.out" && took=$((took + 1))
+	if grep -q "took over the lock" "$T/again.out" && ! grep -q "took over the lock .* left by a prune on " "$T/again.out"; then
+		bad=$((bad + 1))
+		echo "       | request $N: the takeover note does not say a prune left the lock: $(cat "$T/again.out")"
+	fi
 	grep -q "aborted 1 unfinished upload of the job" "$T/again.out" && aborted=$((aborted + 1))
 	[ "$(objs k$N)" = "$(cat "$T/k.final")" ] ||
 		{ bad=$((bad + 1)); echo "       | request $N: other objects than an uninterrupted prune leaves:"; objs k$N | sed 's/^/       | /'; }
