@@ -33,6 +33,17 @@ int cli_json_mode;
 /* The first error message of the run, for the JSON error object. */
 static char first_error[1200];
 
+/* The message of fmt into msg, an S3 view's files named by their s3://
+ * URLs, and the first error of the run kept (for the JSON error object)
+ * when error is set. */
+static void format_msg(char *msg, size_t sz, int error, const char *fmt, va_list ap)
+{
+	vsnprintf(msg, sz, fmt, ap);
+	cli_s3_name(msg, sz);
+	if (error && !first_error[0])
+		snprintf(first_error, sizeof first_error, "%.1199s", msg);
+}
+
 void cli_error(const char *fmt, ...)
 {
 	va_list ap;
@@ -41,12 +52,9 @@ void cli_error(const char *fmt, ...)
 	cli_progress_clear(); /* never on the end of a progress line */
 	fflush(stdout);
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
+	format_msg(msg, sizeof msg, 1, fmt, ap);
 	va_end(ap);
-	cli_s3_name(msg, sizeof msg); /* an S3 view's files named by their s3:// URLs */
 	fprintf(stderr, "cbimg: %s\n", msg);
-	if (!first_error[0])
-		snprintf(first_error, sizeof first_error, "%.1199s", msg);
 }
 
 void cli_say(const char *kind, const char *fmt, ...)
@@ -57,9 +65,8 @@ void cli_say(const char *kind, const char *fmt, ...)
 	cli_progress_clear();
 	fflush(stdout);
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
+	format_msg(msg, sizeof msg, 0, fmt, ap);
 	va_end(ap);
-	cli_s3_name(msg, sizeof msg);
 	fprintf(stderr, "cbimg: %s%s%s\n", kind ? kind : "", kind ? ": " : "", msg);
 }
 
@@ -183,17 +190,13 @@ static void usage_hint(const struct cli_command *cmd)
 int cli_usage_error(const struct cli_command *cmd, const char *fmt, ...)
 {
 	va_list ap;
-
 	char msg[4096];
 
 	fflush(stdout);
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
+	format_msg(msg, sizeof msg, 1, fmt, ap); /* an operand on S3: its s3:// URL */
 	va_end(ap);
-	cli_s3_name(msg, sizeof msg); /* an operand on S3: its s3:// URL, not the local view */
 	fprintf(stderr, "cbimg %s: %s\n", cmd->name, msg);
-	if (!first_error[0])
-		snprintf(first_error, sizeof first_error, "%.1199s", msg);
 	usage_hint(cmd);
 	return CLI_USAGE;
 }

@@ -333,19 +333,18 @@ static int os_lock(os_ctx *c, uint64_t jk, const char *host, const char *what, c
 		got[gl] = 0;
 		cbi_s3lock l;
 		cbi_s3lock_parse(got, &l); /* an unreadable body: expired (0), taken over */
+		int lop = cbi_job_op_parse(l.op); /* what the holder does, when its body says (2.11); else -1 */
 		int dead_here = !strcmp(l.host, host) && l.pid > 0 && kill((pid_t)l.pid, 0) < 0 && errno == ESRCH;
 		if (dead_here || l.expires_ns < now) {
-			/* what the holder was doing, when its body says (revision 2.11) */
-			const char *by = !strcmp(l.op, "prune") ? "a prune on " : !strcmp(l.op, "backup") ? "a backup on " : "";
+			const char *by = lop == CBI_JOB_OP_PRUNE ? "a prune on " : lop == CBI_JOB_OP_BACKUP ? "a backup on " : "";
 			snprintf(note, nsz, "took over the lock of job '%.63s' in '%.300s' left by %s%.63s pid %ld (%s)", what,
 				 c->url, by, l.host, l.pid, dead_here ? "not running" : "lease expired");
 			cbi_s3_delete(c->s3, key, err);
 			continue;
 		}
-		/* what the holder is doing, when its body says (never a guess) */
 		char who[200], msg[sizeof err->msg];
 		snprintf(who, sizeof who, "host %.127s, pid %ld", l.host, l.pid);
-		cbi_lock_refusal(msg, sizeof msg, l.op[0] ? cbi_job_op_parse(l.op) : -1, who, what, source, c->url);
+		cbi_lock_refusal(msg, sizeof msg, lop, who, what, source, c->url); /* -1: never a guess */
 		return cbi_err(err, -CBI_ELOCKED, "%s (lock object '%s', lease until %lld s after the epoch)", msg, key,
 			       l.expires_ns / 1000000000LL);
 	}

@@ -523,15 +523,23 @@ static uint64_t lock_key(const char *host, const char *sid, const char *job)
 	return XXH3_64bits(key, (size_t)n);
 }
 
+/* The options of the SPEC's lock vector: host vectorhost, source id
+ * vector-source, job vec. */
+static cbi_backup_opts vector_opts(const bk_fix *b)
+{
+	cbi_backup_opts o = tu_bopts(b->src, b->dest);
+	o.host = "vectorhost";
+	o.source_id = "vector-source";
+	o.job = "vec";
+	return o;
+}
+
 static void test_lock_file(void **state)
 {
 	bk_fix *b = *state;
 	/* SPEC known answer: host vectorhost, source id vector-source, job vec */
 	assert_true(lock_key("vectorhost", "vector-source", "vec") == 0x36501e7e15f85bbdull);
-	cbi_backup_opts o = tu_bopts(b->src, b->dest);
-	o.host = "vectorhost";
-	o.source_id = "vector-source";
-	o.job = "vec";
+	cbi_backup_opts o = vector_opts(b);
 	cbi_backup_result r;
 	tu_backup_ok(&o, &r);
 	/* one lock file for every job; no per-job file */
@@ -601,10 +609,7 @@ static void test_lock_holder(void **state)
 	assert_int_equal(cbi_job_op_parse("backup"), CBI_JOB_OP_BACKUP);
 	assert_int_equal(cbi_job_op_parse("merge"), -1);
 
-	cbi_backup_opts o = tu_bopts(b->src, b->dest);
-	o.host = "vectorhost";
-	o.source_id = "vector-source";
-	o.job = "vec";
+	cbi_backup_opts o = vector_opts(b);
 	cbi_backup_result r;
 	tu_backup_ok(&o, &r);
 	int op;
