@@ -25,8 +25,8 @@ int cbi_image_writer_create(const char *final_path, const char *tag, const cbi_h
 int cbi_image_writer_create_sink(const char *final_path, const cbi_hdr *h, const cbi_keys *keys,
 				 cbi_sfw_sink_fn sink, void *sink_ud, cbi_image_writer **out, cbi_error *err) CBI_WUR;
 /* For a writer that copies records rather than computing them (a merged
- * image): the file's digest and its write-out each on a thread of their
- * own, O_DIRECT where the file system takes it (cbi_sfw_copy_mode()). 0, or
+ * image): written through a window of the page cache, the file's digest on
+ * a thread of its own that reads it back (cbi_sfw_copy_mode()). 0, or
  * its error, after which the writer still works as before, in the caller's
  * thread. */
 int cbi_image_writer_copy_mode(cbi_image_writer *w) CBI_WUR;

@@ -510,9 +510,8 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 	if ((rc = cbi_image_writer_create(newpath, c->tag, &h, keys, &w, err)))
 		goto end;
 	/* the records are copied, not computed: the file's digest (most of the
-	 * CPU) and the write-out run on threads of their own beside the copy
-	 * (bench/RESULTS.md, prune); when they cannot start, this thread does
-	 * both, as before */
+	 * CPU) runs on a thread of its own beside the copy (bench/RESULTS.md,
+	 * prune); when it cannot start, this thread hashes, as before */
 	(void)!cbi_image_writer_copy_mode(w);
 	uint64_t nrec = 0;
 	for (uint64_t i = 0; i < h.n_blocks; i++) {

@@ -18,10 +18,19 @@
 /* Buffers of a writer whose digest runs on a thread of its own: one being
  * filled, the others being hashed (cbi_sfw_hash_async) */
 #define SFW_PIPE_BUFS 4
-/* ... and with the write-out on a second thread too (cbi_sfw_copy_mode) */
-#define SFW_COPY_BUFS 16
+/* Copy mode (cbi_sfw_copy_mode): how far the writer may run ahead of the
+ * digest that reads the file back, and how much it drops from the page
+ * cache at a time behind the digest */
+#define SFW_FOLLOW_LAG (128u << 20)
+#define SFW_DROP_STEP (16u << 20)
+
+/* The digest of a writer in copy mode: a thread that reads back and hashes
+ * the bytes written (cbi_sfw_copy_mode) */
+typedef struct sfw_follow sfw_follow;
+static int follow_end(struct cbi_sfw *w, int stop);
 
 struct cbi_sfw {
+	sfw_follow *follow; /* non-NULL: dg is fed on follow's thread from the file itself */
 	int fd;             /* the segment being written (cur) */
 	uint64_t off;       /* bytes appended (buffered included) */
 	size_t used;
@@ -29,9 +38,9 @@ struct cbi_sfw {
 	uint8_t *buf;
 	cbi_dg *dg;         /* SHA-256, or HMAC-SHA256 in an encrypted chain */
 	cbi_dgpipe *pipe;   /* non-NULL: dg is fed on the pipe's thread, buf is one of its buffers */
+	uint64_t dropped;   /* copy mode: pages below this offset were dropped from the page cache */
+	uint64_t lag, drop_step; /* copy mode's window (cbi_sfw_copy_window) */
 	int behind;         /* start writeback of each buffer once written (cbi_sfw_write_behind) */
-	int direct;         /* fd is O_DIRECT: aligned buffers go straight out (cbi_sfw_copy_mode) */
-	int async;          /* the pipe's second thread writes the buffers out (cbi_sfw_copy_mode) */
 	uint64_t seg;       /* segment size; 0: one file */
 	uint32_t cur;       /* segment that fd belongs to */
 	uint32_t nseg;      /* segments created (0 until the first exists) */
@@ -112,6 +121,8 @@ static int sfw_create(const char *final_path, const char *tag, uint64_t seg_size
 		return cbi_err(err, -ENOMEM, "out of memory");
 	w->fd = -1;
 	w->seg = seg_size;
+	w->lag = SFW_FOLLOW_LAG;
+	w->drop_step = SFW_DROP_STEP;
 	w->pid = (long)getpid();
 	if (tag)
 		cbi_strlcpy(w->tag, tag, sizeof w->tag);
@@ -182,6 +193,8 @@ int cbi_sfw_create_sink(const char *final_path, cbi_sfw_sink_fn fn, void *ud, cb
 /* The pipe (joined first: its thread feeds dg), the buffer, the digest. */
 static void sfw_free_bufs(cbi_sfw *w)
 {
+	if (w->follow)
+		(void)follow_end(w, 1); /* its thread feeds dg */
 	if (w->pipe)
 		cbi_dgpipe_free(w->pipe); /* buf is one of its buffers */
 	else
@@ -226,11 +239,164 @@ static int sfw_next_segment(cbi_sfw *w, uint32_t k)
 		w->fd = -1;
 		return e;
 	}
-	if (w->direct)
-		w->direct = cbi_fd_direct(w->fd, 1) == 0;
 	w->cur = k;
 	w->nseg = k + 1;
 	return 0;
+}
+
+/* ------------------------------------------------- the digest that follows */
+
+/* In copy mode the digest reads the file back (from the page cache, where
+ * the bytes were just written) on a thread of its own, behind the writer.
+ * The writer copies at memory speed and runs up to w->lag bytes ahead, so
+ * that the data of the file's end is flushed while the digest catches up
+ * (cbi_sfw_seal); behind the digest the writer drops the pages from the
+ * page cache once written back, so that a copy keeps a window of pages,
+ * not the file: on a VM that hands free pages back to its host, fresh
+ * pages are what a page-cache write costs most (bench/RESULTS.md, prune,
+ * session 9). avail and done are logical offsets. */
+struct sfw_follow {
+	pthread_t t;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint64_t avail; /* bytes written that the digest covers */
+	uint64_t done;  /* bytes hashed */
+	int end;        /* avail is final */
+	int stop;       /* give up (abort) */
+	int err;        /* first error of the thread */
+	uint64_t lag;   /* the writer waits while avail - done exceeds it (0: never) */
+	int rfd;        /* segment rk, read-only */
+	uint32_t rk;
+	const cbi_sfw *w; /* its names and segment size (set at create, never changed) */
+	cbi_dg *dg;
+	uint8_t *buf;
+};
+
+/* Hash [f->done, upto) from the file; the thread's own descriptors. */
+static int follow_read(sfw_follow *f, uint64_t upto)
+{
+	const cbi_sfw *w = f->w;
+	uint64_t pos = f->done;
+	while (pos < upto) {
+		uint32_t k = w->seg ? (uint32_t)(pos / w->seg) : 0;
+		uint64_t at = pos - (uint64_t)k * w->seg;
+		size_t n = (size_t)CBI_MIN(upto - pos, (uint64_t)SFW_BUF);
+		if (w->seg)
+			n = (size_t)CBI_MIN((uint64_t)n, w->seg - at);
+		if (f->rfd < 0 || f->rk != k) {
+			char name[4096];
+			int rc = sfw_tmp_name(w, k, name, sizeof name);
+			if (rc)
+				return rc;
+			if (f->rfd >= 0)
+				close(f->rfd);
+			if ((f->rfd = open(name, O_RDONLY | O_CLOEXEC)) < 0)
+				return -errno;
+			f->rk = k;
+		}
+		ssize_t r = pread(f->rfd, f->buf, n, (off_t)at);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -EIO; /* shorter than what was written */
+		if (cbi_dg_update(f->dg, f->buf, (size_t)r))
+			return -EIO;
+		pos += (uint64_t)r;
+		pthread_mutex_lock(&f->mu);
+		f->done = pos;
+		pthread_cond_broadcast(&f->cv);
+		pthread_mutex_unlock(&f->mu);
+	}
+	return 0;
+}
+
+static void *follow_main(void *arg)
+{
+	sfw_follow *f = arg;
+	pthread_mutex_lock(&f->mu);
+	for (;;) {
+		while (!f->stop && !f->end && f->done == f->avail)
+			pthread_cond_wait(&f->cv, &f->mu);
+		if (f->stop || f->done == f->avail)
+			break; /* stopped, or at the end */
+		uint64_t upto = f->avail;
+		pthread_mutex_unlock(&f->mu);
+		int rc = follow_read(f, upto);
+		pthread_mutex_lock(&f->mu);
+		if (rc) {
+			f->err = rc;
+			break;
+		}
+	}
+	f->end = 1;
+	pthread_cond_broadcast(&f->cv);
+	pthread_mutex_unlock(&f->mu);
+	return NULL;
+}
+
+/* Start following w from offset from (everything before it is hashed). */
+static int follow_start(cbi_sfw *w, uint64_t from)
+{
+	sfw_follow *f = calloc(1, sizeof *f);
+	if (!f || !(f->buf = malloc(SFW_BUF))) {
+		free(f);
+		return -ENOMEM;
+	}
+	f->w = w;
+	f->dg = w->dg;
+	f->rfd = -1;
+	f->avail = f->done = from;
+	f->lag = w->lag;
+	pthread_mutex_init(&f->mu, NULL);
+	pthread_cond_init(&f->cv, NULL);
+	int rc = cbi_thread_start_quiet(&f->t, follow_main, f);
+	if (rc) {
+		pthread_cond_destroy(&f->cv);
+		pthread_mutex_destroy(&f->mu);
+		free(f->buf);
+		free(f);
+		return -rc;
+	}
+	w->follow = f;
+	return 0;
+}
+
+/* The bytes up to offset upto are written; wait while the digest is more
+ * than f->lag behind. Returns the bytes hashed so far. */
+static uint64_t follow_publish(sfw_follow *f, uint64_t upto)
+{
+	pthread_mutex_lock(&f->mu);
+	f->avail = upto;
+	pthread_cond_broadcast(&f->cv);
+	while (f->lag && !f->end && f->avail - f->done > f->lag)
+		pthread_cond_wait(&f->cv, &f->mu);
+	uint64_t done = f->done;
+	pthread_mutex_unlock(&f->mu);
+	return done;
+}
+
+/* Join the thread: with stop, at once; else once every byte published is
+ * hashed. 0 or the thread's error. */
+static int follow_end(cbi_sfw *w, int stop)
+{
+	sfw_follow *f = w->follow;
+	pthread_mutex_lock(&f->mu);
+	f->stop = stop;
+	f->end = 1;
+	pthread_cond_broadcast(&f->cv);
+	pthread_mutex_unlock(&f->mu);
+	pthread_join(f->t, NULL);
+	int rc = f->err;
+	if (f->rfd >= 0)
+		close(f->rfd);
+	pthread_cond_destroy(&f->cv);
+	pthread_mutex_destroy(&f->mu);
+	free(f->buf);
+	free(f);
+	w->follow = NULL;
+	return rc;
 }
 
 /* Write the n bytes at p at logical offset pos, opening segments as
@@ -250,19 +416,31 @@ static int sfw_pwrite(cbi_sfw *w, const uint8_t *p, size_t left, uint64_t pos)
 			at = pos - (uint64_t)k * w->seg;
 			n = (size_t)CBI_MIN((uint64_t)left, w->seg - at);
 		}
-		/* O_DIRECT off for good from the tail of the file on, or from a
-		 * write the file system refused: the rest goes through the page
-		 * cache (with write-behind) */
-		int rc = cbi_pwrite_maybe_direct(w->fd, &w->direct, p, n, at);
+		int rc = cbi_pwrite_full(w->fd, p, n, at);
 		if (rc)
 			return rc;
-		if (w->behind && !w->direct) /* advisory: the fsync of seal reports what fails */
+		if (w->behind) /* advisory: the fsync of seal reports what fails */
 			(void)sync_file_range(w->fd, (off_t)at, (off_t)n, SYNC_FILE_RANGE_WRITE);
 		p += n;
 		left -= n;
 		pos += n;
 	}
 	return 0;
+}
+
+/* Drop the current segment's pages below logical offset upto from the
+ * page cache once written back (advisory): a copy in copy mode keeps a
+ * window of pages, not the file. */
+static void sfw_drop_behind(cbi_sfw *w, uint64_t upto)
+{
+	uint64_t base = (uint64_t)w->cur * w->seg, a = CBI_MAX(w->dropped, base);
+	if (w->fd >= 0 && upto > a) {
+		off_t at = (off_t)(a - base), len = (off_t)(upto - a);
+		(void)sync_file_range(w->fd, at, len,
+				      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+		(void)posix_fadvise(w->fd, at, len, POSIX_FADV_DONTNEED);
+	}
+	w->dropped = upto;
 }
 
 /* Write the buffer at its logical offset, opening segments as needed.
@@ -274,11 +452,14 @@ static int sfw_flush(cbi_sfw *w)
 	 * pipe, its thread hashes the buffer while this one writes it out, and
 	 * the next is filled meanwhile. */
 	int rc = 0;
-	if (w->async) {
-		/* digest and write-out both on the pipe's threads */
-		uint8_t *b = w->buf;
-		rc = cbi_dgpipe_put_w(w->pipe, b, w->hashed, w->used - w->hashed, w->used, w->off - w->used);
-		w->buf = cbi_dgpipe_get(w->pipe);
+	if (w->follow) {
+		/* the digest reads these bytes back once they are written */
+		rc = sfw_pwrite(w, w->buf, w->used, w->off - w->used);
+		if (!rc) {
+			uint64_t done = follow_publish(w->follow, w->off);
+			if (w->drop_step && done >= w->dropped + w->drop_step)
+				sfw_drop_behind(w, done);
+		}
 	} else if (w->pipe && w->used > w->hashed) {
 		uint8_t *b = w->buf;
 		rc = cbi_dgpipe_put(w->pipe, b, w->hashed, w->used - w->hashed);
@@ -303,20 +484,11 @@ static int sfw_pipe_update(void *ud, const void *data, size_t len)
 	return cbi_dg_update(ud, data, len) ? -EIO : 0;
 }
 
-/* The writer stage (on the pipe's second thread; w's descriptor and
- * segments are its own until the pipe is drained). Flushing every 64 MiB
- * as the file grew was measured and dropped: no faster (bench/RESULTS.md,
- * prune). */
-static int sfw_pipe_write(void *ud, const void *data, size_t len, uint64_t pos)
+/* Start w's pipe of nbuf buffers and move what is buffered into one of
+ * them. */
+static int sfw_start_pipe(cbi_sfw *w, size_t nbuf)
 {
-	return sfw_pwrite(ud, data, len, pos);
-}
-
-/* Start w's pipe of nbuf buffers (with a writer stage when write) and move
- * what is buffered into one of them. */
-static int sfw_start_pipe(cbi_sfw *w, size_t nbuf, int write)
-{
-	int rc = cbi_dgpipe_new_w(nbuf, SFW_BUF, sfw_pipe_update, w->dg, write ? sfw_pipe_write : NULL, w, &w->pipe);
+	int rc = cbi_dgpipe_new(nbuf, SFW_BUF, sfw_pipe_update, w->dg, &w->pipe);
 	if (rc)
 		return rc;
 	uint8_t *b = cbi_dgpipe_get(w->pipe);
@@ -328,11 +500,17 @@ static int sfw_start_pipe(cbi_sfw *w, size_t nbuf, int write)
 
 int cbi_sfw_hash_async(cbi_sfw *w)
 {
-	if (w->pipe)
+	if (w->pipe || w->follow)
 		return 0;
 	if (w->hashed)
 		return -EINVAL;
-	return sfw_start_pipe(w, SFW_PIPE_BUFS, 0);
+	return sfw_start_pipe(w, SFW_PIPE_BUFS);
+}
+
+void cbi_sfw_copy_window(cbi_sfw *w, uint64_t lag, uint64_t drop_step)
+{
+	w->lag = lag;
+	w->drop_step = drop_step;
 }
 
 void cbi_sfw_write_behind(cbi_sfw *w)
@@ -342,17 +520,16 @@ void cbi_sfw_write_behind(cbi_sfw *w)
 
 int cbi_sfw_copy_mode(cbi_sfw *w)
 {
-	if (w->pipe || w->hashed)
+	if (w->pipe || w->follow || w->hashed)
 		return -EINVAL;
 	if (w->sink) /* a stream: the digest on a thread, the sink in this one */
 		return cbi_sfw_hash_async(w);
-	int rc = sfw_start_pipe(w, SFW_COPY_BUFS, 1);
+	/* what is flushed is hashed; the buffer's bytes are the thread's */
+	int rc = follow_start(w, w->off - w->used);
 	if (rc)
 		return rc;
-	w->async = 1;
-	w->behind = 1; /* where direct writes are not taken */
-	if (getenv("CBIMG_NO_DIRECT_WRITE") == NULL)
-		w->direct = cbi_fd_direct(w->fd, 1) == 0;
+	w->behind = 1;
+	w->dropped = w->off - w->used;
 	return 0;
 }
 
@@ -377,7 +554,7 @@ int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len)
 
 int cbi_sfw_set_mac(cbi_sfw *w, const uint8_t key[32])
 {
-	if (w->off || w->pipe)
+	if (w->off || w->pipe || w->follow)
 		return -EINVAL;
 	cbi_dg *d = NULL;
 	int rc = cbi_dg_new(key, &d);
@@ -399,7 +576,17 @@ int cbi_sfw_seal(cbi_sfw *w, const uint8_t *trailer96, uint8_t digest[32])
 	int rc = cbi_sfw_write(w, trailer96, 96);
 	if (rc)
 		return rc;
-	if (w->pipe) {
+	if (w->follow) {
+		/* the data out to the disk while the digest catches up, then the
+		 * digest alone */
+		if ((rc = sfw_flush(w)))
+			return rc;
+		if (fdatasync(w->fd) < 0)
+			rc = -errno;
+		int rc2 = follow_end(w, 0);
+		if (rc || (rc = rc2))
+			return rc;
+	} else if (w->pipe) {
 		/* everything to the pipe and out, then the digest alone */
 		if ((rc = sfw_flush(w)) || (rc = cbi_dgpipe_drain(w->pipe)))
 			return rc;
@@ -417,8 +604,6 @@ int cbi_sfw_seal(cbi_sfw *w, const uint8_t *trailer96, uint8_t digest[32])
 	w->off += 32;
 	if ((rc = sfw_flush(w)))
 		return rc;
-	if (w->async && (rc = cbi_dgpipe_drain(w->pipe)))
-		return rc;
 	/* Earlier segments were synced when they were closed. */
 	if (!w->sink && fsync(w->fd) < 0)
 		return -errno;
@@ -429,9 +614,6 @@ int cbi_sfw_commit(cbi_sfw *w, cbi_error *err)
 {
 	if (w->sink)
 		goto done;
-	int rc;
-	if (w->async && (rc = cbi_dgpipe_drain(w->pipe)))
-		return cbi_err(err, rc, "unable to write '%s': %s", w->tmp, cbi_strerror(rc));
 	if (w->fd >= 0) {
 		int fd = w->fd;
 		w->fd = -1;

@@ -77,20 +77,23 @@ int cbi_sfw_hash_async(cbi_sfw *w) CBI_WUR;
  * overlaps its making instead of following it (bench/RESULTS.md, prune). */
 void cbi_sfw_write_behind(cbi_sfw *w);
 
-/* For a writer that copies what it writes (a merged image): the digest and
- * the write-out each on a thread of its own (dgpipe.h, a writer stage), so
- * that this thread only reads and fills buffers; and the file is written
- * with O_DIRECT where the file system takes it (whole aligned buffers; the
- * tail, and everything on a file system that refuses, through the page
- * cache with write-behind). A large file that nobody reads soon after is
- * not copied into the page cache, and its fsync finds nothing left to
- * write (bench/RESULTS.md, prune). CBIMG_NO_DIRECT_WRITE set: no O_DIRECT.
- * The file written is the same byte for byte; a write error surfaces at
- * the next cbi_sfw_write() that fills a buffer, or at seal. Once, before
- * anything is hashed, after cbi_sfw_set_mac(); for a sink, as
- * cbi_sfw_hash_async(). 0, -EINVAL, -ENOMEM or a thread's error (nothing
- * changed then). */
+/* For a writer that copies what it writes (a merged image): this thread
+ * writes each buffer through the page cache (with write-behind) and a
+ * thread of its own computes the digest by reading the file back, up to
+ * 128 MiB behind; the pages it has read are dropped from the page cache
+ * once written back, and cbi_sfw_seal() flushes the data while the digest
+ * catches up (bench/RESULTS.md, prune, session 9). The file written is the
+ * same byte for byte, and the digest covers what the file holds. A write
+ * error surfaces at the next cbi_sfw_write() that fills a buffer, a read
+ * error of the digest at seal. Once, before anything is hashed, after
+ * cbi_sfw_set_mac(); for a sink, as cbi_sfw_hash_async(). 0, -EINVAL,
+ * -ENOMEM or a thread's error (nothing changed then). */
 int cbi_sfw_copy_mode(cbi_sfw *w) CBI_WUR;
+
+/* Copy mode's window, for tests (before cbi_sfw_copy_mode()): the writer
+ * waits while it is more than lag bytes ahead of the digest (0: never
+ * waits), and drops pages drop_step bytes at a time (0: never drops). */
+void cbi_sfw_copy_window(cbi_sfw *w, uint64_t lag, uint64_t drop_step);
 
 /* Append len bytes (buffered). 0 or -errno (-ENOSPC when full). */
 int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len) CBI_WUR;
