@@ -479,7 +479,7 @@ static void test_sealed_abort_with_pipe(void **state)
 	assert_int_equal(cbi_sfw_write(w, data, 3u << 20), 0);
 	cbi_sfw_abort(w); /* buffers in flight: joined and freed (ASan) */
 	assert_int_equal(tu_count(f->dir, NULL, -1), 0);
-	/* copy mode: writes in flight on the writer's thread, in segments */
+	/* copy mode: the digest reading the file back, in segments */
 	assert_int_equal(cbi_sfw_create_split(tu_path(f->dir, "y.cbi"), NULL, 1u << 20, &w, NULL), 0);
 	assert_int_equal(cbi_sfw_copy_mode(w), 0);
 	assert_int_equal(cbi_sfw_write(w, data, 3u << 20), 0);
