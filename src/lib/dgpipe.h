@@ -33,14 +33,8 @@ typedef struct cbi_dgpipe cbi_dgpipe;
  * order. 0, or a negative code that stops the pipe (see above). */
 typedef int (*cbi_dgpipe_fn)(void *ud, const void *data, size_t len);
 
-/* The optional second stage, a writer: called on a thread of its own for
- * each buffer handed over with a length to write (cbi_dgpipe_put_w), in
- * order, with buf[0, len) and the position pos given with it. Errors as
- * for fn. A buffer comes back once both stages are done with it, so the
- * digest and the write-out of one buffer run side by side. */
-typedef int (*cbi_dgpipe_wfn)(void *ud, const void *data, size_t len, uint64_t pos);
-
-/* Buffers are aligned to this many bytes (O_DIRECT writes). */
+/* Buffers are aligned to this many bytes (the caller may write them out
+ * with O_DIRECT). */
 #define CBI_DGPIPE_ALIGN CBI_DIRECT_ALIGN
 
 /* Start the thread with nbuf (>= 2) buffers of bufsz bytes. The thread
@@ -48,11 +42,6 @@ typedef int (*cbi_dgpipe_wfn)(void *ud, const void *data, size_t len, uint64_t p
  * -EINVAL, -ENOMEM or pthread_create()'s code; nothing is left behind on
  * failure. */
 int cbi_dgpipe_new(size_t nbuf, size_t bufsz, cbi_dgpipe_fn fn, void *ud, cbi_dgpipe **out) CBI_WUR;
-
-/* The same with a writer stage wfn (NULL: none) on a second thread;
- * nbuf <= 255. */
-int cbi_dgpipe_new_w(size_t nbuf, size_t bufsz, cbi_dgpipe_fn fn, void *ud, cbi_dgpipe_wfn wfn, void *wud,
-		     cbi_dgpipe **out) CBI_WUR;
 
 /* A free buffer of bufsz bytes, the caller's until it hands it over (waits
  * while every buffer is handed over and not yet consumed). Never NULL. */
@@ -65,14 +54,9 @@ uint8_t *cbi_dgpipe_get(cbi_dgpipe *p);
  * error that stopped the pipe (the buffer is taken back all the same). */
 int cbi_dgpipe_put(cbi_dgpipe *p, uint8_t *buf, size_t off, size_t len) CBI_WUR;
 
-/* The same, and with a writer stage also buf[0, wlen) to the writer with
- * position wpos (wlen 0: none; -EINVAL when the pipe has no writer). The
- * caller may read the buffer until its next cbi_dgpipe_get(). */
-int cbi_dgpipe_put_w(cbi_dgpipe *p, uint8_t *buf, size_t off, size_t len, size_t wlen, uint64_t wpos) CBI_WUR;
-
-/* Wait until every range handed over is consumed by both stages: fn's
- * state may then be used by the caller (e.g. to finish the digest), and
- * every write is done. 0 or the error that stopped the pipe. */
+/* Wait until every range handed over is consumed: fn's state may then be
+ * used by the caller (e.g. to finish the digest). 0 or the error that
+ * stopped the pipe. */
 int cbi_dgpipe_drain(cbi_dgpipe *p) CBI_WUR;
 
 /* Stop the thread (ranges not yet consumed are dropped), join it and free

@@ -3,11 +3,10 @@
  * splitting them, ranges arrive in order and whole, an error of the
  * consumer stops it and reaches the caller, buffers are never lost, and the
  * sealed-file writer's file and digest are the same with the pipe and
- * write-behind as without them (plain, HMAC, split into segments). The
- * writer stage: writes in order at their positions beside the digest, its
- * errors stop the pipe; copy mode (the digest reads the file back, with the
- * default window and with a small one that makes the writer wait and drop
- * pages) writes the same files. */
+ * write-behind as without them (plain, HMAC, split into segments); copy
+ * mode (the digest reads the file back, with the default window and with a
+ * small one that makes the writer wait and drop pages) writes the same
+ * files. */
 #include "testutil.h"
 
 #include <openssl/evp.h>
@@ -235,136 +234,6 @@ static void test_bad_arguments_and_free_in_flight(void **state)
 	free(data);
 }
 
-/* ---------------------------------------------- the writer stage */
-
-/* A writer stage that checks each buffer lands where the data says, in
- * order, with delays; fails from byte fail_at of the writes on. */
-typedef struct wr {
-	const uint8_t *data;
-	uint64_t next; /* the position the next write must have */
-	uint64_t fail_at;
-	int calls_after_fail, failed, bad;
-	uint64_t seed;
-} wr;
-
-static int feed_wr(void *ud, const void *d, size_t len, uint64_t pos)
-{
-	wr *o = ud;
-	if (o->failed)
-		o->calls_after_fail++;
-	if (pos != o->next || memcmp(d, o->data + pos, len))
-		o->bad = 1;
-	o->next = pos + len;
-	if (rnd(&o->seed) % 3 == 0) {
-		struct timespec ts = { 0, (long)(rnd(&o->seed) % 400) * 1000 };
-		nanosleep(&ts, NULL);
-	}
-	if (o->next >= o->fail_at) {
-		o->failed = 1;
-		return -ENOSPC;
-	}
-	return 0;
-}
-
-/* Both stages see every byte in order while buffers go round; the digest
- * range and the write range of one buffer may differ (the sealed-file
- * writer hashes part of a buffer, or none of it, and writes all of it). */
-static void test_writer_stage_order_and_reuse(void **state)
-{
-	(void)state;
-	size_t n = 3u << 20, bufsz = 4096;
-	uint8_t *data = malloc(n);
-	assert_non_null(data);
-	tu_fill_random(data, n, 21);
-	uint8_t *hd = malloc(n); /* the bytes handed to the digest, in order */
-	assert_non_null(hd);
-	ord o = { .data = hd, .fail_at = SIZE_MAX, .seed = 4 };
-	wr w = { .data = data, .fail_at = UINT64_MAX, .seed = 9 };
-	cbi_dgpipe *p = NULL;
-	assert_int_equal(cbi_dgpipe_new_w(3, bufsz, feed_ord, &o, feed_wr, &w, &p), 0);
-	uint64_t seed = 17;
-	size_t hashed = 0;
-	for (size_t done = 0; done < n;) {
-		uint8_t *b = cbi_dgpipe_get(p);
-		assert_int_equal((uintptr_t)b % CBI_DGPIPE_ALIGN, 0);
-		size_t len = CBI_MIN((size_t)(rnd(&seed) % (bufsz + 1)), n - done);
-		memcpy(b, data + done, len);
-		/* now and then a suffix or nothing of it hashed (the writer's seal
-		 * hashes what was not yet hashed, and writes the digest unhashed) */
-		size_t skip = rnd(&seed) % 4 == 0 ? (size_t)(rnd(&seed) % (len + 1)) : 0;
-		memcpy(hd + hashed, b + skip, len - skip);
-		assert_int_equal(cbi_dgpipe_put_w(p, b, skip, len - skip, len, done), 0);
-		hashed += len - skip;
-		done += len;
-	}
-	assert_int_equal(cbi_dgpipe_drain(p), 0);
-	assert_true(o.seen == hashed && w.next == n);
-	assert_false(o.bad);
-	assert_false(w.bad);
-	/* drained: every buffer free again */
-	uint8_t *b[3];
-	for (int i = 0; i < 3; i++)
-		b[i] = cbi_dgpipe_get(p);
-	assert_true(b[0] != b[1] && b[1] != b[2] && b[0] != b[2]);
-	for (int i = 0; i < 3; i++)
-		assert_int_equal(cbi_dgpipe_put_w(p, b[i], 0, 0, 0, 0), 0);
-	/* a write range to a pipe without a writer, or beyond the buffer */
-	uint8_t *x = cbi_dgpipe_get(p);
-	assert_int_equal(cbi_dgpipe_put_w(p, x, 0, 0, bufsz + 1, 0), -EINVAL);
-	assert_int_equal(cbi_dgpipe_put_w(p, x, 0, 0, 0, 0), 0);
-	cbi_dgpipe_free(p);
-	cbi_dgpipe *q = NULL;
-	assert_int_equal(cbi_dgpipe_new(2, 100, feed_ord, &o, &q), 0);
-	x = cbi_dgpipe_get(q);
-	assert_int_equal(cbi_dgpipe_put_w(q, x, 0, 0, 10, 0), -EINVAL);
-	assert_int_equal(cbi_dgpipe_put(q, x, 0, 0), 0);
-	cbi_dgpipe_free(q);
-	free(hd);
-	free(data);
-}
-
-/* A failing write stops both stages, reaches the caller, and loses no
- * buffer; freeing with writes in flight joins both threads (ASan). */
-static void test_writer_stage_error(void **state)
-{
-	(void)state;
-	size_t n = 300000;
-	uint8_t *data = malloc(n);
-	assert_non_null(data);
-	tu_fill_random(data, n, 22);
-	for (uint64_t fail_at = 1; fail_at < n; fail_at = fail_at * 5 + 3000) {
-		ord o = { .data = data, .fail_at = SIZE_MAX, .seed = fail_at };
-		wr w = { .data = data, .fail_at = fail_at, .seed = fail_at + 1 };
-		cbi_dgpipe *p = NULL;
-		assert_int_equal(cbi_dgpipe_new_w(4, 4096, feed_ord, &o, feed_wr, &w, &p), 0);
-		for (size_t done = 0; done < n;) {
-			uint8_t *b = cbi_dgpipe_get(p);
-			size_t len = CBI_MIN((size_t)4096, n - done);
-			memcpy(b, data + done, len);
-			int rc = cbi_dgpipe_put_w(p, b, 0, len, len, done);
-			assert_true(rc == 0 || rc == -ENOSPC);
-			done += len;
-		}
-		assert_int_equal(cbi_dgpipe_drain(p), -ENOSPC);
-		assert_int_equal(w.calls_after_fail, 0);
-		assert_false(w.bad);
-		assert_true(w.next >= fail_at && w.next < fail_at + 4096);
-		cbi_dgpipe_free(p);
-	}
-	/* freed in flight */
-	ord o = { .data = data, .fail_at = SIZE_MAX, .seed = 1 };
-	wr w = { .data = data, .fail_at = UINT64_MAX, .seed = 2 };
-	cbi_dgpipe *p = NULL;
-	assert_int_equal(cbi_dgpipe_new_w(2, 4096, feed_ord, &o, feed_wr, &w, &p), 0);
-	for (size_t done = 0; done < 5 * 4096; done += 4096) {
-		uint8_t *b = cbi_dgpipe_get(p);
-		memcpy(b, data + done, 4096);
-		assert_int_equal(cbi_dgpipe_put_w(p, b, 0, 4096, 4096, done), 0);
-	}
-	cbi_dgpipe_free(p);
-	free(data);
-}
-
 /* ---------------------------------------------- the sealed-file writer */
 
 /* Write size bytes in uneven pieces to final (segments of seg bytes, HMAC
@@ -496,8 +365,6 @@ int main(void)
 		cmocka_unit_test(test_order_under_delays),
 		cmocka_unit_test(test_error_propagates),
 		cmocka_unit_test(test_bad_arguments_and_free_in_flight),
-		cmocka_unit_test(test_writer_stage_order_and_reuse),
-		cmocka_unit_test(test_writer_stage_error),
 		T(test_sealed_file_same_with_pipe),
 		T(test_sealed_abort_with_pipe),
 	};
