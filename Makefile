@@ -29,7 +29,8 @@ LDLIBS_ALL := $(PKG_LIBS) -lpthread $(EXTRA_LDFLAGS) $(LDFLAGS)
 # it, cbimg builds and an s3:// DEST is refused with a message.
 CURL_OK := $(shell pkg-config --exists libcurl 2>/dev/null && echo 1)
 CFLAGS_ALL += $(if $(CURL_OK),-DCBI_HAVE_CURL $(shell pkg-config --cflags libcurl))
-LDLIBS_ALL += $(if $(CURL_OK),$(shell pkg-config --libs libcurl))
+# (loaded with dlopen at the first S3 DEST, not linked: src/lib/s3.c)
+LDLIBS_ALL += $(if $(CURL_OK),-ldl)
 
 LIB_SRC := $(sort $(wildcard src/lib/*.c))
 CLI_SRC := $(sort $(wildcard src/cli/*.c))

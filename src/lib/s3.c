@@ -20,6 +20,7 @@
 
 #ifdef CBI_HAVE_CURL
 #include <curl/curl.h>
+#include <dlfcn.h>
 #include <openssl/crypto.h>
 #endif
 
@@ -423,6 +424,65 @@ int cbi_s3_cfg_load(cbi_s3_cfg *c, const char *endpoint_opt, cbi_error *err)
 }
 
 #ifdef CBI_HAVE_CURL
+/* ---------------------------------------------------------------- libcurl */
+
+/* libcurl is loaded when the first S3 DEST is opened (dlopen), not when
+ * cbimg starts: with its dependencies (TLS, Kerberos, LDAP, SSH, IDN...) it
+ * was most of every command's start-up, S3 or not: 14 ms of 18 with a warm
+ * page cache (bench/RESULTS.md, session 9). The header still comes from
+ * pkg-config; the library is the soname the -dev package links to. */
+static struct {
+	int ok;
+	char why[256]; /* when not ok */
+	CURLcode (*global_init)(long);
+	CURL *(*easy_init)(void);
+	void (*easy_cleanup)(CURL *);
+	void (*easy_reset)(CURL *);
+	CURLcode (*easy_setopt)(CURL *, CURLoption, ...);
+	CURLcode (*easy_perform)(CURL *);
+	CURLcode (*easy_getinfo)(CURL *, CURLINFO, ...);
+	const char *(*easy_strerror)(CURLcode);
+	struct curl_slist *(*slist_append)(struct curl_slist *, const char *);
+	void (*slist_free_all)(struct curl_slist *);
+} cu;
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static void curl_init_once(void)
+{
+	static const char *const names[] = { "libcurl.so.4", "libcurl.so" };
+	void *h = NULL;
+	for (size_t i = 0; !h && i < sizeof names / sizeof names[0]; i++)
+		if (!(h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL)) && !i)
+			snprintf(cu.why, sizeof cu.why, "%s", dlerror()); /* the soname's reason */
+	if (!h)
+		return; /* never closed once opened: curl keeps global state */
+	struct {
+		const char *name;
+		void **fn;
+	} syms[] = {
+		{ "curl_global_init", (void **)&cu.global_init },
+		{ "curl_easy_init", (void **)&cu.easy_init },
+		{ "curl_easy_cleanup", (void **)&cu.easy_cleanup },
+		{ "curl_easy_reset", (void **)&cu.easy_reset },
+		{ "curl_easy_setopt", (void **)&cu.easy_setopt },
+		{ "curl_easy_perform", (void **)&cu.easy_perform },
+		{ "curl_easy_getinfo", (void **)&cu.easy_getinfo },
+		{ "curl_easy_strerror", (void **)&cu.easy_strerror },
+		{ "curl_slist_append", (void **)&cu.slist_append },
+		{ "curl_slist_free_all", (void **)&cu.slist_free_all },
+	};
+	for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++)
+		if (!(*syms[i].fn = dlsym(h, syms[i].name))) {
+			snprintf(cu.why, sizeof cu.why, "%s: no %s", names[0], syms[i].name);
+			return;
+		}
+	if (cu.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		snprintf(cu.why, sizeof cu.why, "curl_global_init failed");
+		return;
+	}
+	cu.ok = 1;
+}
+
 /* -------------------------------------------------------------- requests */
 
 #define POOL_MAX 8
@@ -461,11 +521,6 @@ void cbi_s3_counters(const cbi_s3 *s, uint64_t *sent, uint64_t *received)
 	pthread_mutex_unlock((pthread_mutex_t *)&s->mu);
 }
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static void curl_init_once(void)
-{
-	curl_global_init(CURL_GLOBAL_DEFAULT);
-}
 
 static long env_long(const char *name, long def, long lo, long hi)
 {
@@ -480,6 +535,9 @@ static long env_long(const char *name, long def, long lo, long hi)
 int cbi_s3_open(const cbi_s3_cfg *c, const char *bucket, cbi_s3 **out, cbi_error *err)
 {
 	pthread_once(&curl_once, curl_init_once);
+	if (!cu.ok)
+		return cbi_err(err, -ENOTSUP, "S3 needs libcurl, which is not usable here: %s (install libcurl4)",
+			       cu.why);
 	cbi_s3 *s = calloc(1, sizeof *s);
 	if (!s)
 		return cbi_err(err, -ENOMEM, "out of memory");
@@ -504,7 +562,7 @@ void cbi_s3_close(cbi_s3 *s)
 	if (!s)
 		return;
 	for (int i = 0; i < s->npool; i++)
-		curl_easy_cleanup(s->pool[i]);
+		cu.easy_cleanup(s->pool[i]);
 	pthread_mutex_destroy(&s->mu);
 	OPENSSL_cleanse(s, sizeof *s);
 	free(s);
@@ -517,7 +575,7 @@ static CURL *handle_get(cbi_s3 *s)
 	if (s->npool)
 		h = s->pool[--s->npool];
 	pthread_mutex_unlock(&s->mu);
-	return h ? h : curl_easy_init();
+	return h ? h : cu.easy_init();
 }
 
 static void handle_put(cbi_s3 *s, CURL *h)
@@ -529,7 +587,7 @@ static void handle_put(cbi_s3 *s, CURL *h)
 	}
 	pthread_mutex_unlock(&s->mu);
 	if (h)
-		curl_easy_cleanup(h);
+		cu.easy_cleanup(h);
 }
 
 typedef struct buf {
@@ -722,20 +780,20 @@ static int do_req(cbi_s3 *s, req *r, cbi_error *err)
 		CURL *h = handle_get(s);
 		if (!h)
 			return cbi_err(err, -ENOMEM, "out of memory");
-		curl_easy_reset(h);
+		cu.easy_reset(h);
 		struct curl_slist *hd = NULL;
-		hd = curl_slist_append(hd, "x-amz-content-sha256: UNSIGNED-PAYLOAD");
+		hd = cu.slist_append(hd, "x-amz-content-sha256: UNSIGNED-PAYLOAD");
 		if (r->if_none_match)
-			hd = curl_slist_append(hd, "If-None-Match: *");
+			hd = cu.slist_append(hd, "If-None-Match: *");
 		if (s->cfg.session_token[0]) {
 			char t[2100];
 			snprintf(t, sizeof t, "x-amz-security-token: %s", s->cfg.session_token);
-			hd = curl_slist_append(hd, t);
+			hd = cu.slist_append(hd, t);
 		}
 		char rg[96];
 		if (r->range) {
 			snprintf(rg, sizeof rg, "Range: %s", r->range);
-			hd = curl_slist_append(hd, rg);
+			hd = cu.slist_append(hd, rg);
 		}
 		/* No "Expect:" to switch off 100-continue: curl 7.88 signs the
 		 * empty header it then leaves out, and RGW answers 403 (measured). */
@@ -746,46 +804,46 @@ static int do_req(cbi_s3 *s, req *r, cbi_error *err)
 		r->have_clen = 0;
 		if (r->resp)
 			r->resp->n = 0;
-		curl_easy_setopt(h, CURLOPT_URL, url);
-		curl_easy_setopt(h, CURLOPT_AWS_SIGV4, s->sigv4);
-		curl_easy_setopt(h, CURLOPT_USERPWD, s->userpwd);
-		curl_easy_setopt(h, CURLOPT_HTTPHEADER, hd);
-		curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-		curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
-		curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
-		curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, env_long("CBIMG_S3_CONNECT_TIMEOUT", 10, 1, 600));
+		cu.easy_setopt(h, CURLOPT_URL, url);
+		cu.easy_setopt(h, CURLOPT_AWS_SIGV4, s->sigv4);
+		cu.easy_setopt(h, CURLOPT_USERPWD, s->userpwd);
+		cu.easy_setopt(h, CURLOPT_HTTPHEADER, hd);
+		cu.easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+		cu.easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+		cu.easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+		cu.easy_setopt(h, CURLOPT_CONNECTTIMEOUT, env_long("CBIMG_S3_CONNECT_TIMEOUT", 10, 1, 600));
 		/* a stalled transfer (less than 1 byte/s for the timeout) fails */
-		curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-		curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, env_long("CBIMG_S3_TIMEOUT", 60, 1, 3600));
-		curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, header_cb);
-		curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
-		curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write_cb);
-		curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
+		cu.easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+		cu.easy_setopt(h, CURLOPT_LOW_SPEED_TIME, env_long("CBIMG_S3_TIMEOUT", 60, 1, 3600));
+		cu.easy_setopt(h, CURLOPT_HEADERFUNCTION, header_cb);
+		cu.easy_setopt(h, CURLOPT_HEADERDATA, r);
+		cu.easy_setopt(h, CURLOPT_WRITEFUNCTION, write_cb);
+		cu.easy_setopt(h, CURLOPT_WRITEDATA, r);
 		if (!strcmp(r->method, "PUT")) {
-			curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
-			curl_easy_setopt(h, CURLOPT_READFUNCTION, read_cb);
-			curl_easy_setopt(h, CURLOPT_READDATA, r);
-			curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)r->body_len);
+			cu.easy_setopt(h, CURLOPT_UPLOAD, 1L);
+			cu.easy_setopt(h, CURLOPT_READFUNCTION, read_cb);
+			cu.easy_setopt(h, CURLOPT_READDATA, r);
+			cu.easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)r->body_len);
 		} else if (!strcmp(r->method, "POST")) {
-			curl_easy_setopt(h, CURLOPT_POST, 1L);
-			curl_easy_setopt(h, CURLOPT_READFUNCTION, read_cb);
-			curl_easy_setopt(h, CURLOPT_READDATA, r);
-			curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
+			cu.easy_setopt(h, CURLOPT_POST, 1L);
+			cu.easy_setopt(h, CURLOPT_READFUNCTION, read_cb);
+			cu.easy_setopt(h, CURLOPT_READDATA, r);
+			cu.easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
 		} else if (!strcmp(r->method, "HEAD")) {
-			curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+			cu.easy_setopt(h, CURLOPT_NOBODY, 1L);
 		} else if (strcmp(r->method, "GET")) {
-			curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, r->method);
+			cu.easy_setopt(h, CURLOPT_CUSTOMREQUEST, r->method);
 		}
-		CURLcode cc = curl_easy_perform(h);
-		curl_slist_free_all(hd);
+		CURLcode cc = cu.easy_perform(h);
+		cu.slist_free_all(hd);
 		long st = 0;
-		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &st);
+		cu.easy_getinfo(h, CURLINFO_RESPONSE_CODE, &st);
 		if (st)
 			r->status = st;
 		if (cc == CURLE_OK || (cc == CURLE_WRITE_ERROR && r->werr))
 			handle_put(s, h);
 		else
-			curl_easy_cleanup(h); /* a broken connection is not reused */
+			cu.easy_cleanup(h); /* a broken connection is not reused */
 		pthread_mutex_lock(&s->mu);
 		s->sent += r->pos;
 		s->received += r->got;
@@ -801,7 +859,7 @@ static int do_req(cbi_s3 *s, req *r, cbi_error *err)
 				   : cc == CURLE_OPERATION_TIMEDOUT				  ? -ETIMEDOUT
 												  : -EIO;
 			return cbi_err(err, code, "S3 endpoint '%s' (for '%s'): %s (after %d attempt%s)",
-				       s->cfg.endpoint[0] ? s->cfg.endpoint : s->base, w, curl_easy_strerror(cc),
+				       s->cfg.endpoint[0] ? s->cfg.endpoint : s->base, w, cu.easy_strerror(cc),
 				       attempt + 1, attempt ? "s" : "");
 		}
 		if (r->status / 100 == 2)

@@ -15,7 +15,8 @@
 #   - the lock's lease renewed past its length (a second run refused), and lost
 #     while radosgw stalls: the run stops before its commit, nothing listed
 #   - radosgw stopped during a backup: a clean failure; restarted: the next run succeeds
-#   - wrong credentials, a missing bucket, an unreachable endpoint: one line, exit 1
+#   - wrong credentials, a missing bucket, an unreachable endpoint, libcurl
+#     that cannot be loaded (local commands still run): one line, exit 1
 #   - an encrypted chain: no object holds the source's plaintext
 #   - reads by ranged GET: every point of a 3-point chain restores bit for bit,
 #     the newest reading only the records it needs; verify streams each image;
@@ -438,6 +439,20 @@ expect_exit 1 env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY HOME=$T AWS_PROF
 check_grep "no credentials: one line" "^cbimg: no S3 credentials"
 expect_exit 2 "$CBIMG" list s3://Bad_Bucket/x
 check_eq "a bad bucket name is a usage error" "$RC" 2
+# libcurl is loaded at the first s3:// DEST (dlopen): hidden from this
+# command alone (a bind mount of /dev/null over it in a mount namespace of
+# its own), local commands still run and an s3:// DEST gets one line
+LC=$(ldconfig -p | awk '/libcurl\.so\.4 / { print $NF; exit }')
+if [ -n "$LC" ] && command -v unshare >/dev/null; then
+	hide_curl() { unshare -m sh -c 'mount --bind /dev/null "$1" && shift && exec "$@"' sh "$(readlink -f "$LC")" "$@"; }
+	expect_exit 0 hide_curl "$CBIMG" list "$T"
+	expect_exit 1 hide_curl "$CBIMG" list s3://$BASIC/pc1
+	check_grep "libcurl that cannot be loaded is named, with the reason" \
+		"^cbimg: S3 needs libcurl, which is not usable here: .*libcurl\.so\.4.*\(install libcurl4\)"
+	check_eq "... on one line" "$(wc -l <"$T/stderr")" 1
+else
+	echo "  (no libcurl.so.4 in ldconfig's cache or no unshare: the missing-libcurl check is not run)"
+fi
 
 # ------------------------------------------------- an encrypted chain
 bucket secret
