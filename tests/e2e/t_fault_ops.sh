@@ -9,7 +9,8 @@
 #     point's rows): CBIMG_FAULT_ONLY counts the catalog's files alone, so
 #     that every one of its writes is failed in turn;
 #   - `cbimg prune` that folds two points into a synthetic full (the full
-#     rolls forward): its merged image, its removals, its catalog rows.
+#     rolls forward): its merged image, its removals, its catalog rows, and
+#     the reads of its digest, which reads the merged image back.
 # After each failure:
 #   - every point that `cbimg list` shows restores bit for bit (with the
 #     old or the new passphrase: a passwd that failed half-way may leave
@@ -308,6 +309,25 @@ prune_base
 PLANS="fsync:1:cbimg-catalog dirfsync:1 rename:1 pwrite:1:cbimg-catalog"
 [ "$MALLOC" = 1 ] && PLANS="$PLANS malloc:geo2"
 loop prune prune_body
+PLANS=
+# the merged image's digest reads the file back (sfile.c, copy mode): each
+# of its reads fails in turn (only the temporary file's reads are counted)
+prune_pread_body() {
+	local kind=$1 n=$2
+	faulty "$kind" "$n" ".tmp" "$CBIMG" prune "${PRUNE_RULE[@]}" --state-dir "$W/state" "$W/dest"
+	[ "$RC" -lt 128 ] || echo "prune $kind:$n: killed by signal $((RC - 128))" >>"$W/problems"
+	[ "$HIT" = 1 ] || [ "$RC" = 0 ] || echo "prune $kind:$n: no fault, exit $RC: $(cat "$W/out")" >>"$W/problems"
+	if [ "$HIT" = 1 ]; then
+		[ "$RC" = 1 ] || echo "prune $kind:$n: a failed read of the merged image: exit $RC, not 1" >>"$W/problems"
+		grep -q "^cbimg: unable to write .*: Input/output error$" "$W/out" ||
+			echo "prune $kind:$n: no one-line I/O error: $(head -c 300 "$W/out")" >>"$W/problems"
+		[ -z "$(find "$W/dest" -name '*.tmp')" ] ||
+			echo "prune $kind:$n: a temporary file left: $(find "$W/dest" -name '*.tmp')" >>"$W/problems"
+	fi
+	prune_check "prune $kind:$n"
+}
+PLANS="pread:1"
+loop "prune (the digest's reads of the merged image)" prune_pread_body
 PLANS=
 
 echo "  ($INJECTED injected failures in $(($(date +%s) - start)) s)"

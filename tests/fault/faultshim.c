@@ -24,6 +24,10 @@
  *     pwrite    pwrite() and pwrite64()                                -> EIO
  *     malloc    malloc(), calloc(), realloc() (size > 0), posix_memalign(),
  *               aligned_alloc(), memalign()                            -> ENOMEM
+ *     pread     pread() and pread64()                                  -> EIO
+ *               (with CBIMG_FAULT_ONLY, e.g. ".tmp": the reads of a file
+ *               being written, such as a merged image's digest reading it
+ *               back)
  *
  * Only calls made after the library's constructor has run are counted (it
  * arms the counter last), so what the dynamic loader and libc allocate at
@@ -53,8 +57,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-enum { K_NONE, K_FSYNC, K_DIRFSYNC, K_RENAME, K_PWRITE, K_MALLOC };
-static const char *const kind_names[] = { "none", "fsync", "dirfsync", "rename", "pwrite", "malloc" };
+enum { K_NONE, K_FSYNC, K_DIRFSYNC, K_RENAME, K_PWRITE, K_MALLOC, K_PREAD };
+static const char *const kind_names[] = { "none", "fsync", "dirfsync", "rename", "pwrite", "malloc", "pread" };
 
 static int fault_kind;              /* K_* */
 static long fault_n;                /* fail call number fault_n */
@@ -165,7 +169,7 @@ __attribute__((constructor)) static void fault_init(void)
 	if (!colon)
 		goto bad;
 	size_t len = (size_t)(colon - spec);
-	for (int k = K_FSYNC; k <= K_MALLOC; k++)
+	for (int k = K_FSYNC; k <= K_PREAD; k++)
 		if (strlen(kind_names[k]) == len && !strncmp(spec, kind_names[k], len))
 			fault_kind = k;
 	char *end;
@@ -189,7 +193,7 @@ __attribute__((constructor)) static void fault_init(void)
 	return;
 bad:
 	fprintf(stderr, "faultshim: invalid CBIMG_FAULT '%s': expected KIND:N, KIND one of fsync, "
-		"dirfsync, rename, pwrite, malloc\n", spec);
+		"dirfsync, rename, pwrite, malloc, pread\n", spec);
 	fault_kind = K_NONE;
 }
 
@@ -281,6 +285,26 @@ ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
 		return -1;
 	}
 	return real_pwrite(fd, buf, n, off);
+}
+
+ssize_t pread(int fd, void *buf, size_t n, off_t off)
+{
+	NEXT(pread);
+	if (fail_fd(fd, K_PREAD)) {
+		errno = EIO;
+		return -1;
+	}
+	return real_pread(fd, buf, n, off);
+}
+
+ssize_t pread64(int fd, void *buf, size_t n, off64_t off)
+{
+	NEXT(pread64);
+	if (fail_fd(fd, K_PREAD)) {
+		errno = EIO;
+		return -1;
+	}
+	return real_pread64(fd, buf, n, off);
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t n, off64_t off)
