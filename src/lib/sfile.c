@@ -307,7 +307,10 @@ static int follow_read(sfw_follow *f, uint64_t upto)
 		pthread_mutex_lock(&f->mu);
 		f->done = pos;
 		pthread_cond_broadcast(&f->cv);
+		int stop = f->stop;
 		pthread_mutex_unlock(&f->mu);
+		if (stop)
+			return 0; /* an abort does not wait for the rest */
 	}
 	return 0;
 }
@@ -364,17 +367,19 @@ static int follow_start(cbi_sfw *w, uint64_t from)
 }
 
 /* The bytes up to offset upto are written; wait while the digest is more
- * than f->lag behind. Returns the bytes hashed so far. */
-static uint64_t follow_publish(sfw_follow *f, uint64_t upto)
+ * than f->lag behind. *done: the bytes hashed so far. 0, or the error that
+ * stopped the digest (the writer stops at once rather than at seal). */
+static int follow_publish(sfw_follow *f, uint64_t upto, uint64_t *done)
 {
 	pthread_mutex_lock(&f->mu);
 	f->avail = upto;
 	pthread_cond_broadcast(&f->cv);
 	while (f->lag && !f->end && f->avail - f->done > f->lag)
 		pthread_cond_wait(&f->cv, &f->mu);
-	uint64_t done = f->done;
+	*done = f->done;
+	int rc = f->err;
 	pthread_mutex_unlock(&f->mu);
-	return done;
+	return rc;
 }
 
 /* Join the thread: with stop, at once; else once every byte published is
@@ -455,11 +460,10 @@ static int sfw_flush(cbi_sfw *w)
 	if (w->follow) {
 		/* the digest reads these bytes back once they are written */
 		rc = sfw_pwrite(w, w->buf, w->used, w->off - w->used);
-		if (!rc) {
-			uint64_t done = follow_publish(w->follow, w->off);
-			if (w->drop_step && done >= w->dropped + w->drop_step)
-				sfw_drop_behind(w, done);
-		}
+		uint64_t done = 0;
+		if (!rc && !(rc = follow_publish(w->follow, w->off, &done)) && w->drop_step &&
+		    done >= w->dropped + w->drop_step)
+			sfw_drop_behind(w, done);
 	} else if (w->pipe && w->used > w->hashed) {
 		uint8_t *b = w->buf;
 		rc = cbi_dgpipe_put(w->pipe, b, w->hashed, w->used - w->hashed);
