@@ -449,11 +449,18 @@ static struct {
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void)
 {
-	static const char *const names[] = { "libcurl.so.4", "libcurl.so" };
+	/* CBIMG_S3_LIBCURL names another build (libcurl-gnutls.so.4, a path) */
+	const char *env = getenv("CBIMG_S3_LIBCURL");
+	const char *names[] = { "libcurl.so.4", "libcurl.so" };
+	size_t nn = 2;
+	if (env && *env) {
+		names[0] = env;
+		nn = 1;
+	}
 	void *h = NULL;
-	for (size_t i = 0; !h && i < sizeof names / sizeof names[0]; i++)
+	for (size_t i = 0; !h && i < nn; i++)
 		if (!(h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL)) && !i)
-			snprintf(cu.why, sizeof cu.why, "%s", dlerror()); /* the soname's reason */
+			snprintf(cu.why, sizeof cu.why, "%s", dlerror()); /* the first name's reason */
 	if (!h)
 		return; /* never closed once opened: curl keeps global state */
 	struct {
