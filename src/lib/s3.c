@@ -528,7 +528,6 @@ void cbi_s3_counters(const cbi_s3 *s, uint64_t *sent, uint64_t *received)
 	pthread_mutex_unlock((pthread_mutex_t *)&s->mu);
 }
 
-
 static long env_long(const char *name, long def, long lo, long hi)
 {
 	const char *v = getenv(name);

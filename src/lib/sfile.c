@@ -250,6 +250,15 @@ static int sfw_next_segment(cbi_sfw *w, uint32_t k)
 	return 0;
 }
 
+/* Where logical offset pos lies: its segment *k, its offset *at in it, and
+ * how many of len bytes from there fit in that segment. */
+static size_t sfw_seg_span(const cbi_sfw *w, uint64_t pos, size_t len, uint32_t *k, uint64_t *at)
+{
+	*k = w->seg ? (uint32_t)(pos / w->seg) : 0;
+	*at = pos - (uint64_t)*k * w->seg;
+	return w->seg ? (size_t)CBI_MIN((uint64_t)len, w->seg - *at) : len;
+}
+
 /* ------------------------------------------------- the digest that follows */
 
 /* In copy mode the digest reads the file back (from the page cache, where
@@ -284,11 +293,9 @@ static int follow_read(sfw_follow *f, uint64_t upto)
 	const cbi_sfw *w = f->w;
 	uint64_t pos = f->done;
 	while (pos < upto) {
-		uint32_t k = w->seg ? (uint32_t)(pos / w->seg) : 0;
-		uint64_t at = pos - (uint64_t)k * w->seg;
-		size_t n = (size_t)CBI_MIN(upto - pos, (uint64_t)SFW_BUF);
-		if (w->seg)
-			n = (size_t)CBI_MIN((uint64_t)n, w->seg - at);
+		uint32_t k;
+		uint64_t at;
+		size_t n = sfw_seg_span(w, pos, (size_t)CBI_MIN(upto - pos, (uint64_t)SFW_BUF), &k, &at);
 		if (f->rfd < 0 || f->rk != k) {
 			char name[4096];
 			int rc = sfw_tmp_name(w, k, name, sizeof name);
@@ -300,16 +307,12 @@ static int follow_read(sfw_follow *f, uint64_t upto)
 				return -errno;
 			f->rk = k;
 		}
-		ssize_t r = pread(f->rfd, f->buf, n, (off_t)at);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0)
-			return -EIO; /* shorter than what was written */
-		if (cbi_dg_update(f->dg, f->buf, (size_t)r))
+		int rc = cbi_pread_full(f->rfd, f->buf, n, at);
+		if (rc)
+			return rc == -CBI_ETRUNCATED ? -EIO : rc; /* shorter than what was written */
+		if (cbi_dg_update(f->dg, f->buf, n))
 			return -EIO;
-		pos += (uint64_t)r;
+		pos += n;
 		pthread_mutex_lock(&f->mu);
 		f->done = pos;
 		pthread_cond_broadcast(&f->cv);
@@ -417,18 +420,11 @@ static int sfw_pwrite(cbi_sfw *w, const uint8_t *p, size_t left, uint64_t pos)
 	if (w->sink) /* a stream (an S3 upload): the bytes in order, no offsets */
 		return left ? w->sink(w->sink_ud, p, left) : 0;
 	while (left) {
-		size_t n = left;
-		uint64_t at = pos;
-		if (w->seg) {
-			uint32_t k = (uint32_t)(pos / w->seg);
-			int rc = k == w->cur ? 0 : sfw_next_segment(w, k);
-			if (rc)
-				return rc;
-			at = pos - (uint64_t)k * w->seg;
-			n = (size_t)CBI_MIN((uint64_t)left, w->seg - at);
-		}
-		int rc = cbi_pwrite_full(w->fd, p, n, at);
-		if (rc)
+		uint32_t k;
+		uint64_t at;
+		size_t n = sfw_seg_span(w, pos, left, &k, &at);
+		int rc = k == w->cur ? 0 : sfw_next_segment(w, k);
+		if (rc || (rc = cbi_pwrite_full(w->fd, p, n, at)))
 			return rc;
 		if (w->behind) /* advisory: the fsync of seal reports what fails */
 			(void)sync_file_range(w->fd, (off_t)at, (off_t)n, SYNC_FILE_RANGE_WRITE);
