@@ -93,8 +93,9 @@ int cbi_sfw_copy_mode(cbi_sfw *w) CBI_WUR;
 /* Copy mode's window, for tests (before cbi_sfw_copy_mode()): the writer
  * waits while it is more than lag bytes ahead of the digest (0: never
  * waits), and drops pages drop_step bytes at a time (0: never drops), at
- * least drop_behind bytes behind what it has written. */
-void cbi_sfw_copy_window(cbi_sfw *w, uint64_t lag, uint64_t drop_step, uint64_t drop_behind);
+ * least drop_behind bytes behind what it has written, with an fdatasync
+ * once flush_step bytes were written since the last. */
+void cbi_sfw_copy_window(cbi_sfw *w, uint64_t lag, uint64_t drop_step, uint64_t drop_behind, uint64_t flush_step);
 
 /* Append len bytes (buffered). 0 or -errno (-ENOSPC when full). */
 int cbi_sfw_write(cbi_sfw *w, const void *buf, size_t len) CBI_WUR;

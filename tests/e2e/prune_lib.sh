@@ -15,13 +15,14 @@
 PRUNE_RULE=(--keep-last 2)
 PRUNE_BOPTS=(--threads 2 --block-size 64K)
 
-# prune_base: $BASE/dest with the four points, $BASE/state, $BASE/all and
-# $BASE/want ("index_file sha256" of each), $BASE/kept (the two kept).
+# prune_base [MIB [NAME]]: $BASE ($T/NAME, base-prune) with dest/ holding
+# the four points of a source of MIB (1) MiB of random bytes, state/, all and
+# want ("index_file sha256" of each), kept (the two kept).
 prune_base() {
-	BASE=$T/base-prune
+	BASE=$T/${2:-base-prune}
 	mkdir -p "$BASE/dest" "$BASE/state"
 	SRC=$BASE/src.img
-	head -c $((1024 * 1024)) /dev/urandom >"$SRC"
+	head -c $((${1:-1} * 1024 * 1024)) /dev/urandom >"$SRC"
 	: >"$BASE/all"
 	for i in 0 1 2 3; do
 		CBIMG_STATE_DIR=$BASE/state "$CBIMG" backup --json "${PRUNE_BOPTS[@]}" "$SRC" "$BASE/dest" \

@@ -9,8 +9,9 @@
 #     point's rows): CBIMG_FAULT_ONLY counts the catalog's files alone, so
 #     that every one of its writes is failed in turn;
 #   - `cbimg prune` that folds two points into a synthetic full (the full
-#     rolls forward): its merged image, its removals, its catalog rows, and
-#     the reads of its digest, which reads the merged image back.
+#     rolls forward): its merged image, its removals, its catalog rows, the
+#     reads of its digest, which reads the merged image back, and the
+#     fdatasync in mid-copy of a merged image of over 64 MiB.
 # After each failure:
 #   - every point that `cbimg list` shows restores bit for bit (with the
 #     old or the new passphrase: a passwd that failed half-way may leave
@@ -328,6 +329,14 @@ prune_pread_body() {
 }
 PLANS="pread:1"
 loop "prune (the digest's reads of the merged image)" prune_pread_body
+PLANS=
+# a merged image of over 64 MiB is made durable as it is written (sfile.c,
+# SFW_FLUSH_STEP): the first sync of the temporary file is that fdatasync in
+# mid-copy, whose failure Linux reports once only, so the prune must fail
+# there and then, not at its seal
+prune_base 80 base-prune-big
+PLANS="fsync:1"
+loop "prune (an fdatasync in mid-copy of an 80 MiB merged image)" prune_pread_body
 PLANS=
 
 echo "  ($INJECTED injected failures in $(($(date +%s) - start)) s)"

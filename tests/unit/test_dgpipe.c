@@ -253,7 +253,7 @@ static void write_sealed(const char *final, const uint8_t *data, size_t size, ui
 	if (mode & 2)
 		cbi_sfw_write_behind(w);
 	if (mode & 8)
-		cbi_sfw_copy_window(w, 64 << 10, 128 << 10, 256 << 10);
+		cbi_sfw_copy_window(w, 64 << 10, 128 << 10, 256 << 10, 512 << 10);
 	size_t off = 0, chunk = 1;
 	int switched = 0;
 	while (off < size) {
