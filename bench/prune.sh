@@ -139,3 +139,15 @@ for name in fold roll; do
 			"$(ratio "$pc" "$(awk -v c="$cc" 'BEGIN { print c + 0.001 }')")"
 	done
 done
+# The same pairs ratio by ratio: each prune against the cp right after it
+# (one call of one()), so that a minute's drift falls on both sides of a
+# ratio; the median and the spread of those ratios.
+echo "pair by pair (each prune / the cp after it): median [min-max]"
+for name in fold roll; do
+	for cache in cold warm; do
+		awk -v n="$name" -v c="$cache" '$1 == n && $2 == c { if ($3 == "prune") p = $4; else if (p) { print p / $4; p = 0 } }' \
+			"$work/times" | sort -n | awk -v n="$name" -v c="$cache" '{ a[NR] = $1 }
+			END { if (!NR) exit; m = NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
+				printf "%-6s %-5s %6.2f [%.2f-%.2f]\n", n, c, m, a[1], a[NR] }'
+	done
+done
