@@ -11,6 +11,7 @@
 
 #include "crypto.h"
 #include "dgpipe.h"
+#include "flusher.h"
 #include "format.h"
 #include "util.h"
 
@@ -28,12 +29,11 @@
  * (bench/RESULTS.md, session 9: a warm fold 0.62-0.93 s against 0.74-0.92
  * on the root file system, 0.68-0.82 against 0.92-1.18 on a loop device) */
 #define SFW_DROP_BEHIND (32u << 20)
-/* ... and every this many bytes the drop is an fdatasync of the file, not a
- * wait for the write-back of the dropped range: the seal's own sync then
- * finds little in the device's write cache (on the VM of bench/RESULTS.md
- * the final sync of a fold waited for the host to write out everything
- * since the last flush; prune 7-8% faster warm, session 10). The writer is
- * not what bounds a copy (the digest is), so it can afford to wait. */
+/* ... and every this many bytes a thread of its own makes the file durable
+ * (fdatasync, flusher.h), so that the seal's own sync finds little in the
+ * device's write cache (on the VM of bench/RESULTS.md the final sync of a
+ * fold waited for the host to write out everything since the last flush;
+ * a fold 6-13% faster warm, session 10) */
 #define SFW_FLUSH_STEP (64u << 20)
 
 /* The digest of a writer in copy mode: a thread that reads back and hashes
@@ -51,7 +51,8 @@ struct cbi_sfw {
 	cbi_dg *dg;         /* SHA-256, or HMAC-SHA256 in an encrypted chain */
 	cbi_dgpipe *pipe;   /* non-NULL: dg is fed on the pipe's thread, buf is one of its buffers */
 	uint64_t dropped;   /* copy mode: pages below this offset were dropped from the page cache */
-	uint64_t flushed;   /* copy mode: bytes below this offset were made durable (fdatasync) */
+	struct cbi_flusher *fl; /* copy mode: fdatasync every flush_step bytes (flusher.h), or NULL */
+	int fl_tried;       /* fl was started for the current segment (or could not be) */
 	uint64_t lag, drop_step, drop_behind, flush_step; /* copy mode's window (cbi_sfw_copy_window) */
 	int behind;         /* start writeback of each buffer once written (cbi_sfw_write_behind) */
 	uint64_t seg;       /* segment size; 0: one file */
@@ -208,6 +209,8 @@ int cbi_sfw_create_sink(const char *final_path, cbi_sfw_sink_fn fn, void *ud, cb
 /* The pipe (joined first: its thread feeds dg), the buffer, the digest. */
 static void sfw_free_bufs(cbi_sfw *w)
 {
+	(void)cbi_flusher_stop(w->fl); /* before fd is closed */
+	w->fl = NULL;
 	if (w->follow)
 		(void)follow_end(w, 1); /* its thread feeds dg */
 	if (w->pipe)
@@ -238,6 +241,11 @@ static int sfw_next_segment(cbi_sfw *w, uint32_t k)
 {
 	if (k != w->cur + 1 || w->fd < 0)
 		return -EINVAL;
+	int frc = cbi_flusher_stop(w->fl); /* it flushes this segment's descriptor */
+	w->fl = NULL;
+	w->fl_tried = 0;
+	if (frc)
+		return frc;
 	if (fsync(w->fd) < 0)
 		return -errno;
 	int fd = w->fd;
@@ -437,6 +445,13 @@ static int sfw_pwrite(cbi_sfw *w, const uint8_t *p, size_t left, uint64_t pos)
 			return rc;
 		if (w->behind) /* advisory: the fsync of seal reports what fails */
 			(void)sync_file_range(w->fd, (off_t)at, (off_t)n, SYNC_FILE_RANGE_WRITE);
+		if (w->follow && w->flush_step) { /* copy mode: durable a step at a time */
+			if (!w->fl_tried) {
+				w->fl_tried = 1;
+				w->fl = cbi_flusher_start(w->fd, w->flush_step);
+			}
+			cbi_flusher_wrote(w->fl, n);
+		}
 		p += n;
 		left -= n;
 		pos += n;
@@ -445,30 +460,21 @@ static int sfw_pwrite(cbi_sfw *w, const uint8_t *p, size_t left, uint64_t pos)
 }
 
 /* Drop the current segment's pages below logical offset upto from the
- * page cache once written back: a copy in copy mode keeps a window of
- * pages, not the file. Once flush_step bytes were written since the last,
- * the wait for the write-back is an fdatasync of the segment (everything
- * written to it so far). 0, or the error of that fdatasync: Linux reports a
- * write-back error to one sync only, so it fails the writer here, not at
- * seal. */
+ * page cache once written back (advisory): a copy in copy mode keeps a
+ * window of pages, not the file. 0, or the failure of the flusher's
+ * fdatasync so far: Linux reports a write-back error to one sync only, so
+ * it fails the writer here, not at seal. */
 static int sfw_drop_behind(cbi_sfw *w, uint64_t upto)
 {
 	uint64_t base = (uint64_t)w->cur * w->seg, a = CBI_MAX(w->dropped, base);
 	if (w->fd >= 0 && upto > a) {
 		off_t at = (off_t)(a - base), len = (off_t)(upto - a);
-		if (w->flush_step && w->off - CBI_MAX(w->flushed, base) >= w->flush_step) {
-			if (fdatasync(w->fd) < 0)
-				return -errno;
-			w->flushed = w->off;
-		} else {
-			(void)sync_file_range(w->fd, at, len,
-					      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-						      SYNC_FILE_RANGE_WAIT_AFTER);
-		}
+		(void)sync_file_range(w->fd, at, len,
+				      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
 		(void)posix_fadvise(w->fd, at, len, POSIX_FADV_DONTNEED);
 	}
 	w->dropped = upto;
-	return 0;
+	return cbi_flusher_error(w->fl);
 }
 
 /* Write the buffer at its logical offset, opening segments as needed.
@@ -561,7 +567,7 @@ int cbi_sfw_copy_mode(cbi_sfw *w)
 	if (rc)
 		return rc;
 	w->behind = 1;
-	w->dropped = w->flushed = w->off - w->used;
+	w->dropped = w->off - w->used;
 	return 0;
 }
 
@@ -613,7 +619,9 @@ int cbi_sfw_seal(cbi_sfw *w, const uint8_t *trailer96, uint8_t digest[32])
 		 * digest alone */
 		if ((rc = sfw_flush(w)))
 			return rc;
-		if (fdatasync(w->fd) < 0)
+		rc = cbi_flusher_stop(w->fl); /* its failure is a failure of this sync */
+		w->fl = NULL;
+		if (!rc && fdatasync(w->fd) < 0)
 			rc = -errno;
 		int rc2 = follow_end(w, 0);
 		if (rc || (rc = rc2))
@@ -646,6 +654,8 @@ int cbi_sfw_commit(cbi_sfw *w, cbi_error *err)
 {
 	if (w->sink)
 		goto done;
+	(void)cbi_flusher_stop(w->fl); /* stopped at seal; before fd is closed */
+	w->fl = NULL;
 	if (w->fd >= 0) {
 		int fd = w->fd;
 		w->fd = -1;

@@ -331,9 +331,10 @@ PLANS="pread:1"
 loop "prune (the digest's reads of the merged image)" prune_pread_body
 PLANS=
 # a merged image of over 64 MiB is made durable as it is written (sfile.c,
-# SFW_FLUSH_STEP): the first sync of the temporary file is that fdatasync in
-# mid-copy, whose failure Linux reports once only, so the prune must fail
-# there and then, not at its seal
+# SFW_FLUSH_STEP, by the flusher's thread): the first sync of the temporary
+# file is that fdatasync in mid-copy, whose failure Linux reports once only,
+# so the prune must fail on it (at the writer's next step or at the seal),
+# never succeed past it
 prune_base 80 base-prune-big
 PLANS="fsync:1"
 loop "prune (an fdatasync in mid-copy of an 80 MiB merged image)" prune_pread_body
