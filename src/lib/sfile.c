@@ -33,7 +33,7 @@
  * (fdatasync, flusher.h), so that the seal's own sync finds little in the
  * device's write cache (on the VM of bench/RESULTS.md the final sync of a
  * fold waited for the host to write out everything since the last flush;
- * a fold 6-13% faster warm, session 10) */
+ * paired, a warm fold 8-10% faster, session 10) */
 #define SFW_FLUSH_STEP (64u << 20)
 
 /* The digest of a writer in copy mode: a thread that reads back and hashes
