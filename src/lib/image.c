@@ -67,6 +67,11 @@ int cbi_image_writer_copy_mode(cbi_image_writer *w)
 	return cbi_sfw_copy_mode(w->f);
 }
 
+int cbi_image_writer_readback_error(const cbi_image_writer *w)
+{
+	return w ? cbi_sfw_readback_error(w->f) : 0;
+}
+
 int cbi_image_writer_add(cbi_image_writer *w, uint64_t block, uint32_t flags, uint32_t raw_len,
 			 const uint8_t hash[16], const void *payload, uint32_t stored_len)
 {

@@ -30,6 +30,8 @@ int cbi_image_writer_create_sink(const char *final_path, const cbi_hdr *h, const
  * its error, after which the writer still works as before, in the caller's
  * thread. */
 int cbi_image_writer_copy_mode(cbi_image_writer *w) CBI_WUR;
+/* Copy mode's read-back error so far (cbi_sfw_readback_error()), or 0. */
+int cbi_image_writer_readback_error(const cbi_image_writer *w);
 /* Append one record. payload is stored_len bytes (zstd frame if flags has
  * CBI_REC_ZSTD, else raw; with CBI_REC_AEAD, that sealed: ciphertext ||
  * tag, as cbi_image_seal_record() makes it). */

@@ -461,8 +461,11 @@ static int tick(pctx *c)
 	return 0;
 }
 
-/* Write the merged image of job m's kept point, rename it in, sync. */
-static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpath, size_t npsz)
+/* Write the merged image of job m's kept point, rename it in, sync; with
+ * copy, in copy mode (cbi_image_writer_copy_mode()), and on failure
+ * *readback is the error of its read-back, if that failed. */
+static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpath, size_t npsz, int copy,
+			int *readback)
 {
 	const cbi_point *K = &c->pts[mj->k], *A = mj->base >= 0 ? &c->pts[mj->base] : NULL;
 	cbi_error *err = c->err;
@@ -512,7 +515,8 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 	/* the records are copied, not computed: the file's digest (most of the
 	 * CPU) runs on a thread of its own beside the copy (bench/RESULTS.md,
 	 * prune); when it cannot start, this thread hashes, as before */
-	(void)!cbi_image_writer_copy_mode(w);
+	if (copy)
+		(void)!cbi_image_writer_copy_mode(w);
 	uint64_t nrec = 0;
 	for (uint64_t i = 0; i < h.n_blocks; i++) {
 		cbi_idx_ent e;
@@ -562,6 +566,8 @@ static int write_merged(pctx *c, cbi_chain *ch, const merge_job *mj, char *newpa
 	}
 	c->r->merged++;
 end:
+	if (rc && w)
+		*readback = cbi_image_writer_readback_error(w);
 	cbi_image_writer_abort(w);
 	cbi_cx_free(cx);
 	free(buf);
@@ -681,7 +687,19 @@ static int execute(pctx *c)
 		const merge_job *mj = &c->jobs[q];
 		const cbi_point *K = &c->pts[mj->k];
 		char newpath[4300];
-		if ((rc = write_merged(c, ch, mj, newpath, sizeof newpath)))
+		uint64_t done0 = c->done, read0 = c->r->bytes_read;
+		int readback = 0;
+		if ((rc = write_merged(c, ch, mj, newpath, sizeof newpath, 1, &readback)) && readback) {
+			/* the file system did not read back what was just written (a
+			 * FUSE driver): the same file again, its digest computed from
+			 * the bytes in memory; nothing of the first try is left */
+			add_note(c->r, "'%s' did not read back as written (%s): written again without reading it back",
+				 newpath, cbi_strerror(readback));
+			c->done = done0;
+			c->r->bytes_read = read0;
+			rc = write_merged(c, ch, mj, newpath, sizeof newpath, 0, &readback);
+		}
+		if (rc)
 			goto end;
 		/* the kept point's older image(s), then the points replaced */
 		for (size_t i = 0; d && i < d->n; i++) {

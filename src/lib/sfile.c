@@ -43,6 +43,7 @@ static int follow_end(struct cbi_sfw *w, int stop);
 
 struct cbi_sfw {
 	sfw_follow *follow; /* non-NULL: dg is fed on follow's thread from the file itself */
+	int follow_err;     /* the first error of a follow's thread (cbi_sfw_readback_error) */
 	int fd;             /* the segment being written (cur) */
 	uint64_t off;       /* bytes appended (buffered included) */
 	size_t used;
@@ -408,6 +409,17 @@ static int follow_publish(sfw_follow *f, uint64_t upto, uint64_t *done)
 	return rc;
 }
 
+int cbi_sfw_readback_error(const cbi_sfw *w)
+{
+	sfw_follow *f = w->follow;
+	if (w->follow_err || !f)
+		return w->follow_err;
+	pthread_mutex_lock(&f->mu);
+	int rc = f->err;
+	pthread_mutex_unlock(&f->mu);
+	return rc;
+}
+
 /* Join the thread: with stop, at once; else once every byte published is
  * hashed. 0 or the thread's error. */
 static int follow_end(cbi_sfw *w, int stop)
@@ -420,6 +432,8 @@ static int follow_end(cbi_sfw *w, int stop)
 	pthread_mutex_unlock(&f->mu);
 	pthread_join(f->t, NULL);
 	int rc = f->err;
+	if (rc && !w->follow_err)
+		w->follow_err = rc;
 	if (f->rfd >= 0)
 		close(f->rfd);
 	pthread_cond_destroy(&f->cv);

@@ -90,6 +90,13 @@ void cbi_sfw_write_behind(cbi_sfw *w);
  * -ENOMEM or a thread's error (nothing changed then). */
 int cbi_sfw_copy_mode(cbi_sfw *w) CBI_WUR;
 
+/* In copy mode, the first error of the thread that reads the file back
+ * (0: none so far, or not in copy mode), also after the writer failed: a
+ * caller can tell a file system that does not read back what was just
+ * written (fusefat failed such a read with EPERM, bench/RESULTS.md) from a
+ * failing write, and write the file again without copy mode. */
+int cbi_sfw_readback_error(const cbi_sfw *w);
+
 /* Copy mode's window, for tests (before cbi_sfw_copy_mode()): the writer
  * waits while it is more than lag bytes ahead of the digest (0: never
  * waits), and drops pages drop_step bytes at a time (0: never drops), at
