@@ -43,7 +43,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 CBIMG=${CBIMG:-$here/../build/cbimg}
-size=4096 percent=3 repeat=3 work=/tmp/cbimg-prune-bench reuse=0 destfs= prefault=1
+size=4096 percent=3 repeat=3 work=/tmp/cbimg-prune-bench reuse=0 destfs='' prefault=1
 while [ $# -gt 0 ]; do
 	case $1 in
 	--size) size=$2; shift 2 ;;
@@ -84,7 +84,7 @@ echo "$size $percent" >"$work/chain.stamp"
 fi
 # at exit: free page reporting as it was, the file system of --dest-fs
 # unmounted and removed, and $work removed unless --reuse
-rep=/sys/module/page_reporting/parameters/page_reporting_order rep_old= fsimg= loopdev= tw=$work
+rep=/sys/module/page_reporting/parameters/page_reporting_order rep_old='' fsimg='' loopdev='' tw=$work
 cleanup() {
 	if [ -n "$rep_old" ]; then echo "$rep_old" >"$rep"; fi
 	if [ -n "$fsimg" ]; then
@@ -161,6 +161,8 @@ if [ "$pf" -gt 0 ] && [ -w "$rep" ]; then
 	rep_old=$(cat "$rep")
 	echo 11 >"$rep"
 	echo "free page reporting off while timing (page_reporting_order $rep_old -> 11, restored at exit)"
+elif [ -e "$rep" ]; then
+	echo "free page reporting left on (needs root and --prefault's default): the ratios swing more"
 fi
 
 # prep CACHE [FILE]: what comes before each timed command, prune and cp
