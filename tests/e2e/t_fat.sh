@@ -100,6 +100,19 @@ head -c $((SRC_MIB * MIB)) /dev/urandom >"$SRC" || die "test setup: no source"
 SHA0=$(sha256 "$SRC")
 SHA1=
 
+# pruned KIND DIR SRC WHAT: after `prune --json` of DIR to its newest point
+# (its output in $T/stdout): the prune's notes shown, no temporary file
+# left, verify passes, and the newest point restores SRC's bytes.
+pruned() {
+	local kind=$1 dir=$2 src=$3 what=$4
+	[ "$(jout '.notes | length')" = 0 ] || echo "  ($kind: prune noted: $(jout '.notes[]'))"
+	check_eq "$kind: no temporary file left by prune" "$(cd "$dir" && ls -1A | grep -c '\.tmp$')" 0
+	expect_exit 0 "$CBIMG" verify "$dir"
+	expect_exit 0 "$CBIMG" restore "$dir" latest "$T/rp.img"
+	check_eq "$kind: $what restores the newest state" "$(sha256 "$T/rp.img")" "$(sha256 "$src")"
+	rm -f "$T/rp.img"
+}
+
 # suite KIND MNT EXPECT_FS: the whole scenario on one mounted file system.
 suite() {
 	local kind=$1 mnt=$2 fs=$3 D=$2/backups M=$2/moved
@@ -247,16 +260,11 @@ suite() {
 	expect_exit 0 "$CBIMG" prune --json --keep-last 1 "$P"
 	check_eq "$kind: prune removed the full and the first incremental" "$(jout .removed)" 2
 	check_eq "$kind: prune wrote one merged image" "$(jout .merged)" 1
-	[ "$(jout '.notes | length')" = 0 ] || echo "  ($kind: prune noted: $(jout '.notes[]'))"
-	check_eq "$kind: no temporary file left by prune" "$(cd "$P" && ls -1A | grep -c '\.tmp$')" 0
 	merged=$(cd "$P" && ls -1 | grep -- '-m0000\.cbi$')
 	[ -n "$merged" ] && [ -e "$P/$merged.009" ] && pass "$kind: the synthetic full is in 4 MiB segments" ||
 		fail "$kind: no segmented merged image: $(cd "$P" && ls -1 | tr '\n' ' ')"
 	check_names "$P" "$kind (prune)"
-	expect_exit 0 "$CBIMG" verify "$P"
-	expect_exit 0 "$CBIMG" restore "$P" latest "$T/rp.img"
-	check_eq "$kind: the synthetic full restores the newest state" "$(sha256 "$T/rp.img")" "$(sha256 "$psrc")"
-	rm -f "$T/rp.img"
+	pruned "$kind" "$P" "$psrc" "the synthetic full"
 	rm -rf --one-file-system "$P"
 	# the same in one file per image (the automatic segment size: 4095 MiB
 	# on FAT, none on exFAT), where fusefat failed the old build's prune
@@ -268,12 +276,8 @@ suite() {
 	expect_exit $brc "$CBIMG" backup -q --job prune1 --source-id prune1 "$psrc" "$P"
 	expect_exit 0 "$CBIMG" prune --json --keep-last 1 "$P"
 	check_eq "$kind: prune of unsplit images wrote one merged image" "$(jout .merged)" 1
-	[ "$(jout '.notes | length')" = 0 ] || echo "  ($kind: prune noted: $(jout '.notes[]'))"
-	check_eq "$kind: no temporary file left by prune" "$(cd "$P" && ls -1A | grep -c '\.tmp$')" 0
-	expect_exit 0 "$CBIMG" verify "$P"
-	expect_exit 0 "$CBIMG" restore "$P" latest "$T/rp.img"
-	check_eq "$kind: the unsplit synthetic full restores the newest state" "$(sha256 "$T/rp.img")" "$(sha256 "$psrc")"
-	rm -f "$T/rp.img" "$psrc"
+	pruned "$kind" "$P" "$psrc" "the unsplit synthetic full"
+	rm -f "$psrc"
 	rm -rf --one-file-system "$P"
 }
 
